@@ -1,0 +1,123 @@
+"""The tenant catalog: one system SQLite database listing every tenant and its state.
+
+States: `creating` (row written, file maybe not yet), `active`, `deleting` (files being removed),
+`corrupt` (the file failed to open or read), `missing` (an active row whose file vanished).
+Create writes the row before the file and delete removes the file before the row, so `reconcile`
+after a crash can always finish or undo what was in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+CREATING, ACTIVE, DELETING, CORRUPT, MISSING = "creating", "active", "deleting", "corrupt", "missing"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    grp TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tenants_state ON tenants(state) WHERE state != 'active';
+"""
+
+
+@dataclass(frozen=True)
+class TenantRow:
+    id: str
+    created_at: float
+    state: str
+    group: str | None
+    size: int
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_at)),
+            "state": self.state,
+            "group": self.group,
+            "size": self.size,
+            "error": self.error,
+        }
+
+
+_COLUMNS = "id, created_at, state, grp, size, error"
+
+
+class Catalog:
+    """Thread-safe access to the catalog database; every write is its own durable transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = apsw.Connection(str(path))
+        self._db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> TenantRow | None:
+        with self._lock:
+            for row in self._db.execute(sql, args):
+                return TenantRow(*row)
+        return None
+
+    def get(self, tenant_id: str) -> TenantRow | None:
+        return self._one(f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
+
+    def insert(self, tenant_id: str, group: str | None, state: str = CREATING) -> bool:
+        """Add a row; False (and no change) if the id is already present."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO tenants(id, created_at, state, grp) VALUES (?, ?, ?, ?)",
+                (tenant_id, time.time(), state, group),
+            )
+            return self._db.changes() == 1
+
+    def set_state(self, tenant_id: str, state: str, error: str | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tenants SET state = ?, error = ? WHERE id = ?", (state, error, tenant_id)
+            )
+
+    def set_size(self, tenant_id: str, size: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE tenants SET size = ? WHERE id = ?", (size, tenant_id))
+
+    def remove(self, tenant_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
+
+    def page(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[TenantRow]:
+        """Rows with ids starting with `prefix`, ordered by id, strictly after `after`."""
+        low = max(prefix, after or "")
+        # every id char is below '~', so prefix + '~' bounds the prefix range
+        sql = f"SELECT {_COLUMNS} FROM tenants WHERE id >= ? AND id < ? AND id != ? ORDER BY id LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, (low, prefix + "~", after or "", limit)).fetchall()
+        return [TenantRow(*r) for r in rows]
+
+    def ids_in_states(self, states: tuple[str, ...]) -> list[tuple[str, str]]:
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self._db.execute(f"SELECT id, state FROM tenants WHERE state IN ({marks})", states)
+            return [(r[0], r[1]) for r in rows]
+
+    def all_ids(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT id FROM tenants")}
+
+    def counts_by_state(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT state, count(*) FROM tenants GROUP BY state").fetchall())

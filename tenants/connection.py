@@ -1,0 +1,51 @@
+"""Opening a tenant database: the pragmas the server relies on, limits, and the sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+
+from tenants.config import DbConfig
+from tenants.sandbox import Sandbox
+
+_OPEN_FLAGS = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOMUTEX | apsw.SQLITE_OPEN_EXRESCODE
+
+
+def open_database(path: Path, config: DbConfig, *, create: bool = False) -> tuple[apsw.Connection, Sandbox]:
+    """Open `path` in WAL mode with an exclusive lock, sandboxed.
+
+    Raises apsw.CantOpenError if the file is missing (unless `create`), apsw.NotADBError or
+    apsw.CorruptError if it is not a sound database. The connection is closed on any failure.
+    """
+    flags = _OPEN_FLAGS | (apsw.SQLITE_OPEN_CREATE if create else 0)
+    conn = apsw.Connection(str(path), flags=flags, statementcachesize=32)
+    try:
+        _configure(conn, config)
+    except BaseException:
+        conn.close()
+        raise
+    sandbox = Sandbox(config.statement_timeout)
+    sandbox.install(conn)
+    return conn, sandbox
+
+
+def _configure(conn: apsw.Connection, config: DbConfig) -> None:
+    # Closing must never checkpoint: the server alone decides when the WAL is folded back.
+    conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+    conn.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+    conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+    conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, config.max_sql_length)
+    # locking_mode before journal_mode: the exclusive lock keeps the WAL index in heap memory, no -shm.
+    mode = conn.execute("PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL").fetchall()
+    if mode[-1][0] != "wal":
+        raise apsw.CantOpenError(f"could not switch to WAL mode (got {mode[-1][0]})")
+    conn.wal_autocheckpoint(0)
+    page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
+    conn.execute(
+        f"PRAGMA synchronous={config.synchronous}; PRAGMA foreign_keys=ON;"
+        f" PRAGMA cache_size=-{config.cache_size_kib};"
+        f" PRAGMA max_page_count={max(1, config.max_db_bytes // page_size)}"
+    )

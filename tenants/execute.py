@@ -1,0 +1,195 @@
+"""Running tenant statements on a leased connection: bindings, limits, results, error mapping.
+
+Values cross this boundary as plain Python (None, int, float, str, bytes); the router owns
+their JSON encodings. Every function here expects the caller to hold the connection's lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from metrics.instruments import STATEMENT_SECONDS
+from tenants.config import DbConfig
+from tenants.errors import (
+    BadRequest,
+    NotAuthorizedSql,
+    SqlError,
+    SqlfleetError,
+    StatementTimeout,
+    TenantUnavailable,
+    TooLarge,
+)
+from tenants.sandbox import Sandbox
+
+Value = None | int | float | str | bytes
+Params = Sequence[Value] | Mapping[str, Value]
+_TX_KEYWORDS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    params: Params = ()
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    decltypes: list[str | None]
+    rows: list[tuple[Value, ...]] = field(default_factory=list)
+    rows_affected: int = 0
+    last_insert_rowid: int | None = None
+
+
+class TenantCorrupt(TenantUnavailable):
+    code = "tenant_corrupt"
+
+
+def skip_trivia(sql: str, i: int = 0) -> int:
+    """Index of the first char at or after `i` that is not whitespace, a comment or a ';'."""
+    n = len(sql)
+    while i < n:
+        if sql[i].isspace() or sql[i] == ";":
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            break
+    return i
+
+
+def leading_keyword(sql: str) -> str:
+    i = skip_trivia(sql)
+    j = i
+    while j < len(sql) and sql[j].isalpha():
+        j += 1
+    return sql[i:j].upper()
+
+
+def run_statement(
+    conn: apsw.Connection, sandbox: Sandbox, config: DbConfig, stmt: Statement, *, allow_tx: bool = False
+) -> QueryResult:
+    """Run exactly one statement. Raises BadRequest for empty or multi-statement SQL and for
+    transaction control unless `allow_tx`; SqlError, NotAuthorizedSql, StatementTimeout,
+    TooLarge or TenantCorrupt as SQLite reports."""
+    if skip_trivia(stmt.sql) >= len(stmt.sql):
+        raise BadRequest("empty SQL: send exactly one statement")
+    before = conn.total_changes()
+    cursor = conn.cursor()
+    cursor.exec_trace = _tracer(stmt.sql, allow_tx)
+    sandbox.start_statement()
+    try:
+        with STATEMENT_SECONDS.time():
+            cursor.execute(stmt.sql, _bindings(stmt.params))
+            columns, decltypes = _describe(cursor)
+            rows = _fetch(cursor, config)
+    except apsw.ExecTraceAbort:
+        raise _rejection(stmt.sql, allow_tx) from None
+    except apsw.Error as exc:
+        raise map_sqlite_error(exc, sandbox) from None
+    finally:
+        sandbox.end_statement()
+        cursor.close(force=True)
+    changed = conn.total_changes() != before
+    return QueryResult(
+        columns=columns,
+        decltypes=decltypes,
+        rows=rows,
+        rows_affected=conn.changes() if changed else 0,
+        last_insert_rowid=conn.last_insert_rowid() if changed else None,
+    )
+
+
+def run_batch(
+    conn: apsw.Connection, sandbox: Sandbox, config: DbConfig, stmts: Sequence[Statement]
+) -> list[QueryResult]:
+    """Run all statements in one transaction: all commit or none does. A failure is re-raised
+    with `index` naming the failing statement."""
+    conn.execute("BEGIN")
+    results: list[QueryResult] = []
+    try:
+        for index, stmt in enumerate(stmts):
+            try:
+                results.append(run_statement(conn, sandbox, config, stmt))
+            except SqlfleetError as exc:
+                exc.detail["index"] = index
+                exc.message = f"statement {index}: {exc.message}"
+                raise
+        conn.execute("COMMIT")
+    except BaseException:
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _tracer(sql: str, allow_tx: bool) -> Any:
+    def trace(cursor: apsw.Cursor, first: str, bindings: object) -> bool:
+        # APSW hands us the first statement of `sql`; anything after it must be trivia.
+        if len(first) < len(sql) and skip_trivia(sql, len(first)) < len(sql):
+            return False
+        return allow_tx or leading_keyword(first) not in _TX_KEYWORDS
+
+    return trace
+
+
+def _rejection(sql: str, allow_tx: bool) -> BadRequest:
+    if not allow_tx and leading_keyword(sql) in _TX_KEYWORDS:
+        return BadRequest("transaction control statements are not allowed here: use /batch for atomicity")
+    return BadRequest("exactly one statement per query: use /batch for several")
+
+
+def _bindings(params: Params) -> Any:
+    if isinstance(params, Mapping):
+        return {k.lstrip(":@$"): v for k, v in params.items()}
+    return tuple(params)
+
+
+def _describe(cursor: apsw.Cursor) -> tuple[list[str], list[str | None]]:
+    try:
+        description = cursor.get_description()
+    except apsw.ExecutionCompleteError:
+        return [], []
+    return [d[0] for d in description], [d[1] for d in description]
+
+
+def _fetch(cursor: apsw.Cursor, config: DbConfig) -> list[tuple[Value, ...]]:
+    rows: list[tuple[Value, ...]] = []
+    size = 0
+    for row in cursor:
+        rows.append(row)
+        size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+        if len(rows) > config.max_result_rows:
+            raise TooLarge(f"result has more than {config.max_result_rows} rows: add a LIMIT")
+        if size > config.max_result_bytes:
+            raise TooLarge(f"result is larger than {config.max_result_bytes} bytes: add a LIMIT")
+    return rows
+
+
+def map_sqlite_error(exc: apsw.Error, sandbox: Sandbox) -> SqlfleetError:
+    message = str(exc).removeprefix(f"{type(exc).__name__}: ")
+    if isinstance(exc, apsw.InterruptError) and sandbox.timed_out:
+        return StatementTimeout(f"statement exceeded the {sandbox.statement_timeout:g} s time limit")
+    if isinstance(exc, apsw.AuthError) or message.startswith("not authorized"):
+        return NotAuthorizedSql(f"not allowed by the sandbox: {message}")
+    if isinstance(exc, apsw.ReadOnlyError):
+        return NotAuthorizedSql("read-only access: this token cannot write")
+    if isinstance(exc, apsw.FullError):
+        return TooLarge("database size limit reached")
+    if isinstance(exc, apsw.TooBigError):
+        return TooLarge(f"too big: {message}")
+    if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
+        return TenantCorrupt(f"tenant database is corrupt: {message}")
+    if isinstance(exc, apsw.IOError | apsw.CantOpenError | apsw.NoMemError):
+        return TenantUnavailable(f"tenant database unavailable: {message}")
+    if isinstance(exc, apsw.BindingsError):
+        return BadRequest(f"bad params: {message}")
+    return SqlError(message)

@@ -1,0 +1,217 @@
+"""The fleet: every tenant of one data directory — create, delete, info, list, and running SQL.
+
+This is the tenants layer's front door. It owns the data-dir lock, the catalog and the pool.
+All methods block (SQLite and file I/O) and are thread-safe; async callers use worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import apsw
+
+from metrics.instruments import TENANTS
+from tenants import catalog as states
+from tenants.catalog import Catalog, TenantRow
+from tenants.config import DbConfig
+from tenants.connection import open_database
+from tenants.errors import SqlfleetError, TenantExists, TenantNotFound, TenantUnavailable
+from tenants.execute import QueryResult, Statement, TenantCorrupt, run_batch, run_statement
+from tenants.ids import validate_tenant_id
+from tenants.layout import DataDirLock, Layout
+from tenants.pool import Handle, Pool
+from tenants.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+CloseHook = Callable[[Handle], None]
+
+
+class Fleet:
+    def __init__(
+        self, data_dir: Path, config: DbConfig, pool_capacity: int, before_close: CloseHook | None = None
+    ) -> None:
+        self.layout = Layout(data_dir)
+        self.config = config
+        self._lock = DataDirLock(self.layout)
+        self._lock.acquire()
+        try:
+            self.catalog = Catalog(self.layout.catalog_path)
+            self.reconcile()
+        except BaseException:
+            self._lock.release()
+            raise
+        self.pool = Pool(pool_capacity, self._open, before_close)
+        self._refresh_gauges()
+
+    @property
+    def lock_held(self) -> bool:
+        return self._lock.held
+
+    def close(self) -> None:
+        """Close every handle (waiting for in-flight work), the catalog, and release the lock."""
+        self.pool.close_all()
+        self.catalog.close()
+        self._lock.release()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def create(self, tenant_id: str, group: str | None = None, template: Path | None = None) -> TenantRow:
+        """Create an empty tenant, or a copy of the `template` file. Raises InvalidTenantId,
+        TenantExists. Durable when it returns: the row is written first, the file second, then
+        the row marked active, so a crash anywhere leaves something `reconcile` can undo."""
+        validate_tenant_id(tenant_id)
+        if not self.catalog.insert(tenant_id, group):
+            raise TenantExists(f"tenant {tenant_id!r} already exists")
+        try:
+            self._make_file(tenant_id, template)
+        except BaseException:
+            self.layout.remove_tenant_files(tenant_id)
+            self.catalog.remove(tenant_id)
+            raise
+        self.catalog.set_state(tenant_id, states.ACTIVE)
+        self._refresh_gauges()
+        return self.info(tenant_id)
+
+    def _make_file(self, tenant_id: str, template: Path | None) -> None:
+        final = self.layout.tenant_path(tenant_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{final.name}.tmp{uuid.uuid4().hex[:8]}")
+        if template is not None:
+            shutil.copyfile(template, tmp)
+        conn, _ = open_database(tmp, self.config, create=True)
+        try:
+            conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        finally:
+            conn.close()
+        Path(f"{tmp}-wal").unlink(missing_ok=True)  # empty after the TRUNCATE checkpoint
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+    def delete(self, tenant_id: str) -> None:
+        """Delete the tenant: in-flight statements finish, later ones get TenantNotFound, the
+        files go, and the id can be reused. Raises TenantNotFound."""
+        self.require(tenant_id, allow=tuple(_ALL_STATES))
+        self.catalog.set_state(tenant_id, states.DELETING)
+        self.pool.discard(tenant_id)
+        self.layout.remove_tenant_files(tenant_id)
+        self.catalog.remove(tenant_id)
+        self._refresh_gauges()
+
+    def reconcile(self) -> None:
+        """Finish or undo what a crash left half-done, so catalog and files agree."""
+        for tenant_id, _state in self.catalog.ids_in_states((states.CREATING, states.DELETING)):
+            log.warning("reconcile: removing half-%s tenant %s", _state, tenant_id)
+            self.layout.remove_tenant_files(tenant_id)
+            self.catalog.remove(tenant_id)
+        known = self.catalog.all_ids()
+        on_disk = set()
+        for tenant_id in self.layout.scan_tenant_ids():
+            on_disk.add(tenant_id)
+            if tenant_id not in known:
+                # Create writes the row before the file, so only an outside change makes an
+                # orphan: keep the data and adopt it rather than delete someone's database.
+                log.warning("reconcile: adopting orphan tenant file %s", tenant_id)
+                self.catalog.insert(tenant_id, None, states.ACTIVE)
+        for tenant_id in known - on_disk:
+            row = self.catalog.get(tenant_id)
+            if row is not None and row.state == states.ACTIVE:
+                log.warning("reconcile: tenant %s has no file", tenant_id)
+                self.catalog.set_state(tenant_id, states.MISSING, "database file is missing")
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def require(self, tenant_id: str, allow: tuple[str, ...] = (states.ACTIVE,)) -> TenantRow:
+        """The tenant's row if its state is in `allow`. Raises InvalidTenantId, TenantNotFound,
+        TenantUnavailable."""
+        validate_tenant_id(tenant_id)
+        row = self.catalog.get(tenant_id)
+        if row is None or row.state in (states.CREATING, states.DELETING):
+            raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+        if row.state not in allow:
+            error = TenantCorrupt if row.state == states.CORRUPT else TenantUnavailable
+            raise error(f"tenant {tenant_id!r} is {row.state}: {row.error or 'unavailable'}")
+        return row
+
+    def info(self, tenant_id: str) -> TenantRow:
+        row = self.require(tenant_id, allow=tuple(_ALL_STATES))
+        size = sum(p.stat().st_size for p in self.layout.tenant_files(tenant_id) if p.exists())
+        if size != row.size:
+            self.catalog.set_size(tenant_id, size)
+        return TenantRow(row.id, row.created_at, row.state, row.group, size, row.error)
+
+    def list(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[TenantRow]:
+        return self.catalog.page(prefix, after, limit)
+
+    # -- SQL -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, tenant_id: str, readonly: bool = False) -> Iterator[Handle]:
+        """The tenant's locked handle, with query_only set to `readonly`. A corrupt file is
+        marked in the catalog and reported as TenantCorrupt; other tenants are unaffected."""
+        validate_tenant_id(tenant_id)
+        try:
+            with self.pool.lease(tenant_id) as handle:
+                handle.set_query_only(readonly)
+                yield handle
+        except TenantCorrupt as exc:
+            self._mark_corrupt(tenant_id, exc.message)
+            raise
+
+    def execute(self, tenant_id: str, stmt: Statement, readonly: bool = False) -> QueryResult:
+        with self.lease(tenant_id, readonly) as h:
+            assert h.conn is not None and h.sandbox is not None
+            return run_statement(h.conn, h.sandbox, self.config, stmt)
+
+    def batch(self, tenant_id: str, stmts: Sequence[Statement], readonly: bool = False) -> list[QueryResult]:
+        with self.lease(tenant_id, readonly) as h:
+            assert h.conn is not None and h.sandbox is not None
+            return run_batch(h.conn, h.sandbox, self.config, stmts)
+
+    def _open(self, tenant_id: str) -> tuple[apsw.Connection, Sandbox]:
+        self.require(tenant_id)
+        try:
+            return open_database(self.layout.tenant_path(tenant_id), self.config)
+        except apsw.CantOpenError:
+            self.catalog.set_state(tenant_id, states.MISSING, "database file is missing")
+            raise TenantUnavailable(f"tenant {tenant_id!r} has no database file") from None
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            raise TenantCorrupt(f"tenant {tenant_id!r} is corrupt: {exc}") from None
+        except apsw.Error as exc:
+            raise TenantUnavailable(f"tenant {tenant_id!r} cannot be opened: {exc}") from None
+
+    def _mark_corrupt(self, tenant_id: str, message: str) -> None:
+        row = self.catalog.get(tenant_id)
+        if row is None or row.state == states.CORRUPT:
+            return
+        log.error("tenant %s marked corrupt: %s", tenant_id, message)
+        self.catalog.set_state(tenant_id, states.CORRUPT, message)
+        self.pool.discard(tenant_id)
+        self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        counts = self.catalog.counts_by_state()
+        for state in _ALL_STATES:
+            TENANTS.labels(state).set(counts.get(state, 0))
+
+
+_ALL_STATES = (states.CREATING, states.ACTIVE, states.DELETING, states.CORRUPT, states.MISSING)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Fleet", "SqlfleetError"]

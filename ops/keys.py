@@ -1,0 +1,54 @@
+"""The admin key and the token-signing key: configured, or generated once into the data dir."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tenants.errors import BadRequest
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def admin_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
+    """(key, generated_now). A configured key wins; else DATA/admin.key, created if absent."""
+    if configured:
+        return configured, False
+    path = data_dir / "admin.key"
+    if path.exists():
+        return path.read_text().strip(), False
+    key = "sfa_" + secrets.token_urlsafe(32)
+    _write_secret(path, key.encode() + b"\n")
+    return key, True
+
+
+def signing_key(configured: Path | None, data_dir: Path) -> Ed25519PrivateKey:
+    """The Ed25519 key from `configured` (must exist), else DATA/signing-key.pem (created if absent)."""
+    path = configured or data_dir / "signing-key.pem"
+    if configured is None and not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _write_secret(path, pem)
+        return key
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"cannot read signing key {path}: {exc}") from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise BadRequest(f"signing key {path} is not an Ed25519 private key")
+    return loaded

@@ -1,0 +1,101 @@
+"""The admin API: tenants and tokens. Every route needs the admin key."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from router.auth import require_admin
+from router.codec import read_json
+from router.context import Context, ctx
+from tenants.errors import BadRequest
+from tenants.ids import validate_tenant_id
+
+_PREFIX = re.compile(r"[a-z0-9_-]{0,63}")
+_GROUP = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+MAX_PAGE = 1000
+
+
+def _admin(request: Request) -> Context:
+    c = ctx(request)
+    require_admin(c.principal(request))
+    return c
+
+
+def _fields(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+async def create_tenant(request: Request) -> JSONResponse:
+    c = _admin(request)
+    body = await read_json(request, c.config.max_body_bytes)
+    _fields(body, {"id", "group"})
+    tenant = validate_tenant_id(body.get("id"))
+    group = body.get("group")
+    if group is not None and (not isinstance(group, str) or not _GROUP.fullmatch(group)):
+        raise BadRequest("group must be null or a name like a tenant id")
+    row = await c.blocking(c.fleet.create, tenant, group)
+    return JSONResponse(row.to_json(), status_code=201)
+
+
+async def list_tenants(request: Request) -> JSONResponse:
+    c = _admin(request)
+    q = request.query_params
+    prefix, after = q.get("prefix", ""), q.get("after") or None
+    if not _PREFIX.fullmatch(prefix):
+        raise BadRequest("prefix may only hold a-z, 0-9, '_' and '-'")
+    if after is not None:
+        validate_tenant_id(after)
+    limit_text = q.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
+    limit = int(limit_text)
+    rows = await c.blocking(c.fleet.list, prefix, after, limit + 1)
+    page = rows[:limit]
+    next_cursor = page[-1].id if len(rows) > limit else None
+    return JSONResponse({"tenants": [r.to_json() for r in page], "next": next_cursor})
+
+
+async def tenant_info(request: Request) -> JSONResponse:
+    c = _admin(request)
+    row = await c.blocking(c.fleet.info, request.path_params["tenant"])
+    return JSONResponse(row.to_json())
+
+
+async def delete_tenant(request: Request) -> Response:
+    c = _admin(request)
+    await c.blocking(c.fleet.delete, request.path_params["tenant"])
+    return Response(status_code=204)
+
+
+async def mint_token(request: Request) -> JSONResponse:
+    c = _admin(request)
+    tenant = request.path_params["tenant"]
+    body = await read_json(request, c.config.max_body_bytes)
+    _fields(body, {"access", "expires_in"})
+    access = body.get("access", "rw")
+    expires_in = body.get("expires_in", 3600)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int):
+        raise BadRequest("expires_in must be an integer number of seconds")
+    if not 1 <= expires_in <= c.config.max_token_ttl:
+        raise BadRequest(f"expires_in must be from 1 to {c.config.max_token_ttl} seconds")
+    if not isinstance(access, str):
+        raise BadRequest("access must be 'ro' or 'rw'")
+    await c.blocking(c.fleet.require, tenant)
+    token, exp = c.auth.mint(tenant, access, expires_in)
+    return JSONResponse({"token": token, "tenant": tenant, "access": access, "expires_at": exp})
+
+
+ROUTES = [
+    Route("/v1/admin/tenants", create_tenant, methods=["POST"]),
+    Route("/v1/admin/tenants", list_tenants, methods=["GET"]),
+    Route("/v1/admin/tenants/{tenant}", tenant_info, methods=["GET"]),
+    Route("/v1/admin/tenants/{tenant}", delete_tenant, methods=["DELETE"]),
+    Route("/v1/admin/tenants/{tenant}/tokens", mint_token, methods=["POST"]),
+]

@@ -1,0 +1,94 @@
+"""The REST API's JSON: request bodies in, values both ways (blobs as {"base64": ...})."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any
+
+from starlette.requests import Request
+
+from tenants.errors import BadRequest, TooLarge
+from tenants.execute import Params, QueryResult, Statement, Value
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object. Raises TooLarge past `limit` bytes, BadRequest otherwise."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"request body larger than {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def decode_value(value: Any) -> Value:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise BadRequest(f"integer {value} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, dict) and set(value) == {"base64"} and isinstance(value["base64"], str):
+        try:
+            return base64.b64decode(value["base64"], validate=True)
+        except binascii.Error:
+            raise BadRequest("invalid base64 in blob parameter") from None
+    raise BadRequest(f"unsupported parameter value {json.dumps(value)[:80]}: use null, a number, "
+                     'a string or {"base64": "..."}')
+
+
+def encode_value(value: Value) -> Any:
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def parse_params(raw: Any) -> Params:
+    if raw is None:
+        return ()
+    if isinstance(raw, list):
+        return [decode_value(v) for v in raw]
+    if isinstance(raw, dict):
+        return {str(k): decode_value(v) for k, v in raw.items()}
+    raise BadRequest("params must be an array or an object")
+
+
+def parse_statement(raw: Any, where: str = "body") -> Statement:
+    if not isinstance(raw, dict):
+        raise BadRequest(f"{where} must be an object with 'sql'")
+    sql = raw.get("sql")
+    if not isinstance(sql, str):
+        raise BadRequest(f"{where}.sql must be a string")
+    unknown = set(raw) - {"sql", "params"}
+    if unknown:
+        raise BadRequest(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    return Statement(sql, parse_params(raw.get("params")))
+
+
+def encode_result(result: QueryResult) -> dict[str, Any]:
+    return {
+        "columns": result.columns,
+        "rows": [[encode_value(v) for v in row] for row in result.rows],
+        "rows_affected": result.rows_affected,
+        "last_insert_rowid": result.last_insert_rowid,
+    }

@@ -15,8 +15,9 @@ def _setting_options(fn: Any) -> Any:
     for name, type_name, help_text in reversed(setting_fields()):
         kind: Any = int if type_name.startswith("int") else float if type_name.startswith("float") else str
         env = f"SQLFLEET_{name.upper()}"
-        fn = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
-                          help=f"{help_text} [env {env}]")(fn)
+        fn = click.option(
+            f"--{name.replace('_', '-')}", name, type=kind, default=None, help=f"{help_text} [env {env}]"
+        )(fn)
     return fn
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -53,10 +56,26 @@ class Server:
             self.fleet.close()
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the process before
+    our own shutdown runs; here a signal only asks uvicorn to stop, and we exit normally."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: uvicorn stops accepting and finishes in-flight requests,
     then every tenant handle is closed and the data-dir lock released."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     server = Server.build(settings)
     url = f"http://{settings.host}:{settings.port}"
     if server.admin_key_generated:
@@ -66,10 +85,14 @@ def serve(settings: Settings) -> None:
         print(f"sqlfleet: admin key is in {settings.data_dir / 'admin.key'}", file=sys.stderr)
     print(f"sqlfleet: serving {settings.data_dir} on {url}  (export SQLFLEET_URL={url})", file=sys.stderr)
     config = uvicorn.Config(
-        server.app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, lifespan="off",
+        server.app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="off",
     )
     try:
-        uvicorn.Server(config).run()
+        _Uvicorn(config).run()
     finally:
         server.close()

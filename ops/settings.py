@@ -29,32 +29,49 @@ def _doc(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = field(default_factory=_default_data_dir, metadata=_doc(
-        "Directory holding tenant files, the catalog and the keys (default ~/.local/share/sqlfleet)."))
+    data_dir: Path = field(
+        default_factory=_default_data_dir,
+        metadata=_doc(
+            "Directory holding tenant files, the catalog and the keys (default ~/.local/share/sqlfleet)."
+        ),
+    )
     host: str = field(default="127.0.0.1", metadata=_doc("Address to listen on."))
     port: int = field(default=8080, metadata=_doc("Port to listen on."))
-    admin_key: str | None = field(default=None, metadata=_doc(
-        "Admin API key. Unset: generated on first start into DATA_DIR/admin.key and printed."))
-    signing_key_file: Path | None = field(default=None, metadata=_doc(
-        "PEM file of the Ed25519 key that signs tenant tokens. Unset: DATA_DIR/signing-key.pem, "
-        "generated on first start."))
-    pool_capacity: int = field(default=1000, metadata=_doc(
-        "Tenant connections kept open (LRU). Each idle one costs ~100-150 KiB and 2 file descriptors."))
-    worker_threads: int = field(default=16, metadata=_doc(
-        "Threads that run SQLite work off the event loop."))
-    synchronous: str = field(default="FULL", metadata=_doc(
-        "SQLite synchronous mode for tenant databases: FULL (durable on ack) or NORMAL."))
+    admin_key: str | None = field(
+        default=None,
+        metadata=_doc("Admin API key. Unset: generated on first start into DATA_DIR/admin.key and printed."),
+    )
+    signing_key_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "PEM file of the Ed25519 key that signs tenant tokens. Unset: DATA_DIR/signing-key.pem, "
+            "generated on first start."
+        ),
+    )
+    pool_capacity: int = field(
+        default=1000,
+        metadata=_doc(
+            "Tenant connections kept open (LRU). Each idle one costs ~100-150 KiB and 2 file descriptors."
+        ),
+    )
+    worker_threads: int = field(default=16, metadata=_doc("Threads that run SQLite work off the event loop."))
+    synchronous: str = field(
+        default="FULL",
+        metadata=_doc("SQLite synchronous mode for tenant databases: FULL (durable on ack) or NORMAL."),
+    )
     cache_size_kib: int = field(default=256, metadata=_doc("SQLite page cache per tenant connection, KiB."))
-    statement_timeout: float = field(default=2.0, metadata=_doc(
-        "Seconds one statement may run before it is interrupted (HTTP 504)."))
+    statement_timeout: float = field(
+        default=2.0, metadata=_doc("Seconds one statement may run before it is interrupted (HTTP 504).")
+    )
     max_sql_length: int = field(default=100_000, metadata=_doc("Longest SQL text accepted, bytes."))
     max_result_rows: int = field(default=10_000, metadata=_doc("Most rows one result may carry."))
     max_result_bytes: int = field(default=8 << 20, metadata=_doc("Largest result, bytes (approximate)."))
     max_db_bytes: int = field(default=1 << 30, metadata=_doc("Largest tenant database, bytes."))
     max_body_bytes: int = field(default=4 << 20, metadata=_doc("Largest request body, bytes (HTTP 413)."))
     max_batch_statements: int = field(default=1000, metadata=_doc("Most statements in one batch."))
-    max_token_ttl: int = field(default=365 * 86400, metadata=_doc(
-        "Longest lifetime a minted tenant token may have, seconds."))
+    max_token_ttl: int = field(
+        default=365 * 86400, metadata=_doc("Longest lifetime a minted tenant token may have, seconds.")
+    )
     log_level: str = field(default="info", metadata=_doc("Log level: debug, info, warning, error."))
 
     @classmethod
@@ -76,8 +93,16 @@ class Settings:
     def validate(self) -> None:
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise BadRequest(f"synchronous must be FULL or NORMAL, not {self.synchronous!r}")
-        for name in ("pool_capacity", "worker_threads", "max_sql_length", "max_result_rows",
-                     "max_result_bytes", "max_db_bytes", "max_body_bytes", "max_batch_statements"):
+        for name in (
+            "pool_capacity",
+            "worker_threads",
+            "max_sql_length",
+            "max_result_rows",
+            "max_result_bytes",
+            "max_db_bytes",
+            "max_body_bytes",
+            "max_batch_statements",
+        ):
             if getattr(self, name) < 1:
                 raise BadRequest(f"{name} must be at least 1")
         if self.statement_timeout <= 0:

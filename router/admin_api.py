@@ -56,7 +56,7 @@ async def list_tenants(request: Request) -> JSONResponse:
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
     limit = int(limit_text)
-    rows = await c.blocking(c.fleet.list, prefix, after, limit + 1)
+    rows = await c.blocking(c.fleet.list_tenants, prefix, after, limit + 1)
     page = rows[:limit]
     next_cursor = page[-1].id if len(rows) > limit else None
     return JSONResponse({"tenants": [r.to_json() for r in page], "next": next_cursor})

@@ -51,8 +51,10 @@ def decode_value(value: Any) -> Value:
             return base64.b64decode(value["base64"], validate=True)
         except binascii.Error:
             raise BadRequest("invalid base64 in blob parameter") from None
-    raise BadRequest(f"unsupported parameter value {json.dumps(value)[:80]}: use null, a number, "
-                     'a string or {"base64": "..."}')
+    raise BadRequest(
+        f"unsupported parameter value {json.dumps(value)[:80]}: use null, a number, "
+        'a string or {"base64": "..."}'
+    )
 
 
 def encode_value(value: Value) -> Any:

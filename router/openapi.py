@@ -21,14 +21,18 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 _VALUE = {
-    "description": "null, integer, real, text, or a blob as {\"base64\": ...}",
+    "description": 'null, integer, real, text, or a blob as {"base64": ...}',
     "nullable": True,
     "oneOf": [
         {"type": "integer", "format": "int64"},
         {"type": "number"},
         {"type": "string"},
-        {"type": "object", "required": ["base64"], "properties": {"base64": {"type": "string"}},
-         "additionalProperties": False},
+        {
+            "type": "object",
+            "required": ["base64"],
+            "properties": {"base64": {"type": "string"}},
+            "additionalProperties": False,
+        },
     ],
 }
 
@@ -36,12 +40,17 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                           "index": {"type": "integer"}},
-        }},
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "index": {"type": "integer"},
+                },
+            }
+        },
     },
     "Value": _VALUE,
     "Statement": {
@@ -50,8 +59,12 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "sql": {"type": "string", "description": "exactly one SQL statement"},
-            "params": {"oneOf": [{"type": "array", "items": _ref("Value")},
-                                 {"type": "object", "additionalProperties": _ref("Value")}]},
+            "params": {
+                "oneOf": [
+                    {"type": "array", "items": _ref("Value")},
+                    {"type": "object", "additionalProperties": _ref("Value")},
+                ]
+            },
         },
     },
     "QueryResult": {
@@ -121,18 +134,30 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-_STATUS_TEXT = {400: "Bad input or SQL error", 401: "Missing, invalid or expired credential",
-                403: "Not allowed for this credential", 404: "No such tenant or route",
-                409: "Already exists", 413: "Too large", 503: "Tenant unavailable",
-                504: "Statement timed out"}
+_STATUS_TEXT = {
+    400: "Bad input or SQL error",
+    401: "Missing, invalid or expired credential",
+    403: "Not allowed for this credential",
+    404: "No such tenant or route",
+    409: "Already exists",
+    413: "Too large",
+    503: "Tenant unavailable",
+    504: "Statement timed out",
+}
 
 _TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": TENANT_ID}
-_SECURED = [{"bearer": []}]
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-def _op(summary: str, ok: dict[str, Any], errors: tuple[int, ...], body: str | None = None,
-        params: list[dict[str, Any]] | None = None, secured: bool = True,
-        ok_status: str = "200") -> dict[str, Any]:
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    errors: tuple[int, ...],
+    body: str | None = None,
+    params: list[dict[str, Any]] | None = None,
+    secured: bool = True,
+    ok_status: str = "200",
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {ok_status: ok, **_errors(*errors)}}
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
@@ -152,28 +177,64 @@ def _paths() -> dict[str, Any]:
     ]
     status = {"type": "object"}
     return {
-        "/v1/tenants/{tenant}/query": {"post": _op(
-            "Run one statement", _json(_ref("QueryResult")), tenant_errors, "Statement", [_TENANT_PARAM])},
-        "/v1/tenants/{tenant}/batch": {"post": _op(
-            "Run statements atomically", _json(_ref("BatchResult")), tenant_errors, "Batch",
-            [_TENANT_PARAM])},
+        "/v1/tenants/{tenant}/query": {
+            "post": _op(
+                "Run one statement", _json(_ref("QueryResult")), tenant_errors, "Statement", [_TENANT_PARAM]
+            )
+        },
+        "/v1/tenants/{tenant}/batch": {
+            "post": _op(
+                "Run statements atomically",
+                _json(_ref("BatchResult")),
+                tenant_errors,
+                "Batch",
+                [_TENANT_PARAM],
+            )
+        },
         "/v1/admin/tenants": {
-            "post": _op("Create a tenant", _json(_ref("TenantInfo"), "Created"), (400, 401, 403, 409, 413),
-                        "TenantCreate", ok_status="201"),
+            "post": _op(
+                "Create a tenant",
+                _json(_ref("TenantInfo"), "Created"),
+                (400, 401, 403, 409, 413),
+                "TenantCreate",
+                ok_status="201",
+            ),
             "get": _op("List tenants", _json(_ref("TenantList")), (400, 401, 403), params=listing),
         },
         "/v1/admin/tenants/{tenant}": {
-            "get": _op("Tenant info", _json(_ref("TenantInfo")), (400, 401, 403, 404), params=[_TENANT_PARAM]),
-            "delete": _op("Delete a tenant", {"description": "Deleted"}, (400, 401, 403, 404),
-                          params=[_TENANT_PARAM], ok_status="204"),
+            "get": _op(
+                "Tenant info", _json(_ref("TenantInfo")), (400, 401, 403, 404), params=[_TENANT_PARAM]
+            ),
+            "delete": _op(
+                "Delete a tenant",
+                {"description": "Deleted"},
+                (400, 401, 403, 404),
+                params=[_TENANT_PARAM],
+                ok_status="204",
+            ),
         },
-        "/v1/admin/tenants/{tenant}/tokens": {"post": _op(
-            "Mint a tenant token", _json(_ref("Token")), (400, 401, 403, 404, 413), "TokenRequest",
-            [_TENANT_PARAM])},
+        "/v1/admin/tenants/{tenant}/tokens": {
+            "post": _op(
+                "Mint a tenant token",
+                _json(_ref("Token")),
+                (400, 401, 403, 404, 413),
+                "TokenRequest",
+                [_TENANT_PARAM],
+            )
+        },
         "/healthz": {"get": _op("Liveness", _json(status), (), secured=False)},
         "/readyz": {"get": _op("Readiness", _json(status), (503,), secured=False)},
-        "/metrics": {"get": _op("Prometheus metrics", {"description": "text exposition format",
-                                "content": {"text/plain": {"schema": {"type": "string"}}}}, (), secured=False)},
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                {
+                    "description": "text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                (),
+                secured=False,
+            )
+        },
         "/openapi.json": {"get": _op("This document", _json(status), (), secured=False)},
         "/v1/ping": {
             "get": _op("Bare JSON endpoint", _json(status), (), secured=False),
@@ -191,7 +252,12 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": SCHEMAS,
             "responses": {f"E{s}": _json(_ref("Error"), text) for s, text in _STATUS_TEXT.items()},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "admin key, or an Ed25519 JWT tenant token"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "admin key, or an Ed25519 JWT tenant token",
+                }
+            },
         },
     }

@@ -54,6 +54,10 @@ class TenantRow:
 _COLUMNS = "id, created_at, state, grp, size, error"
 
 
+def _row(values: tuple[Any, ...]) -> TenantRow:
+    return TenantRow(*values)
+
+
 class Catalog:
     """Thread-safe access to the catalog database; every write is its own durable transaction."""
 
@@ -70,7 +74,7 @@ class Catalog:
     def _one(self, sql: str, args: tuple[Any, ...]) -> TenantRow | None:
         with self._lock:
             for row in self._db.execute(sql, args):
-                return TenantRow(*row)
+                return _row(row)
         return None
 
     def get(self, tenant_id: str) -> TenantRow | None:
@@ -106,7 +110,7 @@ class Catalog:
         sql = f"SELECT {_COLUMNS} FROM tenants WHERE id >= ? AND id < ? AND id != ? ORDER BY id LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (low, prefix + "~", after or "", limit)).fetchall()
-        return [TenantRow(*r) for r in rows]
+        return [_row(r) for r in rows]
 
     def ids_in_states(self, states: tuple[str, ...]) -> list[tuple[str, str]]:
         marks = ",".join("?" * len(states))
@@ -120,4 +124,5 @@ class Catalog:
 
     def counts_by_state(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._db.execute("SELECT state, count(*) FROM tenants GROUP BY state").fetchall())
+            rows = self._db.execute("SELECT state, count(*) FROM tenants GROUP BY state")
+            return {str(state): int(n) for state, n in rows}

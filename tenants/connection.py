@@ -43,7 +43,7 @@ def _configure(conn: apsw.Connection, config: DbConfig) -> None:
     if mode[-1][0] != "wal":
         raise apsw.CantOpenError(f"could not switch to WAL mode (got {mode[-1][0]})")
     conn.wal_autocheckpoint(0)
-    page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
+    page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])  # type: ignore[arg-type]
     conn.execute(
         f"PRAGMA synchronous={config.synchronous}; PRAGMA foreign_keys=ON;"
         f" PRAGMA cache_size=-{config.cache_size_kib};"

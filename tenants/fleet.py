@@ -148,7 +148,7 @@ class Fleet:
             self.catalog.set_size(tenant_id, size)
         return TenantRow(row.id, row.created_at, row.state, row.group, size, row.error)
 
-    def list(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[TenantRow]:
+    def list_tenants(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[TenantRow]:
         return self.catalog.page(prefix, after, limit)
 
     # -- SQL -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ def validate_tenant_id(value: object) -> str:
     if not isinstance(value, str) or not _TENANT_ID.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else type(value).__name__
         raise InvalidTenantId(
-            f"invalid tenant id {shown!r}: 1-63 chars of a-z, 0-9, '_' or '-', starting with a letter or digit"
+            f"invalid tenant id {shown!r}: 1-63 chars of a-z, 0-9, '_' or '-', "
+            "starting with a letter or digit"
         )
     return value

@@ -1,9 +1,9 @@
 """Where things live in the data directory, and the lock that makes one server own it.
 
-    DATA/LOCK                        flock'ed by the owning server for its whole life
-    DATA/system/catalog.db           the tenant catalog
-    DATA/tenants/ab/cd/<id>.db       tenant files, spread by sha1(id) over 65,536 folders
-    DATA/tenants/ab/cd/<id>.db-wal   their WAL
+DATA/LOCK                        flock'ed by the owning server for its whole life
+DATA/system/catalog.db           the tenant catalog
+DATA/tenants/ab/cd/<id>.db       tenant files, spread by sha1(id) over 65,536 folders
+DATA/tenants/ab/cd/<id>.db-wal   their WAL
 """
 
 from __future__ import annotations

@@ -21,7 +21,14 @@ from contextlib import contextmanager
 
 import apsw
 
-from metrics.instruments import POOL_CAPACITY, POOL_EVICTIONS, POOL_HITS, POOL_MISSES, POOL_OPEN, POOL_OPEN_SECONDS
+from metrics.instruments import (
+    POOL_CAPACITY,
+    POOL_EVICTIONS,
+    POOL_HITS,
+    POOL_MISSES,
+    POOL_OPEN,
+    POOL_OPEN_SECONDS,
+)
 from tenants.errors import TenantNotFound
 from tenants.sandbox import Sandbox
 
@@ -138,7 +145,7 @@ class Pool:
         with self._lock:
             excess = len(self._handles) - self.capacity
             if excess > 0:
-                for tenant_id, handle in self._handles.items():
+                for handle in self._handles.values():
                     if handle.users == 0 and handle.ready.is_set():
                         victims.append(handle)
                         if len(victims) == excess:

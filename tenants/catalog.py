@@ -64,7 +64,7 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._db = apsw.Connection(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000").fetchall()
         self._db.execute(_SCHEMA)
 
     def close(self) -> None:

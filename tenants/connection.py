@@ -48,4 +48,4 @@ def _configure(conn: apsw.Connection, config: DbConfig) -> None:
         f"PRAGMA synchronous={config.synchronous}; PRAGMA foreign_keys=ON;"
         f" PRAGMA cache_size=-{config.cache_size_kib};"
         f" PRAGMA max_page_count={max(1, config.max_db_bytes // page_size)}"
-    )
+    ).fetchall()  # APSW runs the next statement only when the previous one's rows are consumed

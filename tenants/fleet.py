@@ -23,6 +23,7 @@ from tenants.config import DbConfig
 from tenants.connection import open_database
 from tenants.errors import SqlfleetError, TenantExists, TenantNotFound, TenantUnavailable
 from tenants.execute import QueryResult, Statement, TenantCorrupt, run_batch, run_statement
+from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
 from tenants.layout import DataDirLock, Layout
 from tenants.pool import Handle, Pool
@@ -35,10 +36,16 @@ CloseHook = Callable[[Handle], None]
 
 class Fleet:
     def __init__(
-        self, data_dir: Path, config: DbConfig, pool_capacity: int, before_close: CloseHook | None = None
+        self,
+        data_dir: Path,
+        config: DbConfig,
+        pool_capacity: int,
+        before_close: CloseHook | None = None,
+        hooks: Sequence[FleetHooks] = (),
     ) -> None:
         self.layout = Layout(data_dir)
         self.config = config
+        self.hooks = list(hooks)
         self._lock = DataDirLock(self.layout)
         self._lock.acquire()
         try:
@@ -71,6 +78,8 @@ class Fleet:
             raise TenantExists(f"tenant {tenant_id!r} already exists")
         try:
             self._make_file(tenant_id, template)
+            for hook in self.hooks:
+                hook.after_create(tenant_id, self.layout.tenant_path(tenant_id))
         except BaseException:
             self.layout.remove_tenant_files(tenant_id)
             self.catalog.remove(tenant_id)
@@ -102,6 +111,8 @@ class Fleet:
         self.require(tenant_id, allow=tuple(_ALL_STATES))
         self.catalog.set_state(tenant_id, states.DELETING)
         self.pool.discard(tenant_id)
+        for hook in self.hooks:
+            hook.before_delete(tenant_id)
         self.layout.remove_tenant_files(tenant_id)
         self.catalog.remove(tenant_id)
         self._refresh_gauges()
@@ -179,7 +190,7 @@ class Fleet:
     def _open(self, tenant_id: str) -> tuple[apsw.Connection, Sandbox]:
         self.require(tenant_id)
         try:
-            return open_database(self.layout.tenant_path(tenant_id), self.config)
+            conn, sandbox = open_database(self.layout.tenant_path(tenant_id), self.config)
         except apsw.CantOpenError:
             self.catalog.set_state(tenant_id, states.MISSING, "database file is missing")
             raise TenantUnavailable(f"tenant {tenant_id!r} has no database file") from None
@@ -187,6 +198,13 @@ class Fleet:
             raise TenantCorrupt(f"tenant {tenant_id!r} is corrupt: {exc}") from None
         except apsw.Error as exc:
             raise TenantUnavailable(f"tenant {tenant_id!r} cannot be opened: {exc}") from None
+        try:
+            for hook in self.hooks:
+                hook.after_open(tenant_id, conn, sandbox)
+        except BaseException:
+            conn.close()
+            raise
+        return conn, sandbox
 
     def _mark_corrupt(self, tenant_id: str, message: str) -> None:
         row = self.catalog.get(tenant_id)

@@ -18,7 +18,7 @@ import zstandard
 
 MAGIC = b"SQFSEG01"
 PREFIX_SIZE = len(MAGIC) + 4
-FRAMES, SNAPSHOT = "frames", "snapshot"
+FRAMES, SNAPSHOT, TOMBSTONE = "frames", "snapshot", "deleted"
 _FRAME_HEAD = struct.Struct(">II")
 
 
@@ -46,6 +46,7 @@ class Chunk:
     commits: list[tuple[int, float]] = field(default_factory=list)  # (lsn of commit frame, unix time)
     frames: list[PageWrite] = field(default_factory=list)
     image: bytes = b""
+    taken_at: float = 0.0  # SNAPSHOT: when the image was taken; TOMBSTONE: when the tenant was deleted
 
     def body(self) -> bytes:
         if self.kind == SNAPSHOT:
@@ -64,9 +65,17 @@ class ChunkRef:
     last_lsn: int
     page_size: int
     commits: tuple[tuple[int, float], ...]
+    taken_at: float
     offset: int
     length: int
     key: str = ""
+
+    @property
+    def times(self) -> tuple[float, float]:
+        """(first, last) moment this chunk covers: its commits, or when the snapshot was taken."""
+        if self.kind != FRAMES or not self.commits:
+            return self.taken_at, self.taken_at
+        return self.commits[0][1], self.commits[-1][1]
 
 
 def pack(chunks: list[Chunk], meta: dict[str, object], level: int = 3) -> tuple[bytes, list[ChunkRef]]:
@@ -75,7 +84,8 @@ def pack(chunks: list[Chunk], meta: dict[str, object], level: int = 3) -> tuple[
     bodies = [compressor.compress(c.body()) for c in chunks]
     entries = [
         {"tenant": c.tenant, "generation": c.generation, "kind": c.kind, "first_lsn": c.first_lsn,
-         "last_lsn": c.last_lsn, "page_size": c.page_size, "commits": c.commits, "length": len(b)}
+         "last_lsn": c.last_lsn, "page_size": c.page_size, "commits": c.commits, "taken_at": c.taken_at,
+         "length": len(b)}
         for c, b in zip(chunks, bodies, strict=True)
     ]  # fmt: skip
     index = compressor.compress(json.dumps({"meta": meta, "chunks": entries}).encode())
@@ -91,7 +101,8 @@ def _ref(entry: dict[str, object], offset: int, key: str = "") -> ChunkRef:
     commits = tuple((int(lsn), float(t)) for lsn, t in entry["commits"])  # type: ignore[attr-defined]
     return ChunkRef(
         str(entry["tenant"]), str(entry["generation"]), str(entry["kind"]), int(entry["first_lsn"]),  # type: ignore[call-overload]
-        int(entry["last_lsn"]), int(entry["page_size"]), commits, offset, int(entry["length"]), key,  # type: ignore[call-overload]
+        int(entry["last_lsn"]), int(entry["page_size"]), commits, float(entry["taken_at"]), offset,  # type: ignore[call-overload, arg-type]
+        int(entry["length"]), key,  # type: ignore[call-overload]
     )  # fmt: skip
 
 

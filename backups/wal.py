@@ -86,7 +86,12 @@ def _coefficients(pairs: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, i
     for j in range(pairs + 1):
         powers[j] = m
         # m = M @ m with M = [[1, 1], [1, 2]], mod 2^32
-        m = [(m[0] + m[2]) & _MASK, (m[1] + m[3]) & _MASK, (m[0] + 2 * m[2]) & _MASK, (m[1] + 2 * m[3]) & _MASK]
+        m = [
+            (m[0] + m[2]) & _MASK,
+            (m[1] + m[3]) & _MASK,
+            (m[0] + 2 * m[2]) & _MASK,
+            (m[1] + 2 * m[3]) & _MASK,
+        ]
     c = powers[pairs - 1 :: -1][:pairs]  # C_k = M^(pairs-1-k)
     weights_a = np.stack([(c[:, 0] + c[:, 1]) & _MASK, (c[:, 2] + c[:, 3]) & _MASK])
     weights_b = np.stack([c[:, 1], c[:, 3]])
@@ -137,6 +142,8 @@ def read_frames(path: Path, header: WalHeader, start: int, stop: int, seed: Chec
 
 def _validated(raw: bytes, header: WalHeader, start: int, count: int, seed: Checksum) -> list[Frame]:
     """The longest prefix of valid frames in `raw` (which holds `count` whole frames)."""
+    if count == 0:  # nothing after the position (e.g. a reopened, fully shipped WAL)
+        return []
     size = header.frame_size
     view = memoryview(raw)
     # checksum input per frame: the first 8 header bytes, then the page
@@ -153,6 +160,30 @@ def _validated(raw: bytes, header: WalHeader, start: int, count: int, seed: Chec
             break
         frames.append(Frame(start + i, page_no, commit, state, bytes(view[base + 24 : base + size])))
     return frames
+
+
+def tail(path: Path, header: WalHeader, start: int, seed: Checksum) -> list[Frame] | None:
+    """The committed frames after frame `start - 1`, provided that frame (or the header, for
+    start 0) carries checksum `seed` and the header's salts; None if it does not — then the WAL
+    does not continue the position (start, seed). Reads only the frames after it."""
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(header.frame_offset(start - 1))
+            head = f.read(FRAME_HEADER_SIZE)
+            if len(head) < FRAME_HEADER_SIZE or struct.unpack(">4I", head[8:]) != (
+                header.salt1,
+                header.salt2,
+                *seed,
+            ):
+                return None
+        elif header.checksum != seed:
+            return None
+        f.seek(header.frame_offset(start))
+        raw = f.read()
+    count = len(raw) // header.frame_size
+    frames = _validated(raw[: count * header.frame_size], header, start, count, seed)
+    last_commit = max((i for i, fr in enumerate(frames) if fr.commit_size), default=-1)
+    return frames[: last_commit + 1]
 
 
 def scan(path: Path) -> tuple[WalHeader | None, list[Frame]]:

@@ -6,6 +6,9 @@ from typing import Any
 
 import click
 
+from ops.admin_cli import tenant, token
+from ops.backups_cli import backups, restore
+from ops.schema_cli import group, migrate
 from ops.settings import Settings, setting_fields
 from tenants.errors import SqlfleetError
 
@@ -40,3 +43,25 @@ def serve(**flags: Any) -> None:
         run(settings)
     except SqlfleetError as exc:
         raise click.ClickException(exc.message) from None
+
+
+main.add_command(tenant)
+main.add_command(token)
+main.add_command(restore)
+main.add_command(backups)
+main.add_command(group)
+main.add_command(migrate)
+
+
+from ops.bench import bench  # noqa: E402
+from ops.bench_backups import bench_backups  # noqa: E402
+from ops.bench_core import cold, fleet, hot  # noqa: E402
+
+main.add_command(bench)
+for command in (fleet, hot, cold):
+    bench.add_command(command)
+bench.add_command(bench_backups)
+
+from ops.bench_migrate import bench_migrate  # noqa: E402
+
+bench.add_command(bench_migrate)

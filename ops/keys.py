@@ -16,6 +16,7 @@ def _write_secret(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a tmp file left by a crash
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -24,12 +25,16 @@ def _write_secret(path: Path, data: bytes) -> None:
 
 
 def admin_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
-    """(key, generated_now). A configured key wins; else DATA/admin.key, created if absent."""
+    """(key, generated_now). A configured key wins; else DATA/admin.key, created if absent.
+    Raises BadRequest if the file exists but holds no key (no one could ever be admin)."""
     if configured:
         return configured, False
     path = data_dir / "admin.key"
     if path.exists():
-        return path.read_text().strip(), False
+        key = path.read_text().strip()
+        if not key:
+            raise BadRequest(f"admin key file {path} is empty: delete it to generate a new key")
+        return key, False
     key = "sfa_" + secrets.token_urlsafe(32)
     _write_secret(path, key.encode() + b"\n")
     return key, True

@@ -6,17 +6,26 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
 
+from backups.catalog import BackupCatalog
+from backups.replica import ReplicaError
+from backups.replica_factory import open_replica
+from backups.service import Backups
+from backups.shipper import Shipper, ShipperConfig, server_id
 from ops import keys
 from ops.settings import Settings
 from router.app import build_app
 from router.auth import Authenticator
 from router.context import RouterConfig
+from schema_sync.catch_up import SchemaHooks
+from schema_sync.groups import GroupStore
+from schema_sync.rollout import Rollouts
 from tenants.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,7 @@ class Server:
     app: Starlette
     admin_key: str
     admin_key_generated: bool
+    backups: Backups | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Server:
@@ -40,6 +50,7 @@ class Server:
         try:
             admin_key, generated = keys.admin_key(settings.admin_key, settings.data_dir)
             auth = Authenticator(keys.signing_key(settings.signing_key_file, settings.data_dir), admin_key)
+            backups = _backups(settings, fleet) if settings.backups else None
         except BaseException:
             fleet.close()
             raise
@@ -48,17 +59,97 @@ class Server:
             max_batch_statements=settings.max_batch_statements,
             max_token_ttl=settings.max_token_ttl,
             worker_threads=settings.worker_threads,
+            stream_idle_timeout=settings.stream_idle_timeout,
+            max_streams_per_tenant=settings.max_streams_per_tenant,
+            max_streams=settings.max_streams,
+            base_domain=settings.base_domain,
         )
-        return cls(settings, fleet, build_app(fleet, auth, config), admin_key, generated)
+        fleet.pool.busy_timeout = settings.busy_timeout
+        app = build_app(fleet, auth, config)
+        app.state.ctx.backups = backups
+        app.state.groups, app.state.rollouts = _schema_sync(settings, fleet)
+        return cls(settings, fleet, app, admin_key, generated, backups)
+
+    def stop_accepting(self) -> None:
+        """From now on /readyz answers 503, so a load balancer drains us while we finish."""
+        self.app.state.ctx.shutting_down = True
 
     def close(self) -> None:
+        """Ship what is left, close every handle, release the data dir. Idempotent."""
+        rollouts = getattr(self.app.state, "rollouts", None)
+        if rollouts is not None:
+            rollouts.close()  # before the fleet: its workers hold tenant leases
+        self.app.state.hrana.close()  # before the fleet: an open Hrana transaction holds a tenant lock
+        if self.backups is not None:
+            self.backups.shipper.stop()
         if self.fleet.lock_held:
             self.fleet.close()
+        if self.backups is not None:
+            self.backups.catalog.close()
+            self.backups.replica.close()
+            self.backups = None
+
+
+def _schema_sync(settings: Settings, fleet: Fleet) -> tuple[GroupStore, Rollouts]:
+    """Schema groups and rollouts; the hook that creates group tenants from their template and
+    catches tenants up on open. Added after the backup hooks, so catch-up commits are shipped."""
+    groups = GroupStore(settings.data_dir, settings.migration_timeout)
+
+    def group_of(tenant_id: str) -> str | None:
+        row = fleet.catalog.get(tenant_id)
+        return row.group if row is not None else None
+
+    fleet.hooks.append(SchemaHooks(groups, group_of, settings.lazy_catch_up, settings.migration_timeout))
+    return groups, Rollouts(groups, fleet, settings.rollout_concurrency)
+
+
+def _backups(settings: Settings, fleet: Fleet) -> Backups:
+    """WAL shipping hooked into the fleet, plus restore; the shipper's loop is started here."""
+    replica = open_replica(
+        settings.replica_target(),
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        force_path_style=settings.s3_force_path_style,
+    )
+    catalog = BackupCatalog(fleet.layout.system_dir / "backups.db")
+    config = ShipperConfig(
+        flush_interval=settings.backup_flush_interval,
+        segment_max_bytes=settings.backup_segment_max_bytes,
+        checkpoint_frames=settings.backup_checkpoint_frames,
+        snapshot_bytes=settings.backup_snapshot_bytes,
+        snapshot_interval=settings.backup_snapshot_interval,
+        max_backlog_bytes=settings.backup_max_backlog_bytes,
+    )
+    shipper = Shipper(replica, catalog, fleet.layout, config, server_id(fleet.layout))
+    shipper.lease = fleet.lease_if_open
+    backups = Backups(replica, catalog, shipper, fleet)
+    shipper.periodic = lambda: backups.enforce_retention(settings.backup_retention)
+    fleet.hooks.extend([shipper, backups])
+    try:
+        backups.rebuild_if_empty()  # a fresh data dir over a bucket: know what it can restore
+    except ReplicaError as exc:
+        log.warning("could not read the backup catalog from the replica (%s); POST "
+                    "/v1/admin/backups/rebuild once it is reachable", exc)  # fmt: skip
+    shipper.start()
+    return backups
+
+
+# In-flight requests get this long after SIGTERM (a statement is bounded by its own timeout;
+# this bounds slow clients). Below Kubernetes' default 30 s grace period.
+GRACEFUL_SHUTDOWN_SECONDS = 20
 
 
 class _Uvicorn(uvicorn.Server):
     """uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the process before
     our own shutdown runs; here a signal only asks uvicorn to stop, and we exit normally."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -91,8 +182,9 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     try:
-        _Uvicorn(config).run()
+        _Uvicorn(config, server.stop_accepting).run()
     finally:
         server.close()

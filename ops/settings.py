@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,114 @@ class Settings:
     max_token_ttl: int = field(
         default=365 * 86400, metadata=_doc("Longest lifetime a minted tenant token may have, seconds.")
     )
+    busy_timeout: float = field(
+        default=5.0,
+        metadata=_doc(
+            "Seconds a request waits for a tenant held by an open (Hrana) transaction before it "
+            "gets HTTP 503 with Retry-After."
+        ),
+    )
+    stream_idle_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a Hrana stream (baton) may stay idle before it expires and its open "
+            "transaction is rolled back."
+        ),
+    )
+    max_streams_per_tenant: int = field(
+        default=100, metadata=_doc("Most Hrana streams open at once for one tenant (HTTP 429 past it).")
+    )
+    max_streams: int = field(
+        default=10_000, metadata=_doc("Most Hrana streams open at once on this server (HTTP 503 past it).")
+    )
+    base_domain: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Serve Hrana at the root of {tenant}.BASE_DOMAIN too, tenant taken from the Host header "
+            "(as libsql-server does). Unset: only the path form and the token's tenant."
+        ),
+    )
+    replica_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Where backups go: s3://BUCKET/PREFIX, file:///PATH or a plain path. Unset: "
+            "file://DATA_DIR/replica, a local directory (restores mistakes, not a lost disk)."
+        ),
+    )
+    s3_endpoint_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "S3 API endpoint for an s3:// replica_url; unset for AWS. E.g. http://minio:9000 or "
+            "https://ACCOUNT.r2.cloudflarestorage.com. Credentials come from the standard AWS "
+            "environment and config (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, roles)."
+        ),
+    )
+    s3_region: str | None = field(
+        default=None,
+        metadata=_doc("Region of the s3:// bucket. Unset: from the AWS config (R2 takes 'auto')."),
+    )
+    s3_force_path_style: bool = field(
+        default=False,
+        metadata=_doc(
+            "Address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT (MinIO and most "
+            "self-hosted S3 need this): true or false."
+        ),
+    )
+    backups: bool = field(
+        default=True,
+        metadata=_doc("Ship every tenant's WAL to the replica (true or false). Off: no backups, no restore."),
+    )
+    backup_flush_interval: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Seconds between flushes: each packs all dirty tenants' new commits into one segment object."
+        ),
+    )
+    backup_retention: float = field(
+        default=7 * 86400.0,
+        metadata=_doc(
+            "Seconds of history kept restorable (snapshots and segments older than needed are deleted)."
+        ),
+    )
+    backup_snapshot_interval: float = field(
+        default=86400.0,
+        metadata=_doc("Seconds after which a tenant that changed gets a new snapshot (bounds restore time)."),
+    )
+    backup_snapshot_bytes: int = field(
+        default=64 << 20,
+        metadata=_doc("WAL bytes shipped since the last snapshot after which a tenant gets a new snapshot."),
+    )
+    backup_checkpoint_frames: int = field(
+        default=1000,
+        metadata=_doc("WAL frames after which a tenant's fully shipped WAL is checkpointed and truncated."),
+    )
+    backup_segment_max_bytes: int = field(
+        default=64 << 20, metadata=_doc("A flush splits into several segment objects only past this size.")
+    )
+    backup_max_backlog_bytes: int = field(
+        default=256 << 20,
+        metadata=_doc(
+            "Unshipped WAL bytes one tenant may accumulate while the replica is unreachable; past it "
+            "its requests get HTTP 503 until the backlog drains."
+        ),
+    )
+    lazy_catch_up: bool = field(
+        default=True,
+        metadata=_doc(
+            "Migrate a tenant that is behind its schema group's released head when it is opened, "
+            "before its first request (true or false)."
+        ),
+    )
+    migration_timeout: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds one tenant's migration may run; its requests wait meanwhile (bounded by busy_timeout)."
+        ),
+    )
+    rollout_concurrency: int = field(
+        default=8,
+        metadata=_doc("Tenants a schema rollout migrates at once, unless the rollout says otherwise."),
+    )
     log_level: str = field(default="info", metadata=_doc("Log level: debug, info, warning, error."))
 
     @classmethod
@@ -102,11 +210,27 @@ class Settings:
             "max_db_bytes",
             "max_body_bytes",
             "max_batch_statements",
+            "max_streams_per_tenant",
+            "max_streams",
+            "rollout_concurrency",
         ):
             if getattr(self, name) < 1:
                 raise BadRequest(f"{name} must be at least 1")
-        if self.statement_timeout <= 0:
-            raise BadRequest("statement_timeout must be positive")
+        for name in (
+            "statement_timeout",
+            "busy_timeout",
+            "stream_idle_timeout",
+            "backup_flush_interval",
+            "backup_retention",
+            "backup_snapshot_interval",
+            "migration_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise BadRequest(f"{name} must be positive")
+
+    def replica_target(self) -> str:
+        """`replica_url`, or the embedded default: a directory under the data dir."""
+        return self.replica_url or (self.data_dir / "replica").absolute().as_uri()
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -126,6 +250,12 @@ class Settings:
 def _parse(name: str, type_name: str, raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
+    if type_name == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise BadRequest(f"setting {name}: cannot parse {raw!r} as true or false")
     try:
         if type_name.startswith("int"):
             return int(raw)
@@ -141,3 +271,14 @@ def _parse(name: str, type_name: str, raw: Any) -> Any:
 def setting_fields() -> list[tuple[str, str, str]]:
     """(name, type, help) of every setting, for --help and docs."""
     return [(f.name, str(f.type), f.metadata.get("help", "")) for f in fields(Settings)]
+
+
+def settings_markdown() -> str:
+    """The README's settings table (tests/ops/test_settings.py keeps the README in step)."""
+    lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        default = "see meaning" if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        shown = "unset" if default is None else f"`{default}`" if default != "see meaning" else default
+        lines.append(f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | {shown} | "
+                     f"{f.metadata.get('help', '').replace('|', '/')} |")  # fmt: skip
+    return "\n".join(lines)

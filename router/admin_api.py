@@ -16,27 +16,30 @@ from tenants.errors import BadRequest
 from tenants.ids import validate_tenant_id
 
 _PREFIX = re.compile(r"[a-z0-9_-]{0,63}")
+_LIMIT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts '²'
 _GROUP = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_PAGE = 1000
 
 
-def _admin(request: Request) -> Context:
+def admin_context(request: Request) -> Context:
     c = ctx(request)
     require_admin(c.principal(request))
     return c
 
 
-def _fields(body: dict[str, Any], allowed: set[str]) -> None:
+def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
 
 
 async def create_tenant(request: Request) -> JSONResponse:
-    c = _admin(request)
+    c = admin_context(request)
     body = await read_json(request, c.config.max_body_bytes)
-    _fields(body, {"id", "group"})
-    tenant = validate_tenant_id(body.get("id"))
+    reject_unknown(body, {"id", "group"})
+    if "id" not in body:
+        raise BadRequest("id is required")
+    tenant = validate_tenant_id(body["id"])
     group = body.get("group")
     if group is not None and (not isinstance(group, str) or not _GROUP.fullmatch(group)):
         raise BadRequest("group must be null or a name like a tenant id")
@@ -45,7 +48,7 @@ async def create_tenant(request: Request) -> JSONResponse:
 
 
 async def list_tenants(request: Request) -> JSONResponse:
-    c = _admin(request)
+    c = admin_context(request)
     q = request.query_params
     prefix, after = q.get("prefix", ""), q.get("after") or None
     if not _PREFIX.fullmatch(prefix):
@@ -53,7 +56,7 @@ async def list_tenants(request: Request) -> JSONResponse:
     if after is not None:
         validate_tenant_id(after)
     limit_text = q.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+    if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
     limit = int(limit_text)
     rows = await c.blocking(c.fleet.list_tenants, prefix, after, limit + 1)
@@ -63,22 +66,22 @@ async def list_tenants(request: Request) -> JSONResponse:
 
 
 async def tenant_info(request: Request) -> JSONResponse:
-    c = _admin(request)
+    c = admin_context(request)
     row = await c.blocking(c.fleet.info, request.path_params["tenant"])
     return JSONResponse(row.to_json())
 
 
 async def delete_tenant(request: Request) -> Response:
-    c = _admin(request)
+    c = admin_context(request)
     await c.blocking(c.fleet.delete, request.path_params["tenant"])
     return Response(status_code=204)
 
 
 async def mint_token(request: Request) -> JSONResponse:
-    c = _admin(request)
+    c = admin_context(request)
     tenant = request.path_params["tenant"]
     body = await read_json(request, c.config.max_body_bytes)
-    _fields(body, {"access", "expires_in"})
+    reject_unknown(body, {"access", "expires_in"})
     access = body.get("access", "rw")
     expires_in = body.get("expires_in", 3600)
     if isinstance(expires_in, bool) or not isinstance(expires_in, int):

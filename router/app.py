@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from metrics.exposition import render as render_metrics
-from router import admin_api, tenant_api
+from router import admin_api, backups_api, groups_api, hrana, tenant_api
 from router.auth import Authenticator
 from router.context import Context, RouterConfig, ctx
 from router.errors import EXCEPTION_HANDLERS
@@ -54,9 +54,24 @@ SYSTEM_ROUTES = [
 
 def build_app(fleet: Fleet, auth: Authenticator, config: RouterConfig) -> Starlette:
     app = Starlette(
-        routes=[*SYSTEM_ROUTES, *tenant_api.ROUTES, *admin_api.ROUTES],
+        routes=[
+            *SYSTEM_ROUTES,
+            *tenant_api.ROUTES,
+            *admin_api.ROUTES,
+            *backups_api.ROUTES,
+            *groups_api.ROUTES,
+            *hrana.ROUTES,
+        ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         middleware=[Middleware(RequestMetrics)],
     )
     app.state.ctx = Context(fleet, auth, config)
+    # closed by ops.server.Server.close, before the fleet (an open transaction holds a tenant lock)
+    app.state.hrana = hrana.Streams(
+        fleet.pool,
+        config.stream_idle_timeout,
+        config.max_streams_per_tenant,
+        config.max_streams,
+        writable=lambda tenant: all(hook.writable(tenant) for hook in fleet.hooks),
+    )
     return app

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from tenants.errors import BadRequest, TooLarge
 from tenants.execute import Params, QueryResult, Statement, Value
@@ -16,26 +15,42 @@ from tenants.execute import Params, QueryResult, Statement, Value
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object. Raises TooLarge past `limit` bytes, BadRequest otherwise."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    """The body as a JSON object (strict JSON: no NaN/Infinity). Raises TooLarge past `limit`
+    bytes, whether declared by Content-Length or streamed chunked; BadRequest otherwise."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge(f"request body larger than {limit} bytes")
     try:
-        data = json.loads(body)
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise TooLarge(f"request body larger than {limit} bytes")
+    except ClientDisconnect:  # nobody will read the answer; just not an "unhandled error"
+        raise BadRequest("client disconnected before sending the whole body") from None
+    try:
+        data = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is not acceptable JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     return data
 
 
+def dumps(document: Any) -> bytes:
+    """Compact UTF-8 JSON, as Starlette's JSONResponse renders it (callable off the event loop)."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 def decode_value(value: Any) -> Value:
+    """A JSON parameter as a SQLite value. Raises BadRequest for anything else."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -49,7 +64,7 @@ def decode_value(value: Any) -> Value:
     if isinstance(value, dict) and set(value) == {"base64"} and isinstance(value["base64"], str):
         try:
             return base64.b64decode(value["base64"], validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or non-ASCII text
             raise BadRequest("invalid base64 in blob parameter") from None
     raise BadRequest(
         f"unsupported parameter value {json.dumps(value)[:80]}: use null, a number, "
@@ -76,14 +91,15 @@ def parse_params(raw: Any) -> Params:
 
 
 def parse_statement(raw: Any, where: str = "body") -> Statement:
+    """A {"sql", "params"} object as a Statement. Raises BadRequest naming `where`."""
     if not isinstance(raw, dict):
         raise BadRequest(f"{where} must be an object with 'sql'")
-    sql = raw.get("sql")
-    if not isinstance(sql, str):
-        raise BadRequest(f"{where}.sql must be a string")
     unknown = set(raw) - {"sql", "params"}
     if unknown:
         raise BadRequest(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    sql = raw.get("sql")
+    if not isinstance(sql, str):
+        raise BadRequest(f"{where}.sql must be a string")
     return Statement(sql, parse_params(raw.get("params")))
 
 

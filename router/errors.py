@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+from starlette.routing import Match
 
 from tenants.errors import MethodNotAllowed, NotFound, SqlfleetError
 
 log = logging.getLogger(__name__)
 
 
-def render(exc: SqlfleetError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+class ErrorResponse(Response):
+    """JSON with non-ASCII escaped: a message quoting odd client input always encodes."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
+def render(exc: SqlfleetError, headers: Mapping[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
+    if exc.status in (429, 503):
+        headers["Retry-After"] = "1"
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="sqlfleet"'  # RFC 6750
+    return ErrorResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
 
 async def handle_sqlfleet_error(request: Request, exc: Exception) -> Response:
@@ -26,16 +43,28 @@ async def handle_sqlfleet_error(request: Request, exc: Exception) -> Response:
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return render(MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}"))
+        message = f"method {request.method} not allowed on {request.url.path}"
+        return render(MethodNotAllowed(message), {"Allow": _allowed_methods(request)})
     if exc.status_code == 404:
         return render(NotFound(f"no route {request.url.path}"))
-    error = SqlfleetError(str(exc.detail))
-    return JSONResponse({"error": {"code": "http_error", "message": error.message}}, exc.status_code)
+    body = {"error": {"code": "http_error", "message": str(exc.detail)}}
+    return ErrorResponse(body, exc.status_code, exc.headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: a 405 must list them (RFC 9110), and
+    Starlette's own header names only the first route that matched the path."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"error": {"code": "internal", "message": "internal server error"}}, 500)
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return ErrorResponse({"error": {"code": "internal", "message": "internal server error"}}, 500)
 
 
 EXCEPTION_HANDLERS = {

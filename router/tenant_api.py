@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from router.auth import require_tenant
-from router.codec import encode_result, parse_statement, read_json
+from router.codec import dumps, encode_result, parse_statement, read_json
 from router.context import ctx
 from tenants.errors import BadRequest
+from tenants.execute import Statement
+from tenants.fleet import Fleet
 from tenants.ids import validate_tenant_id
 
 
@@ -20,28 +24,48 @@ def _tenant(request: Request) -> tuple[str, bool]:
     return tenant, require_tenant(principal, tenant)
 
 
-async def query(request: Request) -> JSONResponse:
+# Results are encoded in the worker thread too: a result of megabytes would otherwise hold
+# the event loop while it is turned into JSON.
+def _run_one(fleet: Fleet, tenant: str, stmt: Statement, readonly: bool) -> bytes:
+    return dumps(encode_result(fleet.execute(tenant, stmt, readonly)))
+
+
+def _run_batch(fleet: Fleet, tenant: str, stmts: Sequence[Statement], readonly: bool) -> bytes:
+    return dumps({"results": [encode_result(r) for r in fleet.batch(tenant, stmts, readonly)]})
+
+
+def _parse_indexed(raw: object, index: int) -> Statement:
+    """parse_statement, whose error names the failing index as SQL errors in a batch do."""
+    try:
+        return parse_statement(raw, f"statements[{index}]")
+    except BadRequest as exc:
+        exc.detail["index"] = index
+        raise
+
+
+async def query(request: Request) -> Response:
     tenant, readonly = _tenant(request)
     c = ctx(request)
     stmt = parse_statement(await read_json(request, c.config.max_body_bytes))
-    result = await c.blocking(c.fleet.execute, tenant, stmt, readonly)
-    return JSONResponse(encode_result(result))
+    body = await c.for_tenant(tenant, _run_one, c.fleet, tenant, stmt, readonly)
+    return Response(body, media_type="application/json")
 
 
-async def batch(request: Request) -> JSONResponse:
+async def batch(request: Request) -> Response:
     tenant, readonly = _tenant(request)
     c = ctx(request)
     body = await read_json(request, c.config.max_body_bytes)
+    unknown = set(body) - {"statements"}
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
     raw = body.get("statements")
     if not isinstance(raw, list) or not raw:
         raise BadRequest("statements must be a non-empty array")
     if len(raw) > c.config.max_batch_statements:
         raise BadRequest(f"at most {c.config.max_batch_statements} statements per batch")
-    if set(body) - {"statements"}:
-        raise BadRequest(f"unknown fields: {', '.join(sorted(set(body) - {'statements'}))}")
-    stmts = [parse_statement(s, f"statements[{i}]") for i, s in enumerate(raw)]
-    results = await c.blocking(c.fleet.batch, tenant, stmts, readonly)
-    return JSONResponse({"results": [encode_result(r) for r in results]})
+    stmts = [_parse_indexed(s, i) for i, s in enumerate(raw)]
+    result = await c.for_tenant(tenant, _run_batch, c.fleet, tenant, stmts, readonly)
+    return Response(result, media_type="application/json")
 
 
 ROUTES = [

@@ -17,6 +17,7 @@ from typing import Any
 import apsw
 
 CREATING, ACTIVE, DELETING, CORRUPT, MISSING = "creating", "active", "deleting", "corrupt", "missing"
+RESTORING = "restoring"  # the file is being replaced by a restore: requests get 503
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -64,7 +65,9 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._db = apsw.Connection(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000").fetchall()
+        self._db.execute(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000"
+        ).fetchall()
         self._db.execute(_SCHEMA)
 
     def close(self) -> None:
@@ -121,6 +124,11 @@ class Catalog:
     def all_ids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT id FROM tenants")}
+
+    def all_states(self) -> dict[str, str]:
+        """Every tenant id with its state."""
+        with self._lock:
+            return {str(r[0]): str(r[1]) for r in self._db.execute("SELECT id, state FROM tenants")}
 
     def counts_by_state(self) -> dict[str, int]:
         with self._lock:

@@ -9,7 +9,11 @@ import apsw
 from tenants.config import DbConfig
 from tenants.sandbox import Sandbox
 
-_OPEN_FLAGS = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOMUTEX | apsw.SQLITE_OPEN_EXRESCODE
+# SQLITE_OPEN_URI lets the server's own ATTACH (schema sync: a template, read-only) use a URI;
+# tenant SQL can never ATTACH, and tenant paths never start with "file:".
+_OPEN_FLAGS = (
+    apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOMUTEX | apsw.SQLITE_OPEN_EXRESCODE | apsw.SQLITE_OPEN_URI
+)
 
 
 def open_database(path: Path, config: DbConfig, *, create: bool = False) -> tuple[apsw.Connection, Sandbox]:
@@ -38,14 +42,21 @@ def _configure(conn: apsw.Connection, config: DbConfig) -> None:
     conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
     conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, config.max_sql_length)
+    # No single value may outgrow a result: otherwise `SELECT length(randomblob(1e9))` makes
+    # the server allocate a gigabyte inside one statement, long before any result check.
+    conn.limit(apsw.SQLITE_LIMIT_LENGTH, max(config.max_result_bytes, config.max_sql_length))
     # locking_mode before journal_mode: the exclusive lock keeps the WAL index in heap memory, no -shm.
     mode = conn.execute("PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL").fetchall()
     if mode[-1][0] != "wal":
         raise apsw.CantOpenError(f"could not switch to WAL mode (got {mode[-1][0]})")
     conn.wal_autocheckpoint(0)
     page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])  # type: ignore[arg-type]
+    max_pages = max(1, config.max_db_bytes // page_size)
     conn.execute(
         f"PRAGMA synchronous={config.synchronous}; PRAGMA foreign_keys=ON;"
         f" PRAGMA cache_size=-{config.cache_size_kib};"
-        f" PRAGMA max_page_count={max(1, config.max_db_bytes // page_size)}"
+        f" PRAGMA max_page_count={max_pages};"
+        # TEMP tables live in a file under /tmp that would otherwise grow without bound. A tiny
+        # cache keeps opening it cheap (~12 KiB; the default preallocates ~80 KiB of pages).
+        f" PRAGMA temp.cache_size=2; PRAGMA temp.max_page_count={max_pages}"
     ).fetchall()  # APSW runs the next statement only when the previous one's rows are consumed

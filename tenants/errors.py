@@ -49,6 +49,7 @@ class NotAuthorizedSql(Forbidden):
     """SQL refused by the sandbox or by a read-only token."""
 
     code = "sql_not_allowed"
+    read_only = False  # True when refused because the lease was read-only
 
 
 class TenantNotFound(SqlfleetError):
@@ -81,6 +82,12 @@ class TenantUnavailable(SqlfleetError):
 
     status = 503
     code = "tenant_unavailable"
+
+
+class TenantBusy(TenantUnavailable):
+    """The tenant's handle stayed locked (an open transaction) past the busy timeout."""
+
+    code = "tenant_busy"
 
 
 class StatementTimeout(SqlfleetError):

@@ -95,6 +95,8 @@ def run_statement(
         raise _rejection(stmt.sql, allow_tx) from None
     except apsw.Error as exc:
         raise map_sqlite_error(exc, sandbox) from None
+    except (KeyError, ValueError, OverflowError, TypeError) as exc:
+        raise _value_error(exc) from None
     finally:
         sandbox.end_statement()
         cursor.close(force=True)
@@ -112,8 +114,9 @@ def run_batch(
     conn: apsw.Connection, sandbox: Sandbox, config: DbConfig, stmts: Sequence[Statement]
 ) -> list[QueryResult]:
     """Run all statements in one transaction: all commit or none does. A failure is re-raised
-    with `index` naming the failing statement."""
-    conn.execute("BEGIN")
+    with `index` naming the failing statement; a failed COMMIT (a deferred foreign key, say)
+    is a SqlfleetError without an index."""
+    _control(conn, sandbox, "BEGIN")
     results: list[QueryResult] = []
     try:
         for index, stmt in enumerate(stmts):
@@ -123,7 +126,7 @@ def run_batch(
                 exc.detail["index"] = index
                 exc.message = f"statement {index}: {exc.message}"
                 raise
-        conn.execute("COMMIT")
+        _control(conn, sandbox, "COMMIT")
     except BaseException:
         if not conn.get_autocommit():
             conn.execute("ROLLBACK")
@@ -131,8 +134,25 @@ def run_batch(
     return results
 
 
+def _control(conn: apsw.Connection, sandbox: Sandbox, sql: str) -> None:
+    try:
+        conn.execute(sql)
+    except apsw.Error as exc:
+        error = map_sqlite_error(exc, sandbox)
+        error.message = f"{sql.lower()} failed: {error.message}"
+        raise error from None
+
+
 def _tracer(sql: str, allow_tx: bool) -> Any:
+    calls = 0
+
     def trace(cursor: apsw.Cursor, first: str, bindings: object) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            # APSW traces a trailing comment as a statement of its own; the first call already
+            # refused anything after the first statement that is not trivia.
+            return skip_trivia(first) >= len(first)
         # APSW hands us the first statement of `sql`; anything after it must be trivia.
         if len(first) < len(sql) and skip_trivia(sql, len(first)) < len(sql):
             return False
@@ -174,6 +194,18 @@ def _fetch(cursor: apsw.Cursor, config: DbConfig) -> list[tuple[Value, ...]]:
     return rows
 
 
+def _value_error(exc: Exception) -> SqlfleetError:
+    """What APSW reports as Python errors: a named parameter without a value (KeyError), an
+    int beyond 64 bits (OverflowError), a NUL or lone surrogate in SQL or text (ValueError),
+    a parameter of a type SQLite cannot store (TypeError), and stored text that is not UTF-8
+    (UnicodeDecodeError, while reading rows)."""
+    if isinstance(exc, KeyError):
+        return BadRequest(f"bad params: no value for named parameter {exc.args[0]!r}")
+    if isinstance(exc, UnicodeDecodeError):
+        return SqlError("a text value is not valid UTF-8: select it as CAST(... AS BLOB)")
+    return BadRequest(f"bad SQL or params: {exc}")
+
+
 def map_sqlite_error(exc: apsw.Error, sandbox: Sandbox) -> SqlfleetError:
     message = str(exc).removeprefix(f"{type(exc).__name__}: ")
     if isinstance(exc, apsw.InterruptError) and sandbox.timed_out:
@@ -181,7 +213,9 @@ def map_sqlite_error(exc: apsw.Error, sandbox: Sandbox) -> SqlfleetError:
     if isinstance(exc, apsw.AuthError) or message.startswith("not authorized"):
         return NotAuthorizedSql(f"not allowed by the sandbox: {message}")
     if isinstance(exc, apsw.ReadOnlyError):
-        return NotAuthorizedSql("read-only access: this token cannot write")
+        refusal = NotAuthorizedSql("read-only access: this token cannot write")
+        refusal.read_only = True
+        return refusal
     if isinstance(exc, apsw.FullError):
         return TooLarge("database size limit reached")
     if isinstance(exc, apsw.TooBigError):

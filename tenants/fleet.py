@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from tenants import catalog as states
 from tenants.catalog import Catalog, TenantRow
 from tenants.config import DbConfig
 from tenants.connection import open_database
-from tenants.errors import SqlfleetError, TenantExists, TenantNotFound, TenantUnavailable
+from tenants.errors import NotAuthorizedSql, SqlfleetError, TenantExists, TenantNotFound, TenantUnavailable
 from tenants.execute import QueryResult, Statement, TenantCorrupt, run_batch, run_statement
 from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
@@ -31,8 +31,6 @@ from tenants.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
-CloseHook = Callable[[Handle], None]
-
 
 class Fleet:
     def __init__(
@@ -40,7 +38,6 @@ class Fleet:
         data_dir: Path,
         config: DbConfig,
         pool_capacity: int,
-        before_close: CloseHook | None = None,
         hooks: Sequence[FleetHooks] = (),
     ) -> None:
         self.layout = Layout(data_dir)
@@ -54,7 +51,7 @@ class Fleet:
         except BaseException:
             self._lock.release()
             raise
-        self.pool = Pool(pool_capacity, self._open, before_close)
+        self.pool = Pool(pool_capacity, self._open, self._before_close)
         self._refresh_gauges()
 
     @property
@@ -70,10 +67,13 @@ class Fleet:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def create(self, tenant_id: str, group: str | None = None, template: Path | None = None) -> TenantRow:
-        """Create an empty tenant, or a copy of the `template` file. Raises InvalidTenantId,
-        TenantExists. Durable when it returns: the row is written first, the file second, then
-        the row marked active, so a crash anywhere leaves something `reconcile` can undo."""
+        """Create an empty tenant, or a copy of the `template` file (by default, of the template
+        a hook names for `group`). Raises InvalidTenantId, TenantExists, and what `template_for`
+        raises (an unknown group). Durable when it returns: the row is written first, the file
+        second, then the row marked active, so a crash anywhere leaves something `reconcile` can undo."""
         validate_tenant_id(tenant_id)
+        if template is None and group is not None:
+            template = next((t for h in self.hooks if (t := h.template_for(group)) is not None), None)
         if not self.catalog.insert(tenant_id, group):
             raise TenantExists(f"tenant {tenant_id!r} already exists")
         try:
@@ -115,28 +115,40 @@ class Fleet:
             hook.before_delete(tenant_id)
         self.layout.remove_tenant_files(tenant_id)
         self.catalog.remove(tenant_id)
+        for hook in self.hooks:
+            hook.after_delete(tenant_id)
         self._refresh_gauges()
 
     def reconcile(self) -> None:
-        """Finish or undo what a crash left half-done, so catalog and files agree."""
+        """Finish or undo what a crash left half-done, so catalog and files agree. Runs while
+        we hold the data-dir lock and before any request, so nothing is in flight."""
         for tenant_id, _state in self.catalog.ids_in_states((states.CREATING, states.DELETING)):
             log.warning("reconcile: removing half-%s tenant %s", _state, tenant_id)
             self.layout.remove_tenant_files(tenant_id)
             self.catalog.remove(tenant_id)
-        known = self.catalog.all_ids()
-        on_disk = set()
-        for tenant_id in self.layout.scan_tenant_ids():
-            on_disk.add(tenant_id)
-            if tenant_id not in known:
-                # Create writes the row before the file, so only an outside change makes an
-                # orphan: keep the data and adopt it rather than delete someone's database.
-                log.warning("reconcile: adopting orphan tenant file %s", tenant_id)
-                self.catalog.insert(tenant_id, None, states.ACTIVE)
-        for tenant_id in known - on_disk:
-            row = self.catalog.get(tenant_id)
-            if row is not None and row.state == states.ACTIVE:
+        for tenant_id, _state in self.catalog.ids_in_states((states.RESTORING,)):
+            log.error("reconcile: restore of tenant %s was interrupted", tenant_id)
+            self.catalog.set_state(tenant_id, states.CORRUPT, "restore in place was interrupted")
+        found = self.layout.scan()
+        for path in found.leftovers:
+            log.warning("reconcile: removing leftover temporary file %s", path)
+            path.unlink(missing_ok=True)
+        for path in found.strays:
+            log.warning("reconcile: ignoring %s: not where any tenant id lives", path)
+        known = self.catalog.all_states()
+        for tenant_id in sorted(found.tenant_ids - known.keys()):
+            # Create writes the row before the file, so only an outside change makes an
+            # orphan: keep the data and adopt it rather than delete someone's database.
+            log.warning("reconcile: adopting orphan tenant file %s", tenant_id)
+            self.catalog.insert(tenant_id, None, states.ACTIVE)
+        for tenant_id, state in known.items():
+            present = tenant_id in found.tenant_ids
+            if state == states.ACTIVE and not present:
                 log.warning("reconcile: tenant %s has no file", tenant_id)
                 self.catalog.set_state(tenant_id, states.MISSING, "database file is missing")
+            elif state == states.MISSING and present:
+                log.warning("reconcile: tenant %s has its file back", tenant_id)
+                self.catalog.set_state(tenant_id, states.ACTIVE)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -152,9 +164,51 @@ class Fleet:
             raise error(f"tenant {tenant_id!r} is {row.state}: {row.error or 'unavailable'}")
         return row
 
+    @contextmanager
+    def lease_if_open(self, tenant_id: str) -> Iterator[Handle | None]:
+        """The tenant's locked handle if it is open now, else None (never opens it)."""
+        if not self.pool.is_open(tenant_id):
+            yield None
+            return
+        with self.pool.lease(tenant_id) as handle:
+            yield handle
+
+    def exists(self, tenant_id: str) -> bool:
+        """Whether the catalog has the tenant (in any state)."""
+        return self.catalog.get(validate_tenant_id(tenant_id)) is not None
+
+    def replace(self, tenant_id: str, source: Path) -> TenantRow:
+        """Replace the tenant's database with the file `source` (a restore in place): in-flight
+        requests finish, later ones get 503 until the new file is in place. The hooks see it as
+        the old file going (before_delete) and a new one arriving (after_create).
+        Raises TenantNotFound."""
+        row = self.require(tenant_id, allow=tuple(_ALL_STATES))
+        self.catalog.set_state(tenant_id, states.RESTORING)
+        try:
+            self.pool.discard(tenant_id)
+            for hook in self.hooks:
+                hook.before_delete(tenant_id)
+            self.layout.remove_tenant_files(tenant_id)
+            final = self.layout.tenant_path(tenant_id)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f"{final.name}.tmp{uuid.uuid4().hex[:8]}")
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            for hook in self.hooks:
+                hook.after_create(tenant_id, final)
+        except BaseException:
+            self.catalog.set_state(tenant_id, states.CORRUPT, "restore in place failed")
+            raise
+        self.catalog.set_state(tenant_id, states.ACTIVE)
+        self._refresh_gauges()
+        return TenantRow(row.id, row.created_at, states.ACTIVE, row.group, row.size, None)
+
     def info(self, tenant_id: str) -> TenantRow:
         row = self.require(tenant_id, allow=tuple(_ALL_STATES))
-        size = sum(p.stat().st_size for p in self.layout.tenant_files(tenant_id) if p.exists())
+        size = self.layout.tenant_size(tenant_id)
         if size != row.size:
             self.catalog.set_size(tenant_id, size)
         return TenantRow(row.id, row.created_at, row.state, row.group, size, row.error)
@@ -169,12 +223,19 @@ class Fleet:
         """The tenant's locked handle, with query_only set to `readonly`. A corrupt file is
         marked in the catalog and reported as TenantCorrupt; other tenants are unaffected."""
         validate_tenant_id(tenant_id)
+        frozen = not readonly and not all(hook.writable(tenant_id) for hook in self.hooks)
         try:
             with self.pool.lease(tenant_id) as handle:
-                handle.set_query_only(readonly)
+                handle.set_query_only(readonly or frozen)
                 yield handle
         except TenantCorrupt as exc:
             self._mark_corrupt(tenant_id, exc.message)
+            raise
+        except NotAuthorizedSql as exc:
+            if frozen and exc.read_only:
+                raise TenantUnavailable(
+                    f"tenant {tenant_id!r} accepts no writes until its backup catches up"
+                ) from None
             raise
 
     def execute(self, tenant_id: str, stmt: Statement, readonly: bool = False) -> QueryResult:
@@ -188,6 +249,8 @@ class Fleet:
             return run_batch(h.conn, h.sandbox, self.config, stmts)
 
     def _open(self, tenant_id: str) -> tuple[apsw.Connection, Sandbox]:
+        if self.catalog.get(tenant_id) is None:
+            any(hook.recover(tenant_id) for hook in self.hooks)
         self.require(tenant_id)
         try:
             conn, sandbox = open_database(self.layout.tenant_path(tenant_id), self.config)
@@ -206,6 +269,11 @@ class Fleet:
             raise
         return conn, sandbox
 
+    def _before_close(self, handle: Handle) -> None:
+        if handle.conn is not None:
+            for hook in self.hooks:
+                hook.before_close(handle.tenant_id, handle.conn)
+
     def _mark_corrupt(self, tenant_id: str, message: str) -> None:
         row = self.catalog.get(tenant_id)
         if row is None or row.state == states.CORRUPT:
@@ -221,7 +289,14 @@ class Fleet:
             TENANTS.labels(state).set(counts.get(state, 0))
 
 
-_ALL_STATES = (states.CREATING, states.ACTIVE, states.DELETING, states.CORRUPT, states.MISSING)
+_ALL_STATES = (
+    states.CREATING,
+    states.ACTIVE,
+    states.DELETING,
+    states.CORRUPT,
+    states.MISSING,
+    states.RESTORING,
+)
 
 
 def _fsync_dir(path: Path) -> None:

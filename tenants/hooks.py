@@ -17,8 +17,30 @@ class FleetHooks:
     def after_open(self, tenant_id: str, conn: apsw.Connection, sandbox: Sandbox) -> None:
         """A tenant connection was just opened; no request has used it yet."""
 
+    def before_close(self, tenant_id: str, conn: apsw.Connection) -> None:
+        """A tenant connection is about to close (eviction, delete, shutdown); no lease holds it."""
+
+    def template_for(self, group: str) -> Path | None:
+        """The file a new tenant of `group` starts as a copy of (None: not this hook's concern).
+        May raise a SqlfleetError for an unknown group."""
+        return None
+
     def after_create(self, tenant_id: str, path: Path) -> None:
         """A tenant was created and its file is in place (not yet open in the pool)."""
 
     def before_delete(self, tenant_id: str) -> None:
-        """A tenant is about to lose its files; its handle is already closed."""
+        """A tenant is about to lose its files (deleted, or replaced by a restore); its handle is
+        already closed."""
+
+    def after_delete(self, tenant_id: str) -> None:
+        """A tenant was deleted (not replaced): its files and catalog row are gone."""
+
+    def writable(self, tenant_id: str) -> bool:
+        """Called before every lease: False makes it read-only (e.g. a backup backlog is full);
+        a write then fails with TenantUnavailable instead of running."""
+        return True
+
+    def recover(self, tenant_id: str) -> bool:
+        """A tenant unknown to the catalog was asked for: recreate it if possible (e.g. from
+        backups after a lost disk) and return True, or return False."""
+        return False

@@ -12,13 +12,26 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tenants.errors import DataDirLocked
+from tenants.errors import DataDirLocked, InvalidTenantId
+from tenants.ids import validate_tenant_id
 
 TENANT_SUFFIX = ".db"
 SIDE_SUFFIXES = ("-wal", "-journal", "-shm")
+TMP_MARK = f"{TENANT_SUFFIX}.tmp"  # <id>.db.tmpXXXXXXXX: a file being created or restored
+
+
+@dataclass
+class Scan:
+    """What the tenant folders hold: `tenant_ids` with a main file where the id says it lives;
+    `leftovers`, temporary files (and their side files) of creates and restores; `strays`, main
+    files of no tenant (the name is not a valid id, or the id does not hash to that folder)."""
+
+    tenant_ids: set[str] = field(default_factory=set)
+    leftovers: list[Path] = field(default_factory=list)
+    strays: list[Path] = field(default_factory=list)
 
 
 class Layout:
@@ -40,23 +53,42 @@ class Layout:
         main = self.tenant_path(tenant_id)
         return [main, *(main.with_name(main.name + s) for s in SIDE_SUFFIXES)]
 
+    def tenant_size(self, tenant_id: str) -> int:
+        """Bytes on disk of the main file and its side files; 0 for files that are not there."""
+        size = 0
+        for path in self.tenant_files(tenant_id):
+            with contextlib.suppress(FileNotFoundError):  # a concurrent delete or checkpoint
+                size += path.stat().st_size
+        return size
+
     def ensure(self) -> None:
         for folder in (self.root, self.tenants_dir, self.system_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def scan_tenant_ids(self) -> Iterator[str]:
-        """Every tenant id with a main file on disk (one scandir per folder)."""
-        if not self.tenants_dir.is_dir():
-            return
-        for top in os.scandir(self.tenants_dir):
-            if not top.is_dir():
-                continue
-            for sub in os.scandir(top.path):
-                if not sub.is_dir():
-                    continue
-                for entry in os.scandir(sub.path):
-                    if entry.name.endswith(TENANT_SUFFIX):
-                        yield entry.name[: -len(TENANT_SUFFIX)]
+    def scan(self) -> Scan:
+        """One pass over the tenant folders (one scandir per folder); changes nothing."""
+        found = Scan()
+        for top in _subdirs(self.tenants_dir):
+            for sub in _subdirs(top):
+                with os.scandir(sub) as entries:
+                    for entry in entries:
+                        self._classify(Path(entry.path), found)
+        return found
+
+    def _classify(self, path: Path, found: Scan) -> None:
+        if TMP_MARK in path.name:
+            found.leftovers.append(path)
+        elif path.name.endswith(TENANT_SUFFIX):
+            tenant_id = path.name[: -len(TENANT_SUFFIX)]
+            try:
+                validate_tenant_id(tenant_id)
+            except InvalidTenantId:
+                found.strays.append(path)
+                return
+            if self.tenant_path(tenant_id) == path:
+                found.tenant_ids.add(tenant_id)
+            else:
+                found.strays.append(path)
 
     def remove_tenant_files(self, tenant_id: str) -> None:
         """Delete a tenant's files; idempotent."""
@@ -65,6 +97,13 @@ class Layout:
                 path.unlink()
         for path in self.tenant_path(tenant_id).parent.glob(f"{tenant_id}{TENANT_SUFFIX}.tmp*"):
             path.unlink(missing_ok=True)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
 
 
 class DataDirLock:

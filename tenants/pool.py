@@ -6,7 +6,14 @@ Contract:
 - Eviction keeps at most `capacity` idle handles; a handle with a lease outstanding is never
   closed, so the pool may briefly hold more (bounded by the number of concurrent leases).
 - A tenant is never open twice: a re-open waits until the previous close has finished.
-- `discard(id)` makes new leases fail, waits for the outstanding ones, then closes.
+- `discard(id)` waits for the outstanding leases (and for an eviction already closing the
+  tenant), then closes; leases queued behind it check out afresh, so the opener decides
+  whether the tenant reopens or fails. `close_all` refuses checkouts from then on.
+- A `before_close` hook that raises is logged; the connection is closed regardless.
+- `pin(id)` holds a handle open without its lock (`users` > 0, so it is never evicted) until
+  `unpin`; the pinner takes the lock when it needs it with `acquire`/`release`.
+- Waiting for a handle's lock is bounded by `busy_timeout` seconds (settable; None waits
+  forever), then TenantBusy.
 All methods are thread-safe; `lease` blocks, so async callers run it in a worker thread.
 """
 
@@ -29,7 +36,7 @@ from metrics.instruments import (
     POOL_OPEN,
     POOL_OPEN_SECONDS,
 )
-from tenants.errors import TenantNotFound
+from tenants.errors import TenantBusy, TenantNotFound, TenantUnavailable
 from tenants.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,8 @@ class Pool:
         self._lock = threading.Lock()
         self._handles: OrderedDict[str, Handle] = OrderedDict()
         self._closing: dict[str, threading.Event] = {}
+        self._closed = False
+        self.busy_timeout: float | None = 5.0
         POOL_CAPACITY.set(self.capacity)
 
     def __len__(self) -> int:
@@ -85,19 +94,59 @@ class Pool:
 
     @contextmanager
     def lease(self, tenant_id: str) -> Iterator[Handle]:
-        """Yield the tenant's open handle, locked. Raises whatever the opener raises."""
-        handle = self._checkout(tenant_id)
+        """Yield the tenant's open handle, locked. Raises whatever the opener raises, TenantBusy,
+        and TenantUnavailable once the pool is closed."""
+        handle = self._checkout_locked(tenant_id)
         try:
-            with handle.lock:
-                if handle.discarded:
-                    raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
-                yield handle
+            yield handle
         finally:
+            handle.lock.release()
             self._checkin(handle)
+
+    def _checkout_locked(self, tenant_id: str) -> Handle:
+        while True:
+            handle = self._checkout(tenant_id)
+            try:
+                self.acquire(handle)
+                return handle
+            except TenantNotFound:
+                self._checkin(handle)
+                if not handle.discarded:
+                    raise
+                # Discarded while we queued: that handle is closed. Check out afresh and let the
+                # opener decide (reopen a replaced file; refuse a deleted or corrupt tenant).
+            except BaseException:
+                self._checkin(handle)
+                raise
+
+    def pin(self, tenant_id: str) -> Handle:
+        """The tenant's open handle, unlocked, kept open (never evicted) until `unpin`.
+        Raises whatever the opener raises."""
+        return self._checkout(tenant_id)
+
+    def unpin(self, handle: Handle) -> None:
+        """Undo one `pin`. The caller must not hold the handle's lock through `acquire`."""
+        self._checkin(handle)
+
+    def acquire(self, handle: Handle) -> None:
+        """Take a pinned or leased handle's lock, waiting at most `busy_timeout` seconds.
+        Raises TenantBusy on timeout, TenantNotFound if the handle was discarded meanwhile.
+        Release with `handle.lock.release()` (from any thread: it is a plain Lock)."""
+        timeout = -1.0 if self.busy_timeout is None else self.busy_timeout
+        if not handle.lock.acquire(timeout=timeout):
+            raise TenantBusy(
+                f"tenant {handle.tenant_id!r} is busy: a transaction held it for more than "
+                f"{self.busy_timeout:g} s"
+            )
+        if handle.discarded:
+            handle.lock.release()
+            raise TenantNotFound(f"tenant {handle.tenant_id!r} does not exist")
 
     def _checkout(self, tenant_id: str) -> Handle:
         while True:
             with self._lock:
+                if self._closed:
+                    raise TenantUnavailable("the server is shutting down")
                 closing = self._closing.get(tenant_id)
                 if closing is None:
                     handle = self._handles.get(tenant_id)
@@ -165,30 +214,52 @@ class Pool:
     def _close(self, handle: Handle) -> None:
         try:
             if handle.conn is not None:
-                if self._before_close is not None:
-                    self._before_close(handle)
-                handle.conn.close()
-        except apsw.Error:
-            log.exception("closing tenant %s failed", handle.tenant_id)
+                self._run_before_close(handle)
+                try:
+                    handle.conn.close()
+                except apsw.Error:
+                    log.exception("closing tenant %s failed", handle.tenant_id)
         finally:
             handle.conn = None
             with self._lock:
                 self._closing.pop(handle.tenant_id).set()
 
+    def _run_before_close(self, handle: Handle) -> None:
+        # A failing hook must not leak the connection: it holds the file's exclusive lock and
+        # a later open of the tenant would find it busy.
+        if self._before_close is None:
+            return
+        try:
+            self._before_close(handle)
+        except Exception:
+            log.exception("before_close hook failed for tenant %s", handle.tenant_id)
+
     def discard(self, tenant_id: str) -> None:
-        """Close the tenant's handle once its leases are done; leases waiting on it fail."""
+        """Close the tenant's handle once its leases are done; when it returns the tenant has
+        no open connection (an eviction under way is waited for too). Idempotent."""
         with self._lock:
             handle = self._handles.get(tenant_id)
-            if handle is None:
-                return
-            handle.discarded = True
-            self._take_out(handle)
-            POOL_OPEN.set(len(self._handles))
+            closing = self._closing.get(tenant_id)
+            if handle is not None:
+                handle.discarded = True
+                self._take_out(handle)
+                POOL_OPEN.set(len(self._handles))
+        if handle is None:
+            if closing is not None:
+                closing.wait()
+            return
         handle.ready.wait()
         with handle.lock:
             self._close(handle)
 
     def close_all(self) -> None:
-        """Close every handle, waiting for outstanding leases. Idempotent."""
+        """Refuse new checkouts, then close every handle, waiting for outstanding leases and
+        for closes already under way. Idempotent."""
+        with self._lock:
+            self._closed = True
         for tenant_id in list(self._handles):
             self.discard(tenant_id)
+        with self._lock:
+            pending = list(self._closing.values())
+        for closing in pending:
+            closing.wait()

@@ -1,0 +1,200 @@
+"""A replica in a local directory: the embedded default, and a mount point for NFS or a volume.
+
+Objects are plain files under `root` at their key's path. A put writes a hidden temporary file
+next to the target, fsyncs it, renames it over the target and fsyncs the directory, so a crash
+leaves the old object or the new one. Directories left empty by deletes are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backups.replica import (
+    ObjectInfo,
+    ReplicaError,
+    ReplicaNotFound,
+    ReplicaUnavailable,
+    check_range,
+    validate_key,
+    validate_prefix,
+)
+
+# Conditions that may clear up by themselves (space freed, mount back, descriptors released).
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ESTALE,
+     errno.ENOTCONN, errno.ETIMEDOUT, errno.EMFILE, errno.ENFILE}
+)  # fmt: skip
+_PUT_ATTEMPTS = 5  # a concurrent delete may remove the directory between mkdir and open
+
+
+class LocalReplica:
+    """ReplicaClient over a directory tree; `root` is created on the first put."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalReplica({str(self.root)!r})"
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(validate_key(key))
+        with _translated(key, writing=True):
+            for attempt in range(_PUT_ATTEMPTS):
+                try:
+                    self._make_dirs(path.parent)
+                    self._write_atomically(path, data)
+                    return
+                except FileNotFoundError:
+                    if attempt == _PUT_ATTEMPTS - 1:
+                        raise
+
+    def get(self, key: str) -> bytes:
+        with _translated(key), open(self._path(validate_key(key)), "rb") as f:
+            return f.read()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        path = self._path(validate_key(key))
+        check_range(start, length)
+        with _translated(key), open(path, "rb") as f:
+            f.seek(start)
+            return f.read(length)
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self._path(validate_key(key))
+        with _translated(key):
+            st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ReplicaNotFound(f"no replica object {key!r}", key=key)
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except ReplicaNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        directory, _, _ = prefix.rpartition("/")
+        start = self._path(directory) if directory else self.root
+        with _translated(prefix):
+            yield from self._walk(start, directory + "/" if directory else "", prefix)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        keyed = [(k, self._path(validate_key(k))) for k in keys]
+        parents: set[Path] = set()
+        for key, path in keyed:
+            with _translated(key):
+                try:
+                    path.unlink()
+                except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                    continue  # no object under this key: deleting it is a no-op
+            parents.add(path.parent)
+        # Deepest first, so a parent sees its emptied children gone.
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            self._prune(parent)
+
+    def close(self) -> None:
+        pass
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def _walk(self, directory: Path, key_prefix: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # Sorting directories as "name/" makes a depth-first walk yield keys in full-key order:
+        # "a-b" < "a/x" because '-' < '/', although "a" < "a-b".
+        named = sorted(
+            (
+                (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
+                for e in entries
+                if not e.name.startswith(".")  # temporary files of puts in progress
+            ),
+            key=lambda pair: pair[0],
+        )
+        for name, entry in named:
+            key = key_prefix + name
+            if name.endswith("/"):
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(Path(entry.path), key, prefix)
+            elif key.startswith(prefix):
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create `directory` and its missing parents, each made durable in its parent."""
+        missing: list[Path] = []
+        probe = directory
+        while not probe.is_dir():
+            missing.append(probe)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir()
+            _fsync_dir(d.parent)
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove `directory` and its ancestors below the root while they are empty."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return  # not empty (or already gone, or in use): stop climbing
+            directory = directory.parent
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _translated(key: str, writing: bool = False) -> Iterator[None]:
+    """Turn OSError into the ReplicaError the interface promises."""
+    try:
+        yield
+    except ReplicaError:
+        raise
+    except (NotADirectoryError, IsADirectoryError) as e:
+        if not writing:
+            raise ReplicaNotFound(f"no replica object {key!r}", key=key) from None
+        raise ReplicaError(f"replica key {key!r} collides with another key's directory", key=key) from e
+    except FileNotFoundError:
+        raise ReplicaNotFound(f"no replica object {key!r}", key=key) from None
+    except OSError as e:
+        kind = ReplicaUnavailable if e.errno in _TRANSIENT_ERRNOS else ReplicaError
+        raise kind(f"local replica: {key!r}: {e.strerror or e}", key=key) from e

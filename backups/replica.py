@@ -1,0 +1,149 @@
+"""The replica client interface: where segments and snapshots live, whatever the backend.
+
+Every backend (a local directory, S3 and its look-alikes) implements `ReplicaClient` and passes
+the one conformance suite in tests/backups/test_replica_conformance.py.
+
+Keys are relative '/'-separated paths such as `segments/000001.seg`: non-empty components, none
+of them `.`/`..` or starting with a dot (the local backend keeps its temporary files there), no
+leading or trailing '/', no backslash or control characters, at most 1,024 UTF-8 bytes. A key
+must not also be a directory of another key (`a` and `a/b`): S3 allows it, a file system cannot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar, Protocol
+
+from tenants.errors import SqlfleetError
+
+MAX_KEY_BYTES = 1024  # S3's limit; the bucket prefix counts against it too
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class ReplicaError(SqlfleetError):
+    """A replica operation failed. `transient` says whether the same call may succeed later
+    (retry with backoff) or needs a person (bad credentials, missing bucket, bad key)."""
+
+    status = 502
+    code = "replica_error"
+    transient: ClassVar[bool] = False
+
+
+class ReplicaNotFound(ReplicaError):
+    """No object has this key."""
+
+    status = 404
+    code = "replica_not_found"
+
+
+class ReplicaUnavailable(ReplicaError):
+    """The replica cannot be reached or is overloaded right now (connection refused, timeout,
+    5xx, throttling, disk full); retrying later may succeed."""
+
+    status = 503
+    code = "replica_unavailable"
+    transient = True
+
+
+class InvalidReplicaKey(ReplicaError):
+    """A key or prefix breaks the rules in this module's docstring."""
+
+    status = 400
+    code = "invalid_replica_key"
+
+
+@dataclass(frozen=True, order=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime  # timezone-aware (UTC)
+
+
+class ReplicaClient(Protocol):
+    """Object storage for backups. Every method is safe to call from many threads at once and
+    raises only ReplicaError subclasses (InvalidReplicaKey before any I/O for a bad key)."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, replacing any object there. Atomic: a concurrent or later
+        reader sees the old object or the whole new one, never a part. Idempotent. Durable once
+        it returns."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The whole object. Raises ReplicaNotFound when there is no object under `key`."""
+        ...
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes `[start, start + length)` of the object, cut short at its end: a range starting
+        at or past the end is `b""`. Raises ReplicaNotFound when there is no object under `key`,
+        ValueError for a negative `start` or `length`."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size and modification time. Raises ReplicaNotFound when there is no object."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under `key`."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix` (a plain string prefix, not only whole
+        directories), sorted by key (code point order, which is S3's UTF-8 byte order). Pages
+        are fetched lazily; objects put or deleted while iterating may or may not appear."""
+        ...
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete these objects, in batches. Idempotent: a key with no object is not an error.
+        All keys are validated before anything is deleted."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. Idempotent; the client must not be used afterwards."""
+        ...
+
+
+def validate_key(key: str) -> str:
+    """Return `key` unchanged, or raise InvalidReplicaKey naming the rule it breaks."""
+    if not key:
+        raise InvalidReplicaKey("replica key must not be empty")
+    if key.startswith("/") or key.endswith("/"):
+        raise InvalidReplicaKey(f"replica key {key!r} must not start or end with '/'")
+    _check_components(key, key.split("/"))
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` unchanged, or raise InvalidReplicaKey. `""` lists everything; the part
+    after the last '/' may be any partial component."""
+    if prefix.startswith("/"):
+        raise InvalidReplicaKey(f"replica prefix {prefix!r} must not start with '/'")
+    complete = prefix.split("/")[:-1]
+    _check_components(prefix, complete)
+    if _FORBIDDEN.search(prefix):
+        raise InvalidReplicaKey(f"replica prefix {prefix!r} contains a backslash or control character")
+    return prefix
+
+
+def check_range(start: int, length: int) -> None:
+    if start < 0 or length < 0:
+        raise ValueError(f"range start and length must not be negative, got {start}, {length}")
+
+
+def _check_components(key: str, components: list[str]) -> None:
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidReplicaKey("replica key is not valid Unicode text", key=ascii(key)) from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise InvalidReplicaKey(f"replica key is longer than {MAX_KEY_BYTES} bytes", key=key[:64])
+    if _FORBIDDEN.search(key):
+        raise InvalidReplicaKey(f"replica key {key!r} contains a backslash or control character")
+    for part in components:
+        if not part:
+            raise InvalidReplicaKey(f"replica key {key!r} has an empty path component")
+        if part.startswith("."):
+            raise InvalidReplicaKey(f"replica key {key!r} has a component starting with '.'")

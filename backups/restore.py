@@ -1,0 +1,146 @@
+"""Restore to a moment: the newest snapshot at or before it, plus every commit at or before it.
+
+The generation chosen is the one that was live at that moment (the latest to start at or before
+it), so history before an in-place restore stays reachable. Frames are plain page writes, applied
+in LSN order to the snapshot's page image; the result is checked with integrity_check.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from backups.catalog import ChunkRow
+from backups.segment import FRAMES, SNAPSHOT, decode_frames, decode_snapshot
+from tenants.errors import SqlfleetError, TenantNotFound
+
+RangeReader = Callable[[str, int, int], bytes]
+
+
+class NoRestorePoint(TenantNotFound):
+    code = "no_restore_point"
+
+
+class BackupBroken(SqlfleetError):
+    status = 500
+    code = "backup_broken"
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    tenant: str
+    generation: str
+    snapshot: ChunkRow
+    frames: list[ChunkRow]
+    target_lsn: int
+    restored_to: float  # time of the last commit applied (or of the snapshot, if none)
+
+
+def generations(rows: list[ChunkRow]) -> dict[str, float]:
+    """Generation id -> start time: its oldest snapshot's time. That is the LSN-0 snapshot until
+    retention drops it; then the oldest kept one, still at or before the retention horizon, so
+    every restore inside the window picks the same generation as before."""
+    starts: dict[str, float] = {}
+    for r in rows:
+        if r.kind == SNAPSHOT and r.first_time < starts.get(r.generation, float("inf")):
+            starts[r.generation] = r.first_time
+    return starts
+
+
+def plan(tenant: str, rows: list[ChunkRow], at: float) -> RestorePlan:
+    """Raises NoRestorePoint when nothing was backed up at or before `at`, BackupBroken on a gap.
+    Moments compare in whole microseconds (see `micros`)."""
+    limit = micros(at)
+    started = {g: t for g, t in generations(rows).items() if micros(t) <= limit}
+    if not started:
+        raise NoRestorePoint(f"tenant {tenant!r} has no backup at or before that time")
+    generation = max(started, key=lambda g: (started[g], g))
+    mine = [r for r in rows if r.generation == generation]
+    snapshot = max((r for r in mine if r.kind == SNAPSHOT and micros(r.first_time) <= limit),
+                   key=lambda r: r.first_lsn)  # fmt: skip
+    commits = [(lsn, t) for r in mine if r.kind == FRAMES for lsn, t in r.commits
+               if lsn > snapshot.first_lsn and micros(t) <= limit]  # fmt: skip
+    if commits:
+        target, restored_to = max(commits)
+    else:  # the snapshot alone: report the last commit it holds, if that is still known
+        held = [(lsn, t) for r in mine if r.kind == FRAMES for lsn, t in r.commits if lsn <= snapshot.first_lsn]
+        target, restored_to = snapshot.first_lsn, max(held)[1] if held else snapshot.first_time
+    return RestorePlan(
+        tenant, generation, snapshot, _cover(mine, snapshot.first_lsn, target), target, restored_to
+    )
+
+
+def micros(moment: float) -> int:
+    """A unix time in whole microseconds, rounded the way RFC 3339 output (datetime) rounds it:
+    so a reported `restored_to`, fed back as the target, includes that very commit."""
+    whole = math.floor(moment)
+    return whole * 1_000_000 + round((moment - whole) * 1_000_000)
+
+
+def _cover(rows: list[ChunkRow], after: int, target: int) -> list[ChunkRow]:
+    """Frame chunks covering LSNs after+1 .. target, in order (chunks may overlap after retries)."""
+    frames = sorted((r for r in rows if r.kind == FRAMES), key=lambda r: (r.first_lsn, -r.last_lsn))
+    chosen: list[ChunkRow] = []
+    need = after + 1
+    while need <= target:
+        candidates = [r for r in frames if r.first_lsn <= need <= r.last_lsn]
+        if not candidates:
+            raise BackupBroken(f"backup has a gap at LSN {need}")
+        best = max(candidates, key=lambda r: r.last_lsn)
+        chosen.append(best)
+        need = best.last_lsn + 1
+    return chosen
+
+
+def materialize(restore: RestorePlan, read: RangeReader, dest: Path) -> None:
+    """Write the database `restore` describes to `dest` (durably) and integrity-check it.
+    Raises BackupBroken if the result is not a sound database."""
+    snap = restore.snapshot
+    image = bytearray(decode_snapshot(read(snap.key, snap.offset, snap.length)))
+    page_size, size_pages = snap.page_size, len(image) // snap.page_size
+    for chunk in restore.frames:
+        for i, frame in enumerate(
+            decode_frames(read(chunk.key, chunk.offset, chunk.length), chunk.page_size)
+        ):
+            lsn = chunk.first_lsn + i
+            if lsn <= snap.first_lsn or lsn > restore.target_lsn:
+                continue
+            end = frame.page_no * page_size
+            if len(image) < end:
+                image.extend(bytes(end - len(image)))
+            image[end - page_size : end] = frame.data
+            if frame.commit_size:
+                size_pages = frame.commit_size
+    del image[size_pages * page_size :]
+    _write(dest, bytes(image))
+    check(dest)
+
+
+def _write(dest: Path, data: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for side in ("-wal", "-shm", "-journal"):
+        Path(f"{dest}{side}").unlink(missing_ok=True)
+    with open(dest, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check(path: Path) -> None:
+    """Raise BackupBroken unless `path` passes PRAGMA integrity_check."""
+    conn = apsw.Connection(str(path))
+    try:
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
+        result = conn.execute("PRAGMA integrity_check").fetchall()
+    except apsw.Error as exc:
+        raise BackupBroken(f"restored database does not open: {exc}") from None
+    finally:
+        conn.close()
+    Path(f"{path}-wal").unlink(missing_ok=True)
+    if result != [("ok",)]:
+        raise BackupBroken(f"restored database fails integrity_check: {result[:3]}")

@@ -1,0 +1,42 @@
+"""Retention: which chunks no restore inside the window needs, per tenant.
+
+For any moment T at or after the horizon, a restore uses the generation live at T and, in it,
+the newest snapshot at or before T. So a tenant keeps: the generation live at the horizon from
+its newest snapshot at or before the horizon on, and everything newer. A tenant deleted before
+the horizon (no generation started after its tombstone) keeps nothing. A shared segment goes
+only when no tenant keeps any chunk in it.
+"""
+
+from __future__ import annotations
+
+from backups.catalog import ChunkRow
+from backups.restore import generations
+from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
+
+
+def expired(rows: list[ChunkRow], horizon: float) -> list[ChunkRow]:
+    """The chunks of one tenant that no restore to a moment >= `horizon` needs."""
+    starts = generations(rows)
+    deleted = max((r.first_time for r in rows if r.kind == TOMBSTONE), default=None)
+    if deleted is not None and deleted < horizon and all(t <= deleted for t in starts.values()):
+        return list(rows)
+    live = [g for g, t in starts.items() if t <= horizon]
+    if not live:
+        return [r for r in rows if r.kind == TOMBSTONE and r.first_time < horizon]
+    current = max(live, key=lambda g: (starts[g], g))
+    snapshots = [
+        r for r in rows if r.generation == current and r.kind == SNAPSHOT and r.first_time <= horizon
+    ]
+    keep_from = max(r.first_lsn for r in snapshots)
+    old_generations = {g for g in live if g != current}
+    drop = []
+    for r in rows:
+        if r.generation in old_generations:
+            drop.append(r)
+        elif r.generation == current and (
+            (r.kind == SNAPSHOT and r.first_lsn < keep_from) or (r.kind == FRAMES and r.last_lsn <= keep_from)
+        ):
+            drop.append(r)
+        elif r.kind == TOMBSTONE and r.first_time < horizon:
+            drop.append(r)
+    return drop

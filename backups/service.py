@@ -1,0 +1,223 @@
+"""The backups front door for the layers above: restore, listing, verification, catalog rebuild.
+
+Restores go through the Fleet: a fork is a tenant created from the restored file; an in-place
+restore replaces the live file (in-flight requests finish first) and the tenant then starts a new
+generation, while the pre-restore generation stays restorable — so a restore can be undone.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backups import restore, retention
+from backups.catalog import BackupCatalog, ChunkRow
+from backups.replica import ReplicaClient
+from backups.segment import PREFIX_SIZE, SNAPSHOT, TOMBSTONE, index_length, parse_index
+from backups.shipper import Shipper
+from metrics.instruments import RESTORE_SECONDS, RESTORES
+from tenants.errors import BadRequest
+from tenants.fleet import Fleet
+from tenants.hooks import FleetHooks
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+
+
+def parse_moment(text: str) -> float:
+    """RFC 3339 (or ISO 8601 with a zone) or `latest` -> unix seconds. Raises BadRequest."""
+    if text == "latest":
+        return time.time()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"timestamp {text!r} is not RFC 3339 (e.g. 2026-11-24T10:00:00Z) or 'latest'"
+        ) from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"timestamp {text!r} needs a time zone (e.g. a trailing Z)")
+    return moment.timestamp()
+
+
+def rfc3339(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    tenant: str
+    restored_to: float
+    generation: str
+    commits_applied: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "restored_to": rfc3339(self.restored_to), "generation": self.generation,
+                "commits_applied": self.commits_applied}  # fmt: skip
+
+
+class Backups(FleetHooks):
+    def __init__(
+        self, replica: ReplicaClient, catalog: BackupCatalog, shipper: Shipper, fleet: Fleet
+    ) -> None:
+        self.replica = replica
+        self.catalog = catalog
+        self.shipper = shipper
+        self.fleet = fleet
+
+    def _read(self, key: str, offset: int, length: int) -> bytes:
+        return self.replica.get_range(key, offset, length)
+
+    def restore(self, tenant: str, at: float, as_tenant: str | None = None) -> RestoreResult:
+        """Restore `tenant` to its state after the last commit at or before `at`, into `as_tenant`
+        (a new tenant) or in place. Raises NoRestorePoint, BackupBroken, TenantExists."""
+        started = time.perf_counter()
+        try:
+            result = self._restore(tenant, at, as_tenant)
+        except BaseException:
+            RESTORES.labels("error").inc()
+            raise
+        RESTORES.labels("ok").inc()
+        RESTORE_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    def _restore(self, tenant: str, at: float, as_tenant: str | None) -> RestoreResult:
+        self.shipper.flush()  # what is committed now is restorable now
+        rows = self.catalog.chunks(tenant)
+        plan = restore.plan(tenant, rows, at)
+        with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir) as tmp:
+            path = Path(tmp) / "restored.db"
+            restore.materialize(plan, self._read, path)
+            target = as_tenant or tenant
+            if as_tenant is None and self.fleet.exists(tenant):
+                self.fleet.replace(tenant, path)
+            else:
+                source = self.fleet.catalog.get(tenant)
+                self.fleet.create(target, source.group if source else None, template=path)
+        commits = sum(
+            1 for r in plan.frames for lsn, _ in r.commits if plan.snapshot.first_lsn < lsn <= plan.target_lsn
+        )
+        log.info("restored %s to %s as %s", tenant, rfc3339(plan.restored_to), as_tenant or tenant)
+        return RestoreResult(as_tenant or tenant, plan.restored_to, plan.generation, commits)
+
+    def describe(self, tenant: str) -> dict[str, Any]:
+        """Restore points of a tenant: earliest and latest, generations, snapshots."""
+        self.shipper.flush()  # as restore does: list what a restore would find now
+        rows = self.catalog.chunks(tenant)
+        if not rows:
+            raise restore.NoRestorePoint(f"tenant {tenant!r} has no backups")
+        gens = restore.generations(rows)
+        latest = max(max(r.last_time for r in rows), max(gens.values(), default=0.0))
+        return {
+            "tenant": tenant,
+            "earliest": rfc3339(min(gens.values())) if gens else None,
+            "latest": rfc3339(latest),
+            "generations": [
+                {"id": g, "started": rfc3339(t)} for g, t in sorted(gens.items(), key=lambda x: x[1])
+            ],
+            "snapshots": [
+                {
+                    "generation": r.generation,
+                    "lsn": r.first_lsn,
+                    "taken": rfc3339(r.first_time),
+                    "bytes": r.length,
+                }
+                for r in rows
+                if r.kind == SNAPSHOT
+            ],  # fmt: skip
+            "deleted": self._deleted(rows),
+            "backlog_bytes": self.shipper.backlog_bytes(tenant),
+        }
+
+    def verify(self, tenant: str) -> dict[str, Any]:
+        """Restore the latest state to a temp file and compare it page by page with the live database."""
+        self.shipper.flush()
+        plan = restore.plan(tenant, self.catalog.chunks(tenant), time.time())
+        with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir) as tmp:
+            path = Path(tmp) / "verify.db"
+            restore.materialize(plan, self._read, path)
+            restored = path.read_bytes()
+            with self.fleet.lease(tenant) as handle:
+                assert handle.conn is not None
+                live = handle.conn.serialize("main") or b""
+        page = plan.snapshot.page_size
+        differing = [i + 1 for i in range(max(len(live), len(restored)) // page)
+                     if live[i * page : (i + 1) * page] != restored[i * page : (i + 1) * page]]  # fmt: skip
+        return {"tenant": tenant, "ok": not differing and len(live) == len(restored), "pages": len(live) // page,
+                "differing_pages": differing[:100], "restored_to": rfc3339(plan.restored_to)}  # fmt: skip
+
+    def rebuild_catalog(self, progress: Progress | None = None) -> int:
+        """Recreate every chunk row from the segments in the bucket; returns the segment count."""
+        keys = [o.key for o in self.replica.list("segments/")]
+        for done, key in enumerate(keys, 1):
+            head = self.replica.get_range(key, 0, 64 << 10)
+            need = PREFIX_SIZE + index_length(head)
+            if len(head) < need:
+                head = self.replica.get_range(key, 0, need)
+            meta, refs = parse_index(head, key)
+            self.catalog.add_segment(key, float(meta.get("created", 0.0)), refs)  # type: ignore[arg-type]
+            if progress:
+                progress(done, len(keys))
+        return len(keys)
+
+    def enforce_retention(self, window: float) -> tuple[int, int]:
+        """Delete what no restore inside the last `window` seconds needs.
+        Returns (chunks forgotten, segment objects deleted)."""
+        horizon = time.time() - window
+        dropped = 0
+        for tenant in self.catalog.tenants():
+            rows = retention.expired(self.catalog.chunks(tenant), horizon)
+            self.catalog.delete_chunks(rows)
+            dropped += len(rows)
+        keys = self.catalog.unreferenced_segments()
+        if keys:
+            self.replica.delete(keys)
+            self.catalog.forget_segments(keys)
+        return dropped, len(keys)
+
+    def restorable_tenants(self) -> list[str]:
+        """Tenants with backups whose last event is not a deletion."""
+        return [t for t in self.catalog.tenants() if not self._deleted(self.catalog.chunks(t))]
+
+    @staticmethod
+    def _deleted(rows: list[ChunkRow]) -> bool:
+        deleted = max((r.first_time for r in rows if r.kind == TOMBSTONE), default=None)
+        started = max(restore.generations(rows).values(), default=0.0)
+        return deleted is not None and deleted >= started
+
+    def recover(self, tenant_id: str) -> bool:
+        """Restore a tenant that has backups but no catalog row (a lost disk), unless deleted."""
+        rows = self.catalog.chunks(tenant_id)
+        if not rows or self._deleted(rows) or self.shipper.deletion_pending(tenant_id):
+            return False
+        log.warning("tenant %s is missing locally but in the bucket: restoring it", tenant_id)
+        self.restore(tenant_id, time.time(), as_tenant=tenant_id)
+        return True
+
+    def rebuild_if_empty(self) -> int:
+        """Read the catalog back from the bucket if it knows no segment (a fresh data dir, or
+        backups.db lost), so restores, the DR listing and recovery on first access see every
+        tenant the bucket holds. Call before the shipper starts: its first segment would make
+        the catalog look current. Returns the segments read; raises ReplicaError."""
+        if not self.catalog.is_empty():
+            return 0
+        count = self.rebuild_catalog()
+        if count:
+            log.warning("backup catalog rebuilt from %d segments in the bucket", count)
+        return count
+
+    def restore_all(self, progress: Progress | None = None) -> list[str]:
+        """Restore every tenant the bucket knows and the data dir lacks (disaster recovery)."""
+        if self.catalog.is_empty():
+            self.rebuild_catalog()
+        missing = [t for t in self.restorable_tenants() if not self.fleet.exists(t)]
+        for done, tenant in enumerate(missing, 1):
+            self.restore(tenant, time.time(), as_tenant=tenant)
+            if progress:
+                progress(done, len(missing))
+        return missing

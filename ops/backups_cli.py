@@ -1,0 +1,293 @@
+"""`sqlfleet restore ...` and `sqlfleet backups ...`: point-in-time restore, restore points,
+verification and catalog rebuild, as clients of a running server's admin API (issue 3).
+
+Same options and error handling as `ops.admin_cli` (--url, --admin-key, --timeout, --json; a
+failure is one `Error:` line on stderr and exit status 1). `backups verify` exits 1 when the backup
+does not match the live database, and `restore --all` when any tenant failed to restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ops.admin_cli import _admin_command, _console, _print_json, _size
+from ops.client import AdminClient, ClientError, RestoreResult, ServerUnreachable
+
+
+class _Moment(click.ParamType[str]):
+    """RFC 3339 with a time zone, or `latest`; passed to the server as typed."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if text == "latest":
+            return text
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            self.fail(f"{text!r} is not RFC 3339 (e.g. 2026-11-24T10:00:00Z) or 'latest'", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(f"{text!r} needs a time zone (e.g. a trailing Z or +02:00)", param, ctx)
+        return text
+
+
+MOMENT = _Moment()
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("- tenants/s" if speed is None else f"{speed:.1f} tenants/s")
+
+
+def _progress() -> Progress:
+    # On stderr, so stdout stays the result (a table, or JSON with --json).
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def _restore_table(results: Sequence[RestoreResult], failed: dict[str, str]) -> Table:
+    table = Table("tenant", "restored to", "generation", "commits applied")
+    table.columns[3].justify = "right"
+    for r in results:
+        cells = (r["tenant"], r["restored_to"], r["generation"], str(r["commits_applied"]))
+        table.add_row(*(Text(c) for c in cells))
+    for tenant, error in failed.items():
+        table.add_row(Text(tenant), Text(f"FAILED: {error}", style="red"), Text("-"), Text("-"))
+    return table
+
+
+def _failure(exc: ClientError) -> str:
+    code = getattr(exc, "error_code", None)
+    return f"{exc.message} ({code})" if code else exc.message
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+
+@click.command("restore")
+@click.argument("tenant_id", metavar="[TENANT]", required=False)
+@click.option(
+    "--to",
+    "moment",
+    type=MOMENT,
+    default=None,
+    help="The moment: RFC 3339 (e.g. 2026-11-24T10:00:00Z) or 'latest'. The tenant gets the "
+    "state after its last commit at or before it. Required with TENANT; --all defaults to latest.",
+)
+@click.option(
+    "--as",
+    "as_tenant",
+    metavar="NEW",
+    default=None,
+    help="Restore into a new tenant NEW (a fork) instead of in place.",
+)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Restore every tenant the bucket holds and this server lacks (disaster recovery).",
+)
+@click.option(
+    "--rebuild/--no-rebuild",
+    default=None,
+    help="With --all: first rebuild the server's backup catalog from the bucket, so a fresh "
+    "data dir sees every tenant [default: rebuild; it reads every segment's index, so a large "
+    "bucket may need a longer --timeout].",
+)
+@_admin_command
+def restore(
+    client: AdminClient,
+    as_json: bool,
+    tenant_id: str | None,
+    moment: str | None,
+    as_tenant: str | None,
+    everything: bool,
+    rebuild: bool | None,
+) -> None:
+    """Restore TENANT to a moment (in place, or --as a new tenant), or --all missing tenants.
+
+    An in-place restore starts a new backup generation and keeps the old one restorable, so it
+    can itself be undone by restoring to a moment before it.
+    """
+    if everything:
+        if tenant_id is not None or as_tenant is not None:
+            raise click.UsageError("--all restores every missing tenant as itself: no TENANT, no --as")
+        _restore_all(client, as_json, moment or "latest", rebuild is not False)
+        return
+    if tenant_id is None:
+        raise click.UsageError("name a TENANT (with --to TIME), or pass --all")
+    if moment is None:
+        raise click.UsageError("--to TIME is required: an RFC 3339 time or 'latest'")
+    if rebuild is not None:
+        raise click.UsageError("--rebuild/--no-rebuild go with --all (see `sqlfleet backups rebuild`)")
+    try:
+        result = client.restore(tenant_id, moment, as_tenant)
+    except ServerUnreachable as exc:
+        raise ServerUnreachable(
+            f"{exc.message}; the restore may still be running on the server (a large one may need "
+            "a longer --timeout)"
+        ) from None
+    if as_json:
+        _print_json(result)
+    else:
+        _console().print(_restore_table([result], {}))
+
+
+def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool) -> None:
+    """Restore each tenant the server's catalog can restore and the data dir lacks, one by one,
+    on to the end even when some fail; raises ClickException (exit 1) if any failed."""
+    # The server's catalog is a cache of the bucket, empty on a fresh data dir: without the
+    # rebuild, disaster recovery would "succeed" having restored nothing.
+    if rebuild:
+        with Console(stderr=True).status("rebuilding the backup catalog from the bucket"):
+            segments = client.rebuild_backup_catalog()
+        Console(stderr=True).print(f"rebuilt the backup catalog from {segments} segments")
+    listing = client.restorable_tenants()
+    missing = [t["id"] for t in listing if not t["exists"]]
+    results, failed = _restore_each(client, missing, moment)
+    present = len(listing) - len(missing)
+    if as_json:
+        _print_json({"restored": results, "failed": [{"tenant": t, "error": e} for t, e in failed.items()],
+                     "already_present": present})  # fmt: skip
+    elif missing:
+        _console().print(_restore_table(results, failed))
+    if not as_json:
+        click.echo(f"restored {len(results)} of {len(missing)} missing tenants ({present} already present)")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(missing)} restores failed: {', '.join(failed)}")
+
+
+def _restore_each(
+    client: AdminClient, tenants: Sequence[str], moment: str
+) -> tuple[list[RestoreResult], dict[str, str]]:
+    """Restore each of `tenants` as itself under a progress bar; a failure is noted, not raised."""
+    results: list[RestoreResult] = []
+    failed: dict[str, str] = {}
+    if not tenants:
+        return results, failed
+    with _progress() as progress:
+        task = progress.add_task("restoring", total=len(tenants))
+        for tenant in tenants:
+            try:
+                results.append(client.restore(tenant, moment, as_tenant=tenant))
+            except ClientError as exc:
+                failed[tenant] = _failure(exc)
+                progress.console.print(f"[red]restore of {tenant} failed:[/] {failed[tenant]}", markup=True)
+            progress.advance(task)
+    return results, failed
+
+
+# -- backups -------------------------------------------------------------------------------------
+
+
+@click.group()
+def backups() -> None:
+    """Inspect, verify and rebuild the backups of a running server."""
+
+
+@backups.command("ls")
+@click.argument("tenant_id", metavar="TENANT")
+@_admin_command
+def ls(client: AdminClient, as_json: bool, tenant_id: str) -> None:
+    """Restore points of TENANT: earliest and latest moment, generations, snapshots."""
+    info = client.backups(tenant_id)
+    if as_json:
+        _print_json(info)
+        return
+    summary = Table("field", "value", show_header=False)
+    rows = (
+        ("tenant", info["tenant"]),
+        ("earliest", info["earliest"] or "-"),
+        ("latest", info["latest"]),
+        ("deleted", "yes" if info["deleted"] else "no"),
+        ("not yet shipped", _size(info["backlog_bytes"])),
+    )
+    for key, value in rows:
+        summary.add_row(Text(key), Text(str(value)))
+    generations = Table("generation", "started", title="generations")
+    for g in info["generations"]:
+        generations.add_row(Text(g["id"]), Text(g["started"]))
+    snapshots = Table("generation", "lsn", "taken", "size", title="snapshots")
+    snapshots.columns[1].justify = snapshots.columns[3].justify = "right"
+    for s in info["snapshots"]:
+        snapshots.add_row(
+            Text(s["generation"]), Text(str(s["lsn"])), Text(s["taken"]), Text(_size(s["bytes"]))
+        )
+    console = _console()
+    for table in (summary, generations, snapshots):
+        console.print(table)
+
+
+@backups.command("verify")
+@click.argument("tenant_id", metavar="TENANT")
+@_admin_command
+def verify(client: AdminClient, as_json: bool, tenant_id: str) -> None:
+    """Restore TENANT's latest state aside and compare it page by page with the live database;
+    exit status 1 if they differ."""
+    result = client.verify_backup(tenant_id)
+    if as_json:
+        _print_json(result)
+    elif result["ok"]:
+        click.echo(
+            f"backup of {tenant_id} matches the live database "
+            f"({result['pages']} pages, restored to {result['restored_to']})"
+        )
+    if not result["ok"]:
+        pages = result["differing_pages"]
+        shown = ", ".join(map(str, pages[:10])) + (", ..." if len(pages) > 10 else "")
+        raise click.ClickException(
+            f"backup of {tenant_id} differs from the live database "
+            f"({result['pages']} live pages; differing: {shown or 'the page count'})"
+        )
+
+
+@backups.command("rebuild")
+@_admin_command
+def rebuild(client: AdminClient, as_json: bool) -> None:
+    """Rebuild the server's backup catalog from the segments in the bucket alone."""
+    segments = client.rebuild_backup_catalog()
+    if as_json:
+        _print_json({"segments": segments})
+    else:
+        click.echo(f"rebuilt the backup catalog from {segments} segments")
+
+
+@backups.command("tenants")
+@_admin_command
+def tenants(client: AdminClient, as_json: bool) -> None:
+    """Tenants the bucket can restore, and whether each exists on this server."""
+    listing = client.restorable_tenants()
+    if as_json:
+        _print_json({"tenants": listing})
+        return
+    table = Table("tenant", "on this server")
+    for t in listing:
+        table.add_row(Text(t["id"]), Text("yes" if t["exists"] else "no (restore --all)"))
+    _console().print(table if listing else "no restorable tenants")

@@ -1,0 +1,276 @@
+"""Issue 2's benchmarks of the core service: `sqlfleet bench fleet|hot|cold`.
+
+- fleet: create N tenants (admin API), give each a small `kv` table (batch API), mint a token
+  each, then query every tenant once per round, in a shuffled order per round.
+- hot: one tenant's point query against the bare `/v1/ping` route, in alternating time slices,
+  so drift on a shared machine hits both alike.
+- cold: requests that all miss the pool (round-robin over more tenants than the pool holds).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import click
+
+from ops.bench import (
+    GIB,
+    QUERY_SQL,
+    BenchError,
+    BenchServer,
+    Driver,
+    Row,
+    common_options,
+    emit,
+    json_out,
+    latency_ms,
+    pool_delta,
+    session,
+    summary,
+)
+from ops.loadgen import PhaseResult
+
+TARGETS = {"fleet_rss_bytes": int(0.8 * GIB), "fleet_req_per_s": 2000.0, "hot_ratio": 0.6, "cold_p99_ms": 3.0}
+
+
+def bench_fleet(
+    server: BenchServer,
+    driver: Driver,
+    tenants: int,
+    rounds: int,
+    concurrency: int,
+    setup_concurrency: int,
+    reuse: bool = False,
+    rows: int = 10,
+) -> dict[str, Any]:
+    ids = [f"t{i:07d}" for i in range(tenants)]
+    tokens, setup = driver.setup(ids, rows, setup_concurrency, reuse)
+    requests = driver.query_requests(ids, tokens, rows)
+    before, cpu0 = server.metrics(), server.cpu_seconds()
+    per_round, results = [], []
+    with driver.measuring():
+        for r in range(rounds):
+            order = list(range(tenants))
+            random.Random(r).shuffle(order)
+            result = driver.run(f"round{r}", requests, tenants, concurrency, order=order)
+            results.append(result)
+            per_round.append(
+                {
+                    "req_per_s": round(result.rate, 1),
+                    "errors": result.errors,
+                    "latency_ms": latency_ms(result.latencies),
+                }
+            )
+            click.echo(f"round {r + 1}/{rounds}: {result.rate:,.0f} req/s", err=True)
+            if result.timed_out:
+                break
+    cpu = server.cpu_seconds() - cpu0
+    after = server.metrics()
+    return {
+        "bench": "fleet",
+        "tenants": tenants,
+        "rounds": len(results),
+        "concurrency": concurrency,
+        "pool_capacity": int(after.get("sqlfleet_pool_capacity", 0)),
+        "setup": setup,
+        **summary(results, cpu),
+        "pool": pool_delta(before, after),
+        "server_peak_rss_bytes": server.high_water(),
+        "server_peak_rss_sampled_bytes": server.peak_rss,
+        "per_round": per_round,
+        "complete": not any(r.timed_out for r in results),
+    }
+
+
+def bench_hot(
+    server: BenchServer,
+    driver: Driver,
+    concurrency: int,
+    slices: int,
+    slice_seconds: float,
+    rows: int = 1000,
+) -> dict[str, Any]:
+    tokens, _ = driver.setup(["hot"], rows, 1)
+    queries = [
+        driver.request("POST", "/v1/tenants/hot/query", {"sql": QUERY_SQL, "params": [k]}, tokens[0])
+        for k in range(1, rows + 1)
+    ]
+    order = list(range(rows))
+    random.Random(0).shuffle(order)
+    body = {"sql": QUERY_SQL, "params": [rows]}  # a body like the query's, unread by the route
+    pings = [driver.request("POST", "/v1/ping", body, tokens[0])]
+    kinds = {"query": (queries, order), "ping": (pings, None)}
+    bound = 10_000_000  # a count bound; the slice's time ends it
+    for kind, (requests, kind_order) in kinds.items():  # warm-up, not counted
+        driver.run(f"warm-{kind}", requests, bound, concurrency, kind_order, min(1.0, slice_seconds))
+    results: dict[str, list[PhaseResult]] = {"query": [], "ping": []}
+    cpu: dict[str, float] = {"query": 0.0, "ping": 0.0}
+    with driver.measuring():
+        for i in range(slices):
+            kind = ("query", "ping")[(i + i // 2) % 2]  # q p p q q p ...: drift hits both alike
+            requests, kind_order = kinds[kind]
+            cpu0 = server.cpu_seconds()
+            results[kind].append(
+                driver.run(f"{kind}{i}", requests, bound, concurrency, kind_order, slice_seconds)
+            )
+            cpu[kind] += server.cpu_seconds() - cpu0
+    out: dict[str, Any] = {"bench": "hot", "concurrency": concurrency, "slices": slices}
+    for kind, done in results.items():
+        out[kind] = summary(done, cpu[kind])
+    ping_rate = out["ping"]["req_per_s"]
+    out["ratio"] = round(out["query"]["req_per_s"] / ping_rate, 3) if ping_rate else 0.0
+    out["server_peak_rss_bytes"] = server.high_water()
+    return out
+
+
+def bench_cold(
+    server: BenchServer,
+    driver: Driver,
+    tenants: int,
+    rounds: int,
+    concurrency: int,
+    setup_concurrency: int,
+    pool_capacity: int,
+) -> dict[str, Any]:
+    if tenants <= pool_capacity + concurrency:
+        raise BenchError("cold needs more tenants than pool capacity + concurrency, or requests would hit")
+    ids = [f"c{i:07d}" for i in range(tenants)]
+    tokens, setup = driver.setup(ids, 10, setup_concurrency)
+    requests = driver.query_requests(ids, tokens, 10)
+    # One unmeasured round: verifies every token once (the server caches them) and warms the OS page
+    # cache, so what remains is the pool miss itself. Round-robin order defeats the LRU every time.
+    driver.run("warm", requests, tenants, concurrency)
+    before, cpu0 = server.metrics(), server.cpu_seconds()
+    with driver.measuring():
+        result = driver.run("cold", requests, tenants * rounds, concurrency)
+    cpu = server.cpu_seconds() - cpu0
+    pool = pool_delta(before, server.metrics())
+    measured = pool["hits"] + pool["misses"]
+    return {
+        "bench": "cold",
+        "tenants": tenants,
+        "rounds": rounds,
+        "concurrency": concurrency,
+        "pool_capacity": pool_capacity,
+        "setup": setup,
+        **summary([result], cpu),
+        "pool": pool,
+        "miss_rate": round(pool["misses"] / measured, 4) if measured else 0.0,
+        "server_peak_rss_bytes": server.high_water(),
+    }
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    us = r["server_cpu_us_per_request"]
+    return f"{us} us ({r['server_cores']} cores), client {r['client_cores']} cores"
+
+
+def fleet_rows(r: dict[str, Any]) -> list[Row]:
+    rss, rate = r["server_peak_rss_bytes"], r["req_per_s"]
+    setup = ", ".join(f"{k} {v['per_s']:,.0f}/s" for k, v in r["setup"].items())
+    return [
+        ("tenants", f"{r['tenants']:,}", "", None),
+        ("setup rate", setup, "", None),
+        ("requests (errors)", f"{r['requests']:,} ({r['errors']:,})", "0 errors", r["errors"] == 0),
+        ("throughput", f"{rate:,.0f} req/s", f">= {TARGETS['fleet_req_per_s']:,.0f}", rate >= 2000),
+        ("latency p50 / p99", f"{r['latency_ms']['p50']} / {r['latency_ms']['p99']} ms", "", None),
+        ("pool hit rate", f"{r['pool']['hit_rate']:.1%}", "", None),
+        ("pool open (mean)", f"{r['pool']['open_ms_mean']} ms", "", None),
+        ("CPU / request: server, client", _cpu(r), "", None),
+        ("server peak RSS", f"{rss / GIB:.3f} GiB", "<= 0.8 GiB", rss <= TARGETS["fleet_rss_bytes"]),
+    ]
+
+
+def hot_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for kind in ("query", "ping"):
+        k = r[kind]
+        rows += [
+            (f"{kind} throughput", f"{k['req_per_s']:,.0f} req/s ({k['errors']} errors)", "", None),
+            (f"{kind} p50 / p99", f"{k['latency_ms']['p50']} / {k['latency_ms']['p99']} ms", "", None),
+            (f"{kind} CPU / request: server, client", _cpu(k), "", None),
+        ]
+    rows.append(("query / ping", f"{r['ratio']:.3f}", f">= {TARGETS['hot_ratio']}", r["ratio"] >= 0.6))
+    return rows
+
+
+def cold_rows(r: dict[str, Any]) -> list[Row]:
+    p99 = r["latency_ms"]["p99"]
+    return [
+        ("tenants / pool capacity", f"{r['tenants']:,} / {r['pool_capacity']:,}", "", None),
+        ("requests (errors)", f"{r['requests']:,} ({r['errors']:,})", "0 errors", r["errors"] == 0),
+        ("pool miss rate", f"{r['miss_rate']:.1%}", "100%", r["miss_rate"] >= 0.99),
+        ("latency p50", f"{r['latency_ms']['p50']} ms", "", None),
+        ("latency p99", f"{p99} ms", f"<= {TARGETS['cold_p99_ms']} ms", p99 <= TARGETS["cold_p99_ms"]),
+        ("pool open (mean)", f"{r['pool']['open_ms_mean']} ms", "", None),
+        ("throughput", f"{r['req_per_s']:,.0f} req/s", "", None),
+        ("CPU / request: server, client", _cpu(r), "", None),
+    ]
+
+
+@click.command()
+@click.option("--tenants", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Queries per tenant.")
+@click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--setup-concurrency", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--pool-capacity", type=click.IntRange(1), default=None, help="[default: the server's]")
+@click.option(
+    "--reuse",
+    is_flag=True,
+    help="With --data-dir: tenants an earlier run created there are used as they are (a 100k fleet "
+    "takes long to create; build it once).",
+)
+@common_options(default_timeout=3600.0)
+def fleet(
+    tenants: int,
+    rounds: int,
+    concurrency: int,
+    setup_concurrency: int,
+    pool_capacity: int | None,
+    reuse: bool,
+    **opts: Any,
+) -> None:
+    """Create N tenants, then query every one once per round (shuffled) from concurrent clients."""
+    if reuse and opts["data_dir"] is None:
+        raise click.UsageError("--reuse needs --data-dir")
+    with session(opts, pool_capacity) as (server, driver):
+        result = bench_fleet(server, driver, tenants, rounds, concurrency, setup_concurrency, reuse)
+    result["server_exit_code"] = server.proc.returncode
+    emit(result, fleet_rows(result), json_out(opts, "fleet"))
+
+
+@click.command()
+@click.option("--concurrency", type=click.IntRange(1), default=32, show_default=True)
+@click.option(
+    "--slices",
+    type=click.IntRange(2),
+    default=10,
+    show_default=True,
+    help="Alternating query/ping time slices.",
+)
+@click.option("--slice-seconds", type=click.FloatRange(0.1), default=2.0, show_default=True)
+@common_options(default_timeout=600.0)
+def hot(concurrency: int, slices: int, slice_seconds: float, **opts: Any) -> None:
+    """One tenant's point query vs the bare /v1/ping route, interleaved in one run."""
+    with session(opts, None) as (server, driver):
+        result = bench_hot(server, driver, concurrency, slices, slice_seconds)
+    result["server_exit_code"] = server.proc.returncode
+    emit(result, hot_rows(result), json_out(opts, "hot"))
+
+
+@click.command()
+@click.option("--tenants", type=click.IntRange(2), default=2000, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=2, show_default=True, help="Measured rounds.")
+@click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--setup-concurrency", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--pool-capacity", type=click.IntRange(1), default=64, show_default=True)
+@common_options(default_timeout=600.0)
+def cold(
+    tenants: int, rounds: int, concurrency: int, setup_concurrency: int, pool_capacity: int, **opts: Any
+) -> None:
+    """Latency of requests that all miss the pool (round-robin over more tenants than it holds)."""
+    with session(opts, pool_capacity) as (server, driver):
+        result = bench_cold(server, driver, tenants, rounds, concurrency, setup_concurrency, pool_capacity)
+    result["server_exit_code"] = server.proc.returncode
+    emit(result, cold_rows(result), json_out(opts, "cold"))

@@ -1,0 +1,236 @@
+"""A lean HTTP/1.1 load generator for `sqlfleet bench`, run in its own process(es).
+
+Python HTTP clients (httpx, aiohttp) cost more CPU per request than the server they measure, so on
+a 2-core machine they would be the bottleneck. This one writes pre-rendered request bytes on raw
+asyncio keep-alive streams and reads the status line, the headers and Content-Length body bytes
+back; nothing else (no chunked encoding, no redirects: sqlfleet never sends them).
+
+Contract: `run_phase` sends `phase.total` requests (or stops at `phase.seconds`), from
+`phase.concurrency` connections split over `processes` forked workers, and returns every
+latency, the status counts, and (if asked) each response's status and body by request index. Loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from tenants.errors import SqlfleetError
+
+
+class LoadgenError(SqlfleetError):
+    """The load generator could not do its job (a worker died or overran its phase)."""
+
+    code = "loadgen"
+
+
+def render(url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """The exact bytes of one HTTP/1.1 keep-alive request to the server at `url`."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {urlsplit(url).netloc}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@dataclass(frozen=True)
+class Phase:
+    """`total` requests, at most `seconds` long. Position p sends `requests[order[p % len(order)]]`
+    (without `order`: `requests[p % len(requests)]`); responses are kept by position."""
+
+    name: str
+    requests: Sequence[bytes]
+    total: int
+    concurrency: int
+    seconds: float
+    order: Sequence[int] | None = None
+    keep_responses: bool = False
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    sent: int = 0
+    elapsed: float = 0.0
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    responses: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # index -> status, body
+    timed_out: bool = False
+    client_cpu: float = 0.0  # CPU seconds the load generator spent (all its processes)
+
+    @property
+    def ok(self) -> int:
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+    @property
+    def errors(self) -> int:
+        return self.sent - self.ok
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed if self.elapsed > 0 else 0.0
+
+    def merge(self, other: PhaseResult) -> None:
+        self.sent += other.sent
+        self.elapsed = max(self.elapsed, other.elapsed)
+        self.statuses.update(other.statuses)
+        self.latencies.extend(other.latencies)
+        self.responses.update(other.responses)
+        self.timed_out = self.timed_out or other.timed_out
+        self.client_cpu += other.client_cpu
+
+
+class _Conn:
+    """One keep-alive connection; reconnects after any transport error."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length, close = 0, False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        body = await self.reader.readexactly(length) if length else b""
+        if close:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> PhaseResult:
+    """Send the requests at positions `share` of the phase, from `concurrency` connections."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    result = PhaseResult(phase.name)
+    latencies, statuses, responses = result.latencies, result.statuses, result.responses
+    requests, order, keep = phase.requests, phase.order, phase.keep_responses
+    next_index = 0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    deadline = started + phase.seconds
+    clock = time.perf_counter
+
+    async def connection() -> None:
+        nonlocal next_index
+        conn = _Conn(host, port)
+        try:
+            while next_index < len(share):
+                if clock() >= deadline:
+                    result.timed_out = True
+                    return
+                position = share[next_index]
+                next_index += 1
+                index = position if order is None else order[position % len(order)]
+                raw = requests[index % len(requests)]
+                t0 = clock()
+                try:
+                    status, body = await conn.send(raw)
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                    conn.close()
+                    status, body = 0, b""
+                latencies.append(clock() - t0)
+                statuses[status] += 1
+                if keep:
+                    responses[position] = (status, body)
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(connection() for _ in range(max(1, concurrency))))
+    result.elapsed = clock() - started
+    result.sent = len(latencies)
+    result.client_cpu = time.process_time() - cpu_started
+    return result
+
+
+def _worker(url: str, phase: Phase, share: range, concurrency: int, pipe: Any) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = asyncio.run(_drive(url, phase, share, concurrency))
+        pipe.send(("ok", result))
+    except BaseException as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        pipe.close()
+
+
+def run_phase(
+    url: str,
+    phase: Phase,
+    processes: int = 1,
+    on_tick: Callable[[], None] | None = None,
+    tick: float = 0.1,
+) -> PhaseResult:
+    """Run `phase` from `processes` forked workers (positions dealt round-robin) and merge
+    their results. `on_tick` is called every `tick` seconds while waiting (e.g. to sample the
+    server's memory). Raises LoadgenError if a worker fails or outlives the phase by 30 s."""
+    processes = max(1, min(processes, phase.concurrency, phase.total))
+    ctx = multiprocessing.get_context("fork")  # spawn would re-run `python -m ops`'s __main__
+    workers: list[tuple[Any, Any]] = []
+    merged = PhaseResult(phase.name)
+    finished = False
+    try:
+        for i in range(processes):
+            receive, send = ctx.Pipe(duplex=False)
+            share = range(i, phase.total, processes)
+            conc = phase.concurrency // processes + (1 if i < phase.concurrency % processes else 0)
+            proc = ctx.Process(target=_worker, args=(url, phase, share, conc, send), daemon=True)
+            proc.start()
+            send.close()
+            workers.append((proc, receive))
+        hard_deadline = time.monotonic() + phase.seconds + 30.0
+        pending: list[Any] = [receive for _, receive in workers]
+        while pending:
+            if time.monotonic() > hard_deadline:
+                raise LoadgenError(f"phase {phase.name}: load generator did not finish in time")
+            ready: list[Any] = multiprocessing.connection.wait(pending, timeout=tick)
+            for conn in ready:
+                pending.remove(conn)
+                try:
+                    kind, payload = conn.recv()
+                except EOFError:
+                    raise LoadgenError(f"phase {phase.name}: a load generator process died") from None
+                if kind != "ok":
+                    raise LoadgenError(f"phase {phase.name}: {payload}")
+                merged.merge(payload)
+            if on_tick is not None:
+                on_tick()
+        finished = True
+    finally:
+        for proc, receive in workers:
+            receive.close()
+            proc.join(timeout=5 if finished else 0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.join(timeout=5)
+    return merged

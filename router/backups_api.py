@@ -1,0 +1,77 @@
+"""Admin routes for backups: restore to a moment, list restore points, verify, rebuild, DR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from backups.service import Backups, parse_moment
+from router.admin_api import admin_context, reject_unknown
+from router.codec import read_json
+from tenants.errors import BadRequest, SqlfleetError
+from tenants.ids import validate_tenant_id
+
+
+class BackupsDisabled(SqlfleetError):
+    status = 409
+    code = "backups_disabled"
+
+
+def _backups(request: Request) -> tuple[Any, Backups]:
+    c = admin_context(request)
+    if c.backups is None:
+        raise BackupsDisabled("backups are turned off on this server (SQLFLEET_BACKUPS=false)")
+    return c, c.backups
+
+
+async def restore(request: Request) -> JSONResponse:
+    c, backups = _backups(request)
+    tenant = validate_tenant_id(request.path_params["tenant"])
+    body = await read_json(request, c.config.max_body_bytes)
+    reject_unknown(body, {"timestamp", "as"})
+    stamp, target = body.get("timestamp", "latest"), body.get("as")
+    if not isinstance(stamp, str):
+        raise BadRequest("timestamp must be an RFC 3339 string or 'latest'")
+    if target is not None:
+        validate_tenant_id(target)
+    result = await c.blocking(backups.restore, tenant, parse_moment(stamp), target)
+    return JSONResponse(result.to_json())
+
+
+async def describe(request: Request) -> JSONResponse:
+    c, backups = _backups(request)
+    tenant = validate_tenant_id(request.path_params["tenant"])
+    return JSONResponse(await c.blocking(backups.describe, tenant))
+
+
+async def verify(request: Request) -> JSONResponse:
+    c, backups = _backups(request)
+    tenant = validate_tenant_id(request.path_params["tenant"])
+    return JSONResponse(await c.blocking(backups.verify, tenant))
+
+
+async def rebuild(request: Request) -> JSONResponse:
+    c, backups = _backups(request)
+    return JSONResponse({"segments": await c.blocking(backups.rebuild_catalog)})
+
+
+async def restorable(request: Request) -> JSONResponse:
+    """Tenants the bucket can restore (not deleted), with whether each exists locally."""
+    c, backups = _backups(request)
+
+    def listing() -> list[dict[str, Any]]:
+        return [{"id": t, "exists": c.fleet.exists(t)} for t in backups.restorable_tenants()]
+
+    return JSONResponse({"tenants": await c.blocking(listing)})
+
+
+ROUTES = [
+    Route("/v1/admin/tenants/{tenant}/restore", restore, methods=["POST"]),
+    Route("/v1/admin/tenants/{tenant}/backups", describe, methods=["GET"]),
+    Route("/v1/admin/tenants/{tenant}/backups/verify", verify, methods=["POST"]),
+    Route("/v1/admin/backups/rebuild", rebuild, methods=["POST"]),
+    Route("/v1/admin/backups/tenants", restorable, methods=["GET"]),
+]

@@ -1,0 +1,235 @@
+"""Admin routes for schema groups: create and list groups, register migrations, plan a schema
+change, run a rollout and watch it. Every route needs the admin key."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from router.admin_api import admin_context, reject_unknown
+from router.codec import read_json
+from router.context import Context
+from schema_sync import catch_up
+from schema_sync.errors import GroupNotFound
+from schema_sync.groups import GroupStore
+from schema_sync.migrations import applied, pending
+from schema_sync.plan import Plan
+from schema_sync.rollout import RolloutOptions, Rollouts
+from schema_sync.session import Session
+from schema_sync.sync import plan_against
+from tenants.errors import BadRequest, SqlfleetError
+from tenants.ids import validate_tenant_id
+
+MAX_CONCURRENCY = 64
+
+
+def _context(request: Request) -> tuple[Context, GroupStore, Rollouts]:
+    c = admin_context(request)
+    groups: GroupStore | None = getattr(request.app.state, "groups", None)
+    rollouts: Rollouts | None = getattr(request.app.state, "rollouts", None)
+    if groups is None or rollouts is None:
+        raise GroupNotFound("schema groups are not set up on this server")
+    return c, groups, rollouts
+
+
+def _group_json(groups: GroupStore, name: str) -> dict[str, Any]:
+    return {"name": name, **groups.get(name).state(fresh=True).to_json()}
+
+
+def _text(body: dict[str, Any], key: str, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false")
+    return value
+
+
+def _count(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{key} must be an integer from {low} to {high}")
+    return value
+
+
+async def create_group(request: Request) -> JSONResponse:
+    c, groups, _ = _context(request)
+    body = await read_json(request, c.config.max_body_bytes)
+    reject_unknown(body, {"name", "schema", "template"})
+    name = _text(body, "name")
+    schema = _text(body, "schema", required=False)
+    encoded = _text(body, "template", required=False)
+    if schema is not None and encoded is not None:
+        raise BadRequest("give either schema (SQL) or template (a base64 database file), not both")
+    template = None
+    if encoded is not None:
+        try:
+            template = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise BadRequest("template must be base64") from None
+    assert name is not None
+    await c.blocking(groups.create, name, schema, template)
+    return JSONResponse(await c.blocking(_group_json, groups, name), status_code=201)
+
+
+async def list_groups(request: Request) -> JSONResponse:
+    c, groups, _ = _context(request)
+    names = await c.blocking(groups.names)
+    return JSONResponse({"groups": [await c.blocking(_group_json, groups, n) for n in names]})
+
+
+async def group_info(request: Request) -> JSONResponse:
+    c, groups, _ = _context(request)
+    return JSONResponse(await c.blocking(_group_json, groups, request.path_params["group"]))
+
+
+async def group_schema(request: Request) -> JSONResponse:
+    """The newest schema (every registered migration applied), or `?released=1` the template's."""
+    c, groups, _ = _context(request)
+    group = await c.blocking(groups.get, request.path_params["group"])
+    released = request.query_params.get("released") in ("1", "true")
+    upto = (await c.blocking(group.state, True)).head if released else None
+    return JSONResponse({"group": group.name, "sql": await c.blocking(group.schema_sql, upto)})
+
+
+async def add_migration(request: Request) -> JSONResponse:
+    c, groups, _ = _context(request)
+    name = request.path_params["group"]
+    body = await read_json(request, c.config.max_body_bytes)
+    reject_unknown(body, {"name", "sql", "kind", "allow_drop"})
+    migration_name, sql = _text(body, "name"), _text(body, "sql")
+    kind = body.get("kind", "sql")
+    assert migration_name is not None and sql is not None
+    if kind == "sql":
+        if _flag(body, "allow_drop"):
+            raise BadRequest("allow_drop applies to sync steps only")
+        migration = await c.blocking(groups.add_migration, name, migration_name, sql)
+    elif kind == "sync":
+        migration = await c.blocking(groups.add_sync, name, migration_name, sql, _flag(body, "allow_drop"))
+    else:
+        raise BadRequest("kind must be 'sql' or 'sync'")
+    return JSONResponse(migration.to_json(), status_code=201)
+
+
+async def plan(request: Request) -> JSONResponse:
+    """What syncing to `schema` would do: to the group's newest schema, or to one tenant."""
+    c, groups, _ = _context(request)
+    name = request.path_params["group"]
+    body = await read_json(request, c.config.max_body_bytes)
+    reject_unknown(body, {"schema", "allow_drop", "tenant"})
+    schema, allow_drop = _text(body, "schema"), _flag(body, "allow_drop")
+    tenant = body.get("tenant")
+    assert schema is not None
+    if tenant is None:
+        result = await c.blocking(groups.plan_sync, name, schema, allow_drop)
+    else:
+        result = await c.blocking(
+            _plan_tenant, c, groups, name, validate_tenant_id(tenant), schema, allow_drop
+        )
+    return JSONResponse({"sql": result.render(), "blocked": result.blocked, "kept": result.kept})
+
+
+def _plan_tenant(
+    c: Context, groups: GroupStore, name: str, tenant: str, schema: str, allow_drop: bool
+) -> Plan:
+    group = groups.get(name)
+    row = c.fleet.require(tenant)
+    if row.group != group.name:
+        raise BadRequest(f"tenant {tenant!r} is not in group {group.name!r}")
+    with groups.target(schema) as target, catch_up.suppressed(), c.fleet.lease(tenant) as handle:
+        assert handle.conn is not None
+        session = Session(handle.conn, handle.sandbox, groups.timeout)
+        with session.attached(target, "sqlfleet_target") as alias:
+            return plan_against(session, alias, allow_drop)
+
+
+async def tenant_status(request: Request) -> JSONResponse:
+    """Where one tenant stands against its group: applied, pending, or why it disagrees."""
+    c, groups, _ = _context(request)
+    tenant = validate_tenant_id(request.path_params["tenant"])
+    return JSONResponse(await c.blocking(_tenant_status, c, groups, request.path_params["group"], tenant))
+
+
+def _tenant_status(c: Context, groups: GroupStore, name: str, tenant: str) -> dict[str, Any]:
+    group = groups.get(name)
+    if c.fleet.require(tenant).group != group.name:
+        raise BadRequest(f"tenant {tenant!r} is not in group {group.name!r}")
+    state = group.state()
+    with catch_up.suppressed(), c.fleet.lease(tenant) as handle:
+        assert handle.conn is not None
+        history = applied(Session(handle.conn, handle.sandbox, groups.timeout))
+    result: dict[str, Any] = {
+        "tenant": tenant,
+        "group": group.name,
+        "applied": [{"name": a.name, "checksum": a.checksum, "applied_at": a.applied_at} for a in history],
+        "released": state.head,
+    }
+    try:
+        result["pending"] = [m.name for m in pending(history, state.migrations, f"tenant {tenant}")]
+        result["error"] = None
+    except SqlfleetError as exc:
+        result["pending"], result["error"] = None, exc.message
+    return result
+
+
+async def start_rollout(request: Request) -> JSONResponse:
+    c, _, rollouts = _context(request)
+    body = await read_json(request, c.config.max_body_bytes)
+    reject_unknown(body, {"dry_run", "canary", "max_failures", "concurrency"})
+    options = RolloutOptions(
+        dry_run=_flag(body, "dry_run"),
+        canary=_count(body, "canary", 1, 1 << 31),
+        max_failures=_count(body, "max_failures", 1, 1 << 31),
+        concurrency=_count(body, "concurrency", 1, MAX_CONCURRENCY) or rollouts.concurrency,
+    )
+    rollout = await c.blocking(rollouts.start, request.path_params["group"], options)
+    return JSONResponse(rollout.snapshot(), status_code=202)
+
+
+async def list_rollouts(request: Request) -> JSONResponse:
+    c, _, rollouts = _context(request)
+    return JSONResponse({"rollouts": await c.blocking(rollouts.history, request.path_params["group"])})
+
+
+async def rollout_status(request: Request) -> JSONResponse:
+    c, _, rollouts = _context(request)
+    p = request.path_params
+    return JSONResponse(await c.blocking(rollouts.status, p["group"], p["rollout"]))
+
+
+async def stop_rollout(request: Request) -> JSONResponse:
+    _, _, rollouts = _context(request)
+    p = request.path_params
+    rollout = rollouts.live(p["group"], p["rollout"])
+    rollout.stop()
+    return JSONResponse(rollout.snapshot())
+
+
+_G = "/v1/admin/groups/{group}"
+ROUTES = [
+    Route("/v1/admin/groups", create_group, methods=["POST"]),
+    Route("/v1/admin/groups", list_groups, methods=["GET"]),
+    Route(_G, group_info, methods=["GET"]),
+    Route(_G + "/schema", group_schema, methods=["GET"]),
+    Route(_G + "/migrations", add_migration, methods=["POST"]),
+    Route(_G + "/plan", plan, methods=["POST"]),
+    Route(_G + "/tenants/{tenant}", tenant_status, methods=["GET"]),
+    Route(_G + "/rollouts", start_rollout, methods=["POST"]),
+    Route(_G + "/rollouts", list_rollouts, methods=["GET"]),
+    Route(_G + "/rollouts/{rollout}", rollout_status, methods=["GET"]),
+    Route(_G + "/rollouts/{rollout}/stop", stop_rollout, methods=["POST"]),
+]

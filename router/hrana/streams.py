@@ -1,0 +1,249 @@
+"""Hrana-over-HTTP streams and their batons.
+
+A stream is a tenant's connection state carried across HTTP requests. Contract:
+- A stream pins its tenant's handle (the pool never evicts it) from its first request until it
+  is closed or expires. While a transaction is open it also holds the handle's lock, so other
+  requests for that tenant wait (bounded by the pool's busy_timeout, then 503).
+- Batons are single-use: each names (stream id, sequence number) under an HMAC with a key made
+  per process, and each request advances the sequence. A baton is refused as BATON_INVALID
+  (forged, unknown, or another tenant's), BATON_REUSED (an old one, or the stream is in use),
+  or STREAM_EXPIRED.
+- A stream idle for `idle_timeout` expires: its transaction is rolled back, lock and pin let go.
+- At most `max_per_tenant` streams per tenant and `max_total` in all (in-flight ones count).
+
+Registry methods (`open`, `take`, `give_back`) are cheap and may run on the event loop;
+`attach`, `detach`, `sweep` and `close` touch SQLite and run in worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import secrets
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import apsw
+
+from router.hrana.errors import BatonInvalid, BatonReused, StreamExpired, StreamsExhausted, TooManyStreams
+from tenants.pool import Handle, Pool
+
+log = logging.getLogger(__name__)
+
+_PAYLOAD = struct.Struct(">QQ")  # stream id, sequence number
+_MAC_BYTES = 16
+_MASK64 = (1 << 64) - 1
+_TOMBSTONES = 10_000  # expired ids remembered, so a late client hears STREAM_EXPIRED
+
+
+@dataclass(eq=False)
+class Stream:
+    """One stream. Its fields belong to whoever has taken it (a request, or the sweeper after
+    unregistering it); the registry only reads `busy` and `deadline` under its lock."""
+
+    id: int
+    tenant: str
+    seq: int
+    busy: bool = True
+    deadline: float = 0.0
+    handle: Handle | None = None
+    locked: bool = False  # holds handle.lock: a transaction is open
+    closed: bool = False  # a `close` request (or a failure) ended it
+    readonly_tx: bool = False  # inside BEGIN READONLY: query_only is on
+    next_baton: str | None = None  # what the request that has it answers with
+    sqls: dict[int, str] = field(default_factory=dict)
+
+
+class Streams:
+    """Every open stream of one server. Thread-safe."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        idle_timeout: float,
+        max_per_tenant: int,
+        max_total: int,
+        writable: Callable[[str], bool] = lambda tenant: True,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self._writable = writable
+        self.max_per_tenant = max_per_tenant
+        self.max_total = max_total
+        self._pool = pool
+        self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._streams: dict[int, Stream] = {}
+        self._per_tenant: dict[str, int] = {}
+        self._expired: OrderedDict[int, str] = OrderedDict()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="hrana-stream-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    # -- batons ----------------------------------------------------------------------------------
+
+    def baton(self, stream: Stream) -> str:
+        payload = _PAYLOAD.pack(stream.id, stream.seq)
+        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        return base64.urlsafe_b64encode(payload + mac).decode("ascii").rstrip("=")
+
+    def _decode(self, baton: str) -> tuple[int, int]:
+        try:
+            raw = base64.urlsafe_b64decode(baton + "=" * (-len(baton) % 4))
+        except (binascii.Error, ValueError):
+            raise BatonInvalid("the baton is not one this server issued") from None
+        payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
+        expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        if len(raw) != _PAYLOAD.size + _MAC_BYTES or not hmac.compare_digest(mac, expected):
+            raise BatonInvalid("the baton is not one this server issued")
+        stream_id, seq = _PAYLOAD.unpack(payload)
+        return stream_id, seq
+
+    # -- registry (event loop) -------------------------------------------------------------------
+
+    def open(self, tenant: str) -> Stream:
+        """A new stream, taken. Raises TooManyStreams, StreamsExhausted."""
+        with self._lock:
+            if len(self._streams) >= self.max_total:
+                raise StreamsExhausted(f"the server has {self.max_total} Hrana streams open")
+            if self._per_tenant.get(tenant, 0) >= self.max_per_tenant:
+                raise TooManyStreams(f"tenant {tenant!r} has {self.max_per_tenant} Hrana streams open")
+            stream_id = secrets.randbits(64)
+            while stream_id in self._streams or stream_id in self._expired:
+                stream_id = secrets.randbits(64)
+            stream = Stream(stream_id, tenant, secrets.randbits(64))
+            self._streams[stream_id] = stream
+            self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
+        return stream
+
+    def take(self, tenant: str, baton: str) -> Stream:
+        """The stream `baton` names, taken for one request. Raises BatonInvalid, BatonReused,
+        StreamExpired."""
+        stream_id, seq = self._decode(baton)
+        with self._lock:
+            stream = self._streams.get(stream_id)
+            if stream is None or stream.tenant != tenant:
+                if stream is None and self._expired.get(stream_id) == tenant:
+                    raise StreamExpired(
+                        f"the stream expired after {self.idle_timeout:g} s idle; "
+                        "its transaction was rolled back"
+                    )
+                raise BatonInvalid("the baton names no open stream of this tenant")
+            if stream.busy or stream.seq != seq:
+                raise BatonReused("the baton was already used: send the one from the latest response")
+            stream.busy = True
+            stream.seq = (stream.seq + 1) & _MASK64
+        return stream
+
+    def give_back(self, stream: Stream) -> str | None:
+        """End a request on `stream` (after `detach`): its next baton, or None if it closed."""
+        with self._lock:
+            if stream.closed:
+                self._unregister(stream)
+                return None
+            stream.busy = False
+            stream.deadline = time.monotonic() + self.idle_timeout
+            return self.baton(stream)
+
+    def _unregister(self, stream: Stream) -> None:
+        # caller holds self._lock
+        if self._streams.pop(stream.id, None) is None:
+            return
+        left = self._per_tenant[stream.tenant] - 1
+        if left:
+            self._per_tenant[stream.tenant] = left
+        else:
+            del self._per_tenant[stream.tenant]
+
+    # -- the tenant handle (worker threads) ------------------------------------------------------
+
+    def attach(self, stream: Stream, readonly: bool) -> bool:
+        """Pin and lock the stream's handle and set its access; whether the tenant is frozen
+        (read-only for now, as `writable` says: e.g. its backup is too far behind). Raises what
+        the pool raises (TenantNotFound, TenantBusy, ...)."""
+        if stream.handle is None:
+            stream.handle = self._pool.pin(stream.tenant)
+        if not stream.locked:
+            self._pool.acquire(stream.handle)
+            stream.locked = True
+        frozen = not readonly and not self._writable(stream.tenant)
+        stream.handle.set_query_only(readonly or frozen or stream.readonly_tx)
+        return frozen
+
+    def detach(self, stream: Stream) -> None:
+        """After a request: keep the lock only while a transaction is open; a closed stream
+        rolls back and lets go of its handle. Never raises for SQLite trouble."""
+        handle = stream.handle
+        if handle is None:
+            return
+        if stream.closed:
+            self._dispose(stream)
+        elif stream.locked and (handle.conn is None or handle.conn.get_autocommit()):
+            stream.locked = False
+            handle.lock.release()
+
+    def _dispose(self, stream: Stream) -> None:
+        handle, stream.handle = stream.handle, None
+        if handle is None:
+            return
+        try:
+            if stream.locked and handle.conn is not None and not handle.conn.get_autocommit():
+                handle.conn.execute("ROLLBACK")
+        except apsw.Error:
+            log.exception("rolling back stream of tenant %s failed", stream.tenant)
+        finally:
+            if stream.locked:
+                stream.locked = False
+                handle.lock.release()
+            self._pool.unpin(handle)
+
+    # -- expiry ----------------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Expire every stream idle past its deadline; how many expired."""
+        now = time.monotonic()
+        with self._lock:
+            victims = [s for s in self._streams.values() if not s.busy and s.deadline <= now]
+            for stream in victims:
+                self._unregister(stream)
+                self._expired[stream.id] = stream.tenant
+                if len(self._expired) > _TOMBSTONES:
+                    self._expired.popitem(last=False)
+        for stream in victims:
+            log.info(
+                "hrana stream of tenant %s expired (transaction rolled back: %s)",
+                stream.tenant,
+                stream.locked,
+            )
+            self._dispose(stream)
+        return len(victims)
+
+    def _sweep_loop(self) -> None:
+        interval = min(1.0, max(0.05, self.idle_timeout / 4))
+        while not self._stop.wait(interval):
+            try:
+                self.sweep()
+            except Exception:  # the sweeper must outlive one bad stream
+                log.exception("sweeping hrana streams failed")
+
+    def close(self) -> None:
+        """Stop the sweeper; roll back and let go of every idle stream. Idempotent. Streams in
+        use by a request are left to it (call after the server stopped taking requests)."""
+        self._stop.set()
+        if self._sweeper.is_alive() and self._sweeper is not threading.current_thread():
+            self._sweeper.join(5)
+        with self._lock:
+            idle = [s for s in self._streams.values() if not s.busy]
+            for stream in idle:
+                self._unregister(stream)
+        for stream in idle:
+            self._dispose(stream)

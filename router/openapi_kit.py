@@ -1,0 +1,65 @@
+"""Building blocks of the OpenAPI document: references, responses, operations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TENANT_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to the component schema `name`."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_body(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def errors(*statuses: int, kind: str = "E") -> dict[str, Any]:
+    """References to the shared error responses: E (our shape) or H (Hrana's)."""
+    return {str(s): {"$ref": f"#/components/responses/{kind}{s}"} for s in statuses}
+
+
+STATUS_TEXT = {
+    400: "Bad input or SQL error",
+    401: "Missing, invalid or expired credential",
+    403: "Not allowed for this credential",
+    404: "No such tenant or route",
+    409: "Already exists",
+    413: "Too large",
+    500: "Backup broken: the restored file fails its integrity check",
+    502: "Replica (backup storage) error",
+    429: "Too many requests or streams",
+    503: "Tenant unavailable",
+    504: "Statement timed out",
+}
+
+TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": TENANT_ID}
+SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def operation(
+    summary: str,
+    ok: dict[str, Any],
+    error_statuses: tuple[int, ...],
+    body: str | None = None,
+    params: list[dict[str, Any]] | None = None,
+    secured: bool = True,
+    ok_status: str = "200",
+    tag: str = "system",
+    error_kind: str = "E",
+) -> dict[str, Any]:
+    """One OpenAPI operation; `body` names the request body's component schema."""
+    op: dict[str, Any] = {
+        "summary": summary,
+        "tags": [tag],
+        "responses": {ok_status: ok, **errors(*error_statuses, kind=error_kind)},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}
+    if params:
+        op["parameters"] = params
+    if secured:
+        op["security"] = SECURED
+    return op

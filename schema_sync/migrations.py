@@ -1,0 +1,203 @@
+"""Recorded migrations: an ordered list a database applies once each, and remembers.
+
+A migration is a SQL file `NNNN_name.sql` (an alembic revision arrives already rendered to SQL,
+see `alembic_render`), or a declarative sync step `NNNN_name.sync.sql` holding a target schema.
+Each database records what it applied in its own `_sqlfleet_migrations` table (name, checksum,
+applied_at), in the same transaction as the change, so a failure leaves no trace and a rerun
+resumes. A record that disagrees with the list (an edited file, an unknown name, another order)
+raises HistoryMismatch: reported, never skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apsw
+
+from schema_sync.errors import HistoryMismatch, InvalidMigration
+from schema_sync.plan import Plan
+from schema_sync.session import Session
+from schema_sync.sync import plan_against, run_plan
+
+RECORD_TABLE = "_sqlfleet_migrations"
+NAME = re.compile(r"(\d{4})_([a-z0-9][a-z0-9_]{0,58})")
+SQL, ALEMBIC, SYNC = "sql", "alembic", "sync"
+ALEMBIC_HEADER = "-- sqlfleet: alembic revision "
+SYNC_HEADER = "-- sqlfleet: sync"
+_ALEMBIC_SOURCE = re.compile(re.escape(ALEMBIC_HEADER) + r"(\S+) source sha256 ([0-9a-f]{64})")
+_CREATE_RECORDS = (
+    f"CREATE TABLE IF NOT EXISTS {RECORD_TABLE} "
+    "(name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) WITHOUT ROWID"
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str  # NNNN_slug
+    kind: str  # sql, alembic, sync
+    sql: str  # the file's text: statements to run, or (sync) the target schema
+    checksum: str  # sha256 of the text
+    template: Path | None = None  # sync: a database holding the target schema
+    allow_drop: bool = False  # sync: may drop objects and columns the target lacks
+
+    @property
+    def number(self) -> int:
+        return int(self.name[:4])
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "name": self.name,
+            "kind": self.kind,
+            "checksum": self.checksum,
+            "allow_drop": self.allow_drop,
+        }
+        source = alembic_source(self.sql) if self.kind == ALEMBIC else None
+        if source is not None:
+            body["alembic_revision"], body["alembic_source_sha256"] = source
+        return body
+
+
+@dataclass(frozen=True)
+class Applied:
+    name: str
+    checksum: str
+    applied_at: str
+
+
+@dataclass
+class Outcome:
+    """What one `apply` did (or, dry run, would do)."""
+
+    applied: list[str] = field(default_factory=list)
+    plans: dict[str, Plan] = field(default_factory=dict)  # sync steps: the plan that ran
+
+
+def alembic_source(text: str) -> tuple[str, str] | None:
+    """(revision id, sha256 of the revision script) from a rendered alembic migration's header."""
+    match = _ALEMBIC_SOURCE.match(text)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_name(filename: str) -> tuple[str, str]:
+    """(migration name, kind) of a file name. Raises InvalidMigration."""
+    stem, kind = filename, SQL
+    if filename.endswith(".sync.sql"):
+        stem, kind = filename[: -len(".sync.sql")], SYNC
+    elif filename.endswith(".sql"):
+        stem = filename[: -len(".sql")]
+    else:
+        raise InvalidMigration(f"{filename}: migration files end in .sql")
+    if not NAME.fullmatch(stem):
+        raise InvalidMigration(f"{filename}: names look like 0001_add_users (4 digits, then a-z, 0-9, _)")
+    return stem, kind
+
+
+def from_text(filename: str, text: str, template: Path | None = None) -> Migration:
+    name, kind = parse_name(filename)
+    if kind == SQL and text.startswith(ALEMBIC_HEADER):
+        kind = ALEMBIC
+    allow_drop = kind == SYNC and "allow_drop=1" in text.partition("\n")[0]
+    return Migration(name, kind, text, checksum(text), template, allow_drop)
+
+
+def load_dir(folder: Path) -> list[Migration]:
+    """The migrations of a folder, ordered. Raises InvalidMigration for a bad name or a number
+    used twice. A sync step's target database sits next to it as NNNN_name.sync.db."""
+    result: list[Migration] = []
+    for path in sorted(folder.glob("*.sql")):
+        template = path.with_suffix(".db") if path.name.endswith(".sync.sql") else None
+        result.append(from_text(path.name, path.read_text(), template))
+    result.sort(key=lambda m: m.name)
+    check_order(result)
+    return result
+
+
+def check_order(migrations: Sequence[Migration]) -> None:
+    numbers = [m.number for m in migrations]
+    if len(set(numbers)) != len(numbers):
+        dup = next(n for n in numbers if numbers.count(n) > 1)
+        raise InvalidMigration(f"two migrations are numbered {dup:04d}")
+
+
+def applied(session: Session) -> list[Applied]:
+    """The database's record, oldest first; empty if it has none."""
+    try:
+        records = session.internal(f"SELECT name, checksum, applied_at FROM {RECORD_TABLE} ORDER BY name")
+    except apsw.SQLError as exc:
+        if f"no such table: {RECORD_TABLE}" in str(exc):
+            return []
+        raise
+    return [Applied(str(n), str(c), str(a)) for n, c, a in records]
+
+
+def pending(history: Sequence[Applied], migrations: Sequence[Migration], where: str) -> list[Migration]:
+    """What `migrations` holds beyond `history`. Raises HistoryMismatch unless `history` is
+    exactly a prefix of `migrations` (same names, same checksums)."""
+    for i, record in enumerate(history):
+        if i >= len(migrations):
+            raise HistoryMismatch(f"{where}: applied {record.name}, which the group does not have")
+        m = migrations[i]
+        if record.name != m.name:
+            raise HistoryMismatch(f"{where}: applied {record.name} where the group has {m.name}")
+        if record.checksum != m.checksum:
+            raise HistoryMismatch(
+                f"{where}: {m.name} was edited after it was applied "
+                f"(applied sha256 {record.checksum[:12]}, now {m.checksum[:12]})"
+            )
+    return list(migrations[len(history) :])
+
+
+def apply(
+    session: Session,
+    migrations: Sequence[Migration],
+    *,
+    where: str = "database",
+    dry_run: bool = False,
+    upto: int | None = None,
+    history: Sequence[Applied] | None = None,
+) -> Outcome:
+    """Bring the database up to the end of `migrations` (or only to the first `upto` of them;
+    a database already past that is left alone), all pending ones in one transaction with their
+    records (rolled back entirely on any failure, and when `dry_run`).
+    `history` saves re-reading the record when the caller just did.
+    Raises HistoryMismatch, MigrationFailed (PlanBlocked), TenantBusy."""
+    if history is None:
+        history = applied(session)
+    todo = pending(history, migrations, where)
+    if upto is not None:
+        todo = todo[: max(0, upto - len(history))]
+    outcome = Outcome()
+    if not todo:
+        return outcome
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with ExitStack() as stack:
+        aliases: dict[str, str] = {}
+        for i, m in enumerate(x for x in todo if x.kind == SYNC):
+            if m.template is None or not m.template.exists():
+                raise InvalidMigration(f"{m.name}: its target schema database is missing")
+            # attached before the transaction: a database it has read cannot be detached inside
+            aliases[m.name] = stack.enter_context(session.attached(m.template, f"sqlfleet_target{i}"))
+        with session.schema_transaction(dry_run):
+            if not history:
+                session.internal(_CREATE_RECORDS)
+            for m in todo:
+                label = f"{where}: {m.name}"
+                if m.kind == SYNC:
+                    plan = plan_against(session, aliases[m.name], m.allow_drop)
+                    outcome.plans[m.name] = plan
+                    run_plan(session, plan, label)
+                else:
+                    session.script(m.sql, label)
+                session.internal(f"INSERT INTO {RECORD_TABLE} VALUES (?, ?, ?)", (m.name, m.checksum, stamp))
+                outcome.applied.append(m.name)
+    return outcome

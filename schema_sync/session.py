@@ -1,0 +1,152 @@
+"""Schema work on one open connection: internal statements, migration scripts, template ATTACH.
+
+Internal statements (bookkeeping, pragmas, ATTACH of a template) run with the sandbox's
+`trusted` flag and are never cached, so tenant SQL can neither run nor replay them. Migration
+SQL runs under the tenant's own sandbox rules, bounded by a deadline. A session is used by one
+thread at a time: the caller holds the tenant's lease.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from schema_sync.errors import MigrationFailed
+from tenants.errors import TenantBusy
+from tenants.execute import leading_keyword, skip_trivia
+from tenants.sandbox import Sandbox
+
+_TX_KEYWORDS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "VACUUM"})
+
+
+class Session:
+    def __init__(self, conn: apsw.Connection, sandbox: Sandbox | None = None, timeout: float = 60.0) -> None:
+        self.conn = conn
+        self.sandbox = sandbox
+        self.timeout = timeout
+        self._attached = 0
+
+    def internal(self, sql: str, bindings: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run server-owned SQL with the sandbox lifted; all rows of all statements."""
+        cursor = self.conn.cursor()
+        if self.sandbox is not None:
+            self.sandbox.trusted = True
+        try:
+            return list(cursor.execute(sql, tuple(bindings), can_cache=False))
+        finally:
+            if self.sandbox is not None:
+                self.sandbox.trusted = False
+            cursor.close(force=True)
+
+    def query(self, sql: str, bindings: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """`internal`, in the shape `schema.read_schema` wants."""
+        return self.internal(sql, bindings)
+
+    def script(self, sql: str, where: str) -> None:
+        """Run a migration's statements, sandboxed and within the deadline. Transaction control
+        is refused: the caller owns the transaction. Raises MigrationFailed naming `where`."""
+        if skip_trivia(sql) >= len(sql):
+            return
+        cursor = self.conn.cursor()
+        rejected: list[str] = []
+
+        def trace(_cursor: apsw.Cursor, statement: str, _bindings: object) -> bool:
+            if leading_keyword(statement) in _TX_KEYWORDS:
+                rejected.append(statement.strip()[:60])
+                return False
+            return True
+
+        cursor.exec_trace = trace
+        self._start_deadline()
+        try:
+            for _ in cursor.execute(sql, can_cache=False):
+                pass  # a statement returning rows pauses there: drain it so the rest runs
+        except apsw.ExecTraceAbort:
+            raise MigrationFailed(f"{where}: transaction control is not allowed ({rejected[0]})") from None
+        except apsw.Error as exc:
+            raise MigrationFailed(f"{where}: {self._describe(exc)}") from None
+        finally:
+            self._end_deadline()
+            cursor.close(force=True)
+
+    def _start_deadline(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.timed_out = False
+            self.sandbox.deadline = time.monotonic() + self.timeout
+
+    def _end_deadline(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.deadline = float("inf")
+
+    def _describe(self, exc: apsw.Error) -> str:
+        message = str(exc).removeprefix(f"{type(exc).__name__}: ")
+        if isinstance(exc, apsw.InterruptError) and self.sandbox is not None and self.sandbox.timed_out:
+            return f"took longer than {self.timeout:g} s"
+        return message
+
+    @contextmanager
+    def attached(self, path: Path, alias: str) -> Iterator[str]:
+        """ATTACH `path` read-only (and immutable: templates are replaced, never written in
+        place) as `alias`, lifting SQLITE_LIMIT_ATTACHED just for it; DETACH on the way out.
+        The caller must not hold a transaction open across the exit (SQLite cannot detach
+        a database a transaction has read)."""
+        uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro&immutable=1"
+        self._attached += 1
+        self.conn.limit(apsw.SQLITE_LIMIT_ATTACHED, self._attached)
+        try:
+            self.internal("ATTACH ? AS " + _ident(alias), (uri,))
+            try:
+                yield alias
+            finally:
+                self.internal("DETACH " + _ident(alias))
+        finally:
+            self._attached -= 1
+            self.conn.limit(apsw.SQLITE_LIMIT_ATTACHED, self._attached)
+
+    @property
+    def in_transaction(self) -> bool:
+        return not self.conn.get_autocommit()
+
+    @contextmanager
+    def schema_transaction(self, dry_run: bool = False) -> Iterator[None]:
+        """One transaction for a schema change, as lang_altertable.html prescribes: foreign keys
+        off around it (the pragma cannot change inside a transaction, and with them on a DROP
+        TABLE would cascade), `PRAGMA foreign_key_check` before the commit. Rolled back on any
+        error, and always when `dry_run`. Raises TenantBusy if a transaction is already open
+        (an interactive stream), MigrationFailed on foreign key violations."""
+        if self.in_transaction:
+            raise TenantBusy("the tenant has a transaction open: try again when it ends")
+        enforced = bool(self.internal("PRAGMA foreign_keys")[0][0])
+        if enforced:
+            self.internal("PRAGMA foreign_keys=OFF")
+        try:
+            self.internal("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._check_foreign_keys()
+                self.internal("ROLLBACK" if dry_run else "COMMIT")
+            except BaseException:
+                if self.in_transaction:
+                    self.internal("ROLLBACK")
+                raise
+        finally:
+            if enforced:
+                self.internal("PRAGMA foreign_keys=ON")
+
+    def _check_foreign_keys(self) -> None:
+        violations = self.internal("PRAGMA foreign_key_check")
+        if violations:
+            shown = "; ".join(f"{t} row {r} -> {p}" for t, r, p, _ in violations[:5])
+            raise MigrationFailed(f"{len(violations)} foreign key violation(s): {shown}")
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"bad alias {name!r}")
+    return name

@@ -1,0 +1,286 @@
+"""Backups through the admin API of the real app: listing and verify, restore in place and its undo,
+the catalog rebuilt from the bucket, disaster recovery onto an empty data dir, and the shipper's
+continuity across evictions and a WAL changed behind its back."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import ADMIN, InProcess, bearer, in_process
+from support_backups import dump, parse_rfc3339, query, restore, restore_ok, rfc3339, wait_until
+
+from backups import wal
+from tenants.execute import Statement
+
+FAST = {"backup_flush_interval": 0.1}
+
+
+def local(tmp_path: Path, **more: Any) -> dict[str, Any]:
+    return {**FAST, "replica_url": str(tmp_path / "replica"), **more}
+
+
+def values(app: InProcess, tenant: str, headers: dict[str, str] = ADMIN) -> list[Any]:
+    return [r[0] for r in query(app.client, tenant, "SELECT v FROM t ORDER BY rowid", None, headers)["rows"]]
+
+
+def write(app: InProcess, tenant: str, *vs: Any) -> float:
+    """Insert each value in its own commit; returns the moment right after the last."""
+    for v in vs:
+        query(app.client, tenant, "INSERT INTO t(v) VALUES (?)", [v])
+    moment = time.time()
+    time.sleep(0.002)
+    return moment
+
+
+def make(app: InProcess, tenant: str, *vs: Any) -> float:
+    app.create(tenant)
+    query(app.client, tenant, "CREATE TABLE t(v)")
+    return write(app, tenant, *vs)
+
+
+def listed(app: InProcess) -> list[dict[str, Any]]:
+    r = app.client.get("/v1/admin/backups/tenants", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    tenants: list[dict[str, Any]] = r.json()["tenants"]
+    return tenants
+
+
+def error(r: Any, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
+
+
+def test_backups_listing_and_verify(tmp_path: Path) -> None:
+    with in_process(tmp_path / "data", **local(tmp_path)) as app:
+        make(app, "acme", 1, 2, 3)
+        query(app.client, "acme", "INSERT INTO t(v) SELECT randomblob(5000) FROM t")
+
+        listing = app.client.get("/v1/admin/tenants/acme/backups", headers=ADMIN)
+        assert listing.status_code == 200, listing.text
+        info = listing.json()
+        assert info["tenant"] == "acme" and info["deleted"] is False
+        assert len(info["generations"]) == 1 and info["generations"][0]["started"] == info["earliest"]
+        assert parse_rfc3339(info["earliest"]) <= parse_rfc3339(info["latest"]) <= time.time()
+        assert [s["lsn"] for s in info["snapshots"]] == [0]
+
+        verified = app.client.post("/v1/admin/tenants/acme/backups/verify", headers=ADMIN)
+        assert verified.status_code == 200, verified.text
+        assert verified.json()["ok"] is True and verified.json()["differing_pages"] == []
+        assert verified.json()["pages"] > 3
+
+        error(app.client.get("/v1/admin/tenants/nobody/backups", headers=ADMIN), 404, "no_restore_point")
+        error(app.client.post("/v1/admin/tenants/nobody/backups/verify", headers=ADMIN), 404, "no_restore_point")
+        error(app.client.get("/v1/admin/tenants/Bad!Id/backups", headers=ADMIN), 400, "invalid_tenant_id")
+        token = app.token("acme")
+        assert app.client.get("/v1/admin/tenants/acme/backups", headers=bearer(token)).status_code == 403
+        assert app.client.get("/v1/admin/tenants/acme/backups").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"timestamp": "yesterday"},
+        {"timestamp": "2026-01-01T00:00:00"},  # no time zone
+        {"timestamp": "2026-13-01T00:00:00Z"},
+        {"timestamp": ""},
+        {"timestamp": 1700000000},
+        {"timestamp": None},
+        {"timestamp": "latest", "as": "Not Valid"},
+        {"timestamp": "latest", "as": 7},
+        {"timestamp": "latest", "unknown": 1},
+    ],
+)
+def test_bad_restore_requests_are_400(app: InProcess, body: dict[str, Any]) -> None:
+    app.create("acme")
+    r = app.client.post("/v1/admin/tenants/acme/restore", json=body, headers=ADMIN)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and r.json()["error"]["code"] and r.json()["error"]["message"]
+    assert "Traceback" not in r.text
+
+
+def test_restore_of_unknown_tenant_or_taken_name(app: InProcess) -> None:
+    app.create("acme")
+    app.create("taken")
+    error(restore(app.client, "nobody", "latest"), 404, "no_restore_point")
+    error(restore(app.client, "acme", "latest", "taken"), 409, "tenant_exists")
+    error(restore(app.client, "acme", "1999-01-01T00:00:00Z", "fork"), 404, "no_restore_point")
+    assert app.client.get("/v1/admin/tenants/fork", headers=ADMIN).status_code == 404
+
+
+def test_restore_in_place_then_undo_it(tmp_path: Path) -> None:
+    with in_process(tmp_path / "data", **local(tmp_path)) as app:
+        one = make(app, "acme", "a")
+        write(app, "acme", "b", "c")
+        token = app.token("acme")
+        before_restore = time.time()
+
+        result = restore_ok(app.client, "acme", one)  # in place
+        assert result["tenant"] == "acme" and parse_rfc3339(result["restored_to"]) <= one
+        assert values(app, "acme", bearer(token)) == ["a"]  # same tenant: its tokens still work
+        after_restore = write(app, "acme", "d")
+        before_undo = time.time()
+
+        restore_ok(app.client, "acme", before_restore)  # undo: back to before the restore
+        assert values(app, "acme") == ["a", "b", "c"]
+        restore_ok(app.client, "acme", after_restore, "between")  # the restored branch is kept too
+        assert values(app, "between") == ["a", "d"]
+        restore_ok(app.client, "acme", before_undo, "undone-undo")
+        assert values(app, "undone-undo") == ["a", "d"]
+        write(app, "acme", "e")
+        restore_ok(app.client, "acme", "latest", "now")
+        assert values(app, "now") == ["a", "b", "c", "e"]
+        generations = app.client.get("/v1/admin/tenants/acme/backups", headers=ADMIN).json()["generations"]
+        assert len(generations) == 3
+
+
+def test_catalog_rebuilt_from_the_bucket_alone(tmp_path: Path) -> None:
+    settings = local(tmp_path, backup_checkpoint_frames=4)
+    with in_process(tmp_path / "data", **settings) as app:
+        early = make(app, "acme", *range(10))
+        mid = write(app, "acme", *range(10, 20))
+        make(app, "other", "x")
+        expected_mid = dump(app.client, "acme")
+        write(app, "acme", "last")
+        final = dump(app.client, "acme")
+    for path in (tmp_path / "data" / "system").glob("backups.db*"):
+        path.unlink()
+
+    with in_process(tmp_path / "data", **settings) as app:
+        restore_ok(app.client, "acme", mid, "at-mid")
+        assert dump(app.client, "at-mid") == expected_mid
+        restore_ok(app.client, "acme", early, "at-early")
+        assert values(app, "at-early") == list(range(10))
+        # shipping goes on (in a new generation: the shipped positions went with the catalog)
+        write(app, "acme", "after")
+        restore_ok(app.client, "acme", "latest", "at-latest")
+        assert values(app, "at-latest") == values(app, "acme") == [*(r[0] for r in final["t"]), "after"]
+
+    # a fresh data dir over the same bucket rebuilds too, and the route does it on demand
+    with in_process(tmp_path / "fresh", **settings) as app:
+        rebuilt = app.client.post("/v1/admin/backups/rebuild", headers=ADMIN)
+        assert rebuilt.status_code == 200 and rebuilt.json()["segments"] > 0
+        restore_ok(app.client, "acme", mid, "again")
+        assert dump(app.client, "again") == expected_mid
+
+
+def test_disaster_recovery_onto_an_empty_data_dir(tmp_path: Path) -> None:
+    settings = local(tmp_path, signing_key_file=tmp_path / "signing-key.pem")
+    with in_process(tmp_path / "setup", **local(tmp_path)) as app:  # just to make a signing key
+        pass
+    shutil.copyfile(tmp_path / "setup" / "signing-key.pem", tmp_path / "signing-key.pem")
+
+    with in_process(tmp_path / "lost", **settings) as app:
+        make(app, "restored", 1, 2)
+        make(app, "on-access", 3)
+        make(app, "by-token", 4, 5)
+        make(app, "deleted", 6)
+        before_delete = time.time()
+        token = app.token("by-token")
+        gone = app.client.delete("/v1/admin/tenants/deleted", headers=ADMIN)
+        assert gone.status_code == 204
+
+    with in_process(tmp_path / "fresh", **settings) as app:
+        assert listed(app) == [{"id": t, "exists": False} for t in ("by-token", "on-access", "restored")]
+
+        restore_ok(app.client, "restored", "latest", "restored")
+        assert values(app, "restored") == [1, 2]
+        # the first access restores a tenant the bucket holds, with the admin key or a token
+        assert values(app, "on-access") == [3]
+        assert values(app, "by-token", bearer(token)) == [4, 5]
+        assert app.client.get("/v1/admin/tenants/by-token", headers=ADMIN).status_code == 200
+        # a deleted tenant stays deleted, until restored explicitly to before its deletion
+        r = app.query("deleted", "SELECT 1")
+        assert r.status_code == 404, r.text
+        assert app.client.get("/v1/admin/tenants/deleted", headers=ADMIN).status_code == 404
+        restore_ok(app.client, "deleted", before_delete, "deleted")
+        assert values(app, "deleted") == [6]
+        # restored, it has a generation newer than its deletion (once that snapshot is shipped)
+        everything = dict.fromkeys(["by-token", "deleted", "on-access", "restored"], True)
+        wait_until(lambda: {t["id"]: t["exists"] for t in listed(app)} == everything, 5)
+
+
+def test_shipping_continues_across_evictions(tmp_path: Path) -> None:
+    """A closed tenant's log is dropped; reopening resumes from the WAL it left behind."""
+    with in_process(tmp_path / "data", **local(tmp_path, pool_capacity=1, backup_flush_interval=3600)) as app:
+        shipper = app.server.backups
+        assert shipper is not None
+        make(app, "one", 1)
+        make(app, "two", 2)
+        for i in range(4):
+            shipper.shipper.flush()
+            write(app, "one", f"one-{i}")
+            shipper.shipper.flush()
+            write(app, "two", f"two-{i}")  # evicts "one", whose log is gone after the flush
+        shipper.shipper.flush()
+        moment = write(app, "one", "last")
+        generations = {t: app.client.get(f"/v1/admin/tenants/{t}/backups", headers=ADMIN).json()["generations"]
+                       for t in ("one", "two")}  # fmt: skip
+        assert all(len(g) == 1 for g in generations.values()), generations  # no restart needed
+        restore_ok(app.client, "one", moment, "one-copy")
+        assert values(app, "one-copy") == [1, "one-0", "one-1", "one-2", "one-3", "last"]
+
+
+def test_a_wal_changed_behind_the_shippers_back_starts_a_new_generation(tmp_path: Path) -> None:
+    with in_process(tmp_path / "data", **local(tmp_path, backup_flush_interval=3600)) as app:
+        backups = app.server.backups
+        assert backups is not None
+        shipped = make(app, "acme", 1, 2)
+        backups.shipper.flush()
+        write(app, "acme", 3)
+        # damage the checksum of the unshipped frame (not its page: SQLite reads pages, and
+        # does not look at checksums again after opening)
+        path = Path(f"{app.server.fleet.layout.tenant_path('acme')}-wal")
+        header, frames = wal.scan(path)
+        assert header is not None
+        with open(path, "r+b") as f:
+            f.seek(header.frame_offset(len(frames) - 1) + 16)
+            f.write(b"\xff\xff\xff\xff")
+        backups.shipper.flush()  # finds the damage
+        backups.shipper.flush()  # ships the new generation's snapshot
+        write(app, "acme", 4)
+
+        info = app.client.get("/v1/admin/tenants/acme/backups", headers=ADMIN).json()
+        assert len(info["generations"]) == 2
+        restore_ok(app.client, "acme", "latest", "latest")
+        assert values(app, "latest") == [1, 2, 3, 4]
+        restore_ok(app.client, "acme", shipped, "before")
+        assert values(app, "before") == [1, 2]
+        verified = app.client.post("/v1/admin/tenants/acme/backups/verify", headers=ADMIN).json()
+        assert verified["ok"] is True
+
+
+def test_a_moment_in_any_zone_is_the_same_moment(tmp_path: Path) -> None:
+    with in_process(tmp_path / "data", **local(tmp_path)) as app:
+        make(app, "acme", 1)
+        moment = write(app, "acme", 2)
+        write(app, "acme", 3)
+        utc = restore_ok(app.client, "acme", rfc3339(moment), "utc")
+        east = datetime.fromtimestamp(moment, timezone(timedelta(hours=5, minutes=30))).isoformat()
+        assert restore_ok(app.client, "acme", east, "east") == {**utc, "tenant": "east"}
+        assert values(app, "east") == values(app, "utc") == [1, 2]
+
+
+def test_the_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
+    """With a commit always in flight, the WAL still gets checkpointed (after shipping it)."""
+    settings = local(tmp_path, backup_flush_interval=0.05, backup_checkpoint_frames=20)
+    with in_process(tmp_path / "data", **settings) as app:
+        make(app, "busy")
+        fleet = app.server.fleet
+        path = Path(f"{fleet.layout.tenant_path('busy')}-wal")
+        largest = 0
+        deadline = time.monotonic() + 1.5
+        n = 0
+        while time.monotonic() < deadline:
+            fleet.execute("busy", Statement("INSERT INTO t(v) VALUES (?)", [n]))
+            n += 1
+            largest = max(largest, path.stat().st_size // (4096 + 24))
+        assert n > 100
+        assert largest < 80, largest
+        restore_ok(app.client, "busy", "latest", "copy")
+        assert values(app, "copy") == list(range(n))

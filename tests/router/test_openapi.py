@@ -1,0 +1,158 @@
+"""/openapi.json: a valid OpenAPI 3 document of every route, and real responses match it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from http_contract import check_response, operation, schema_of, validate
+from openapi_spec_validator import validate as validate_spec
+from starlette.routing import BaseRoute, Mount, Route
+from support import ADMIN, InProcess, bearer
+
+from router.openapi import openapi_document
+
+
+def _routes(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, set[str]]]:
+    """(path template, methods) of every HTTP route, mounts included."""
+    for route in routes:
+        if isinstance(route, Mount):
+            yield from _routes(list(route.routes), prefix + route.path)
+        elif isinstance(route, Route):
+            yield prefix + route.path, set(route.methods or ())
+
+
+def test_the_served_document_is_valid_openapi_3(app: InProcess) -> None:
+    r = app.client.get("/openapi.json")
+    assert r.status_code == 200
+    document = r.json()
+    assert document["openapi"].startswith("3.")
+    validate_spec(document)
+    assert document == openapi_document()
+
+
+def test_every_route_and_method_of_the_app_is_documented_with_responses(app: InProcess) -> None:
+    paths = openapi_document()["paths"]
+    served: set[tuple[str, str]] = set()
+    for path, methods in _routes(app.server.app.routes):
+        # Starlette adds HEAD to every GET route; it answers like GET without a body
+        assert "HEAD" not in methods or "GET" in methods, path
+        for method in methods - {"HEAD"}:
+            served.add((path, method.lower()))
+            assert path in paths, f"{path} is not documented"
+            op = paths[path].get(method.lower())
+            assert op is not None, f"{method} {path} is not documented"
+            assert op["summary"]
+            assert any(status.startswith("2") for status in op["responses"]), (method, path)
+            names = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert names == set(_path_params(path)), (method, path)
+    documented = {(path, method) for path, ops in paths.items() for method in ops}
+    assert documented == served, "documented operations that the app does not serve"
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+
+
+def test_secured_operations_document_401_and_403_and_only_probes_are_open() -> None:
+    open_ops = set()
+    for path, ops in openapi_document()["paths"].items():
+        for method, op in ops.items():
+            if "security" in op:
+                assert op["security"] == [{"bearer": []}], (method, path)
+                assert {"400", "401", "403"} <= set(op["responses"]), (method, path)
+            else:
+                open_ops.add((method, path))
+    assert {path for _, path in open_ops} == {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/ping",
+        "/v2",
+        "/v3",
+        "/v1/tenants/{tenant}/v2",
+        "/v1/tenants/{tenant}/v3",
+    }
+    assert all(method == "get" or path == "/v1/ping" for method, path in open_ops)
+
+
+def test_one_real_call_per_operation_matches_its_documented_schema(app: InProcess) -> None:
+    """The `app` fixture validates every response; this makes sure each operation is called."""
+    app.create("acme")
+    token = app.token("acme")
+    calls: list[tuple[str, str, Any, dict[str, str]]] = [
+        ("POST", "/v1/tenants/acme/query", {"sql": "create table t(x, y)"}, bearer(token)),
+        (
+            "POST",
+            "/v1/tenants/acme/query",
+            {"sql": "insert into t values (?, ?)", "params": [1, None]},
+            ADMIN,
+        ),
+        ("POST", "/v1/tenants/acme/query", {"sql": "select x, y, x'00', 1.5, 'a' from t"}, ADMIN),
+        (
+            "POST",
+            "/v1/tenants/acme/batch",
+            {"statements": [{"sql": "select 1"}, {"sql": "select null"}]},
+            ADMIN,
+        ),
+        ("POST", "/v1/admin/tenants", {"id": "victim", "group": None}, ADMIN),
+        ("GET", "/v1/admin/tenants?limit=1", None, ADMIN),
+        ("GET", "/v1/admin/tenants/acme", None, ADMIN),
+        ("POST", "/v1/admin/tenants/acme/tokens", {"access": "ro"}, ADMIN),
+        ("DELETE", "/v1/admin/tenants/victim", None, ADMIN),
+        ("GET", "/healthz", None, {}),
+        ("GET", "/readyz", None, {}),
+        ("GET", "/metrics", None, {}),
+        ("GET", "/openapi.json", None, {}),
+        ("GET", "/v1/ping", None, {}),
+        ("POST", "/v1/ping", None, {}),
+    ]
+    called = set()
+    for method, path, body, headers in calls:
+        r = app.client.request(method, path, json=body, headers=headers)
+        assert r.status_code < 300, (method, path, r.text)
+        op = operation(method, r.request.url.path)
+        assert op is not None
+        called.add(id(op))
+    # Hrana and backups have their own tests, which speak their protocols
+    documented = {
+        id(op)
+        for ops in openapi_document()["paths"].values()
+        for op in ops.values()
+        if op["tags"][0] in ("tenant", "admin", "system")
+    }
+    assert called == documented
+
+
+def test_the_value_schema_accepts_every_value_kind_and_nothing_else() -> None:
+    for value in (None, 0, -(2**63), 1.5, "text", {"base64": "AAE="}):
+        validate(value, schema_of("Value"))
+    for value in ([1], {"base64": 1}, {"base64": "AA==", "x": 1}, True):
+        with pytest.raises(jsonschema.ValidationError):
+            validate(value, schema_of("Value"))
+
+
+def _response(method: str, path: str, status: int, body: bytes) -> httpx.Response:
+    request = httpx.Request(method, f"http://test{path}")
+    return httpx.Response(status, content=body, headers={"content-type": "application/json"}, request=request)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "body"),
+    [
+        ("POST", "/v1/tenants/a/query", 500, b'{"error": {"code": "internal", "message": "x"}}'),
+        ("POST", "/v1/tenants/a/query", 400, b'{"error": {"code": "x", "message": "Traceback ..."}}'),
+        ("POST", "/v1/tenants/a/query", 400, b'{"detail": "bad"}'),
+        ("POST", "/v1/tenants/a/query", 409, b'{"error": {"code": "x", "message": "y"}}'),
+        ("POST", "/v1/tenants/a/query", 200, b'{"columns": [], "rows": [[[1]]]}'),
+        ("GET", "/v1/admin/tenants", 200, b'{"tenants": [{"id": "a"}], "next": null}'),
+    ],
+)
+def test_the_contract_checker_catches_violations(method: str, path: str, status: int, body: bytes) -> None:
+    """The checker the `app` fixture runs on every response can fail."""
+    with pytest.raises((AssertionError, jsonschema.ValidationError)):
+        check_response(_response(method, path, status, body))

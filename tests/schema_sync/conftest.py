@@ -1,0 +1,90 @@
+"""Fixtures for schema sync: real tenant connections (pragmas and sandbox as served) and
+template files, all closed after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from schema_sync.catch_up import SchemaHooks
+from schema_sync.groups import GroupStore
+from schema_sync.rollout import Rollouts
+from schema_sync.session import Session
+from tenants.config import DbConfig
+from tenants.connection import open_database
+from tenants.execute import Statement
+from tenants.fleet import Fleet
+
+TEST_CONFIG = DbConfig(synchronous="NORMAL", statement_timeout=2.0)
+
+OpenTenant = Callable[..., Session]
+MakeTemplate = Callable[[str], Path]
+
+
+@pytest.fixture
+def open_tenant(tmp_path: Path) -> Iterator[OpenTenant]:
+    """Open (creating) a tenant database as the server does, with `sql` run as the tenant."""
+    conns: list[apsw.Connection] = []
+
+    def make(sql: str = "", name: str = "tenant") -> Session:
+        conn, sandbox = open_database(tmp_path / f"{name}.db", TEST_CONFIG, create=True)
+        conns.append(conn)
+        if sql:
+            with conn:
+                conn.execute(sql).fetchall()
+        return Session(conn, sandbox, timeout=5.0)
+
+    yield make
+    for conn in conns:
+        conn.close()
+
+
+@pytest.fixture
+def make_template(tmp_path: Path) -> MakeTemplate:
+    counter = iter(range(1_000_000))
+
+    def make(sql: str) -> Path:
+        path = tmp_path / f"template{next(counter)}.db"
+        conn = apsw.Connection(str(path))
+        try:
+            conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+        return path
+
+    return make
+
+
+@dataclass
+class SchemaFleet:
+    """A real Fleet wired to schema groups as ops.server wires it, without HTTP."""
+
+    fleet: Fleet
+    groups: GroupStore
+    hooks: SchemaHooks
+    rollouts: Rollouts
+
+    def group_of(self, tenant: str) -> str | None:
+        row = self.fleet.catalog.get(tenant)
+        return row.group if row is not None else None
+
+    def query(self, tenant: str, sql: str) -> list[tuple[Any, ...]]:
+        return self.fleet.execute(tenant, Statement(sql)).rows
+
+
+@pytest.fixture
+def schema_fleet(tmp_path: Path) -> Iterator[SchemaFleet]:
+    fleet = Fleet(tmp_path / "data", TEST_CONFIG, pool_capacity=64)
+    groups = GroupStore(tmp_path / "data", timeout=5.0)
+    hooks = SchemaHooks(groups, lambda t: None, lazy_catch_up=True, timeout=5.0)
+    wired = SchemaFleet(fleet, groups, hooks, Rollouts(groups, fleet, concurrency=4))
+    hooks.group_of = wired.group_of
+    fleet.hooks.append(hooks)
+    yield wired
+    wired.rollouts.close()
+    fleet.close()

@@ -1,0 +1,173 @@
+"""Fleet rollout: template first, then every tenant, with failures isolated, stop and resume,
+canary, dry run, max_failures, and requests served correctly while it runs."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from conftest import SchemaFleet
+
+from schema_sync.errors import RolloutConflict
+from schema_sync.migrations import RECORD_TABLE
+from schema_sync.rollout import COMPLETED, STOPPED, Rollout, RolloutOptions
+
+ITEMS = (
+    "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO items VALUES (1, 'seed');"
+)
+# schema change + data migration + an index that the "bad" tenants' data cannot take
+MIGRATION = (
+    "ALTER TABLE items ADD COLUMN price REAL NOT NULL DEFAULT 0;"
+    "UPDATE items SET price = id * 2;"
+    "CREATE UNIQUE INDEX items_name ON items(name);"
+)
+
+
+def seed(sf: SchemaFleet, n: int, bad_every: int = 0) -> tuple[list[str], set[str]]:
+    """`n` tenants of group shop; every `bad_every`-th holds a duplicate name."""
+    sf.groups.create("shop", ITEMS)
+    tenants = [f"t{i:04d}" for i in range(n)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda t: sf.fleet.create(t, "shop"), tenants))
+    bad = set(tenants[::bad_every]) if bad_every else set()
+    for tenant in bad:
+        sf.query(tenant, "INSERT INTO items VALUES (2, 'seed')")
+    sf.groups.add_migration("shop", "price", MIGRATION)
+    return tenants, bad
+
+
+def wait(rollout: Rollout, until: Any = None, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = rollout.snapshot()
+        if snap["state"] != "running" or (until is not None and until(snap)):
+            return snap
+        time.sleep(0.01)
+    raise AssertionError(f"rollout still running after {timeout}s: {rollout.snapshot()}")
+
+
+def migrated(sf: SchemaFleet, tenant: str) -> bool:
+    return bool(sf.query(tenant, f"SELECT count(*) FROM {RECORD_TABLE}")[0][0])
+
+
+class Requests:
+    """Tenant traffic during a rollout: each thread owns its tenants, so it knows the answers."""
+
+    def __init__(self, sf: SchemaFleet, tenants: list[str], threads: int = 2) -> None:
+        self.sf = sf
+        self.stop = threading.Event()
+        self.rows = {t: 1 for t in tenants}
+        self.answered = 0
+        self.errors: list[str] = []
+        shares = [tenants[i::threads] for i in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=(share, i)) for i, share in enumerate(shares)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, tenants: list[str], seed_: int) -> None:
+        rng = random.Random(seed_)
+        for k in range(100_000):
+            if self.stop.is_set():
+                return
+            tenant = rng.choice(tenants)
+            try:
+                self.sf.query(tenant, f"INSERT INTO items(name) VALUES ('req-{seed_}-{k}')")
+                self.rows[tenant] += 1
+                count = self.sf.query(tenant, "SELECT count(*) FROM items WHERE name != 'seed' OR id = 1")
+                if count != [(self.rows[tenant],)]:
+                    self.errors.append(f"{tenant}: {count} != {self.rows[tenant]}")
+                self.answered += 1
+            except Exception as exc:
+                self.errors.append(f"{tenant}: {exc!r}")
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def test_rollout_over_1000_tenants_stops_and_resumes(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    tenants, bad = seed(sf, 1000, bad_every=97)
+    good = [t for t in tenants if t not in bad]
+    traffic = Requests(sf, good[:40])
+    try:
+        first = sf.rollouts.start("shop", RolloutOptions(concurrency=4))
+        snap = wait(first, until=lambda s: s["done"] + s["failed"] >= 300)
+        first.stop()
+        assert first.wait(30)
+        snap = first.snapshot()
+        assert snap["state"] == STOPPED and snap["reason"] == "stopped by the operator"
+        assert snap["template"]["applied"] == ["0001_price"]
+        assert 300 <= snap["done"] + snap["failed"] < 1000 and snap["remaining"] > 0
+        running = sf.rollouts.start("shop", RolloutOptions(concurrency=4))
+        with pytest.raises(RolloutConflict):  # one rollout per group at a time
+            sf.rollouts.start("shop", RolloutOptions())
+        final = wait(running)
+    finally:
+        traffic.finish()
+    assert traffic.errors == []
+    assert traffic.answered > 0
+    assert final["state"] == COMPLETED
+    assert final["total"] == 1000 and final["remaining"] == 0
+    # the first run's work is kept (per-tenant state lives in the tenant)
+    assert final["current"] >= snap["migrated"]
+    assert final["migrated"] + final["current"] == len(good)
+    assert final["failed"] == len(bad)
+    assert {f["tenant"] for f in final["failures"]} == bad
+    assert all("UNIQUE constraint failed" in f["error"] for f in final["failures"])
+    for tenant in bad:  # rolled back: not a trace of the migration
+        assert not migrated(sf, tenant)
+        assert sf.query(tenant, "SELECT count(*) FROM pragma_table_info('items')") == [(2,)]
+    for tenant in random.Random(1).sample(good, 50) + good[:40]:
+        assert migrated(sf, tenant)
+        assert sf.query(tenant, "SELECT price FROM items WHERE id = 1") == [(2.0,)]
+        assert sf.query(tenant, "SELECT count(*) FROM items") == [(traffic.rows.get(tenant, 1),)]
+    assert sf.rollouts.status("shop", first.id)["state"] == STOPPED
+    assert [h["id"] for h in sf.rollouts.history("shop")][:2] == sorted([running.id, first.id], reverse=True)
+
+
+def test_canary_migrates_exactly_n_and_releases_nothing(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    tenants, _ = seed(sf, 30)
+    snap = wait(sf.rollouts.start("shop", RolloutOptions(canary=5, concurrency=4)))
+    assert snap["state"] == STOPPED and snap["reason"] == "canary of 5 tenants done"
+    assert snap["migrated"] == 5 and snap["template"] == {"applied": ["0001_price"], "tried_only": True}
+    assert sum(migrated(sf, t) for t in tenants) == 5  # lazy catch-up did not spread it
+    assert sf.groups.get("shop").state().head == 0
+    # the full rollout then takes the rest, canaries included as current
+    snap = wait(sf.rollouts.start("shop", RolloutOptions()))
+    assert (snap["state"], snap["migrated"], snap["current"]) == (COMPLETED, 25, 5)
+    assert sf.groups.get("shop").state().head == 1
+
+
+def test_dry_run_changes_nothing_and_reports_failures(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    tenants, bad = seed(sf, 20, bad_every=7)
+    sf.groups.add_sync(
+        "shop",
+        "strict_names",
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+        "price REAL NOT NULL DEFAULT 0, note TEXT); CREATE UNIQUE INDEX items_name ON items(name);",
+    )
+    snap = wait(sf.rollouts.start("shop", RolloutOptions(dry_run=True)))
+    assert snap["state"] == COMPLETED
+    assert snap["migrated"] == 20 - len(bad) and snap["failed"] == len(bad)
+    assert snap["template"] == {"applied": ["0001_price", "0002_strict_names"], "tried_only": True}
+    (plan,) = snap["plans"]
+    assert 'ALTER TABLE "items" ADD COLUMN note TEXT' in plan["sql"] and plan["tenants"] == 20 - len(bad)
+    assert not any(migrated(sf, t) for t in tenants)
+    assert sf.groups.get("shop").state().head == 0
+
+
+def test_max_failures_stops_the_rollout(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    seed(sf, 40, bad_every=2)
+    snap = wait(sf.rollouts.start("shop", RolloutOptions(max_failures=3, concurrency=1)))
+    assert snap["state"] == STOPPED and snap["failed"] == 3
+    assert snap["reason"] == "stopped after 3 failures (max_failures 3)"
+    assert snap["remaining"] > 0

@@ -1,0 +1,119 @@
+"""What a tenant file looks like on disk, and the pragmas every tenant connection runs with."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from pathlib import Path
+
+import apsw
+import pytest
+from tenants_support import TEST_CONFIG, MakeFleet
+
+from tenants.config import DbConfig
+from tenants.connection import open_database
+from tenants.execute import Statement
+from tenants.fleet import Fleet
+
+SQLITE3 = shutil.which("sqlite3") or "/usr/bin/sqlite3"
+
+
+def side_files(fleet: Fleet, suffix: str) -> list[Path]:
+    return sorted(fleet.layout.tenants_dir.rglob(f"*{suffix}"))
+
+
+def test_pragmas_of_a_tenant_connection(tmp_path: Path) -> None:
+    config = DbConfig(synchronous="FULL", cache_size_kib=512, max_db_bytes=1 << 20)
+    conn, sandbox = open_database(tmp_path / "a.db", config, create=True)
+    sandbox.trusted = True  # the server's own reads, past the tenant's allow-list
+    try:
+
+        def pragma(name: str) -> object:
+            return conn.execute(f"PRAGMA {name}").fetchall()[0][0]
+
+        assert pragma("journal_mode") == "wal"
+        assert pragma("locking_mode") == "exclusive"
+        assert pragma("synchronous") == 2
+        assert pragma("foreign_keys") == 1
+        assert pragma("cache_size") == -512
+        assert pragma("max_page_count") == (1 << 20) // 4096
+        assert pragma("wal_autocheckpoint") == 0
+        assert pragma("trusted_schema") == 0
+        assert conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, -1) == 1
+        assert conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1) == 1
+        assert conn.limit(apsw.SQLITE_LIMIT_ATTACHED, -1) == 0
+        assert conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, -1) == config.max_sql_length
+        assert conn.limit(apsw.SQLITE_LIMIT_LENGTH, -1) == config.max_result_bytes
+        assert pragma("temp.max_page_count") == (1 << 20) // 4096
+    finally:
+        conn.close()
+
+
+def test_open_refuses_a_missing_file_unless_creating(tmp_path: Path) -> None:
+    with pytest.raises(apsw.CantOpenError):
+        open_database(tmp_path / "nope.db", TEST_CONFIG)
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_no_shm_file_ever_appears(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(capacity=4)
+    for i in range(12):
+        tenant = f"t{i}"
+        fleet.create(tenant)
+        fleet.execute(tenant, Statement("CREATE TABLE t(x)"))
+        fleet.batch(tenant, [Statement("INSERT INTO t VALUES (?)", (n,)) for n in range(50)])
+        fleet.execute(tenant, Statement("SELECT count(*) FROM t"), readonly=True)
+        assert side_files(fleet, "-shm") == []  # while open (exclusive locking: WAL index in heap)
+    assert side_files(fleet, "-wal")  # and WAL mode really is on
+    fleet.close()
+    assert side_files(fleet, "-shm") == []
+
+
+def test_the_wal_survives_closing_a_connection(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet()
+    fleet.create("acme")
+    fleet.execute("acme", Statement("CREATE TABLE t(x)"))
+    fleet.execute("acme", Statement("INSERT INTO t VALUES (1)"))
+    wal = Path(f"{fleet.layout.tenant_path('acme')}-wal")
+    size = wal.stat().st_size
+    assert size > 0
+    fleet.pool.discard("acme")  # closes the connection: no checkpoint, the WAL stays as it was
+    assert not fleet.pool.is_open("acme")
+    assert wal.stat().st_size == size
+    assert fleet.execute("acme", Statement("SELECT x FROM t")).rows == [(1,)]
+    fleet.close()
+    assert wal.stat().st_size == size  # nor at shutdown
+
+
+def test_a_created_tenant_starts_without_a_wal_or_temp_file(fleet: Fleet) -> None:
+    fleet.create("acme")
+    folder = fleet.layout.tenant_path("acme").parent
+    assert sorted(p.name for p in folder.iterdir()) == ["acme.db"]
+    header = fleet.layout.tenant_path("acme").read_bytes()[:20]
+    assert header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"  # WAL in the header
+
+
+def test_every_tenant_file_opens_in_the_sqlite3_cli(make_fleet: MakeFleet, tmp_path: Path) -> None:
+    if not Path(SQLITE3).exists():
+        pytest.fail(f"the sqlite3 CLI is needed at {SQLITE3}")
+    fleet = make_fleet(dataclasses.replace(TEST_CONFIG, synchronous="FULL"), capacity=3)
+    tenants = [f"t{i}" for i in range(8)]
+    for n, tenant in enumerate(tenants):
+        fleet.create(tenant)
+        fleet.execute(tenant, Statement("CREATE TABLE t(x, y BLOB)"))
+        for i in range(n + 1):
+            fleet.execute(tenant, Statement("INSERT INTO t VALUES (?, randomblob(3000))", (i,)))
+    fleet.create("empty")
+    fleet.close()
+    for n, tenant in enumerate([*tenants, "empty"]):
+        path = fleet.layout.tenant_path(tenant)
+        sql = "pragma integrity_check; select count(*) from sqlite_schema where name = 't';"
+        if tenant != "empty":
+            sql += " select count(*) from t;"
+        out = subprocess.run([SQLITE3, str(path), sql], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.split()
+        assert lines[0] == "ok", out.stdout
+        if tenant != "empty":
+            assert lines[1:] == ["1", str(n + 1)], (tenant, out.stdout)  # rows still in the WAL too

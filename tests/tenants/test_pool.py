@@ -1,0 +1,290 @@
+"""The handle pool under load: no lost write, no use-after-close, no leak, leases respected."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tenants_support import MakeFleet
+
+from tenants.errors import SqlError, SqlfleetError, TenantNotFound
+from tenants.execute import Statement, run_statement
+from tenants.fleet import Fleet
+from tenants.hooks import FleetHooks
+from tenants.pool import Handle
+
+CAPACITY = 8
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def make_tenants(fleet: Fleet, n: int) -> list[str]:
+    """n tenants with a table `w`, made from a few threads (creates run concurrently too)."""
+
+    def make(tenant: str) -> None:
+        fleet.create(tenant)
+        fleet.execute(tenant, Statement("CREATE TABLE w(id INTEGER PRIMARY KEY, v)"))
+
+    tenants = [f"t{i:03d}" for i in range(n)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for future in [pool.submit(make, t) for t in tenants]:
+            future.result(timeout=60)
+    return tenants
+
+
+def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+class SlowClose(FleetHooks):
+    """Fault injection: once armed, closing `tenant` takes a while (as a slow backup hook would)."""
+
+    def __init__(self, tenant: str, then: object) -> None:
+        self.tenant, self.then = tenant, then
+        self.armed, self.closing = threading.Event(), threading.Event()
+
+    def before_close(self, tenant_id: str, conn: object) -> None:
+        if tenant_id == self.tenant and self.armed.is_set():
+            self.closing.set()
+            time.sleep(0.3)
+            self.then()  # type: ignore[operator]
+
+
+def test_hammer_many_tenants_with_a_small_pool(make_fleet: MakeFleet) -> None:
+    fds_before, threads_before = open_fds(), threading.active_count()
+    fleet = make_fleet(capacity=CAPACITY)
+    tenants = make_tenants(fleet, 240)
+    expected: dict[str, set[int]] = defaultdict(set)
+    lock = threading.Lock()
+    rng = random.Random(42)
+
+    def work(i: int, tenant: str, kind: int) -> None:
+        if kind < 70:
+            fleet.execute(tenant, Statement("INSERT INTO w(id, v) VALUES (?, ?)", (i, tenant)))
+            with lock:
+                expected[tenant].add(i)
+        elif kind < 85:
+            ids = (i, i + 1_000_000)
+            fleet.batch(tenant, [Statement("INSERT INTO w(id, v) VALUES (?, 'b')", (n,)) for n in ids])
+            with lock:
+                expected[tenant].update(ids)
+        else:
+            fleet.execute(tenant, Statement("SELECT count(*) FROM w"), readonly=True)
+
+    # a few hot tenants and a long tail, so the pool both hits and evicts
+    picks = [rng.choice(tenants[:6]) if rng.random() < 0.3 else rng.choice(tenants) for _ in range(3000)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures: list[Future[None]] = [
+            pool.submit(work, i, tenant, rng.randrange(100)) for i, tenant in enumerate(picks)
+        ]
+        errors = [f.exception(timeout=120) for f in futures]
+    assert [e for e in errors if e is not None] == []
+    assert len(fleet.pool) <= CAPACITY  # back under capacity once idle
+
+    for tenant in tenants:  # every acknowledged write is there, and nothing else
+        rows = fleet.execute(tenant, Statement("SELECT id FROM w"), readonly=True).rows
+        assert {r[0] for r in rows} == expected[tenant], tenant
+    assert len(fleet.pool) <= CAPACITY
+    # idle: one fd per open db + its WAL, plus the catalog (db, wal, shm) and the lock file
+    assert open_fds() <= fds_before + 2 * CAPACITY + 4 + 2
+    fleet.close()
+    assert open_fds() <= fds_before + 1
+    wait_until(lambda: threading.active_count() <= threads_before)
+
+
+def test_eviction_never_closes_a_handle_with_a_lease_in_flight(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(capacity=2)
+    tenants = make_tenants(fleet, 20)
+    holding, release = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def hold() -> None:
+        with fleet.lease("t000") as h:
+            holding.set()
+            release.wait(30)
+            assert h.conn is not None and h.sandbox is not None
+            result = run_statement(h.conn, h.sandbox, fleet.config, Statement("INSERT INTO w(v) VALUES (1)"))
+            seen.append(result.rows_affected)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+
+        def churn(tenant: str) -> None:  # nearly every one of these forces an eviction
+            fleet.execute(tenant, Statement("SELECT 1"))
+            assert fleet.pool.is_open("t000")
+
+        with ThreadPoolExecutor(max_workers=4) as others:
+            for future in [others.submit(churn, t) for t in tenants[1:] * 3]:
+                future.result(timeout=60)
+    finally:
+        release.set()
+        holder.join(30)
+    assert seen == [1]
+    assert fleet.execute("t000", Statement("SELECT count(*) FROM w")).rows == [(1,)]
+    assert len(fleet.pool) <= 2
+
+
+def test_discard_waits_for_the_lease_in_flight(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet()
+    make_tenants(fleet, 1)
+    holding, release = threading.Event(), threading.Event()
+    handles: list[Handle] = []
+
+    def hold() -> None:
+        with fleet.lease("t000") as h:
+            handles.append(h)
+            holding.set()
+            release.wait(30)
+            assert h.conn is not None and h.sandbox is not None
+            run_statement(h.conn, h.sandbox, fleet.config, Statement("INSERT INTO w(v) VALUES (1)"))
+
+    holder = threading.Thread(target=hold)
+    discarder = threading.Thread(target=fleet.pool.discard, args=("t000",))
+    holder.start()
+    assert holding.wait(10)
+    discarder.start()
+    time.sleep(0.2)
+    assert discarder.is_alive()  # still waiting for the lease
+    assert handles[0].conn is not None
+    release.set()
+    holder.join(30)
+    discarder.join(30)
+    assert not holder.is_alive() and not discarder.is_alive()
+    assert handles[0].conn is None  # closed after the lease ended
+    assert not fleet.pool.is_open("t000")
+    # the write made under the lease is durable, and the tenant reopens on demand
+    assert fleet.execute("t000", Statement("SELECT count(*) FROM w")).rows == [(1,)]
+
+
+def test_a_lease_queued_behind_a_discard_reopens(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet()
+    make_tenants(fleet, 1)
+    holding, release = threading.Event(), threading.Event()
+    results: list[object] = []
+
+    def hold() -> None:
+        with fleet.lease("t000"):
+            holding.set()
+            release.wait(30)
+
+    def queued() -> None:
+        try:
+            results.append(fleet.execute("t000", Statement("SELECT count(*) FROM w")).rows)
+        except SqlfleetError as exc:
+            results.append(exc)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    waiter = threading.Thread(target=queued)
+    waiter.start()
+    wait_until(lambda: fleet.pool._handles["t000"].users == 2)
+    discarder = threading.Thread(target=fleet.pool.discard, args=("t000",))
+    discarder.start()
+    wait_until(lambda: not fleet.pool.is_open("t000"))
+    release.set()
+    for t in (holder, waiter, discarder):
+        t.join(30)
+    # the queued lease found its handle discarded and checked out a fresh one
+    assert results == [[(0,)]]
+
+
+def test_discard_waits_for_an_eviction_in_progress(make_fleet: MakeFleet) -> None:
+    during: list[bool] = []
+    fleets: list[Fleet] = []
+    hook = SlowClose("t000", lambda: during.append(fleets[0].layout.tenant_path("t000").exists()))
+    fleet = make_fleet(capacity=1, hooks=[hook])
+    fleets.append(fleet)
+    make_tenants(fleet, 2)
+    fleet.execute("t000", Statement("SELECT 1"))
+    hook.armed.set()
+    evictor = threading.Thread(target=fleet.execute, args=("t001", Statement("SELECT 1")))
+    evictor.start()
+    assert hook.closing.wait(10)
+    fleet.delete("t000")  # must not pull the files from under the closing connection
+    evictor.join(30)
+    assert during == [True]
+    assert not fleet.layout.tenant_path("t000").exists()
+
+
+def test_close_waits_for_an_eviction_in_progress(make_fleet: MakeFleet) -> None:
+    closed = threading.Event()
+    hook = SlowClose("t000", closed.set)
+    fleet = make_fleet(capacity=1, hooks=[hook])
+    make_tenants(fleet, 2)
+    fleet.execute("t000", Statement("SELECT 1"))
+    hook.armed.set()
+    outcome: list[object] = []
+
+    def evict() -> None:
+        try:
+            outcome.append(fleet.execute("t001", Statement("SELECT 1")).rows)
+        except SqlfleetError as exc:  # shutting down: a clean error is fine
+            outcome.append(type(exc))
+
+    evictor = threading.Thread(target=evict)
+    evictor.start()
+    assert hook.closing.wait(10)
+    fleet.close()
+    assert closed.is_set()  # no connection outlives close(), so the lock really is free
+    evictor.join(30)
+    assert len(outcome) == 1 and not isinstance(outcome[0], BaseException)
+
+
+def test_delete_and_recreate_under_load_fail_only_cleanly(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(capacity=4)
+    tenants = make_tenants(fleet, 6)
+    stop = threading.Event()
+    unexpected: list[BaseException] = []
+
+    def load(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            try:
+                fleet.execute(rng.choice(tenants), Statement("INSERT INTO w(v) VALUES (1)"))
+            except (TenantNotFound, SqlError):  # deleted, or recreated without its table yet
+                pass
+            except BaseException as exc:
+                unexpected.append(exc)
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(6)]
+    for w in workers:
+        w.start()
+    try:
+        rng = random.Random(0)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            tenant = rng.choice(tenants[:3])
+            fleet.delete(tenant)
+            assert not any(p.exists() for p in fleet.layout.tenant_files(tenant))
+            fleet.create(tenant)
+            fleet.execute(tenant, Statement("CREATE TABLE IF NOT EXISTS w(id INTEGER PRIMARY KEY, v)"))
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    assert unexpected == []
+    assert len(fleet.pool) <= 4
+    for tenant in tenants:
+        assert fleet.execute(tenant, Statement("PRAGMA integrity_check")).rows == [("ok",)]
+
+
+def test_pool_closes_when_the_opener_fails(make_fleet: MakeFleet, tmp_path: Path) -> None:
+    fleet = make_fleet(capacity=2)
+    with pytest.raises(TenantNotFound):
+        fleet.execute("ghost", Statement("SELECT 1"))
+    assert not fleet.pool.is_open("ghost") and len(fleet.pool) == 0

@@ -98,7 +98,8 @@ class BackupCatalog:
     def delete_chunks(self, rows: Iterable[ChunkRow]) -> None:
         with self._lock, self._db:
             self._db.executemany(
-                "DELETE FROM chunks WHERE tenant=? AND generation=? AND kind=? AND first_lsn=? AND last_lsn=?",
+                "DELETE FROM chunks"
+                " WHERE tenant=? AND generation=? AND kind=? AND first_lsn=? AND last_lsn=?",
                 [(r.tenant, r.generation, r.kind, r.first_lsn, r.last_lsn) for r in rows],
             )
 

@@ -68,7 +68,8 @@ def plan(tenant: str, rows: list[ChunkRow], at: float) -> RestorePlan:
     if commits:
         target, restored_to = max(commits)
     else:  # the snapshot alone: report the last commit it holds, if that is still known
-        held = [(lsn, t) for r in mine if r.kind == FRAMES for lsn, t in r.commits if lsn <= snapshot.first_lsn]
+        held = [(lsn, t) for r in mine if r.kind == FRAMES for lsn, t in r.commits
+                if lsn <= snapshot.first_lsn]  # fmt: skip
         target, restored_to = snapshot.first_lsn, max(held)[1] if held else snapshot.first_time
     return RestorePlan(
         tenant, generation, snapshot, _cover(mine, snapshot.first_lsn, target), target, restored_to

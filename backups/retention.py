@@ -31,12 +31,9 @@ def expired(rows: list[ChunkRow], horizon: float) -> list[ChunkRow]:
     old_generations = {g for g in live if g != current}
     drop = []
     for r in rows:
-        if r.generation in old_generations:
-            drop.append(r)
-        elif r.generation == current and (
+        superseded = r.generation == current and (
             (r.kind == SNAPSHOT and r.first_lsn < keep_from) or (r.kind == FRAMES and r.last_lsn <= keep_from)
-        ):
-            drop.append(r)
-        elif r.kind == TOMBSTONE and r.first_time < horizon:
+        )
+        if r.generation in old_generations or superseded or (r.kind == TOMBSTONE and r.first_time < horizon):
             drop.append(r)
     return drop

@@ -57,8 +57,8 @@ class RestoreResult:
     commits_applied: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "restored_to": rfc3339(self.restored_to), "generation": self.generation,
-                "commits_applied": self.commits_applied}  # fmt: skip
+        return {"tenant": self.tenant, "restored_to": rfc3339(self.restored_to),
+                "generation": self.generation, "commits_applied": self.commits_applied}  # fmt: skip
 
 
 class Backups(FleetHooks):
@@ -129,7 +129,7 @@ class Backups(FleetHooks):
                 }
                 for r in rows
                 if r.kind == SNAPSHOT
-            ],  # fmt: skip
+            ],
             "deleted": self._deleted(rows),
             "backlog_bytes": self.shipper.backlog_bytes(tenant),
         }
@@ -148,8 +148,9 @@ class Backups(FleetHooks):
         page = plan.snapshot.page_size
         differing = [i + 1 for i in range(max(len(live), len(restored)) // page)
                      if live[i * page : (i + 1) * page] != restored[i * page : (i + 1) * page]]  # fmt: skip
-        return {"tenant": tenant, "ok": not differing and len(live) == len(restored), "pages": len(live) // page,
-                "differing_pages": differing[:100], "restored_to": rfc3339(plan.restored_to)}  # fmt: skip
+        ok = not differing and len(live) == len(restored)
+        return {"tenant": tenant, "ok": ok, "pages": len(live) // page, "differing_pages": differing[:100],
+                "restored_to": rfc3339(plan.restored_to)}  # fmt: skip
 
     def rebuild_catalog(self, progress: Progress | None = None) -> int:
         """Recreate every chunk row from the segments in the bucket; returns the segment count."""

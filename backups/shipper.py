@@ -202,9 +202,13 @@ class Shipper(FleetHooks):
         log.info("tenant %s: new backup generation %s (%s)", tenant_id, position.generation, reason)
         self._begin(tenant_id, position, _db_page_size(conn), image)
 
+    @staticmethod
+    def _snapshot_chunk(tenant_id: str, position: Position, page_size: int, image: bytes) -> Chunk:
+        return Chunk(tenant_id, position.generation, SNAPSHOT, position.lsn, position.lsn, page_size,
+                     image=image, taken_at=position.snapshot_time)  # fmt: skip
+
     def _begin(self, tenant_id: str, position: Position, page_size: int, image: bytes) -> None:
-        snapshot = Chunk(tenant_id, position.generation, SNAPSHOT, position.lsn, position.lsn, page_size,
-                         image=image, taken_at=position.snapshot_time)  # fmt: skip
+        snapshot = self._snapshot_chunk(tenant_id, position, page_size, image)
         with self._lock:
             self._logs[tenant_id] = TenantLog(
                 position, self._wal_path(tenant_id), page_size, snapshot=snapshot
@@ -263,19 +267,20 @@ class Shipper(FleetHooks):
                 try:
                     self._upload(captured, tombstones)
                 except ReplicaError as exc:
-                    self._failed(exc, captured, tombstones)
+                    self._failed(exc, captured, tombstones, broken)
                     return False
                 self.last_success = time.time()
                 self._advance(captured)
             self._maintain(list(dict.fromkeys([*broken, *(c.tenant for c in captured)])))
             return True
 
-    def _failed(self, exc: ReplicaError, captured: list[Capture], tombstones: list[Chunk]) -> None:
+    def _failed(self, exc: ReplicaError, captured: list[Capture], tombstones: list[Chunk],
+                broken: list[str]) -> None:  # fmt: skip
         self.failures += 1
         BACKUP_UPLOAD_ERRORS.inc()
         log.warning("backup upload failed (%s); will retry", exc)
         with self._lock:
-            self._dirty |= {c.tenant for c in captured}
+            self._dirty |= {c.tenant for c in captured} | set(broken)
             self._tombstones[:0] = tombstones
             oldest = min((e.pending[0][1] for e in self._logs.values() if e.pending), default=time.time())
         BACKUP_LAG_MAX.set(time.time() - oldest)  # how far behind the replica is, while it is down
@@ -316,8 +321,9 @@ class Shipper(FleetHooks):
         times = dict(pending)
         commits = [(base.lsn + 1 + i, times.get(f.index + 1, time.time()))
                    for i, f in enumerate(frames) if f.commit_size]  # fmt: skip
-        chunk = Chunk(tenant_id, base.generation, FRAMES, base.lsn + 1, base.lsn + len(frames), header.page_size,
-                      commits, [PageWrite(f.page_no, f.commit_size, f.data) for f in frames])  # fmt: skip
+        writes = [PageWrite(f.page_no, f.commit_size, f.data) for f in frames]
+        chunk = Chunk(tenant_id, base.generation, FRAMES, base.lsn + 1, base.lsn + len(frames),
+                      header.page_size, commits, writes)  # fmt: skip
         position = replace(
             base, lsn=base.lsn + len(frames), salts=salts, wal_frames=stop, seed=frames[-1].checksum
         )
@@ -405,7 +411,7 @@ class Shipper(FleetHooks):
     def _checkpoint(self, tenant_id: str, entry: TenantLog, snapshot: bool) -> None:
         with self._leased(tenant_id) as handle:
             if handle is None or handle.conn is None or self._logs.get(tenant_id) is not entry:
-                return  # closed or replaced: try after a later flush
+                return  # closed, busy or replaced: try after a later flush
             if entry.pending and not self._ship_now(tenant_id, entry):
                 return
             image = handle.conn.serialize("main") or b"" if snapshot else None
@@ -419,8 +425,7 @@ class Shipper(FleetHooks):
                 base = replace(entry.base, salts=None, wal_frames=0, seed=(0, 0))
                 if image is not None:
                     base = replace(base, snapshot_lsn=base.lsn, snapshot_time=time.time())
-                    entry.snapshot = Chunk(tenant_id, base.generation, SNAPSHOT, base.lsn, base.lsn,
-                                           entry.page_size, image=image, taken_at=base.snapshot_time)  # fmt: skip
+                    entry.snapshot = self._snapshot_chunk(tenant_id, base, entry.page_size, image)
                     self._dirty.add(tenant_id)
                 entry.base = base
             # saved before the handle is released: a close right after may drop the log, and

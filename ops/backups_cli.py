@@ -115,11 +115,11 @@ def _failure(exc: ClientError) -> str:
     help="Restore every tenant the bucket holds and this server lacks (disaster recovery).",
 )
 @click.option(
-    "--rebuild/--no-rebuild",
-    default=None,
-    help="With --all: first rebuild the server's backup catalog from the bucket, so a fresh "
-    "data dir sees every tenant [default: rebuild; it reads every segment's index, so a large "
-    "bucket may need a longer --timeout].",
+    "--rebuild",
+    is_flag=True,
+    help="With --all: first rebuild the server's backup catalog from the bucket (a server rebuilds "
+    "an empty catalog when it starts; this is for one that could not reach the bucket then). It "
+    "reads every segment's index: a large bucket may need a longer --timeout.",
 )
 @_admin_command
 def restore(
@@ -129,7 +129,7 @@ def restore(
     moment: str | None,
     as_tenant: str | None,
     everything: bool,
-    rebuild: bool | None,
+    rebuild: bool,
 ) -> None:
     """Restore TENANT to a moment (in place, or --as a new tenant), or --all missing tenants.
 
@@ -139,14 +139,14 @@ def restore(
     if everything:
         if tenant_id is not None or as_tenant is not None:
             raise click.UsageError("--all restores every missing tenant as itself: no TENANT, no --as")
-        _restore_all(client, as_json, moment or "latest", rebuild is not False)
+        _restore_all(client, as_json, moment or "latest", rebuild)
         return
     if tenant_id is None:
         raise click.UsageError("name a TENANT (with --to TIME), or pass --all")
     if moment is None:
         raise click.UsageError("--to TIME is required: an RFC 3339 time or 'latest'")
-    if rebuild is not None:
-        raise click.UsageError("--rebuild/--no-rebuild go with --all (see `sqlfleet backups rebuild`)")
+    if rebuild:
+        raise click.UsageError("--rebuild goes with --all (or run `sqlfleet backups rebuild`)")
     try:
         result = client.restore(tenant_id, moment, as_tenant)
     except ServerUnreachable as exc:
@@ -163,8 +163,6 @@ def restore(
 def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool) -> None:
     """Restore each tenant the server's catalog can restore and the data dir lacks, one by one,
     on to the end even when some fail; raises ClickException (exit 1) if any failed."""
-    # The server's catalog is a cache of the bucket, empty on a fresh data dir: without the
-    # rebuild, disaster recovery would "succeed" having restored nothing.
     if rebuild:
         with Console(stderr=True).status("rebuilding the backup catalog from the bucket"):
             segments = client.rebuild_backup_catalog()

@@ -362,17 +362,21 @@ def py_spy(pid: int, out: Path) -> Iterator[None]:
         raise BenchError("py-spy is not installed (pip install py-spy)")
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
     cmd = [exe, "record", "--pid", str(pid), "--output", str(out), "--format", fmt, "--rate", "200"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # let it attach before the measured part starts
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: py-spy's chatter never blocks it
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)
+        time.sleep(1.0)  # let it attach before the measured part starts
+        if proc.poll() is not None:
+            errors.seek(0)
+            raise BenchError(f"py-spy failed: {errors.read().decode(errors='replace').strip()}")
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+            yield
+        finally:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def common_options(default_timeout: float) -> Callable[[Any], Any]:

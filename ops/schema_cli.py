@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ops.admin_cli import _admin_command
 from ops.client import AdminClient, ClientError
 from schema_sync.alembic_render import render as render_alembic
 
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.1
 
 
 def _api(client: AdminClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -37,11 +38,16 @@ def _group_path(name: str, suffix: str = "") -> str:
     return f"/v1/admin/groups/{name}{suffix}"
 
 
+def _console() -> Console:
+    # piped output would be cut to 80 columns; a table is only as wide as its cells anyway
+    return Console(width=None if sys.stdout.isatty() else 1000, highlight=False, soft_wrap=False)
+
+
 def _print(body: object, as_json: bool, table: Table | str | None = None) -> None:
     if as_json or table is None:
         click.echo(json.dumps(body, indent=2))
     else:
-        Console(highlight=False, soft_wrap=False).print(table)
+        _console().print(table)
 
 
 def _group_table(groups: list[dict[str, Any]]) -> Table:
@@ -294,7 +300,7 @@ def _watch(client: AdminClient, name: str, rollout_id: str, quiet: bool) -> dict
 
 
 def _summary(snap: dict[str, Any]) -> None:
-    console = Console(highlight=False)
+    console = _console()
     table = Table("rollout", "state", "migrated", "current", "failed", "remaining", "rate", "elapsed")
     counts = (str(snap[k]) for k in ("migrated", "current", "failed", "remaining"))
     table.add_row(

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _local = threading.local()
 
 GroupOf = Callable[[str], "str | None"]
+MAX_REMEMBERED = 200_000
 
 
 @contextlib.contextmanager
@@ -49,6 +50,22 @@ class SchemaHooks(FleetHooks):
         self.group_of = group_of
         self.lazy_catch_up = lazy_catch_up
         self.timeout = timeout
+        # a tenant's group is fixed at creation: remember it rather than ask the catalog per open
+        self._known: dict[str, str | None] = {}
+
+    def _group(self, tenant_id: str) -> str | None:
+        if tenant_id in self._known:
+            return self._known[tenant_id]
+        if len(self._known) >= MAX_REMEMBERED:
+            self._known.clear()
+        name = self._known[tenant_id] = self.group_of(tenant_id)
+        return name
+
+    def before_delete(self, tenant_id: str) -> None:
+        self._known.pop(tenant_id, None)
+
+    def after_delete(self, tenant_id: str) -> None:
+        self._known.pop(tenant_id, None)
 
     def template_for(self, group: str) -> Path | None:
         return self.groups.template_for(group)
@@ -56,7 +73,7 @@ class SchemaHooks(FleetHooks):
     def after_open(self, tenant_id: str, conn: apsw.Connection, sandbox: Sandbox) -> None:
         if not self.lazy_catch_up or getattr(_local, "suppressed", False):
             return
-        name = self.group_of(tenant_id)
+        name = self._group(tenant_id)
         if name is None:
             return
         try:

@@ -226,20 +226,21 @@ class GroupStore:
         ):
             return plan_against(session, alias, allow_drop)
 
-    def release(self, name: str, dry_run: bool = False) -> list[str]:
-        """Apply every registered migration to the template (a new file renamed over the old):
-        new tenants start there and lazy catch-up leads there. Returns the names applied.
-        Raises MigrationFailed (the template is unchanged)."""
+    def release(self, name: str, dry_run: bool = False, upto: int | None = None) -> list[str]:
+        """Apply the registered migrations (the first `upto`, or all) to the template (a new file
+        renamed over the old): new tenants start there and lazy catch-up leads there. Returns
+        the names applied. Raises MigrationFailed (the template is unchanged)."""
         group = self.get(name)
         with group.lock:
             state = group.state(fresh=True)
-            if state.head == len(state.migrations):
+            if state.head >= (len(state.migrations) if upto is None else upto):
                 return []
             with tempfile.TemporaryDirectory(dir=group.root, prefix="release-") as folder:
                 path = Path(folder) / "template.db"
                 shutil.copyfile(group.template_path, path)
                 with open_template(path, self.timeout) as session:
-                    done = apply(session, state.migrations, where=f"group {name}: template", dry_run=dry_run)
+                    where = f"group {name}: template"
+                    done = apply(session, state.migrations, where=where, dry_run=dry_run, upto=upto)
                 if not dry_run:
                     _durable_move(path, group.template_path)
             return done.applied

@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 
 import apsw
@@ -23,6 +25,7 @@ import apsw
 from schema_sync.errors import HistoryMismatch, InvalidMigration
 from schema_sync.plan import Plan
 from schema_sync.session import Session
+from schema_sync.sqltext import tokenize
 from schema_sync.sync import plan_against, run_plan
 
 RECORD_TABLE = "_sqlfleet_migrations"
@@ -49,6 +52,15 @@ class Migration:
     @property
     def number(self) -> int:
         return int(self.name[:4])
+
+    @cached_property
+    def rebuilds(self) -> bool:
+        """Whether it may drop (and so rebuild) a table: then foreign keys must be off while it
+        runs, or a DROP TABLE would delete (or cascade into) the rows that refer to it."""
+        if self.kind == SYNC:
+            return True
+        words = [t.upper for t in tokenize(self.sql)]
+        return any(a == "DROP" and b == "TABLE" for a, b in pairwise(words))
 
     def to_json(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -187,7 +199,7 @@ def apply(
                 raise InvalidMigration(f"{m.name}: its target schema database is missing")
             # attached before the transaction: a database it has read cannot be detached inside
             aliases[m.name] = stack.enter_context(session.attached(m.template, f"sqlfleet_target{i}"))
-        with session.schema_transaction(dry_run):
+        with session.schema_transaction(dry_run, rebuilds=any(m.rebuilds for m in todo)):
             if not history:
                 session.internal(_CREATE_RECORDS)
             for m in todo:

@@ -20,7 +20,6 @@ import collections
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -53,7 +52,7 @@ class RolloutOptions:
     dry_run: bool = False
     canary: int | None = None
     max_failures: int | None = None
-    concurrency: int = 8
+    concurrency: int = 16
 
 
 class Rollout:
@@ -129,7 +128,7 @@ class Rollout:
         try:
             migrations = self.group.state(fresh=True).migrations
             trial = self.options.dry_run or self.options.canary is not None
-            done = self.store.release(self.group.name, dry_run=trial)
+            done = self.store.release(self.group.name, dry_run=trial, upto=len(migrations))
         except SqlfleetError as exc:
             self.template = {"applied": [], "error": exc.message}
             self.reason = f"the template failed: {exc.message}"
@@ -172,6 +171,9 @@ class Rollout:
                 return "failed", exc
             except apsw.Error as exc:
                 return "failed", SqlfleetError(f"tenant {tenant}: {exc}")
+            except Exception as exc:  # a bug must cost one tenant, not the worker
+                log.exception("rollout %s: tenant %s", self.id, tenant)
+                return "failed", SqlfleetError(f"tenant {tenant}: internal error: {exc!r}")
         raise AssertionError("unreachable")
 
     def _migrate(self, tenant: str, migrations: list[Migration]) -> str:
@@ -268,7 +270,7 @@ class Rollout:
 class Rollouts:
     """The rollouts of one server: at most one running per group. Thread-safe."""
 
-    def __init__(self, store: GroupStore, fleet: Fleet, concurrency: int = 8) -> None:
+    def __init__(self, store: GroupStore, fleet: Fleet, concurrency: int = 16) -> None:
         self.store = store
         self.fleet = fleet
         self.concurrency = concurrency
@@ -282,7 +284,7 @@ class Rollouts:
             for (name, rollout_id), rollout in self._live.items():
                 if name == group_name and rollout.state == RUNNING:
                     raise RolloutConflict(f"rollout {rollout_id} of group {group_name!r} is still running")
-            rollout_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+            rollout_id = _new_id(group)
             rollout = Rollout(rollout_id, group, self.store, self.fleet, options)
             self._live[(group_name, rollout_id)] = rollout
             rollout.start()
@@ -328,6 +330,17 @@ class Rollouts:
             rollout.stop("the server is shutting down")
         for rollout in rollouts:
             rollout.wait(timeout)
+
+
+def _new_id(group: Group) -> str:
+    """Sortable by start time: UTC seconds, then microseconds (bumped past an id in use)."""
+    now = time.time()
+    micros = int(now * 1_000_000) % 1_000_000
+    while True:
+        rollout_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{micros:06d}"
+        if not (group.rollouts_dir / f"{rollout_id}.json").exists():
+            return rollout_id
+        micros += 1
 
 
 def _iso(stamp: float) -> str:

@@ -114,30 +114,39 @@ class Session:
         return not self.conn.get_autocommit()
 
     @contextmanager
-    def schema_transaction(self, dry_run: bool = False) -> Iterator[None]:
-        """One transaction for a schema change, as lang_altertable.html prescribes: foreign keys
-        off around it (the pragma cannot change inside a transaction, and with them on a DROP
-        TABLE would cascade), `PRAGMA foreign_key_check` before the commit. Rolled back on any
-        error, and always when `dry_run`. Raises TenantBusy if a transaction is already open
-        (an interactive stream), MigrationFailed on foreign key violations."""
+    def schema_transaction(self, dry_run: bool = False, rebuilds: bool = True) -> Iterator[None]:
+        """One transaction for a schema change. With `rebuilds` (the change may drop or rebuild
+        tables), as lang_altertable.html prescribes: foreign keys off around it (the pragma
+        cannot change inside a transaction, and with them on a DROP TABLE would cascade), then
+        `PRAGMA foreign_key_check` before the commit. Without, foreign keys stay enforced as
+        each statement runs. Rolled back on any error, and always when `dry_run`.
+        Raises TenantBusy if a transaction is already open (an interactive stream),
+        MigrationFailed on foreign key violations."""
         if self.in_transaction:
             raise TenantBusy("the tenant has a transaction open: try again when it ends")
-        enforced = bool(self.internal("PRAGMA foreign_keys")[0][0])
-        if enforced:
+        lifted = rebuilds and bool(self.internal("PRAGMA foreign_keys")[0][0])
+        if lifted:
             self.internal("PRAGMA foreign_keys=OFF")
         try:
             self.internal("BEGIN IMMEDIATE")
             try:
                 yield
-                self._check_foreign_keys()
-                self.internal("ROLLBACK" if dry_run else "COMMIT")
+                if lifted:
+                    self._check_foreign_keys()
+                self._end(dry_run)
             except BaseException:
                 if self.in_transaction:
                     self.internal("ROLLBACK")
                 raise
         finally:
-            if enforced:
+            if lifted:
                 self.internal("PRAGMA foreign_keys=ON")
+
+    def _end(self, dry_run: bool) -> None:
+        try:
+            self.internal("ROLLBACK" if dry_run else "COMMIT")
+        except apsw.ConstraintError as exc:  # a deferred foreign key, checked at commit
+            raise MigrationFailed(f"commit refused: {self._describe(exc)}") from None
 
     def _check_foreign_keys(self) -> None:
         violations = self.internal("PRAGMA foreign_key_check")

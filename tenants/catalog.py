@@ -92,10 +92,11 @@ class Catalog:
             )
             return self._db.changes() == 1
 
-    def set_state(self, tenant_id: str, state: str, error: str | None = None) -> None:
+    def set_state(self, tenant_id: str, state: str, error: str | None = None, size: int | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE tenants SET state = ?, error = ? WHERE id = ?", (state, error, tenant_id)
+                "UPDATE tenants SET state = ?, error = ?, size = coalesce(?, size) WHERE id = ?",
+                (state, error, size, tenant_id),
             )
 
     def set_size(self, tenant_id: str, size: int) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 import apsw
@@ -21,7 +23,14 @@ from tenants import catalog as states
 from tenants.catalog import Catalog, TenantRow
 from tenants.config import DbConfig
 from tenants.connection import open_database
-from tenants.errors import NotAuthorizedSql, SqlfleetError, TenantExists, TenantNotFound, TenantUnavailable
+from tenants.errors import (
+    NotAuthorizedSql,
+    SqlfleetError,
+    TenantBusy,
+    TenantExists,
+    TenantNotFound,
+    TenantUnavailable,
+)
 from tenants.execute import QueryResult, Statement, TenantCorrupt, run_batch, run_statement
 from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
@@ -84,9 +93,11 @@ class Fleet:
             self.layout.remove_tenant_files(tenant_id)
             self.catalog.remove(tenant_id)
             raise
-        self.catalog.set_state(tenant_id, states.ACTIVE)
-        self._refresh_gauges()
-        return self.info(tenant_id)
+        size = self.layout.tenant_size(tenant_id)
+        self.catalog.set_state(tenant_id, states.ACTIVE, size=size)
+        row = self.catalog.get(tenant_id)
+        assert row is not None
+        return row
 
     def _make_file(self, tenant_id: str, template: Path | None) -> None:
         final = self.layout.tenant_path(tenant_id)
@@ -114,10 +125,11 @@ class Fleet:
         for hook in self.hooks:
             hook.before_delete(tenant_id)
         self.layout.remove_tenant_files(tenant_id)
-        self.catalog.remove(tenant_id)
+        # before the row goes: a request arriving once it is gone may ask the hooks to recover
+        # the tenant, and they must already know it was deleted on purpose
         for hook in self.hooks:
             hook.after_delete(tenant_id)
-        self._refresh_gauges()
+        self.catalog.remove(tenant_id)
 
     def reconcile(self) -> None:
         """Finish or undo what a crash left half-done, so catalog and files agree. Runs while
@@ -165,12 +177,17 @@ class Fleet:
         return row
 
     @contextmanager
-    def lease_if_open(self, tenant_id: str) -> Iterator[Handle | None]:
-        """The tenant's locked handle if it is open now, else None (never opens it)."""
+    def lease_if_open(self, tenant_id: str, wait: float = 0.5) -> Iterator[Handle | None]:
+        """The tenant's locked handle if it is open now and its lock comes free within `wait`
+        seconds, else None (never opens it; never waits out a client's open transaction)."""
         if not self.pool.is_open(tenant_id):
             yield None
             return
-        with self.pool.lease(tenant_id) as handle:
+        with ExitStack() as stack:
+            try:
+                handle: Handle | None = stack.enter_context(self.pool.lease(tenant_id, wait))
+            except TenantBusy:
+                handle = None
             yield handle
 
     def exists(self, tenant_id: str) -> bool:
@@ -203,7 +220,6 @@ class Fleet:
             self.catalog.set_state(tenant_id, states.CORRUPT, "restore in place failed")
             raise
         self.catalog.set_state(tenant_id, states.ACTIVE)
-        self._refresh_gauges()
         return TenantRow(row.id, row.created_at, states.ACTIVE, row.group, row.size, None)
 
     def info(self, tenant_id: str) -> TenantRow:
@@ -281,12 +297,26 @@ class Fleet:
         log.error("tenant %s marked corrupt: %s", tenant_id, message)
         self.catalog.set_state(tenant_id, states.CORRUPT, message)
         self.pool.discard(tenant_id)
-        self._refresh_gauges()
 
     def _refresh_gauges(self) -> None:
-        counts = self.catalog.counts_by_state()
+        counts = _StateCounts(self.catalog)
         for state in _ALL_STATES:
-            TENANTS.labels(state).set(counts.get(state, 0))
+            TENANTS.labels(state).set_function(partial(counts.get, state))
+
+
+class _StateCounts:
+    """Tenant counts by state for the gauges: queried when scraped, at most once a second,
+    instead of a full count on every create and delete."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self._at = float("-inf")
+        self._counts: dict[str, int] = {}
+
+    def get(self, state: str) -> int:
+        if time.monotonic() - self._at > 1.0:
+            self._counts, self._at = self._catalog.counts_by_state(), time.monotonic()
+        return self._counts.get(state, 0)
 
 
 _ALL_STATES = (

@@ -33,7 +33,7 @@ class FleetHooks:
         already closed."""
 
     def after_delete(self, tenant_id: str) -> None:
-        """A tenant was deleted (not replaced): its files and catalog row are gone."""
+        """A tenant was deleted (not replaced): its files are gone, its catalog row goes next."""
 
     def writable(self, tenant_id: str) -> bool:
         """Called before every lease: False makes it read-only (e.g. a backup backlog is full);

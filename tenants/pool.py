@@ -93,21 +93,22 @@ class Pool:
         return tenant_id in self._handles
 
     @contextmanager
-    def lease(self, tenant_id: str) -> Iterator[Handle]:
-        """Yield the tenant's open handle, locked. Raises whatever the opener raises, TenantBusy,
-        and TenantUnavailable once the pool is closed."""
-        handle = self._checkout_locked(tenant_id)
+    def lease(self, tenant_id: str, wait: float | None = None) -> Iterator[Handle]:
+        """Yield the tenant's open handle, locked (waiting for the lock at most `wait` seconds,
+        default `busy_timeout`). Raises whatever the opener raises, TenantBusy, and
+        TenantUnavailable once the pool is closed."""
+        handle = self._checkout_locked(tenant_id, wait)
         try:
             yield handle
         finally:
             handle.lock.release()
             self._checkin(handle)
 
-    def _checkout_locked(self, tenant_id: str) -> Handle:
+    def _checkout_locked(self, tenant_id: str, wait: float | None) -> Handle:
         while True:
             handle = self._checkout(tenant_id)
             try:
-                self.acquire(handle)
+                self.acquire(handle, wait)
                 return handle
             except TenantNotFound:
                 self._checkin(handle)
@@ -128,15 +129,14 @@ class Pool:
         """Undo one `pin`. The caller must not hold the handle's lock through `acquire`."""
         self._checkin(handle)
 
-    def acquire(self, handle: Handle) -> None:
-        """Take a pinned or leased handle's lock, waiting at most `busy_timeout` seconds.
-        Raises TenantBusy on timeout, TenantNotFound if the handle was discarded meanwhile.
-        Release with `handle.lock.release()` (from any thread: it is a plain Lock)."""
-        timeout = -1.0 if self.busy_timeout is None else self.busy_timeout
-        if not handle.lock.acquire(timeout=timeout):
+    def acquire(self, handle: Handle, wait: float | None = None) -> None:
+        """Take a pinned or leased handle's lock, waiting at most `wait` seconds (default
+        `busy_timeout`). Raises TenantBusy on timeout, TenantNotFound if the handle was
+        discarded meanwhile. Release with `handle.lock.release()` (from any thread)."""
+        limit = self.busy_timeout if wait is None else wait
+        if not handle.lock.acquire(timeout=-1.0 if limit is None else limit):
             raise TenantBusy(
-                f"tenant {handle.tenant_id!r} is busy: a transaction held it for more than "
-                f"{self.busy_timeout:g} s"
+                f"tenant {handle.tenant_id!r} is busy: a transaction held it for more than {limit:g} s"
             )
         if handle.discarded:
             handle.lock.release()

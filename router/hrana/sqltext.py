@@ -18,6 +18,8 @@ def split_statements(sql: str) -> list[str]:
     dropped). Semicolons inside strings, quoted names and comments do not split, nor do those
     inside a CREATE TRIGGER body: `apsw.complete` (sqlite3_complete) decides where a statement
     really ends. Linear in len(sql) apart from trigger bodies."""
+    if ";" not in sql:  # the common case: one statement, no scan
+        return [sql] if skip_trivia(sql) < len(sql) else []
     statements: list[str] = []
     start = i = 0
     n = len(sql)

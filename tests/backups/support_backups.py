@@ -48,7 +48,9 @@ def _digest(value: Any) -> Any:
 
 def dump(client: Client, tenant: str, headers: dict[str, str] = ADMIN) -> dict[str, Any]:
     """The tenant's logical content: its schema and every table's rows in order of its first column."""
-    schema = query(client, tenant, "SELECT type, name, sql FROM sqlite_schema ORDER BY type, name", None, headers)
+    schema = query(
+        client, tenant, "SELECT type, name, sql FROM sqlite_schema ORDER BY type, name", None, headers
+    )
     content: dict[str, Any] = {"schema": schema["rows"]}
     for kind, name, _ in schema["rows"]:
         if kind == "table" and not name.startswith("sqlite_"):
@@ -59,11 +61,14 @@ def dump(client: Client, tenant: str, headers: dict[str, str] = ADMIN) -> dict[s
 
 def restore(client: Client, tenant: str, moment: str | float, as_tenant: str | None = None) -> httpx.Response:
     stamp = moment if isinstance(moment, str) else rfc3339(moment)
-    return client.post(f"/v1/admin/tenants/{tenant}/restore", json={"timestamp": stamp, "as": as_tenant},
-                       headers=ADMIN)  # fmt: skip
+    return client.post(
+        f"/v1/admin/tenants/{tenant}/restore", json={"timestamp": stamp, "as": as_tenant}, headers=ADMIN
+    )
 
 
-def restore_ok(client: Client, tenant: str, moment: str | float, as_tenant: str | None = None) -> dict[str, Any]:
+def restore_ok(
+    client: Client, tenant: str, moment: str | float, as_tenant: str | None = None
+) -> dict[str, Any]:
     r = restore(client, tenant, moment, as_tenant)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
@@ -72,8 +77,13 @@ def restore_ok(client: Client, tenant: str, moment: str | float, as_tenant: str 
 
 def integrity_check_cli(path: Path) -> str:
     """PRAGMA integrity_check by the real sqlite3 command-line shell (Debian's package)."""
-    done = subprocess.run(["/usr/bin/sqlite3", str(path), "PRAGMA integrity_check;"],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["/usr/bin/sqlite3", str(path), "PRAGMA integrity_check;"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return (done.stdout + done.stderr).strip()
 
 

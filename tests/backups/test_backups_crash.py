@@ -38,8 +38,10 @@ def load(server: ServerProcess, tenant: str, acked: list[tuple[int, float]], sto
             if stop.is_set():
                 return
             try:
-                r = http.post(f"/v1/tenants/{tenant}/query",
-                              json={"sql": "INSERT INTO t(v, pad) VALUES (?, randomblob(500))", "params": [i]})  # fmt: skip
+                r = http.post(
+                    f"/v1/tenants/{tenant}/query",
+                    json={"sql": "INSERT INTO t(v, pad) VALUES (?, randomblob(500))", "params": [i]},
+                )
             except httpx.HTTPError:
                 return  # killed
             assert r.status_code == 200, r.text
@@ -47,8 +49,11 @@ def load(server: ServerProcess, tenant: str, acked: list[tuple[int, float]], sto
 
 
 def test_kill9_under_load_then_restart(tmp_path: Path, s3: MotoServer) -> None:
-    env = {**s3.server_env(unique_prefix("crash")), "SQLFLEET_BACKUP_FLUSH_INTERVAL": str(FLUSH),
-           "SQLFLEET_BACKUP_CHECKPOINT_FRAMES": "40"}  # fmt: skip
+    env = {
+        **s3.server_env(unique_prefix("crash")),
+        "SQLFLEET_BACKUP_FLUSH_INTERVAL": str(FLUSH),
+        "SQLFLEET_BACKUP_CHECKPOINT_FRAMES": "40",
+    }
     data = tmp_path / "data"
     server = start_server(data, env=env)
     try:
@@ -91,8 +96,10 @@ def test_kill9_under_load_then_restart(tmp_path: Path, s3: MotoServer) -> None:
             for tenant in WRITERS:
                 start = len(values(http, tenant))
                 for v in range(start, start + 5):
-                    r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "INSERT INTO t(v) VALUES (?)",
-                                                                       "params": [v]})  # fmt: skip
+                    r = http.post(
+                        f"/v1/tenants/{tenant}/query",
+                        json={"sql": "INSERT INTO t(v) VALUES (?)", "params": [v]},
+                    )
                     assert r.status_code == 200, r.text
                 assert restore_fork(http, tenant, "latest", f"{tenant}-latest") == list(range(start + 5))
                 verified = http.post(f"/v1/admin/tenants/{tenant}/backups/verify")

@@ -13,8 +13,14 @@ from support_s3 import BUCKET, REGION, MotoServer, unique_prefix
 
 
 def s3_settings(s3: MotoServer, **more: Any) -> dict[str, Any]:
-    return {"replica_url": f"s3://{BUCKET}/{unique_prefix('faults')}", "s3_endpoint_url": s3.url,
-            "s3_region": REGION, "s3_force_path_style": True, "backup_flush_interval": 0.1, **more}  # fmt: skip
+    return {
+        "replica_url": f"s3://{BUCKET}/{unique_prefix('faults')}",
+        "s3_endpoint_url": s3.url,
+        "s3_region": REGION,
+        "s3_force_path_style": True,
+        "backup_flush_interval": 0.1,
+        **more,
+    }
 
 
 def values(app: InProcess, tenant: str) -> list[Any]:
@@ -22,8 +28,11 @@ def values(app: InProcess, tenant: str) -> list[Any]:
 
 
 def insert(app: InProcess, tenant: str, v: Any, blob: int = 0) -> Any:
-    return app.client.post(f"/v1/tenants/{tenant}/query", headers=ADMIN,
-                           json={"sql": "INSERT INTO t(v, b) VALUES (?, randomblob(?))", "params": [v, blob]})  # fmt: skip
+    return app.client.post(
+        f"/v1/tenants/{tenant}/query",
+        headers=ADMIN,
+        json={"sql": "INSERT INTO t(v, b) VALUES (?, randomblob(?))", "params": [v, blob]},
+    )
 
 
 def make(app: InProcess, tenant: str) -> None:

@@ -18,8 +18,20 @@ def snap(gen: str, lsn: int, at: float, key: str = "k") -> ChunkRow:
 
 def frames(gen: str, commits: list[tuple[int, float]], first: int | None = None, key: str = "k") -> ChunkRow:
     start = commits[0][0] if first is None else first
-    return ChunkRow("t", gen, FRAMES, start, commits[-1][0], commits[0][1], commits[-1][1], 4096, key, 0, 1,
-                    tuple(commits))  # fmt: skip
+    return ChunkRow(
+        "t",
+        gen,
+        FRAMES,
+        start,
+        commits[-1][0],
+        commits[0][1],
+        commits[-1][1],
+        4096,
+        key,
+        0,
+        1,
+        tuple(commits),
+    )
 
 
 def tombstone(at: float) -> ChunkRow:
@@ -103,7 +115,13 @@ def outcome(rows: list[ChunkRow], at: float) -> object:
     # restored_to of a snapshot-only restore may fall back to the snapshot's time once the
     # frames that held its last commit expired: compared only when frames are applied
     reported = p.restored_to if p.frames else None
-    return p.generation, p.snapshot.first_lsn, p.target_lsn, reported, [(f.first_lsn, f.last_lsn) for f in p.frames]
+    return (
+        p.generation,
+        p.snapshot.first_lsn,
+        p.target_lsn,
+        reported,
+        [(f.first_lsn, f.last_lsn) for f in p.frames],
+    )
 
 
 @pytest.mark.parametrize("seed", range(40))

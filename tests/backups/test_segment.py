@@ -38,7 +38,7 @@ def chunks() -> list[Chunk]:
             4096,
             commits=[(11, 103.0)],
             frames=[PageWrite(3, 3, b"z" * 4096)],
-        ),  # fmt: skip
+        ),
         Chunk("gone", "", TOMBSTONE, 0, 0, 0, taken_at=104.0),
     ]
 

@@ -69,7 +69,7 @@ def wal_path(path: Path) -> Path:
 def test_scan_finds_every_commit_sqlite_reported(
     db: tuple[apsw.Connection, Path, Recorder, list[int]],
 ) -> None:
-    conn, path, recorder, pages = db
+    _, path, recorder, pages = db
     header, frames = wal.scan(wal_path(path))
 
     assert header is not None and header.page_size == 4096 and not header.big_endian

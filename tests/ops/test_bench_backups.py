@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench_backups import quantile, share_within
+from ops.bench_s3 import quantile, share_within
 
 
 def test_quick_run_reports_lag_puts_throughput_and_restore(tmp_path: Path) -> None:
@@ -34,17 +34,22 @@ def test_quick_run_reports_lag_puts_throughput_and_restore(tmp_path: Path) -> No
         # every commit of the phase was shipped and observed, the probe's included
         assert p["commits_observed"] >= p["writes"]
         assert 0 < p["lag_p50_s"] <= p["lag_p99_s"] < 5
-        assert p["probe"]["samples"] >= 1 and p["probe"]["errors"] == 0
+        assert p["probe"]["samples"] >= 1 and p["probe"]["errors"] == []
         assert p["puts"] >= 1 and p["puts_per_s"] > 0 and p["segments"] >= 1
         assert 1 <= p["dirty_tenants_per_segment_max"] <= p["tenants"] + 1  # + the probe tenant
     assert r["puts_spread"] >= 1
+    assert [b["dirty_tenants"] for b in r["bursts"]] == [2, 6]
+    for b in r["bursts"]:  # one flush carries every dirty tenant in one PUT
+        assert b["puts"] == b["segments"] == 1 and b["dirty_tenants_per_segment_max"] == b["dirty_tenants"]
     t = r["throughput"]
     assert t["on"]["writes"] > 0 and t["off"]["writes"] > 0 and t["on"]["errors"] == t["off"]["errors"] == 0
     assert t["ratio"] == round(t["on"]["writes_per_s"] / t["off"]["writes_per_s"], 3)
     x = r["restore"]
     assert x["commits_applied"] == 40  # exactly the commits after the one snapshot
     assert x["db_bytes"] > 1_000_000 and x["snapshot_bytes"] > 900_000 and x["seconds"] > 0
-    assert {"throughput ratio", "PUTs/s max / min over sizes"} <= set(r["targets"])
+    assert {"throughput ratio", "PUTs/s max / min over sizes", "PUTs per flush max / min"} <= set(
+        r["targets"]
+    )
 
 
 def test_quantiles_interpolate_inside_buckets() -> None:

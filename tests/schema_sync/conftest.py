@@ -1,29 +1,21 @@
-"""Fixtures for schema sync: real tenant connections (pragmas and sandbox as served) and
-template files, all closed after each test."""
+"""Fixtures for schema sync: real tenant connections (pragmas and sandbox as served), template
+files, and a fleet wired to schema groups; all closed after each test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import apsw
 import pytest
+from schema_support import TEST_CONFIG, MakeTemplate, OpenTenant, SchemaFleet
 
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
 from schema_sync.session import Session
-from tenants.config import DbConfig
 from tenants.connection import open_database
-from tenants.execute import Statement
 from tenants.fleet import Fleet
-
-TEST_CONFIG = DbConfig(synchronous="NORMAL", statement_timeout=2.0)
-
-OpenTenant = Callable[..., Session]
-MakeTemplate = Callable[[str], Path]
 
 
 @pytest.fixture
@@ -58,23 +50,6 @@ def make_template(tmp_path: Path) -> MakeTemplate:
         return path
 
     return make
-
-
-@dataclass
-class SchemaFleet:
-    """A real Fleet wired to schema groups as ops.server wires it, without HTTP."""
-
-    fleet: Fleet
-    groups: GroupStore
-    hooks: SchemaHooks
-    rollouts: Rollouts
-
-    def group_of(self, tenant: str) -> str | None:
-        row = self.fleet.catalog.get(tenant)
-        return row.group if row is not None else None
-
-    def query(self, tenant: str, sql: str) -> list[tuple[Any, ...]]:
-        return self.fleet.execute(tenant, Statement(sql)).rows
 
 
 @pytest.fixture

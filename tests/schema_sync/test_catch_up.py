@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import SchemaFleet
+from schema_support import SchemaFleet
 
 from schema_sync.errors import GroupNotFound
 from schema_sync.migrations import RECORD_TABLE

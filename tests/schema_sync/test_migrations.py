@@ -7,8 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import OpenTenant
-from schema_support import assert_clean, rows
+from schema_support import OpenTenant, assert_clean, rows
 
 from schema_sync import alembic_render
 from schema_sync.errors import HistoryMismatch, InvalidMigration, MigrationFailed
@@ -218,3 +217,25 @@ def test_edited_alembic_revision_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidMigration, match=r"a1 .* was edited after it was added"):
         alembic_render.render(scripts, "", {"a1": first.source_sha256})
     assert alembic_source(first.sql) == ("a1", first.source_sha256)
+
+
+def test_foreign_keys_stay_enforced_unless_a_table_is_dropped(open_tenant: OpenTenant) -> None:
+    tenant = open_tenant(
+        "CREATE TABLE p(id INTEGER PRIMARY KEY);"
+        "CREATE TABLE c(id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id) ON DELETE CASCADE);"
+        "INSERT INTO p VALUES (1); INSERT INTO c VALUES (1, 1);"
+    )
+    orphan = from_text("0001_orphan.sql", "INSERT INTO c VALUES (2, 99);")
+    assert not orphan.rebuilds
+    with pytest.raises(MigrationFailed, match="FOREIGN KEY constraint failed"):
+        apply(tenant, [orphan])
+    # a table rebuild by hand: with foreign keys on, DROP TABLE p would cascade into c
+    rebuild = from_text(
+        "0001_rebuild.sql",
+        "CREATE TABLE p2(id INTEGER PRIMARY KEY, name TEXT); INSERT INTO p2(id) SELECT id FROM p;"
+        "DROP TABLE p; ALTER TABLE p2 RENAME TO p;",
+    )
+    assert rebuild.rebuilds
+    apply(tenant, [rebuild])
+    assert rows(tenant, "SELECT * FROM c") == [(1, 1)]
+    assert_clean(tenant)

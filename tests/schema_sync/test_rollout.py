@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import SchemaFleet
+from schema_support import SchemaFleet
 
 from schema_sync.errors import RolloutConflict
 from schema_sync.migrations import RECORD_TABLE
@@ -171,3 +171,22 @@ def test_max_failures_stops_the_rollout(schema_fleet: SchemaFleet) -> None:
     assert snap["state"] == STOPPED and snap["failed"] == 3
     assert snap["reason"] == "stopped after 3 failures (max_failures 3)"
     assert snap["remaining"] > 0
+
+
+def test_disagreeing_histories_are_reported_not_skipped(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    seed(sf, 6)
+    # a tenant whose record names a migration the group does not have
+    sf.query("t0001", f"INSERT INTO {RECORD_TABLE} VALUES ('0001_other', 'x', '2020-01-01T00:00:00Z')")
+    snap = wait(sf.rollouts.start("shop", RolloutOptions()))
+    assert (snap["migrated"], snap["failed"]) == (5, 1)
+    (failure,) = snap["failures"]
+    assert failure["tenant"] == "t0001" and failure["code"] == "migration_history_mismatch"
+    assert "applied 0001_other where the group has 0001_price" in failure["error"]
+
+    # a migration edited on disk after it was released: the next rollout refuses to start
+    path = sf.groups.get("shop").migrations_dir / "0001_price.sql"
+    path.write_text(path.read_text() + "\n-- edited")
+    snap = wait(sf.rollouts.start("shop", RolloutOptions()))
+    assert snap["state"] == "failed" and snap["total"] == 0
+    assert "0001_price was edited after it was applied" in snap["reason"]

@@ -12,8 +12,7 @@ from typing import Any
 
 import apsw
 import pytest
-from conftest import MakeTemplate, OpenTenant
-from schema_support import assert_clean, rows
+from schema_support import MakeTemplate, OpenTenant, assert_clean, rows
 
 from schema_sync.errors import MigrationFailed, PlanBlocked
 from schema_sync.sync import plan_against, sync_to_template

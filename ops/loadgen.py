@@ -105,14 +105,10 @@ class _Conn:
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
-        length, close = 0, False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
+        lower = head.lower()
+        at = lower.find(b"\r\ncontent-length:")
+        length = int(head[at + 17 : head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+        close = b"\r\nconnection: close\r\n" in lower
         body = await self.reader.readexactly(length) if length else b""
         if close:
             self.close()

@@ -28,7 +28,7 @@ from tenants.sandbox import Sandbox
 log = logging.getLogger(__name__)
 _local = threading.local()
 
-GroupOf = Callable[[str], "str | None"]
+GroupOf = Callable[[str], str | None]
 MAX_REMEMBERED = 200_000
 
 

@@ -60,78 +60,90 @@ def _row(values: tuple[Any, ...]) -> TenantRow:
 
 
 class Catalog:
-    """Thread-safe access to the catalog database; every write is its own durable transaction."""
+    """Thread-safe access to the catalog database; every write is its own durable transaction.
+    This process is the catalog's only writer (the data-dir lock), so `get` answers from an
+    in-memory copy of the rows kept in step with every write: lookups on the open path never
+    queue behind another thread's fsync."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._lock = threading.Lock()
         self._db = apsw.Connection(str(path))
         self._db.execute(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000"
         ).fetchall()
         self._db.execute(_SCHEMA)
+        self._rows = {r[0]: _row(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM tenants")}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _one(self, sql: str, args: tuple[Any, ...]) -> TenantRow | None:
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            for row in self._db.execute(sql, args):
-                return _row(row)
-        return None
+            return self._db.execute(sql, args).fetchall()
+
+    def _write(self, tenant_id: str, sql: str, args: tuple[Any, ...]) -> None:
+        # caller holds self._lock
+        self._db.execute(sql, args)
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,)).fetchall()
+        if rows:
+            self._rows[tenant_id] = _row(rows[0])
+        else:
+            self._rows.pop(tenant_id, None)
 
     def get(self, tenant_id: str) -> TenantRow | None:
-        return self._one(f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
+        return self._rows.get(tenant_id)
 
     def insert(self, tenant_id: str, group: str | None, state: str = CREATING) -> bool:
         """Add a row; False (and no change) if the id is already present."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO tenants(id, created_at, state, grp) VALUES (?, ?, ?, ?)",
+            if tenant_id in self._rows:
+                return False
+            self._write(
+                tenant_id,
+                "INSERT INTO tenants(id, created_at, state, grp) VALUES (?, ?, ?, ?)",
                 (tenant_id, time.time(), state, group),
             )
-            return self._db.changes() == 1
+            return True
 
-    def set_state(self, tenant_id: str, state: str, error: str | None = None, size: int | None = None) -> None:
+    def set_state(
+        self, tenant_id: str, state: str, error: str | None = None, size: int | None = None
+    ) -> None:
         with self._lock:
-            self._db.execute(
+            self._write(
+                tenant_id,
                 "UPDATE tenants SET state = ?, error = ?, size = coalesce(?, size) WHERE id = ?",
                 (state, error, size, tenant_id),
             )
 
     def set_size(self, tenant_id: str, size: int) -> None:
         with self._lock:
-            self._db.execute("UPDATE tenants SET size = ? WHERE id = ?", (size, tenant_id))
+            self._write(tenant_id, "UPDATE tenants SET size = ? WHERE id = ?", (size, tenant_id))
 
     def remove(self, tenant_id: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
+            self._write(tenant_id, "DELETE FROM tenants WHERE id = ?", (tenant_id,))
 
     def page(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[TenantRow]:
         """Rows with ids starting with `prefix`, ordered by id, strictly after `after`."""
         low = max(prefix, after or "")
         # every id char is below '~', so prefix + '~' bounds the prefix range
         sql = f"SELECT {_COLUMNS} FROM tenants WHERE id >= ? AND id < ? AND id != ? ORDER BY id LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(sql, (low, prefix + "~", after or "", limit)).fetchall()
-        return [_row(r) for r in rows]
+        return [_row(r) for r in self._read(sql, (low, prefix + "~", after or "", limit))]
 
     def ids_in_states(self, states: tuple[str, ...]) -> list[tuple[str, str]]:
         marks = ",".join("?" * len(states))
-        with self._lock:
-            rows = self._db.execute(f"SELECT id, state FROM tenants WHERE state IN ({marks})", states)
-            return [(r[0], r[1]) for r in rows]
+        rows = self._read(f"SELECT id, state FROM tenants WHERE state IN ({marks})", states)
+        return [(r[0], r[1]) for r in rows]
 
     def all_ids(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT id FROM tenants")}
+        return set(self._rows)
 
     def all_states(self) -> dict[str, str]:
         """Every tenant id with its state."""
-        with self._lock:
-            return {str(r[0]): str(r[1]) for r in self._db.execute("SELECT id, state FROM tenants")}
+        return {tenant_id: row.state for tenant_id, row in list(self._rows.items())}
 
     def counts_by_state(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, count(*) FROM tenants GROUP BY state")
-            return {str(state): int(n) for state, n in rows}
+        rows = self._read("SELECT state, count(*) FROM tenants GROUP BY state")
+        return {str(state): int(n) for state, n in rows}

@@ -168,13 +168,7 @@ class Fleet:
         """The tenant's row if its state is in `allow`. Raises InvalidTenantId, TenantNotFound,
         TenantUnavailable."""
         validate_tenant_id(tenant_id)
-        row = self.catalog.get(tenant_id)
-        if row is None or row.state in (states.CREATING, states.DELETING):
-            raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
-        if row.state not in allow:
-            error = TenantCorrupt if row.state == states.CORRUPT else TenantUnavailable
-            raise error(f"tenant {tenant_id!r} is {row.state}: {row.error or 'unavailable'}")
-        return row
+        return _check(tenant_id, self.catalog.get(tenant_id), allow)
 
     @contextmanager
     def lease_if_open(self, tenant_id: str, wait: float = 0.5) -> Iterator[Handle | None]:
@@ -265,9 +259,10 @@ class Fleet:
             return run_batch(h.conn, h.sandbox, self.config, stmts)
 
     def _open(self, tenant_id: str) -> tuple[apsw.Connection, Sandbox]:
-        if self.catalog.get(tenant_id) is None:
-            any(hook.recover(tenant_id) for hook in self.hooks)
-        self.require(tenant_id)
+        row = self.catalog.get(tenant_id)
+        if row is None and any(hook.recover(tenant_id) for hook in self.hooks):
+            row = self.catalog.get(tenant_id)
+        _check(tenant_id, row, (states.ACTIVE,))
         try:
             conn, sandbox = open_database(self.layout.tenant_path(tenant_id), self.config)
         except apsw.CantOpenError:
@@ -338,3 +333,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 __all__ = ["Fleet", "SqlfleetError"]
+
+
+def _check(tenant_id: str, row: TenantRow | None, allow: tuple[str, ...]) -> TenantRow:
+    if row is None or row.state in (states.CREATING, states.DELETING):
+        raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+    if row.state not in allow:
+        error = TenantCorrupt if row.state == states.CORRUPT else TenantUnavailable
+        raise error(f"tenant {tenant_id!r} is {row.state}: {row.error or 'unavailable'}")
+    return row

@@ -21,7 +21,7 @@ from backups.catalog import BackupCatalog, ChunkRow
 from backups.replica import ReplicaClient
 from backups.segment import PREFIX_SIZE, SNAPSHOT, TOMBSTONE, index_length, parse_index
 from backups.shipper import Shipper
-from metrics.instruments import RESTORE_SECONDS, RESTORES
+from metrics.instruments import RESTORE_COMMITS, RESTORE_SECONDS, RESTORES, RESTORES_RUNNING
 from tenants.errors import BadRequest
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
@@ -78,11 +78,13 @@ class Backups(FleetHooks):
         (a new tenant) or in place. Raises NoRestorePoint, BackupBroken, TenantExists."""
         started = time.perf_counter()
         try:
-            result = self._restore(tenant, at, as_tenant)
+            with RESTORES_RUNNING.track_inprogress():
+                result = self._restore(tenant, at, as_tenant)
         except BaseException:
             RESTORES.labels("error").inc()
             raise
         RESTORES.labels("ok").inc()
+        RESTORE_COMMITS.inc(result.commits_applied)
         RESTORE_SECONDS.observe(time.perf_counter() - started)
         return result
 

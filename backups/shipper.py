@@ -39,6 +39,7 @@ from metrics.instruments import (
     BACKUP_SEGMENTS,
     BACKUP_SNAPSHOTS,
     BACKUP_UPLOAD_ERRORS,
+    BACKUP_UPLOAD_RETRIES,
 )
 from tenants.errors import SqlfleetError
 from tenants.hooks import FleetHooks
@@ -104,6 +105,7 @@ class Shipper(FleetHooks):
         self._thread: threading.Thread | None = None
         self.last_success = 0.0
         self.failures = 0
+        self.failed_in_a_row = 0  # flushes whose upload failed since the last that succeeded
 
     # -- hooks from tenants ------------------------------------------------------------------------
 
@@ -244,8 +246,12 @@ class Shipper(FleetHooks):
         delay = self.config.flush_interval
         last_periodic = time.monotonic()
         while not self._stop.wait(delay):
+            started = time.monotonic()
             ok = self._flush_logged()
-            delay = self.config.flush_interval if ok else min(30.0, max(delay, 0.5) * 2)
+            # flushes start every interval (not an interval after the last one ended), so the lag
+            # is about one interval plus one flush, not one interval plus two
+            spent = time.monotonic() - started
+            delay = max(0.0, self.config.flush_interval - spent) if ok else min(30.0, max(delay, 0.5) * 2)
             if ok and self.periodic is not None and time.monotonic() - last_periodic >= PERIODIC_SECONDS:
                 last_periodic = time.monotonic()
                 try:
@@ -264,12 +270,15 @@ class Shipper(FleetHooks):
             captured = [c for c in (self._capture(t, entry) for t, entry in logs.items()) if c is not None]
             broken = [t for t, entry in logs.items() if entry.broken]
             if captured or tombstones:
+                if self.failed_in_a_row:
+                    BACKUP_UPLOAD_RETRIES.inc()
                 try:
                     self._upload(captured, tombstones)
                 except ReplicaError as exc:
                     self._failed(exc, captured, tombstones, broken)
                     return False
                 self.last_success = time.time()
+                self.failed_in_a_row = 0
                 self._advance(captured)
             self._maintain(list(dict.fromkeys([*broken, *(c.tenant for c in captured)])))
             return True
@@ -277,6 +286,7 @@ class Shipper(FleetHooks):
     def _failed(self, exc: ReplicaError, captured: list[Capture], tombstones: list[Chunk],
                 broken: list[str]) -> None:  # fmt: skip
         self.failures += 1
+        self.failed_in_a_row += 1
         BACKUP_UPLOAD_ERRORS.inc()
         log.warning("backup upload failed (%s); will retry", exc)
         with self._lock:
@@ -306,18 +316,19 @@ class Shipper(FleetHooks):
     def _read_new_frames(self, tenant_id: str, entry: TenantLog, pending: list[tuple[int, float]]
                          ) -> tuple[Chunk, Position]:  # fmt: skip
         base = entry.base
-        header = wal.read_header(entry.wal_path)
-        if header is None:
-            raise wal.WalCorrupt("WAL header missing")
-        salts = (header.salt1, header.salt2)
-        if base.salts == salts:
-            start, seed = base.wal_frames, base.seed
-        elif base.salts is None:  # the WAL restarted after our checkpoint
-            start, seed = 0, header.checksum
-        else:
-            raise wal.WalCorrupt("WAL salts changed without a checkpoint")
         stop = pending[-1][0]
-        frames = wal.read_frames(entry.wal_path, header, start, stop, seed)
+        with open(entry.wal_path, "rb") as f:  # one open per tenant and flush: header, then frames
+            header = wal.parse_header(f.read(wal.WAL_HEADER_SIZE))
+            if header is None:
+                raise wal.WalCorrupt("WAL header missing")
+            salts = (header.salt1, header.salt2)
+            if base.salts == salts:
+                start, seed = base.wal_frames, base.seed
+            elif base.salts is None:  # the WAL restarted after our checkpoint
+                start, seed = 0, header.checksum
+            else:
+                raise wal.WalCorrupt("WAL salts changed without a checkpoint")
+            frames = wal.read_frames_from(f, header, start, stop, seed)
         times = dict(pending)
         commits = [(base.lsn + 1 + i, times.get(f.index + 1, time.time()))
                    for i, f in enumerate(frames) if f.commit_size]  # fmt: skip
@@ -446,6 +457,28 @@ class Shipper(FleetHooks):
             return False
         self._advance([capture])
         return not entry.pending and entry.snapshot is None
+
+    def checkpoint_shipped(self, deadline: float) -> int:
+        """Shutdown: checkpoint (TRUNCATE) every open tenant whose WAL frames are all durable in
+        the replica, so the files left behind are complete without their WALs. Call after `stop`
+        (its last flush ships what is left). Tenants with unshipped frames (replica down) keep
+        their WAL; past `deadline` (time.monotonic) the rest are left for the next start.
+        Never raises; returns how many WALs were truncated."""
+        with self._lock:
+            shipped = [(t, e) for t, e in self._logs.items()
+                       if e.base.salts is not None and not (e.pending or e.snapshot or e.broken)]  # fmt: skip
+        done = 0
+        for tenant_id, entry in shipped:
+            if time.monotonic() >= deadline:
+                log.warning("shutdown deadline: %d WALs left unchecked-pointed", len(shipped) - done)
+                break
+            try:
+                self._checkpoint(tenant_id, entry, snapshot=False)
+            except (SqlfleetError, wal.WalCorrupt, apsw.Error) as exc:
+                log.warning("tenant %s: shutdown checkpoint skipped (%s)", tenant_id, exc)
+                continue
+            done += entry.base.salts is None
+        return done
 
     @contextmanager
     def _leased(self, tenant_id: str) -> Iterator[Handle | None]:

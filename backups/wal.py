@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class Frame:
     data: bytes
 
 
+@lru_cache(maxsize=4096)  # the shipper re-reads the same headers every flush
 def parse_header(raw: bytes) -> WalHeader | None:
     """The header, or None when `raw` is not a valid WAL header (short, bad magic or checksum)."""
     if len(raw) < WAL_HEADER_SIZE:
@@ -100,8 +102,12 @@ def _coefficients(pairs: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, i
 
 
 def _contributions(blocks: bytes, count: int, big_endian: bool) -> tuple[np.ndarray, int]:
-    words = np.frombuffer(blocks, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
-    words = words.reshape(count, -1)
+    words = np.frombuffer(blocks, dtype=">u4" if big_endian else "<u4").reshape(count, -1)
+    return _word_contributions(words.astype(np.uint64))
+
+
+def _word_contributions(words: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per row of 32-bit words (as uint64): its (s1, s2) contribution, and its pair count."""
     pairs = words.shape[1] // 2
     weights_a, weights_b, _ = _coefficients(pairs)
     sums = words[:, 0::2] @ weights_a.T + words[:, 1::2] @ weights_b.T  # wraps mod 2^64: fine mod 2^32
@@ -125,12 +131,17 @@ def read_frames(path: Path, header: WalHeader, start: int, stop: int, seed: Chec
     """Frames [start, stop) of the WAL, each validated against `header`'s salts and the checksum
     chain from `seed` (the checksum of frame start-1, or the header's for start 0).
     Raises WalCorrupt if any frame in the range is invalid or missing."""
+    with open(path, "rb") as f:
+        return read_frames_from(f, header, start, stop, seed)
+
+
+def read_frames_from(f: BinaryIO, header: WalHeader, start: int, stop: int, seed: Checksum) -> list[Frame]:
+    """`read_frames` on an open WAL file (one open for header and frames on the hot path)."""
     if stop <= start:
         return []
     size = header.frame_size
-    with open(path, "rb") as f:
-        f.seek(header.frame_offset(start))
-        raw = f.read(size * (stop - start))
+    f.seek(header.frame_offset(start))
+    raw = f.read(size * (stop - start))
     count = len(raw) // size
     if count < stop - start:
         raise WalCorrupt(f"WAL ends at frame {start + count}, expected {stop}")
@@ -146,10 +157,10 @@ def _validated(raw: bytes, header: WalHeader, start: int, count: int, seed: Chec
         return []
     size = header.frame_size
     view = memoryview(raw)
-    # checksum input per frame: the first 8 header bytes, then the page
-    blocks = b"".join(bytes(view[i * size : i * size + 8]) + bytes(view[i * size + 24 : (i + 1) * size])
-                      for i in range(count))  # fmt: skip
-    contributions, pairs = _contributions(blocks, count, header.big_endian)
+    # checksum input per frame: its first 8 header bytes (2 words), then the page (after 6 words)
+    words = np.frombuffer(raw, dtype=">u4" if header.big_endian else "<u4", count=count * size // 4)
+    words = words.reshape(count, size // 4).astype(np.uint64)
+    contributions, pairs = _word_contributions(np.concatenate([words[:, :2], words[:, 6:]], axis=1))
     frames: list[Frame] = []
     state = seed
     for i in range(count):
@@ -193,7 +204,7 @@ def scan(path: Path) -> tuple[WalHeader | None, list[Frame]]:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None, []
-    header = parse_header(raw)
+    header = parse_header(raw[:WAL_HEADER_SIZE])
     if header is None:
         return None, []
     count = (len(raw) - WAL_HEADER_SIZE) // header.frame_size

@@ -27,21 +27,35 @@ POOL_OPEN_SECONDS = Histogram(
     "sqlfleet_pool_open_duration_seconds", "Time to open a tenant connection.", buckets=_LATENCY_BUCKETS
 )
 TENANTS = Gauge("sqlfleet_tenants", "Tenants in the catalog by state.", ["state"])
+TENANT_BYTES = Gauge(
+    "sqlfleet_tenant_bytes", "Bytes on disk of every tenant database, as the catalog last saw them."
+)
 
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 BACKUP_LAG_SECONDS = Histogram(
-    "sqlfleet_backup_lag_seconds", "Time from a commit to its being durable in the replica.", buckets=_LAG_BUCKETS
+    "sqlfleet_backup_lag_seconds",
+    "Time from a commit to its being durable in the replica.",
+    buckets=_LAG_BUCKETS,
 )
 BACKUP_LAG_MAX = Gauge("sqlfleet_backup_lag_max_seconds", "Largest commit-to-replica lag in the last flush.")
 BACKUP_BACKLOG_BYTES = Gauge("sqlfleet_backup_backlog_bytes", "Committed WAL bytes not yet in the replica.")
 BACKUP_SEGMENTS = Counter("sqlfleet_backup_segments_uploaded_total", "Segment objects uploaded.")
 BACKUP_SEGMENT_BYTES = Counter("sqlfleet_backup_uploaded_bytes_total", "Bytes of segment objects uploaded.")
-BACKUP_UPLOAD_ERRORS = Counter("sqlfleet_backup_upload_errors_total", "Failed segment uploads (retried later).")
+BACKUP_UPLOAD_ERRORS = Counter(
+    "sqlfleet_backup_upload_errors_total", "Failed segment uploads (retried later)."
+)
+BACKUP_UPLOAD_RETRIES = Counter(
+    "sqlfleet_backup_upload_retries_total", "Uploads of data an earlier flush failed to upload."
+)
 BACKUP_SNAPSHOTS = Counter("sqlfleet_backup_snapshots_total", "Snapshots made durable in the replica.")
 RESTORES = Counter("sqlfleet_restores_total", "Restores run, by outcome.", ["outcome"])
 RESTORE_SECONDS = Histogram(
-    "sqlfleet_restore_duration_seconds", "Time to restore one tenant.", buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
+    "sqlfleet_restore_duration_seconds",
+    "Time to restore one tenant.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
 )
+RESTORES_RUNNING = Gauge("sqlfleet_restores_in_progress", "Restores running now.")
+RESTORE_COMMITS = Counter("sqlfleet_restore_commits_applied_total", "Commits replayed by restores.")
 SCHEMA_CATCH_UPS = Counter(
     "sqlfleet_schema_catch_ups_total", "Tenants opened behind their group's schema, by outcome.", ["outcome"]
 )

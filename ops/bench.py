@@ -36,9 +36,11 @@ from tenants.errors import SqlfleetError
 
 GIB = 1 << 30
 QUERY_SQL = "SELECT v FROM kv WHERE k = ?"
-_CREATE_SQL = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"
+# Idempotent, so `--reuse` can re-apply it to tenants an interrupted run left without it.
+_CREATE_SQL = "CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"
 _ROWS_SQL = (
-    "INSERT INTO kv(k, v) WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+    "INSERT OR IGNORE INTO kv(k, v) "
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
     "SELECT i, 'value-' || i FROM n"
 )
 _POOL_METRICS = ("sqlfleet_pool_hits_total", "sqlfleet_pool_misses_total", "sqlfleet_pool_evictions_total")
@@ -214,18 +216,17 @@ class Driver:
         self, ids: Sequence[str], rows: int, concurrency: int, reuse: bool = False, chunk: int = 10_000
     ) -> tuple[list[str], dict[str, Any]]:
         """Create `ids`, each with a `kv` table of `rows` rows, and mint an rw token each, a chunk
-        at a time (so an interrupted run leaves at most one chunk half set up). With `reuse`, ids
-        that exist already are taken as set up by an earlier run. Returns the tokens (in `ids`
-        order) and each step's count and rate. Raises BenchError on any failure."""
+        at a time (progress is printed per chunk). With `reuse`, ids that exist already are kept
+        and the (idempotent) table set-up is re-applied to them, in case an interrupted run left
+        them without it. Returns the tokens (in `ids` order) and each step's count and rate.
+        Raises BenchError on any failure."""
         steps: dict[str, dict[str, float]] = {}
         tokens: list[str] = []
         started = time.monotonic()
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
-            created = self._step(steps, "create", part, concurrency, {201, 409} if reuse else {201})
-            fresh = [t for i, t in enumerate(part) if created.responses[i][0] == 201]
-            if fresh:
-                self._step(steps, "schema", fresh, concurrency, {200}, rows)
+            self._step(steps, "create", part, concurrency, {201, 409} if reuse else {201})
+            self._step(steps, "schema", part, concurrency, {200}, rows)
             minted = self._step(steps, "token", part, concurrency, {200})
             tokens += [json.loads(minted.responses[i][1])["token"] for i in range(len(part))]
             if len(ids) > chunk:

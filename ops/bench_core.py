@@ -218,8 +218,8 @@ def cold_rows(r: dict[str, Any]) -> list[Row]:
 @click.option(
     "--reuse",
     is_flag=True,
-    help="With --data-dir: tenants an earlier run created there are used as they are (a 100k fleet "
-    "takes long to create; build it once).",
+    help="With --data-dir: keep the tenants an earlier run created there (creating 100k takes long: "
+    "build the fleet once, rerun with --reuse); their table set-up is re-applied, idempotently.",
 )
 @common_options(default_timeout=3600.0)
 def fleet(

@@ -10,6 +10,7 @@ from ops.admin_cli import tenant, token
 from ops.backups_cli import backups, restore
 from ops.schema_cli import group, migrate
 from ops.settings import Settings, setting_fields
+from ops.status_cli import status
 from tenants.errors import SqlfleetError
 
 
@@ -51,6 +52,7 @@ main.add_command(restore)
 main.add_command(backups)
 main.add_command(group)
 main.add_command(migrate)
+main.add_command(status)
 
 
 from ops.bench import bench  # noqa: E402

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -18,11 +21,13 @@ from backups.replica import ReplicaError
 from backups.replica_factory import open_replica
 from backups.service import Backups
 from backups.shipper import Shipper, ShipperConfig, server_id
+from metrics.instruments import BACKUP_BACKLOG_BYTES, TENANT_BYTES
 from ops import keys
 from ops.settings import Settings
 from router.app import build_app
 from router.auth import Authenticator
 from router.context import RouterConfig
+from router.observe import JsonLines
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
@@ -65,23 +70,37 @@ class Server:
             base_domain=settings.base_domain,
         )
         fleet.pool.busy_timeout = settings.busy_timeout
+        TENANT_BYTES.set_function(fleet.catalog.total_size)
         app = build_app(fleet, auth, config)
         app.state.ctx.backups = backups
         app.state.groups, app.state.rollouts = _schema_sync(settings, fleet)
         return cls(settings, fleet, app, admin_key, generated, backups)
 
+    stop_requested_at: float | None = None  # time.monotonic() of SIGTERM
+
     def stop_accepting(self) -> None:
         """From now on /readyz answers 503, so a load balancer drains us while we finish."""
         self.app.state.ctx.shutting_down = True
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+
+    def deadline(self) -> float:
+        """When shutdown must be over (time.monotonic): `shutdown_timeout` after the stop request."""
+        start = self.stop_requested_at if self.stop_requested_at is not None else time.monotonic()
+        return start + self.settings.shutdown_timeout
 
     def close(self) -> None:
-        """Ship what is left, close every handle, release the data dir. Idempotent."""
+        """Ship what is left, checkpoint the fully shipped WALs, close every handle, release the
+        data dir. Idempotent."""
         rollouts = getattr(self.app.state, "rollouts", None)
         if rollouts is not None:
             rollouts.close()  # before the fleet: its workers hold tenant leases
         self.app.state.hrana.close()  # before the fleet: an open Hrana transaction holds a tenant lock
         if self.backups is not None:
             self.backups.shipper.stop()
+            # leave the WAL of every tenant still open empty (its frames are in the replica);
+            # keep a second for closing the handles and the catalogs
+            self.backups.shipper.checkpoint_shipped(self.deadline() - 1.0)
         if self.fleet.lock_held:
             self.fleet.close()
         if self.backups is not None:
@@ -122,6 +141,7 @@ def _backups(settings: Settings, fleet: Fleet) -> Backups:
     )
     shipper = Shipper(replica, catalog, fleet.layout, config, server_id(fleet.layout))
     shipper.lease = fleet.lease_if_open
+    BACKUP_BACKLOG_BYTES.set_function(shipper.backlog_bytes)  # current at every scrape, not per flush
     backups = Backups(replica, catalog, shipper, fleet)
     shipper.periodic = lambda: backups.enforce_retention(settings.backup_retention)
     fleet.hooks.extend([shipper, backups])
@@ -134,9 +154,9 @@ def _backups(settings: Settings, fleet: Fleet) -> Backups:
     return backups
 
 
-# In-flight requests get this long after SIGTERM (a statement is bounded by its own timeout;
-# this bounds slow clients). Below Kubernetes' default 30 s grace period.
-GRACEFUL_SHUTDOWN_SECONDS = 20
+# The share of `shutdown_timeout` in-flight requests get (a statement is bounded by its own
+# timeout; this bounds slow clients); the rest ships the last WAL frames and checkpoints.
+DRAIN_SHARE = 0.6
 
 
 class _Uvicorn(uvicorn.Server):
@@ -161,12 +181,20 @@ class _Uvicorn(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def configure_logging(settings: Settings) -> None:
+    """Root handler on stderr in the chosen format; uvicorn's loggers propagate to it."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: uvicorn stops accepting and finishes in-flight requests,
     then every tenant handle is closed and the data-dir lock released."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings)
     server = Server.build(settings)
     url = f"http://{settings.host}:{settings.port}"
     if server.admin_key_generated:
@@ -181,10 +209,33 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's loggers propagate to ours, in the same format
         lifespan="off",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout * DRAIN_SHARE)),
     )
     try:
         _Uvicorn(config, server.stop_accepting).run()
     finally:
-        server.close()
+        server.stop_accepting()
+        with _watchdog(server.deadline()):
+            server.close()
+
+
+@contextlib.contextmanager
+def _watchdog(deadline: float) -> Iterator[None]:
+    """Exit hard (status 1) if the block is still running at `deadline`: better than the
+    orchestrator's SIGKILL a moment later, and every acknowledged write is already durable on
+    disk (an unshipped tail ships on the next start)."""
+
+    def give_up() -> None:
+        log.error("shutdown did not finish within shutdown_timeout; exiting now")
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -184,6 +184,22 @@ class Settings:
         ),
     )
     log_level: str = field(default="info", metadata=_doc("Log level: debug, info, warning, error."))
+    log_format: str = field(
+        default="text",
+        metadata=_doc(
+            "Log lines as `text` or `json` (one JSON object per line, for log shippers). Either way "
+            "one access line per request: request id (also the X-Request-Id header), tenant, route, "
+            "status, duration."
+        ),
+    )
+    shutdown_timeout: float = field(
+        default=25.0,
+        metadata=_doc(
+            "Seconds from SIGTERM to exit: in-flight requests finish, the remaining WAL is shipped, "
+            "open tenants are checkpointed and closed. Keep it below Kubernetes' "
+            "terminationGracePeriodSeconds (the chart uses 30)."
+        ),
+    )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -227,9 +243,13 @@ class Settings:
             "backup_retention",
             "backup_snapshot_interval",
             "migration_timeout",
+            "shutdown_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise BadRequest(f"{name} must be positive")
+
+        if self.log_format not in ("text", "json"):
+            raise BadRequest(f"log_format must be text or json, not {self.log_format!r}")
 
     def replica_target(self) -> str:
         """`replica_url`, or the embedded default: a directory under the data dir."""

@@ -22,11 +22,24 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+# Unready once this many flushes in a row failed to reach the replica: one failure is a blip
+# (the next flush retries), several mean acknowledged writes are piling up on this disk only.
+UNREADY_AFTER_FAILED_FLUSHES = 3
+
+
 async def readyz(request: Request) -> JSONResponse:
+    """200 while the data-dir lock is held, the replica took the recent flushes (or backups are
+    off) and the server is not shutting down; else 503. Body: every check and the replica's state."""
     c = ctx(request)
     checks = {"data_dir_lock": c.fleet.lock_held, "accepting": not c.shutting_down}
+    body: dict[str, object] = {}
+    if c.backups is not None:
+        shipper = c.backups.shipper
+        checks["replica"] = shipper.failed_in_a_row < UNREADY_AFTER_FAILED_FLUSHES
+        body["replica"] = {"failed_flushes_in_a_row": shipper.failed_in_a_row,
+                           "last_success": shipper.last_success or None}  # fmt: skip
     ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse({"ready": ready, "checks": checks, **body}, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -144,6 +144,10 @@ class Catalog:
         """Every tenant id with its state."""
         return {tenant_id: row.state for tenant_id, row in list(self._rows.items())}
 
+    def total_size(self) -> int:
+        """Sum of the size column (bytes as last measured), from memory: cheap enough per scrape."""
+        return sum(row.size for row in list(self._rows.values()))
+
     def counts_by_state(self) -> dict[str, int]:
         rows = self._read("SELECT state, count(*) FROM tenants GROUP BY state")
         return {str(state): int(n) for state, n in rows}

@@ -1,0 +1,42 @@
+{{/* Chart name, overridable. */}}
+{{- define "sqlfleet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full resource name: release-chart unless overridden. */}}
+{{- define "sqlfleet.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "sqlfleet.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every resource. */}}
+{{- define "sqlfleet.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "sqlfleet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels that select the pods. */}}
+{{- define "sqlfleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sqlfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The Secret holding keys and S3 credentials: an existing one, or the chart's. */}}
+{{- define "sqlfleet.secretName" -}}
+{{- default (include "sqlfleet.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/* Whether any secret is configured at all. */}}
+{{- define "sqlfleet.hasSecret" -}}
+{{- if or .Values.secrets.existingSecret .Values.secrets.adminKey .Values.secrets.signingKey .Values.secrets.s3AccessKeyId }}true{{ end }}
+{{- end }}
+
+{{/* Whether a signing key is mounted from the Secret (else the server keeps its own on the volume). */}}
+{{- define "sqlfleet.hasSigningKey" -}}
+{{- if or .Values.secrets.signingKey (and .Values.secrets.existingSecret .Values.secrets.existingSecretHasSigningKey) }}true{{ end }}
+{{- end }}

@@ -1,0 +1,147 @@
+"""`sqlfleet status`: one screen on a running server — health, tenants by state, pool use,
+backup shipping, running rollouts — built from /readyz, /metrics and the admin API.
+
+Exit status 0 when the server is ready, 1 when it answers but is not ready (or cannot be
+reached), so scripts can wait on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from ops.admin_cli import _ADMIN_OPTIONS, _key_from_file
+from ops.client import ApiError, ServerUnreachable
+from tenants.errors import SqlfleetError
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def collect(url: str, admin_key: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The server's state as one JSON-ready dict. Raises ServerUnreachable, ApiError."""
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    try:
+        with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
+            ready = http.get("/readyz")
+            metrics = _get(http, "/metrics").text
+            groups = [g["name"] for g in _get(http, "/v1/admin/groups").json()["groups"]]
+            history = [_get(http, f"/v1/admin/groups/{g}/rollouts").json()["rollouts"] for g in groups]
+            rollouts = [r for rs in history for r in rs if r.get("state") == "running"]
+    except httpx.TransportError as exc:
+        raise ServerUnreachable(f"cannot reach sqlfleet at {url}: {exc or type(exc).__name__}") from None
+    samples = _samples(metrics)
+    readiness = ready.json() if ready.headers.get("content-type", "").startswith("application/json") else {}
+    return {
+        "url": url,
+        "ready": ready.status_code == 200,
+        "checks": readiness.get("checks", {}),
+        "replica": readiness.get("replica"),
+        "tenants": {
+            dict(labels)["state"]: int(v)
+            for (name, labels), v in samples.items()
+            if name == "sqlfleet_tenants"
+        },
+        "bytes_on_disk": int(samples.get(("sqlfleet_tenant_bytes", ()), 0)),
+        "pool": {
+            "open": int(samples.get(("sqlfleet_pool_open_handles", ()), 0)),
+            "capacity": int(samples.get(("sqlfleet_pool_capacity", ()), 0)),
+            "hits": int(samples.get(("sqlfleet_pool_hits_total", ()), 0)),
+            "misses": int(samples.get(("sqlfleet_pool_misses_total", ()), 0)),
+            "evictions": int(samples.get(("sqlfleet_pool_evictions_total", ()), 0)),
+        },
+        "backups": {
+            "lag_max_seconds": samples.get(("sqlfleet_backup_lag_max_seconds", ()), 0.0),
+            "backlog_bytes": int(samples.get(("sqlfleet_backup_backlog_bytes", ()), 0)),
+            "upload_errors": int(samples.get(("sqlfleet_backup_upload_errors_total", ()), 0)),
+            "segments_uploaded": int(samples.get(("sqlfleet_backup_segments_uploaded_total", ()), 0)),
+        },
+        "rollouts": [
+            {k: r.get(k) for k in ("group", "id", "done", "failed", "remaining", "eta_s")} for r in rollouts
+        ],
+    }
+
+
+def _get(http: httpx.Client, path: str) -> httpx.Response:
+    response = http.get(path)
+    if response.is_error:
+        try:
+            error = response.json()["error"]
+            raise ApiError(response.status_code, str(error["code"]), str(error["message"]))
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(
+                response.status_code, "http_error", f"{path}: HTTP {response.status_code}"
+            ) from None
+    return response
+
+
+def _samples(text: str) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _size(n: int) -> str:
+    amount = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{n} B"
+
+
+def render(state: dict[str, Any]) -> Table:
+    """The one screen: a two-column table, section by section."""
+    table = Table("", "", show_header=False, box=None, title=f"sqlfleet at {state['url']}")
+    checks = ", ".join(f"{k} {'ok' if v else 'FAILING'}" for k, v in state["checks"].items())
+    table.add_row("health", f"{'READY' if state['ready'] else 'NOT READY'} ({checks})")
+    tenants = state["tenants"]
+    table.add_row("tenants", f"{sum(tenants.values())} total: "
+                  + ", ".join(f"{n} {s}" for s, n in sorted(tenants.items()) if n))  # fmt: skip
+    table.add_row("on disk", _size(state["bytes_on_disk"]))
+    pool = state["pool"]
+    looked_up = pool["hits"] + pool["misses"]
+    hit = f"{100 * pool['hits'] / looked_up:.1f}% hits" if looked_up else "no leases yet"
+    table.add_row("pool", f"{pool['open']} / {pool['capacity']} open, {hit}, {pool['evictions']} evictions")
+    b = state["backups"]
+    table.add_row("shipping", f"lag {b['lag_max_seconds']:.2f} s, backlog {_size(b['backlog_bytes'])}, "
+                  f"{b['segments_uploaded']} segments, {b['upload_errors']} upload errors")  # fmt: skip
+    if state["replica"] is not None:
+        table.add_row("replica", f"{state['replica']['failed_flushes_in_a_row']} failed flushes in a row")
+    if not state["rollouts"]:
+        table.add_row("rollouts", "none running")
+    for r in state["rollouts"]:
+        eta = f", eta {r['eta_s']} s" if r["eta_s"] is not None else ""
+        table.add_row("rollout", f"{r['group']}/{r['id']}: {r['done']} done, {r['failed']} failed, "
+                      f"{r['remaining']} left{eta}")  # fmt: skip
+    return table
+
+
+def _status(url: str, admin_key: str | None, data_dir: Path | None, timeout: float, as_json: bool) -> None:
+    try:
+        if not admin_key:
+            admin_key, _ = _key_from_file(data_dir)
+        state = collect(url, admin_key, timeout)
+    except SqlfleetError as exc:
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+    else:
+        Console(highlight=False, soft_wrap=False).print(render(state))
+    if not state["ready"]:
+        raise SystemExit(1)
+
+
+status: click.Command = click.command(
+    "status", help="One screen on a running server: health, tenants, pool, shipping, rollouts."
+)(_status)
+for _option in _ADMIN_OPTIONS:
+    status = _option(status)

@@ -300,7 +300,7 @@ def settings_markdown() -> str:
     """The README's settings table (tests/ops/test_settings.py keeps the README in step)."""
     lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
     for f in fields(Settings):
-        default = "see meaning" if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        default = "see meaning" if f.default_factory is not MISSING else f.default
         shown = "unset" if default is None else f"`{default}`" if default != "see meaning" else default
         lines.append(f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | {shown} | "
                      f"{f.metadata.get('help', '').replace('|', '/')} |")  # fmt: skip

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from tenants.errors import BadRequest, TooLarge
@@ -27,13 +28,17 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise TooLarge(f"request body larger than {limit} bytes")
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise TooLarge(f"request body larger than {limit} bytes")
+        if declared:  # within the limit, as checked above: read it whole
+            body += await request.body()
+        else:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise TooLarge(f"request body larger than {limit} bytes")
     except ClientDisconnect:  # nobody will read the answer; just not an "unhandled error"
         raise BadRequest("client disconnected before sending the whole body") from None
     try:
+        # the stdlib parser, not orjson: orjson turns integers beyond 64 bits into floats
         data = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
@@ -46,7 +51,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 def dumps(document: Any) -> bytes:
     """Compact UTF-8 JSON, as Starlette's JSONResponse renders it (callable off the event loop)."""
-    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return orjson.dumps(document)
 
 
 def decode_value(value: Any) -> Value:

@@ -70,6 +70,10 @@ class Context:
             if gate.users == 0:
                 del self._gates[tenant]
 
+    def queued(self, tenant: str) -> bool:
+        """Whether calls for `tenant` are running or waiting in worker threads."""
+        return tenant in self._gates
+
     def principal(self, request: Request) -> Principal:
         return self.auth.authenticate(request.headers.get("authorization"))
 

@@ -3,6 +3,7 @@ status class; one log line per request with its id, never a header value such as
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -19,11 +20,15 @@ access_log = logging.getLogger("sqlfleet.access")
 _CALLER_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")  # a caller's X-Request-Id is kept only if this dull
 
 
+_ID_PREFIX = secrets.token_hex(4)  # per process; a counter after it is unique and costs nothing
+_ID_COUNTER = itertools.count(1)
+
+
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id" and _CALLER_ID.fullmatch(value):
             return bytes(value).decode()
-    return secrets.token_hex(8)
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
 class RequestMetrics:

@@ -12,9 +12,11 @@ from router.auth import require_tenant
 from router.codec import dumps, encode_result, parse_statement, read_json
 from router.context import ctx
 from tenants.errors import BadRequest
-from tenants.execute import Statement
+from tenants.execute import QueryResult, Statement
 from tenants.fleet import Fleet
 from tenants.ids import validate_tenant_id
+
+INLINE_MAX_ROWS = 200  # larger inline results are encoded to JSON in a thread, not on the loop
 
 
 def _tenant(request: Request) -> tuple[str, bool]:
@@ -28,6 +30,10 @@ def _tenant(request: Request) -> tuple[str, bool]:
 # the event loop while it is turned into JSON.
 def _run_one(fleet: Fleet, tenant: str, stmt: Statement, readonly: bool) -> bytes:
     return dumps(encode_result(fleet.execute(tenant, stmt, readonly)))
+
+
+def _encode(result: QueryResult) -> bytes:
+    return dumps(encode_result(result))
 
 
 def _run_batch(fleet: Fleet, tenant: str, stmts: Sequence[Statement], readonly: bool) -> bytes:
@@ -47,7 +53,15 @@ async def query(request: Request) -> Response:
     tenant, readonly = _tenant(request)
     c = ctx(request)
     stmt = parse_statement(await read_json(request, c.config.max_body_bytes))
-    body = await c.for_tenant(tenant, _run_one, c.fleet, tenant, stmt, readonly)
+    # A point read on an open, idle tenant runs on the loop: no thread hand-off. Anything else
+    # (a write, a slow or large read, a tenant that is closed or busy) goes to a worker thread.
+    result = None if c.queued(tenant) else c.fleet.try_inline(tenant, stmt)
+    if result is None:
+        body = await c.for_tenant(tenant, _run_one, c.fleet, tenant, stmt, readonly)
+    elif len(result.rows) <= INLINE_MAX_ROWS:
+        body = dumps(encode_result(result))
+    else:
+        body = await c.blocking(_encode, result)
     return Response(body, media_type="application/json")
 
 

@@ -6,6 +6,7 @@ their JSON encodings. Every function here expects the caller to hold the connect
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,8 +75,19 @@ def leading_keyword(sql: str) -> str:
     return sql[i:j].upper()
 
 
+class NotInline(Exception):
+    """The statement cannot run inline (it writes, or outran the inline budget); it had no
+    effect, so it can run again in a worker thread."""
+
+
 def run_statement(
-    conn: apsw.Connection, sandbox: Sandbox, config: DbConfig, stmt: Statement, *, allow_tx: bool = False
+    conn: apsw.Connection,
+    sandbox: Sandbox,
+    config: DbConfig,
+    stmt: Statement,
+    *,
+    allow_tx: bool = False,
+    inline_budget: float | None = None,
 ) -> QueryResult:
     """Run exactly one statement. Raises BadRequest for empty or multi-statement SQL and for
     transaction control unless `allow_tx`; SqlError, NotAuthorizedSql, StatementTimeout,
@@ -84,15 +96,23 @@ def run_statement(
         raise BadRequest("empty SQL: send exactly one statement")
     before = conn.total_changes()
     cursor = conn.cursor()
-    cursor.exec_trace = _tracer(stmt.sql, allow_tx)
-    sandbox.start_statement()
+    tracer = _Tracer(stmt.sql, allow_tx, readonly_only=inline_budget is not None)
+    cursor.exec_trace = tracer
+    sandbox.start_statement(inline_budget)
     try:
-        with STATEMENT_SECONDS.time():
-            cursor.execute(stmt.sql, _bindings(stmt.params))
-            columns, decltypes = _describe(cursor)
-            rows = _fetch(cursor, config)
+        started = time.perf_counter()
+        cursor.execute(stmt.sql, _bindings(stmt.params))
+        columns, decltypes = _describe(cursor)
+        rows = _fetch(cursor, config)
+        STATEMENT_SECONDS.observe(time.perf_counter() - started)
     except apsw.ExecTraceAbort:
+        if tracer.wrote:
+            raise NotInline from None
         raise _rejection(stmt.sql, allow_tx) from None
+    except apsw.InterruptError as exc:
+        if inline_budget is not None and sandbox.timed_out:
+            raise NotInline from None
+        raise map_sqlite_error(exc, sandbox) from None
     except apsw.Error as exc:
         raise map_sqlite_error(exc, sandbox) from None
     except (KeyError, ValueError, OverflowError, TypeError) as exc:
@@ -143,22 +163,29 @@ def _control(conn: apsw.Connection, sandbox: Sandbox, sql: str) -> None:
         raise error from None
 
 
-def _tracer(sql: str, allow_tx: bool) -> Any:
-    calls = 0
+class _Tracer:
+    """APSW's exec tracer for one run: refuses a second statement, transaction control unless
+    allowed, and, for an inline run, any statement that would write (noted in `wrote`)."""
 
-    def trace(cursor: apsw.Cursor, first: str, bindings: object) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls > 1:
+    def __init__(self, sql: str, allow_tx: bool, readonly_only: bool) -> None:
+        self.sql, self.allow_tx, self.readonly_only = sql, allow_tx, readonly_only
+        self.calls = 0
+        self.wrote = False
+
+    def __call__(self, cursor: apsw.Cursor, first: str, bindings: object) -> bool:
+        self.calls += 1
+        if self.readonly_only and not cursor.is_readonly:
+            self.wrote = True
+            return False
+        if self.calls > 1:
             # APSW traces a trailing comment as a statement of its own; the first call already
             # refused anything after the first statement that is not trivia.
             return skip_trivia(first) >= len(first)
         # APSW hands us the first statement of `sql`; anything after it must be trivia.
+        sql = self.sql
         if len(first) < len(sql) and skip_trivia(sql, len(first)) < len(sql):
             return False
-        return allow_tx or leading_keyword(first) not in _TX_KEYWORDS
-
-    return trace
+        return self.allow_tx or leading_keyword(first) not in _TX_KEYWORDS
 
 
 def _rejection(sql: str, allow_tx: bool) -> BadRequest:

@@ -31,7 +31,7 @@ from tenants.errors import (
     TenantNotFound,
     TenantUnavailable,
 )
-from tenants.execute import QueryResult, Statement, TenantCorrupt, run_batch, run_statement
+from tenants.execute import NotInline, QueryResult, Statement, TenantCorrupt, run_batch, run_statement
 from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
 from tenants.layout import DataDirLock, Layout
@@ -39,6 +39,7 @@ from tenants.pool import Handle, Pool
 from tenants.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
+INLINE_BUDGET = 0.002  # seconds a statement may run on the caller's (event loop) thread
 
 
 class Fleet:
@@ -247,6 +248,27 @@ class Fleet:
                     f"tenant {tenant_id!r} accepts no writes until its backup catches up"
                 ) from None
             raise
+
+    def try_inline(self, tenant_id: str, stmt: Statement) -> QueryResult | None:
+        """Run a read-only statement right here, if that is cheap: the tenant is open, its lock
+        free, and the statement finishes within INLINE_BUDGET seconds. Returns None otherwise,
+        having changed nothing (a write is refused before it runs; a slow read is interrupted);
+        then run it with `execute` in a worker thread. Lets the event loop answer point reads
+        without a thread hand-off, while nothing slow or durable (fsync) ever runs on it."""
+        handle = self.pool.try_lease(tenant_id)
+        if handle is None:
+            return None
+        result = None
+        try:
+            assert handle.conn is not None and handle.sandbox is not None
+            result = run_statement(
+                handle.conn, handle.sandbox, self.config, stmt, inline_budget=INLINE_BUDGET
+            )
+        except (NotInline, SqlfleetError):
+            pass  # read-only, so it changed nothing: the worker thread runs it (and reports)
+        finally:
+            self.pool.release(handle, used=result is not None)
+        return result
 
     def execute(self, tenant_id: str, stmt: Statement, readonly: bool = False) -> QueryResult:
         with self.lease(tenant_id, readonly) as h:

@@ -120,6 +120,27 @@ class Pool:
                 self._checkin(handle)
                 raise
 
+    def try_lease(self, tenant_id: str) -> Handle | None:
+        """The tenant's handle, locked, only if it is open and free right now; else None. Never
+        waits or opens. Release with `release`."""
+        with self._lock:
+            handle = self._handles.get(tenant_id)
+            if handle is None or not handle.ready.is_set() or handle.error is not None or handle.discarded:
+                return None
+            if not handle.lock.acquire(blocking=False):
+                return None
+            handle.users += 1
+            self._handles.move_to_end(tenant_id)
+        return handle
+
+    def release(self, handle: Handle, used: bool = True) -> None:
+        """Undo a `try_lease`; `used` counts it as a pool hit (False: the caller gave up and
+        will lease again)."""
+        if used:
+            POOL_HITS.inc()
+        handle.lock.release()
+        self._checkin(handle)
+
     def pin(self, tenant_id: str) -> Handle:
         """The tenant's open handle, unlocked, kept open (never evicted) until `unpin`.
         Raises whatever the opener raises."""

@@ -78,9 +78,9 @@ class Sandbox:
         conn.authorizer = self.authorize
         conn.set_progress_handler(self.progress, PROGRESS_STEPS)
 
-    def start_statement(self) -> None:
+    def start_statement(self, limit: float | None = None) -> None:
         self.timed_out = False
-        self.deadline = time.monotonic() + self.statement_timeout
+        self.deadline = time.monotonic() + (self.statement_timeout if limit is None else limit)
 
     def end_statement(self) -> None:
         self.deadline = float("inf")

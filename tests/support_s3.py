@@ -184,6 +184,9 @@ class MotoServer:
     def replica(self, prefix: str, bucket: str = BUCKET, **options: Any) -> S3Replica:
         from backups.s3_replica import S3Replica
 
+        # moto sometimes answers 500 to concurrent overwrites of one key (a moto race, not
+        # ours); more retries than production's default keep such tests about our code
+        options.setdefault("max_attempts", 8)
         return S3Replica(
             bucket,
             prefix,

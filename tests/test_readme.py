@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from support import free_port, run_server
 
 ROOT = Path(__file__).resolve().parents[1]

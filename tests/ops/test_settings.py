@@ -21,8 +21,9 @@ def test_readme_settings_table_is_current() -> None:
     text = README.read_text()
     block = re.search(r"<!-- settings -->\n(.*?)\n?<!-- /settings -->", text, re.S)
     assert block is not None
-    assert block.group(1).strip() == settings_markdown(), "regenerate with: python -c " \
-        "'from ops.settings import settings_markdown; print(settings_markdown())'"
+    assert block.group(1).strip() == settings_markdown(), (
+        "regenerate with: python -c 'from ops.settings import settings_markdown; print(settings_markdown())'"
+    )
 
 
 def test_env_then_flags() -> None:
@@ -34,8 +35,12 @@ def test_env_then_flags() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SQLFLEET_POOL_CAPACITY", "many"), ("SQLFLEET_POOL_CAPACITY", "0"), ("SQLFLEET_SYNCHRONOUS", "OFF"),
-     ("SQLFLEET_STATEMENT_TIMEOUT", "-1")],
+    [
+        ("SQLFLEET_POOL_CAPACITY", "many"),
+        ("SQLFLEET_POOL_CAPACITY", "0"),
+        ("SQLFLEET_SYNCHRONOUS", "OFF"),
+        ("SQLFLEET_STATEMENT_TIMEOUT", "-1"),
+    ],
 )
 def test_bad_values_are_refused_with_the_setting_named(name: str, value: str) -> None:
     with pytest.raises(BadRequest, match=name.removeprefix("SQLFLEET_").lower()):

@@ -1,3 +1,4 @@
 from ops.cli import main
 
-main()
+if __name__ == "__main__":  # not under multiprocessing's re-import as __mp_main__
+    main()

@@ -91,10 +91,6 @@ class BackupCatalog:
         with self._lock:
             return self._db.execute("SELECT 1 FROM segments LIMIT 1").fetchone() is None
 
-    def segment_keys(self) -> set[str]:
-        with self._lock:
-            return {str(r[0]) for r in self._db.execute("SELECT key FROM segments")}
-
     def delete_chunks(self, rows: Iterable[ChunkRow]) -> None:
         with self._lock, self._db:
             self._db.executemany(

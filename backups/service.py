@@ -213,14 +213,3 @@ class Backups(FleetHooks):
         if count:
             log.warning("backup catalog rebuilt from %d segments in the bucket", count)
         return count
-
-    def restore_all(self, progress: Progress | None = None) -> list[str]:
-        """Restore every tenant the bucket knows and the data dir lacks (disaster recovery)."""
-        if self.catalog.is_empty():
-            self.rebuild_catalog()
-        missing = [t for t in self.restorable_tenants() if not self.fleet.exists(t)]
-        for done, tenant in enumerate(missing, 1):
-            self.restore(tenant, time.time(), as_tenant=tenant)
-            if progress:
-                progress(done, len(missing))
-        return missing

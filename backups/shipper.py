@@ -511,10 +511,6 @@ class Shipper(FleetHooks):
             self._dirty.discard(tenant_id)
         self.catalog.forget_position(tenant_id)
 
-    def tenants_with_pending(self) -> Iterator[str]:
-        with self._lock:
-            return iter([t for t, e in self._logs.items() if e.pending or e.snapshot is not None])
-
 
 @dataclass
 class Capture:

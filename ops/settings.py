@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -254,9 +254,6 @@ class Settings:
     def replica_target(self) -> str:
         """`replica_url`, or the embedded default: a directory under the data dir."""
         return self.replica_url or (self.data_dir / "replica").absolute().as_uri()
-
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
     def db_config(self) -> DbConfig:
         return DbConfig(

@@ -63,6 +63,7 @@ async def restorable(request: Request) -> JSONResponse:
     c, backups = _backups(request)
 
     def listing() -> list[dict[str, Any]]:
+        backups.shipper.flush()  # a tenant created a moment ago is restorable once this returns
         return [{"id": t, "exists": c.fleet.exists(t)} for t in backups.restorable_tenants()]
 
     return JSONResponse({"tenants": await c.blocking(listing)})

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ops.loadgen import Phase, PhaseResult, render, run_phase
+from ops.process import free_port, terminate
 from tenants.errors import SqlfleetError
 
 GIB = 1 << 30
@@ -103,20 +103,7 @@ class BenchServer:
         return ""
 
     def stop(self, timeout: float = 60.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        terminate(self.proc, timeout)
 
 
 @contextlib.contextmanager
@@ -125,7 +112,7 @@ def running_server(
 ) -> Iterator[BenchServer]:
     """A fresh server on a free loopback port; stopped (and a temp data dir removed) on exit."""
     work = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-"))
-    port, key = _free_port(), "bench-" + secrets.token_urlsafe(16)
+    port, key = free_port(), "bench-" + secrets.token_urlsafe(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQLFLEET_")}
     env["SQLFLEET_ADMIN_KEY"] = key
     repo = str(Path(__file__).resolve().parent.parent)  # so `-m ops` works from any cwd

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from typing import Any
 import httpx
 from starlette.testclient import TestClient
 
+from ops.process import free_port, terminate
 from ops.server import Server
 from ops.settings import Settings
 
@@ -26,13 +25,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -96,14 +88,7 @@ class ServerProcess:
 
     def terminate(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; returns the exit code (kills after `timeout`)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
     def kill9(self) -> None:
         if self.proc.poll() is None:

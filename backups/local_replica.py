@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import stat
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from backups.replica import (
     validate_key,
     validate_prefix,
 )
+from tenants.files import fsync_dir, write_durably
 
 # Conditions that may clear up by themselves (space freed, mount back, descriptors released).
 _TRANSIENT_ERRNOS = frozenset(
@@ -49,7 +49,7 @@ class LocalReplica:
             for attempt in range(_PUT_ATTEMPTS):
                 try:
                     self._make_dirs(path.parent)
-                    self._write_atomically(path, data)
+                    write_durably(path, data, mode=0o644)
                     return
                 except FileNotFoundError:
                     if attempt == _PUT_ATTEMPTS - 1:
@@ -147,22 +147,7 @@ class LocalReplica:
         for d in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 d.mkdir()
-            _fsync_dir(d.parent)
-
-    def _write_atomically(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        _fsync_dir(path.parent)
+            fsync_dir(d.parent)
 
     def _prune(self, directory: Path) -> None:
         """Remove `directory` and its ancestors below the root while they are empty."""
@@ -172,14 +157,6 @@ class LocalReplica:
             except OSError:
                 return  # not empty (or already gone, or in use): stop climbing
             directory = directory.parent
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Retention: which chunks no restore inside the window needs, per tenant.
+"""Retention: which chunks no restore inside the window needs, per tenant, and deleting them.
 
 For any moment T at or after the horizon, a restore uses the generation live at T and, in it,
 the newest snapshot at or before T. So a tenant keeps: the generation live at the horizon from
@@ -9,7 +9,10 @@ only when no tenant keeps any chunk in it.
 
 from __future__ import annotations
 
-from backups.catalog import ChunkRow
+import time
+
+from backups.catalog import BackupCatalog, ChunkRow
+from backups.replica import ReplicaClient
 from backups.restore import generations
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
 
@@ -37,3 +40,20 @@ def expired(rows: list[ChunkRow], horizon: float) -> list[ChunkRow]:
         if r.generation in old_generations or superseded or (r.kind == TOMBSTONE and r.first_time < horizon):
             drop.append(r)
     return drop
+
+
+def enforce(replica: ReplicaClient, catalog: BackupCatalog, window: float) -> tuple[int, int]:
+    """Delete what no restore inside the last `window` seconds needs: its catalog rows, then
+    the segments no row refers to any more. Returns (chunks forgotten, segment objects deleted).
+    Raises ReplicaError (what it forgot stays forgotten; the segments go on a later run)."""
+    horizon = time.time() - window
+    dropped = 0
+    for tenant in catalog.tenants():
+        rows = expired(catalog.chunks(tenant), horizon)
+        catalog.delete_chunks(rows)
+        dropped += len(rows)
+    keys = catalog.unreferenced_segments()
+    if keys:
+        replica.delete(keys)
+        catalog.forget_segments(keys)
+    return dropped, len(keys)

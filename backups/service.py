@@ -12,7 +12,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +21,17 @@ from backups.replica import ReplicaClient
 from backups.segment import PREFIX_SIZE, SNAPSHOT, TOMBSTONE, index_length, parse_index
 from backups.shipper import Shipper
 from metrics.instruments import RESTORE_COMMITS, RESTORE_SECONDS, RESTORES, RESTORES_RUNNING
-from tenants.errors import BadRequest
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
+from tenants.rfc3339 import format_time, parse_time
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
 def parse_moment(text: str) -> float:
-    """RFC 3339 (or ISO 8601 with a zone) or `latest` -> unix seconds. Raises BadRequest."""
-    if text == "latest":
-        return time.time()
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise BadRequest(
-            f"timestamp {text!r} is not RFC 3339 (e.g. 2026-11-24T10:00:00Z) or 'latest'"
-        ) from None
-    if moment.tzinfo is None:
-        raise BadRequest(f"timestamp {text!r} needs a time zone (e.g. a trailing Z)")
-    return moment.timestamp()
-
-
-def rfc3339(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """RFC 3339 or `latest` -> unix seconds. Raises BadRequest."""
+    return time.time() if text == "latest" else parse_time(text)
 
 
 @dataclass(frozen=True)
@@ -57,7 +42,7 @@ class RestoreResult:
     commits_applied: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "restored_to": rfc3339(self.restored_to),
+        return {"tenant": self.tenant, "restored_to": format_time(self.restored_to),
                 "generation": self.generation, "commits_applied": self.commits_applied}  # fmt: skip
 
 
@@ -69,6 +54,11 @@ class Backups(FleetHooks):
         self.catalog = catalog
         self.shipper = shipper
         self.fleet = fleet
+
+    def flush(self) -> None:
+        """Ship everything committed so far; returns when it is durable in the replica, or
+        raises ReplicaError."""
+        self.shipper.ship()
 
     def _read(self, key: str, offset: int, length: int) -> bytes:
         return self.replica.get_range(key, offset, length)
@@ -104,7 +94,7 @@ class Backups(FleetHooks):
         commits = sum(
             1 for r in plan.frames for lsn, _ in r.commits if plan.snapshot.first_lsn < lsn <= plan.target_lsn
         )
-        log.info("restored %s to %s as %s", tenant, rfc3339(plan.restored_to), as_tenant or tenant)
+        log.info("restored %s to %s as %s", tenant, format_time(plan.restored_to), as_tenant or tenant)
         return RestoreResult(as_tenant or tenant, plan.restored_to, plan.generation, commits)
 
     def describe(self, tenant: str) -> dict[str, Any]:
@@ -117,16 +107,16 @@ class Backups(FleetHooks):
         latest = max(max(r.last_time for r in rows), max(gens.values(), default=0.0))
         return {
             "tenant": tenant,
-            "earliest": rfc3339(min(gens.values())) if gens else None,
-            "latest": rfc3339(latest),
+            "earliest": format_time(min(gens.values())) if gens else None,
+            "latest": format_time(latest),
             "generations": [
-                {"id": g, "started": rfc3339(t)} for g, t in sorted(gens.items(), key=lambda x: x[1])
+                {"id": g, "started": format_time(t)} for g, t in sorted(gens.items(), key=lambda x: x[1])
             ],
             "snapshots": [
                 {
                     "generation": r.generation,
                     "lsn": r.first_lsn,
-                    "taken": rfc3339(r.first_time),
+                    "taken": format_time(r.first_time),
                     "bytes": r.length,
                 }
                 for r in rows
@@ -152,7 +142,7 @@ class Backups(FleetHooks):
                      if live[i * page : (i + 1) * page] != restored[i * page : (i + 1) * page]]  # fmt: skip
         ok = not differing and len(live) == len(restored)
         return {"tenant": tenant, "ok": ok, "pages": len(live) // page, "differing_pages": differing[:100],
-                "restored_to": rfc3339(plan.restored_to)}  # fmt: skip
+                "restored_to": format_time(plan.restored_to)}  # fmt: skip
 
     def rebuild_catalog(self, progress: Progress | None = None) -> int:
         """Recreate every chunk row from the segments in the bucket; returns the segment count."""
@@ -169,19 +159,9 @@ class Backups(FleetHooks):
         return len(keys)
 
     def enforce_retention(self, window: float) -> tuple[int, int]:
-        """Delete what no restore inside the last `window` seconds needs.
-        Returns (chunks forgotten, segment objects deleted)."""
-        horizon = time.time() - window
-        dropped = 0
-        for tenant in self.catalog.tenants():
-            rows = retention.expired(self.catalog.chunks(tenant), horizon)
-            self.catalog.delete_chunks(rows)
-            dropped += len(rows)
-        keys = self.catalog.unreferenced_segments()
-        if keys:
-            self.replica.delete(keys)
-            self.catalog.forget_segments(keys)
-        return dropped, len(keys)
+        """Delete what no restore inside the last `window` seconds needs (the shipper also does
+        this about once a minute). Returns (chunks forgotten, segment objects deleted)."""
+        return retention.enforce(self.replica, self.catalog, window)
 
     def restorable_tenants(self) -> list[str]:
         """Tenants with backups whose last event is not a deletion."""

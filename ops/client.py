@@ -6,14 +6,30 @@ answered with an error, and `ClientError` for anything else that went wrong on t
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 import httpx
 
+from ops.api_types import (
+    BackupInfo,
+    GroupInfo,
+    Migration,
+    MintedToken,
+    Readiness,
+    RestorableTenant,
+    RestoreResult,
+    Rollout,
+    SyncPlan,
+    TenantInfo,
+    TenantMigrations,
+    TenantPage,
+    VerifyResult,
+)
 from tenants.errors import SqlfleetError
-from tenants.ids import validate_tenant_id
+from tenants.ids import is_name, validate_tenant_id
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 # The server's largest page (router.admin_api.MAX_PAGE, not imported: the CLI stays light);
@@ -41,69 +57,6 @@ class ApiError(ClientError):
         super().__init__(message)
         self.http_status = http_status
         self.error_code = error_code
-
-
-class TenantInfo(TypedDict):
-    id: str
-    created_at: str
-    state: str
-    group: str | None
-    size: int
-    error: str | None
-
-
-class TenantPage(TypedDict):
-    tenants: list[TenantInfo]
-    next: str | None
-
-
-class MintedToken(TypedDict):
-    token: str
-    tenant: str
-    access: str
-    expires_at: int
-
-
-class RestoreResult(TypedDict):
-    tenant: str
-    restored_to: str
-    generation: str
-    commits_applied: int
-
-
-class BackupGeneration(TypedDict):
-    id: str
-    started: str
-
-
-class BackupSnapshot(TypedDict):
-    generation: str
-    lsn: int
-    taken: str
-    bytes: int
-
-
-class BackupInfo(TypedDict):
-    tenant: str
-    earliest: str | None
-    latest: str
-    generations: list[BackupGeneration]
-    snapshots: list[BackupSnapshot]
-    deleted: bool
-    backlog_bytes: int
-
-
-class VerifyResult(TypedDict):
-    tenant: str
-    ok: bool
-    pages: int
-    differing_pages: list[int]
-    restored_to: str
-
-
-class RestorableTenant(TypedDict):
-    id: str
-    exists: bool
 
 
 class AdminClient:
@@ -233,11 +186,122 @@ class AdminClient:
             raise ClientError(f"unexpected answer from {self.url}: no tenant list")
         return cast(list[RestorableTenant], tenants)
 
+    # -- schema groups and migrations ----------------------------------------------------------
+
+    def create_group(self, name: str, schema: str | None = None, template: bytes | None = None) -> GroupInfo:
+        """A new group whose template is built by the SQL script `schema`, or is the SQLite file
+        `template`, or is empty. ApiError 409 if the group exists."""
+        if schema is not None and template is not None:
+            raise ClientError("give a schema script or a template database, not both")
+        body: dict[str, Any] = {"name": name}
+        if schema is not None:
+            body["schema"] = schema
+        if template is not None:
+            body["template"] = base64.b64encode(template).decode()
+        return cast(GroupInfo, self._json("POST", "/v1/admin/groups", json=body))
+
+    def list_groups(self) -> list[GroupInfo]:
+        groups = self._json("GET", "/v1/admin/groups").get("groups")
+        if not isinstance(groups, list):
+            raise ClientError(f"unexpected answer from {self.url}: no group list")
+        return cast(list[GroupInfo], groups)
+
+    def group(self, name: str) -> GroupInfo:
+        """The group's migrations and how many of them are released."""
+        return cast(GroupInfo, self._json("GET", _group_path(name)))
+
+    def group_schema(self, name: str, released: bool = False) -> str:
+        """The group's newest schema as SQL (every registered migration applied), or with
+        `released` the template's."""
+        answer = self._json("GET", _group_path(name, "/schema"), params={"released": int(released)})
+        if not isinstance(answer.get("sql"), str):
+            raise ClientError(f"unexpected answer from {self.url}: no schema")
+        return str(answer["sql"])
+
+    def add_migration(self, group: str, name: str, sql: str) -> Migration:
+        """Register a SQL migration (`0001_slug`, or `slug` to be numbered next). Not idempotent."""
+        body = {"name": name, "sql": sql}
+        return cast(Migration, self._json("POST", _group_path(group, "/migrations"), json=body))
+
+    def add_sync(self, group: str, name: str, schema: str, allow_drop: bool = False) -> Migration:
+        """Register a declarative step: every tenant's schema becomes `schema`'s."""
+        body = {"name": name, "sql": schema, "kind": "sync", "allow_drop": allow_drop}
+        return cast(Migration, self._json("POST", _group_path(group, "/migrations"), json=body))
+
+    def plan(self, group: str, schema: str, allow_drop: bool = False, tenant: str | None = None) -> SyncPlan:
+        """The SQL that would turn the group's newest schema (or `tenant`'s) into `schema`'s."""
+        body: dict[str, Any] = {"schema": schema, "allow_drop": allow_drop}
+        if tenant:
+            body["tenant"] = tenant
+        return cast(SyncPlan, self._json("POST", _group_path(group, "/plan"), json=body))
+
+    def tenant_migrations(self, group: str, tenant: str) -> TenantMigrations:
+        """Which of the group's migrations `tenant` has applied, and which are pending."""
+        path = _group_path(group, f"/tenants/{validate_tenant_id(tenant)}")
+        return cast(TenantMigrations, self._json("GET", path))
+
+    # -- rollouts ----------------------------------------------------------------------------------
+
+    def start_rollout(
+        self,
+        group: str,
+        dry_run: bool = False,
+        canary: int | None = None,
+        max_failures: int | None = None,
+        concurrency: int | None = None,
+    ) -> Rollout:
+        """Start rolling the group's migrations out (template first, then every tenant); returns
+        at once with the running rollout. ApiError 409 if one is running already."""
+        options = {
+            "dry_run": dry_run,
+            "canary": canary,
+            "max_failures": max_failures,
+            "concurrency": concurrency,
+        }
+        body = {k: v for k, v in options.items() if v not in (None, False)}
+        return cast(Rollout, self._json("POST", _group_path(group, "/rollouts"), json=body))
+
+    def rollouts(self, group: str) -> list[Rollout]:
+        """The group's rollouts, newest first, without their failures and plans."""
+        rollouts = self._json("GET", _group_path(group, "/rollouts")).get("rollouts")
+        if not isinstance(rollouts, list):
+            raise ClientError(f"unexpected answer from {self.url}: no rollout list")
+        return cast(list[Rollout], rollouts)
+
+    def rollout(self, group: str, rollout_id: str) -> Rollout:
+        return cast(Rollout, self._json("GET", _rollout_path(group, rollout_id)))
+
+    def stop_rollout(self, group: str, rollout_id: str) -> Rollout:
+        """Ask a running rollout to stop; tenants already migrated stay migrated. Returns at once
+        (the rollout's state turns from running once its workers are done)."""
+        return cast(Rollout, self._json("POST", _rollout_path(group, rollout_id) + "/stop"))
+
+    # -- the server ------------------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """GET /readyz. Not ready (HTTP 503) is an answer here, not an error."""
+        response = self._send("GET", "/readyz")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("checks"), dict):
+            if response.is_error:
+                raise _api_error(response)
+            raise ClientError(f"unexpected answer from {self.url}/readyz: no checks")
+        body["ready"] = response.status_code == 200
+        return cast(Readiness, body)
+
+    def metrics(self) -> str:
+        """The Prometheus exposition of GET /metrics, as text."""
+        return self._call("GET", "/metrics").text
+
     # -- transport -----------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; raises ServerUnreachable when no answer came back, whatever its status."""
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
             raise ServerUnreachable(
                 f"sqlfleet at {self.url} did not answer within {self.timeout:g}s"
@@ -245,6 +309,9 @@ class AdminClient:
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             raise ServerUnreachable(f"cannot reach sqlfleet at {self.url}: {reason}") from None
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._send(method, path, **kwargs)
         if response.is_error:
             raise _api_error(response)
         return response
@@ -263,6 +330,19 @@ class AdminClient:
 def _tenant_path(tenant_id: str) -> str:
     # Checked here, not only by the server: an id like "../x" or "a/b" would change the URL itself.
     return f"/v1/admin/tenants/{validate_tenant_id(tenant_id)}"
+
+
+def _group_path(name: str, suffix: str = "") -> str:
+    # As with tenant ids: a name with "/" or ".." would change the URL itself.
+    if not is_name(name):
+        raise ClientError(f"invalid group name {name!r}")
+    return f"/v1/admin/groups/{name}{suffix}"
+
+
+def _rollout_path(group: str, rollout_id: str) -> str:
+    if not rollout_id.replace("-", "").isalnum():
+        raise ClientError(f"invalid rollout id {rollout_id!r}")
+    return _group_path(group, f"/rollouts/{rollout_id}")
 
 
 def _api_error(response: httpx.Response) -> ApiError:

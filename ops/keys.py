@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -10,18 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tenants.errors import BadRequest
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a tmp file left by a crash
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from tenants.files import write_durably
 
 
 def admin_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -36,7 +24,8 @@ def admin_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
             raise BadRequest(f"admin key file {path} is empty: delete it to generate a new key")
         return key, False
     key = "sfa_" + secrets.token_urlsafe(32)
-    _write_secret(path, key.encode() + b"\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_durably(path, key.encode() + b"\n", mode=0o600)
     return key, True
 
 
@@ -48,7 +37,8 @@ def signing_key(configured: Path | None, data_dir: Path) -> Ed25519PrivateKey:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_secret(path, pem)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, pem, mode=0o600)
         return key
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)

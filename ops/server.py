@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 import uvicorn
@@ -18,20 +18,22 @@ from starlette.applications import Starlette
 
 from backups.catalog import BackupCatalog
 from backups.replica import ReplicaError
-from backups.replica_factory import open_replica
+from backups.replica_url import open_replica
 from backups.service import Backups
-from backups.shipper import Shipper, ShipperConfig, server_id
+from backups.shipper import Shipper, server_id
 from metrics.instruments import BACKUP_BACKLOG_BYTES, TENANT_BYTES
 from ops import keys
 from ops.settings import Settings
 from router.app import build_app
 from router.auth import Authenticator
-from router.context import RouterConfig
+from router.context import Context
+from router.hrana import Streams
 from router.observe import JsonLines
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
 from tenants.fleet import Fleet
+from tenants.hooks import FleetHooks
 
 log = logging.getLogger(__name__)
 
@@ -42,45 +44,60 @@ class Server:
 
     settings: Settings
     fleet: Fleet
+    context: Context
     app: Starlette
     admin_key: str
     admin_key_generated: bool
-    backups: Backups | None = None
+    stop_requested_at: float | None = None  # time.monotonic() of SIGTERM
+    closed: bool = field(default=False, init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Server:
         """Take the data dir (raises DataDirLocked if another server has it) and build the app."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        fleet = Fleet(settings.data_dir, settings.db_config(), settings.pool_capacity)
+        groups = GroupStore(settings.data_dir, settings.migration_timeout)
+        hooks = _Hooks(settings, groups)
+        fleet = Fleet(settings.data_dir, settings.db_config(), settings.pool_config(), hooks)
         try:
             admin_key, generated = keys.admin_key(settings.admin_key, settings.data_dir)
             auth = Authenticator(keys.signing_key(settings.signing_key_file, settings.data_dir), admin_key)
-            backups = _backups(settings, fleet) if settings.backups else None
         except BaseException:
             fleet.close()
+            _close_backups(hooks.backups)
             raise
-        config = RouterConfig(
-            max_body_bytes=settings.max_body_bytes,
-            max_batch_statements=settings.max_batch_statements,
-            max_token_ttl=settings.max_token_ttl,
-            worker_threads=settings.worker_threads,
-            stream_idle_timeout=settings.stream_idle_timeout,
-            max_streams_per_tenant=settings.max_streams_per_tenant,
-            max_streams=settings.max_streams,
-            base_domain=settings.base_domain,
+        config = settings.router_config()
+        context = Context(
+            fleet,
+            auth,
+            config,
+            groups=groups,
+            rollouts=Rollouts(groups, fleet, settings.rollout_concurrency),
+            backups=hooks.backups,
+            streams=Streams(
+                fleet.pool,
+                config.stream_idle_timeout,
+                config.max_streams_per_tenant,
+                config.max_streams,
+                writable=fleet.writable,
+            ),
         )
-        fleet.pool.busy_timeout = settings.busy_timeout
-        TENANT_BYTES.set_function(fleet.catalog.total_size)
-        app = build_app(fleet, auth, config)
-        app.state.ctx.backups = backups
-        app.state.groups, app.state.rollouts = _schema_sync(settings, fleet)
-        return cls(settings, fleet, app, admin_key, generated, backups)
+        server = cls(settings, fleet, context, build_app(context), admin_key, generated)
+        try:
+            TENANT_BYTES.set_function(fleet.catalog.total_size)
+            if hooks.backups is not None:
+                _start_backups(hooks.backups)
+        except BaseException:
+            server.close()
+            raise
+        return server
 
-    stop_requested_at: float | None = None  # time.monotonic() of SIGTERM
+    @property
+    def backups(self) -> Backups | None:
+        return self.context.backups
 
     def stop_accepting(self) -> None:
         """From now on /readyz answers 503, so a load balancer drains us while we finish."""
-        self.app.state.ctx.shutting_down = True
+        self.context.stop_accepting()
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
 
@@ -92,66 +109,85 @@ class Server:
     def close(self) -> None:
         """Ship what is left, checkpoint the fully shipped WALs, close every handle, release the
         data dir. Idempotent."""
-        rollouts = getattr(self.app.state, "rollouts", None)
-        if rollouts is not None:
-            rollouts.close()  # before the fleet: its workers hold tenant leases
-        self.app.state.hrana.close()  # before the fleet: an open Hrana transaction holds a tenant lock
-        if self.backups is not None:
-            self.backups.shipper.stop()
+        if self.closed:
+            return
+        self.closed = True
+        self.context.rollouts.close()  # before the fleet: its workers hold tenant leases
+        self.context.streams.close()  # before the fleet: an open Hrana transaction holds a tenant lock
+        backups = self.context.backups
+        if backups is not None:
+            backups.shipper.stop()
             # leave the WAL of every tenant still open empty (its frames are in the replica);
             # keep a second for closing the handles and the catalogs
-            self.backups.shipper.checkpoint_shipped(self.deadline() - 1.0)
+            backups.shipper.checkpoint_shipped(self.deadline() - 1.0)
         if self.fleet.lock_held:
             self.fleet.close()
-        if self.backups is not None:
-            self.backups.catalog.close()
-            self.backups.replica.close()
-            self.backups = None
+        _close_backups(backups)
 
 
-def _schema_sync(settings: Settings, fleet: Fleet) -> tuple[GroupStore, Rollouts]:
-    """Schema groups and rollouts; the hook that creates group tenants from their template and
-    catches tenants up on open. Added after the backup hooks, so catch-up commits are shipped."""
-    groups = GroupStore(settings.data_dir, settings.migration_timeout)
+class _Hooks:
+    """The fleet's hooks factory (see `tenants.fleet.HooksFactory`: the fleet calls it once,
+    from its constructor, because the hooks need the fleet). Backups first, so the commits of a
+    schema catch-up are shipped. Keeps the Backups it built, for the server."""
 
-    def group_of(tenant_id: str) -> str | None:
-        row = fleet.catalog.get(tenant_id)
-        return row.group if row is not None else None
+    def __init__(self, settings: Settings, groups: GroupStore) -> None:
+        self._settings = settings
+        self._groups = groups
+        self.backups: Backups | None = None
 
-    fleet.hooks.append(SchemaHooks(groups, group_of, settings.lazy_catch_up, settings.migration_timeout))
-    return groups, Rollouts(groups, fleet, settings.rollout_concurrency)
+    def __call__(self, fleet: Fleet) -> list[FleetHooks]:
+        settings = self._settings
+        hooks: list[FleetHooks] = []
+        if settings.backups:
+            self.backups = _backups(settings, fleet)
+            hooks += [self.backups.shipper, self.backups]
+        schema = SchemaHooks(self._groups, fleet.group_of, settings.lazy_catch_up, settings.migration_timeout)
+        return [*hooks, schema]
 
 
 def _backups(settings: Settings, fleet: Fleet) -> Backups:
-    """WAL shipping hooked into the fleet, plus restore; the shipper's loop is started here."""
+    """WAL shipping and restore over the replica; not started yet (`_start_backups`)."""
     replica = open_replica(
         settings.replica_target(),
         endpoint_url=settings.s3_endpoint_url,
         region=settings.s3_region,
         force_path_style=settings.s3_force_path_style,
     )
-    catalog = BackupCatalog(fleet.layout.system_dir / "backups.db")
-    config = ShipperConfig(
-        flush_interval=settings.backup_flush_interval,
-        segment_max_bytes=settings.backup_segment_max_bytes,
-        checkpoint_frames=settings.backup_checkpoint_frames,
-        snapshot_bytes=settings.backup_snapshot_bytes,
-        snapshot_interval=settings.backup_snapshot_interval,
-        max_backlog_bytes=settings.backup_max_backlog_bytes,
+    try:
+        catalog = BackupCatalog(fleet.layout.system_dir / "backups.db")
+    except BaseException:
+        replica.close()
+        raise
+    shipper = Shipper(
+        replica,
+        catalog,
+        fleet.layout,
+        settings.shipper_config(),
+        server_id(fleet.layout),
+        fleet.lease_if_open,
     )
-    shipper = Shipper(replica, catalog, fleet.layout, config, server_id(fleet.layout))
-    shipper.lease = fleet.lease_if_open
-    BACKUP_BACKLOG_BYTES.set_function(shipper.backlog_bytes)  # current at every scrape, not per flush
-    backups = Backups(replica, catalog, shipper, fleet)
-    shipper.periodic = lambda: backups.enforce_retention(settings.backup_retention)
-    fleet.hooks.extend([shipper, backups])
+    return Backups(replica, catalog, shipper, fleet)
+
+
+def _start_backups(backups: Backups) -> None:
+    """Know what the bucket can restore, then start the shipper's loop."""
+    BACKUP_BACKLOG_BYTES.set_function(backups.shipper.backlog_bytes)  # current at every scrape
     try:
         backups.rebuild_if_empty()  # a fresh data dir over a bucket: know what it can restore
     except ReplicaError as exc:
-        log.warning("could not read the backup catalog from the replica (%s); POST "
-                    "/v1/admin/backups/rebuild once it is reachable", exc)  # fmt: skip
-    shipper.start()
-    return backups
+        log.warning(
+            "could not read the backup catalog from the replica (%s); "
+            "POST /v1/admin/backups/rebuild once it is reachable",
+            exc,
+        )
+    backups.shipper.start()
+
+
+def _close_backups(backups: Backups | None) -> None:
+    """After the fleet is closed: nothing calls the hooks any more."""
+    if backups is not None:
+        backups.catalog.close()
+        backups.replica.close()
 
 
 # The share of `shutdown_timeout` in-flight requests get (a statement is bounded by its own

@@ -12,7 +12,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tenants.config import DbConfig
+from backups.shipper import ShipperConfig
+from router.context import RouterConfig
+from tenants.config import DbConfig, PoolConfig
 from tenants.errors import BadRequest
 
 ENV_PREFIX = "SQLFLEET_"
@@ -55,6 +57,14 @@ class Settings:
         ),
     )
     worker_threads: int = field(default=16, metadata=_doc("Threads that run SQLite work off the event loop."))
+    max_queued_per_tenant: int = field(
+        default=256,
+        metadata=_doc(
+            "Requests for one tenant that may wait for it at once (its statements run one at a "
+            "time); past it the tenant answers HTTP 503 at once, so one hot tenant cannot hold every "
+            "worker thread."
+        ),
+    )
     synchronous: str = field(
         default="FULL",
         metadata=_doc("SQLite synchronous mode for tenant databases: FULL (durable on ack) or NORMAL."),
@@ -223,6 +233,7 @@ class Settings:
         for name in (
             "pool_capacity",
             "worker_threads",
+            "max_queued_per_tenant",
             "max_sql_length",
             "max_result_rows",
             "max_result_bytes",
@@ -255,6 +266,8 @@ class Settings:
         """`replica_url`, or the embedded default: a directory under the data dir."""
         return self.replica_url or (self.data_dir / "replica").absolute().as_uri()
 
+    # The sub-configs below have no defaults of their own: every number lives in a field above.
+
     def db_config(self) -> DbConfig:
         return DbConfig(
             synchronous=self.synchronous.upper(),
@@ -264,6 +277,33 @@ class Settings:
             statement_timeout=self.statement_timeout,
             max_result_rows=self.max_result_rows,
             max_result_bytes=self.max_result_bytes,
+        )
+
+    def pool_config(self) -> PoolConfig:
+        return PoolConfig(capacity=self.pool_capacity, busy_timeout=self.busy_timeout)
+
+    def router_config(self) -> RouterConfig:
+        return RouterConfig(
+            max_body_bytes=self.max_body_bytes,
+            max_batch_statements=self.max_batch_statements,
+            max_token_ttl=self.max_token_ttl,
+            worker_threads=self.worker_threads,
+            max_queued_per_tenant=self.max_queued_per_tenant,
+            stream_idle_timeout=self.stream_idle_timeout,
+            max_streams_per_tenant=self.max_streams_per_tenant,
+            max_streams=self.max_streams,
+            base_domain=self.base_domain,
+        )
+
+    def shipper_config(self) -> ShipperConfig:
+        return ShipperConfig(
+            flush_interval=self.backup_flush_interval,
+            segment_max_bytes=self.backup_segment_max_bytes,
+            checkpoint_frames=self.backup_checkpoint_frames,
+            snapshot_bytes=self.backup_snapshot_bytes,
+            snapshot_interval=self.backup_snapshot_interval,
+            max_backlog_bytes=self.backup_max_backlog_bytes,
+            retention=self.backup_retention,
         )
 
 

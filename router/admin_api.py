@@ -13,11 +13,9 @@ from router.auth import require_admin
 from router.codec import read_json
 from router.context import Context, ctx
 from tenants.errors import BadRequest
-from tenants.ids import validate_tenant_id
+from tenants.ids import is_name, is_name_prefix, validate_tenant_id
 
-_PREFIX = re.compile(r"[a-z0-9_-]{0,63}")
 _LIMIT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts '²'
-_GROUP = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_PAGE = 1000
 
 
@@ -41,7 +39,7 @@ async def create_tenant(request: Request) -> JSONResponse:
         raise BadRequest("id is required")
     tenant = validate_tenant_id(body["id"])
     group = body.get("group")
-    if group is not None and (not isinstance(group, str) or not _GROUP.fullmatch(group)):
+    if group is not None and not is_name(group):
         raise BadRequest("group must be null or a name like a tenant id")
     row = await c.blocking(c.fleet.create, tenant, group)
     return JSONResponse(row.to_json(), status_code=201)
@@ -51,7 +49,7 @@ async def list_tenants(request: Request) -> JSONResponse:
     c = admin_context(request)
     q = request.query_params
     prefix, after = q.get("prefix", ""), q.get("after") or None
-    if not _PREFIX.fullmatch(prefix):
+    if not is_name_prefix(prefix):
         raise BadRequest("prefix may only hold a-z, 0-9, '_' and '-'")
     if after is not None:
         validate_tenant_id(after)

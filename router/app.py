@@ -10,12 +10,10 @@ from starlette.routing import Route
 
 from metrics.exposition import render as render_metrics
 from router import admin_api, backups_api, groups_api, hrana, tenant_api
-from router.auth import Authenticator
-from router.context import Context, RouterConfig, ctx
+from router.context import Context, ctx
 from router.errors import EXCEPTION_HANDLERS
 from router.observe import RequestMetrics
 from router.openapi import openapi_document
-from tenants.fleet import Fleet
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -65,7 +63,8 @@ SYSTEM_ROUTES = [
 ]
 
 
-def build_app(fleet: Fleet, auth: Authenticator, config: RouterConfig) -> Starlette:
+def build_app(context: Context) -> Starlette:
+    """The app over `context`, which routes get back with `ctx(request)`."""
     app = Starlette(
         routes=[
             *SYSTEM_ROUTES,
@@ -78,13 +77,5 @@ def build_app(fleet: Fleet, auth: Authenticator, config: RouterConfig) -> Starle
         exception_handlers=dict(EXCEPTION_HANDLERS),
         middleware=[Middleware(RequestMetrics)],
     )
-    app.state.ctx = Context(fleet, auth, config)
-    # closed by ops.server.Server.close, before the fleet (an open transaction holds a tenant lock)
-    app.state.hrana = hrana.Streams(
-        fleet.pool,
-        config.stream_idle_timeout,
-        config.max_streams_per_tenant,
-        config.max_streams,
-        writable=lambda tenant: all(hook.writable(tenant) for hook in fleet.hooks),
-    )
+    app.state.ctx = context
     return app

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from backups.service import Backups, parse_moment
 from router.admin_api import admin_context, reject_unknown
 from router.codec import read_json
+from router.context import Context
 from tenants.errors import BadRequest, SqlfleetError
 from tenants.ids import validate_tenant_id
 
@@ -20,7 +21,7 @@ class BackupsDisabled(SqlfleetError):
     code = "backups_disabled"
 
 
-def _backups(request: Request) -> tuple[Any, Backups]:
+def _backups(request: Request) -> tuple[Context, Backups]:
     c = admin_context(request)
     if c.backups is None:
         raise BackupsDisabled("backups are turned off on this server (SQLFLEET_BACKUPS=false)")
@@ -63,7 +64,7 @@ async def restorable(request: Request) -> JSONResponse:
     c, backups = _backups(request)
 
     def listing() -> list[dict[str, Any]]:
-        backups.shipper.flush()  # a tenant created a moment ago is restorable once this returns
+        backups.flush()  # a tenant created a moment ago is restorable once this returns
         return [{"id": t, "exists": c.fleet.exists(t)} for t in backups.restorable_tenants()]
 
     return JSONResponse({"tenants": await c.blocking(listing)})

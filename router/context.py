@@ -1,10 +1,10 @@
-"""What the routes need, hung on `app.state.ctx`."""
+"""What the routes need: one `Context`, built whole by ops and handed to `build_app`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -12,23 +12,32 @@ from starlette.requests import Request
 
 from backups.service import Backups
 from router.auth import Authenticator, Principal
+from schema_sync.groups import GroupStore
+from schema_sync.rollout import Rollouts
 from tenants.errors import TenantUnavailable
 from tenants.fleet import Fleet
+
+if TYPE_CHECKING:
+    # only a type here: importing router.hrana at run time would import its routes, which
+    # import this module (they call `ctx`)
+    from router.hrana.streams import Streams
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    max_body_bytes: int = 4 << 20
-    max_batch_statements: int = 1000
-    max_token_ttl: int = 365 * 86400
-    worker_threads: int = 16
-    max_queued_per_tenant: int = 256
-    stream_idle_timeout: float = 10.0
-    max_streams_per_tenant: int = 100
-    max_streams: int = 10_000
-    base_domain: str | None = None
+    """Built by `Settings.router_config()`, which holds the defaults."""
+
+    max_body_bytes: int
+    max_batch_statements: int
+    max_token_ttl: int
+    worker_threads: int
+    max_queued_per_tenant: int
+    stream_idle_timeout: float
+    max_streams_per_tenant: int
+    max_streams: int
+    base_domain: str | None
 
 
 class _Gate:
@@ -38,14 +47,38 @@ class _Gate:
 
 
 class Context:
-    def __init__(self, fleet: Fleet, auth: Authenticator, config: RouterConfig) -> None:
+    """Everything a route uses. `backups` is None when backups are off (their routes answer
+    409 backups_disabled). The owner closes the services; `stop_accepting` only flips readiness."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        auth: Authenticator,
+        config: RouterConfig,
+        *,
+        groups: GroupStore,
+        rollouts: Rollouts,
+        backups: Backups | None,
+        streams: Streams,
+    ) -> None:
         self.fleet = fleet
         self.auth = auth
         self.config = config
+        self.groups = groups
+        self.rollouts = rollouts
+        self.backups = backups
+        self.streams = streams
         self.limiter = anyio.CapacityLimiter(config.worker_threads)
-        self.shutting_down = False
-        self.backups: Backups | None = None  # set by ops when backups are on
+        self._accepting = True
         self._gates: dict[str, _Gate] = {}
+
+    @property
+    def shutting_down(self) -> bool:
+        return not self._accepting
+
+    def stop_accepting(self) -> None:
+        """From now on /readyz answers 503, so a load balancer drains us. Idempotent."""
+        self._accepting = False
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run SQLite or file work in a worker thread so the event loop stays free."""
@@ -79,5 +112,6 @@ class Context:
 
 
 def ctx(request: Request) -> Context:
+    """The app's Context (`build_app` puts it on `app.state`; nothing else does)."""
     context: Context = request.app.state.ctx
     return context

@@ -15,7 +15,6 @@ from router.admin_api import admin_context, reject_unknown
 from router.codec import read_json
 from router.context import Context
 from schema_sync import catch_up
-from schema_sync.errors import GroupNotFound
 from schema_sync.groups import GroupStore
 from schema_sync.migrations import applied, pending
 from schema_sync.plan import Plan
@@ -30,11 +29,7 @@ MAX_CONCURRENCY = 64
 
 def _context(request: Request) -> tuple[Context, GroupStore, Rollouts]:
     c = admin_context(request)
-    groups: GroupStore | None = getattr(request.app.state, "groups", None)
-    rollouts: Rollouts | None = getattr(request.app.state, "rollouts", None)
-    if groups is None or rollouts is None:
-        raise GroupNotFound("schema groups are not set up on this server")
-    return c, groups, rollouts
+    return c, c.groups, c.rollouts
 
 
 def _group_json(groups: GroupStore, name: str) -> dict[str, Any]:
@@ -194,7 +189,7 @@ async def start_rollout(request: Request) -> JSONResponse:
         dry_run=_flag(body, "dry_run"),
         canary=_count(body, "canary", 1, 1 << 31),
         max_failures=_count(body, "max_failures", 1, 1 << 31),
-        concurrency=_count(body, "concurrency", 1, MAX_CONCURRENCY) or rollouts.concurrency,
+        concurrency=_count(body, "concurrency", 1, MAX_CONCURRENCY),
     )
     rollout = await c.blocking(rollouts.start, request.path_params["group"], options)
     return JSONResponse(rollout.snapshot(), status_code=202)

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metrics.instruments import REQUEST_SECONDS, REQUESTS
+from tenants.rfc3339 import format_time
 
 access_log = logging.getLogger("sqlfleet.access")
 _CALLER_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")  # a caller's X-Request-Id is kept only if this dull
@@ -82,8 +83,7 @@ class JsonLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": format_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -22,8 +22,9 @@ from typing import Any
 from schema_sync.errors import InvalidMigration
 from schema_sync.migrations import ALEMBIC_HEADER
 from schema_sync.sqltext import tokenize
+from tenants.sqllex import TRANSACTION_CONTROL, leading_keyword
 
-_SKIP = frozenset({"SELECT", "PRAGMA", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+_SKIP = TRANSACTION_CONTROL | {"SELECT", "PRAGMA"}  # reads and the scratch run's own transactions
 
 
 @dataclass(frozen=True)
@@ -113,17 +114,12 @@ def _render_one(conn: Any, script: Any, captured: list[str]) -> Revision:
                 raise InvalidMigration(
                     f"alembic revision {script.revision} failed to render: {exc}"
                 ) from None
-    statements = [s for s in captured if _keyword(s) not in _SKIP]
+    statements = [s for s in captured if leading_keyword(s) not in _SKIP]
     path = Path(script.path)
     header = f"{ALEMBIC_HEADER}{script.revision} source sha256 {_sha256(path)}\n-- from {path.name}\n"
     body = "".join(f"{s.strip()};\n" for s in statements)
     slug = re.sub(r"[^a-z0-9]+", "_", (script.doc or path.stem).lower()).strip("_")[:40] or "revision"
     return Revision(script.revision, slug, _sha256(path), header + body)
-
-
-def _keyword(sql: str) -> str:
-    tokens = tokenize(sql)
-    return tokens[0].upper if tokens else ""
 
 
 def _inline(statement: str, params: Any) -> str:

@@ -31,6 +31,7 @@ import apsw
 
 from schema_sync.errors import GroupExists, GroupNotFound, InvalidMigration, MigrationFailed
 from schema_sync.migrations import (
+    SLUG,
     SYNC_HEADER,
     Applied,
     Migration,
@@ -47,10 +48,10 @@ from schema_sync.schema import read_schema
 from schema_sync.session import Session
 from schema_sync.sync import plan_against
 from tenants.errors import BadRequest
+from tenants.files import fsync_dir, fsync_file, replace_durably
+from tenants.ids import NAME_RULE, is_name
 from tenants.sandbox import Sandbox
 
-GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_SLUG = re.compile(r"[a-z0-9][a-z0-9_]{0,58}")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -115,7 +116,7 @@ class Group:
 
 
 class GroupStore:
-    def __init__(self, data_dir: Path, timeout: float = 60.0) -> None:
+    def __init__(self, data_dir: Path, timeout: float) -> None:
         self.root = data_dir / "groups"
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -124,15 +125,11 @@ class GroupStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if GROUP_NAME.fullmatch(p.name) and (p / "template.db").exists()
-        )
+        return sorted(p.name for p in self.root.iterdir() if is_name(p.name) and (p / "template.db").exists())
 
     def get(self, name: str) -> Group:
         """Raises GroupNotFound."""
-        if not isinstance(name, str) or not GROUP_NAME.fullmatch(name):
+        if not is_name(name):
             raise GroupNotFound(f"no group {name!r}")
         with self._lock:
             group = self._groups.get(name)
@@ -150,10 +147,8 @@ class GroupStore:
     def create(self, name: str, schema_sql: str | None = None, template: bytes | None = None) -> Group:
         """A new group from a schema script or a template database file. Raises GroupExists,
         BadRequest (bad name, bad file), MigrationFailed (the script fails)."""
-        if not isinstance(name, str) or not GROUP_NAME.fullmatch(name):
-            raise BadRequest(
-                "group names are 1-63 chars of a-z, 0-9, '_' or '-', starting with a letter or digit"
-            )
+        if not is_name(name):
+            raise BadRequest(f"group names are {NAME_RULE}")
         root = self.root / name
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}-"))
@@ -165,7 +160,7 @@ class GroupStore:
                 if root.exists():
                     raise GroupExists(f"group {name!r} already exists")
                 os.rename(staging, root)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.get(name)
@@ -203,8 +198,8 @@ class GroupStore:
                 with group.scratch() as session:
                     apply(session, [*existing, migration], where=f"group {group.name}: template (trial)")
                 if staged_db is not None and target is not None:
-                    _durable_move(staged_db, target)
-                _durable_move(staged, path)
+                    replace_durably(staged_db, target)
+                replace_durably(staged, path)
             return from_text(filename, text, target)
 
     @contextlib.contextmanager
@@ -242,7 +237,7 @@ class GroupStore:
                     where = f"group {name}: template"
                     done = apply(session, state.migrations, where=where, dry_run=dry_run, upto=upto)
                 if not dry_run:
-                    _durable_move(path, group.template_path)
+                    replace_durably(path, group.template_path)
             return done.applied
 
 
@@ -299,7 +294,7 @@ def _build_template(
                 "CREATE TABLE IF NOT EXISTS _sqlfleet_migrations "
                 "(name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) WITHOUT ROWID"
             )
-    _fsync(path)
+    fsync_file(path)
 
 
 def _numbered(migration_name: str, existing: list[Migration]) -> str:
@@ -308,26 +303,8 @@ def _numbered(migration_name: str, existing: list[Migration]) -> str:
         if int(migration_name[:4]) <= last:
             raise InvalidMigration(f"{migration_name}: numbers must grow; the last is {last:04d}")
         return migration_name
-    if not _SLUG.fullmatch(migration_name):
+    if not SLUG.fullmatch(migration_name):
         raise InvalidMigration(f"{migration_name!r}: a migration name is a-z, 0-9 and _ (or NNNN_name)")
     if last >= 9999:
         raise InvalidMigration("the group has run out of migration numbers")
     return f"{last + 1:04d}_{migration_name}"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync(path)
-
-
-def _durable_move(source: Path, target: Path) -> None:
-    _fsync(source)
-    os.replace(source, target)
-    _fsync_dir(target.parent)

@@ -27,9 +27,11 @@ from schema_sync.plan import Plan
 from schema_sync.session import Session
 from schema_sync.sqltext import tokenize
 from schema_sync.sync import plan_against, run_plan
+from tenants.rfc3339 import format_time
 
 RECORD_TABLE = "_sqlfleet_migrations"
-NAME = re.compile(r"(\d{4})_([a-z0-9][a-z0-9_]{0,58})")
+SLUG = re.compile(r"[a-z0-9][a-z0-9_]{0,58}")  # a migration's name after its number
+NAME = re.compile(rf"(\d{{4}})_({SLUG.pattern})")
 SQL, ALEMBIC, SYNC = "sql", "alembic", "sync"
 ALEMBIC_HEADER = "-- sqlfleet: alembic revision "
 SYNC_HEADER = "-- sqlfleet: sync"
@@ -191,7 +193,7 @@ def apply(
     outcome = Outcome()
     if not todo:
         return outcome
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stamp = format_time(time.time())
     with ExitStack() as stack:
         aliases: dict[str, str] = {}
         for i, m in enumerate(x for x in todo if x.kind == SYNC):

@@ -19,11 +19,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import apsw
@@ -36,7 +35,9 @@ from schema_sync.migrations import Migration, applied, apply, pending
 from schema_sync.session import Session
 from tenants.catalog import ACTIVE
 from tenants.errors import SqlfleetError, TenantBusy, TenantNotFound
+from tenants.files import write_durably
 from tenants.fleet import Fleet
+from tenants.rfc3339 import format_time
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +53,27 @@ class RolloutOptions:
     dry_run: bool = False
     canary: int | None = None
     max_failures: int | None = None
-    concurrency: int = 16
+    concurrency: int | None = None  # None: the server's `Rollouts.concurrency`
 
 
 class Rollout:
     """One run over one group. Thread-safe; `snapshot` may be called at any time."""
 
     def __init__(
-        self, rollout_id: str, group: Group, store: GroupStore, fleet: Fleet, options: RolloutOptions
+        self,
+        rollout_id: str,
+        group: Group,
+        store: GroupStore,
+        fleet: Fleet,
+        options: RolloutOptions,
+        workers: int,
     ) -> None:
         self.id = rollout_id
         self.group = group
         self.store = store
         self.fleet = fleet
         self.options = options
+        self.workers = workers
         self.state = RUNNING
         self.reason: str | None = None
         self.template: dict[str, Any] = {}
@@ -111,7 +119,7 @@ class Rollout:
                     threading.Thread(
                         target=self._work, args=(migrations,), name=f"rollout-{self.group.name}-{i}"
                     )
-                    for i in range(max(1, min(self.options.concurrency, len(self._queue))))
+                    for i in range(max(1, min(self.workers, len(self._queue))))
                 ]
                 for worker in workers:
                     worker.start()
@@ -254,23 +262,21 @@ class Rollout:
                 "elapsed_s": round(elapsed, 3),
                 "rate_per_s": round(rate, 1),
                 "eta_s": round(remaining / rate, 1) if rate > 0 and self.state == RUNNING else None,
-                "started_at": _iso(self.started_at),
-                "finished_at": _iso(self.finished_at) if self.finished_at else None,
+                "started_at": format_time(self.started_at),
+                "finished_at": format_time(self.finished_at) if self.finished_at else None,
                 "failures": list(self.failures),
                 "plans": [{"sql": sql, "tenants": n} for sql, n in self.plans.most_common()],
             }
 
     def _save(self) -> None:
         path = self.group.rollouts_dir / f"{self.id}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.snapshot(), indent=1))
-        os.replace(tmp, path)
+        write_durably(path, json.dumps(self.snapshot(), indent=1).encode(), mode=0o644)
 
 
 class Rollouts:
     """The rollouts of one server: at most one running per group. Thread-safe."""
 
-    def __init__(self, store: GroupStore, fleet: Fleet, concurrency: int = 16) -> None:
+    def __init__(self, store: GroupStore, fleet: Fleet, concurrency: int) -> None:
         self.store = store
         self.fleet = fleet
         self.concurrency = concurrency
@@ -285,7 +291,9 @@ class Rollouts:
                 if name == group_name and rollout.state == RUNNING:
                     raise RolloutConflict(f"rollout {rollout_id} of group {group_name!r} is still running")
             rollout_id = _new_id(group)
-            rollout = Rollout(rollout_id, group, self.store, self.fleet, options)
+            workers = self.concurrency if options.concurrency is None else options.concurrency
+            options = replace(options, concurrency=workers)  # the snapshot shows what ran
+            rollout = Rollout(rollout_id, group, self.store, self.fleet, options, workers)
             self._live[(group_name, rollout_id)] = rollout
             rollout.start()
         return rollout
@@ -341,7 +349,3 @@ def _new_id(group: Group) -> str:
         if not (group.rollouts_dir / f"{rollout_id}.json").exists():
             return rollout_id
         micros += 1
-
-
-def _iso(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))

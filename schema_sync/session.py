@@ -19,10 +19,10 @@ import apsw
 
 from schema_sync.errors import MigrationFailed
 from tenants.errors import TenantBusy
-from tenants.execute import leading_keyword, skip_trivia
 from tenants.sandbox import Sandbox
+from tenants.sqllex import TRANSACTION_CONTROL, is_trivia, leading_keyword
 
-_TX_KEYWORDS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "VACUUM"})
+_REFUSED = TRANSACTION_CONTROL | {"VACUUM"}  # VACUUM cannot run inside the caller's transaction
 
 
 class Session:
@@ -51,13 +51,13 @@ class Session:
     def script(self, sql: str, where: str) -> None:
         """Run a migration's statements, sandboxed and within the deadline. Transaction control
         is refused: the caller owns the transaction. Raises MigrationFailed naming `where`."""
-        if skip_trivia(sql) >= len(sql):
+        if is_trivia(sql):
             return
         cursor = self.conn.cursor()
         rejected: list[str] = []
 
         def trace(_cursor: apsw.Cursor, statement: str, _bindings: object) -> bool:
-            if leading_keyword(statement) in _TX_KEYWORDS:
+            if leading_keyword(statement) in _REFUSED:
                 rejected.append(statement.strip()[:60])
                 return False
             return True

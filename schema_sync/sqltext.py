@@ -1,4 +1,4 @@
-"""Just enough of SQLite's lexer to compare schema SQL and take CREATE TABLE apart.
+"""Comparing schema SQL and taking CREATE TABLE apart, on the tokens of tenants.sqllex.
 
 SQLite stores each object's CREATE statement as written (minus `IF NOT EXISTS`), so two equal
 schemas can differ in case, quoting and whitespace; `normalize` erases exactly those. A CREATE
@@ -9,30 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tenants import sqllex
 from tenants.errors import BadRequest
+from tenants.sqllex import Token
 
 _CONSTRAINT_WORDS = frozenset({"CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"})
-_QUOTES = {'"': '"', "`": "`", "[": "]"}
-
-
-@dataclass(frozen=True)
-class Token:
-    kind: str  # word, ident (quoted identifier), string, blob, number, param, op
-    text: str
-    start: int
-    end: int
-
-    @property
-    def upper(self) -> str:
-        return self.text.upper() if self.kind == "word" else ""
-
-    @property
-    def canonical(self) -> str:
-        if self.kind == "word":
-            return self.text.lower()
-        if self.kind == "ident":
-            return self.text[1:-1].replace(self.text[0] * 2, self.text[0]).lower()
-        return self.text
 
 
 class SqlSyntaxError(BadRequest):
@@ -42,63 +23,12 @@ class SqlSyntaxError(BadRequest):
 def tokenize(sql: str) -> list[Token]:
     """Tokens of `sql` without whitespace and comments. Raises SqlSyntaxError for an unclosed
     string, identifier or comment."""
-    tokens: list[Token] = []
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c.isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            if end < 0:
-                raise SqlSyntaxError("unclosed /* comment")
-            i = end + 2
-        elif c in "'\"`[" or (c in "xX" and sql.startswith("'", i + 1)):
-            start = i + 1 if c in "xX" else i
-            close = _QUOTES.get(sql[start], "'")
-            j = _closing(sql, start, close)
-            kind = "blob" if start != i else "string" if c == "'" else "ident"
-            tokens.append(Token(kind, sql[i:j], i, j))
-            i = j
-        elif c.isalpha() or c == "_" or ord(c) > 127:
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] in "_$" or ord(sql[j]) > 127):
-                j += 1
-            tokens.append(Token("word", sql[i:j], i, j))
-            i = j
-        elif c.isdigit() or (c == "." and i + 1 < n and sql[i + 1].isdigit()):
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] == "." or (sql[j] in "+-" and sql[j - 1] in "eE")):
-                j += 1
-            tokens.append(Token("number", sql[i:j], i, j))
-            i = j
-        elif c in "?:@$" and i + 1 <= n:
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] == "_"):
-                j += 1
-            tokens.append(Token("param", sql[i:j], i, j))
-            i = j
-        else:
-            width = 2 if sql[i : i + 2] in ("||", "<=", ">=", "==", "!=", "<>", "<<", ">>", "->") else 1
-            tokens.append(Token("op", sql[i : i + width], i, i + width))
-            i += width
-    return tokens
-
-
-def _closing(sql: str, start: int, close: str) -> int:
-    """Index just past the quote closing the one at `start` (a doubled quote is an escape)."""
-    j = start + 1
-    while True:
-        k = sql.find(close, j)
-        if k < 0:
-            raise SqlSyntaxError(f"unclosed {sql[start]} at offset {start}")
-        if close != "]" and sql.startswith(close * 2, k):
-            j = k + 2
-            continue
-        return k + 1
+    found = list(sqllex.tokens(sql))
+    if found and found[-1].kind == "unterminated":
+        raise SqlSyntaxError(f"unclosed {found[-1].text[0]} at offset {found[-1].start}")
+    if sqllex.unclosed_comment(sql):
+        raise SqlSyntaxError("unclosed /* comment")
+    return found
 
 
 def canonical(tokens: list[Token]) -> str:

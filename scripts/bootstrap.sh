@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Sourced by scripts/serve and scripts/test: makes .venv and installs the project into it.
-# Re-installs only when pyproject.toml changed since the last install.
+# Installs only when pyproject.toml changed since the last install, or when the extras asked
+# for (SQLFLEET_EXTRAS, e.g. dev) were not installed with it. The base install is part of every
+# install with extras, so running scripts/serve after scripts/test (or the other way round once
+# both ran) installs nothing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -9,13 +12,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "sqlfleet: creating $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-${SQLFLEET_EXTRAS:-base}"
-if [ ! -f "$stamp" ]; then
+# One stamp per installed set of extras: .installed-<pyproject hash>-<extras or base>.
+prefix="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+wanted="${SQLFLEET_EXTRAS:-base}"
+if [ "$wanted" = base ]; then
+  installed="$(compgen -G "$prefix-*" || true)"  # any install of this pyproject has the base
+else
+  installed="$(compgen -G "$prefix-$wanted" || true)"
+fi
+if [ -z "$installed" ]; then
   echo "sqlfleet: installing dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-  if [ -n "${SQLFLEET_EXTRAS:-}" ]; then target="$ROOT[$SQLFLEET_EXTRAS]"; else target="$ROOT"; fi
+  if [ "$wanted" != base ]; then target="$ROOT[$wanted]"; else target="$ROOT"; fi
   "$VENV/bin/python" -m pip install --quiet -e "$target" >&2
-  rm -f "$VENV"/.installed-*
-  touch "$stamp"
+  # stamps of an older pyproject.toml go; those of this one stay (their extras are still in)
+  find "$VENV" -maxdepth 1 -name '.installed-*' ! -name "$(basename "$prefix")-*" -delete
+  touch "$prefix-$wanted"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -16,6 +16,8 @@ from typing import Any
 
 import apsw
 
+from tenants.rfc3339 import format_time
+
 CREATING, ACTIVE, DELETING, CORRUPT, MISSING = "creating", "active", "deleting", "corrupt", "missing"
 RESTORING = "restoring"  # the file is being replaced by a restore: requests get 503
 
@@ -44,7 +46,7 @@ class TenantRow:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_at)),
+            "created_at": format_time(self.created_at),
             "state": self.state,
             "group": self.group,
             "size": self.size,

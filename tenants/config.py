@@ -1,4 +1,5 @@
-"""What the tenants layer needs to know, built by ops from Settings."""
+"""What the tenants layer needs to know, built by `ops.settings.Settings` (the defaults live
+there, once; these have none of their own)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from dataclasses import dataclass
 class DbConfig:
     """Per-connection pragmas and the sandbox's limits."""
 
-    synchronous: str = "FULL"
-    cache_size_kib: int = 256
-    max_db_bytes: int = 1 << 30  # the main file, and separately the TEMP tables
-    max_sql_length: int = 100_000
-    statement_timeout: float = 2.0
-    max_result_rows: int = 10_000
-    max_result_bytes: int = 8 << 20  # also bounds any single value (SQLITE_LIMIT_LENGTH)
+    synchronous: str
+    cache_size_kib: int
+    max_db_bytes: int  # the main file, and separately the TEMP tables
+    max_sql_length: int
+    statement_timeout: float
+    max_result_rows: int
+    max_result_bytes: int  # also bounds any single value (SQLITE_LIMIT_LENGTH)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The handle pool's bounds."""
+
+    capacity: int  # idle handles kept open (LRU); leased ones come on top
+    busy_timeout: float  # seconds a lease waits for a tenant's lock, then TenantBusy

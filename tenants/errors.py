@@ -77,6 +77,10 @@ class TooLarge(SqlfleetError):
     code = "too_large"
 
 
+class SqlTooLong(TooLarge):
+    """SQL text longer than `max_sql_length`, refused before it is parsed."""
+
+
 class TenantUnavailable(SqlfleetError):
     """The tenant cannot be served now (corrupt file, being deleted, busy)."""
 

@@ -20,15 +20,16 @@ from tenants.errors import (
     NotAuthorizedSql,
     SqlError,
     SqlfleetError,
+    SqlTooLong,
     StatementTimeout,
     TenantUnavailable,
     TooLarge,
 )
 from tenants.sandbox import Sandbox
+from tenants.sqllex import TRANSACTION_CONTROL, is_trivia, leading_keyword, skip_trivia
 
 Value = None | int | float | str | bytes
 Params = Sequence[Value] | Mapping[str, Value]
-_TX_KEYWORDS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 
 
 @dataclass(frozen=True)
@@ -50,29 +51,11 @@ class TenantCorrupt(TenantUnavailable):
     code = "tenant_corrupt"
 
 
-def skip_trivia(sql: str, i: int = 0) -> int:
-    """Index of the first char at or after `i` that is not whitespace, a comment or a ';'."""
-    n = len(sql)
-    while i < n:
-        if sql[i].isspace() or sql[i] == ";":
-            i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-        else:
-            break
-    return i
-
-
-def leading_keyword(sql: str) -> str:
-    i = skip_trivia(sql)
-    j = i
-    while j < len(sql) and sql[j].isalpha():
-        j += 1
-    return sql[i:j].upper()
+def check_sql_length(sql: str, config: DbConfig) -> None:
+    """Raise SqlTooLong if `sql` is longer than `config.max_sql_length` characters. Call it
+    before lexing tenant SQL: SQLite's own limit (in bytes) applies only once it prepares."""
+    if len(sql) > config.max_sql_length:
+        raise SqlTooLong(f"SQL text is longer than {config.max_sql_length} characters")
 
 
 class NotInline(Exception):
@@ -91,8 +74,9 @@ def run_statement(
 ) -> QueryResult:
     """Run exactly one statement. Raises BadRequest for empty or multi-statement SQL and for
     transaction control unless `allow_tx`; SqlError, NotAuthorizedSql, StatementTimeout,
-    TooLarge or TenantCorrupt as SQLite reports."""
-    if skip_trivia(stmt.sql) >= len(stmt.sql):
+    TooLarge or TenantCorrupt as SQLite reports; SqlTooLong (a TooLarge) before any parsing."""
+    check_sql_length(stmt.sql, config)
+    if is_trivia(stmt.sql):
         raise BadRequest("empty SQL: send exactly one statement")
     before = conn.total_changes()
     cursor = conn.cursor()
@@ -180,16 +164,16 @@ class _Tracer:
         if self.calls > 1:
             # APSW traces a trailing comment as a statement of its own; the first call already
             # refused anything after the first statement that is not trivia.
-            return skip_trivia(first) >= len(first)
+            return is_trivia(first)
         # APSW hands us the first statement of `sql`; anything after it must be trivia.
         sql = self.sql
         if len(first) < len(sql) and skip_trivia(sql, len(first)) < len(sql):
             return False
-        return self.allow_tx or leading_keyword(first) not in _TX_KEYWORDS
+        return self.allow_tx or leading_keyword(first) not in TRANSACTION_CONTROL
 
 
 def _rejection(sql: str, allow_tx: bool) -> BadRequest:
-    if not allow_tx and leading_keyword(sql) in _TX_KEYWORDS:
+    if not allow_tx and leading_keyword(sql) in TRANSACTION_CONTROL:
         return BadRequest("transaction control statements are not allowed here: use /batch for atomicity")
     return BadRequest("exactly one statement per query: use /batch for several")
 

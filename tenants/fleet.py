@@ -7,11 +7,10 @@ All methods block (SQLite and file I/O) and are thread-safe; async callers use w
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,7 @@ import apsw
 from metrics.instruments import TENANTS
 from tenants import catalog as states
 from tenants.catalog import Catalog, TenantRow
-from tenants.config import DbConfig
+from tenants.config import DbConfig, PoolConfig
 from tenants.connection import open_database
 from tenants.errors import (
     NotAuthorizedSql,
@@ -32,6 +31,7 @@ from tenants.errors import (
     TenantUnavailable,
 )
 from tenants.execute import NotInline, QueryResult, Statement, TenantCorrupt, run_batch, run_statement
+from tenants.files import replace_durably
 from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
 from tenants.layout import DataDirLock, Layout
@@ -42,26 +42,36 @@ log = logging.getLogger(__name__)
 INLINE_BUDGET = 0.002  # seconds a statement may run on the caller's (event loop) thread
 
 
+# The fleet calls its hooks, and the hooks need the fleet (the shipper leases its open handles,
+# restores go through it, catch-up reads its catalog). The cycle is broken here, once: the fleet
+# takes a factory and hands itself to it at the end of its constructor, when its catalog and pool
+# exist; the hooks it returns are then fixed for the fleet's life. A factory may keep the fleet
+# but must not call it before the constructor returns.
+HooksFactory = Callable[["Fleet"], Sequence[FleetHooks]]
+
+
+def no_hooks(fleet: Fleet) -> Sequence[FleetHooks]:
+    return ()
+
+
 class Fleet:
     def __init__(
-        self,
-        data_dir: Path,
-        config: DbConfig,
-        pool_capacity: int,
-        hooks: Sequence[FleetHooks] = (),
+        self, data_dir: Path, config: DbConfig, pool: PoolConfig, hooks: HooksFactory = no_hooks
     ) -> None:
+        """Take the data-dir lock (raises DataDirLocked), reconcile the catalog with the files,
+        then build the hooks with `hooks(self)`; on any error the lock is released again."""
         self.layout = Layout(data_dir)
         self.config = config
-        self.hooks = list(hooks)
         self._lock = DataDirLock(self.layout)
-        self._lock.acquire()
-        try:
+        with ExitStack() as undo:
+            self._lock.acquire()
+            undo.callback(self._lock.release)
             self.catalog = Catalog(self.layout.catalog_path)
+            undo.callback(self.catalog.close)
             self.reconcile()
-        except BaseException:
-            self._lock.release()
-            raise
-        self.pool = Pool(pool_capacity, self._open, self._before_close)
+            self.pool = Pool(pool, self._open, self._before_close)
+            self.hooks: tuple[FleetHooks, ...] = tuple(hooks(self))
+            undo.pop_all()  # built whole: from here `close` releases them
         self._refresh_gauges()
 
     @property
@@ -112,10 +122,7 @@ class Fleet:
         finally:
             conn.close()
         Path(f"{tmp}-wal").unlink(missing_ok=True)  # empty after the TRUNCATE checkpoint
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        replace_durably(tmp, final)
 
     def delete(self, tenant_id: str) -> None:
         """Delete the tenant: in-flight statements finish, later ones get TenantNotFound, the
@@ -185,6 +192,16 @@ class Fleet:
                 handle = None
             yield handle
 
+    def group_of(self, tenant_id: str) -> str | None:
+        """The tenant's schema group (fixed at creation); None if it has none or does not exist."""
+        row = self.catalog.get(tenant_id)
+        return row.group if row is not None else None
+
+    def writable(self, tenant_id: str) -> bool:
+        """Whether every hook lets the tenant take writes now (False: e.g. its backup backlog is
+        full; its reads still work)."""
+        return all(hook.writable(tenant_id) for hook in self.hooks)
+
     def exists(self, tenant_id: str) -> bool:
         """Whether the catalog has the tenant (in any state)."""
         return self.catalog.get(validate_tenant_id(tenant_id)) is not None
@@ -205,10 +222,7 @@ class Fleet:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f"{final.name}.tmp{uuid.uuid4().hex[:8]}")
             shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            replace_durably(tmp, final)
             for hook in self.hooks:
                 hook.after_create(tenant_id, final)
         except BaseException:
@@ -234,7 +248,7 @@ class Fleet:
         """The tenant's locked handle, with query_only set to `readonly`. A corrupt file is
         marked in the catalog and reported as TenantCorrupt; other tenants are unaffected."""
         validate_tenant_id(tenant_id)
-        frozen = not readonly and not all(hook.writable(tenant_id) for hook in self.hooks)
+        frozen = not readonly and not self.writable(tenant_id)
         try:
             with self.pool.lease(tenant_id) as handle:
                 handle.set_query_only(readonly or frozen)
@@ -346,15 +360,7 @@ _ALL_STATES = (
 )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-__all__ = ["Fleet", "SqlfleetError"]
+__all__ = ["Fleet", "HooksFactory", "SqlfleetError", "no_hooks"]
 
 
 def _check(tenant_id: str, row: TenantRow | None, allow: tuple[str, ...]) -> TenantRow:

@@ -1,5 +1,6 @@
-"""Callbacks the layers above tenants register (backups, schema sync). tenants calls them and
-never imports their implementations: the arrow stays pointing down."""
+"""Callbacks of the layers above tenants (backups, schema sync), handed to the Fleet when it is
+built (see `tenants.fleet.HooksFactory`). tenants calls them and never imports their
+implementations: the arrow stays pointing down."""
 
 from __future__ import annotations
 

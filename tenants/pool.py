@@ -12,8 +12,7 @@ Contract:
 - A `before_close` hook that raises is logged; the connection is closed regardless.
 - `pin(id)` holds a handle open without its lock (`users` > 0, so it is never evicted) until
   `unpin`; the pinner takes the lock when it needs it with `acquire`/`release`.
-- Waiting for a handle's lock is bounded by `busy_timeout` seconds (settable; None waits
-  forever), then TenantBusy.
+- Waiting for a handle's lock is bounded by `config.busy_timeout` seconds, then TenantBusy.
 All methods are thread-safe; `lease` blocks, so async callers run it in a worker thread.
 """
 
@@ -36,6 +35,7 @@ from metrics.instruments import (
     POOL_OPEN,
     POOL_OPEN_SECONDS,
 )
+from tenants.config import PoolConfig
 from tenants.errors import TenantBusy, TenantNotFound, TenantUnavailable
 from tenants.sandbox import Sandbox
 
@@ -75,15 +75,15 @@ Closer = Callable[[Handle], None]
 
 
 class Pool:
-    def __init__(self, capacity: int, opener: Opener, before_close: Closer | None = None) -> None:
-        self.capacity = max(1, capacity)
+    def __init__(self, config: PoolConfig, opener: Opener, before_close: Closer | None = None) -> None:
+        self.capacity = max(1, config.capacity)
+        self.busy_timeout = config.busy_timeout
         self._opener = opener
         self._before_close = before_close
         self._lock = threading.Lock()
         self._handles: OrderedDict[str, Handle] = OrderedDict()
         self._closing: dict[str, threading.Event] = {}
         self._closed = False
-        self.busy_timeout: float | None = 5.0
         POOL_CAPACITY.set(self.capacity)
 
     def __len__(self) -> int:
@@ -155,7 +155,7 @@ class Pool:
         `busy_timeout`). Raises TenantBusy on timeout, TenantNotFound if the handle was
         discarded meanwhile. Release with `handle.lock.release()` (from any thread)."""
         limit = self.busy_timeout if wait is None else wait
-        if not handle.lock.acquire(timeout=-1.0 if limit is None else limit):
+        if not handle.lock.acquire(timeout=limit):
             raise TenantBusy(
                 f"tenant {handle.tenant_id!r} is busy: a transaction held it for more than {limit:g} s"
             )

@@ -1,26 +1,37 @@
-"""Shared test helpers: an in-process app and real uvicorn server processes on loopback."""
+"""Shared test helpers: an in-process app, and real `sqlfleet serve` processes on loopback
+(launched by `ops.process`, as the benchmarks launch theirs)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from starlette.testclient import TestClient
 
-from ops.process import free_port, terminate
+from ops import process
+from ops.process import ServerProcess, free_port
 from ops.server import Server
 from ops.settings import Settings
 
 ADMIN_KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+__all__ = [
+    "ADMIN",
+    "ADMIN_KEY",
+    "InProcess",
+    "ServerProcess",
+    "bearer",
+    "free_port",
+    "in_process",
+    "run_command",
+    "run_server",
+    "start_server",
+]
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -68,66 +79,40 @@ def in_process(data_dir: Path, **overrides: Any) -> Iterator[InProcess]:
         server.close()
 
 
-@dataclass
-class ServerProcess:
-    """A real `sqlfleet serve` process; `url`, `admin_key`, `data_dir`, and ways to stop it."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    data_dir: Path
-    admin_key: str = ADMIN_KEY
-    log_path: Path = field(default_factory=Path)
-
-    def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=timeout
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code (kills after `timeout`)."""
-        return terminate(self.proc, timeout)
-
-    def kill9(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 def start_server(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, wait: float = 30.0
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, wait: float = 60.0
 ) -> ServerProcess:
-    """Start `python -m ops serve` on a free loopback port and wait until /readyz answers 200."""
-    port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"server-{port}.log"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SQLFLEET_")}
-    environment.update({"SQLFLEET_ADMIN_KEY": ADMIN_KEY, **(env or {})})
-    cmd = [sys.executable, "-m", "ops", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data-dir", str(data_dir), *args]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    server = ServerProcess(
-        proc, f"http://127.0.0.1:{port}", data_dir, environment["SQLFLEET_ADMIN_KEY"], log_path
-    )
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        time.sleep(0.05)
-    server.kill9()
-    raise RuntimeError(f"server did not become ready in {wait}s:\n{server.log()}")
+    """`python -m ops serve` on a free loopback port (admin key ADMIN_KEY unless `env` sets
+    SQLFLEET_ADMIN_KEY), ready; the caller stops it (`terminate`) in a `finally`."""
+    return process.start_server(data_dir, args, admin_key=ADMIN_KEY, env=env, wait=wait)
 
 
 @contextlib.contextmanager
 def run_server(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    server = start_server(data_dir, *args, env=env)
-    try:
+    """`start_server`, stopped on any way out of the block."""
+    with process.start_server(data_dir, args, admin_key=ADMIN_KEY, env=env) as server:
         yield server
+
+
+def run_command(
+    command: Sequence[str], cwd: Path, timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` to its end as `subprocess.run` would, capturing text output, but in a
+    process group of its own that dies with the test run; past `timeout` seconds it is stopped
+    (SIGTERM, so it can clean up; then SIGKILL) and the test fails."""
+    out, err = cwd / ".stdout", cwd / ".stderr"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = process.spawn(
+            command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+        )
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.stop(proc, 30)
+        raise AssertionError(f"{command[:5]} did not finish in {timeout:g} s:\n{err.read_text()}") from None
     finally:
-        server.terminate()
+        process.stop(proc, 5)
+    texts = out.read_text(errors="replace"), err.read_text(errors="replace")
+    out.unlink()
+    err.unlink()
+    return subprocess.CompletedProcess(list(command), proc.returncode, *texts)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 from support import free_port, run_server
+
+from ops.process import spawn, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +39,8 @@ def test_serve_script_starts_on_embedded_defaults(tmp_path: Path) -> None:
     env["SQLFLEET_DATA_DIR"] = str(tmp_path / "data")
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(ROOT / "scripts" / "serve"), "--port", str(port)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = spawn([str(ROOT / "scripts" / "serve"), "--port", str(port)], env=env, stdout=out,
+                     stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -59,5 +60,5 @@ def test_serve_script_starts_on_embedded_defaults(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert any(replica.glob("*.seg")), "backups go to a local directory by default"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        code = stop(proc, 30)  # SIGTERM (the script execs the server), SIGKILL after 30 s
+    assert code == 0

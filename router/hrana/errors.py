@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 
-from tenants.errors import BadRequest, SqlfleetError, TooLarge
+from tenants.errors import BadRequest, SqlfleetError, SqlTooLong, TooLarge
 
 
 class ProtocolError(BadRequest):
@@ -130,6 +130,8 @@ def hrana_code(exc: SqlfleetError) -> str:
         name = apsw.mapping_result_codes.get(getattr(cause, "result", -1) & 0xFF)
         if isinstance(name, str):
             return name
+    if isinstance(exc, SqlTooLong):
+        return "SQLITE_TOOBIG"  # as SQLite itself says when it sees such SQL
     if isinstance(exc, TooLarge):
         return "RESPONSE_TOO_LARGE"
     return exc.code.upper()

@@ -50,8 +50,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def streams_of(request: Request) -> Streams:
-    streams: Streams = request.app.state.hrana
-    return streams
+    return ctx(request).streams
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -29,11 +29,12 @@ from router.hrana.errors import (
     hrana_error,
 )
 from router.hrana.protocol import Batch, Cond, Outcome, Request, Stmt
-from router.hrana.sqltext import is_begin_readonly, split_statements
+from router.hrana.sqltext import is_begin_readonly
 from router.hrana.streams import Stream
 from tenants.config import DbConfig
 from tenants.errors import NotAuthorizedSql, SqlfleetError, TenantUnavailable
-from tenants.execute import Params, Statement, map_sqlite_error, run_statement
+from tenants.execute import Params, Statement, check_sql_length, map_sqlite_error, run_statement
+from tenants.sqllex import split_statements
 
 MAX_STORED_SQL = 50
 
@@ -149,6 +150,7 @@ class Session:
 
     def sql_text(self, sql: str | None, sql_id: int | None) -> str:
         if sql is not None:
+            check_sql_length(sql, self.config)  # before anything parses it
             return sql
         stored = self.stream.sqls.get(sql_id or 0)
         if stored is None:

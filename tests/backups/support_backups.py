@@ -9,16 +9,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
 from support import ADMIN
+
+
+class Reply(Protocol):
+    """What tests read of a response (httpx's, or the TestClient's)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def headers(self) -> Any: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
 
 
 class Client(Protocol):
     """Starlette's TestClient or an httpx.Client against a real server."""
 
-    def post(self, url: str, **kwargs: Any) -> httpx.Response: ...
+    def post(self, url: str, *, json: Any = ..., headers: Any = ...) -> Reply: ...
 
-    def get(self, url: str, **kwargs: Any) -> httpx.Response: ...
+    def get(self, url: str, *, headers: Any = ...) -> Reply: ...
 
 
 def rfc3339(moment: float) -> str:
@@ -59,7 +73,7 @@ def dump(client: Client, tenant: str, headers: dict[str, str] = ADMIN) -> dict[s
     return content
 
 
-def restore(client: Client, tenant: str, moment: str | float, as_tenant: str | None = None) -> httpx.Response:
+def restore(client: Client, tenant: str, moment: str | float, as_tenant: str | None = None) -> Reply:
     stamp = moment if isinstance(moment, str) else rfc3339(moment)
     return client.post(
         f"/v1/admin/tenants/{tenant}/restore", json={"timestamp": stamp, "as": as_tenant}, headers=ADMIN

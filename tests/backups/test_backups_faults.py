@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import ADMIN, InProcess, in_process
 from support_backups import metric, query, restore_ok, wait_until
 from support_s3 import BUCKET, REGION, MotoServer, unique_prefix
+
+from backups.replica import ReplicaError
 
 
 def s3_settings(s3: MotoServer, **more: Any) -> dict[str, Any]:
@@ -109,3 +112,23 @@ def test_the_backlog_bound_stops_writes_until_the_replica_is_back(
         wait_until(lambda: insert(app, "busy", "back", 0).status_code == 200, 30, 0.2)
         restore_ok(app.client, "busy", "latest", "busy-copy")
         assert values(app, "busy-copy") == [*acked, "back"]
+
+
+def test_backups_flush_raises_while_the_replica_is_down(
+    tmp_path: Path, s3: MotoServer, aws_environment: dict[str, str]
+) -> None:
+    settings = s3_settings(s3, backup_flush_interval=3600)
+    with in_process(tmp_path / "data", **settings) as app:
+        backups = app.server.backups
+        assert backups is not None
+        make(app, "acme")
+        backups.flush()
+        s3.stop()
+        assert insert(app, "acme", "during", 0).status_code == 200
+        with pytest.raises(ReplicaError):
+            backups.flush()
+        s3.start()
+        backups.flush()  # returns once it is durable: no background flush runs (interval 1 h)
+        assert backups.shipper.backlog_bytes("acme") == 0
+        restore_ok(app.client, "acme", "latest", "copy")
+        assert values(app, "copy") == ["during"]

@@ -160,8 +160,8 @@ def check_forks(app: InProcess, rng: random.Random, histories: dict[str, History
             assert dump(app.client, forks[-1]) == h.at(moment)
 
         last = h.commits[-1]
-        for moment in (rfc3339(last.acked + 0.001), "latest"):
-            result = fork(tenant, moment)
+        for stamp in (rfc3339(last.acked + 0.001), "latest"):
+            result = fork(tenant, stamp)
             assert dump(app.client, forks[-1]) == last.content
             assert last.sent <= parse_rfc3339(result["restored_to"]) <= last.acked
     return forks

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -40,8 +40,31 @@ def test_env_then_flags() -> None:
         ("SQLFLEET_POOL_CAPACITY", "0"),
         ("SQLFLEET_SYNCHRONOUS", "OFF"),
         ("SQLFLEET_STATEMENT_TIMEOUT", "-1"),
+        ("SQLFLEET_MAX_QUEUED_PER_TENANT", "0"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(name: str, value: str) -> None:
     with pytest.raises(BadRequest, match=name.removeprefix("SQLFLEET_").lower()):
         Settings.load({name: value})
+
+
+@pytest.mark.parametrize("method", ["db_config", "pool_config", "router_config", "shipper_config"])
+def test_sub_configs_have_no_defaults_of_their_own(method: str) -> None:
+    """Defaults live once, in Settings: a sub-config that had its own would drift from them."""
+    config = getattr(Settings.load(environ={}), method)()
+    for f in fields(config):
+        assert f.default is MISSING and f.default_factory is MISSING, f"{type(config).__name__}.{f.name}"
+
+
+def test_sub_configs_carry_the_settings() -> None:
+    env = {
+        "SQLFLEET_MAX_QUEUED_PER_TENANT": "3",
+        "SQLFLEET_BUSY_TIMEOUT": "0.5",
+        "SQLFLEET_BACKUP_SNAPSHOT_BYTES": "1000",
+        "SQLFLEET_BACKUP_RETENTION": "60",
+    }
+    settings = Settings.load(env)
+    assert settings.router_config().max_queued_per_tenant == 3
+    assert settings.pool_config().busy_timeout == 0.5
+    shipper = settings.shipper_config()
+    assert (shipper.snapshot_bytes, shipper.retention) == (1000, 60.0)

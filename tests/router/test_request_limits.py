@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +125,14 @@ def test_a_runaway_inside_a_batch_is_504_and_rolls_back(tmp_path: Path) -> None:
         assert app.query("acme", "insert into t values (2)").status_code == 200  # tenant still fine
 
 
-def test_requests_queued_on_one_tenant_are_bounded(app: InProcess) -> None:
+def test_requests_queued_on_one_tenant_are_bounded(tmp_path: Path) -> None:
     """Beyond `max_queued_per_tenant` waiting calls, a tenant answers 503 at once; the count
     goes back down as calls finish."""
-    context: Context = app.server.app.state.ctx
-    context.config = replace(context.config, max_queued_per_tenant=2)
+    with in_process(tmp_path / "data", max_queued_per_tenant=2) as app:
+        _queue_is_bounded(app.server.context)
+
+
+def _queue_is_bounded(context: Context) -> None:
     release = threading.Event()
     outcomes: list[str] = []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from schema_support import TEST_CONFIG, MakeTemplate, OpenTenant, SchemaFleet
+from schema_support import TEST_CONFIG, TEST_POOL, MakeTemplate, OpenTenant, SchemaFleet
 
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
@@ -54,12 +54,15 @@ def make_template(tmp_path: Path) -> MakeTemplate:
 
 @pytest.fixture
 def schema_fleet(tmp_path: Path) -> Iterator[SchemaFleet]:
-    fleet = Fleet(tmp_path / "data", TEST_CONFIG, pool_capacity=64)
     groups = GroupStore(tmp_path / "data", timeout=5.0)
-    hooks = SchemaHooks(groups, lambda t: None, lazy_catch_up=True, timeout=5.0)
-    wired = SchemaFleet(fleet, groups, hooks, Rollouts(groups, fleet, concurrency=4))
-    hooks.group_of = wired.group_of
-    fleet.hooks.append(hooks)
+    made: list[SchemaHooks] = []
+
+    def hooks(fleet: Fleet) -> list[SchemaHooks]:
+        made.append(SchemaHooks(groups, fleet.group_of, lazy_catch_up=True, timeout=5.0))
+        return made
+
+    fleet = Fleet(tmp_path / "data", TEST_CONFIG, TEST_POOL, hooks)
+    wired = SchemaFleet(fleet, groups, made[0], Rollouts(groups, fleet, concurrency=4))
     yield wired
     wired.rollouts.close()
     fleet.close()

@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ops.settings import Settings
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
 from schema_sync.session import Session
-from tenants.config import DbConfig
 from tenants.execute import Statement
 from tenants.fleet import Fleet
 
-TEST_CONFIG = DbConfig(synchronous="NORMAL", statement_timeout=2.0)
+TEST_SETTINGS = Settings.load(environ={}, synchronous="NORMAL", statement_timeout=2.0, pool_capacity=64)
+TEST_CONFIG = TEST_SETTINGS.db_config()
+TEST_POOL = TEST_SETTINGS.pool_config()
 
 OpenTenant = Callable[..., Session]
 MakeTemplate = Callable[[str], Path]
@@ -30,10 +32,6 @@ class SchemaFleet:
     groups: GroupStore
     hooks: SchemaHooks
     rollouts: Rollouts
-
-    def group_of(self, tenant: str) -> str | None:
-        row = self.fleet.catalog.get(tenant)
-        return row.group if row is not None else None
 
     def query(self, tenant: str, sql: str) -> list[tuple[Any, ...]]:
         return self.fleet.execute(tenant, Statement(sql)).rows

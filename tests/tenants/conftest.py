@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from tenants_support import TEST_CONFIG, MakeFleet
+from tenants_support import TEST_CONFIG, TEST_POOL, MakeFleet
 
 from tenants.config import DbConfig
 from tenants.fleet import Fleet
+from tenants.hooks import FleetHooks
 
 
 @pytest.fixture
@@ -18,9 +20,13 @@ def make_fleet(tmp_path: Path) -> Iterator[MakeFleet]:
     fleets: list[Fleet] = []
 
     def make(
-        config: DbConfig = TEST_CONFIG, capacity: int = 8, data_dir: Path | None = None, **kw: object
+        config: DbConfig = TEST_CONFIG,
+        capacity: int = 8,
+        data_dir: Path | None = None,
+        hooks: Sequence[FleetHooks] = (),
     ) -> Fleet:
-        fleet = Fleet(data_dir or tmp_path / "data", config, capacity, **kw)  # type: ignore[arg-type]
+        pool = dataclasses.replace(TEST_POOL, capacity=capacity)
+        fleet = Fleet(data_dir or tmp_path / "data", config, pool, lambda fleet: hooks)
         fleets.append(fleet)
         return fleet
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tenants.config import DbConfig
+from ops.settings import Settings
 from tenants.fleet import Fleet
 
 # Small limits keep the limit tests fast; NORMAL avoids an fsync per commit in the hammer tests.
-TEST_CONFIG = DbConfig(synchronous="NORMAL", statement_timeout=1.0)
+TEST_SETTINGS = Settings.load(environ={}, synchronous="NORMAL", statement_timeout=1.0)
+TEST_CONFIG = TEST_SETTINGS.db_config()
+TEST_POOL = TEST_SETTINGS.pool_config()
 
 MakeFleet = Callable[..., Fleet]

@@ -11,7 +11,7 @@ import apsw
 import pytest
 from tenants_support import TEST_CONFIG, MakeFleet
 
-from tenants.config import DbConfig
+from ops.settings import Settings
 from tenants.connection import open_database
 from tenants.execute import Statement
 from tenants.fleet import Fleet
@@ -24,7 +24,8 @@ def side_files(fleet: Fleet, suffix: str) -> list[Path]:
 
 
 def test_pragmas_of_a_tenant_connection(tmp_path: Path) -> None:
-    config = DbConfig(synchronous="FULL", cache_size_kib=512, max_db_bytes=1 << 20)
+    settings = Settings.load(environ={}, synchronous="FULL", cache_size_kib=512, max_db_bytes=1 << 20)
+    config = settings.db_config()
     conn, sandbox = open_database(tmp_path / "a.db", config, create=True)
     sandbox.trusted = True  # the server's own reads, past the tenant's allow-list
     try:

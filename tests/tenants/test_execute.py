@@ -93,6 +93,12 @@ def test_sql_length_limit(limited: Fleet) -> None:
         q(limited, "SELECT 1" + " " * 2000)
 
 
+def test_sql_over_the_length_limit_is_refused_before_it_is_parsed(limited: Fleet) -> None:
+    hostile = "CREATE TRIGGER t2 AFTER INSERT ON t BEGIN " + ";" * 200_000
+    with pytest.raises(TooLarge, match="longer than 1000 characters"):
+        q(limited, hostile)
+
+
 def test_database_size_limit(limited: Fleet) -> None:
     with pytest.raises(TooLarge) as info:
         for _ in range(100):  # 100 x 8 KiB is well past 256 KiB

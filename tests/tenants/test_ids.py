@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tenants.errors import InvalidTenantId
-from tenants.ids import validate_tenant_id
+from tenants.ids import is_name, is_name_prefix, validate_tenant_id
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,18 @@ def test_message_never_echoes_a_huge_id() -> None:
         validate_tenant_id(7)
     with pytest.raises(InvalidTenantId, match="'Acme'"):
         validate_tenant_id("Acme")
+
+
+def test_group_names_follow_the_tenant_id_rule() -> None:
+    assert is_name("acme") and is_name("9-lives_x") and is_name("x" * 63)
+    assert not any(is_name(v) for v in ("", "x" * 64, "-a", "Acme", "a.b", None, 7, b"acme"))
+
+
+@pytest.mark.parametrize("value", ["", "a", "-", "_x", "acme-", "x" * 63])
+def test_prefixes_of_names(value: str) -> None:
+    assert is_name_prefix(value)
+
+
+@pytest.mark.parametrize("value", ["A", "a.b", "a/b", "x" * 64, "caf\u00e9", "a "])
+def test_not_prefixes_of_names(value: str) -> None:
+    assert not is_name_prefix(value)

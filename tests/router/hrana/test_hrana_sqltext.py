@@ -1,34 +1,12 @@
-"""Splitting SQL into statements for `sequence`, and libSQL's BEGIN READONLY."""
+"""libSQL's BEGIN READONLY, and SQL text checked for length before anything parses it.
+Splitting SQL into statements is tested with the lexer (tests/tenants/test_sqllex.py)."""
 
 from __future__ import annotations
 
 import pytest
+from support import InProcess, bearer
 
-from router.hrana.sqltext import is_begin_readonly, split_statements
-
-
-def test_split_respects_strings_names_comments_and_triggers() -> None:
-    sql = """
-        INSERT INTO t VALUES ('a;b', "c;d", `e;f`, [g;h]);  -- one; still a comment
-        /* two; */ INSERT INTO t VALUES ('it''s; fine');
-        CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET x = 1; DELETE FROM u; END;
-        SELECT 1
-    """
-    pieces = [p.strip() for p in split_statements(sql)]
-    assert len(pieces) == 4, pieces
-    assert pieces[0].startswith("INSERT") and pieces[0].endswith("[g;h]);")
-    assert pieces[1].endswith("'it''s; fine');")
-    assert pieces[2].endswith("END;")
-    assert pieces[3] == "SELECT 1"
-
-
-@pytest.mark.parametrize("sql", ["", ";;", "  -- only a comment", "/* unterminated", "; /* x */ ;"])
-def test_nothing_but_trivia_is_no_statement(sql: str) -> None:
-    assert split_statements(sql) == []
-
-
-def test_unterminated_string_is_one_statement() -> None:
-    assert split_statements("SELECT 'oops; SELECT 2") == ["SELECT 'oops; SELECT 2"]
+from router.hrana.sqltext import is_begin_readonly
 
 
 @pytest.mark.parametrize(
@@ -36,10 +14,30 @@ def test_unterminated_string_is_one_statement() -> None:
     [
         ("BEGIN TRANSACTION READONLY", True),
         ("  begin readonly;", True),
+        (";; BEGIN /* a */ READONLY -- b", True),
         ("BEGIN READONLY; SELECT 1", False),
+        ("BEGIN READONLY x", False),
+        ("BEGIN ; READONLY", False),
+        ("BEGIN\xa0READONLY", False),  # not whitespace to SQLite
         ("BEGIN IMMEDIATE", False),
         ("SELECT 'BEGIN READONLY'", False),
+        ("", False),
     ],
 )
 def test_begin_readonly(sql: str, expected: bool) -> None:
     assert is_begin_readonly(sql) is expected
+
+
+def test_sql_over_the_length_limit_is_refused_before_it_is_split(app: InProcess) -> None:
+    app.create("acme")
+    hostile = "CREATE TRIGGER t AFTER INSERT ON x BEGIN " + ";" * 200_000  # over max_sql_length
+    requests = [
+        {"type": "execute", "stmt": {"sql": hostile}},
+        {"type": "sequence", "sql": hostile},
+        {"type": "describe", "sql": hostile},
+    ]
+    r = app.client.post("/v2/pipeline", json={"requests": requests}, headers=bearer(app.token("acme")))
+    assert r.status_code == 200, r.text
+    errors = [result["error"] for result in r.json()["results"]]
+    assert [e["code"] for e in errors] == ["SQLITE_TOOBIG"] * 3
+    assert all("longer than" in e["message"] for e in errors)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from support import ADMIN, InProcess, bearer, in_process
 
 from tenants.hooks import FleetHooks
@@ -39,7 +40,7 @@ def _expires(app: InProcess) -> None:
     token = app.token("acme")
     pipe(app, token, [execute("CREATE TABLE t (x)")])
     baton = pipe(app, token, [execute("BEGIN"), execute("INSERT INTO t VALUES (1)")]).json()["baton"]
-    streams = app.server.app.state.hrana
+    streams = app.server.context.streams
     deadline = time.monotonic() + 5
     while len(streams) and time.monotonic() < deadline:  # idle timeout 0.5 s, swept every 0.125 s
         time.sleep(0.05)
@@ -146,7 +147,7 @@ def test_deleted_tenant_ends_its_streams(app: InProcess) -> None:
     assert app.client.delete("/v1/admin/tenants/acme", headers=ADMIN).status_code == 204
     r = pipe(app, token, [execute("SELECT 1")], baton)
     assert (r.status_code, r.json()["code"]) == (404, "TENANT_NOT_FOUND")
-    assert len(app.server.app.state.hrana) == 0
+    assert len(app.server.context.streams) == 0
 
 
 def test_shutdown_rolls_back_open_transactions(tmp_path: Path) -> None:
@@ -169,11 +170,13 @@ class _Frozen(FleetHooks):
         return False
 
 
-def test_frozen_tenant_serves_reads_and_refuses_writes_as_unavailable(app: InProcess) -> None:
+def test_frozen_tenant_serves_reads_and_refuses_writes_as_unavailable(
+    app: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app.create("acme")
     token = app.token("acme")
     pipe(app, token, [execute("CREATE TABLE t (x)")])
-    app.server.fleet.hooks.append(_Frozen())
+    monkeypatch.setattr(app.server.fleet, "hooks", (*app.server.fleet.hooks, _Frozen()))
     read, write = pipe(
         app, token, [execute("SELECT count(*) FROM t"), execute("INSERT INTO t VALUES (1)")]
     ).json()["results"]

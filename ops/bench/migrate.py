@@ -23,12 +23,13 @@ import apsw
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ops.bench import Row, emit
+from ops.bench.report import Row, emit
+from ops.process import signals_deferred
+from ops.settings import Settings
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import RUNNING, Rollout, RolloutOptions, Rollouts
 from tenants.catalog import ACTIVE, Catalog
-from tenants.config import DbConfig
 from tenants.connection import open_database
 from tenants.execute import Statement
 from tenants.fleet import Fleet
@@ -70,11 +71,11 @@ def bench_migrate(
     """Roll ADD COLUMN + CREATE INDEX out to N small tenants; report tenants/s."""
     with _data_dir(data_dir) as root:
         started = time.perf_counter()
-        config = DbConfig(synchronous=synchronous)
-        seed(root, count, rows, config)
+        settings = Settings.load(environ={}, synchronous=synchronous, pool_capacity=pool_capacity)
+        seed(root, count, rows, settings)
         seed_s = time.perf_counter() - started
         click.echo(f"seeded {count} tenants in {seed_s:.1f}s")
-        snap, checked = _rollout(root, config, pool_capacity, concurrency)
+        snap, checked = _rollout(root, settings, concurrency)
     rate = snap["migrated"] / max(snap["elapsed_s"], 1e-9)
     result: dict[str, Any] = {
         "bench": "migrate",
@@ -110,21 +111,22 @@ def _data_dir(given: Path | None) -> Iterator[Path]:
     try:
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        with signals_deferred():
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def tenant_ids(count: int) -> list[str]:
     return [f"t{i:07d}" for i in range(count)]
 
 
-def seed(root: Path, count: int, rows: int, config: DbConfig) -> None:
+def seed(root: Path, count: int, rows: int, settings: Settings) -> None:
     """A group and `count` tenants of it, each a copy of one small WAL-mode database."""
-    GroupStore(root).create(GROUP, SCHEMA)
+    GroupStore(root, settings.migration_timeout).create(GROUP, SCHEMA)
     layout = Layout(root)
     layout.ensure()
     sample = root / "seed.db"
     shutil.copyfile(root / "groups" / GROUP / "template.db", sample)
-    conn, _ = open_database(sample, config)  # switches the copy to WAL, as Fleet.create does
+    conn, _ = open_database(sample, settings.db_config())  # switches the copy to WAL, as Fleet.create does
     try:
         conn.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
@@ -170,18 +172,16 @@ def _bulk_catalog(layout: Layout, ids: list[str]) -> None:
         db.close()
 
 
-def _rollout(root: Path, config: DbConfig, capacity: int, concurrency: int) -> tuple[dict[str, Any], int]:
-    fleet = Fleet(root, config, capacity)
+def _rollout(root: Path, settings: Settings, concurrency: int) -> tuple[dict[str, Any], int]:
+    groups = GroupStore(root, settings.migration_timeout)
+
+    def hooks(fleet: Fleet) -> list[SchemaHooks]:
+        return [SchemaHooks(groups, fleet.group_of, lazy_catch_up=True, timeout=settings.migration_timeout)]
+
+    fleet = Fleet(root, settings.db_config(), settings.pool_config(), hooks)
     try:
-        groups = GroupStore(root)
-
-        def group_of(tenant: str) -> str | None:
-            row = fleet.catalog.get(tenant)
-            return row.group if row is not None else None
-
-        fleet.hooks.append(SchemaHooks(groups, group_of, lazy_catch_up=True, timeout=60.0))
         groups.add_migration(GROUP, "price", MIGRATION)
-        rollouts = Rollouts(groups, fleet)
+        rollouts = Rollouts(groups, fleet, concurrency)
         cpu = time.process_time()
         try:
             snap = _watch(rollouts.start(GROUP, RolloutOptions(concurrency=concurrency)))

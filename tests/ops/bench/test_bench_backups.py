@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import run_command
 
-from ops.bench_s3 import quantile, share_within
+from ops.bench.s3 import quantile, share_within
 
 
 def test_quick_run_reports_lag_puts_throughput_and_restore(tmp_path: Path) -> None:
@@ -18,13 +18,8 @@ def test_quick_run_reports_lag_puts_throughput_and_restore(tmp_path: Path) -> No
     args = ["--sizes", "2,6", "--seconds", "1", "--flush-interval", "0.2", "--concurrency", "4",
             "--ratio-tenants", "3", "--ratio-slices", "2", "--slice-seconds", "0.4",
             "--restore-mb", "1", "--restore-commits", "40", "--timeout", "120"]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "ops", "bench", "backups", *args, "--json-out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-    )
+    command = [sys.executable, "-m", "ops", "bench", "backups", *args, "--json-out", str(out)]
+    proc = run_command(command, cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sqlfleet bench backups" in proc.stdout
     r = json.loads(out.read_text())

@@ -7,41 +7,28 @@ reached), so scripts can wait on it.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
 from rich.table import Table
 
-from ops.admin_cli import _ADMIN_OPTIONS, _key_from_file
-from ops.client import ApiError, ServerUnreachable
-from tenants.errors import SqlfleetError
+from ops.cli.common import admin_command, output, size
+from ops.client import AdminClient
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def collect(url: str, admin_key: str, timeout: float = 10.0) -> dict[str, Any]:
+def collect(client: AdminClient) -> dict[str, Any]:
     """The server's state as one JSON-ready dict. Raises ServerUnreachable, ApiError."""
-    headers = {"Authorization": f"Bearer {admin_key}"}
-    try:
-        with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
-            ready = http.get("/readyz")
-            metrics = _get(http, "/metrics").text
-            groups = [g["name"] for g in _get(http, "/v1/admin/groups").json()["groups"]]
-            history = [_get(http, f"/v1/admin/groups/{g}/rollouts").json()["rollouts"] for g in groups]
-            rollouts = [r for rs in history for r in rs if r.get("state") == "running"]
-    except httpx.TransportError as exc:
-        raise ServerUnreachable(f"cannot reach sqlfleet at {url}: {exc or type(exc).__name__}") from None
-    samples = _samples(metrics)
-    readiness = ready.json() if ready.headers.get("content-type", "").startswith("application/json") else {}
+    readiness = client.readiness()
+    samples = _samples(client.metrics())
+    groups = [g["name"] for g in client.list_groups()]
+    rollouts = [r for g in groups for r in client.rollouts(g) if r.get("state") == "running"]
     return {
-        "url": url,
-        "ready": ready.status_code == 200,
-        "checks": readiness.get("checks", {}),
+        "url": client.url,
+        "ready": readiness["ready"],
+        "checks": readiness["checks"],
         "replica": readiness.get("replica"),
         "tenants": {
             dict(labels)["state"]: int(v)
@@ -68,34 +55,12 @@ def collect(url: str, admin_key: str, timeout: float = 10.0) -> dict[str, Any]:
     }
 
 
-def _get(http: httpx.Client, path: str) -> httpx.Response:
-    response = http.get(path)
-    if response.is_error:
-        try:
-            error = response.json()["error"]
-            raise ApiError(response.status_code, str(error["code"]), str(error["message"]))
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(
-                response.status_code, "http_error", f"{path}: HTTP {response.status_code}"
-            ) from None
-    return response
-
-
 def _samples(text: str) -> Samples:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-def _size(n: int) -> str:
-    amount = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if amount < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{n} B"
 
 
 def render(state: dict[str, Any]) -> Table:
@@ -106,13 +71,13 @@ def render(state: dict[str, Any]) -> Table:
     tenants = state["tenants"]
     table.add_row("tenants", f"{sum(tenants.values())} total: "
                   + ", ".join(f"{n} {s}" for s, n in sorted(tenants.items()) if n))  # fmt: skip
-    table.add_row("on disk", _size(state["bytes_on_disk"]))
+    table.add_row("on disk", size(state["bytes_on_disk"]))
     pool = state["pool"]
     looked_up = pool["hits"] + pool["misses"]
     hit = f"{100 * pool['hits'] / looked_up:.1f}% hits" if looked_up else "no leases yet"
     table.add_row("pool", f"{pool['open']} / {pool['capacity']} open, {hit}, {pool['evictions']} evictions")
     b = state["backups"]
-    table.add_row("shipping", f"lag {b['lag_max_seconds']:.2f} s, backlog {_size(b['backlog_bytes'])}, "
+    table.add_row("shipping", f"lag {b['lag_max_seconds']:.2f} s, backlog {size(b['backlog_bytes'])}, "
                   f"{b['segments_uploaded']} segments, {b['upload_errors']} upload errors")  # fmt: skip
     if state["replica"] is not None:
         table.add_row("replica", f"{state['replica']['failed_flushes_in_a_row']} failed flushes in a row")
@@ -125,23 +90,11 @@ def render(state: dict[str, Any]) -> Table:
     return table
 
 
-def _status(url: str, admin_key: str | None, data_dir: Path | None, timeout: float, as_json: bool) -> None:
-    try:
-        if not admin_key:
-            admin_key, _ = _key_from_file(data_dir)
-        state = collect(url, admin_key, timeout)
-    except SqlfleetError as exc:
-        raise click.ClickException(exc.message) from None
-    if as_json:
-        click.echo(json.dumps(state, indent=2))
-    else:
-        Console(highlight=False, soft_wrap=False).print(render(state))
+@click.command("status")
+@admin_command
+def status(client: AdminClient, as_json: bool) -> None:
+    """One screen on a running server: health, tenants, pool, shipping, rollouts."""
+    state = collect(client)
+    output(state, as_json, render(state))
     if not state["ready"]:
         raise SystemExit(1)
-
-
-status: click.Command = click.command(
-    "status", help="One screen on a running server: health, tenants, pool, shipping, rollouts."
-)(_status)
-for _option in _ADMIN_OPTIONS:
-    status = _option(status)

@@ -11,7 +11,7 @@ from rich.console import Console
 from support import run_server
 
 from ops.cli import main
-from ops.status_cli import render
+from ops.cli.status import render
 
 
 def test_status_shows_health_tenants_pool_and_shipping(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from support_s3 import BUCKET, REGION, MotoServer, unique_prefix
 
 from backups.local_replica import LocalReplica
-from backups.replica_factory import open_replica
+from backups.replica_url import open_replica
 from backups.s3_replica import S3Replica
 from ops.settings import Settings
 from tenants.errors import BadRequest

@@ -1,15 +1,15 @@
 """`sqlfleet restore ...` and `sqlfleet backups ...`: point-in-time restore, restore points,
 verification and catalog rebuild, as clients of a running server's admin API (issue 3).
 
-Same options and error handling as `ops.admin_cli` (--url, --admin-key, --timeout, --json; a
-failure is one `Error:` line on stderr and exit status 1). `backups verify` exits 1 when the backup
-does not match the live database, and `restore --all` when any tenant failed to restore.
+Same options and error handling as every admin command (`ops.cli.common`: --url, --admin-key,
+--timeout, --json; a failure is one `Error:` line on stderr and exit status 1). `backups verify`
+exits 1 when the backup does not match the live database, and `restore --all` when any tenant
+failed to restore.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import click
@@ -27,8 +27,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ops.admin_cli import _admin_command, _console, _print_json, _size
-from ops.client import AdminClient, ClientError, RestoreResult, ServerUnreachable
+from ops.api_types import RestoreResult
+from ops.cli.common import admin_command, console, output, print_json, size
+from ops.client import AdminClient, ClientError, ServerUnreachable
+from tenants.errors import BadRequest
+from tenants.rfc3339 import parse_time
 
 
 class _Moment(click.ParamType[str]):
@@ -41,11 +44,9 @@ class _Moment(click.ParamType[str]):
         if text == "latest":
             return text
         try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            self.fail(f"{text!r} is not RFC 3339 (e.g. 2026-11-24T10:00:00Z) or 'latest'", param, ctx)
-        if moment.tzinfo is None:
-            self.fail(f"{text!r} needs a time zone (e.g. a trailing Z or +02:00)", param, ctx)
+            parse_time(text)
+        except BadRequest as exc:
+            self.fail(f"{exc.message}, or 'latest'", param, ctx)
         return text
 
 
@@ -121,7 +122,7 @@ def _failure(exc: ClientError) -> str:
     "an empty catalog when it starts; this is for one that could not reach the bucket then). It "
     "reads every segment's index: a large bucket may need a longer --timeout.",
 )
-@_admin_command
+@admin_command
 def restore(
     client: AdminClient,
     as_json: bool,
@@ -154,10 +155,7 @@ def restore(
             f"{exc.message}; the restore may still be running on the server (a large one may need "
             "a longer --timeout)"
         ) from None
-    if as_json:
-        _print_json(result)
-    else:
-        _console().print(_restore_table([result], {}))
+    output(result, as_json, _restore_table([result], {}))
 
 
 def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool) -> None:
@@ -172,10 +170,10 @@ def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool)
     results, failed = _restore_each(client, missing, moment)
     present = len(listing) - len(missing)
     if as_json:
-        _print_json({"restored": results, "failed": [{"tenant": t, "error": e} for t, e in failed.items()],
+        print_json({"restored": results, "failed": [{"tenant": t, "error": e} for t, e in failed.items()],
                      "already_present": present})  # fmt: skip
     elif missing:
-        _console().print(_restore_table(results, failed))
+        console().print(_restore_table(results, failed))
     if not as_json:
         click.echo(f"restored {len(results)} of {len(missing)} missing tenants ({present} already present)")
     if failed:
@@ -212,12 +210,12 @@ def backups() -> None:
 
 @backups.command("ls")
 @click.argument("tenant_id", metavar="TENANT")
-@_admin_command
+@admin_command
 def ls(client: AdminClient, as_json: bool, tenant_id: str) -> None:
     """Restore points of TENANT: earliest and latest moment, generations, snapshots."""
     info = client.backups(tenant_id)
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     summary = Table("field", "value", show_header=False)
     rows = (
@@ -225,7 +223,7 @@ def ls(client: AdminClient, as_json: bool, tenant_id: str) -> None:
         ("earliest", info["earliest"] or "-"),
         ("latest", info["latest"]),
         ("deleted", "yes" if info["deleted"] else "no"),
-        ("not yet shipped", _size(info["backlog_bytes"])),
+        ("not yet shipped", size(info["backlog_bytes"])),
     )
     for key, value in rows:
         summary.add_row(Text(key), Text(str(value)))
@@ -236,22 +234,22 @@ def ls(client: AdminClient, as_json: bool, tenant_id: str) -> None:
     snapshots.columns[1].justify = snapshots.columns[3].justify = "right"
     for s in info["snapshots"]:
         snapshots.add_row(
-            Text(s["generation"]), Text(str(s["lsn"])), Text(s["taken"]), Text(_size(s["bytes"]))
+            Text(s["generation"]), Text(str(s["lsn"])), Text(s["taken"]), Text(size(s["bytes"]))
         )
-    console = _console()
+    out = console()
     for table in (summary, generations, snapshots):
-        console.print(table)
+        out.print(table)
 
 
 @backups.command("verify")
 @click.argument("tenant_id", metavar="TENANT")
-@_admin_command
+@admin_command
 def verify(client: AdminClient, as_json: bool, tenant_id: str) -> None:
     """Restore TENANT's latest state aside and compare it page by page with the live database;
     exit status 1 if they differ."""
     result = client.verify_backup(tenant_id)
     if as_json:
-        _print_json(result)
+        print_json(result)
     elif result["ok"]:
         click.echo(
             f"backup of {tenant_id} matches the live database "
@@ -267,25 +265,25 @@ def verify(client: AdminClient, as_json: bool, tenant_id: str) -> None:
 
 
 @backups.command("rebuild")
-@_admin_command
+@admin_command
 def rebuild(client: AdminClient, as_json: bool) -> None:
     """Rebuild the server's backup catalog from the segments in the bucket alone."""
     segments = client.rebuild_backup_catalog()
     if as_json:
-        _print_json({"segments": segments})
+        print_json({"segments": segments})
     else:
         click.echo(f"rebuilt the backup catalog from {segments} segments")
 
 
 @backups.command("tenants")
-@_admin_command
+@admin_command
 def tenants(client: AdminClient, as_json: bool) -> None:
     """Tenants the bucket can restore, and whether each exists on this server."""
     listing = client.restorable_tenants()
     if as_json:
-        _print_json({"tenants": listing})
+        print_json({"tenants": listing})
         return
     table = Table("tenant", "on this server")
     for t in listing:
         table.add_row(Text(t["id"]), Text("yes" if t["exists"] else "no (restore --all)"))
-    _console().print(table if listing else "no restorable tenants")
+    console().print(table if listing else "no restorable tenants")

@@ -14,23 +14,13 @@ from typing import Any
 
 import click
 
-from ops.bench import (
-    GIB,
-    QUERY_SQL,
-    BenchError,
-    BenchServer,
-    Driver,
-    Row,
-    common_options,
-    emit,
-    json_out,
-    latency_ms,
-    pool_delta,
-    session,
-    summary,
-)
-from ops.loadgen import PhaseResult
+from ops.bench.driver import QUERY_SQL, Driver, latency_ms, summary
+from ops.bench.loadgen import PhaseResult
+from ops.bench.options import common_options, session
+from ops.bench.report import Row, emit, json_out
+from ops.bench.server import BenchError, BenchServer, pool_delta
 
+GIB = 1 << 30
 TARGETS = {"fleet_rss_bytes": int(0.8 * GIB), "fleet_req_per_s": 2000.0, "hot_ratio": 0.6, "cold_p99_ms": 3.0}
 
 

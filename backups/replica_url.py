@@ -1,4 +1,4 @@
-"""Build a ReplicaClient from the `replica_url` setting.
+"""Open the ReplicaClient a `replica_url` setting names (parsing the URL; no I/O).
 
 file:///var/lib/sqlfleet/replica   a local directory (percent-escapes decoded)
 /var/lib/sqlfleet/replica          the same, as a plain path (~ expanded)

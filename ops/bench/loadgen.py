@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ops.process import die_with_parent
 from tenants.errors import SqlfleetError
 
 
@@ -164,9 +165,11 @@ async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> Phas
     return result
 
 
-def _worker(url: str, phase: Phase, share: range, concurrency: int, pipe: Any) -> None:
-    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
+def _worker(url: str, phase: Phase, share: range, concurrency: int, pipe: Any, parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop; and if the
+    # parent dies without deciding, the kernel ends the worker with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
     try:
         result = asyncio.run(_drive(url, phase, share, concurrency))
         pipe.send(("ok", result))
@@ -196,7 +199,8 @@ def run_phase(
             receive, send = ctx.Pipe(duplex=False)
             share = range(i, phase.total, processes)
             conc = phase.concurrency // processes + (1 if i < phase.concurrency % processes else 0)
-            proc = ctx.Process(target=_worker, args=(url, phase, share, conc, send), daemon=True)
+            args = (url, phase, share, conc, send, os.getpid())
+            proc = ctx.Process(target=_worker, args=args, daemon=True)
             proc.start()
             send.close()
             workers.append((proc, receive))

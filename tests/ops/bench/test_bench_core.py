@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,11 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
-from support import ADMIN, bearer, run_server
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import ADMIN, bearer, run_command, run_server
 
-from ops.bench import latency_ms
-from ops.loadgen import Phase, render, run_phase
+from ops.bench.driver import latency_ms
+from ops.bench.loadgen import Phase, render, run_phase
+from ops.process import spawn, stop
 
 LATENCY = {"p50", "p99", "mean", "max"}
 
@@ -21,13 +26,8 @@ LATENCY = {"p50", "p99", "mean", "max"}
 def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     """Run `sqlfleet bench ...` as the user would and return its JSON."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ops", "bench", *args, "--json-out", str(out), "--timeout", "60"],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        cwd=tmp_path,
-    )
+    command = [sys.executable, "-m", "ops", "bench", *args, "--json-out", str(out), "--timeout", "60"]
+    proc = run_command(command, cwd=tmp_path, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"sqlfleet bench {args[0]}" in proc.stdout
     result: dict[str, Any] = json.loads(out.read_text())
@@ -69,34 +69,49 @@ def test_cold_requests_all_miss_the_pool(tmp_path: Path) -> None:
     assert set(r["latency_ms"]) == LATENCY and r["latency_ms"]["p99"] > 0
 
 
-def test_ctrl_c_stops_the_server(tmp_path: Path) -> None:
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "ops", "bench", "fleet", "--tenants", "100000", "--timeout", "60"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_stops_the_server_and_removes_its_temp_dir(tmp_path: Path, sig: int) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    # a fleet that takes a while to set up, interrupted once its first tenants exist
+    command = [sys.executable, "-m", "ops", "bench", "fleet", "--tenants", "2000", "--timeout", "120"]
+    env = {**os.environ, "TMPDIR": str(temp)}
+    bench = spawn(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        server = _wait_for_child_serving(bench.pid)
-        time.sleep(0.5)  # into the tenant creation
-        os.kill(bench.pid, signal.SIGINT)  # only the bench process, not its group
+        server = _wait_for_tenants(bench)
+        os.kill(bench.pid, sig)  # only the bench process, not its group
         bench.wait(30)
         server.wait(5)  # raises psutil.TimeoutExpired if the server outlived the bench
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait(10)
+        stop(bench, 5)
+    assert bench.returncode != 0
     assert not (tmp_path / "bench-fleet.json").exists()
+    assert list(temp.iterdir()) == []  # the server's temp dir is gone
 
 
-def _wait_for_child_serving(pid: int) -> psutil.Process:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for child in psutil.Process(pid).children():
-            if "serve" in child.cmdline() and child.net_connections(kind="tcp"):
-                return child
+def _wait_for_tenants(bench: subprocess.Popen[bytes], wait: float = 90.0) -> psutil.Process:
+    """The bench's server, once its /metrics count a tenant (the bench is creating its fleet)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and bench.poll() is None:
+        for child in psutil.Process(bench.pid).children():
+            with contextlib.suppress(psutil.Error):
+                cmdline = child.cmdline()
+                if "serve" in cmdline and _active_tenants(cmdline[cmdline.index("--port") + 1]) > 0:
+                    return child
         time.sleep(0.05)
-    raise AssertionError("the bench never started a server")
+    raise AssertionError(f"the bench never created a tenant (exit status {bench.poll()})")
+
+
+def _active_tenants(port: str) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sqlfleet_tenants" and sample.labels.get("state") == "active":
+                return sample.value
+    return 0.0
 
 
 def test_loadgen_counts_statuses_and_keeps_responses(tmp_path: Path) -> None:

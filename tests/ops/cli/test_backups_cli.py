@@ -8,7 +8,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from support import ServerProcess, run_server
 
 from ops.cli import main
 from router.openapi import openapi_document
+from tenants.rfc3339 import format_time
 
 FAST = ("--backup-flush-interval", "0.2")
 
@@ -98,7 +98,7 @@ def shipped(server: ServerProcess, tenant: str) -> dict[str, Any]:
 def now() -> str:
     """This moment in RFC 3339. Server and test share the clock: a commit acknowledged before
     this call has an earlier commit time, one sent after it a later one."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return format_time(time.time())
 
 
 def table_rows(out: str) -> list[list[str]]:

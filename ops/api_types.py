@@ -1,0 +1,161 @@
+"""The admin API's answers as the `AdminClient` returns them (DESIGN.md "Admin API"): JSON
+objects, typed. The server owns the shapes; these name the fields the CLI reads."""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+# -- tenants and tokens ----------------------------------------------------------------------------
+
+
+class TenantInfo(TypedDict):
+    id: str
+    created_at: str
+    state: str
+    group: str | None
+    size: int
+    error: str | None
+
+
+class TenantPage(TypedDict):
+    tenants: list[TenantInfo]
+    next: str | None
+
+
+class MintedToken(TypedDict):
+    token: str
+    tenant: str
+    access: str
+    expires_at: int
+
+
+# -- backups -----------------------------------------------------------------------------------------
+
+
+class RestoreResult(TypedDict):
+    tenant: str
+    restored_to: str
+    generation: str
+    commits_applied: int
+
+
+class BackupGeneration(TypedDict):
+    id: str
+    started: str
+
+
+class BackupSnapshot(TypedDict):
+    generation: str
+    lsn: int
+    taken: str
+    bytes: int
+
+
+class BackupInfo(TypedDict):
+    tenant: str
+    earliest: str | None
+    latest: str
+    generations: list[BackupGeneration]
+    snapshots: list[BackupSnapshot]
+    deleted: bool
+    backlog_bytes: int
+
+
+class VerifyResult(TypedDict):
+    tenant: str
+    ok: bool
+    pages: int
+    differing_pages: list[int]
+    restored_to: str
+
+
+class RestorableTenant(TypedDict):
+    id: str
+    exists: bool
+
+
+# -- schema groups, migrations, rollouts ----------------------------------------------------------
+
+
+class Migration(TypedDict):
+    name: str
+    kind: str  # "sql", "sync" or "alembic"
+    checksum: str
+    allow_drop: bool
+    released: NotRequired[bool]  # in a group's listing, not in a registration's answer
+    alembic_revision: NotRequired[str]
+    alembic_source_sha256: NotRequired[str]
+
+
+class GroupInfo(TypedDict):
+    name: str
+    migrations: list[Migration]
+    released: int  # how many of `migrations` the template has
+    pending: int
+
+
+class SyncPlan(TypedDict):
+    sql: str
+    blocked: list[Any]
+    kept: list[Any]
+
+
+class AppliedMigration(TypedDict):
+    name: str
+    checksum: str
+    applied_at: str
+
+
+class TenantMigrations(TypedDict):
+    tenant: str
+    group: str
+    applied: list[AppliedMigration]
+    released: int
+    pending: list[str] | None  # None when the tenant's history disagrees with the group's
+    error: str | None
+
+
+class RolloutFailure(TypedDict):
+    tenant: str
+    error: str
+
+
+class RolloutPlan(TypedDict):
+    sql: str
+    tenants: int
+
+
+class Rollout(TypedDict):
+    """A rollout's snapshot. A listing (`AdminClient.rollouts`) leaves out failures and plans."""
+
+    id: str
+    group: str
+    state: str  # running, completed, stopped, failed, interrupted
+    reason: str | None
+    options: dict[str, Any]
+    template: dict[str, Any]
+    total: int
+    migrated: int
+    current: int
+    gone: int
+    failed: int
+    done: int
+    remaining: int
+    elapsed_s: float
+    rate_per_s: float
+    eta_s: float | None
+    started_at: str
+    finished_at: str | None
+    failures: NotRequired[list[RolloutFailure]]
+    plans: NotRequired[list[RolloutPlan]]
+
+
+# -- the server as a whole ---------------------------------------------------------------------------
+
+
+class Readiness(TypedDict):
+    """GET /readyz: `ready` with every check, and the replica's state when backups are on."""
+
+    ready: bool
+    checks: dict[str, bool]
+    replica: NotRequired[dict[str, Any]]

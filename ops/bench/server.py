@@ -1,0 +1,166 @@
+"""The server under test: a `sqlfleet serve` child (launched by `ops.process`, as the tests
+launch theirs) on a free loopback port over a fresh temp dir, and what we observe of it: peak
+RSS, CPU time, pool metrics, its log; a py-spy recording on request.
+
+Whatever way a benchmark ends (done, failed, Ctrl-C, SIGTERM), the server is stopped and the temp
+dir removed within a bound: `INTERRUPTED_GRACE` seconds for a graceful stop, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from ops.process import ServerProcess, signals_deferred, spawn, start_server, stop
+from tenants.errors import SqlfleetError
+
+GRACE = 60.0  # a finished benchmark's server: shipping and checkpoints finish (exit code 0)
+INTERRUPTED_GRACE = 10.0  # an interrupted or failed one: then SIGKILL
+
+_POOL_METRICS = ("sqlfleet_pool_hits_total", "sqlfleet_pool_misses_total", "sqlfleet_pool_evictions_total")
+_OPEN_METRICS = ("sqlfleet_pool_open_duration_seconds_sum", "sqlfleet_pool_open_duration_seconds_count")
+_GAUGES = ("sqlfleet_pool_capacity", "sqlfleet_pool_open_handles")  # read by name
+
+
+class BenchError(SqlfleetError):
+    code = "bench"
+
+
+@dataclass
+class BenchServer:
+    """A running `sqlfleet serve` child and what we observe of it."""
+
+    process: ServerProcess
+    peak_rss: int = 0
+    ps: psutil.Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ps = psutil.Process(self.proc.pid)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def admin_key(self) -> str:
+        return self.process.admin_key
+
+    def sample(self) -> None:
+        """Record the current RSS; called every tick while load runs."""
+        with contextlib.suppress(psutil.Error):
+            self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
+
+    def high_water(self) -> int:
+        """The kernel's peak RSS of the process (VmHWM), else the sampled peak."""
+        self.sample()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return max(self.peak_rss, int(line.split()[1]) * 1024)
+        return self.peak_rss
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def metrics(self) -> dict[str, float]:
+        """The pool's counters and gauges from /metrics."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        values = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in _POOL_METRICS or name in _OPEN_METRICS or name in _GAUGES:
+                values[name] = float(value)
+        return values
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self.process.log_tail(lines)
+
+
+def pool_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The pool's hits, misses, evictions and mean open time between two `metrics()` readings."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    hits, misses = int(delta(_POOL_METRICS[0])), int(delta(_POOL_METRICS[1]))
+    opens, open_seconds = delta(_OPEN_METRICS[1]), delta(_OPEN_METRICS[0])
+    return {
+        "hits": hits,
+        "misses": misses,
+        "evictions": int(delta(_POOL_METRICS[2])),
+        "hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0,
+        "open_ms_mean": round(open_seconds / opens * 1000, 3) if opens else 0.0,
+    }
+
+
+@contextlib.contextmanager
+def running_server(
+    data_dir: Path | None,
+    serve_args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    wait: float = 60.0,
+) -> Iterator[BenchServer]:
+    """A fresh server on a free loopback port over `data_dir` (kept) or a temp dir (removed),
+    with `env` added to its environment. Raises LaunchError if it does not come up."""
+    work = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-"))
+    try:
+        process = start_server(
+            data_dir or work / "data",
+            ["--log-level", "warning", *serve_args],
+            admin_key="bench-" + secrets.token_urlsafe(16),
+            env=env,
+            log_path=work / "server.log",
+            wait=wait,
+        )
+        finished = False
+        try:
+            yield BenchServer(process)
+            finished = True
+        finally:
+            process.terminate(GRACE if finished else INTERRUPTED_GRACE)
+    finally:
+        with signals_deferred():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, out: Path) -> Iterator[None]:
+    """Record the server with py-spy (not a dependency: `pip install py-spy`) while the body runs.
+    The format follows the suffix: .svg flamegraph, .json speedscope, else collapsed stacks."""
+    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise BenchError("py-spy is not installed (pip install py-spy)")
+    fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
+    cmd = [exe, "record", "--pid", str(pid), "--output", str(out), "--format", fmt, "--rate", "200"]
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: py-spy's chatter never blocks it
+        proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            time.sleep(1.0)  # let it attach before the measured part starts
+            if proc.poll() is not None:
+                errors.seek(0)
+                raise BenchError(f"py-spy failed: {errors.read().decode(errors='replace').strip()}")
+            yield
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(60)
+            stop(proc, 5)

@@ -1,0 +1,129 @@
+"""`sqlfleet tenant ...` and `sqlfleet token ...`: the admin commands, clients of a running server.
+
+Each command takes the options of `ops.cli.common` (--url, --admin-key (else the data dir's
+admin.key), --timeout, --json). Output is a rich table, or with --json the server's JSON as it
+came. Every failure is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from ops.api_types import TenantInfo
+from ops.cli.common import admin_command, console, output, print_json, size
+from ops.client import MAX_PAGE, AdminClient, ClientError
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _tenant_table(tenants: Sequence[TenantInfo]) -> Table:
+    table = Table("id", "state", "group", "size", "created")
+    table.columns[3].justify = "right"
+    for t in tenants:
+        cells = (t["id"], t["state"], t["group"] or "-", size(t["size"]), t["created_at"])
+        table.add_row(*(Text(str(c)) for c in cells))
+    return table
+
+
+def _info_table(info: TenantInfo) -> Table:
+    table = Table("field", "value", show_header=False)
+    for key, value in info.items():
+        shown = size(value) if key == "size" and isinstance(value, int) else value
+        table.add_row(Text(key), Text("-" if shown is None else str(shown)))
+    return table
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@click.group()
+def tenant() -> None:
+    """Create, list, inspect and delete tenants on a running server."""
+
+
+@tenant.command("create")
+@click.argument("tenant_id", metavar="ID")
+@click.option("--group", default=None, help="Schema group the tenant belongs to.")
+@admin_command
+def create(client: AdminClient, as_json: bool, tenant_id: str, group: str | None) -> None:
+    """Create tenant ID (an empty database)."""
+    info = client.create_tenant(tenant_id, group)
+    output(info, as_json, _tenant_table([info]))
+
+
+@tenant.command("list")
+@click.option("--prefix", default="", help="Only ids starting with this.")
+@click.option("--after", default=None, metavar="ID", help="Start after this id (the `next` cursor).")
+@click.option(
+    "--limit", type=click.IntRange(1, MAX_PAGE), default=None, help="Page size (server default 100)."
+)
+@click.option("--all", "everything", is_flag=True, help="Follow the cursor to the end of the list.")
+@admin_command
+def list_(
+    client: AdminClient, as_json: bool, prefix: str, after: str | None, limit: int | None, everything: bool
+) -> None:
+    """List tenants by id, one page (or --all)."""
+    if everything:
+        tenants = list(client.iter_tenants(prefix, after, limit or MAX_PAGE))
+        cursor = None
+        body: object = {"tenants": tenants, "next": None}
+    else:
+        page = client.list_tenants(prefix, after, limit)
+        tenants, cursor, body = page["tenants"], page["next"], page
+    if as_json:
+        print_json(body)
+        return
+    out = console()
+    out.print(_tenant_table(tenants) if tenants else "no tenants")
+    if cursor is not None:
+        out.print(f"more after {cursor}: add --after {cursor}, or --all", soft_wrap=True)
+
+
+@tenant.command("info")
+@click.argument("tenant_id", metavar="ID")
+@admin_command
+def info(client: AdminClient, as_json: bool, tenant_id: str) -> None:
+    """Show tenant ID: state, group, size, creation time."""
+    body = client.tenant_info(tenant_id)
+    output(body, as_json, _info_table(body))
+
+
+@tenant.command("delete")
+@click.argument("tenant_id", metavar="ID")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@admin_command
+def delete(client: AdminClient, as_json: bool, tenant_id: str, yes: bool) -> None:
+    """Delete tenant ID and all its data (asks first unless --yes)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ClientError(f"not deleting {tenant_id!r}: no terminal to confirm on; pass --yes")
+        shown = size(client.tenant_info(tenant_id)["size"])
+        click.confirm(f"Delete tenant {tenant_id!r} ({shown}) and all its data?", abort=True)
+    client.delete_tenant(tenant_id)
+    if not as_json:  # the server answers 204, so --json prints nothing
+        click.echo(f"deleted tenant {tenant_id}")
+
+
+@click.group()
+def token() -> None:
+    """Mint tenant tokens (Ed25519 JWTs)."""
+
+
+@token.command("mint")
+@click.argument("tenant_id", metavar="TENANT")
+@click.option("--access", type=click.Choice(["ro", "rw"]), default="rw", show_default=True)
+@click.option("--expires-in", type=click.IntRange(min=1), default=None, metavar="SECONDS",
+              help="Lifetime in seconds (server default 3600).")  # fmt: skip
+@admin_command
+def mint(client: AdminClient, as_json: bool, tenant_id: str, access: str, expires_in: int | None) -> None:
+    """Print a token for TENANT (only the token, so `$(sqlfleet token mint acme)` works)."""
+    minted = client.mint_token(tenant_id, access, expires_in)
+    if as_json:
+        print_json(minted)
+    else:
+        click.echo(minted["token"])

@@ -1,0 +1,141 @@
+"""What every admin command shares: the options (--url, --admin-key, --data-dir, --timeout,
+--json), an open `AdminClient`, one way to turn an error into one stderr line (exit status 1;
+click's own usage errors keep their status 2), and the output helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console, RenderableType
+
+from ops.client import DEFAULT_URL, AdminClient, ApiError, ClientError
+from ops.settings import Settings
+from tenants.errors import SqlfleetError
+
+ADMIN_KEY_FILE = "admin.key"  # the name ops.keys gives the generated key inside the data dir
+
+Command = Callable[..., None]
+
+ADMIN_OPTIONS = [
+    click.option(
+        "--url",
+        envvar="SQLFLEET_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        metavar="URL",
+        help="The server's base URL [env SQLFLEET_URL].",
+    ),
+    click.option(
+        "--admin-key",
+        envvar="SQLFLEET_ADMIN_KEY",
+        default=None,
+        metavar="KEY",
+        help="Admin API key [env SQLFLEET_ADMIN_KEY]; unset: read DATA_DIR/admin.key.",
+    ),
+    click.option(
+        "--data-dir",
+        envvar="SQLFLEET_DATA_DIR",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Where to find admin.key when no key is given [env SQLFLEET_DATA_DIR; "
+        "default: the server's default data dir].",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for the server.",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the server's JSON instead of a table."),
+]
+
+
+def admin_command(fn: Command) -> Command:
+    """Give `fn(client, as_json, ...)` the admin options, an open client, and the one place where
+    errors become a single stderr line."""
+
+    @functools.wraps(fn)
+    def run(
+        url: str, admin_key: str | None, data_dir: Path | None, timeout: float, as_json: bool, **kw: Any
+    ) -> None:
+        source = "--admin-key / SQLFLEET_ADMIN_KEY"
+        try:
+            if not admin_key:
+                admin_key, source = key_from_file(data_dir)
+            with AdminClient(url, admin_key, timeout) as client:
+                fn(client, as_json, **kw)
+        except SqlfleetError as exc:
+            raise click.ClickException(describe(exc, source)) from None
+
+    command: Command = run
+    for option in reversed(ADMIN_OPTIONS):
+        command = option(command)
+    return command
+
+
+def key_from_file(data_dir: Path | None) -> tuple[str, str]:
+    """(key, where it came from) from DATA_DIR/admin.key (default: the server's default data
+    dir). Raises ClientError when there is no usable key file."""
+    path = (data_dir or Settings().data_dir).expanduser() / ADMIN_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        raise ClientError(
+            f"no admin key: set SQLFLEET_ADMIN_KEY or pass --admin-key ({path} does not exist)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"cannot read the admin key from {path}: {exc}") from None
+    if not key:
+        raise ClientError(f"no admin key: {path} is empty")
+    return key, str(path)
+
+
+def describe(exc: SqlfleetError, key_source: str) -> str:
+    """The one line a failure prints; a rejected key names where the key came from."""
+    if not isinstance(exc, ApiError):
+        return exc.message
+    text = f"{exc.message} (HTTP {exc.http_status} {exc.error_code})"
+    if exc.http_status == 401:
+        return f"the server rejected the admin key from {key_source}: {text}"
+    if exc.http_status == 403:
+        return f"the key from {key_source} is not the server's admin key: {text}"
+    return text
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def print_json(body: object) -> None:
+    click.echo(json.dumps(body, indent=2))
+
+
+def output(body: object, as_json: bool, table: RenderableType) -> None:
+    """`body` as JSON with --json, else `table` (a rich table, or text with markup) on stdout."""
+    if as_json:
+        print_json(body)
+    else:
+        console().print(table)
+
+
+def console() -> Console:
+    """A console for stdout. Piped output would be cut to 80 columns; a table is only as wide
+    as its cells anyway."""
+    wide = None if sys.stdout.isatty() else 1000
+    return Console(width=wide, highlight=False, soft_wrap=False)
+
+
+def size(n: int) -> str:
+    """Bytes for people: `512 B`, `4.0 KiB`, ... up to TiB."""
+    amount = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024:
+            return f"{n} B" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"

@@ -1,0 +1,47 @@
+"""`sqlfleet serve`: run the server. One flag per setting; click passes each flag's text as typed
+and `Settings.load` parses and checks it, exactly as it parses the `SQLFLEET_<NAME>` variable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ops.settings import Settings, setting_fields
+from tenants.errors import SqlfleetError
+
+
+def _metavar(type_name: str) -> str:
+    # What --help shows; the value itself stays text until Settings parses it.
+    return "INTEGER" if type_name.startswith("int") else "FLOAT" if type_name.startswith("float") else "TEXT"
+
+
+def setting_options(fn: Any) -> Any:
+    """One --flag per setting, its value passed on as text (env SQLFLEET_<NAME> is read by
+    Settings.load)."""
+    for name, type_name, help_text in reversed(setting_fields()):
+        env = f"SQLFLEET_{name.upper()}"
+        fn = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            default=None,
+            metavar=_metavar(type_name),
+            help=f"{help_text} [env {env}]",
+        )(fn)
+    return fn
+
+
+@click.command()
+@setting_options
+def serve(**flags: Any) -> None:
+    """Run the server (every flag can also be set as SQLFLEET_<NAME>)."""
+    from ops.server import serve as run
+
+    try:
+        settings = Settings.load(**flags)
+    except SqlfleetError as exc:
+        raise click.UsageError(exc.message) from None
+    try:
+        run(settings)
+    except SqlfleetError as exc:
+        raise click.ClickException(exc.message) from None

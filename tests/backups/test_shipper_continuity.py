@@ -1,0 +1,211 @@
+"""backups.continuity over real WAL files: a reopened tenant resumes the shipped position only when
+the WAL provably continues it (same salts, same checksum at the last shipped frame); otherwise it
+starts a new generation with a snapshot, and no commit is lost either way."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+from support_shipper import Rig, open_tenant
+
+from backups import wal
+from backups.catalog import Position
+from backups.continuity import db_page_size, new_generation_id, page_size_of, resumed_log
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    rig = Rig(tmp_path)
+    yield rig
+    rig.shutdown()
+
+
+def generations(rig: Rig, tenant: str) -> list[str]:
+    return sorted({r.generation for r in rig.catalog.chunks(tenant)})
+
+
+def shipped_then_closed(rig: Rig, tenant: str, *values: object) -> Position:
+    """A tenant with `values` committed and shipped, then closed (its WAL stays on disk)."""
+    rig.create(tenant)
+    rig.insert(tenant, *values)
+    assert rig.shipper.flush()
+    rig.close(tenant)
+    position = rig.catalog.position(tenant)
+    assert position is not None and position.salts is not None
+    return position
+
+
+def test_a_reopened_tenant_resumes_when_salts_and_checksum_match(rig: Rig) -> None:
+    position = shipped_then_closed(rig, "acme", 1, 2)
+    rig.new_shipper()  # a restarted server: nothing in memory, the catalog and the WAL on disk
+
+    rig.open("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None and entry.base == position
+    assert entry.pending == [] and entry.snapshot is None and not entry.broken
+
+    rig.insert("acme", 3)
+    assert rig.shipper.flush()
+    assert generations(rig, "acme") == [position.generation]
+    assert rig.restored("acme", time.time()) == [1, 2, 3]
+
+
+def test_commits_after_the_shipped_position_are_recovered_with_the_wal_mtime(rig: Rig) -> None:
+    rig.create("acme")
+    rig.insert("acme", 1)
+    assert rig.shipper.flush()
+    shipped = rig.catalog.position("acme")
+    assert shipped is not None
+    rig.insert("acme", 2, 3)  # committed, never shipped: the process dies here
+    rig.conns.pop("acme").close()
+    _, frames = wal.scan(rig.wal("acme"))
+    mtime = rig.wal("acme").stat().st_mtime
+    rig.new_shipper()
+
+    rig.open("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None and entry.base == shipped
+    commits = [f.index + 1 for f in frames if f.commit_size]
+    assert entry.pending == [(n, mtime) for n in commits[-2:]]
+    assert "acme" in rig.shipper.ledger.dirty
+
+    assert rig.shipper.flush()
+    assert rig.restored("acme", time.time()) == [1, 2, 3]
+    assert generations(rig, "acme") == [shipped.generation]
+
+
+def test_a_wal_with_other_salts_starts_a_new_generation(rig: Rig) -> None:
+    position = shipped_then_closed(rig, "acme", 1, 2)
+    # behind the server's back: checkpointed and written again, so the WAL restarted (new salts)
+    conn = open_tenant(rig.path("acme"))
+    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+    conn.execute("INSERT INTO t(v) VALUES ('behind')")
+    conn.close()
+    header = wal.read_header(rig.wal("acme"))
+    assert header is not None and (header.salt1, header.salt2) != position.salts
+    rig.new_shipper()
+
+    rig.open("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None and entry.snapshot is not None
+    assert entry.base.generation != position.generation and entry.base.lsn == 0
+
+    rig.insert("acme", 3)
+    assert rig.shipper.flush()
+    assert len(generations(rig, "acme")) == 2
+    assert rig.restored("acme", time.time()) == [1, 2, "behind", 3]
+
+
+def test_a_wal_with_another_checksum_at_the_shipped_frame_starts_a_new_generation(rig: Rig) -> None:
+    position = shipped_then_closed(rig, "acme", 1, 2)
+    # same salts, but the last shipped frame no longer carries the checksum recorded for it
+    header = wal.read_header(rig.wal("acme"))
+    assert header is not None
+    with open(rig.wal("acme"), "r+b") as f:
+        f.seek(header.frame_offset(position.wal_frames - 1) + 16)
+        f.write(struct.pack(">I", position.seed[0] ^ 1))
+    rig.new_shipper()
+
+    rig.open("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None and entry.snapshot is not None
+    assert entry.base.generation != position.generation
+
+
+def test_resumed_log_checks_salts_and_the_seed_at_the_shipped_frame(rig: Rig) -> None:
+    position = shipped_then_closed(rig, "acme", 1, 2)
+    conn = open_tenant(rig.path("acme"))
+    try:
+        path = rig.wal("acme")
+        resumed = resumed_log(position, path, conn)
+        assert resumed is not None and resumed.base == position and resumed.pending == []
+        wrong_seed = dataclasses.replace(position, seed=(position.seed[0] ^ 1, position.seed[1]))
+        earlier_frame = dataclasses.replace(position, wal_frames=position.wal_frames - 1)
+        assert position.salts is not None
+        other_salts = dataclasses.replace(position, salts=(position.salts[0] + 1, position.salts[1]))
+        beyond = dataclasses.replace(position, wal_frames=position.wal_frames + 5)
+        for stale in (wrong_seed, earlier_frame, other_salts, beyond):
+            assert resumed_log(stale, path, conn) is None, stale
+        assert resumed_log(None, path, conn) is None  # never shipped: nothing to continue
+    finally:
+        conn.close()
+
+
+def test_a_checkpointed_position_resumes_only_while_there_is_no_wal(rig: Rig) -> None:
+    position = shipped_then_closed(rig, "acme", 1)
+    checkpointed = dataclasses.replace(position, salts=None, wal_frames=0, seed=(0, 0))
+    conn = open_tenant(rig.path("acme"))
+    try:
+        assert resumed_log(checkpointed, rig.wal("acme"), conn) is None  # a WAL it does not know
+        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        assert wal.read_header(rig.wal("acme")) is None
+        resumed = resumed_log(checkpointed, rig.wal("acme"), conn)
+        assert resumed is not None and resumed.base == checkpointed
+        assert resumed.page_size == db_page_size(conn) == 4096
+    finally:
+        conn.close()
+
+
+def test_a_new_tenant_starts_a_generation_with_its_file_as_snapshot(rig: Rig) -> None:
+    rig.create("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None and entry.snapshot is not None
+    assert entry.base.lsn == 0 and entry.base.salts is None
+    assert entry.snapshot.image == rig.path("acme").read_bytes()[: len(entry.snapshot.image)]
+    assert page_size_of(entry.snapshot.image) == entry.page_size == 4096
+
+
+def test_a_first_open_without_a_position_starts_a_generation(rig: Rig) -> None:
+    """A tenant file the shipper never saw (backups turned on later): its current state is
+    the snapshot, at the WAL's current end."""
+    path = rig.path("old")
+    path.parent.mkdir(parents=True)
+    conn = open_tenant(path)
+    conn.execute("CREATE TABLE t(v); INSERT INTO t VALUES ('before')")
+    conn.close()
+
+    rig.open("old")
+    entry = rig.shipper.ledger.get("old")
+    assert entry is not None and entry.snapshot is not None
+    header, frames = wal.scan(rig.wal("old"))
+    assert header is not None
+    assert entry.base.salts == (header.salt1, header.salt2)
+    assert entry.base.wal_frames == len(frames) and entry.base.seed == frames[-1].checksum
+
+    rig.insert("old", "after")
+    assert rig.shipper.flush()
+    assert rig.restored("old", time.time()) == ["before", "after"]
+
+
+def test_restart_of_a_broken_tenant(rig: Rig) -> None:
+    """Open: a new generation now. Closed: its log goes, so the next open decides."""
+    rig.create("open")
+    rig.create("closed")
+    assert rig.shipper.flush()
+    continuity, ledger = rig.shipper.continuity, rig.shipper.ledger
+    entry = ledger.get("open")
+    assert entry is not None
+    entry.broken = True
+    continuity.restart("open", entry, rig.conns["open"])
+    restarted = ledger.get("open")
+    assert restarted is not None and restarted is not entry and restarted.snapshot is not None
+    assert restarted.base.generation != entry.base.generation
+
+    closed = ledger.get("closed")
+    assert closed is not None
+    closed.broken = True
+    continuity.restart("closed", closed, None)
+    assert ledger.get("closed") is None
+
+
+def test_generation_ids_sort_by_creation_time() -> None:
+    first = new_generation_id()
+    time.sleep(0.002)
+    second = new_generation_id()
+    assert first < second and len(first) == len(second) == 21

@@ -17,9 +17,9 @@ import apsw
 from backups import wal
 from backups.catalog import BackupCatalog
 from backups.continuity import Continuity
+from backups.errors import ReplicaError, WalCorrupt
 from backups.flush import Flusher
 from backups.ledger import Ledger, TenantLog, snapshot_chunk
-from backups.replica import ReplicaError
 from tenants.errors import SqlfleetError
 from tenants.pool import Handle
 
@@ -73,7 +73,7 @@ class Checkpointer:
                         self.continuity.restart(tenant_id, entry, handle.conn if handle else None)
                 elif checkpoint or due:
                     self.checkpoint(tenant_id, entry, snapshot=due)
-            except (SqlfleetError, wal.WalCorrupt) as exc:
+            except (SqlfleetError, WalCorrupt) as exc:
                 log.warning("tenant %s: backup maintenance skipped (%s)", tenant_id, exc)
 
     def checkpoint(self, tenant_id: str, entry: TenantLog, snapshot: bool) -> None:
@@ -132,7 +132,7 @@ class Checkpointer:
                 break
             try:
                 self.checkpoint(tenant_id, entry, snapshot=False)
-            except (SqlfleetError, wal.WalCorrupt, apsw.Error) as exc:
+            except (SqlfleetError, WalCorrupt, apsw.Error) as exc:
                 log.warning("tenant %s: shutdown checkpoint skipped (%s)", tenant_id, exc)
                 continue
             done += entry.base.salts is None

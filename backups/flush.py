@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 
 from backups import wal
 from backups.catalog import BackupCatalog, Position
+from backups.errors import ReplicaError, WalCorrupt
 from backups.ledger import Ledger, TenantLog
-from backups.replica import ReplicaClient, ReplicaError
+from backups.replica import ReplicaClient
 from backups.segment import FRAMES, Chunk, PageWrite, pack
 from metrics.instruments import (
     BACKUP_BACKLOG_BYTES,
@@ -59,14 +60,14 @@ def read_new_frames(
     with open(entry.wal_path, "rb") as f:  # one open per tenant and flush: header, then frames
         header = wal.parse_header(f.read(wal.WAL_HEADER_SIZE))
         if header is None:
-            raise wal.WalCorrupt("WAL header missing")
+            raise WalCorrupt("WAL header missing")
         salts = (header.salt1, header.salt2)
         if base.salts == salts:
             start, seed = base.wal_frames, base.seed
         elif base.salts is None:  # the WAL restarted after our checkpoint
             start, seed = 0, header.checksum
         else:
-            raise wal.WalCorrupt("WAL salts changed without a checkpoint")
+            raise WalCorrupt("WAL salts changed without a checkpoint")
         frames = wal.read_frames_from(f, header, start, stop, seed)
     times = dict(pending)
     commits = [
@@ -148,7 +149,7 @@ class Flusher:
             try:
                 frames_chunk, position = read_new_frames(tenant_id, entry, pending)
                 chunks.append(frames_chunk)
-            except wal.WalCorrupt as exc:
+            except WalCorrupt as exc:
                 log.error("tenant %s: WAL does not continue the shipped position (%s)", tenant_id, exc)
                 entry.broken = True
         if not chunks:

@@ -15,15 +15,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backups.replica import (
-    ObjectInfo,
-    ReplicaError,
-    ReplicaNotFound,
-    ReplicaUnavailable,
-    check_range,
-    validate_key,
-    validate_prefix,
-)
+from backups.errors import ReplicaError, ReplicaNotFound, ReplicaUnavailable
+from backups.replica import ObjectInfo, check_range, validate_key, validate_prefix
 from tenants.files import fsync_dir, write_durably
 
 # Conditions that may clear up by themselves (space freed, mount back, descriptors released).

@@ -15,44 +15,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import Protocol
 
-from tenants.errors import SqlfleetError
+from backups.errors import InvalidReplicaKey
 
 MAX_KEY_BYTES = 1024  # S3's limit; the bucket prefix counts against it too
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
-
-
-class ReplicaError(SqlfleetError):
-    """A replica operation failed. `transient` says whether the same call may succeed later
-    (retry with backoff) or needs a person (bad credentials, missing bucket, bad key)."""
-
-    status = 502
-    code = "replica_error"
-    transient: ClassVar[bool] = False
-
-
-class ReplicaNotFound(ReplicaError):
-    """No object has this key."""
-
-    status = 404
-    code = "replica_not_found"
-
-
-class ReplicaUnavailable(ReplicaError):
-    """The replica cannot be reached or is overloaded right now (connection refused, timeout,
-    5xx, throttling, disk full); retrying later may succeed."""
-
-    status = 503
-    code = "replica_unavailable"
-    transient = True
-
-
-class InvalidReplicaKey(ReplicaError):
-    """A key or prefix breaks the rules in this module's docstring."""
-
-    status = 400
-    code = "invalid_replica_key"
 
 
 @dataclass(frozen=True, order=True)

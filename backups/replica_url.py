@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from backups.errors import InvalidReplicaKey
 from backups.local_replica import LocalReplica
-from backups.replica import InvalidReplicaKey, ReplicaClient
+from backups.replica import ReplicaClient
 from tenants.errors import BadRequest
 
 if TYPE_CHECKING:

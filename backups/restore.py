@@ -16,19 +16,10 @@ from pathlib import Path
 import apsw
 
 from backups.catalog import ChunkRow
+from backups.errors import BackupBroken, NoRestorePoint
 from backups.segment import FRAMES, SNAPSHOT, decode_frames, decode_snapshot
-from tenants.errors import SqlfleetError, TenantNotFound
 
 RangeReader = Callable[[str, int, int], bytes]
-
-
-class NoRestorePoint(TenantNotFound):
-    code = "no_restore_point"
-
-
-class BackupBroken(SqlfleetError):
-    status = 500
-    code = "backup_broken"
 
 
 @dataclass(frozen=True)

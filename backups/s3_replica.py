@@ -29,15 +29,8 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from backups.replica import (
-    ObjectInfo,
-    ReplicaError,
-    ReplicaNotFound,
-    ReplicaUnavailable,
-    check_range,
-    validate_key,
-    validate_prefix,
-)
+from backups.errors import ReplicaError, ReplicaNotFound, ReplicaUnavailable
+from backups.replica import ObjectInfo, check_range, validate_key, validate_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 
 import zstandard
 
+from backups.errors import SegmentCorrupt
+
 MAGIC = b"SQFSEG01"
 PREFIX_SIZE = len(MAGIC) + 4
 FRAMES, SNAPSHOT, TOMBSTONE = "frames", "snapshot", "deleted"
 _FRAME_HEAD = struct.Struct(">II")
-
-
-class SegmentCorrupt(Exception):
-    pass
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,17 @@ from typing import Any
 
 from backups import restore, retention
 from backups.catalog import BackupCatalog, ChunkRow
+from backups.errors import NoRestorePoint, ReplicaError
 from backups.replica import ReplicaClient
 from backups.segment import PREFIX_SIZE, SNAPSHOT, TOMBSTONE, index_length, parse_index
 from backups.shipper import Shipper
-from metrics.instruments import RESTORE_COMMITS, RESTORE_SECONDS, RESTORES, RESTORES_RUNNING
+from metrics.instruments import (
+    BACKUP_BACKLOG_BYTES,
+    RESTORE_COMMITS,
+    RESTORE_SECONDS,
+    RESTORES,
+    RESTORES_RUNNING,
+)
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 from tenants.rfc3339 import format_time, parse_time
@@ -46,7 +53,18 @@ class RestoreResult:
                 "generation": self.generation, "commits_applied": self.commits_applied}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ReplicaHealth:
+    """How shipping to the replica goes, for readiness checks."""
+
+    failed_flushes_in_a_row: int  # flushes whose upload failed since the last that succeeded
+    last_success: float | None  # time.time() of the last flush whose upload succeeded; None: none yet
+
+
 class Backups(FleetHooks):
+    """Owns the replica client, the backup catalog and the shipper. Its life: built (nothing
+    runs), `start`, then at shutdown `stop` (before the fleet closes) and `close` (after)."""
+
     def __init__(
         self, replica: ReplicaClient, catalog: BackupCatalog, shipper: Shipper, fleet: Fleet
     ) -> None:
@@ -54,6 +72,41 @@ class Backups(FleetHooks):
         self.catalog = catalog
         self.shipper = shipper
         self.fleet = fleet
+
+    def fleet_hooks(self) -> list[FleetHooks]:
+        """What the fleet must call: the shipper (commits, opens, closes, deletes), then the
+        service itself (recovering a tenant lost locally but in the bucket)."""
+        return [self.shipper, self]
+
+    def start(self) -> None:
+        """Know what the bucket can restore (`rebuild_if_empty`; a replica that cannot be read
+        is logged, not raised: the server serves and ships anyway), then start shipping."""
+        BACKUP_BACKLOG_BYTES.set_function(self.shipper.backlog_bytes)  # current at every scrape
+        try:
+            self.rebuild_if_empty()
+        except ReplicaError as exc:
+            log.warning(
+                "could not read the backup catalog from the replica (%s); "
+                "POST /v1/admin/backups/rebuild once it is reachable",
+                exc,
+            )
+        self.shipper.start()
+
+    def stop(self, deadline: float) -> None:
+        """Shutdown, before the fleet closes: stop the shipper after one last flush, then
+        checkpoint every open tenant whose WAL is fully shipped, giving up at `deadline`
+        (time.monotonic()). Never raises; idempotent."""
+        self.shipper.stop()
+        self.shipper.checkpoint_shipped(deadline)
+
+    def close(self) -> None:
+        """Close the catalog and the replica client. Call once the fleet is closed: until then
+        its hooks (and requests still finishing) may use them."""
+        self.catalog.close()
+        self.replica.close()
+
+    def replica_health(self) -> ReplicaHealth:
+        return ReplicaHealth(self.shipper.failed_in_a_row, self.shipper.last_success or None)
 
     def flush(self) -> None:
         """Ship everything committed so far; returns when it is durable in the replica, or
@@ -102,7 +155,7 @@ class Backups(FleetHooks):
         self.shipper.flush()  # as restore does: list what a restore would find now
         rows = self.catalog.chunks(tenant)
         if not rows:
-            raise restore.NoRestorePoint(f"tenant {tenant!r} has no backups")
+            raise NoRestorePoint(f"tenant {tenant!r} has no backups")
         gens = restore.generations(rows)
         latest = max(max(r.last_time for r in rows), max(gens.values(), default=0.0))
         return {

@@ -11,7 +11,6 @@ The front the fleet sees (its FleetHooks) and the flush loop; the work is done b
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
@@ -24,10 +23,12 @@ from backups import retention
 from backups.catalog import BackupCatalog
 from backups.checkpoint import Checkpointer, Lease, Policy
 from backups.continuity import Continuity
+from backups.errors import ReplicaError
 from backups.flush import Flusher
 from backups.ledger import Ledger
-from backups.replica import ReplicaClient, ReplicaError
+from backups.replica import ReplicaClient
 from backups.segment import TOMBSTONE, Chunk
+from tenants.files import write_durably
 from tenants.hooks import FleetHooks
 from tenants.layout import Layout
 from tenants.sandbox import Sandbox
@@ -144,10 +145,13 @@ class Shipper(FleetHooks):
                 self._enforce_retention()
 
     def _enforce_retention(self) -> None:
+        # As for flushes: nothing here may end the loop, or shipping stops for good.
         try:
             retention.enforce(self.replica, self.catalog, self.config.retention)
         except ReplicaError as exc:
             log.warning("backup maintenance failed (%s); will retry", exc)
+        except Exception:
+            log.exception("backup maintenance failed; will retry")
 
     # -- flushing -----------------------------------------------------------------------------------
 
@@ -200,7 +204,5 @@ def server_id(layout: Layout) -> str:
     """A stable random id for this data dir, so segment keys of several servers never collide."""
     path = layout.system_dir / "server-id"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(secrets.token_hex(4))
-        os.replace(tmp, path)
+        write_durably(path, secrets.token_hex(4).encode(), mode=0o644)
     return path.read_text().strip()

@@ -21,15 +21,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from backups.errors import WalCorrupt
+
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
 _MAGIC_LE, _MAGIC_BE = 0x377F0682, 0x377F0683
 _MASK = 0xFFFFFFFF
 Checksum = tuple[int, int]
-
-
-class WalCorrupt(Exception):
-    """A frame that should be valid is not (bad salt or checksum)."""
 
 
 @dataclass(frozen=True)

@@ -28,35 +28,13 @@ from ops.api_types import (
     TenantPage,
     VerifyResult,
 )
-from tenants.errors import SqlfleetError
+from ops.errors import ApiError, ClientError, ServerUnreachable
 from tenants.ids import is_name, validate_tenant_id
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 # The server's largest page (router.admin_api.MAX_PAGE, not imported: the CLI stays light);
 # a test keeps the two equal.
 MAX_PAGE = 1000
-
-
-class ClientError(SqlfleetError):
-    """The admin client could not do what was asked; `message` is one line fit for a terminal."""
-
-    code = "client_error"
-
-
-class ServerUnreachable(ClientError):
-    code = "server_unreachable"
-
-
-class ApiError(ClientError):
-    """The server answered with an error: its HTTP status, its error code and its message.
-    (`http_status`/`error_code`, since `status`/`code` are the class-level fields of every error.)"""
-
-    code = "api_error"
-
-    def __init__(self, http_status: int, error_code: str, message: str) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.error_code = error_code
 
 
 class AdminClient:

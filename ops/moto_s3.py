@@ -30,7 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ops.process import REPO, LaunchError, kill, spawn, stop
+from ops.errors import LaunchError
+from ops.process import REPO, kill, spawn, stop
 
 if TYPE_CHECKING:
     import boto3

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tenants.errors import SqlfleetError
+from ops.errors import LaunchError
 
 REPO = Path(__file__).resolve().parent.parent  # on the children's PYTHONPATH: `-m ops` from any cwd
 
@@ -49,12 +49,6 @@ def _load_prctl() -> Callable[..., int] | None:
 # Looked up once here: the child runs `_die_with` between fork and exec, where it must not import.
 _prctl = _load_prctl()
 _SIGKILL = int(signal.SIGKILL)
-
-
-class LaunchError(SqlfleetError):
-    """A child process did not start or did not become ready; the message ends with its log."""
-
-    code = "child_process"
 
 
 def free_port() -> int:

@@ -17,18 +17,17 @@ import uvicorn
 from starlette.applications import Starlette
 
 from backups.catalog import BackupCatalog
-from backups.replica import ReplicaError
 from backups.replica_url import open_replica
 from backups.service import Backups
 from backups.shipper import Shipper, server_id
-from metrics.instruments import BACKUP_BACKLOG_BYTES, TENANT_BYTES
+from metrics.instruments import TENANT_BYTES
 from ops import keys
+from ops.logs import configure_logging
 from ops.settings import Settings
 from router.app import build_app
 from router.auth import Authenticator
 from router.context import Context
 from router.hrana import Streams
-from router.observe import JsonLines
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
@@ -63,7 +62,8 @@ class Server:
             auth = Authenticator(keys.signing_key(settings.signing_key_file, settings.data_dir), admin_key)
         except BaseException:
             fleet.close()
-            _close_backups(hooks.backups)
+            if hooks.backups is not None:
+                hooks.backups.close()
             raise
         config = settings.router_config()
         context = Context(
@@ -85,7 +85,7 @@ class Server:
         try:
             TENANT_BYTES.set_function(fleet.catalog.total_size)
             if hooks.backups is not None:
-                _start_backups(hooks.backups)
+                hooks.backups.start()
         except BaseException:
             server.close()
             raise
@@ -116,13 +116,13 @@ class Server:
         self.context.streams.close()  # before the fleet: an open Hrana transaction holds a tenant lock
         backups = self.context.backups
         if backups is not None:
-            backups.shipper.stop()
             # leave the WAL of every tenant still open empty (its frames are in the replica);
             # keep a second for closing the handles and the catalogs
-            backups.shipper.checkpoint_shipped(self.deadline() - 1.0)
+            backups.stop(self.deadline() - 1.0)
         if self.fleet.lock_held:
             self.fleet.close()
-        _close_backups(backups)
+        if backups is not None:
+            backups.close()  # after the fleet: nothing calls its hooks any more
 
 
 class _Hooks:
@@ -140,13 +140,13 @@ class _Hooks:
         hooks: list[FleetHooks] = []
         if settings.backups:
             self.backups = _backups(settings, fleet)
-            hooks += [self.backups.shipper, self.backups]
+            hooks += self.backups.fleet_hooks()
         schema = SchemaHooks(self._groups, fleet.group_of, settings.lazy_catch_up, settings.migration_timeout)
         return [*hooks, schema]
 
 
 def _backups(settings: Settings, fleet: Fleet) -> Backups:
-    """WAL shipping and restore over the replica; not started yet (`_start_backups`)."""
+    """WAL shipping and restore over the replica; not started yet (`Backups.start`)."""
     replica = open_replica(
         settings.replica_target(),
         endpoint_url=settings.s3_endpoint_url,
@@ -167,27 +167,6 @@ def _backups(settings: Settings, fleet: Fleet) -> Backups:
         fleet.lease_if_open,
     )
     return Backups(replica, catalog, shipper, fleet)
-
-
-def _start_backups(backups: Backups) -> None:
-    """Know what the bucket can restore, then start the shipper's loop."""
-    BACKUP_BACKLOG_BYTES.set_function(backups.shipper.backlog_bytes)  # current at every scrape
-    try:
-        backups.rebuild_if_empty()  # a fresh data dir over a bucket: know what it can restore
-    except ReplicaError as exc:
-        log.warning(
-            "could not read the backup catalog from the replica (%s); "
-            "POST /v1/admin/backups/rebuild once it is reachable",
-            exc,
-        )
-    backups.shipper.start()
-
-
-def _close_backups(backups: Backups | None) -> None:
-    """After the fleet is closed: nothing calls the hooks any more."""
-    if backups is not None:
-        backups.catalog.close()
-        backups.replica.close()
 
 
 # The share of `shutdown_timeout` in-flight requests get (a statement is bounded by its own
@@ -215,16 +194,6 @@ class _Uvicorn(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def configure_logging(settings: Settings) -> None:
-    """Root handler on stderr in the chosen format; uvicorn's loggers propagate to it."""
-    handler = logging.StreamHandler()
-    if settings.log_format == "json":
-        handler.setFormatter(JsonLines())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 def serve(settings: Settings) -> None:

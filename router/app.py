@@ -1,6 +1,8 @@
-"""The ASGI application: routes, error handlers, request metrics."""
+"""The ASGI application: system routes, and every route, error handler and middleware in one app."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -10,10 +12,11 @@ from starlette.routing import Route
 
 from metrics.exposition import render as render_metrics
 from router import admin_api, backups_api, groups_api, hrana, tenant_api
+from router.access_log import AccessLog
 from router.context import Context, ctx
 from router.errors import EXCEPTION_HANDLERS
-from router.observe import RequestMetrics
 from router.openapi import openapi_document
+from router.request_metrics import RequestMetrics
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -32,10 +35,9 @@ async def readyz(request: Request) -> JSONResponse:
     checks = {"data_dir_lock": c.fleet.lock_held, "accepting": not c.shutting_down}
     body: dict[str, object] = {}
     if c.backups is not None:
-        shipper = c.backups.shipper
-        checks["replica"] = shipper.failed_in_a_row < UNREADY_AFTER_FAILED_FLUSHES
-        body["replica"] = {"failed_flushes_in_a_row": shipper.failed_in_a_row,
-                           "last_success": shipper.last_success or None}  # fmt: skip
+        health = c.backups.replica_health()
+        checks["replica"] = health.failed_flushes_in_a_row < UNREADY_AFTER_FAILED_FLUSHES
+        body["replica"] = dataclasses.asdict(health)
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks, **body}, status_code=200 if ready else 503)
 
@@ -75,7 +77,7 @@ def build_app(context: Context) -> Starlette:
             *hrana.ROUTES,
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
-        middleware=[Middleware(RequestMetrics)],
+        middleware=[Middleware(AccessLog), Middleware(RequestMetrics)],
     )
     app.state.ctx = context
     return app

@@ -12,13 +12,9 @@ from backups.service import Backups, parse_moment
 from router.admin_api import admin_context, reject_unknown
 from router.codec import read_json
 from router.context import Context
-from tenants.errors import BadRequest, SqlfleetError
+from router.errors import BackupsDisabled
+from tenants.errors import BadRequest
 from tenants.ids import validate_tenant_id
-
-
-class BackupsDisabled(SqlfleetError):
-    status = 409
-    code = "backups_disabled"
 
 
 def _backups(request: Request) -> tuple[Context, Backups]:

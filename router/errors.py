@@ -17,6 +17,13 @@ from tenants.errors import MethodNotAllowed, NotFound, SqlfleetError
 log = logging.getLogger(__name__)
 
 
+class BackupsDisabled(SqlfleetError):
+    """A backups route was called on a server running without backups."""
+
+    status = 409
+    code = "backups_disabled"
+
+
 class ErrorResponse(Response):
     """JSON with non-ASCII escaped: a message quoting odd client input always encodes."""
 

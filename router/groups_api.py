@@ -19,7 +19,7 @@ from schema_sync.groups import GroupStore
 from schema_sync.migrations import applied, pending
 from schema_sync.plan import Plan
 from schema_sync.rollout import RolloutOptions, Rollouts
-from schema_sync.session import Session
+from schema_sync.session import SchemaSession
 from schema_sync.sync import plan_against
 from tenants.errors import BadRequest, SqlfleetError
 from tenants.ids import validate_tenant_id
@@ -147,7 +147,7 @@ def _plan_tenant(
         raise BadRequest(f"tenant {tenant!r} is not in group {group.name!r}")
     with groups.target(schema) as target, catch_up.suppressed(), c.fleet.lease(tenant) as handle:
         assert handle.conn is not None
-        session = Session(handle.conn, handle.sandbox, groups.timeout)
+        session = SchemaSession(handle.conn, handle.sandbox, groups.timeout)
         with session.attached(target, "sqlfleet_target") as alias:
             return plan_against(session, alias, allow_drop)
 
@@ -166,7 +166,7 @@ def _tenant_status(c: Context, groups: GroupStore, name: str, tenant: str) -> di
     state = group.state()
     with catch_up.suppressed(), c.fleet.lease(tenant) as handle:
         assert handle.conn is not None
-        history = applied(Session(handle.conn, handle.sandbox, groups.timeout))
+        history = applied(SchemaSession(handle.conn, handle.sandbox, groups.timeout))
     result: dict[str, Any] = {
         "tenant": tenant,
         "group": group.name,

@@ -20,7 +20,7 @@ from metrics.instruments import SCHEMA_CATCH_UPS
 from schema_sync.errors import GroupNotFound
 from schema_sync.groups import GroupStore
 from schema_sync.migrations import apply
-from schema_sync.session import Session
+from schema_sync.session import SchemaSession
 from tenants.errors import SqlfleetError
 from tenants.hooks import FleetHooks
 from tenants.sandbox import Sandbox
@@ -78,7 +78,7 @@ class SchemaHooks(FleetHooks):
             return
         try:
             state = self.groups.get(name).state()
-            session = Session(conn, sandbox, self.timeout)
+            session = SchemaSession(conn, sandbox, self.timeout)
             outcome = apply(session, state.migrations, where=f"tenant {tenant_id}", upto=state.head)
         except GroupNotFound:
             log.warning("tenant %s belongs to group %s, which does not exist", tenant_id, name)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from schema_sync.errors import SqlSyntaxError
 from schema_sync.schema import Schema, SchemaObject
-from schema_sync.sqltext import ColumnDef, SqlSyntaxError, TableDef
+from schema_sync.sqltext import ColumnDef, TableDef
 
 
 @dataclass(frozen=True)

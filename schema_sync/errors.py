@@ -35,6 +35,12 @@ class GroupExists(SqlfleetError):
     code = "group_exists"
 
 
+class SqlSyntaxError(BadRequest):
+    """Schema SQL that cannot be taken apart (an unclosed string, identifier or comment...)."""
+
+    code = "sql_syntax"
+
+
 class InvalidMigration(BadRequest):
     code = "invalid_migration"
 

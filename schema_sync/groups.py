@@ -45,7 +45,7 @@ from schema_sync.migrations import (
 )
 from schema_sync.plan import Plan
 from schema_sync.schema import read_schema
-from schema_sync.session import Session
+from schema_sync.session import SchemaSession
 from schema_sync.sync import plan_against
 from tenants.errors import BadRequest
 from tenants.files import fsync_dir, fsync_file, replace_durably
@@ -100,7 +100,7 @@ class Group:
         return state
 
     @contextlib.contextmanager
-    def scratch(self, upto: int | None = None) -> Iterator[Session]:
+    def scratch(self, upto: int | None = None) -> Iterator[SchemaSession]:
         """A throwaway copy of the template, brought to `upto` migrations (all by default)."""
         with tempfile.TemporaryDirectory(dir=self.root, prefix="scratch-") as folder:
             path = Path(folder) / "template.db"
@@ -244,7 +244,7 @@ class GroupStore:
 @contextlib.contextmanager
 def open_template(
     path: Path, timeout: float, readonly: bool = False, create: bool = False
-) -> Iterator[Session]:
+) -> Iterator[SchemaSession]:
     """A session on a template file: rollback journal (so the file alone is the database), the
     same sandbox as tenants, foreign keys on."""
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
@@ -257,7 +257,7 @@ def open_template(
         conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
         sandbox = Sandbox(timeout)
         sandbox.install(conn)
-        session = Session(conn, sandbox, timeout)
+        session = SchemaSession(conn, sandbox, timeout)
         if not readonly:
             session.internal("PRAGMA journal_mode=DELETE")
             session.internal("PRAGMA synchronous=FULL")

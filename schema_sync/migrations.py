@@ -24,7 +24,7 @@ import apsw
 
 from schema_sync.errors import HistoryMismatch, InvalidMigration
 from schema_sync.plan import Plan
-from schema_sync.session import Session
+from schema_sync.session import SchemaSession
 from schema_sync.sqltext import tokenize
 from schema_sync.sync import plan_against, run_plan
 from tenants.rfc3339 import format_time
@@ -143,7 +143,7 @@ def check_order(migrations: Sequence[Migration]) -> None:
         raise InvalidMigration(f"two migrations are numbered {dup:04d}")
 
 
-def applied(session: Session) -> list[Applied]:
+def applied(session: SchemaSession) -> list[Applied]:
     """The database's record, oldest first; empty if it has none."""
     try:
         records = session.internal(f"SELECT name, checksum, applied_at FROM {RECORD_TABLE} ORDER BY name")
@@ -172,7 +172,7 @@ def pending(history: Sequence[Applied], migrations: Sequence[Migration], where: 
 
 
 def apply(
-    session: Session,
+    session: SchemaSession,
     migrations: Sequence[Migration],
     *,
     where: str = "database",

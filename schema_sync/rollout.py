@@ -32,12 +32,12 @@ from schema_sync import catch_up
 from schema_sync.errors import RolloutConflict, RolloutNotFound
 from schema_sync.groups import Group, GroupStore
 from schema_sync.migrations import Migration, applied, apply, pending
-from schema_sync.session import Session
-from tenants.catalog import ACTIVE
+from schema_sync.session import SchemaSession
 from tenants.errors import SqlfleetError, TenantBusy, TenantNotFound
 from tenants.files import write_durably
 from tenants.fleet import Fleet
 from tenants.rfc3339 import format_time
+from tenants.state import TenantState
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class Rollout:
         while True:
             rows = self.fleet.list_tenants(after=after, limit=_PAGE)
             for row in rows:
-                if row.group == self.group.name and row.state == ACTIVE:
+                if row.group == self.group.name and row.state == TenantState.ACTIVE:
                     yield row.id
             if len(rows) < _PAGE:
                 return
@@ -187,7 +187,7 @@ class Rollout:
     def _migrate(self, tenant: str, migrations: list[Migration]) -> str:
         with catch_up.suppressed(), self.fleet.lease(tenant) as handle:
             assert handle.conn is not None and handle.sandbox is not None
-            session = Session(handle.conn, handle.sandbox, self.store.timeout)
+            session = SchemaSession(handle.conn, handle.sandbox, self.store.timeout)
             history = applied(session)
             if not pending(history, migrations, f"tenant {tenant}"):
                 return "current"

@@ -25,7 +25,10 @@ from tenants.sqllex import TRANSACTION_CONTROL, is_trivia, leading_keyword
 _REFUSED = TRANSACTION_CONTROL | {"VACUUM"}  # VACUUM cannot run inside the caller's transaction
 
 
-class Session:
+class SchemaSession:
+    """Schema work on `conn` (a tenant's or a template's): `internal` statements, migration
+    `script`s bounded by `timeout` seconds, template `attached`, one `schema_transaction`."""
+
     def __init__(self, conn: apsw.Connection, sandbox: Sandbox | None = None, timeout: float = 60.0) -> None:
         self.conn = conn
         self.sandbox = sandbox

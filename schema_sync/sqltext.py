@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schema_sync.errors import SqlSyntaxError
 from tenants import sqllex
-from tenants.errors import BadRequest
 from tenants.sqllex import Token
 
 _CONSTRAINT_WORDS = frozenset({"CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"})
-
-
-class SqlSyntaxError(BadRequest):
-    code = "sql_syntax"
 
 
 def tokenize(sql: str) -> list[Token]:

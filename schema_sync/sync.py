@@ -9,17 +9,17 @@ from schema_sync.diff import diff_schemas
 from schema_sync.errors import PlanBlocked
 from schema_sync.plan import Plan, make_plan
 from schema_sync.schema import read_schema
-from schema_sync.session import Session
+from schema_sync.session import SchemaSession
 
 
-def plan_against(session: Session, alias: str, allow_drop: bool = False) -> Plan:
+def plan_against(session: SchemaSession, alias: str, allow_drop: bool = False) -> Plan:
     """The plan turning `main` into the attached schema `alias`. Reads only."""
     current = read_schema(session.query, "main")
     target = read_schema(session.query, alias)
     return make_plan(diff_schemas(current, target), current, target, allow_drop)
 
 
-def run_plan(session: Session, plan: Plan, where: str) -> None:
+def run_plan(session: SchemaSession, plan: Plan, where: str) -> None:
     """Run `plan` inside the caller's transaction. Raises PlanBlocked, MigrationFailed."""
     if plan.blocked:
         raise PlanBlocked(f"{where}: " + "; ".join(plan.blocked))
@@ -28,7 +28,7 @@ def run_plan(session: Session, plan: Plan, where: str) -> None:
 
 
 def sync_to_template(
-    session: Session, template: Path, allow_drop: bool = False, dry_run: bool = False
+    session: SchemaSession, template: Path, allow_drop: bool = False, dry_run: bool = False
 ) -> Plan:
     """Make the database's schema equal the template's, in one transaction (rolled back when
     `dry_run`, so the returned plan was tried but not kept). Raises PlanBlocked, MigrationFailed,

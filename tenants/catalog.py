@@ -1,10 +1,5 @@
-"""The tenant catalog: one system SQLite database listing every tenant and its state.
-
-States: `creating` (row written, file maybe not yet), `active`, `deleting` (files being removed),
-`corrupt` (the file failed to open or read), `missing` (an active row whose file vanished).
-Create writes the row before the file and delete removes the file before the row, so `reconcile`
-after a crash can always finish or undo what was in flight.
-"""
+"""The tenant catalog: one system SQLite database listing every tenant and its state
+(`tenants.state.TenantState`, which says what each state means)."""
 
 from __future__ import annotations
 
@@ -17,9 +12,7 @@ from typing import Any
 import apsw
 
 from tenants.rfc3339 import format_time
-
-CREATING, ACTIVE, DELETING, CORRUPT, MISSING = "creating", "active", "deleting", "corrupt", "missing"
-RESTORING = "restoring"  # the file is being replaced by a restore: requests get 503
+from tenants.state import TenantState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -38,7 +31,7 @@ CREATE INDEX IF NOT EXISTS tenants_state ON tenants(state) WHERE state != 'activ
 class TenantRow:
     id: str
     created_at: float
-    state: str
+    state: TenantState
     group: str | None
     size: int
     error: str | None
@@ -58,7 +51,8 @@ _COLUMNS = "id, created_at, state, grp, size, error"
 
 
 def _row(values: tuple[Any, ...]) -> TenantRow:
-    return TenantRow(*values)
+    tenant_id, created_at, state, group, size, error = values
+    return TenantRow(tenant_id, created_at, TenantState(state), group, size, error)
 
 
 class Catalog:
@@ -97,7 +91,7 @@ class Catalog:
     def get(self, tenant_id: str) -> TenantRow | None:
         return self._rows.get(tenant_id)
 
-    def insert(self, tenant_id: str, group: str | None, state: str = CREATING) -> bool:
+    def insert(self, tenant_id: str, group: str | None, state: TenantState = TenantState.CREATING) -> bool:
         """Add a row; False (and no change) if the id is already present."""
         with self._lock:
             if tenant_id in self._rows:
@@ -110,7 +104,7 @@ class Catalog:
             return True
 
     def set_state(
-        self, tenant_id: str, state: str, error: str | None = None, size: int | None = None
+        self, tenant_id: str, state: TenantState, error: str | None = None, size: int | None = None
     ) -> None:
         with self._lock:
             self._write(
@@ -134,15 +128,15 @@ class Catalog:
         sql = f"SELECT {_COLUMNS} FROM tenants WHERE id >= ? AND id < ? AND id != ? ORDER BY id LIMIT ?"
         return [_row(r) for r in self._read(sql, (low, prefix + "~", after or "", limit))]
 
-    def ids_in_states(self, states: tuple[str, ...]) -> list[tuple[str, str]]:
+    def ids_in_states(self, states: tuple[TenantState, ...]) -> list[tuple[str, TenantState]]:
         marks = ",".join("?" * len(states))
         rows = self._read(f"SELECT id, state FROM tenants WHERE state IN ({marks})", states)
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], TenantState(r[1])) for r in rows]
 
     def all_ids(self) -> set[str]:
         return set(self._rows)
 
-    def all_states(self) -> dict[str, str]:
+    def all_states(self) -> dict[str, TenantState]:
         """Every tenant id with its state."""
         return {tenant_id: row.state for tenant_id, row in list(self._rows.items())}
 
@@ -150,6 +144,6 @@ class Catalog:
         """Sum of the size column (bytes as last measured), from memory: cheap enough per scrape."""
         return sum(row.size for row in list(self._rows.values()))
 
-    def counts_by_state(self) -> dict[str, int]:
+    def counts_by_state(self) -> dict[TenantState, int]:
         rows = self._read("SELECT state, count(*) FROM tenants GROUP BY state")
-        return {str(state): int(n) for state, n in rows}
+        return {TenantState(state): int(n) for state, n in rows}

@@ -88,6 +88,12 @@ class TenantUnavailable(SqlfleetError):
     code = "tenant_unavailable"
 
 
+class TenantCorrupt(TenantUnavailable):
+    """The tenant's file failed to open or read (it is marked corrupt in the catalog)."""
+
+    code = "tenant_corrupt"
+
+
 class TenantBusy(TenantUnavailable):
     """The tenant's handle stayed locked (an open transaction) past the busy timeout."""
 
@@ -103,3 +109,8 @@ class DataDirLocked(SqlfleetError):
     """Another process owns the data directory."""
 
     code = "data_dir_locked"
+
+
+class NotInline(Exception):
+    """Not an error a client sees: the statement cannot run inline (it writes, or outran the
+    inline budget); it had no effect, so it can run again in a worker thread."""

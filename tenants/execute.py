@@ -18,10 +18,12 @@ from tenants.config import DbConfig
 from tenants.errors import (
     BadRequest,
     NotAuthorizedSql,
+    NotInline,
     SqlError,
     SqlfleetError,
     SqlTooLong,
     StatementTimeout,
+    TenantCorrupt,
     TenantUnavailable,
     TooLarge,
 )
@@ -47,20 +49,11 @@ class QueryResult:
     last_insert_rowid: int | None = None
 
 
-class TenantCorrupt(TenantUnavailable):
-    code = "tenant_corrupt"
-
-
 def check_sql_length(sql: str, config: DbConfig) -> None:
     """Raise SqlTooLong if `sql` is longer than `config.max_sql_length` characters. Call it
     before lexing tenant SQL: SQLite's own limit (in bytes) applies only once it prepares."""
     if len(sql) > config.max_sql_length:
         raise SqlTooLong(f"SQL text is longer than {config.max_sql_length} characters")
-
-
-class NotInline(Exception):
-    """The statement cannot run inline (it writes, or outran the inline budget); it had no
-    effect, so it can run again in a worker thread."""
 
 
 def run_statement(

@@ -18,25 +18,27 @@ from pathlib import Path
 import apsw
 
 from metrics.instruments import TENANTS
-from tenants import catalog as states
 from tenants.catalog import Catalog, TenantRow
 from tenants.config import DbConfig, PoolConfig
 from tenants.connection import open_database
 from tenants.errors import (
     NotAuthorizedSql,
+    NotInline,
     SqlfleetError,
     TenantBusy,
+    TenantCorrupt,
     TenantExists,
     TenantNotFound,
     TenantUnavailable,
 )
-from tenants.execute import NotInline, QueryResult, Statement, TenantCorrupt, run_batch, run_statement
+from tenants.execute import QueryResult, Statement, run_batch, run_statement
 from tenants.files import replace_durably
 from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
 from tenants.layout import DataDirLock, Layout
 from tenants.pool import Handle, Pool
 from tenants.sandbox import Sandbox
+from tenants.state import TenantState
 
 log = logging.getLogger(__name__)
 INLINE_BUDGET = 0.002  # seconds a statement may run on the caller's (event loop) thread
@@ -105,7 +107,7 @@ class Fleet:
             self.catalog.remove(tenant_id)
             raise
         size = self.layout.tenant_size(tenant_id)
-        self.catalog.set_state(tenant_id, states.ACTIVE, size=size)
+        self.catalog.set_state(tenant_id, TenantState.ACTIVE, size=size)
         row = self.catalog.get(tenant_id)
         assert row is not None
         return row
@@ -127,8 +129,8 @@ class Fleet:
     def delete(self, tenant_id: str) -> None:
         """Delete the tenant: in-flight statements finish, later ones get TenantNotFound, the
         files go, and the id can be reused. Raises TenantNotFound."""
-        self.require(tenant_id, allow=tuple(_ALL_STATES))
-        self.catalog.set_state(tenant_id, states.DELETING)
+        self.require(tenant_id, allow=tuple(TenantState))
+        self.catalog.set_state(tenant_id, TenantState.DELETING)
         self.pool.discard(tenant_id)
         for hook in self.hooks:
             hook.before_delete(tenant_id)
@@ -142,13 +144,13 @@ class Fleet:
     def reconcile(self) -> None:
         """Finish or undo what a crash left half-done, so catalog and files agree. Runs while
         we hold the data-dir lock and before any request, so nothing is in flight."""
-        for tenant_id, _state in self.catalog.ids_in_states((states.CREATING, states.DELETING)):
+        for tenant_id, _state in self.catalog.ids_in_states((TenantState.CREATING, TenantState.DELETING)):
             log.warning("reconcile: removing half-%s tenant %s", _state, tenant_id)
             self.layout.remove_tenant_files(tenant_id)
             self.catalog.remove(tenant_id)
-        for tenant_id, _state in self.catalog.ids_in_states((states.RESTORING,)):
+        for tenant_id, _state in self.catalog.ids_in_states((TenantState.RESTORING,)):
             log.error("reconcile: restore of tenant %s was interrupted", tenant_id)
-            self.catalog.set_state(tenant_id, states.CORRUPT, "restore in place was interrupted")
+            self.catalog.set_state(tenant_id, TenantState.CORRUPT, "restore in place was interrupted")
         found = self.layout.scan()
         for path in found.leftovers:
             log.warning("reconcile: removing leftover temporary file %s", path)
@@ -160,19 +162,19 @@ class Fleet:
             # Create writes the row before the file, so only an outside change makes an
             # orphan: keep the data and adopt it rather than delete someone's database.
             log.warning("reconcile: adopting orphan tenant file %s", tenant_id)
-            self.catalog.insert(tenant_id, None, states.ACTIVE)
+            self.catalog.insert(tenant_id, None, TenantState.ACTIVE)
         for tenant_id, state in known.items():
             present = tenant_id in found.tenant_ids
-            if state == states.ACTIVE and not present:
+            if state == TenantState.ACTIVE and not present:
                 log.warning("reconcile: tenant %s has no file", tenant_id)
-                self.catalog.set_state(tenant_id, states.MISSING, "database file is missing")
-            elif state == states.MISSING and present:
+                self.catalog.set_state(tenant_id, TenantState.MISSING, "database file is missing")
+            elif state == TenantState.MISSING and present:
                 log.warning("reconcile: tenant %s has its file back", tenant_id)
-                self.catalog.set_state(tenant_id, states.ACTIVE)
+                self.catalog.set_state(tenant_id, TenantState.ACTIVE)
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def require(self, tenant_id: str, allow: tuple[str, ...] = (states.ACTIVE,)) -> TenantRow:
+    def require(self, tenant_id: str, allow: tuple[TenantState, ...] = (TenantState.ACTIVE,)) -> TenantRow:
         """The tenant's row if its state is in `allow`. Raises InvalidTenantId, TenantNotFound,
         TenantUnavailable."""
         validate_tenant_id(tenant_id)
@@ -211,8 +213,8 @@ class Fleet:
         requests finish, later ones get 503 until the new file is in place. The hooks see it as
         the old file going (before_delete) and a new one arriving (after_create).
         Raises TenantNotFound."""
-        row = self.require(tenant_id, allow=tuple(_ALL_STATES))
-        self.catalog.set_state(tenant_id, states.RESTORING)
+        row = self.require(tenant_id, allow=tuple(TenantState))
+        self.catalog.set_state(tenant_id, TenantState.RESTORING)
         try:
             self.pool.discard(tenant_id)
             for hook in self.hooks:
@@ -226,13 +228,13 @@ class Fleet:
             for hook in self.hooks:
                 hook.after_create(tenant_id, final)
         except BaseException:
-            self.catalog.set_state(tenant_id, states.CORRUPT, "restore in place failed")
+            self.catalog.set_state(tenant_id, TenantState.CORRUPT, "restore in place failed")
             raise
-        self.catalog.set_state(tenant_id, states.ACTIVE)
-        return TenantRow(row.id, row.created_at, states.ACTIVE, row.group, row.size, None)
+        self.catalog.set_state(tenant_id, TenantState.ACTIVE)
+        return TenantRow(row.id, row.created_at, TenantState.ACTIVE, row.group, row.size, None)
 
     def info(self, tenant_id: str) -> TenantRow:
-        row = self.require(tenant_id, allow=tuple(_ALL_STATES))
+        row = self.require(tenant_id, allow=tuple(TenantState))
         size = self.layout.tenant_size(tenant_id)
         if size != row.size:
             self.catalog.set_size(tenant_id, size)
@@ -298,11 +300,11 @@ class Fleet:
         row = self.catalog.get(tenant_id)
         if row is None and any(hook.recover(tenant_id) for hook in self.hooks):
             row = self.catalog.get(tenant_id)
-        _check(tenant_id, row, (states.ACTIVE,))
+        _check(tenant_id, row, (TenantState.ACTIVE,))
         try:
             conn, sandbox = open_database(self.layout.tenant_path(tenant_id), self.config)
         except apsw.CantOpenError:
-            self.catalog.set_state(tenant_id, states.MISSING, "database file is missing")
+            self.catalog.set_state(tenant_id, TenantState.MISSING, "database file is missing")
             raise TenantUnavailable(f"tenant {tenant_id!r} has no database file") from None
         except (apsw.CorruptError, apsw.NotADBError) as exc:
             raise TenantCorrupt(f"tenant {tenant_id!r} is corrupt: {exc}") from None
@@ -323,15 +325,15 @@ class Fleet:
 
     def _mark_corrupt(self, tenant_id: str, message: str) -> None:
         row = self.catalog.get(tenant_id)
-        if row is None or row.state == states.CORRUPT:
+        if row is None or row.state == TenantState.CORRUPT:
             return
         log.error("tenant %s marked corrupt: %s", tenant_id, message)
-        self.catalog.set_state(tenant_id, states.CORRUPT, message)
+        self.catalog.set_state(tenant_id, TenantState.CORRUPT, message)
         self.pool.discard(tenant_id)
 
     def _refresh_gauges(self) -> None:
         counts = _StateCounts(self.catalog)
-        for state in _ALL_STATES:
+        for state in TenantState:
             TENANTS.labels(state).set_function(partial(counts.get, state))
 
 
@@ -342,31 +344,21 @@ class _StateCounts:
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
         self._at = float("-inf")
-        self._counts: dict[str, int] = {}
+        self._counts: dict[TenantState, int] = {}
 
-    def get(self, state: str) -> int:
+    def get(self, state: TenantState) -> int:
         if time.monotonic() - self._at > 1.0:
             self._counts, self._at = self._catalog.counts_by_state(), time.monotonic()
         return self._counts.get(state, 0)
 
 
-_ALL_STATES = (
-    states.CREATING,
-    states.ACTIVE,
-    states.DELETING,
-    states.CORRUPT,
-    states.MISSING,
-    states.RESTORING,
-)
-
-
 __all__ = ["Fleet", "HooksFactory", "SqlfleetError", "no_hooks"]
 
 
-def _check(tenant_id: str, row: TenantRow | None, allow: tuple[str, ...]) -> TenantRow:
-    if row is None or row.state in (states.CREATING, states.DELETING):
+def _check(tenant_id: str, row: TenantRow | None, allow: tuple[TenantState, ...]) -> TenantRow:
+    if row is None or row.state in (TenantState.CREATING, TenantState.DELETING):
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     if row.state not in allow:
-        error = TenantCorrupt if row.state == states.CORRUPT else TenantUnavailable
+        error = TenantCorrupt if row.state == TenantState.CORRUPT else TenantUnavailable
         raise error(f"tenant {tenant_id!r} is {row.state}: {row.error or 'unavailable'}")
     return row

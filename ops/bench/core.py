@@ -15,10 +15,11 @@ from typing import Any
 import click
 
 from ops.bench.driver import QUERY_SQL, Driver, latency_ms, summary
+from ops.bench.errors import BenchError
 from ops.bench.loadgen import PhaseResult
 from ops.bench.options import common_options, session
 from ops.bench.report import Row, emit, json_out
-from ops.bench.server import BenchError, BenchServer, pool_delta
+from ops.bench.server import BenchServer, pool_delta
 
 GIB = 1 << 30
 TARGETS = {"fleet_rss_bytes": int(0.8 * GIB), "fleet_req_per_s": 2000.0, "hot_ratio": 0.6, "cold_p99_ms": 3.0}

@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
+from ops.bench.errors import BenchError
 from ops.bench.loadgen import Phase, PhaseResult, render, run_phase
-from ops.bench.server import BenchError, BenchServer, py_spy
+from ops.bench.server import BenchServer, py_spy
 
 QUERY_SQL = "SELECT v FROM kv WHERE k = ?"
 # Idempotent, so `--reuse` can re-apply it to tenants an interrupted run left without it.

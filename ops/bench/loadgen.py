@@ -26,14 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ops.bench.errors import LoadgenError
 from ops.process import die_with_parent
-from tenants.errors import SqlfleetError
-
-
-class LoadgenError(SqlfleetError):
-    """The load generator could not do its job (a worker died or overran its phase)."""
-
-    code = "loadgen"
 
 
 def render(url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:

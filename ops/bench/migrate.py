@@ -29,11 +29,12 @@ from ops.settings import Settings
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import RUNNING, Rollout, RolloutOptions, Rollouts
-from tenants.catalog import ACTIVE, Catalog
+from tenants.catalog import Catalog
 from tenants.connection import open_database
 from tenants.execute import Statement
 from tenants.fleet import Fleet
 from tenants.layout import Layout
+from tenants.state import TenantState
 
 TARGET_PER_S = 1000.0
 GROUP = "bench"
@@ -166,7 +167,7 @@ def _bulk_catalog(layout: Layout, ids: list[str]) -> None:
         with db:
             db.executemany(
                 "INSERT INTO tenants(id, created_at, state, grp) VALUES (?, ?, ?, ?)",
-                ((tenant, now, ACTIVE, GROUP) for tenant in ids),
+                ((tenant, now, TenantState.ACTIVE, GROUP) for tenant in ids),
             )
     finally:
         db.close()

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ops.bench.driver import Driver
+from ops.bench.errors import BenchError
 from ops.bench.s3 import delta, scrape
-from ops.bench.server import BenchError, BenchServer, running_server
+from ops.bench.server import BenchServer, running_server
 from ops.bench.shipping import INSERT_SQL, ROW, admin_http, check, setup_tenants
 from tenants.rfc3339 import parse_time
 

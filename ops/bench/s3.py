@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from backups.segment import FRAMES, PREFIX_SIZE, ChunkRef, index_length, parse_index
-from ops.bench.server import BenchError
+from ops.bench.errors import BenchError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import psutil
 
+from ops.bench.errors import BenchError
 from ops.process import ServerProcess, signals_deferred, spawn, start_server, stop
-from tenants.errors import SqlfleetError
 
 GRACE = 60.0  # a finished benchmark's server: shipping and checkpoints finish (exit code 0)
 INTERRUPTED_GRACE = 10.0  # an interrupted or failed one: then SIGKILL
@@ -33,10 +33,6 @@ INTERRUPTED_GRACE = 10.0  # an interrupted or failed one: then SIGKILL
 _POOL_METRICS = ("sqlfleet_pool_hits_total", "sqlfleet_pool_misses_total", "sqlfleet_pool_evictions_total")
 _OPEN_METRICS = ("sqlfleet_pool_open_duration_seconds_sum", "sqlfleet_pool_open_duration_seconds_count")
 _GAUGES = ("sqlfleet_pool_capacity", "sqlfleet_pool_open_handles")  # read by name
-
-
-class BenchError(SqlfleetError):
-    code = "bench"
 
 
 @dataclass

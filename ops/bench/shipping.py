@@ -15,9 +15,10 @@ import httpx
 
 from backups.segment import FRAMES
 from ops.bench.driver import Driver, latency_ms
+from ops.bench.errors import BenchError
 from ops.bench.loadgen import Phase, PhaseResult, run_phase
 from ops.bench.s3 import LAG, SEGMENTS, Segments, delta, lag_histogram, quantile, scrape, share_within
-from ops.bench.server import BenchError, BenchServer
+from ops.bench.server import BenchServer
 
 CREATE_SQL = "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"
 INSERT_SQL = "INSERT INTO kv(v) VALUES (?)"

@@ -16,7 +16,8 @@ from rich.text import Text
 
 from ops.api_types import TenantInfo
 from ops.cli.common import admin_command, console, output, print_json, size
-from ops.client import MAX_PAGE, AdminClient, ClientError
+from ops.client import MAX_PAGE, AdminClient
+from ops.errors import ClientError
 
 # -- output ------------------------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ from rich.text import Text
 
 from ops.api_types import RestoreResult
 from ops.cli.common import admin_command, console, output, print_json, size
-from ops.client import AdminClient, ClientError, ServerUnreachable
+from ops.client import AdminClient
+from ops.errors import ClientError, ServerUnreachable
 from tenants.errors import BadRequest
 from tenants.rfc3339 import parse_time
 

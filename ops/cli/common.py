@@ -14,7 +14,8 @@ from typing import Any
 import click
 from rich.console import Console, RenderableType
 
-from ops.client import DEFAULT_URL, AdminClient, ApiError, ClientError
+from ops.client import DEFAULT_URL, AdminClient
+from ops.errors import ApiError, ClientError
 from ops.settings import Settings
 from tenants.errors import SqlfleetError
 

@@ -19,7 +19,8 @@ from rich.text import Text
 
 from ops.api_types import GroupInfo, Migration, Rollout
 from ops.cli.common import admin_command, console, output, print_json
-from ops.client import AdminClient, ClientError
+from ops.client import AdminClient
+from ops.errors import ClientError
 from schema_sync.alembic_render import render as render_alembic
 
 POLL_SECONDS = 0.1

@@ -31,6 +31,7 @@ from router.auth import require_tenant
 from router.codec import read_json
 from router.context import ctx
 from router.hrana.errors import ProtocolError, RequestTooLarge, TenantRequired, hrana_error
+from router.hrana.executor import StreamExecutor
 from router.hrana.protocol import (
     batch_result,
     cursor_entries,
@@ -39,7 +40,6 @@ from router.hrana.protocol import (
     parse_stmt,
     stmt_result,
 )
-from router.hrana.session import Session
 from router.hrana.streams import Stream, Streams
 from router.hrana.values import dumps_infinity_safe
 from tenants.errors import SqlfleetError, TooLarge, Unauthorized
@@ -113,7 +113,7 @@ def host_tenant(request: Request, base_domain: str | None) -> str | None:
     return label
 
 
-async def _run(request: Request, stream: Stream, readonly: bool, work: Callable[[Session], T]) -> T:
+async def _run(request: Request, stream: Stream, readonly: bool, work: Callable[[StreamExecutor], T]) -> T:
     """`work` on the stream's attached handle, in a worker thread, then give the stream back;
     any failure closes the stream (rolled back, handle let go). Returns what `work` returns."""
     c, streams = ctx(request), streams_of(request)
@@ -124,7 +124,7 @@ async def _run(request: Request, stream: Stream, readonly: bool, work: Callable[
         ran = True
         try:
             frozen = streams.attach(stream, readonly)
-            return work(Session(stream, c.fleet.config, readonly, frozen))
+            return work(StreamExecutor(stream, c.fleet.config, readonly, frozen))
         except BaseException:
             stream.closed = True
             raise
@@ -209,9 +209,9 @@ async def v1_execute(request: Request) -> Response:
     tenant, readonly = resolve_tenant(request)
     stmt = parse_stmt((await _body(request)).get("stmt"), "stmt")
 
-    def work(session: Session) -> dict[str, Any]:
-        session.stream.closed = True  # a fresh stream per request (HTTP v1)
-        return stmt_result(session.execute(stmt))
+    def work(executor: StreamExecutor) -> dict[str, Any]:
+        executor.stream.closed = True  # a fresh stream per request (HTTP v1)
+        return stmt_result(executor.execute(stmt))
 
     result = await _run(request, streams_of(request).open(tenant), readonly, work)
     return json_response({"result": result})
@@ -223,9 +223,9 @@ async def v1_batch(request: Request) -> Response:
     c = ctx(request)
     batch = parse_batch((await _body(request)).get("batch"), "batch", c.config.max_batch_statements)
 
-    def work(session: Session) -> dict[str, Any]:
-        session.stream.closed = True
-        return batch_result(session.batch(batch))
+    def work(executor: StreamExecutor) -> dict[str, Any]:
+        executor.stream.closed = True
+        return batch_result(executor.batch(batch))
 
     result = await _run(request, streams_of(request).open(tenant), readonly, work)
     return json_response({"result": result})

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from support import ADMIN
+
+from tenants.rfc3339 import format_time
 
 
 class Reply(Protocol):
@@ -33,17 +34,6 @@ class Client(Protocol):
     def post(self, url: str, *, json: Any = ..., headers: Any = ...) -> Reply: ...
 
     def get(self, url: str, *, headers: Any = ...) -> Reply: ...
-
-
-def rfc3339(moment: float) -> str:
-    """A moment as RFC 3339 with microseconds, rounded down (never after `moment`)."""
-    micros = int(moment * 1_000_000)
-    stamp = datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)
-    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_rfc3339(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def query(client: Client, tenant: str, sql: str, params: Any = None, headers: dict[str, str] = ADMIN) -> Any:
@@ -74,7 +64,7 @@ def dump(client: Client, tenant: str, headers: dict[str, str] = ADMIN) -> dict[s
 
 
 def restore(client: Client, tenant: str, moment: str | float, as_tenant: str | None = None) -> Reply:
-    stamp = moment if isinstance(moment, str) else rfc3339(moment)
+    stamp = moment if isinstance(moment, str) else format_time(moment)
     return client.post(
         f"/v1/admin/tenants/{tenant}/restore", json={"timestamp": stamp, "as": as_tenant}, headers=ADMIN
     )

@@ -14,8 +14,8 @@ import apsw
 
 from backups import restore
 from backups.catalog import BackupCatalog
+from backups.errors import ReplicaUnavailable
 from backups.local_replica import LocalReplica
-from backups.replica import ReplicaUnavailable
 from backups.shipper import Shipper, ShipperConfig
 from ops.settings import Settings
 from tenants.layout import Layout

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from support import ADMIN, InProcess, bearer, in_process
-from support_backups import dump, parse_rfc3339, query, restore, restore_ok, rfc3339, wait_until
+from support_backups import dump, query, restore, restore_ok, wait_until
 
 from backups import wal
 from tenants.execute import Statement
+from tenants.rfc3339 import format_time, parse_time
 
 FAST = {"backup_flush_interval": 0.1}
 
@@ -66,7 +67,7 @@ def test_backups_listing_and_verify(tmp_path: Path) -> None:
         info = listing.json()
         assert info["tenant"] == "acme" and info["deleted"] is False
         assert len(info["generations"]) == 1 and info["generations"][0]["started"] == info["earliest"]
-        assert parse_rfc3339(info["earliest"]) <= parse_rfc3339(info["latest"]) <= time.time()
+        assert parse_time(info["earliest"]) <= parse_time(info["latest"]) <= time.time()
         assert [s["lsn"] for s in info["snapshots"]] == [0]
 
         verified = app.client.post("/v1/admin/tenants/acme/backups/verify", headers=ADMIN)
@@ -123,7 +124,7 @@ def test_restore_in_place_then_undo_it(tmp_path: Path) -> None:
         before_restore = time.time()
 
         result = restore_ok(app.client, "acme", one)  # in place
-        assert result["tenant"] == "acme" and parse_rfc3339(result["restored_to"]) <= one
+        assert result["tenant"] == "acme" and parse_time(result["restored_to"]) <= one
         assert values(app, "acme", bearer(token)) == ["a"]  # same tenant: its tokens still work
         after_restore = write(app, "acme", "d")
         before_undo = time.time()
@@ -264,7 +265,7 @@ def test_a_moment_in_any_zone_is_the_same_moment(tmp_path: Path) -> None:
         make(app, "acme", 1)
         moment = write(app, "acme", 2)
         write(app, "acme", 3)
-        utc = restore_ok(app.client, "acme", rfc3339(moment), "utc")
+        utc = restore_ok(app.client, "acme", format_time(moment), "utc")
         east = datetime.fromtimestamp(moment, timezone(timedelta(hours=5, minutes=30))).isoformat()
         assert restore_ok(app.client, "acme", east, "east") == {**utc, "tenant": "east"}
         assert values(app, "east") == values(app, "utc") == [1, 2]
@@ -345,7 +346,7 @@ def test_retention_deletes_only_what_no_restore_in_the_window_needs(tmp_path: Pa
         time.sleep(0.01)
         write(app, "busy", "after-1", "after-2")
         snapshots = app.client.get("/v1/admin/tenants/busy/backups", headers=ADMIN).json()["snapshots"]
-        assert any(old < parse_rfc3339(s["taken"]) < horizon for s in snapshots), snapshots
+        assert any(old < parse_time(s["taken"]) < horizon for s in snapshots), snapshots
         objects = len(list(backups.replica.list("segments/")))
 
         dropped, deleted = backups.enforce_retention(time.time() - horizon)

@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 from support import ServerProcess, start_server
-from support_backups import metric, rfc3339
+from support_backups import metric
 from support_s3 import MotoServer, unique_prefix
+
+from tenants.rfc3339 import format_time
 
 FLUSH = 0.1
 WRITERS = ["w0", "w1", "w2", "w3"]
@@ -85,7 +87,7 @@ def test_kill9_under_load_then_restart(tmp_path: Path, s3: MotoServer) -> None:
                 on_disk = values(http, tenant)
                 # every acknowledged write is there (and perhaps the one in flight at the kill)
                 assert on_disk == list(range(len(on_disk))) and len(on_disk) >= len(done), tenant
-                shipped = restore_fork(http, tenant, rfc3339(killed_at), f"{tenant}-at-kill")
+                shipped = restore_fork(http, tenant, format_time(killed_at), f"{tenant}-at-kill")
                 assert shipped == list(range(len(shipped))), tenant  # a prefix: no gap
                 # shipped before the kill: all that was acknowledged a little longer ago than
                 # shipping takes (2 flush intervals, plus the lag seen on this busy machine)

@@ -12,7 +12,7 @@ from support import ADMIN, InProcess, in_process
 from support_backups import metric, query, restore_ok, wait_until
 from support_s3 import BUCKET, REGION, MotoServer, unique_prefix
 
-from backups.replica import ReplicaError
+from backups.errors import ReplicaError
 
 
 def s3_settings(s3: MotoServer, **more: Any) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from backups.errors import ReplicaError, ReplicaNotFound
 from backups.local_replica import LocalReplica
-from backups.replica import ReplicaError, ReplicaNotFound
 
 
 def _files(root: Path) -> list[str]:

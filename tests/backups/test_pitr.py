@@ -16,11 +16,11 @@ from support import ADMIN, InProcess, in_process
 from support_backups import (
     dump,
     integrity_check_cli,
-    parse_rfc3339,
     restore,
     restore_ok,
-    rfc3339,
 )
+
+from tenants.rfc3339 import format_time, parse_time
 
 TENANTS = ["alpha", "beta", "gamma"]
 STEPS = 45
@@ -154,16 +154,16 @@ def check_forks(app: InProcess, rng: random.Random, histories: dict[str, History
             assert dump(app.client, forks[-1]) == h.at(moment), (tenant, moment)
             # the reported moment is the last commit applied: restoring exactly to it gives
             # the same state (the commit at that very moment is included)
-            assert h.commits[k].sent <= parse_rfc3339(result["restored_to"]) <= h.commits[k].acked
+            assert h.commits[k].sent <= parse_time(result["restored_to"]) <= h.commits[k].acked
             exact = fork(tenant, result["restored_to"])
             assert exact["restored_to"] == result["restored_to"]
             assert dump(app.client, forks[-1]) == h.at(moment)
 
         last = h.commits[-1]
-        for stamp in (rfc3339(last.acked + 0.001), "latest"):
+        for stamp in (format_time(last.acked + 0.001), "latest"):
             result = fork(tenant, stamp)
             assert dump(app.client, forks[-1]) == last.content
-            assert last.sent <= parse_rfc3339(result["restored_to"]) <= last.acked
+            assert last.sent <= parse_time(result["restored_to"]) <= last.acked
     return forks
 
 

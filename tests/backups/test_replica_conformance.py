@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backups.replica import InvalidReplicaKey, ReplicaClient, ReplicaNotFound
+from backups.errors import InvalidReplicaKey, ReplicaNotFound
+from backups.replica import ReplicaClient
 
 BAD_KEYS = [
     "",

@@ -9,6 +9,7 @@ import pytest
 
 from backups import restore, retention
 from backups.catalog import ChunkRow
+from backups.errors import NoRestorePoint
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
 
 
@@ -110,7 +111,7 @@ def history(rng: random.Random) -> list[ChunkRow]:
 def outcome(rows: list[ChunkRow], at: float) -> object:
     try:
         p = restore.plan("t", rows, at)
-    except restore.NoRestorePoint:
+    except NoRestorePoint:
         return None
     # restored_to of a snapshot-only restore may fall back to the snapshot's time once the
     # frames that held its last commit expired: compared only when frames are applied

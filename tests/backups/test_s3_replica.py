@@ -16,7 +16,7 @@ import pytest
 from support import free_port
 from support_s3 import BUCKET, MotoServer, unique_prefix
 
-from backups.replica import ReplicaError, ReplicaNotFound, ReplicaUnavailable
+from backups.errors import ReplicaError, ReplicaNotFound, ReplicaUnavailable
 from backups.s3_replica import S3Replica
 
 

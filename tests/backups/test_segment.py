@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from backups.errors import SegmentCorrupt
 from backups.segment import (
     FRAMES,
     PREFIX_SIZE,
@@ -13,7 +14,6 @@ from backups.segment import (
     TOMBSTONE,
     Chunk,
     PageWrite,
-    SegmentCorrupt,
     decode_frames,
     decode_snapshot,
     index_length,

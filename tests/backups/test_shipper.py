@@ -7,11 +7,13 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support_backups import wait_until
 from support_shipper import Rig
 
+from backups import retention
 from backups import shipper as shipper_module
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
 
@@ -77,3 +79,24 @@ def test_a_forgotten_tenant_starts_a_new_generation_when_it_opens_again(rig: Rig
     assert rig.shipper.flush()
     assert len({r.generation for r in rig.catalog.chunks("acme")} - first) == 1
     assert rig.restored("acme", time.time()) == [1]
+
+
+def test_the_loop_survives_an_unexpected_error_in_retention(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(shipper_module, "RETENTION_EVERY", 0.0)
+    failures: list[int] = []
+
+    def broken_retention(*args: Any) -> tuple[int, int]:  # a bug, not a replica outage
+        failures.append(1)
+        raise RuntimeError("injected: retention bug")
+
+    monkeypatch.setattr(retention, "enforce", broken_retention)
+    rig.create("acme")
+    rig.shipper.start()
+    wait_until(lambda: len(failures) >= 2, 10)  # retention ran and failed, and the loop went on
+
+    rig.insert("acme", 1)
+    wait_until(lambda: rig.shipper.backlog_bytes() == 0, 10)
+    assert rig.restored("acme", time.time()) == [1]
+    assert "injected: retention bug" in caplog.text

@@ -13,7 +13,7 @@ import pytest
 from support_shipper import Rig
 
 from backups import wal
-from backups.replica import ReplicaError
+from backups.errors import ReplicaError
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
 
 

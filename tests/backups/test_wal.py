@@ -12,6 +12,7 @@ import apsw
 import pytest
 
 from backups import wal
+from backups.errors import WalCorrupt
 
 
 def open_db(path: Path) -> apsw.Connection:
@@ -111,10 +112,10 @@ def test_a_flipped_bit_stops_validation_at_that_frame(
     _, valid = wal.scan(copy)
     assert len(valid) == recorder.counts[1]  # back to the last commit before the damage
     assert wal.read_frames(copy, header, 0, bad_frame, header.checksum) == frames[:bad_frame]
-    with pytest.raises(wal.WalCorrupt, match=f"frame {bad_frame}"):
+    with pytest.raises(WalCorrupt, match=f"frame {bad_frame}"):
         wal.read_frames(copy, header, 0, bad_frame + 1, header.checksum)
     seed = frames[bad_frame - 1].checksum
-    with pytest.raises(wal.WalCorrupt):
+    with pytest.raises(WalCorrupt):
         wal.read_frames(copy, header, bad_frame, len(frames), seed)
 
 
@@ -141,7 +142,7 @@ def test_read_frames_past_the_end_is_corrupt(db: tuple[apsw.Connection, Path, Re
 
     assert len(wal.read_frames(wal_path(path), header, 0, end, header.checksum)) == end
     assert wal.read_frames(wal_path(path), header, 3, 3, (1, 2)) == []
-    with pytest.raises(wal.WalCorrupt, match="ends at frame"):
+    with pytest.raises(WalCorrupt, match="ends at frame"):
         wal.read_frames(wal_path(path), header, 0, end + 1, header.checksum)
 
 

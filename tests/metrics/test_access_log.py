@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import InProcess, bearer, run_server
 
-from router.observe import JsonLines
+from ops.logs import JsonLines
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

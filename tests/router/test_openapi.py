@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from support import ADMIN, InProcess, bearer
 
 from router.openapi import openapi_document
+from tenants.state import TenantState
 
 
 def _routes(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, set[str]]]:
@@ -126,6 +127,12 @@ def test_one_real_call_per_operation_matches_its_documented_schema(app: InProces
         if op["tags"][0] in ("tenant", "admin", "system")
     }
     assert called == documented
+
+
+def test_every_tenant_state_is_documented() -> None:
+    state = openapi_document()["components"]["schemas"]["TenantInfo"]["properties"]["state"]
+    assert state["enum"] == ["creating", "active", "deleting", "corrupt", "missing", "restoring"]
+    assert state["enum"] == [s.value for s in TenantState]
 
 
 def test_the_value_schema_accepts_every_value_kind_and_nothing_else() -> None:

@@ -13,7 +13,7 @@ from schema_support import TEST_CONFIG, TEST_POOL, MakeTemplate, OpenTenant, Sch
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
-from schema_sync.session import Session
+from schema_sync.session import SchemaSession
 from tenants.connection import open_database
 from tenants.fleet import Fleet
 
@@ -23,13 +23,13 @@ def open_tenant(tmp_path: Path) -> Iterator[OpenTenant]:
     """Open (creating) a tenant database as the server does, with `sql` run as the tenant."""
     conns: list[apsw.Connection] = []
 
-    def make(sql: str = "", name: str = "tenant") -> Session:
+    def make(sql: str = "", name: str = "tenant") -> SchemaSession:
         conn, sandbox = open_database(tmp_path / f"{name}.db", TEST_CONFIG, create=True)
         conns.append(conn)
         if sql:
             with conn:
                 conn.execute(sql).fetchall()
-        return Session(conn, sandbox, timeout=5.0)
+        return SchemaSession(conn, sandbox, timeout=5.0)
 
     yield make
     for conn in conns:

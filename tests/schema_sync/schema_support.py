@@ -12,7 +12,7 @@ from ops.settings import Settings
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
-from schema_sync.session import Session
+from schema_sync.session import SchemaSession
 from tenants.execute import Statement
 from tenants.fleet import Fleet
 
@@ -20,7 +20,7 @@ TEST_SETTINGS = Settings.load(environ={}, synchronous="NORMAL", statement_timeou
 TEST_CONFIG = TEST_SETTINGS.db_config()
 TEST_POOL = TEST_SETTINGS.pool_config()
 
-OpenTenant = Callable[..., Session]
+OpenTenant = Callable[..., SchemaSession]
 MakeTemplate = Callable[[str], Path]
 
 
@@ -37,11 +37,11 @@ class SchemaFleet:
         return self.fleet.execute(tenant, Statement(sql)).rows
 
 
-def rows(session: Session, sql: str) -> list[tuple[Any, ...]]:
+def rows(session: SchemaSession, sql: str) -> list[tuple[Any, ...]]:
     return session.internal(sql)
 
 
-def assert_clean(session: Session) -> None:
+def assert_clean(session: SchemaSession) -> None:
     assert rows(session, "PRAGMA foreign_key_check") == []
     assert rows(session, "PRAGMA integrity_check") == [("ok",)]
     assert rows(session, "PRAGMA foreign_keys") == [(1,)]

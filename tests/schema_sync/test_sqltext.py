@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schema_sync.sqltext import SqlSyntaxError, normalize, parse_table, rename_table_sql, tokenize
+from schema_sync.errors import SqlSyntaxError
+from schema_sync.sqltext import normalize, parse_table, rename_table_sql, tokenize
 
 
 def test_normalize_erases_case_quoting_spacing_and_comments() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from tenants import catalog as states
 from tenants.catalog import Catalog
 from tenants.rfc3339 import format_time
+from tenants.state import TenantState
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_-"
 
@@ -22,7 +22,7 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     cat.close()
 
 
-def bulk_insert(path: Path, ids: list[str], state: str = states.ACTIVE) -> None:
+def bulk_insert(path: Path, ids: list[str], state: TenantState = TenantState.ACTIVE) -> None:
     """Insert rows through a second connection in one transaction (the catalog runs in WAL)."""
     db = apsw.Connection(str(path))
     try:
@@ -57,13 +57,19 @@ def test_insert_get_state_size_remove(catalog: Catalog) -> None:
     assert not catalog.insert("acme", None)  # no change on a duplicate
     row = catalog.get("acme")
     assert row is not None
-    assert (row.id, row.state, row.group, row.size, row.error) == ("acme", states.CREATING, "grp", 0, None)
-    catalog.set_state("acme", states.CORRUPT, "boom")
+    assert (row.id, row.state, row.group, row.size, row.error) == (
+        "acme",
+        TenantState.CREATING,
+        "grp",
+        0,
+        None,
+    )
+    catalog.set_state("acme", TenantState.CORRUPT, "boom")
     catalog.set_size("acme", 4096)
     row = catalog.get("acme")
-    assert row is not None and (row.state, row.error, row.size) == (states.CORRUPT, "boom", 4096)
+    assert row is not None and (row.state, row.error, row.size) == (TenantState.CORRUPT, "boom", 4096)
     assert row.to_json()["created_at"] == format_time(row.created_at)  # microseconds, like every stamp
-    assert catalog.counts_by_state() == {states.CORRUPT: 1}
+    assert catalog.counts_by_state() == {TenantState.CORRUPT: 1}
     catalog.remove("acme")
     assert catalog.get("acme") is None
     assert catalog.all_ids() == set()
@@ -87,10 +93,13 @@ def test_prefix_and_cursor_paging_match_a_sorted_filter(catalog: Catalog, tmp_pa
 
 
 def test_rows_in_every_state_are_listed(catalog: Catalog) -> None:
-    for i, state in enumerate((states.ACTIVE, states.CORRUPT, states.MISSING)):
+    for i, state in enumerate((TenantState.ACTIVE, TenantState.CORRUPT, TenantState.MISSING)):
         catalog.insert(f"t{i}", None, state)
-    assert [r.state for r in catalog.page()] == [states.ACTIVE, states.CORRUPT, states.MISSING]
-    assert catalog.ids_in_states((states.CORRUPT, states.MISSING)) == [("t1", "corrupt"), ("t2", "missing")]
+    assert [r.state for r in catalog.page()] == [TenantState.ACTIVE, TenantState.CORRUPT, TenantState.MISSING]
+    assert catalog.ids_in_states((TenantState.CORRUPT, TenantState.MISSING)) == [
+        ("t1", "corrupt"),
+        ("t2", "missing"),
+    ]
 
 
 def test_paging_100k_tenants_uses_the_index(catalog: Catalog, tmp_path: Path) -> None:
@@ -136,7 +145,7 @@ def test_paging_100k_tenants_uses_the_index(catalog: Catalog, tmp_path: Path) ->
 def test_catalog_is_durable_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "catalog.db"
     cat = Catalog(path)
-    cat.insert("acme", None, states.ACTIVE)
+    cat.insert("acme", None, TenantState.ACTIVE)
     assert cat._db.execute("PRAGMA synchronous").fetchall() == [(2,)]  # FULL
     cat.close()
     db = apsw.Connection(str(path))

@@ -12,17 +12,18 @@ import apsw
 import pytest
 from tenants_support import TEST_CONFIG, MakeFleet
 
-from tenants import catalog as states
 from tenants.catalog import Catalog
 from tenants.errors import (
     InvalidTenantId,
     SqlfleetError,
+    TenantCorrupt,
     TenantExists,
     TenantNotFound,
     TenantUnavailable,
 )
-from tenants.execute import Statement, TenantCorrupt
+from tenants.execute import Statement
 from tenants.fleet import Fleet
+from tenants.state import TenantState
 
 SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 2000000) SELECT count(*) FROM c"
 
@@ -146,13 +147,13 @@ def test_corrupt_file_between_restarts_fails_alone(make_fleet: MakeFleet) -> Non
         count(fleet, "bad")
     assert info.value.status == 503 and info.value.code == "tenant_corrupt"
     row = fleet.info("bad")
-    assert row.state == states.CORRUPT and row.error
+    assert row.state == TenantState.CORRUPT and row.error
     with pytest.raises(TenantCorrupt):  # refused from the catalog now, without reopening
         count(fleet, "bad")
     assert not fleet.pool.is_open("bad")
     assert count(fleet, "good") == 3
     fleet.execute("good", Statement("INSERT INTO t VALUES (9)"))
-    assert fleet.info("good").state == states.ACTIVE
+    assert fleet.info("good").state == TenantState.ACTIVE
     fleet.delete("bad")  # a corrupt tenant can still be deleted
     assert not path.exists()
 
@@ -168,7 +169,7 @@ def test_corrupt_file_while_evicted_fails_alone(make_fleet: MakeFleet) -> None:
     Path(f"{path}-wal").unlink(missing_ok=True)
     with pytest.raises(TenantCorrupt):
         count(fleet, "bad")
-    assert fleet.info("bad").state == states.CORRUPT
+    assert fleet.info("bad").state == TenantState.CORRUPT
     assert count(fleet, "good") == 3
 
 
@@ -197,7 +198,7 @@ def test_corrupt_pages_found_by_a_query_mark_the_tenant(make_fleet: MakeFleet) -
     fleet = make_fleet(capacity=1)
     with pytest.raises(TenantCorrupt):
         fleet.execute("bad", Statement("SELECT count(*), sum(length(x)) FROM t"))
-    assert fleet.info("bad").state == states.CORRUPT
+    assert fleet.info("bad").state == TenantState.CORRUPT
     assert fleet.execute("good", Statement("SELECT 1")).rows == [(1,)]
 
 
@@ -208,9 +209,9 @@ def _crash_leftovers(fleet: Fleet) -> dict[str, Path]:
                                                  "orphan", "vanished", "kept", "stray-tmp")}  # fmt: skip
     cat = Catalog(layout.catalog_path)
     try:
-        cat.insert("half-created", None, states.CREATING)
-        cat.insert("half-created-nofile", None, states.CREATING)
-        cat.set_state("half-deleted", states.DELETING)
+        cat.insert("half-created", None, TenantState.CREATING)
+        cat.insert("half-created-nofile", None, TenantState.CREATING)
+        cat.set_state("half-deleted", TenantState.DELETING)
         cat.remove("orphan")  # its file stays
         # "vanished" keeps its active row; its file goes below
     finally:
@@ -277,11 +278,11 @@ def test_reconcile_restores_a_missing_tenant_whose_file_is_back(make_fleet: Make
     aside = path.with_name("aside")
     path.rename(aside)
     fleet = make_fleet()
-    assert fleet.info("acme").state == states.MISSING
+    assert fleet.info("acme").state == TenantState.MISSING
     fleet.close()
     aside.rename(path)
     fleet = make_fleet()
-    assert fleet.info("acme").state == states.ACTIVE
+    assert fleet.info("acme").state == TenantState.ACTIVE
     assert count(fleet, "acme") == 3
 
 

@@ -204,7 +204,7 @@ def test_tenants_lists_what_the_bucket_can_restore(server: ServerProcess) -> Non
 
 
 def _documented(method: str, template: str, status: int) -> dict[str, Any]:
-    """The JSON schema router/openapi.py gives this operation's `status` answer."""
+    """The JSON schema router/openapi/ gives this operation's `status` answer."""
     doc = openapi_document()
     response = doc["paths"][template][method.lower()]["responses"][str(status)]
     if "$ref" in response:

@@ -5,6 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 TENANT_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": TENANT_ID}
+SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+ANYTHING = {"type": "object"}
+TIME = {"type": "string", "format": "date-time"}
+TEXT = {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+STATUS_TEXT = {
+    400: "Bad input or SQL error",
+    401: "Missing, invalid or expired credential",
+    403: "Not allowed for this credential",
+    404: "No such tenant or route",
+    409: "Already exists",
+    413: "Too large",
+    500: "Backup broken: the restored file fails its integrity check",
+    502: "Replica (backup storage) error",
+    429: "Too many requests or streams",
+    503: "Tenant unavailable",
+    504: "Statement timed out",
+}
 
 
 def ref(name: str) -> dict[str, str]:
@@ -21,22 +40,8 @@ def errors(*statuses: int, kind: str = "E") -> dict[str, Any]:
     return {str(s): {"$ref": f"#/components/responses/{kind}{s}"} for s in statuses}
 
 
-STATUS_TEXT = {
-    400: "Bad input or SQL error",
-    401: "Missing, invalid or expired credential",
-    403: "Not allowed for this credential",
-    404: "No such tenant or route",
-    409: "Already exists",
-    413: "Too large",
-    500: "Backup broken: the restored file fails its integrity check",
-    502: "Replica (backup storage) error",
-    429: "Too many requests or streams",
-    503: "Tenant unavailable",
-    504: "Statement timed out",
-}
-
-TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": TENANT_ID}
-SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+def request_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def operation(
@@ -57,7 +62,7 @@ def operation(
         "responses": {ok_status: ok, **errors(*error_statuses, kind=error_kind)},
     }
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}
+        op["requestBody"] = request_body(ref(body))
     if params:
         op["parameters"] = params
     if secured:

@@ -1,5 +1,5 @@
-"""Running stream requests: one Session per HTTP request, on a stream whose tenant handle the
-caller has attached (pinned and locked).
+"""Executing Hrana requests: one StreamExecutor per HTTP request, on a stream whose tenant handle
+the caller has attached (pinned and locked).
 
 Statements run through tenants.execute.run_statement with `allow_tx=True`, so the sandbox,
 limits and error mapping are the REST API's; transaction control is what streams are for.
@@ -39,7 +39,7 @@ from tenants.sqllex import split_statements
 MAX_STORED_SQL = 50
 
 
-class Session:
+class StreamExecutor:
     """The requests of one pipeline on `stream`. `readonly` is the caller's access level;
     `frozen` means the tenant takes no writes for now (a write is TenantUnavailable, as in REST)."""
 

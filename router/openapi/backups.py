@@ -1,0 +1,138 @@
+"""Paths and schemas of backups and restore (router/backups_api.py); 409 when the server runs
+without backups, 502/503 when the replica fails or cannot be reached, 500 when a restored file
+fails its integrity check (a broken backup)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.openapi.builders import TENANT_ID, TENANT_PARAM, TIME, json_body, operation, ref
+
+SCHEMAS: dict[str, Any] = {
+    "RestoreRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "timestamp": {"type": "string", "description": "RFC 3339, or 'latest'", "default": "latest"},
+            "as": {**TENANT_ID, "nullable": True, "description": "restore into this new tenant instead"},
+        },
+    },
+    "RestoreResult": {
+        "type": "object",
+        "required": ["tenant", "restored_to", "generation", "commits_applied"],
+        "properties": {
+            "tenant": {**TENANT_ID, "description": "the tenant restored into"},
+            "restored_to": {**TIME, "description": "time of the last commit applied"},
+            "generation": {"type": "string", "description": "backup generation restored from"},
+            "commits_applied": {"type": "integer", "description": "commits replayed onto the snapshot"},
+        },
+    },
+    "BackupInfo": {
+        "type": "object",
+        "required": ["tenant", "earliest", "latest", "generations", "snapshots", "deleted", "backlog_bytes"],
+        "properties": {
+            "tenant": TENANT_ID,
+            "earliest": {**TIME, "nullable": True, "description": "earliest restorable moment"},
+            "latest": {**TIME, "description": "latest restorable moment (last shipped commit)"},
+            "generations": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "started"],
+                    "properties": {"id": {"type": "string"}, "started": TIME},
+                },
+            },
+            "snapshots": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["generation", "lsn", "taken", "bytes"],
+                    "properties": {
+                        "generation": {"type": "string"},
+                        "lsn": {"type": "integer", "description": "last WAL frame the image includes"},
+                        "taken": TIME,
+                        "bytes": {"type": "integer", "description": "compressed size"},
+                    },
+                },
+            },
+            "deleted": {"type": "boolean", "description": "the tenant's last event is its deletion"},
+            "backlog_bytes": {"type": "integer", "description": "committed WAL bytes not yet shipped"},
+        },
+    },
+    "BackupVerify": {
+        "type": "object",
+        "required": ["tenant", "ok", "pages", "differing_pages", "restored_to"],
+        "properties": {
+            "tenant": TENANT_ID,
+            "ok": {"type": "boolean", "description": "restored file equals the live database"},
+            "pages": {"type": "integer", "description": "pages of the live database"},
+            "differing_pages": {"type": "array", "items": {"type": "integer"}, "maxItems": 100},
+            "restored_to": TIME,
+        },
+    },
+    "BackupRebuild": {
+        "type": "object",
+        "required": ["segments"],
+        "properties": {"segments": {"type": "integer", "description": "segment objects read"}},
+    },
+    "RestorableTenants": {
+        "type": "object",
+        "required": ["tenants"],
+        "properties": {
+            "tenants": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "exists"],
+                    "properties": {"id": TENANT_ID, "exists": {"type": "boolean"}},
+                },
+            }
+        },
+    },
+}
+
+
+def paths() -> dict[str, Any]:
+    def op(
+        summary: str, ok: str, errors: tuple[int, ...], body: str | None = None, tenant: bool = True
+    ) -> dict[str, Any]:
+        params = [TENANT_PARAM] if tenant else None
+        return operation(summary, json_body(ref(ok)), errors, body, params, tag="backups")
+
+    return {
+        "/v1/admin/tenants/{tenant}/restore": {
+            "post": op(
+                "Restore a tenant to a moment, in place or as a new tenant",
+                "RestoreResult",
+                (400, 401, 403, 404, 409, 413, 500, 502, 503),
+                "RestoreRequest",
+            )
+        },
+        "/v1/admin/tenants/{tenant}/backups": {
+            "get": op(
+                "A tenant's restore points: window, generations, snapshots",
+                "BackupInfo",
+                (400, 401, 403, 404, 409),
+            )
+        },
+        "/v1/admin/tenants/{tenant}/backups/verify": {
+            "post": op(
+                "Restore the latest state aside and compare it page by page",
+                "BackupVerify",
+                (400, 401, 403, 404, 409, 500, 502, 503),
+            )
+        },
+        "/v1/admin/backups/rebuild": {
+            "post": op(
+                "Rebuild the backup catalog from the replica",
+                "BackupRebuild",
+                (400, 401, 403, 409, 502, 503),
+                tenant=False,
+            )
+        },
+        "/v1/admin/backups/tenants": {
+            "get": op(
+                "Tenants the replica can restore", "RestorableTenants", (400, 401, 403, 409), tenant=False
+            )
+        },
+    }

@@ -1,0 +1,68 @@
+"""The whole document: every area's paths and schemas, the shared error shape and responses."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from router.openapi import admin, backups, groups, hrana, system, tenant
+from router.openapi.builders import STATUS_TEXT, json_body, ref
+
+TAGS = ("tenant", "admin", "system", "groups", "backups", "hrana")
+
+ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "index": {"type": "integer"},
+            },
+        }
+    },
+}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.0 document served at /openapi.json. Built once; do not mutate it."""
+    schemas = {
+        "Error": ERROR,
+        **tenant.SCHEMAS,
+        **admin.SCHEMAS,
+        **system.SCHEMAS,
+        **hrana.SCHEMAS,
+        **backups.SCHEMAS,
+    }
+    responses = {
+        **{f"E{s}": json_body(ref("Error"), text) for s, text in STATUS_TEXT.items()},
+        **{f"H{s}": json_body(ref("HranaError"), text) for s, text in STATUS_TEXT.items()},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "sqlfleet", "version": "1"},
+        "tags": [{"name": name} for name in TAGS],
+        "paths": {
+            **tenant.paths(),
+            **admin.paths(),
+            **system.paths(),
+            **groups.paths(),
+            **backups.paths(),
+            **hrana.paths(),
+        },
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "admin key, or an Ed25519 JWT tenant token",
+                }
+            },
+        },
+    }

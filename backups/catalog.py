@@ -67,8 +67,8 @@ class BackupCatalog:
         rows = []
         for r in refs:
             first, last = r.times
-            rows.append((r.tenant, r.generation, r.kind, r.first_lsn, r.last_lsn, first, last, r.page_size,
-                         key, r.offset, r.length, json.dumps(r.commits)))  # fmt: skip
+            chunk = (r.tenant, r.generation, r.kind, r.first_lsn, r.last_lsn, first, last, r.page_size)
+            rows.append((*chunk, key, r.offset, r.length, json.dumps(r.commits)))
         with self._lock, self._db:
             self._db.execute("INSERT OR IGNORE INTO segments VALUES (?, ?)", (key, created_at))
             self._db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
@@ -115,12 +115,14 @@ class BackupCatalog:
             return None
         _, gen, lsn, s1, s2, frames, c1, c2, snap_lsn, snap_time = row
         salts = None if s1 is None else (int(s1), int(s2))
-        return Position(str(gen), int(lsn), salts, int(frames), (int(c1), int(c2)),
-                        int(snap_lsn), float(snap_time))  # fmt: skip
+        seed = (int(c1), int(c2))
+        return Position(str(gen), int(lsn), salts, int(frames), seed, int(snap_lsn), float(snap_time))
 
     def save_positions(self, positions: dict[str, Position]) -> None:
-        rows = [(t, p.generation, p.lsn, *(p.salts or (None, None)), p.wal_frames, *p.seed, p.snapshot_lsn,
-                 p.snapshot_time) for t, p in positions.items()]  # fmt: skip
+        rows = []
+        for t, p in positions.items():
+            shipped = (p.generation, p.lsn, *(p.salts or (None, None)), p.wal_frames, *p.seed)
+            rows.append((t, *shipped, p.snapshot_lsn, p.snapshot_time))
         with self._lock, self._db:
             self._db.executemany("INSERT OR REPLACE INTO positions VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
@@ -147,5 +149,17 @@ class ChunkRow:
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> ChunkRow:
         commits = tuple((int(lsn), float(t)) for lsn, t in json.loads(row[11]))
-        return cls(str(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]), float(row[5]),
-                   float(row[6]), int(row[7]), str(row[8]), int(row[9]), int(row[10]), commits)  # fmt: skip
+        return cls(
+            str(row[0]),
+            str(row[1]),
+            str(row[2]),
+            int(row[3]),
+            int(row[4]),
+            float(row[5]),
+            float(row[6]),
+            int(row[7]),
+            str(row[8]),
+            int(row[9]),
+            int(row[10]),
+            commits,
+        )

@@ -73,7 +73,7 @@ class Checkpointer:
                         self.continuity.restart(tenant_id, entry, handle.conn if handle else None)
                 elif checkpoint or due:
                     self.checkpoint(tenant_id, entry, snapshot=due)
-            except (SqlfleetError, WalCorrupt) as exc:
+            except (SqlfleetError, WalCorrupt, OSError, apsw.Error) as exc:  # e.g. no disk for a copy
                 log.warning("tenant %s: backup maintenance skipped (%s)", tenant_id, exc)
 
     def checkpoint(self, tenant_id: str, entry: TenantLog, snapshot: bool) -> None:
@@ -85,7 +85,7 @@ class Checkpointer:
                 return  # closed, busy or replaced: try after a later flush
             if entry.pending and not self._ship_now(tenant_id, entry):
                 return
-            image = handle.conn.serialize("main") or b"" if snapshot else None
+            image = self.continuity.spool.copy_database(handle.conn) if snapshot else None
             handle.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
             if wal.read_header(entry.wal_path) is not None:
                 # not truncated (should not happen with the handle held): the shipped position
@@ -107,16 +107,12 @@ class Checkpointer:
         """Ship the commits made since the flush began, with the tenant's handle held so no more
         arrive: under sustained writes there are always some, and the WAL could otherwise never
         be checkpointed. Holds the tenant's writes for one upload. True if all are shipped."""
-        capture = self.flusher.capture(tenant_id, entry)
-        if capture is None or entry.broken:
-            return False
         try:
-            self.flusher.upload([capture], [])
+            captured = self.flusher.ship({tenant_id: entry}, [])
         except ReplicaError as exc:
             log.warning("tenant %s: upload before checkpoint failed (%s); will retry", tenant_id, exc)
             return False
-        self.flusher.advance([capture])
-        return not entry.pending and entry.snapshot is None
+        return bool(captured) and not entry.broken and not entry.pending and entry.snapshot is None
 
     def checkpoint_shipped(self, deadline: float) -> int:
         """Shutdown: checkpoint (TRUNCATE) every open tenant whose WAL frames are all durable in

@@ -19,6 +19,7 @@ import apsw
 from backups import wal
 from backups.catalog import BackupCatalog, Position
 from backups.ledger import Ledger, TenantLog, snapshot_chunk
+from backups.spool import PageImage, Spool
 from tenants.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -40,32 +41,32 @@ def resumed_log(position: Position | None, path: Path, conn: apsw.Connection) ->
         return TenantLog(position, path, db_page_size(conn)) if header is None else None
     if header is None or (header.salt1, header.salt2) != position.salts:
         return None
-    frames = wal.tail(path, header, position.wal_frames, position.seed)
-    if frames is None:
+    commits = wal.tail_commits(path, header, position.wal_frames, position.seed)
+    if commits is None:
         return None
     recovered_at = path.stat().st_mtime
-    pending = [(f.index + 1, recovered_at) for f in frames if f.commit_size]
-    return TenantLog(position, path, header.page_size, pending)
+    return TenantLog(position, path, header.page_size, [(c.frames, recovered_at) for c in commits])
 
 
 class Continuity:
     """Starts each tenant's log: resumed from the catalog's position, or a new generation.
     Thread-safe (its state is the ledger's)."""
 
-    def __init__(self, ledger: Ledger, catalog: BackupCatalog, layout: Layout) -> None:
+    def __init__(self, ledger: Ledger, catalog: BackupCatalog, layout: Layout, spool: Spool) -> None:
         self.ledger = ledger
         self.catalog = catalog
         self.layout = layout
+        self.spool = spool
 
     def wal_path(self, tenant_id: str) -> Path:
         return Path(f"{self.layout.tenant_path(tenant_id)}-wal")
 
     def created(self, tenant_id: str, path: Path) -> None:
         """A new tenant's file, not open anywhere yet (so reading the main file is safe), is the
-        snapshot of its first generation."""
-        image = path.read_bytes()
+        snapshot of its first generation (copied aside: the file changes once it is opened)."""
+        image = self.spool.copy_file(path)
         position = Position(new_generation_id(), 0, None, 0, (0, 0), 0, time.time())
-        self._begin(tenant_id, position, page_size_of(image), image)
+        self._begin(tenant_id, position, page_size_of(image.head(18)), image)
 
     def opened(self, tenant_id: str, conn: apsw.Connection) -> None:
         """A tenant connection opened: keep its log if it still has one (evicted and reopened),
@@ -82,12 +83,12 @@ class Continuity:
 
     def new_generation(self, tenant_id: str, conn: apsw.Connection, reason: str) -> None:
         """Snapshot the connection's current committed state as LSN 0 of a new generation."""
-        path = self.wal_path(tenant_id)
-        header, frames = wal.scan(path)
-        image = conn.serialize("main") or b""
+        header, last = wal.last_commit(self.wal_path(tenant_id))
+        image = self.spool.copy_database(conn)
         salts = (header.salt1, header.salt2) if header else None
-        seed = frames[-1].checksum if frames else header.checksum if header else (0, 0)
-        position = Position(new_generation_id(), 0, salts, len(frames), seed, 0, time.time())
+        seed = last.checksum if last else header.checksum if header else (0, 0)
+        frames = last.frames if last else 0
+        position = Position(new_generation_id(), 0, salts, frames, seed, 0, time.time())
         log.info("tenant %s: new backup generation %s (%s)", tenant_id, position.generation, reason)
         self._begin(tenant_id, position, db_page_size(conn), image)
 
@@ -100,7 +101,7 @@ class Continuity:
         else:
             self.ledger.drop(tenant_id, entry)
 
-    def _begin(self, tenant_id: str, position: Position, page_size: int, image: bytes) -> None:
+    def _begin(self, tenant_id: str, position: Position, page_size: int, image: PageImage) -> None:
         snapshot = snapshot_chunk(tenant_id, position, page_size, image)
         self.ledger.install(
             tenant_id, TenantLog(position, self.wal_path(tenant_id), page_size, snapshot=snapshot)
@@ -108,7 +109,8 @@ class Continuity:
 
 
 def page_size_of(image: bytes) -> int:
-    """The page size a database image's header states (4096 for an empty image)."""
+    """The page size a database image's header (its first 18 bytes suffice) states (4096 for
+    an empty image)."""
     if len(image) >= 18:
         size = int.from_bytes(image[16:18], "big")
         return 65536 if size == 1 else size or 4096

@@ -33,6 +33,13 @@ class ReplicaUnavailable(ReplicaError):
     transient = True
 
 
+class ShippingIOError(ReplicaUnavailable):
+    """Shipping failed on local I/O: a WAL, a temporary file of the spool (a full or failing
+    disk). As with an unreachable replica, nothing advanced and a later flush retries."""
+
+    code = "backup_io_error"
+
+
 class InvalidReplicaKey(ReplicaError):
     """A key or prefix breaks the rules in backups/replica.py's docstring."""
 

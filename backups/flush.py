@@ -2,6 +2,8 @@
 deletions), pack them into shared segments, upload, and only then advance.
 
 - One segment per flush for all tenants, so PUTs per flush do not grow with the number of tenants.
+- Bounded memory whatever one commit's size: frames stream from the WAL a batch at a time through
+  the compressor into a spooled segment file (backups.spool), which is uploaded from the file.
 - Nothing advances until the PUT succeeded: on failure the frames stay in the WAL (the backlog
   lives on local disk) and the next flush re-reads them from the last durable position.
 - Frames are read through our own descriptor, validated against the shipped position's salts
@@ -12,14 +14,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from backups import wal
 from backups.catalog import BackupCatalog, Position
-from backups.errors import ReplicaError, WalCorrupt
+from backups.errors import ReplicaError, ShippingIOError, WalCorrupt
 from backups.ledger import Ledger, TenantLog
 from backups.replica import ReplicaClient
-from backups.segment import FRAMES, Chunk, PageWrite, pack
+from backups.segment import FRAMES, Chunk, SegmentWriter, frame_records
+from backups.spool import Spool
 from metrics.instruments import (
     BACKUP_BACKLOG_BYTES,
     BACKUP_LAG_MAX,
@@ -40,21 +44,20 @@ class Capture:
 
     tenant: str
     entry: TenantLog
-    chunks: list[Chunk]
+    snapshot: Chunk | None  # the entry's waiting snapshot, shipped with it
     position: Position
     consumed: int  # pending commits shipped
     commit_times: list[float]
-
-    @property
-    def size(self) -> int:
-        return sum(len(c.image) + len(c.frames) * (c.page_size + 8) for c in self.chunks)
+    frame_bytes: int = 0  # WAL page bytes shipped
 
 
-def read_new_frames(
-    tenant_id: str, entry: TenantLog, pending: list[tuple[int, float]]
-) -> tuple[Chunk, Position]:
-    """The frames of the `pending` commits as one chunk after `entry.base`, each commit with its
-    time, and the position after them. Raises WalCorrupt if the WAL does not continue the base."""
+def write_new_frames(
+    writer: SegmentWriter, tenant_id: str, entry: TenantLog, pending: list[tuple[int, float]]
+) -> tuple[Position, int]:
+    """Add the frames of the `pending` commits to `writer` as one chunk after `entry.base`,
+    each commit with its time, streaming them from the WAL a batch at a time. Returns the
+    position after them and their page bytes. Raises WalCorrupt, leaving `writer` as it was,
+    if the WAL does not continue the base."""
     base = entry.base
     stop = pending[-1][0]
     with open(entry.wal_path, "rb") as f:  # one open per tenant and flush: header, then frames
@@ -68,38 +71,39 @@ def read_new_frames(
             start, seed = 0, header.checksum
         else:
             raise WalCorrupt("WAL salts changed without a checkpoint")
-        frames = wal.read_frames_from(f, header, start, stop, seed)
-    times = dict(pending)
-    commits = [
-        (base.lsn + 1 + i, times.get(f.index + 1, time.time())) for i, f in enumerate(frames) if f.commit_size
-    ]
-    writes = [PageWrite(f.page_no, f.commit_size, f.data) for f in frames]
-    chunk = Chunk(
-        tenant_id,
-        base.generation,
-        FRAMES,
-        base.lsn + 1,
-        base.lsn + len(frames),
-        header.page_size,
-        commits,
-        writes,
-    )
-    position = replace(
-        base, lsn=base.lsn + len(frames), salts=salts, wal_frames=stop, seed=frames[-1].checksum
-    )
-    return chunk, position
+        chunk = Chunk(tenant_id, base.generation, FRAMES, base.lsn + 1, base.lsn, header.page_size)
+        times = dict(pending)
+        end_seed = seed
+
+        def body() -> Iterator[bytes]:
+            # fills in the chunk's LSN range and commits, and the checksum reached, as it goes
+            nonlocal end_seed
+            for batch in wal.read_batches(f, header, start, stop, seed):
+                for frame in batch:
+                    chunk.last_lsn += 1
+                    if frame.commit_size:
+                        chunk.commits.append((chunk.last_lsn, times.get(frame.index + 1, time.time())))
+                end_seed = batch[-1].checksum
+                yield frame_records((fr.page_no, fr.commit_size, fr.data) for fr in batch)
+
+        writer.add(chunk, body())
+    count = chunk.last_lsn - base.lsn
+    position = replace(base, lsn=chunk.last_lsn, salts=salts, wal_frames=stop, seed=end_seed)
+    return position, count * header.page_size
 
 
 @dataclass(eq=False)
 class Flusher:
-    """Ships what the ledger holds. Callers serialize `run` (and any capture-upload-advance of
-    their own) with one lock: the segment sequence and the failure counters are not locked."""
+    """Ships what the ledger holds. Callers serialize `run` and `ship` with one lock: the
+    segment sequence and the failure counters are not locked, and one segment is built at a
+    time (the spool's memory bound counts on it)."""
 
     ledger: Ledger
     replica: ReplicaClient
     catalog: BackupCatalog
     server_id: str
     segment_max_bytes: int
+    spool: Spool
     last_success: float = field(default=0.0, init=False)  # time.time() of the last good upload
     failures: int = field(default=0, init=False)
     failed_in_a_row: int = field(default=0, init=False)  # failed uploads since the last good one
@@ -110,74 +114,98 @@ class Flusher:
         tenants that may need maintenance (shipped now, or broken). Raises ReplicaError if an
         upload failed: nothing was lost, the next run retries from the last durable position."""
         logs, tombstones = self.ledger.take()
-        captured = [c for c in (self.capture(t, entry) for t, entry in logs.items()) if c is not None]
-        broken = [t for t, entry in logs.items() if entry.broken]
-        if captured or tombstones:
-            if self.failed_in_a_row:
+        retrying = self.failed_in_a_row > 0
+        try:
+            captured = self.ship(logs, tombstones)
+        except ReplicaError as exc:
+            if retrying:
                 BACKUP_UPLOAD_RETRIES.inc()
-            try:
-                self.upload(captured, tombstones)
-            except ReplicaError as exc:
-                self._failed(exc, captured, tombstones, broken)
-                raise
+            self._failed(exc, set(logs), tombstones)
+            raise
+        if captured or tombstones:
+            if retrying:
+                BACKUP_UPLOAD_RETRIES.inc()
             self.last_success = time.time()
             self.failed_in_a_row = 0
-            self.advance(captured)
+        broken = [t for t, entry in logs.items() if entry.broken]
         return list(dict.fromkeys([*broken, *(c.tenant for c in captured)]))
 
-    def _failed(
-        self, exc: ReplicaError, captured: list[Capture], tombstones: list[Chunk], broken: list[str]
-    ) -> None:
+    def _failed(self, exc: ReplicaError, tenants: set[str], tombstones: list[Chunk]) -> None:
         self.failures += 1
         self.failed_in_a_row += 1
         BACKUP_UPLOAD_ERRORS.inc()
         log.warning("backup upload failed (%s); will retry", exc)
-        self.ledger.give_back({c.tenant for c in captured} | set(broken), tombstones)
+        self.ledger.give_back(tenants, tombstones)
         oldest = self.ledger.oldest_pending(default=time.time())
         BACKUP_LAG_MAX.set(time.time() - oldest)  # how far behind the replica is, while it is down
         BACKUP_BACKLOG_BYTES.set(self.ledger.backlog_bytes())
 
-    def capture(self, tenant_id: str, entry: TenantLog) -> Capture | None:
-        """What to ship of the tenant now: its waiting snapshot and the frames of its pending
-        commits. None if nothing; a WAL that does not continue the base marks it broken."""
+    def ship(self, logs: dict[str, TenantLog], extra: list[Chunk]) -> list[Capture]:
+        """Capture the tenants' waiting snapshots and new frames, and `extra` chunks, into shared
+        segments, upload them, then advance each tenant to what is durable. A segment is cut
+        past segment_max_bytes, never inside a tenant's capture (its snapshot and frames land
+        together). Returns the captures. Raises ReplicaError if an upload failed, ShippingIOError
+        if local I/O did (nothing advanced; segments already uploaded are shipped again later,
+        which restore tolerates)."""
+        captured: list[Capture] = []
+        try:
+            writer = SegmentWriter(self.spool)
+            try:
+                for chunk in extra:
+                    writer.add(chunk)
+                for tenant_id, entry in logs.items():
+                    capture = self.capture(writer, tenant_id, entry)
+                    if capture is not None:
+                        captured.append(capture)
+                    if writer.size >= self.segment_max_bytes:
+                        self.upload(writer)
+                        writer = SegmentWriter(self.spool)
+                if len(writer):
+                    self.upload(writer)
+            finally:
+                writer.close()
+        except OSError as exc:  # the replica's own errors are ReplicaErrors already
+            raise ShippingIOError(f"backup flush: {exc}") from exc
+        self.advance(captured)
+        return captured
+
+    def capture(self, writer: SegmentWriter, tenant_id: str, entry: TenantLog) -> Capture | None:
+        """Add what to ship of the tenant now to `writer`: its waiting snapshot and the frames
+        of its pending commits. None if nothing; a WAL that does not continue the base marks
+        it broken (its frames stay out)."""
         with self.ledger.lock:
             pending = list(entry.pending)
             snapshot = entry.snapshot
-        chunks = [snapshot] if snapshot is not None else []
-        position = entry.base
+        if snapshot is not None:
+            assert snapshot.image is not None
+            writer.add(snapshot, snapshot.image.pieces())
+        position, frame_bytes, consumed = entry.base, 0, 0
         if pending and not entry.broken:
             try:
-                frames_chunk, position = read_new_frames(tenant_id, entry, pending)
-                chunks.append(frames_chunk)
+                position, frame_bytes = write_new_frames(writer, tenant_id, entry, pending)
+                consumed = len(pending)
             except WalCorrupt as exc:
                 log.error("tenant %s: WAL does not continue the shipped position (%s)", tenant_id, exc)
                 entry.broken = True
-        if not chunks:
+        if snapshot is None and not consumed:
             return None
-        return Capture(tenant_id, entry, chunks, position, len(pending), [t for _, t in pending])
+        times = [t for _, t in pending[:consumed]]
+        return Capture(tenant_id, entry, snapshot, position, consumed, times, frame_bytes)
 
-    def upload(self, captured: list[Capture], extra: list[Chunk]) -> None:
-        """One segment for everything, split only past segment_max_bytes (never inside a
-        tenant's capture: its snapshot and frames land together). Raises ReplicaError."""
-        batch, size = list(extra), 0
-        for capture in captured:
-            batch += capture.chunks
-            size += capture.size
-            if size >= self.segment_max_bytes:
-                self._put_chunks(batch)
-                batch, size = [], 0
-        if batch:
-            self._put_chunks(batch)
-
-    def _put_chunks(self, chunks: list[Chunk]) -> None:
+    def upload(self, writer: SegmentWriter) -> None:
+        """Finish `writer`'s segment, upload it and record its chunks in the catalog.
+        Raises ReplicaError."""
         self._seq += 1
         now = time.time()
         key = f"segments/{int(now * 1000):013d}-{self.server_id}-{self._seq:08d}.seg"
-        data, refs = pack(chunks, {"server": self.server_id, "created": now})
-        self.replica.put(key, data)
+        data, refs = writer.finish({"server": self.server_id, "created": now})
+        with data:
+            size = data.seek(0, 2)
+            data.seek(0)
+            self.replica.put_file(key, data)
         self.catalog.add_segment(key, now, refs)
         BACKUP_SEGMENTS.inc()
-        BACKUP_SEGMENT_BYTES.inc(len(data))
+        BACKUP_SEGMENT_BYTES.inc(size)
 
     def advance(self, captured: list[Capture]) -> None:
         """After a successful upload: the captured commits are shipped, each tenant's base moves
@@ -191,14 +219,17 @@ class Flusher:
             for c in captured:
                 entry = c.entry
                 del entry.pending[: c.consumed]
-                if any(ch is entry.snapshot for ch in c.chunks):
+                if c.snapshot is not None and c.snapshot is entry.snapshot:
                     entry.snapshot = None
                     entry.shipped_bytes = 0
                     BACKUP_SNAPSHOTS.inc()
-                entry.shipped_bytes += sum(len(ch.frames) * ch.page_size for ch in c.chunks)
+                entry.shipped_bytes += c.frame_bytes
                 entry.base = c.position
                 if entry.pending:
                     self.ledger.dirty.add(c.tenant)
+        for c in captured:
+            if c.snapshot is not None and c.snapshot.image is not None:
+                c.snapshot.image.close()  # shipped: free its memory or disk now
         for lag in lags:
             BACKUP_LAG_SECONDS.observe(lag)
         BACKUP_LAG_MAX.set(max(lags, default=0.0))

@@ -15,6 +15,7 @@ import apsw
 
 from backups.catalog import Position
 from backups.segment import SNAPSHOT, Chunk
+from backups.spool import PageImage
 
 CommitHook = Callable[[apsw.Connection, str, int], int]
 
@@ -28,7 +29,7 @@ class TenantLog:
     wal_path: Path
     page_size: int
     pending: list[tuple[int, float]] = field(default_factory=list)  # (WAL frame count, commit time)
-    snapshot: Chunk | None = None
+    snapshot: Chunk | None = None  # its image waits in the spool (backups.spool)
     shipped_bytes: int = 0  # since the last snapshot
     broken: bool = False  # the WAL no longer continues `base`: needs a new generation
 
@@ -45,7 +46,7 @@ class TenantLog:
         return (self.pending[-1][0] - start) * self.page_size
 
 
-def snapshot_chunk(tenant_id: str, position: Position, page_size: int, image: bytes) -> Chunk:
+def snapshot_chunk(tenant_id: str, position: Position, page_size: int, image: PageImage) -> Chunk:
     """The snapshot a generation starts with (or a later one), as `position` describes it."""
     return Chunk(
         tenant_id,

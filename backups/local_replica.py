@@ -1,33 +1,51 @@
 """A replica in a local directory: the embedded default, and a mount point for NFS or a volume.
 
 Objects are plain files under `root` at their key's path. A put writes a hidden temporary file
-next to the target, fsyncs it, renames it over the target and fsyncs the directory, so a crash
-leaves the old object or the new one. Directories left empty by deletes are removed.
+next to the target (copying a source file a piece at a time), fsyncs it, renames it over the
+target and fsyncs the directory (tenants.files.replace_durably), so a crash leaves the old object
+or the new one. Directories left empty by deletes are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
+import shutil
 import stat
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from backups.errors import ReplicaError, ReplicaNotFound, ReplicaUnavailable
-from backups.replica import ObjectInfo, check_range, validate_key, validate_prefix
-from tenants.files import fsync_dir, write_durably
+from backups.replica import ObjectInfo, ReplicaClient, check_range, validate_key, validate_prefix
+from backups.spool import PIECE
+from tenants.files import fsync_dir, replace_durably
 
 # Conditions that may clear up by themselves (space freed, mount back, descriptors released).
 _TRANSIENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ESTALE,
-     errno.ENOTCONN, errno.ETIMEDOUT, errno.EMFILE, errno.ENFILE}
-)  # fmt: skip
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ESTALE,
+        errno.ENOTCONN,
+        errno.ETIMEDOUT,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
+)
 _PUT_ATTEMPTS = 5  # a concurrent delete may remove the directory between mkdir and open
+_OBJECT_MODE = 0o644  # less the umask
 
 
-class LocalReplica:
+class LocalReplica(ReplicaClient):
     """ReplicaClient over a directory tree; `root` is created on the first put."""
 
     def __init__(self, root: Path) -> None:
@@ -37,12 +55,17 @@ class LocalReplica:
         return f"LocalReplica({str(self.root)!r})"
 
     def put(self, key: str, data: bytes) -> None:
+        self.put_file(key, io.BytesIO(data))
+
+    def put_file(self, key: str, source: IO[bytes]) -> None:
         path = self._path(validate_key(key))
+        start = source.tell()
         with _translated(key, writing=True):
             for attempt in range(_PUT_ATTEMPTS):
                 try:
                     self._make_dirs(path.parent)
-                    write_durably(path, data, mode=0o644)
+                    source.seek(start)
+                    _copy_durably(source, path)
                     return
                 except FileNotFoundError:
                     if attempt == _PUT_ATTEMPTS - 1:
@@ -66,13 +89,6 @@ class LocalReplica:
         if not stat.S_ISREG(st.st_mode):
             raise ReplicaNotFound(f"no replica object {key!r}", key=key)
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.head(key)
-        except ReplicaNotFound:
-            return False
-        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
@@ -150,6 +166,20 @@ class LocalReplica:
             except OSError:
                 return  # not empty (or already gone, or in use): stop climbing
             directory = directory.parent
+
+
+def _copy_durably(source: IO[bytes], path: Path) -> None:
+    """Replace `path` durably with the rest of `source`. The directory must exist. On failure
+    `path` is unchanged and no temporary file is left."""
+    tmp = path.with_name(f".{path.name}.tmp{uuid.uuid4().hex[:8]}")  # hidden: `list` skips it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _OBJECT_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(source, f, PIECE)
+        replace_durably(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -3,6 +3,9 @@
 Every backend (a local directory, S3 and its look-alikes) implements `ReplicaClient` and passes
 the one conformance suite in tests/backups/test_replica_conformance.py.
 
+Objects can be larger than memory should hold (one segment carries one commit, whatever its
+size): `put_file` uploads from a file and `get_range` reads a bounded piece, so callers stream.
+
 Keys are relative '/'-separated paths such as `segments/000001.seg`: non-empty components, none
 of them `.`/`..` or starting with a dot (the local backend keeps its temporary files there), no
 leading or trailing '/', no backslash or control characters, at most 1,024 UTF-8 bytes. A key
@@ -15,9 +18,9 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import IO, Protocol
 
-from backups.errors import InvalidReplicaKey
+from backups.errors import InvalidReplicaKey, ReplicaNotFound
 
 MAX_KEY_BYTES = 1024  # S3's limit; the bucket prefix counts against it too
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -40,14 +43,23 @@ class ReplicaClient(Protocol):
         it returns."""
         ...
 
+    def put_file(self, key: str, source: IO[bytes]) -> None:
+        """`put` of the bytes of the seekable binary file `source` from its current position to
+        its end, read a bounded piece at a time: memory does not grow with the object's size.
+        Same guarantees as `put`. May read `source` more than once (retries); its position
+        afterwards is unspecified; it stays open."""
+        ...
+
     def get(self, key: str) -> bytes:
-        """The whole object. Raises ReplicaNotFound when there is no object under `key`."""
+        """The whole object, in memory (read large ones as ranges). Raises ReplicaNotFound when
+        there is no object under `key`."""
         ...
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """Bytes `[start, start + length)` of the object, cut short at its end: a range starting
         at or past the end is `b""`. Raises ReplicaNotFound when there is no object under `key`,
-        ValueError for a negative `start` or `length`."""
+        ValueError for a negative `start` or `length`. Holds only that range in memory: read a
+        large object as a series of ranges."""
         ...
 
     def head(self, key: str) -> ObjectInfo:
@@ -55,8 +67,12 @@ class ReplicaClient(Protocol):
         ...
 
     def exists(self, key: str) -> bool:
-        """Whether an object is stored under `key`."""
-        ...
+        """Whether an object is stored under `key` (implementations inherit this from `head`)."""
+        try:
+            self.head(key)
+        except ReplicaNotFound:
+            return False
+        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix` (a plain string prefix, not only whole

@@ -2,14 +2,15 @@
 
 The generation chosen is the one that was live at that moment (the latest to start at or before
 it), so history before an in-place restore stays reachable. Frames are plain page writes, applied
-in LSN order to the snapshot's page image; the result is checked with integrity_check.
+in LSN order to the snapshot's page image in the destination file (chunks stream through a bounded
+buffer: memory does not grow with the tenant's size); the result is checked with integrity_check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,7 @@ import apsw
 
 from backups.catalog import ChunkRow
 from backups.errors import BackupBroken, NoRestorePoint
-from backups.segment import FRAMES, SNAPSHOT, decode_frames, decode_snapshot
-
-RangeReader = Callable[[str, int, int], bytes]
+from backups.segment import FRAMES, SNAPSHOT, RangeReader, copy_snapshot, read_frames
 
 
 @dataclass(frozen=True)
@@ -52,15 +51,14 @@ def plan(tenant: str, rows: list[ChunkRow], at: float) -> RestorePlan:
         raise NoRestorePoint(f"tenant {tenant!r} has no backup at or before that time")
     generation = max(started, key=lambda g: (started[g], g))
     mine = [r for r in rows if r.generation == generation]
-    snapshot = max((r for r in mine if r.kind == SNAPSHOT and micros(r.first_time) <= limit),
-                   key=lambda r: r.first_lsn)  # fmt: skip
-    commits = [(lsn, t) for r in mine if r.kind == FRAMES for lsn, t in r.commits
-               if lsn > snapshot.first_lsn and micros(t) <= limit]  # fmt: skip
+    snapshots = [r for r in mine if r.kind == SNAPSHOT and micros(r.first_time) <= limit]
+    snapshot = max(snapshots, key=lambda r: r.first_lsn)
+    shipped = [(lsn, t) for r in mine if r.kind == FRAMES for lsn, t in r.commits]
+    commits = [(lsn, t) for lsn, t in shipped if lsn > snapshot.first_lsn and micros(t) <= limit]
     if commits:
         target, restored_to = max(commits)
     else:  # the snapshot alone: report the last commit it holds, if that is still known
-        held = [(lsn, t) for r in mine if r.kind == FRAMES for lsn, t in r.commits
-                if lsn <= snapshot.first_lsn]  # fmt: skip
+        held = [(lsn, t) for lsn, t in shipped if lsn <= snapshot.first_lsn]
         target, restored_to = snapshot.first_lsn, max(held)[1] if held else snapshot.first_time
     return RestorePlan(
         tenant, generation, snapshot, _cover(mine, snapshot.first_lsn, target), target, restored_to
@@ -92,35 +90,29 @@ def _cover(rows: list[ChunkRow], after: int, target: int) -> list[ChunkRow]:
 def materialize(restore: RestorePlan, read: RangeReader, dest: Path) -> None:
     """Write the database `restore` describes to `dest` (durably) and integrity-check it.
     Raises BackupBroken if the result is not a sound database."""
-    snap = restore.snapshot
-    image = bytearray(decode_snapshot(read(snap.key, snap.offset, snap.length)))
-    page_size, size_pages = snap.page_size, len(image) // snap.page_size
-    for chunk in restore.frames:
-        for i, frame in enumerate(
-            decode_frames(read(chunk.key, chunk.offset, chunk.length), chunk.page_size)
-        ):
-            lsn = chunk.first_lsn + i
-            if lsn <= snap.first_lsn or lsn > restore.target_lsn:
-                continue
-            end = frame.page_no * page_size
-            if len(image) < end:
-                image.extend(bytes(end - len(image)))
-            image[end - page_size : end] = frame.data
-            if frame.commit_size:
-                size_pages = frame.commit_size
-    del image[size_pages * page_size :]
-    _write(dest, bytes(image))
-    check(dest)
-
-
-def _write(dest: Path, data: bytes) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     for side in ("-wal", "-shm", "-journal"):
         Path(f"{dest}{side}").unlink(missing_ok=True)
-    with open(dest, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    snap = restore.snapshot
+    page_size = snap.page_size
+    with open(dest, "w+b") as out:
+        size_pages = copy_snapshot(read, snap.key, snap.offset, snap.length, out) // page_size
+        for chunk in restore.frames:
+            pages = read_frames(read, chunk.key, chunk.offset, chunk.length, chunk.page_size)
+            with contextlib.closing(pages):
+                for lsn, frame in enumerate(pages, chunk.first_lsn):
+                    if lsn > restore.target_lsn:
+                        break
+                    if lsn <= snap.first_lsn:
+                        continue
+                    out.seek((frame.page_no - 1) * page_size)  # past the end: the gap reads as zeros
+                    out.write(frame.data)
+                    if frame.commit_size:
+                        size_pages = frame.commit_size
+        out.truncate(size_pages * page_size)
+        out.flush()
+        os.fsync(out.fileno())
+    check(dest)
 
 
 def check(path: Path) -> None:

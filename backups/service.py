@@ -7,11 +7,13 @@ generation, while the pre-restore generation stays restorable — so a restore c
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from backups.errors import NoRestorePoint, ReplicaError
 from backups.replica import ReplicaClient
 from backups.segment import PREFIX_SIZE, SNAPSHOT, TOMBSTONE, index_length, parse_index
 from backups.shipper import Shipper
+from backups.spool import PIECE
 from metrics.instruments import (
     BACKUP_BACKLOG_BYTES,
     RESTORE_COMMITS,
@@ -36,6 +39,22 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
+def _differing_pages(a: Iterator[bytes], b: Iterator[bytes], page_size: int, most: int = 100) -> list[int]:
+    """The numbers of the first `most` pages that differ between two images given as PIECE-byte
+    pieces (a multiple of any page size); a page only one of them has differs."""
+    differing: list[int] = []
+    for index, (x, y) in enumerate(itertools.zip_longest(a, b, fillvalue=b"")):
+        if x == y:
+            continue
+        first = index * (PIECE // page_size)
+        for i in range(max(len(x), len(y)) // page_size):
+            if x[i * page_size : (i + 1) * page_size] != y[i * page_size : (i + 1) * page_size]:
+                differing.append(first + i + 1)
+                if len(differing) == most:
+                    return differing
+    return differing
+
+
 def parse_moment(text: str) -> float:
     """RFC 3339 or `latest` -> unix seconds. Raises BadRequest."""
     return time.time() if text == "latest" else parse_time(text)
@@ -49,8 +68,7 @@ class RestoreResult:
     commits_applied: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "restored_to": format_time(self.restored_to),
-                "generation": self.generation, "commits_applied": self.commits_applied}  # fmt: skip
+        return {**asdict(self), "restored_to": format_time(self.restored_to)}
 
 
 @dataclass(frozen=True)
@@ -180,22 +198,27 @@ class Backups(FleetHooks):
         }
 
     def verify(self, tenant: str) -> dict[str, Any]:
-        """Restore the latest state to a temp file and compare it page by page with the live database."""
+        """Restore the latest state to a temp file and compare it page by page with the live
+        database (a copy through the backup API), both read a piece at a time."""
         self.shipper.flush()
         plan = restore.plan(tenant, self.catalog.chunks(tenant), time.time())
         with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir) as tmp:
             path = Path(tmp) / "verify.db"
             restore.materialize(plan, self._read, path)
-            restored = path.read_bytes()
             with self.fleet.lease(tenant) as handle:
                 assert handle.conn is not None
-                live = handle.conn.serialize("main") or b""
-        page = plan.snapshot.page_size
-        differing = [i + 1 for i in range(max(len(live), len(restored)) // page)
-                     if live[i * page : (i + 1) * page] != restored[i * page : (i + 1) * page]]  # fmt: skip
-        ok = not differing and len(live) == len(restored)
-        return {"tenant": tenant, "ok": ok, "pages": len(live) // page, "differing_pages": differing[:100],
-                "restored_to": format_time(plan.restored_to)}  # fmt: skip
+                live = self.shipper.spool.copy_database(handle.conn)
+            with live, open(path, "rb") as restored:
+                pieces = iter(lambda: restored.read(PIECE), b"")
+                differing = _differing_pages(live.pieces(), pieces, plan.snapshot.page_size)
+                same_size = live.size == os.fstat(restored.fileno()).st_size
+        return {
+            "tenant": tenant,
+            "ok": not differing and same_size,
+            "pages": live.size // plan.snapshot.page_size,
+            "differing_pages": differing,
+            "restored_to": format_time(plan.restored_to),
+        }
 
     def rebuild_catalog(self, progress: Progress | None = None) -> int:
         """Recreate every chunk row from the segments in the bucket; returns the segment count."""

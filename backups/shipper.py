@@ -5,7 +5,9 @@ The front the fleet sees (its FleetHooks) and the flush loop; the work is done b
 - `continuity`: whether a tenant's WAL continues what was shipped, else a new generation,
 - `flush`: capture, pack, upload, then advance — nothing advances before the PUT succeeded,
 - `checkpoint`: checkpoints and snapshots, only of what is durable in the replica,
-- `retention`: deleting what no restore inside the window needs (about once a minute).
+- `retention`: deleting what no restore inside the window needs (about once a minute),
+- `spool`: where segments being built and snapshot copies wait: in memory within a budget, else
+  in temporary files, so memory stays bounded whatever one commit's or tenant's size.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from backups.flush import Flusher
 from backups.ledger import Ledger
 from backups.replica import ReplicaClient
 from backups.segment import TOMBSTONE, Chunk
+from backups.spool import Spool
 from tenants.files import write_durably
 from tenants.hooks import FleetHooks
 from tenants.layout import Layout
@@ -47,6 +50,7 @@ class ShipperConfig:
     snapshot_interval: float  # changed, and the last snapshot is this many seconds old: a new one
     max_backlog_bytes: int  # unshipped WAL bytes past which a tenant turns read-only
     retention: float  # seconds of history kept restorable
+    spool_bytes: int  # segments and snapshot copies are held in memory up to this, then in files
 
 
 class Shipper(FleetHooks):
@@ -65,9 +69,12 @@ class Shipper(FleetHooks):
         self.replica = replica
         self.catalog = catalog
         self.config = config
+        # Built with the data-dir lock held: nothing else can be using what a crash left there.
+        self.spool = Spool(layout.system_dir / "spool", config.spool_bytes)
+        self.spool.clear()
         self.ledger = Ledger()
-        self.continuity = Continuity(self.ledger, catalog, layout)
-        self.flusher = Flusher(self.ledger, replica, catalog, server_id, config.segment_max_bytes)
+        self.continuity = Continuity(self.ledger, catalog, layout, self.spool)
+        self.flusher = Flusher(self.ledger, replica, catalog, server_id, config.segment_max_bytes, self.spool)
         policy = Policy(config.checkpoint_frames, config.snapshot_bytes, config.snapshot_interval)
         self.checkpointer = Checkpointer(self.ledger, catalog, self.continuity, self.flusher, lease, policy)
         self._flush_lock = threading.Lock()

@@ -9,11 +9,14 @@ exclusive locking mode SQLite holds no POSIX locks on the -wal file.
 
 The checksum is a 2-word recurrence that is linear over 32-bit words mod 2^32, so per page size we
 precompute its coefficients and evaluate whole frames with numpy instead of a Python loop.
+Frames are read and validated a batch (BATCH_BYTES) at a time: the shipper's memory does not grow
+with the WAL (`scan`, `tail` and `read_frames` return every frame, for tests and tools).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -27,6 +30,7 @@ WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
 _MAGIC_LE, _MAGIC_BE = 0x377F0682, 0x377F0683
 _MASK = 0xFFFFFFFF
+BATCH_BYTES = 1 << 20  # WAL bytes read and checksummed at a time (bounds the shipper's memory)
 Checksum = tuple[int, int]
 
 
@@ -128,29 +132,62 @@ def checksum(data: bytes, seed: Checksum, big_endian: bool) -> Checksum:
 def read_frames(path: Path, header: WalHeader, start: int, stop: int, seed: Checksum) -> list[Frame]:
     """Frames [start, stop) of the WAL, each validated against `header`'s salts and the checksum
     chain from `seed` (the checksum of frame start-1, or the header's for start 0).
-    Raises WalCorrupt if any frame in the range is invalid or missing."""
+    Raises WalCorrupt if any frame in the range is invalid or missing. Holds them all: the
+    shipper streams with `read_batches`."""
     with open(path, "rb") as f:
         return read_frames_from(f, header, start, stop, seed)
 
 
 def read_frames_from(f: BinaryIO, header: WalHeader, start: int, stop: int, seed: Checksum) -> list[Frame]:
-    """`read_frames` on an open WAL file (one open for header and frames on the hot path)."""
-    if stop <= start:
-        return []
-    size = header.frame_size
-    f.seek(header.frame_offset(start))
-    raw = f.read(size * (stop - start))
-    count = len(raw) // size
-    if count < stop - start:
-        raise WalCorrupt(f"WAL ends at frame {start + count}, expected {stop}")
-    frames = _validated(raw, header, start, count, seed)
-    if len(frames) < count:
-        raise WalCorrupt(f"WAL frame {start + len(frames)} fails its salt or checksum")
-    return frames
+    """`read_frames` on an open WAL file."""
+    return [frame for batch in read_batches(f, header, start, stop, seed) for frame in batch]
+
+
+def read_batches(
+    f: BinaryIO, header: WalHeader, start: int, stop: int, seed: Checksum
+) -> Iterator[list[Frame]]:
+    """Frames [start, stop) as `read_frames` validates them, in file order, about BATCH_BYTES
+    at a time: memory stays bounded however long the range. Raises WalCorrupt, while
+    iterating, at the first frame that is invalid or missing (the batches before it are valid)."""
+    size, per_batch = header.frame_size, _per_batch(header)
+    index = start
+    while index < stop:
+        want = min(per_batch, stop - index)
+        f.seek(header.frame_offset(index))
+        raw = f.read(size * want)
+        count = len(raw) // size
+        frames = _validated(raw, header, index, count, seed)
+        if len(frames) < count:
+            raise WalCorrupt(f"WAL frame {index + len(frames)} fails its salt or checksum")
+        if count < want:
+            raise WalCorrupt(f"WAL ends at frame {index + count}, expected {stop}")
+        yield frames
+        index, seed = index + count, frames[-1].checksum
+
+
+def valid_batches(f: BinaryIO, header: WalHeader, start: int, seed: Checksum) -> Iterator[list[Frame]]:
+    """The longest run of valid frames from `start` on (to the end of the file or the first
+    invalid frame), committed or not, in batches as `read_batches` gives them."""
+    size, per_batch = header.frame_size, _per_batch(header)
+    index = start
+    while True:
+        f.seek(header.frame_offset(index))
+        raw = f.read(size * per_batch)
+        count = len(raw) // size
+        frames = _validated(raw, header, index, count, seed)
+        if frames:
+            yield frames
+        if len(frames) < per_batch:
+            return
+        index, seed = index + len(frames), frames[-1].checksum
+
+
+def _per_batch(header: WalHeader) -> int:
+    return max(1, BATCH_BYTES // header.frame_size)
 
 
 def _validated(raw: bytes, header: WalHeader, start: int, count: int, seed: Checksum) -> list[Frame]:
-    """The longest prefix of valid frames in `raw` (which holds `count` whole frames)."""
+    """The longest prefix of valid frames in `raw` (which holds at least `count` whole frames)."""
     if count == 0:  # nothing after the position (e.g. a reopened, fully shipped WAL)
         return []
     size = header.frame_size
@@ -171,42 +208,75 @@ def _validated(raw: bytes, header: WalHeader, start: int, count: int, seed: Chec
     return frames
 
 
-def tail(path: Path, header: WalHeader, start: int, seed: Checksum) -> list[Frame] | None:
-    """The committed frames after frame `start - 1`, provided that frame (or the header, for
-    start 0) carries checksum `seed` and the header's salts; None if it does not — then the WAL
-    does not continue the position (start, seed). Reads only the frames after it."""
+@dataclass(frozen=True)
+class Commit:
+    """A committed transaction in a WAL: the WAL's length in frames after it, and the checksum
+    its commit frame carries (what a shipped position records)."""
+
+    frames: int
+    checksum: Checksum
+
+
+def _follows(f: BinaryIO, header: WalHeader, start: int, seed: Checksum) -> bool:
+    """Whether frame `start - 1` (the header, for start 0) carries checksum `seed` and the
+    header's salts: then the WAL continues the position (start, seed)."""
+    if start == 0:
+        return header.checksum == seed
+    f.seek(header.frame_offset(start - 1))
+    head = f.read(FRAME_HEADER_SIZE)
+    return len(head) == FRAME_HEADER_SIZE and struct.unpack(">4I", head[8:]) == (
+        header.salt1,
+        header.salt2,
+        *seed,
+    )
+
+
+def _commits(f: BinaryIO, header: WalHeader, start: int, seed: Checksum) -> list[Commit]:
+    return [
+        Commit(fr.index + 1, fr.checksum)
+        for batch in valid_batches(f, header, start, seed)
+        for fr in batch
+        if fr.commit_size
+    ]
+
+
+def tail_commits(path: Path, header: WalHeader, start: int, seed: Checksum) -> list[Commit] | None:
+    """The commits after frame `start - 1`, provided that frame (or the header, for start 0)
+    carries checksum `seed` and the header's salts; None if it does not — then the WAL does not
+    continue the position (start, seed). Reads the frames after it a batch at a time."""
     with open(path, "rb") as f:
-        if start > 0:
-            f.seek(header.frame_offset(start - 1))
-            head = f.read(FRAME_HEADER_SIZE)
-            if len(head) < FRAME_HEADER_SIZE or struct.unpack(">4I", head[8:]) != (
-                header.salt1,
-                header.salt2,
-                *seed,
-            ):
-                return None
-        elif header.checksum != seed:
+        return _commits(f, header, start, seed) if _follows(f, header, start, seed) else None
+
+
+def tail(path: Path, header: WalHeader, start: int, seed: Checksum) -> list[Frame] | None:
+    """`tail_commits`, but every committed frame after the position, held in memory."""
+    with open(path, "rb") as f:
+        if not _follows(f, header, start, seed):
             return None
-        f.seek(header.frame_offset(start))
-        raw = f.read()
-    count = len(raw) // header.frame_size
-    frames = _validated(raw[: count * header.frame_size], header, start, count, seed)
+        frames = [fr for batch in valid_batches(f, header, start, seed) for fr in batch]
     last_commit = max((i for i, fr in enumerate(frames) if fr.commit_size), default=-1)
     return frames[: last_commit + 1]
 
 
+def last_commit(path: Path) -> tuple[WalHeader | None, Commit | None]:
+    """The header and the last commit SQLite's recovery would keep (None: no valid header, or
+    no commit in the WAL), reading the WAL a batch at a time."""
+    header = read_header(path)
+    if header is None:
+        return None, None
+    try:
+        with open(path, "rb") as f:
+            commits = _commits(f, header, 0, header.checksum)
+    except FileNotFoundError:
+        return None, None
+    return header, commits[-1] if commits else None
+
+
 def scan(path: Path) -> tuple[WalHeader | None, list[Frame]]:
     """The header and every committed frame (valid frames up to the last commit frame), as SQLite's
-    recovery would see them. An absent, empty or invalid WAL gives (None or header, [])."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, []
-    header = parse_header(raw[:WAL_HEADER_SIZE])
+    recovery would see them, held in memory. An absent, empty or invalid WAL gives (None or
+    header, [])."""
+    header = read_header(path)
     if header is None:
         return None, []
-    count = (len(raw) - WAL_HEADER_SIZE) // header.frame_size
-    frames = _validated(raw[WAL_HEADER_SIZE : WAL_HEADER_SIZE + count * header.frame_size],
-                        header, 0, count, header.checksum)  # fmt: skip
-    last_commit = max((i for i, f in enumerate(frames) if f.commit_size), default=-1)
-    return header, frames[: last_commit + 1]
+    return header, tail(path, header, 0, header.checksum) or []

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ops.errors import LaunchError
@@ -96,9 +95,7 @@ class MotoServer:
         self.launch()
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def launch(self, wait: float = 60.0) -> None:

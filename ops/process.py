@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -196,9 +196,7 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.terminate()
 
 
@@ -223,8 +221,8 @@ def start_server(
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SQLFLEET_")}
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), environment.get("PYTHONPATH")) if p)
     environment.update({"SQLFLEET_ADMIN_KEY": admin_key, **(env or {})})
-    cmd = [sys.executable, "-m", "ops", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data-dir", str(data_dir), *args]  # fmt: skip
+    listen = ["--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "ops", "serve", *listen, "--data-dir", str(data_dir), *args]
     with open(log_path, "wb") as log:
         proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment)
     server = ServerProcess(

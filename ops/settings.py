@@ -10,14 +10,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from backups.shipper import ShipperConfig
 from router.context import RouterConfig
 from tenants.config import DbConfig, PoolConfig
 from tenants.errors import BadRequest
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 ENV_PREFIX = "SQLFLEET_"
+Section = TypeVar("Section", bound="DataclassInstance")
 
 
 def _default_data_dir() -> Path:
@@ -173,6 +177,14 @@ class Settings:
             "its requests get HTTP 503 until the backlog drains."
         ),
     )
+    backup_spool_bytes: int = field(
+        default=8 << 20,
+        metadata=_doc(
+            "Memory the shipper may use for a segment being built, and for snapshot copies "
+            "waiting to ship, bytes (at most about 3 times this in all); past it they go to "
+            "temporary files under DATA_DIR/system/spool, whatever one commit's or tenant's size."
+        ),
+    )
     lazy_catch_up: bool = field(
         default=True,
         metadata=_doc(
@@ -243,6 +255,7 @@ class Settings:
             "max_streams_per_tenant",
             "max_streams",
             "rollout_concurrency",
+            "backup_spool_bytes",  # 0 would mean "never spill" to tempfile.SpooledTemporaryFile
         ):
             if getattr(self, name) < 1:
                 raise BadRequest(f"{name} must be at least 1")
@@ -269,42 +282,21 @@ class Settings:
     # The sub-configs below have no defaults of their own: every number lives in a field above.
 
     def db_config(self) -> DbConfig:
-        return DbConfig(
-            synchronous=self.synchronous.upper(),
-            cache_size_kib=self.cache_size_kib,
-            max_db_bytes=self.max_db_bytes,
-            max_sql_length=self.max_sql_length,
-            statement_timeout=self.statement_timeout,
-            max_result_rows=self.max_result_rows,
-            max_result_bytes=self.max_result_bytes,
-        )
+        return self._section(DbConfig, synchronous=self.synchronous.upper())
 
     def pool_config(self) -> PoolConfig:
         return PoolConfig(capacity=self.pool_capacity, busy_timeout=self.busy_timeout)
 
     def router_config(self) -> RouterConfig:
-        return RouterConfig(
-            max_body_bytes=self.max_body_bytes,
-            max_batch_statements=self.max_batch_statements,
-            max_token_ttl=self.max_token_ttl,
-            worker_threads=self.worker_threads,
-            max_queued_per_tenant=self.max_queued_per_tenant,
-            stream_idle_timeout=self.stream_idle_timeout,
-            max_streams_per_tenant=self.max_streams_per_tenant,
-            max_streams=self.max_streams,
-            base_domain=self.base_domain,
-        )
+        return self._section(RouterConfig)
 
     def shipper_config(self) -> ShipperConfig:
-        return ShipperConfig(
-            flush_interval=self.backup_flush_interval,
-            segment_max_bytes=self.backup_segment_max_bytes,
-            checkpoint_frames=self.backup_checkpoint_frames,
-            snapshot_bytes=self.backup_snapshot_bytes,
-            snapshot_interval=self.backup_snapshot_interval,
-            max_backlog_bytes=self.backup_max_backlog_bytes,
-            retention=self.backup_retention,
-        )
+        return self._section(ShipperConfig, prefix="backup_")
+
+    def _section(self, config: type[Section], prefix: str = "", **given: Any) -> Section:
+        """A sub-config whose every field is the setting of its name after `prefix`, unless `given`."""
+        named = {f.name: getattr(self, prefix + f.name) for f in fields(config) if f.name not in given}
+        return config(**named, **given)
 
 
 def _parse(name: str, type_name: str, raw: Any) -> Any:
@@ -339,6 +331,6 @@ def settings_markdown() -> str:
     for f in fields(Settings):
         default = "see meaning" if f.default_factory is not MISSING else f.default
         shown = "unset" if default is None else f"`{default}`" if default != "see meaning" else default
-        lines.append(f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | {shown} | "
-                     f"{f.metadata.get('help', '').replace('|', '/')} |")  # fmt: skip
+        flag, meaning = f"--{f.name.replace('_', '-')}", f.metadata.get("help", "").replace("|", "/")
+        lines.append(f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | {shown} | {meaning} |")
     return "\n".join(lines)

@@ -66,10 +66,11 @@ async def restorable(request: Request) -> JSONResponse:
     return JSONResponse({"tenants": await c.blocking(listing)})
 
 
+_T = "/v1/admin/tenants/{tenant}"
 ROUTES = [
-    Route("/v1/admin/tenants/{tenant}/restore", restore, methods=["POST"]),
-    Route("/v1/admin/tenants/{tenant}/backups", describe, methods=["GET"]),
-    Route("/v1/admin/tenants/{tenant}/backups/verify", verify, methods=["POST"]),
+    Route(_T + "/restore", restore, methods=["POST"]),
+    Route(_T + "/backups", describe, methods=["GET"]),
+    Route(_T + "/backups/verify", verify, methods=["POST"]),
     Route("/v1/admin/backups/rebuild", rebuild, methods=["POST"]),
     Route("/v1/admin/backups/tenants", restorable, methods=["GET"]),
 ]

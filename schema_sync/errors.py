@@ -5,17 +5,29 @@ from __future__ import annotations
 from tenants.errors import BadRequest, NotFound, SqlfleetError
 
 
+class GroupExists(SqlfleetError):
+    status = 409
+    code = "group_exists"
+
+
+class GroupNotFound(NotFound):
+    """No such schema group (code `not_found`, like any other missing admin resource)."""
+
+
+class RolloutConflict(SqlfleetError):
+    status = 409
+    code = "rollout_running"
+
+
+class RolloutNotFound(NotFound):
+    """No such rollout of the group."""
+
+
 class MigrationFailed(SqlfleetError):
     """A migration or plan failed on one database; its transaction was rolled back."""
 
     status = 400
     code = "migration_failed"
-
-
-class PlanBlocked(MigrationFailed):
-    """The schema change needs something not allowed (dropping data) or impossible."""
-
-    code = "plan_blocked"
 
 
 class HistoryMismatch(MigrationFailed):
@@ -26,29 +38,17 @@ class HistoryMismatch(MigrationFailed):
     code = "migration_history_mismatch"
 
 
-class GroupNotFound(NotFound):
-    """No such schema group (code `not_found`, like any other missing admin resource)."""
+class PlanBlocked(MigrationFailed):
+    """The schema change needs something not allowed (dropping data) or impossible."""
 
-
-class GroupExists(SqlfleetError):
-    status = 409
-    code = "group_exists"
-
-
-class SqlSyntaxError(BadRequest):
-    """Schema SQL that cannot be taken apart (an unclosed string, identifier or comment...)."""
-
-    code = "sql_syntax"
+    code = "plan_blocked"
 
 
 class InvalidMigration(BadRequest):
     code = "invalid_migration"
 
 
-class RolloutConflict(SqlfleetError):
-    status = 409
-    code = "rollout_running"
+class SqlSyntaxError(BadRequest):
+    """Schema SQL that cannot be taken apart (an unclosed string, identifier or comment...)."""
 
-
-class RolloutNotFound(NotFound):
-    """No such rollout of the group."""
+    code = "sql_syntax"

@@ -60,20 +60,11 @@ class Rollout:
     """One run over one group. Thread-safe; `snapshot` may be called at any time."""
 
     def __init__(
-        self,
-        rollout_id: str,
-        group: Group,
-        store: GroupStore,
-        fleet: Fleet,
-        options: RolloutOptions,
-        workers: int,
+        self, rollout_id: str, group: Group, options: RolloutOptions, *, store: GroupStore, fleet: Fleet
     ) -> None:
-        self.id = rollout_id
-        self.group = group
-        self.store = store
-        self.fleet = fleet
-        self.options = options
-        self.workers = workers
+        self.id, self.group, self.options = rollout_id, group, options
+        self.store, self.fleet = store, fleet
+        self.workers = options.concurrency or 1  # Rollouts.start fills in the server's default
         self.state = RUNNING
         self.reason: str | None = None
         self.template: dict[str, Any] = {}
@@ -293,7 +284,7 @@ class Rollouts:
             rollout_id = _new_id(group)
             workers = self.concurrency if options.concurrency is None else options.concurrency
             options = replace(options, concurrency=workers)  # the snapshot shows what ran
-            rollout = Rollout(rollout_id, group, self.store, self.fleet, options, workers)
+            rollout = Rollout(rollout_id, group, options, store=self.store, fleet=self.fleet)
             self._live[(group_name, rollout_id)] = rollout
             rollout.start()
         return rollout

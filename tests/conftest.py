@@ -1,12 +1,11 @@
-"""Session-wide set-up: the shared helpers on sys.path, the in-process `app` fixture, and the
-leak check (like Datasette's): the run fails if, when the suite ends, a process some test started
-is still alive or a `sqlfleet-*` temp dir some test made is left behind."""
+"""Session-wide set-up: the in-process `app` fixture, and the leak check (like Datasette's): the
+run fails if, when the suite ends, a process some test started is still alive or a `sqlfleet-*`
+temp dir some test made is left behind."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from support import InProcess, in_process
-
 from ops.process import become_subreaper
+from tests.support.app import InProcess, in_process
 
 # Seconds a process may still take to exit at the end (it was told to stop and is on its way).
 LEAK_GRACE = 10.0
@@ -93,6 +89,6 @@ def _describe(p: psutil.Process) -> str:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[InProcess]:
-    """The real app in-process over a fresh data dir, admin key `support.ADMIN_KEY`."""
+    """The real app in-process over a fresh data dir, admin key `tests.support.app.ADMIN_KEY`."""
     with in_process(tmp_path / "data") as running:
         yield running

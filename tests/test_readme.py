@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import httpx
-from support import free_port, run_server
 
 from ops.process import spawn, stop
+from tests.support.server import free_port, run_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,14 @@ def _tour() -> str:
 def test_tour_runs_as_written(tmp_path: Path) -> None:
     with run_server(tmp_path / "data") as server:
         env = {**os.environ, "SQLFLEET_URL": server.url, "SQLFLEET_ADMIN_KEY": server.admin_key}
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", _tour()], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _tour()],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 0, done.stderr
     assert '"rows":[[1,"hello"],[2,"world"]]' in done.stdout
     assert "acme" in done.stdout
@@ -39,8 +45,12 @@ def test_serve_script_starts_on_embedded_defaults(tmp_path: Path) -> None:
     env["SQLFLEET_DATA_DIR"] = str(tmp_path / "data")
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = spawn([str(ROOT / "scripts" / "serve"), "--port", str(port)], env=env, stdout=out,
-                     stderr=subprocess.STDOUT)  # fmt: skip
+        proc = spawn(
+            [str(ROOT / "scripts" / "serve"), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from support import InProcess, bearer, run_server
+from tests.support.app import InProcess, bearer
+from tests.support.server import run_server
 
 
 def test_query_roundtrip_in_process(app: InProcess) -> None:

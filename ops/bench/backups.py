@@ -36,7 +36,15 @@ from typing import Any
 import click
 
 from ops.bench.driver import Driver
-from ops.bench.options import serve_args
+from ops.bench.options import (
+    count,
+    json_out_option,
+    py_spy_option,
+    seconds,
+    serve_arg_option,
+    serve_args,
+    timeout_option,
+)
 from ops.bench.overhead import measure_ratio
 from ops.bench.report import Row, emit
 from ops.bench.restore import measure_restore
@@ -162,79 +170,27 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     callback=_sizes,
     help="Tenant counts the writes are spread over: one lag phase and one burst each.",
 )
-@click.option(
-    "--seconds", type=click.FloatRange(0.1), default=10.0, show_default=True, help="Length of each lag phase."
-)
-@click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--setup-concurrency", type=click.IntRange(1), default=32, show_default=True)
-@click.option(
-    "--flush-interval",
-    type=click.FloatRange(0.01),
-    default=1.0,
-    show_default=True,
-    help="The servers' --backup-flush-interval.",
-)
+@seconds("--seconds", 10.0, "Length of each lag phase.")
+@count("--concurrency", 16)
+@count("--setup-concurrency", 32)
+@seconds("--flush-interval", 1.0, "The servers' --backup-flush-interval.", minimum=0.01)
 @click.option(
     "--bursts/--no-bursts",
     default=True,
     show_default=True,
     help="Also measure one flush with N dirty tenants for each size.",
 )
-@click.option(
-    "--ratio-tenants",
-    type=click.IntRange(1),
-    default=100,
-    show_default=True,
-    help="Tenants of the with/without shipping comparison.",
-)
-@click.option(
-    "--ratio-slices",
-    type=click.IntRange(0),
-    default=6,
-    show_default=True,
-    help="Alternating with/without slices (0: skip the comparison).",
-)
-@click.option("--slice-seconds", type=click.FloatRange(0.1), default=5.0, show_default=True)
-@click.option(
-    "--restore-mb",
-    type=click.IntRange(0),
-    default=50,
-    show_default=True,
-    help="Size of the restored tenant (0: skip the restore).",
-)
-@click.option(
-    "--restore-commits",
-    type=click.IntRange(1),
-    default=10_000,
-    show_default=True,
-    help="Commits made after its snapshot.",
-)
-@click.option(
-    "--clients", type=click.IntRange(1, 16), default=1, show_default=True, help="Load generator processes."
-)
-@click.option("--pool-capacity", type=click.IntRange(1), default=None, help="The servers' --pool-capacity.")
-@click.option(
-    "--serve-arg",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Any other `sqlfleet serve` flag for every server, e.g. synchronous=NORMAL.",
-)
-@click.option(
-    "--py-spy",
-    "py_spy_out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Record the shipping server with py-spy during the lag phases (.svg, .json, or text).",
-)
-@click.option(
-    "--json-out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where to write the JSON result [default: bench-backups.json].",
-)
-@click.option(
-    "--timeout", type=float, default=3600.0, show_default=True, help="Overall time budget, seconds."
-)
+@count("--ratio-tenants", 100, "Tenants of the with/without shipping comparison.")
+@count("--ratio-slices", 6, "Alternating with/without slices (0: skip the comparison).", minimum=0)
+@seconds("--slice-seconds", 5.0)
+@count("--restore-mb", 50, "Size of the restored tenant (0: skip the restore).", minimum=0)
+@count("--restore-commits", 10_000, "Commits made after its snapshot.")
+@count("--clients", 1, "Load generator processes.", maximum=16)
+@count("--pool-capacity", None, "The servers' --pool-capacity.")
+@serve_arg_option("Any other `sqlfleet serve` flag for every server, e.g. synchronous=NORMAL.")
+@py_spy_option("Record the shipping server with py-spy during the lag phases (.svg, .json, or text).")
+@json_out_option("backups")
+@timeout_option(3600.0)
 def bench_backups(**opts: Any) -> None:
     """WAL shipping to S3 (moto): commit-to-replica lag and PUTs/s at each size, one flush with N
     dirty tenants, write throughput with shipping on vs off, restore time of a large tenant."""

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -17,7 +18,7 @@ import click
 from ops.bench.driver import QUERY_SQL, Driver, latency_ms, summary
 from ops.bench.errors import BenchError
 from ops.bench.loadgen import PhaseResult
-from ops.bench.options import common_options, session
+from ops.bench.options import common_options, count, seconds, session
 from ops.bench.report import Row, emit, json_out
 from ops.bench.server import BenchServer, pool_delta
 
@@ -25,26 +26,30 @@ GIB = 1 << 30
 TARGETS = {"fleet_rss_bytes": int(0.8 * GIB), "fleet_req_per_s": 2000.0, "hot_ratio": 0.6, "cold_p99_ms": 3.0}
 
 
+@dataclass(frozen=True)
+class Load:
+    """The work of a fleet-wide benchmark: how many tenants, how many rounds over them, and how
+    many requests in flight while measuring and while setting the tenants up."""
+
+    tenants: int
+    rounds: int
+    concurrency: int
+    setup_concurrency: int
+
+
 def bench_fleet(
-    server: BenchServer,
-    driver: Driver,
-    tenants: int,
-    rounds: int,
-    concurrency: int,
-    setup_concurrency: int,
-    reuse: bool = False,
-    rows: int = 10,
+    server: BenchServer, driver: Driver, load: Load, reuse: bool = False, rows: int = 10
 ) -> dict[str, Any]:
-    ids = [f"t{i:07d}" for i in range(tenants)]
-    tokens, setup = driver.setup(ids, rows, setup_concurrency, reuse)
+    ids = [f"t{i:07d}" for i in range(load.tenants)]
+    tokens, setup = driver.setup(ids, rows, load.setup_concurrency, reuse)
     requests = driver.query_requests(ids, tokens, rows)
     before, cpu0 = server.metrics(), server.cpu_seconds()
     per_round, results = [], []
     with driver.measuring():
-        for r in range(rounds):
-            order = list(range(tenants))
+        for r in range(load.rounds):
+            order = list(range(load.tenants))
             random.Random(r).shuffle(order)
-            result = driver.run(f"round{r}", requests, tenants, concurrency, order=order)
+            result = driver.run(f"round{r}", requests, load.tenants, load.concurrency, order=order)
             results.append(result)
             per_round.append(
                 {
@@ -53,16 +58,16 @@ def bench_fleet(
                     "latency_ms": latency_ms(result.latencies),
                 }
             )
-            click.echo(f"round {r + 1}/{rounds}: {result.rate:,.0f} req/s", err=True)
+            click.echo(f"round {r + 1}/{load.rounds}: {result.rate:,.0f} req/s", err=True)
             if result.timed_out:
                 break
     cpu = server.cpu_seconds() - cpu0
     after = server.metrics()
     return {
         "bench": "fleet",
-        "tenants": tenants,
+        "tenants": load.tenants,
         "rounds": len(results),
-        "concurrency": concurrency,
+        "concurrency": load.concurrency,
         "pool_capacity": int(after.get("sqlfleet_pool_capacity", 0)),
         "setup": setup,
         **summary(results, cpu),
@@ -115,33 +120,26 @@ def bench_hot(
     return out
 
 
-def bench_cold(
-    server: BenchServer,
-    driver: Driver,
-    tenants: int,
-    rounds: int,
-    concurrency: int,
-    setup_concurrency: int,
-    pool_capacity: int,
-) -> dict[str, Any]:
+def bench_cold(server: BenchServer, driver: Driver, load: Load, pool_capacity: int) -> dict[str, Any]:
+    tenants, concurrency = load.tenants, load.concurrency
     if tenants <= pool_capacity + concurrency:
         raise BenchError("cold needs more tenants than pool capacity + concurrency, or requests would hit")
     ids = [f"c{i:07d}" for i in range(tenants)]
-    tokens, setup = driver.setup(ids, 10, setup_concurrency)
+    tokens, setup = driver.setup(ids, 10, load.setup_concurrency)
     requests = driver.query_requests(ids, tokens, 10)
     # One unmeasured round: verifies every token once (the server caches them) and warms the OS page
     # cache, so what remains is the pool miss itself. Round-robin order defeats the LRU every time.
     driver.run("warm", requests, tenants, concurrency)
     before, cpu0 = server.metrics(), server.cpu_seconds()
     with driver.measuring():
-        result = driver.run("cold", requests, tenants * rounds, concurrency)
+        result = driver.run("cold", requests, tenants * load.rounds, concurrency)
     cpu = server.cpu_seconds() - cpu0
     pool = pool_delta(before, server.metrics())
     measured = pool["hits"] + pool["misses"]
     return {
         "bench": "cold",
         "tenants": tenants,
-        "rounds": rounds,
+        "rounds": load.rounds,
         "concurrency": concurrency,
         "pool_capacity": pool_capacity,
         "setup": setup,
@@ -201,11 +199,11 @@ def cold_rows(r: dict[str, Any]) -> list[Row]:
 
 
 @click.command()
-@click.option("--tenants", type=click.IntRange(1), default=100_000, show_default=True)
-@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Queries per tenant.")
-@click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--setup-concurrency", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--pool-capacity", type=click.IntRange(1), default=None, help="[default: the server's]")
+@count("--tenants", 100_000)
+@count("--rounds", 3, "Queries per tenant.")
+@count("--concurrency", 64)
+@count("--setup-concurrency", 64)
+@count("--pool-capacity", None, "[default: the server's]")
 @click.option(
     "--reuse",
     is_flag=True,
@@ -226,21 +224,15 @@ def fleet(
     if reuse and opts["data_dir"] is None:
         raise click.UsageError("--reuse needs --data-dir")
     with session(opts, pool_capacity) as (server, driver):
-        result = bench_fleet(server, driver, tenants, rounds, concurrency, setup_concurrency, reuse)
+        result = bench_fleet(server, driver, Load(tenants, rounds, concurrency, setup_concurrency), reuse)
     result["server_exit_code"] = server.proc.returncode
     emit(result, fleet_rows(result), json_out(opts, "fleet"))
 
 
 @click.command()
-@click.option("--concurrency", type=click.IntRange(1), default=32, show_default=True)
-@click.option(
-    "--slices",
-    type=click.IntRange(2),
-    default=10,
-    show_default=True,
-    help="Alternating query/ping time slices.",
-)
-@click.option("--slice-seconds", type=click.FloatRange(0.1), default=2.0, show_default=True)
+@count("--concurrency", 32)
+@count("--slices", 10, "Alternating query/ping time slices.", minimum=2)
+@seconds("--slice-seconds", 2.0)
 @common_options(default_timeout=600.0)
 def hot(concurrency: int, slices: int, slice_seconds: float, **opts: Any) -> None:
     """One tenant's point query vs the bare /v1/ping route, interleaved in one run."""
@@ -251,17 +243,18 @@ def hot(concurrency: int, slices: int, slice_seconds: float, **opts: Any) -> Non
 
 
 @click.command()
-@click.option("--tenants", type=click.IntRange(2), default=2000, show_default=True)
-@click.option("--rounds", type=click.IntRange(1), default=2, show_default=True, help="Measured rounds.")
-@click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--setup-concurrency", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--pool-capacity", type=click.IntRange(1), default=64, show_default=True)
+@count("--tenants", 2000, minimum=2)
+@count("--rounds", 2, "Measured rounds.")
+@count("--concurrency", 1)
+@count("--setup-concurrency", 64)
+@count("--pool-capacity", 64)
 @common_options(default_timeout=600.0)
 def cold(
     tenants: int, rounds: int, concurrency: int, setup_concurrency: int, pool_capacity: int, **opts: Any
 ) -> None:
     """Latency of requests that all miss the pool (round-robin over more tenants than it holds)."""
     with session(opts, pool_capacity) as (server, driver):
-        result = bench_cold(server, driver, tenants, rounds, concurrency, setup_concurrency, pool_capacity)
+        load = Load(tenants, rounds, concurrency, setup_concurrency)
+        result = bench_cold(server, driver, load, pool_capacity)
     result["server_exit_code"] = server.proc.returncode
     emit(result, cold_rows(result), json_out(opts, "cold"))

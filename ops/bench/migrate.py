@@ -23,6 +23,7 @@ import apsw
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ops.bench.options import count, data_dir_option, json_out_option
 from ops.bench.report import Row, emit
 from ops.process import signals_deferred
 from ops.settings import Settings
@@ -48,20 +49,15 @@ MIGRATION = (
 
 
 @click.command("migrate")
-@click.option("--tenants", "count", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
-@click.option(
-    "--rows", type=click.IntRange(0, 100_000), default=20, show_default=True, help="Rows per tenant."
-)
-@click.option("--concurrency", type=click.IntRange(1, 256), default=32, show_default=True,
-              help="Tenants migrated at once.")  # fmt: skip
+@count("--tenants", 10_000, maximum=1_000_000)
+@count("--rows", 20, "Rows per tenant.", minimum=0, maximum=100_000)
+@count("--concurrency", 32, "Tenants migrated at once.", maximum=256)
 @click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
-@click.option("--pool-capacity", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to build the fleet, kept afterwards [default: a temp dir, removed].")  # fmt: skip
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the JSON result [default: bench-migrate.json].")  # fmt: skip
+@count("--pool-capacity", 1000)
+@data_dir_option("Where to build the fleet, kept afterwards [default: a temp dir, removed].")
+@json_out_option("migrate")
 def bench_migrate(
-    count: int,
+    tenants: int,
     rows: int,
     concurrency: int,
     synchronous: str,
@@ -73,14 +69,14 @@ def bench_migrate(
     with _data_dir(data_dir) as root:
         started = time.perf_counter()
         settings = Settings.load(environ={}, synchronous=synchronous, pool_capacity=pool_capacity)
-        seed(root, count, rows, settings)
+        seed(root, tenants, rows, settings)
         seed_s = time.perf_counter() - started
-        click.echo(f"seeded {count} tenants in {seed_s:.1f}s")
+        click.echo(f"seeded {tenants} tenants in {seed_s:.1f}s")
         snap, checked = _rollout(root, settings, concurrency)
     rate = snap["migrated"] / max(snap["elapsed_s"], 1e-9)
     result: dict[str, Any] = {
         "bench": "migrate",
-        "tenants": count,
+        "tenants": tenants,
         "rows_per_tenant": rows,
         "concurrency": concurrency,
         "synchronous": synchronous,
@@ -89,14 +85,14 @@ def bench_migrate(
         "tenants_per_s": round(rate, 1),
         "verified_tenants": checked,
     }
+    all_migrated = snap["migrated"] == tenants and snap["failed"] == 0
     table: list[Row] = [
-        ("tenants", str(count), "", None),
-        ("migrated / failed", f"{snap['migrated']} / {snap['failed']}", "all / 0",
-         snap["migrated"] == count and snap["failed"] == 0),
+        ("tenants", str(tenants), "", None),
+        ("migrated / failed", f"{snap['migrated']} / {snap['failed']}", "all / 0", all_migrated),
         ("rollout time", f"{snap['elapsed_s']:.1f} s", "", None),
-        ("CPU per tenant", f"{snap['cpu_s'] / max(count, 1) * 1000:.2f} ms", "", None),
+        ("CPU per tenant", f"{snap['cpu_s'] / max(tenants, 1) * 1000:.2f} ms", "", None),
         ("throughput", f"{rate:,.0f} tenants/s", f">= {TARGET_PER_S:,.0f}", rate >= TARGET_PER_S),
-    ]  # fmt: skip
+    ]
     emit(result, table, json_out or Path.cwd() / "bench-migrate.json")
 
 
@@ -196,15 +192,16 @@ def _rollout(root: Path, settings: Settings, concurrency: int) -> tuple[dict[str
 
 
 def _watch(rollout: Rollout) -> dict[str, Any]:
-    columns = (TextColumn("migrate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns) as progress:
+    rate = TextColumn("{task.fields[rate]}")
+    with Progress(
+        TextColumn("migrate"), BarColumn(), MofNCompleteColumn(), rate, TimeRemainingColumn()
+    ) as progress:
         task = progress.add_task("rollout", total=None, rate="")
         while True:
             snap = rollout.snapshot()
             handled = snap["done"] + snap["failed"]
-            progress.update(task, total=snap["total"] or None, completed=handled,
-                            rate=f"{snap['rate_per_s']:,.0f}/s  failed {snap['failed']}")  # fmt: skip
+            speed = f"{snap['rate_per_s']:,.0f}/s  failed {snap['failed']}"
+            progress.update(task, total=snap["total"] or None, completed=handled, rate=speed)
             if snap["state"] != RUNNING:
                 return snap
             time.sleep(0.2)

@@ -26,52 +26,70 @@ def serve_args(pool_capacity: int | None, worker_threads: int | None, extra: Seq
     return args
 
 
-def common_options(default_timeout: float) -> Callable[[Any], Any]:
+Decorator = Callable[[Any], Any]
+PATH = click.Path(dir_okay=False, path_type=Path)
+
+# Option shapes the benchmarks share; each takes the help text its benchmark gives.
+
+
+def count(
+    flag: str, default: int | None, help: str | None = None, *, minimum: int = 1, maximum: int | None = None
+) -> Decorator:
+    """An integer option of at least `minimum` (and at most `maximum`), its default shown."""
+    kind = click.IntRange(minimum, maximum)
+    return click.option(flag, type=kind, default=default, show_default=default is not None, help=help)
+
+
+def seconds(flag: str, default: float, help: str | None = None, *, minimum: float = 0.1) -> Decorator:
+    """A duration in seconds, at least `minimum`, its default shown."""
+    return click.option(flag, type=click.FloatRange(minimum), default=default, show_default=True, help=help)
+
+
+def json_out_option(name: str) -> Decorator:
+    help = f"Where to write the JSON result [default: bench-{name}.json]."
+    return click.option("--json-out", type=PATH, default=None, help=help)
+
+
+def data_dir_option(help: str) -> Decorator:
+    return click.option(
+        "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
+    )
+
+
+def serve_arg_option(help: str) -> Decorator:
+    return click.option("--serve-arg", multiple=True, metavar="NAME=VALUE", help=help)
+
+
+def py_spy_option(help: str) -> Decorator:
+    return click.option("--py-spy", "py_spy_out", type=PATH, default=None, help=help)
+
+
+def timeout_option(default: float) -> Decorator:
+    return click.option(
+        "--timeout", type=float, default=default, show_default=True, help="Overall time budget, seconds."
+    )
+
+
+def common_options(default_timeout: float) -> Decorator:
     """--json-out, --clients, --data-dir, --worker-threads, --serve-arg, --py-spy and --timeout."""
 
     def wrap(fn: Any) -> Any:
         options = [
-            click.option(
-                "--json-out",
-                type=click.Path(dir_okay=False, path_type=Path),
-                default=None,
-                help="Where to write the JSON result [default: bench-<name>.json].",
-            ),
-            click.option(
+            json_out_option("<name>"),
+            count(
                 "--clients",
-                type=click.IntRange(1, 16),
-                default=1,
-                show_default=True,
-                help="Load generator processes (one leaves the other core to the server).",
+                1,
+                "Load generator processes (one leaves the other core to the server).",
+                maximum=16,
             ),
-            click.option(
-                "--data-dir",
-                type=click.Path(file_okay=False, path_type=Path),
-                default=None,
-                help="Server data dir, kept afterwards [default: a temp dir, removed].",
-            ),
+            data_dir_option("Server data dir, kept afterwards [default: a temp dir, removed]."),
             click.option("--worker-threads", type=int, default=None, help="Server's --worker-threads."),
-            click.option(
-                "--serve-arg",
-                multiple=True,
-                metavar="NAME=VALUE",
-                help="Any other `sqlfleet serve` flag, e.g. synchronous=NORMAL (repeatable).",
+            serve_arg_option("Any other `sqlfleet serve` flag, e.g. synchronous=NORMAL (repeatable)."),
+            py_spy_option(
+                "Record the server with py-spy (pip install py-spy) during the measured part: "
+                ".svg flamegraph, .json speedscope, anything else collapsed stacks."
             ),
-            click.option(
-                "--py-spy",
-                "py_spy_out",
-                type=click.Path(dir_okay=False, path_type=Path),
-                default=None,
-                help="Record the server with py-spy (pip install py-spy) during the measured part: "
-                ".svg flamegraph, .json speedscope, anything else collapsed stacks.",
-            ),
-            click.option(
-                "--timeout",
-                type=float,
-                default=default_timeout,
-                show_default=True,
-                help="Overall time budget, seconds.",
-            ),
+            timeout_option(default_timeout),
         ]
         for option in reversed(options):
             fn = option(fn)

@@ -36,27 +36,18 @@ _GAUGES = ("sqlfleet_pool_capacity", "sqlfleet_pool_open_handles")  # read by na
 
 
 @dataclass
-class BenchServer:
+class BenchServer(ServerProcess):
     """A running `sqlfleet serve` child and what we observe of it."""
 
-    process: ServerProcess
     peak_rss: int = 0
     ps: psutil.Process = field(init=False)
 
     def __post_init__(self) -> None:
         self.ps = psutil.Process(self.proc.pid)
 
-    @property
-    def proc(self) -> subprocess.Popen[bytes]:
-        return self.process.proc
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    @property
-    def admin_key(self) -> str:
-        return self.process.admin_key
+    @classmethod
+    def observing(cls, process: ServerProcess) -> BenchServer:
+        return cls(process.proc, process.url, process.data_dir, process.admin_key, process.log_path)
 
     def sample(self) -> None:
         """Record the current RSS; called every tick while load runs."""
@@ -85,9 +76,6 @@ class BenchServer:
             if name in _POOL_METRICS or name in _OPEN_METRICS or name in _GAUGES:
                 values[name] = float(value)
         return values
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self.process.log_tail(lines)
 
 
 def pool_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
@@ -128,7 +116,7 @@ def running_server(
         )
         finished = False
         try:
-            yield BenchServer(process)
+            yield BenchServer.observing(process)
             finished = True
         finally:
             process.terminate(GRACE if finished else INTERRUPTED_GRACE)

@@ -118,8 +118,13 @@ def token() -> None:
 @token.command("mint")
 @click.argument("tenant_id", metavar="TENANT")
 @click.option("--access", type=click.Choice(["ro", "rw"]), default="rw", show_default=True)
-@click.option("--expires-in", type=click.IntRange(min=1), default=None, metavar="SECONDS",
-              help="Lifetime in seconds (server default 3600).")  # fmt: skip
+@click.option(
+    "--expires-in",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="SECONDS",
+    help="Lifetime in seconds (server default 3600).",
+)
 @admin_command
 def mint(client: AdminClient, as_json: bool, tenant_id: str, access: str, expires_in: int | None) -> None:
     """Print a token for TENANT (only the token, so `$(sqlfleet token mint acme)` works)."""

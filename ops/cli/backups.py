@@ -171,8 +171,8 @@ def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool)
     results, failed = _restore_each(client, missing, moment)
     present = len(listing) - len(missing)
     if as_json:
-        print_json({"restored": results, "failed": [{"tenant": t, "error": e} for t, e in failed.items()],
-                     "already_present": present})  # fmt: skip
+        failures = [{"tenant": t, "error": e} for t, e in failed.items()]
+        print_json({"restored": results, "failed": failures, "already_present": present})
     elif missing:
         console().print(_restore_table(results, failed))
     if not as_json:
@@ -270,10 +270,7 @@ def verify(client: AdminClient, as_json: bool, tenant_id: str) -> None:
 def rebuild(client: AdminClient, as_json: bool) -> None:
     """Rebuild the server's backup catalog from the segments in the bucket alone."""
     segments = client.rebuild_backup_catalog()
-    if as_json:
-        print_json({"segments": segments})
-    else:
-        click.echo(f"rebuilt the backup catalog from {segments} segments")
+    output({"segments": segments}, as_json, f"rebuilt the backup catalog from {segments} segments")
 
 
 @backups.command("tenants")
@@ -281,10 +278,7 @@ def rebuild(client: AdminClient, as_json: bool) -> None:
 def tenants(client: AdminClient, as_json: bool) -> None:
     """Tenants the bucket can restore, and whether each exists on this server."""
     listing = client.restorable_tenants()
-    if as_json:
-        print_json({"tenants": listing})
-        return
     table = Table("tenant", "on this server")
     for t in listing:
         table.add_row(Text(t["id"]), Text("yes" if t["exists"] else "no (restore --all)"))
-    console().print(table if listing else "no restorable tenants")
+    output({"tenants": listing}, as_json, table if listing else "no restorable tenants")

@@ -69,24 +69,24 @@ def render(state: dict[str, Any]) -> Table:
     checks = ", ".join(f"{k} {'ok' if v else 'FAILING'}" for k, v in state["checks"].items())
     table.add_row("health", f"{'READY' if state['ready'] else 'NOT READY'} ({checks})")
     tenants = state["tenants"]
-    table.add_row("tenants", f"{sum(tenants.values())} total: "
-                  + ", ".join(f"{n} {s}" for s, n in sorted(tenants.items()) if n))  # fmt: skip
+    by_state = ", ".join(f"{n} {s}" for s, n in sorted(tenants.items()) if n)
+    table.add_row("tenants", f"{sum(tenants.values())} total: {by_state}")
     table.add_row("on disk", size(state["bytes_on_disk"]))
     pool = state["pool"]
     looked_up = pool["hits"] + pool["misses"]
     hit = f"{100 * pool['hits'] / looked_up:.1f}% hits" if looked_up else "no leases yet"
     table.add_row("pool", f"{pool['open']} / {pool['capacity']} open, {hit}, {pool['evictions']} evictions")
     b = state["backups"]
-    table.add_row("shipping", f"lag {b['lag_max_seconds']:.2f} s, backlog {size(b['backlog_bytes'])}, "
-                  f"{b['segments_uploaded']} segments, {b['upload_errors']} upload errors")  # fmt: skip
+    lag = f"lag {b['lag_max_seconds']:.2f} s, backlog {size(b['backlog_bytes'])}"
+    table.add_row("shipping", f"{lag}, {b['segments_uploaded']} segments, {b['upload_errors']} upload errors")
     if state["replica"] is not None:
         table.add_row("replica", f"{state['replica']['failed_flushes_in_a_row']} failed flushes in a row")
     if not state["rollouts"]:
         table.add_row("rollouts", "none running")
     for r in state["rollouts"]:
         eta = f", eta {r['eta_s']} s" if r["eta_s"] is not None else ""
-        table.add_row("rollout", f"{r['group']}/{r['id']}: {r['done']} done, {r['failed']} failed, "
-                      f"{r['remaining']} left{eta}")  # fmt: skip
+        progress = f"{r['done']} done, {r['failed']} failed, {r['remaining']} left{eta}"
+        table.add_row("rollout", f"{r['group']}/{r['id']}: {progress}")
     return table
 
 

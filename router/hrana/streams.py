@@ -72,11 +72,8 @@ class Streams:
         max_total: int,
         writable: Callable[[str], bool] = lambda tenant: True,
     ) -> None:
-        self.idle_timeout = idle_timeout
-        self._writable = writable
-        self.max_per_tenant = max_per_tenant
-        self.max_total = max_total
-        self._pool = pool
+        self._pool, self._writable = pool, writable
+        self.idle_timeout, self.max_per_tenant, self.max_total = idle_timeout, max_per_tenant, max_total
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._streams: dict[int, Stream] = {}

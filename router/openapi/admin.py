@@ -67,7 +67,7 @@ def paths() -> dict[str, Any]:
             "post": operation(
                 "Create a tenant",
                 json_body(ref("TenantInfo"), "Created"),
-                (400, 401, 403, 409, 413),
+                (400, 401, 403, 404, 409, 413),  # 404: no such group
                 "TenantCreate",
                 ok_status="201",
                 tag="admin",

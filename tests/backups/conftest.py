@@ -5,15 +5,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support_s3 import BUCKET, REGION, MotoServer, aws_env, unique_prefix
 
 from backups.local_replica import LocalReplica
 from backups.replica import ReplicaClient
+from tests.support.s3 import BUCKET, REGION, MotoServer, aws_env, unique_prefix
 
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    """One moto S3 server for the whole run (bucket `support_s3.BUCKET`); tests share it, so
+    """One moto S3 server for the whole run (bucket `tests.support.s3.BUCKET`); tests share it, so
     each one works under its own key prefix."""
     server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
     try:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ADMIN, InProcess, bearer, in_process
-from support_backups import dump, query, restore, restore_ok, wait_until
 
 from backups import wal
 from tenants.execute import Statement
 from tenants.rfc3339 import format_time, parse_time
+from tests.support.app import ADMIN, InProcess, bearer, in_process
+from tests.support.backups import dump, query, restore, restore_ok
+from tests.support.waiting import wait_until
 
 FAST = {"backup_flush_interval": 0.1}
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support import ServerProcess, start_server
-from support_backups import metric
-from support_s3 import MotoServer, unique_prefix
 
 from tenants.rfc3339 import format_time
+from tests.support.backups import metric
+from tests.support.s3 import MotoServer, unique_prefix
+from tests.support.server import ServerProcess, start_server
 
 FLUSH = 0.1
 WRITERS = ["w0", "w1", "w2", "w3"]

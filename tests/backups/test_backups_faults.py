@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ADMIN, InProcess, in_process
-from support_backups import metric, query, restore_ok, wait_until
-from support_s3 import BUCKET, REGION, MotoServer, unique_prefix
 
 from backups.errors import ReplicaError
+from tests.support.app import ADMIN, InProcess, in_process
+from tests.support.backups import metric, query, restore_ok
+from tests.support.s3 import BUCKET, REGION, MotoServer, unique_prefix
+from tests.support.waiting import wait_until
 
 
 def s3_settings(s3: MotoServer, **more: Any) -> dict[str, Any]:

@@ -12,15 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import ADMIN, InProcess, in_process
-from support_backups import (
+from tenants.rfc3339 import format_time, parse_time
+from tests.support.app import ADMIN, InProcess, in_process
+from tests.support.backups import (
     dump,
     integrity_check_cli,
     restore,
     restore_ok,
 )
-
-from tenants.rfc3339 import format_time, parse_time
 
 TENANTS = ["alpha", "beta", "gamma"]
 STEPS = 45

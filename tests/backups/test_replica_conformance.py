@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 import threading
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +231,59 @@ def test_concurrent_puts_are_atomic(replica: ReplicaClient) -> None:
     assert replica.get("contested") in versions
     assert [o.key for o in replica.list("own/")] == sorted(f"own/{i}/{r}" for i in range(8) for r in range(4))
     assert next(o.key for o in replica.list()) == "contested"  # no temporary files listed
+
+
+# -- streaming: put_file uploads from a file without holding it in memory -------------------------
+
+
+def test_put_file_stores_the_rest_of_the_file(replica: ReplicaClient, tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    with open(tmp_path / "source", "w+b") as f:
+        f.write(b"skipped" + data)
+        f.seek(len(b"skipped"))
+
+        replica.put_file("seg/from-file", f)
+        assert not f.closed
+
+    assert replica.get("seg/from-file") == data
+    replica.put_file("seg/from-file", io.BytesIO(b"shorter"))  # replaces, like put
+    assert replica.get("seg/from-file") == b"shorter"
+    replica.put_file("seg/empty", io.BytesIO())
+    assert replica.head("seg/empty").size == 0
+
+
+def test_put_file_of_a_spooled_file_in_memory_or_on_disk(replica: ReplicaClient, tmp_path: Path) -> None:
+    for size in (1000, 300_000):  # stays in memory; rolls over to a temporary file
+        with tempfile.SpooledTemporaryFile(max_size=100_000, dir=str(tmp_path)) as f:
+            f.write(bytes(range(256)) * (size // 256))
+            f.seek(0)
+            replica.put_file(f"spooled/{size}", f)
+        assert replica.get(f"spooled/{size}") == bytes(range(256)) * (size // 256)
+
+
+def test_put_file_memory_does_not_grow_with_the_object(replica: ReplicaClient, tmp_path: Path) -> None:
+    size = 32 << 20
+    tail = b""
+    with open(tmp_path / "big", "w+b") as f:
+        for _ in range(size >> 20):
+            tail = os.urandom(1 << 20)
+            f.write(tail)
+        f.seek(0)
+        tracemalloc.start()
+        try:
+            replica.put_file("big/segment", f)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < size // 4, f"put_file of {size >> 20} MiB peaked at {peak >> 20} MiB"
+    assert replica.head("big/segment").size == size
+    assert replica.get_range("big/segment", size - 5, 10) == tail[-5:]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS[:6], ids=repr)
+def test_put_file_rejects_invalid_keys_before_reading(replica: ReplicaClient, key: str) -> None:
+    source = io.BytesIO(b"never read")
+    with pytest.raises(InvalidReplicaKey):
+        replica.put_file(key, source)
+    assert source.tell() == 0
+    assert list(replica.list()) == []

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support_s3 import BUCKET, REGION, MotoServer, unique_prefix
 
 from backups.local_replica import LocalReplica
 from backups.replica_url import open_replica
 from backups.s3_replica import S3Replica
 from ops.settings import Settings
 from tenants.errors import BadRequest
+from tests.support.s3 import BUCKET, REGION, MotoServer, unique_prefix
 
 
 def test_file_urls_and_plain_paths_open_a_local_replica(

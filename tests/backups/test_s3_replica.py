@@ -6,39 +6,21 @@ import base64
 import contextlib
 import hashlib
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import free_port
-from support_s3 import BUCKET, MotoServer, unique_prefix
 
 from backups.errors import ReplicaError, ReplicaNotFound, ReplicaUnavailable
 from backups.s3_replica import S3Replica
+from tests.support.loopback import Quiet, loopback_http
+from tests.support.s3 import BUCKET, MotoServer, unique_prefix
+from tests.support.server import free_port
 
 
-@contextlib.contextmanager
-def loopback_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve `handler` on a free loopback port for the block; yields the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-class _Quiet(BaseHTTPRequestHandler):
+class _Quiet(Quiet):
     protocol_version = "HTTP/1.1"  # answers botocore's "Expect: 100-continue" at once
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def failing_s3(status: int, code: str) -> contextlib.AbstractContextManager[str]:
@@ -47,13 +29,8 @@ def failing_s3(status: int, code: str) -> contextlib.AbstractContextManager[str]
 
     class Handler(_Quiet):
         def _fail(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(status)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            self.body()
+            self.answer(status, body, "application/xml")
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _fail
 
@@ -216,11 +193,8 @@ def test_delete_reports_per_key_errors(s3: MotoServer) -> None:
 
     class Handler(_Quiet):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.body()
+            self.answer(200, body)
 
     with loopback_http(Handler) as endpoint:
         replica = _replica_at(s3, endpoint, max_attempts=1)
@@ -237,11 +211,8 @@ def test_requests_avoid_features_s3_lookalikes_lack(s3: MotoServer) -> None:
 
     class Recorder(_Quiet):
         def _record(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append((self.command, {k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            seen.append((self.command, {k.lower(): v for k, v in self.headers.items()}, self.body()))
+            self.answer(200)
 
         do_PUT = do_POST = _record
 

@@ -1,8 +1,12 @@
-"""Shared segments: pack, then read back the way restore and catalog rebuild do (index, ranges)."""
+"""Shared segments: written by the streaming SegmentWriter, then read back the way restore and
+catalog rebuild do (index, byte ranges a piece at a time)."""
 
 from __future__ import annotations
 
+import io
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,38 +17,58 @@ from backups.segment import (
     SNAPSHOT,
     TOMBSTONE,
     Chunk,
+    ChunkRef,
     PageWrite,
-    decode_frames,
-    decode_snapshot,
+    RangeReader,
+    SegmentWriter,
+    copy_snapshot,
+    frame_records,
     index_length,
-    pack,
     parse_index,
+    read_frames,
 )
+from backups.spool import PageImage, Spool
+
+PAGE = 1024
 
 
-def chunks() -> list[Chunk]:
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool", 1 << 20)
+
+
+def sample() -> tuple[bytes, list[PageWrite], list[PageWrite]]:
     rng = random.Random(3)
-    page = 1024
-    frames = [PageWrite(n, 0, rng.randbytes(page)) for n in (1, 5, 2)] + [PageWrite(7, 9, b"\x00" * page)]
-    return [
-        Chunk("acme", "gen-1", SNAPSHOT, 0, 0, page, image=rng.randbytes(3 * page), taken_at=100.5),
-        Chunk("acme", "gen-1", FRAMES, 1, 4, page, commits=[(2, 101.25), (4, 102.0)], frames=frames),
-        Chunk(
-            "other",
-            "gen-9",
-            FRAMES,
-            11,
-            11,
-            4096,
-            commits=[(11, 103.0)],
-            frames=[PageWrite(3, 3, b"z" * 4096)],
-        ),
-        Chunk("gone", "", TOMBSTONE, 0, 0, 0, taken_at=104.0),
-    ]
+    frames = [PageWrite(n, 0, rng.randbytes(PAGE)) for n in (1, 5, 2)] + [PageWrite(7, 9, b"\x00" * PAGE)]
+    return rng.randbytes(3 * PAGE), frames, [PageWrite(3, 3, b"z" * 4096)]
 
 
-def test_pack_then_parse_index_gives_the_same_refs() -> None:
-    data, refs = pack(chunks(), {"server": "s1", "created": 99.0})
+def records(frames: list[PageWrite]) -> Iterator[bytes]:
+    yield frame_records((f.page_no, f.commit_size, f.data) for f in frames)
+
+
+def build(spool: Spool, meta: dict[str, object] | None = None) -> tuple[bytes, list[ChunkRef]]:
+    image, acme, other = sample()
+    writer = SegmentWriter(spool)
+    writer.add(
+        Chunk("acme", "gen-1", SNAPSHOT, 0, 0, PAGE, taken_at=100.5),
+        PageImage(io.BytesIO(image), len(image), None).pieces(),
+    )
+    writer.add(Chunk("acme", "gen-1", FRAMES, 1, 4, PAGE, commits=[(2, 101.25), (4, 102.0)]), records(acme))
+    writer.add(Chunk("other", "gen-9", FRAMES, 11, 11, 4096, commits=[(11, 103.0)]), records(other))
+    writer.add(Chunk("gone", "", TOMBSTONE, 0, 0, 0, taken_at=104.0))
+    out, refs = writer.finish(meta or {})
+    with out:
+        return out.read(), refs
+
+
+def reader(data: bytes) -> RangeReader:
+    """Range reads of an object holding `data`, cut short at its end (as a replica's)."""
+    return lambda key, start, length: data[start : start + length]
+
+
+def test_write_then_parse_index_gives_the_same_refs(spool: Spool) -> None:
+    data, refs = build(spool, {"server": "s1", "created": 99.0})
     head = data[: PREFIX_SIZE + index_length(data[:PREFIX_SIZE])]
 
     meta, parsed = parse_index(head, "segments/k.seg")
@@ -65,27 +89,30 @@ def test_pack_then_parse_index_gives_the_same_refs() -> None:
     assert parsed[-1].offset + parsed[-1].length == len(data)  # chunks tile the object
 
 
-def test_chunk_bodies_decode_from_their_byte_ranges() -> None:
-    original = chunks()
-    data, refs = pack(original, {})
+def test_chunk_bodies_decode_from_their_byte_ranges(spool: Spool) -> None:
+    image, acme, other = sample()
+    data, refs = build(spool)
+    read = reader(data)
 
-    def body(i: int) -> bytes:
-        return data[refs[i].offset : refs[i].offset + refs[i].length]
+    out = io.BytesIO()
+    assert copy_snapshot(read, "k", refs[0].offset, refs[0].length, out) == len(image)
+    assert out.getvalue() == image
+    assert list(read_frames(read, "k", refs[1].offset, refs[1].length, 1024)) == acme
+    assert list(read_frames(read, "k", refs[2].offset, refs[2].length, 4096)) == other
+    empty = io.BytesIO()
+    assert copy_snapshot(read, "k", refs[3].offset, refs[3].length, empty) == 0
 
-    assert decode_snapshot(body(0)) == original[0].image
-    assert decode_frames(body(1), 1024) == original[1].frames
-    assert decode_frames(body(2), 4096) == original[2].frames
-    assert decode_snapshot(body(3)) == b""
 
-
-def test_an_empty_segment_round_trips() -> None:
-    data, refs = pack([], {"created": 1.0})
+def test_an_empty_segment_round_trips(spool: Spool) -> None:
+    out, refs = SegmentWriter(spool).finish({"created": 1.0})
+    with out:
+        data = out.read()
     assert refs == []
     assert parse_index(data, "k") == ({"created": 1.0}, [])
 
 
-def test_damage_is_reported_as_segment_corrupt() -> None:
-    data, refs = pack(chunks(), {})
+def test_damage_is_reported_as_segment_corrupt(spool: Spool) -> None:
+    data, refs = build(spool)
     with pytest.raises(SegmentCorrupt, match="not a sqlfleet segment"):
         index_length(b"SQFSEG99" + data[8:PREFIX_SIZE])
     with pytest.raises(SegmentCorrupt):
@@ -97,7 +124,12 @@ def test_damage_is_reported_as_segment_corrupt() -> None:
     with pytest.raises(SegmentCorrupt):
         parse_index(bytes(garbled), "k")
     frames = refs[1]
-    with pytest.raises(SegmentCorrupt):
-        decode_frames(data[frames.offset : frames.offset + frames.length - 7], 1024)
+    truncated = data[: frames.offset + frames.length - 7]  # the object ends inside the chunk
+    with pytest.raises(SegmentCorrupt, match="truncated"):
+        list(read_frames(reader(truncated), "k", frames.offset, frames.length, 1024))
     with pytest.raises(SegmentCorrupt, match="whole number of frames"):
-        decode_frames(data[frames.offset : frames.offset + frames.length], 1000)
+        list(read_frames(reader(data), "k", frames.offset, frames.length, 1000))
+    flipped = bytearray(data)
+    flipped[frames.offset + frames.length // 2] ^= 0x01  # inside the body: its checksum catches it
+    with pytest.raises(SegmentCorrupt):
+        list(read_frames(reader(bytes(flipped)), "k", frames.offset, frames.length, 1024))

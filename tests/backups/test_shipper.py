@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support_backups import wait_until
-from support_shipper import Rig
 
 from backups import retention
 from backups import shipper as shipper_module
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
+from tests.support.shipper import Rig
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

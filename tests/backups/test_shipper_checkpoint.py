@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support_shipper import Rig
 
 from backups import wal
 from backups.catalog import Position
 from backups.checkpoint import Policy
 from backups.ledger import TenantLog
 from backups.segment import SNAPSHOT
+from tests.support.shipper import Rig
 
 
 @pytest.fixture

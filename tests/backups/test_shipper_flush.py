@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support_shipper import Rig
 
 from backups import wal
 from backups.errors import ReplicaError
-from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
+from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE, SegmentWriter, read_frames
+from tests.support.shipper import Rig
 
 
 @pytest.fixture
@@ -52,17 +52,22 @@ def test_each_commit_is_captured_with_its_frames_and_time(rig: Rig) -> None:
     assert all(lo <= t <= hi for (_, t), (lo, hi) in zip(entry.pending, windows, strict=True))
     pending = list(entry.pending)
 
-    capture = flusher.capture("acme", entry)
+    writer = SegmentWriter(rig.shipper.spool)
+    capture = flusher.capture(writer, "acme", entry)
 
-    assert capture is not None and len(capture.chunks) == 1
-    chunk = capture.chunks[0]
+    assert capture is not None and capture.snapshot is None and len(writer) == 1
+    data, refs = writer.finish({})
+    with data:
+        segment = data.read()
+    [chunk] = refs
     new = frames[base.wal_frames :]
     assert chunk.kind == FRAMES and chunk.generation == base.generation
     assert (chunk.first_lsn, chunk.last_lsn) == (base.lsn + 1, base.lsn + len(new))
-    assert [(w.page_no, w.commit_size, w.data) for w in chunk.frames] == [
+    written = read_frames(lambda _, at, n: segment[at : at + n], "", chunk.offset, chunk.length, 4096)
+    assert [(w.page_no, w.commit_size, w.data) for w in written] == [
         (f.page_no, f.commit_size, f.data) for f in new
     ]
-    assert chunk.commits == [(base.lsn + n - base.wal_frames, t) for n, t in pending]
+    assert list(chunk.commits) == [(base.lsn + n - base.wal_frames, t) for n, t in pending]
     assert capture.position == dataclasses.replace(
         base, lsn=base.lsn + len(new), wal_frames=len(frames), seed=frames[-1].checksum
     )
@@ -147,10 +152,11 @@ def test_commits_made_during_an_upload_stay_pending(rig: Rig) -> None:
     entry = ledger.get("acme")
     assert entry is not None
     logs, _ = ledger.take()
-    capture = flusher.capture("acme", logs["acme"])
+    writer = SegmentWriter(rig.shipper.spool)
+    capture = flusher.capture(writer, "acme", logs["acme"])
     assert capture is not None
     rig.insert("acme", "late")  # after the capture, before the upload finished
-    flusher.upload([capture], [])
+    flusher.upload(writer)
     flusher.advance([capture])
 
     assert entry.base == capture.position and len(entry.pending) == 1

@@ -46,8 +46,12 @@ TRANSACTIONS = [
 ]
 
 
+Written = tuple[apsw.Connection, Path, Recorder, list[int]]
+"""What the `db` fixture yields: the connection, the database path, its Recorder, page counts."""
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[apsw.Connection, Path, Recorder, list[int]]]:
+def db(tmp_path: Path) -> Iterator[Written]:
     """A database whose main file is empty of data (checkpointed right after creation) and
     whose WAL holds TRANSACTIONS; also yields the page count after each transaction."""
     path = tmp_path / "t.db"
@@ -58,7 +62,9 @@ def db(tmp_path: Path) -> Iterator[tuple[apsw.Connection, Path, Recorder, list[i
     pages = []
     for sql in TRANSACTIONS:
         conn.execute(sql)
-        pages.append(int(conn.execute("PRAGMA page_count").fetchall()[0][0]))  # type: ignore[arg-type]
+        ((count,),) = conn.execute("PRAGMA page_count").fetchall()
+        assert isinstance(count, int)
+        pages.append(count)
     yield conn, path, recorder, pages
     conn.close()
 
@@ -68,7 +74,7 @@ def wal_path(path: Path) -> Path:
 
 
 def test_scan_finds_every_commit_sqlite_reported(
-    db: tuple[apsw.Connection, Path, Recorder, list[int]],
+    db: Written,
 ) -> None:
     _, path, recorder, pages = db
     header, frames = wal.scan(wal_path(path))
@@ -82,7 +88,7 @@ def test_scan_finds_every_commit_sqlite_reported(
 
 
 def test_frames_applied_to_the_main_file_give_the_database(
-    db: tuple[apsw.Connection, Path, Recorder, list[int]],
+    db: Written,
 ) -> None:
     conn, path, _, _ = db
     image = bytearray(path.read_bytes())
@@ -96,9 +102,7 @@ def test_frames_applied_to_the_main_file_give_the_database(
     assert bytes(image) == conn.serialize("main")
 
 
-def test_a_flipped_bit_stops_validation_at_that_frame(
-    db: tuple[apsw.Connection, Path, Recorder, list[int]], tmp_path: Path
-) -> None:
+def test_a_flipped_bit_stops_validation_at_that_frame(db: Written, tmp_path: Path) -> None:
     _, path, recorder, _ = db
     header, frames = wal.scan(wal_path(path))
     assert header is not None
@@ -119,9 +123,7 @@ def test_a_flipped_bit_stops_validation_at_that_frame(
         wal.read_frames(copy, header, bad_frame, len(frames), seed)
 
 
-def test_a_frame_with_foreign_salts_is_not_valid(
-    db: tuple[apsw.Connection, Path, Recorder, list[int]], tmp_path: Path
-) -> None:
+def test_a_frame_with_foreign_salts_is_not_valid(db: Written, tmp_path: Path) -> None:
     _, path, recorder, _ = db
     header, _ = wal.scan(wal_path(path))
     assert header is not None
@@ -134,7 +136,7 @@ def test_a_frame_with_foreign_salts_is_not_valid(
     assert len(wal.scan(copy)[1]) == recorder.counts[0]
 
 
-def test_read_frames_past_the_end_is_corrupt(db: tuple[apsw.Connection, Path, Recorder, list[int]]) -> None:
+def test_read_frames_past_the_end_is_corrupt(db: Written) -> None:
     _, path, recorder, _ = db
     header = wal.read_header(wal_path(path))
     assert header is not None
@@ -146,7 +148,7 @@ def test_read_frames_past_the_end_is_corrupt(db: tuple[apsw.Connection, Path, Re
         wal.read_frames(wal_path(path), header, 0, end + 1, header.checksum)
 
 
-def test_salts_after_a_truncate_checkpoint(db: tuple[apsw.Connection, Path, Recorder, list[int]]) -> None:
+def test_salts_after_a_truncate_checkpoint(db: Written) -> None:
     conn, path, recorder, _ = db
     before = wal.read_header(wal_path(path))
     assert before is not None
@@ -168,7 +170,7 @@ def test_salts_after_a_truncate_checkpoint(db: tuple[apsw.Connection, Path, Reco
 
 
 def test_tail_continues_a_position_and_refuses_a_wrong_seed(
-    db: tuple[apsw.Connection, Path, Recorder, list[int]],
+    db: Written,
 ) -> None:
     _, path, recorder, _ = db
     header, frames = wal.scan(wal_path(path))
@@ -185,9 +187,7 @@ def test_tail_continues_a_position_and_refuses_a_wrong_seed(
     assert wal.tail(wal_path(path), header, len(frames) + 5, frames[-1].checksum) is None
 
 
-def test_tail_stops_at_the_last_commit(
-    db: tuple[apsw.Connection, Path, Recorder, list[int]], tmp_path: Path
-) -> None:
+def test_tail_stops_at_the_last_commit(db: Written, tmp_path: Path) -> None:
     _, path, recorder, _ = db
     header, frames = wal.scan(wal_path(path))
     assert header is not None
@@ -199,7 +199,7 @@ def test_tail_stops_at_the_last_commit(
 
 
 def test_parse_header_rejects_what_is_not_a_wal(
-    db: tuple[apsw.Connection, Path, Recorder, list[int]],
+    db: Written,
 ) -> None:
     _, path, _, _ = db
     raw = wal_path(path).read_bytes()[:32]
@@ -256,7 +256,7 @@ def to_big_endian(raw: bytes) -> bytes:
     return bytes(out)
 
 
-def test_big_endian_wal(db: tuple[apsw.Connection, Path, Recorder, list[int]], tmp_path: Path) -> None:
+def test_big_endian_wal(db: Written, tmp_path: Path) -> None:
     conn, path, recorder, _ = db
     expected = conn.execute("SELECT id, v, length(b) FROM t ORDER BY id").fetchall()
     _, le_frames = wal.scan(wal_path(path))

@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from support import InProcess
 
 from ops.settings import Settings
 from router.app import SYSTEM_ROUTES
+from tests.support.app import InProcess
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "sqlfleet"
 TEMPLATES = sorted((CHART / "templates").glob("*.yaml"))
@@ -54,8 +54,8 @@ def test_every_file_parses_and_has_the_parts_the_issue_lists() -> None:
     values()
     json.loads((CHART / "dashboards" / "sqlfleet.json").read_text())
     kinds = sorted(d["kind"] for _, d in documents())
-    assert kinds == sorted(["ConfigMap", "ConfigMap", "PodDisruptionBudget", "Secret", "Service", "Service",
-                            "ServiceMonitor", "StatefulSet"])  # fmt: skip
+    expected = "ConfigMap ConfigMap PodDisruptionBudget Secret Service Service ServiceMonitor StatefulSet"
+    assert kinds == sorted(expected.split())
     for name, doc in documents():
         assert doc["apiVersion"] and doc["metadata"]["name"], name
     assert (CHART / "templates" / "_helpers.tpl").exists() and (CHART / "README.md").exists()
@@ -95,7 +95,7 @@ def test_every_value_is_in_the_readme() -> None:
 
 
 def test_probes_point_at_routes_the_app_serves() -> None:
-    routes = {r.path for r in SYSTEM_ROUTES}  # type: ignore[attr-defined]
+    routes = {r.path for r in SYSTEM_ROUTES}
     (container,) = kind("StatefulSet")["spec"]["template"]["spec"]["containers"]
     probes = {
         name: container[name]["httpGet"]["path"]
@@ -138,8 +138,11 @@ def test_shutdown_fits_in_the_grace_period_and_the_pod_is_locked_down() -> None:
 def exported_names(app: InProcess) -> set[str]:
     names = set()
     for family in text_string_to_metric_families(app.client.get("/metrics").text):
-        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                    "gauge": ("",)}.get(family.type, ("",))  # fmt: skip
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "gauge": ("",),
+        }.get(family.type, ("",))
         names |= {family.name + s for s in suffixes} | {s.name for s in family.samples}
     return names
 

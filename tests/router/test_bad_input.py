@@ -1,5 +1,5 @@
 """Bad input of every kind is a 4xx in the one error shape, never a 500 (the `app` fixture
-checks every response against the contract, see http_contract.py)."""
+checks every response against the contract, see tests/support/http_contract.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_contract import assert_error_shape, checking
-from support import ADMIN, InProcess, in_process
+
+from tests.support.app import ADMIN, InProcess, in_process
+from tests.support.http_contract import assert_error_shape, checking
 
 QUERY = "/v1/tenants/acme/query"
 BATCH = "/v1/tenants/acme/batch"

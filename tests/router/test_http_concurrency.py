@@ -6,9 +6,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
-from support import ADMIN, run_server
+
+from tests.support.app import ADMIN
+from tests.support.server import run_server
 
 TENANTS = 40
 WRITES = 6  # per tenant, from different clients
@@ -39,6 +42,7 @@ def test_concurrent_writes_over_many_tenants_through_a_small_pool_all_land(tmp_p
 
         def write(job: tuple[str, int]) -> None:
             tenant, n = job
+            body: dict[str, Any]
             if n % 2:  # odd writes go through /batch: two rows, atomically
                 body = {"statements": [{"sql": "insert into w values (?, ?)", "params": [n, tenant]}] * 2}
                 r = client().post(f"/v1/tenants/{tenant}/batch", json=body)

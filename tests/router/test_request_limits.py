@@ -11,11 +11,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from http_contract import assert_error_shape, checking
-from support import ADMIN, InProcess, ServerProcess, in_process, run_server
 
 from router.context import Context
 from tenants.errors import TenantUnavailable
+from tests.support.app import ADMIN, InProcess, in_process
+from tests.support.http_contract import assert_error_shape, checking
+from tests.support.server import ServerProcess, run_server
 
 RUNAWAY = "with recursive r(i) as (select 1 union all select i + 1 from r) select count(*) from r"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from http_contract import checking
 from prometheus_client.parser import text_string_to_metric_families
-from support import ADMIN, InProcess, in_process
+
+from tests.support.app import ADMIN, InProcess, in_process
+from tests.support.http_contract import checking
 
 
 def _samples(app: InProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

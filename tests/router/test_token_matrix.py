@@ -15,10 +15,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from http_contract import assert_error_shape
-from support import ADMIN, InProcess, bearer
 
 from ops import keys
+from tests.support.app import ADMIN, InProcess, bearer
+from tests.support.http_contract import assert_error_shape
 
 
 def _b64(data: bytes) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import apsw
 import pytest
-from schema_support import TEST_CONFIG, TEST_POOL, MakeTemplate, OpenTenant, SchemaFleet
 
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
@@ -16,6 +15,7 @@ from schema_sync.rollout import Rollouts
 from schema_sync.session import SchemaSession
 from tenants.connection import open_database
 from tenants.fleet import Fleet
+from tests.support.schema import TEST_CONFIG, TEST_POOL, MakeTemplate, OpenTenant, SchemaFleet
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from schema_support import SchemaFleet
 
 from schema_sync.errors import GroupNotFound
 from schema_sync.migrations import RECORD_TABLE
+from tests.support.schema import SchemaFleet
 
 ITEMS = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT); INSERT INTO items VALUES (1, 'seed');"
 

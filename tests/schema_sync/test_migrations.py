@@ -7,12 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from schema_support import OpenTenant, assert_clean, rows
 
 from schema_sync import alembic_render
 from schema_sync.errors import HistoryMismatch, InvalidMigration, MigrationFailed
 from schema_sync.migrations import ALEMBIC, alembic_source, applied, apply, from_text, load_dir
 from tenants.rfc3339 import format_time, parse_time
+from tests.support.schema import OpenTenant, assert_clean, rows
 
 USERS = "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n"
 
@@ -29,17 +29,20 @@ def write(folder: Path, files: dict[str, str]) -> list[Path]:
 
 def test_sql_files_apply_in_order_with_records(tmp_path: Path, open_tenant: OpenTenant) -> None:
     folder = tmp_path / "migrations"
-    write(folder, {
-        "0002_seed.sql": "INSERT INTO users(name) VALUES ('ada'), ('grace');",
-        "0001_users.sql": USERS,
-        "0003_email.sql": """
+    write(
+        folder,
+        {
+            "0002_seed.sql": "INSERT INTO users(name) VALUES ('ada'), ('grace');",
+            "0001_users.sql": USERS,
+            "0003_email.sql": """
             ALTER TABLE users ADD COLUMN email TEXT;
             -- a data migration: a backfill, in the same transaction as the schema change
             UPDATE users SET email = name || '@example.com';
             SELECT count(*) FROM users;  -- statements after a SELECT still run
             CREATE UNIQUE INDEX users_email ON users(email);
         """,
-    })  # fmt: skip
+        },
+    )
     migrations = load_dir(folder)
     assert [m.name for m in migrations] == ["0001_users", "0002_seed", "0003_email"]
     tenant = open_tenant()
@@ -69,16 +72,19 @@ def test_resume_applies_only_what_is_missing(tmp_path: Path, open_tenant: OpenTe
 
 
 def test_migration_failing_halfway_rolls_back(tmp_path: Path, open_tenant: OpenTenant) -> None:
-    write(tmp_path / "m", {
-        "0001_users.sql": USERS + "INSERT INTO users VALUES (1, 'ada');",
-        "0002_half.sql": """
+    write(
+        tmp_path / "m",
+        {
+            "0001_users.sql": USERS + "INSERT INTO users VALUES (1, 'ada');",
+            "0002_half.sql": """
             ALTER TABLE users ADD COLUMN email TEXT;
             UPDATE users SET name = 'changed';
             CREATE TABLE audit(x);
             INSERT INTO users VALUES (1, 'duplicate', NULL);
             CREATE TABLE never(x);
         """,
-    })  # fmt: skip
+        },
+    )
     migrations = load_dir(tmp_path / "m")
     tenant = open_tenant()
     apply(tenant, migrations[:1])

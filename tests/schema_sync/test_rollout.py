@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from schema_support import SchemaFleet
 
 from schema_sync.errors import RolloutConflict
 from schema_sync.migrations import RECORD_TABLE
 from schema_sync.rollout import COMPLETED, STOPPED, Rollout, RolloutOptions
+from tests.support.schema import SchemaFleet
 
 ITEMS = (
     "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO items VALUES (1, 'seed');"

@@ -12,10 +12,10 @@ from typing import Any
 
 import apsw
 import pytest
-from schema_support import MakeTemplate, OpenTenant, assert_clean, rows
 
 from schema_sync.errors import MigrationFailed, PlanBlocked
 from schema_sync.sync import plan_against, sync_to_template
+from tests.support.schema import MakeTemplate, OpenTenant, assert_clean, rows
 
 PARENT = "CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT);"
 CHILD = "CREATE TABLE c(id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id) ON DELETE CASCADE, note TEXT);"

@@ -7,11 +7,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from tenants_support import TEST_CONFIG, TEST_POOL, MakeFleet
 
 from tenants.config import DbConfig
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
+from tests.support.tenants import TEST_CONFIG, TEST_POOL, MakeFleet
 
 
 @pytest.fixture

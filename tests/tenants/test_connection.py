@@ -9,12 +9,12 @@ from pathlib import Path
 
 import apsw
 import pytest
-from tenants_support import TEST_CONFIG, MakeFleet
 
 from ops.settings import Settings
 from tenants.connection import open_database
 from tenants.execute import Statement
 from tenants.fleet import Fleet
+from tests.support.tenants import TEST_CONFIG, MakeFleet
 
 SQLITE3 = shutil.which("sqlite3") or "/usr/bin/sqlite3"
 

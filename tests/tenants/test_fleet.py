@@ -10,7 +10,6 @@ from pathlib import Path
 
 import apsw
 import pytest
-from tenants_support import TEST_CONFIG, MakeFleet
 
 from tenants.catalog import Catalog
 from tenants.errors import (
@@ -24,6 +23,7 @@ from tenants.errors import (
 from tenants.execute import Statement
 from tenants.fleet import Fleet
 from tenants.state import TenantState
+from tests.support.tenants import TEST_CONFIG, MakeFleet
 
 SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 2000000) SELECT count(*) FROM c"
 
@@ -205,8 +205,8 @@ def test_corrupt_pages_found_by_a_query_mark_the_tenant(make_fleet: MakeFleet) -
 def _crash_leftovers(fleet: Fleet) -> dict[str, Path]:
     """Recreate what a crash at each step of create/delete leaves behind, with the fleet closed."""
     layout = fleet.layout
-    paths = {t: layout.tenant_path(t) for t in ("half-created", "half-created-nofile", "half-deleted",
-                                                 "orphan", "vanished", "kept", "stray-tmp")}  # fmt: skip
+    names = ("half-created", "half-created-nofile", "half-deleted", "orphan", "vanished", "kept", "stray-tmp")
+    paths = {t: layout.tenant_path(t) for t in names}
     cat = Catalog(layout.catalog_path)
     try:
         cat.insert("half-created", None, TenantState.CREATING)

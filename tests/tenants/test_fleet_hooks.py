@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from tenants_support import TEST_CONFIG, TEST_POOL
 
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
+from tests.support.tenants import TEST_CONFIG, TEST_POOL
 
 
 class _Created(FleetHooks):

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tenants_support import MakeFleet
 
 from tenants.errors import DataDirLocked
 from tenants.layout import DataDirLock, Layout
+from tests.support.tenants import MakeFleet
 
 REPO = Path(__file__).resolve().parents[2]
 

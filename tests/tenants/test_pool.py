@@ -7,17 +7,19 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tenants_support import MakeFleet
 
 from tenants.errors import SqlError, SqlfleetError, TenantNotFound
 from tenants.execute import Statement, run_statement
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 from tenants.pool import Handle
+from tests.support.tenants import MakeFleet
+from tests.support.waiting import wait_until
 
 CAPACITY = 8
 
@@ -40,18 +42,10 @@ def make_tenants(fleet: Fleet, n: int) -> list[str]:
     return tenants
 
 
-def wait_until(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
 class SlowClose(FleetHooks):
     """Fault injection: once armed, closing `tenant` takes a while (as a slow backup hook would)."""
 
-    def __init__(self, tenant: str, then: object) -> None:
+    def __init__(self, tenant: str, then: Callable[[], object]) -> None:
         self.tenant, self.then = tenant, then
         self.armed, self.closing = threading.Event(), threading.Event()
 
@@ -59,7 +53,7 @@ class SlowClose(FleetHooks):
         if tenant_id == self.tenant and self.armed.is_set():
             self.closing.set()
             time.sleep(0.3)
-            self.then()  # type: ignore[operator]
+            self.then()
 
 
 def test_hammer_many_tenants_with_a_small_pool(make_fleet: MakeFleet) -> None:
@@ -101,27 +95,47 @@ def test_hammer_many_tenants_with_a_small_pool(make_fleet: MakeFleet) -> None:
     assert open_fds() <= fds_before + 2 * CAPACITY + 4 + 2
     fleet.close()
     assert open_fds() <= fds_before + 1
-    wait_until(lambda: threading.active_count() <= threads_before)
+    wait_until(lambda: threading.active_count() <= threads_before, interval=0.005)
+
+
+class LeaseHolder(threading.Thread):
+    """Holds t000's lease in a thread of its own, from `start()` (which returns once it is held)
+    to `release()`; with `write`, inserts a row into `w` under the lease before letting go."""
+
+    def __init__(self, fleet: Fleet, write: bool = False) -> None:
+        super().__init__()
+        self.fleet, self.write = fleet, write
+        self.holding, self.released = threading.Event(), threading.Event()
+        self.handle: Handle | None = None
+        self.rows_affected: list[int] = []
+
+    def start(self) -> None:
+        super().start()
+        assert self.holding.wait(10)
+
+    def run(self) -> None:
+        with self.fleet.lease("t000") as h:
+            self.handle = h
+            self.holding.set()
+            self.released.wait(30)
+            if self.write:
+                assert h.conn is not None and h.sandbox is not None
+                insert = Statement("INSERT INTO w(v) VALUES (1)")
+                self.rows_affected.append(
+                    run_statement(h.conn, h.sandbox, self.fleet.config, insert).rows_affected
+                )
+
+    def release(self) -> None:
+        self.released.set()
+        self.join(30)
 
 
 def test_eviction_never_closes_a_handle_with_a_lease_in_flight(make_fleet: MakeFleet) -> None:
     fleet = make_fleet(capacity=2)
     tenants = make_tenants(fleet, 20)
-    holding, release = threading.Event(), threading.Event()
-    seen: list[object] = []
-
-    def hold() -> None:
-        with fleet.lease("t000") as h:
-            holding.set()
-            release.wait(30)
-            assert h.conn is not None and h.sandbox is not None
-            result = run_statement(h.conn, h.sandbox, fleet.config, Statement("INSERT INTO w(v) VALUES (1)"))
-            seen.append(result.rows_affected)
-
-    holder = threading.Thread(target=hold)
+    holder = LeaseHolder(fleet, write=True)
     holder.start()
     try:
-        assert holding.wait(10)
 
         def churn(tenant: str) -> None:  # nearly every one of these forces an eviction
             fleet.execute(tenant, Statement("SELECT 1"))
@@ -131,9 +145,8 @@ def test_eviction_never_closes_a_handle_with_a_lease_in_flight(make_fleet: MakeF
             for future in [others.submit(churn, t) for t in tenants[1:] * 3]:
                 future.result(timeout=60)
     finally:
-        release.set()
-        holder.join(30)
-    assert seen == [1]
+        holder.release()
+    assert holder.rows_affected == [1]
     assert fleet.execute("t000", Statement("SELECT count(*) FROM w")).rows == [(1,)]
     assert len(fleet.pool) <= 2
 
@@ -141,30 +154,17 @@ def test_eviction_never_closes_a_handle_with_a_lease_in_flight(make_fleet: MakeF
 def test_discard_waits_for_the_lease_in_flight(make_fleet: MakeFleet) -> None:
     fleet = make_fleet()
     make_tenants(fleet, 1)
-    holding, release = threading.Event(), threading.Event()
-    handles: list[Handle] = []
-
-    def hold() -> None:
-        with fleet.lease("t000") as h:
-            handles.append(h)
-            holding.set()
-            release.wait(30)
-            assert h.conn is not None and h.sandbox is not None
-            run_statement(h.conn, h.sandbox, fleet.config, Statement("INSERT INTO w(v) VALUES (1)"))
-
-    holder = threading.Thread(target=hold)
+    holder = LeaseHolder(fleet, write=True)
     discarder = threading.Thread(target=fleet.pool.discard, args=("t000",))
     holder.start()
-    assert holding.wait(10)
     discarder.start()
     time.sleep(0.2)
     assert discarder.is_alive()  # still waiting for the lease
-    assert handles[0].conn is not None
-    release.set()
-    holder.join(30)
+    assert holder.handle is not None and holder.handle.conn is not None
+    holder.release()
     discarder.join(30)
     assert not holder.is_alive() and not discarder.is_alive()
-    assert handles[0].conn is None  # closed after the lease ended
+    assert holder.handle.conn is None  # closed after the lease ended
     assert not fleet.pool.is_open("t000")
     # the write made under the lease is durable, and the tenant reopens on demand
     assert fleet.execute("t000", Statement("SELECT count(*) FROM w")).rows == [(1,)]
@@ -173,13 +173,7 @@ def test_discard_waits_for_the_lease_in_flight(make_fleet: MakeFleet) -> None:
 def test_a_lease_queued_behind_a_discard_reopens(make_fleet: MakeFleet) -> None:
     fleet = make_fleet()
     make_tenants(fleet, 1)
-    holding, release = threading.Event(), threading.Event()
     results: list[object] = []
-
-    def hold() -> None:
-        with fleet.lease("t000"):
-            holding.set()
-            release.wait(30)
 
     def queued() -> None:
         try:
@@ -187,17 +181,16 @@ def test_a_lease_queued_behind_a_discard_reopens(make_fleet: MakeFleet) -> None:
         except SqlfleetError as exc:
             results.append(exc)
 
-    holder = threading.Thread(target=hold)
+    holder = LeaseHolder(fleet)
     holder.start()
-    assert holding.wait(10)
     waiter = threading.Thread(target=queued)
     waiter.start()
-    wait_until(lambda: fleet.pool._handles["t000"].users == 2)
+    wait_until(lambda: fleet.pool._handles["t000"].users == 2, interval=0.005)
     discarder = threading.Thread(target=fleet.pool.discard, args=("t000",))
     discarder.start()
-    wait_until(lambda: not fleet.pool.is_open("t000"))
-    release.set()
-    for t in (holder, waiter, discarder):
+    wait_until(lambda: not fleet.pool.is_open("t000"), interval=0.005)
+    holder.release()
+    for t in (waiter, discarder):
         t.join(30)
     # the queued lease found its handle discarded and checked out a fresh one
     assert results == [[(0,)]]

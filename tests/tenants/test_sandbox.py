@@ -155,11 +155,22 @@ def test_cache_size_set(fleet: Fleet, acme: str, untouched: None) -> None:
 
 @pytest.mark.parametrize(
     "sql",
-    ["PRAGMA temp_store=MEMORY", "PRAGMA synchronous=OFF", "PRAGMA max_page_count=99999999",
-     "PRAGMA wal_autocheckpoint=1", "PRAGMA journal_size_limit=1", "PRAGMA auto_vacuum=FULL",
-     "PRAGMA page_size=512", "PRAGMA schema_version=99", "PRAGMA no_such_pragma=1", "PRAGMA threads=4",
-     "PRAGMA cell_size_check=OFF", "PRAGMA busy_timeout=100000", "PRAGMA hard_heap_limit=1"],
-)  # fmt: skip
+    [
+        "PRAGMA temp_store=MEMORY",
+        "PRAGMA synchronous=OFF",
+        "PRAGMA max_page_count=99999999",
+        "PRAGMA wal_autocheckpoint=1",
+        "PRAGMA journal_size_limit=1",
+        "PRAGMA auto_vacuum=FULL",
+        "PRAGMA page_size=512",
+        "PRAGMA schema_version=99",
+        "PRAGMA no_such_pragma=1",
+        "PRAGMA threads=4",
+        "PRAGMA cell_size_check=OFF",
+        "PRAGMA busy_timeout=100000",
+        "PRAGMA hard_heap_limit=1",
+    ],
+)
 def test_other_server_owned_pragmas(fleet: Fleet, acme: str, untouched: None, sql: str) -> None:
     refused(fleet, sql)
 
@@ -220,9 +231,17 @@ def test_allowed_pragmas_still_work(fleet: Fleet, acme: str) -> None:
 
 @pytest.mark.parametrize(
     "sql",
-    ["INSERT INTO t VALUES (5)", "UPDATE t SET x = 9", "DELETE FROM t", "CREATE TABLE u(y)",
-     "DROP TABLE t", "CREATE INDEX tx ON t(x)", "PRAGMA user_version = 9", "REPLACE INTO t VALUES (6)"],
-)  # fmt: skip
+    [
+        "INSERT INTO t VALUES (5)",
+        "UPDATE t SET x = 9",
+        "DELETE FROM t",
+        "CREATE TABLE u(y)",
+        "DROP TABLE t",
+        "CREATE INDEX tx ON t(x)",
+        "PRAGMA user_version = 9",
+        "REPLACE INTO t VALUES (6)",
+    ],
+)
 def test_read_only_lease_refuses_writes_even_from_the_statement_cache(
     fleet: Fleet, acme: str, sql: str
 ) -> None:

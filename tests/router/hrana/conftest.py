@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hrana_support import IDLE_TIMEOUT, Served
-from support import InProcess, in_process, run_server
+
+from tests.support.app import InProcess, in_process
+from tests.support.hrana import IDLE_TIMEOUT, Served
+from tests.support.server import run_server
 
 NODE_DIR = Path(__file__).parent / "node"
 

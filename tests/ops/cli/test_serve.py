@@ -1,0 +1,41 @@
+"""`sqlfleet serve`'s flags: passed on as typed, parsed and checked once, by Settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from ops.settings import Settings
+from tenants.errors import BadRequest
+from tests.support.cli import cli, ok
+
+
+def _serve(*args: str, env: dict[str, str | None] | None = None) -> tuple[int, str]:
+    result = cli(None, "serve", *args, env={"SQLFLEET_POOL_CAPACITY": None, **(env or {})})
+    return result.exit_code, result.stderr
+
+
+def test_a_bad_flag_is_refused_as_settings_refuse_its_variable() -> None:
+    with pytest.raises(BadRequest) as refused:
+        Settings.load({"SQLFLEET_POOL_CAPACITY": "many"})
+    expected = refused.value.message
+    code, err = _serve("--pool-capacity", "many")
+    assert code == 2 and f"Error: {expected}" in err, err
+    assert "setting pool_capacity: cannot parse 'many'" in err
+    code, err = _serve(env={"SQLFLEET_POOL_CAPACITY": "many"})
+    assert code == 2 and f"Error: {expected}" in err, err
+
+
+def test_flags_are_checked_like_variables() -> None:
+    for flag, value, message in [
+        ("--pool-capacity", "0", "pool_capacity must be at least 1"),
+        ("--statement-timeout", "-1", "statement_timeout must be positive"),
+        ("--s3-force-path-style", "maybe", "setting s3_force_path_style: cannot parse 'maybe'"),
+    ]:
+        code, err = _serve(flag, value)
+        assert code == 2 and message in err, (flag, err)
+
+
+def test_help_names_each_flags_kind() -> None:
+    shown = ok(cli(None, "serve", "--help"))
+    for kind in ("--pool-capacity INTEGER", "--statement-timeout FLOAT", "--data-dir TEXT"):
+        assert kind in shown

@@ -5,6 +5,7 @@ every chunk row from the segments' own indexes."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import orjson
 
 from backups.segment import ChunkRef
 from backups.wal import Checksum
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -28,17 +32,57 @@ CREATE INDEX IF NOT EXISTS chunks_key ON chunks(key);
 CREATE TABLE IF NOT EXISTS positions (
     tenant TEXT PRIMARY KEY, generation TEXT NOT NULL, lsn INTEGER NOT NULL,
     salt1 INTEGER, salt2 INTEGER, wal_frames INTEGER NOT NULL, seed1 INTEGER NOT NULL,
-    seed2 INTEGER NOT NULL, snapshot_lsn INTEGER NOT NULL, snapshot_time REAL NOT NULL
+    seed2 INTEGER NOT NULL, snapshot_lsn INTEGER NOT NULL, snapshot_time REAL NOT NULL,
+    main_file TEXT, retired1 INTEGER, retired2 INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments (key TEXT PRIMARY KEY, created_at REAL NOT NULL) WITHOUT ROWID;
 """
 
 
 @dataclass(frozen=True)
+class MainFile:
+    """A tenant's main database file as the shipper last left it (when its generation began, or
+    after its last checkpoint): what proves at the next open that nothing else wrote it since.
+    From its content, the header's file change counter and page count and a digest of page 1
+    (header and schema root; sqlite.org/fileformat2.html#the_database_header); from the file
+    system, its size, inode and modification time (an outside write in WAL mode that leaves
+    page 1 alone still moves the mtime)."""
+
+    change_counter: int
+    page_count: int
+    page1: str  # blake2b of the first page, hex
+    size: int
+    inode: int
+    mtime_ns: int
+
+    def differs(self, other: MainFile) -> str | None:
+        """What differs from `other` (None: nothing)."""
+        for name in ("change_counter", "page_count", "page1", "size", "inode", "mtime_ns"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                return f"main file {name} {theirs} where {mine} was recorded"
+        return None
+
+    def to_text(self) -> str:
+        # orjson and vars, not json and asdict (which deep-copies): every flush saves the position
+        # of every tenant it shipped
+        return orjson.dumps(vars(self)).decode()
+
+    @classmethod
+    def from_text(cls, text: str) -> MainFile:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
 class Position:
-    """How far a tenant's WAL is durably shipped: LSN `lsn` of `generation` is frame
+    """How far a tenant's WAL is durably shipped (to the replica, or into a carried chunk that
+    waits for it on local disk, backups/carry.py): LSN `lsn` of `generation` is frame
     `wal_frames - 1` of the WAL with salts (salt1, salt2), whose checksum is `seed`.
-    salts None: the WAL was checkpointed away and the next one starts at LSN lsn + 1."""
+    salts None: the WAL was checkpointed away and the next one starts at LSN lsn + 1.
+    `main`: the main file as of the last checkpoint (None: unknown, so continuity is unprovable).
+    `retired`: the salts of the WAL the last checkpoint truncated. SQLite does not sync that
+    truncation, so a power loss may bring that WAL back; one with these salts is that one (its
+    frames are in the main file already), any other WAL was begun after the checkpoint."""
 
     generation: str
     lsn: int
@@ -47,6 +91,8 @@ class Position:
     seed: Checksum
     snapshot_lsn: int
     snapshot_time: float
+    main: MainFile | None = None
+    retired: tuple[int, int] | None = None
 
 
 class BackupCatalog:
@@ -54,13 +100,32 @@ class BackupCatalog:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        # Held by whoever deletes unreferenced segments (retention) or rewrites or re-reads them
+        # (rekey, rebuild): a rekeyed copy is recorded before its chunks point at it.
+        self.maintenance = threading.Lock()
         self._db = apsw.Connection(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL").fetchall()
+        # FULL: a transaction is durable when it returns, power loss included. What the shipper
+        # does next relies on it: it deletes carried chunks and journal files once their rows are
+        # in, and truncates a WAL once its position is; a catalog that lost those rows would
+        # restore less than the bucket holds (or re-ship frames with lost commit times).
+        self._db.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL").fetchall()
         self._db.execute(_SCHEMA)
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(positions)")}
+        if "main_file" not in columns:  # a catalog of an older version: its positions prove nothing
+            self._db.execute("ALTER TABLE positions ADD COLUMN main_file TEXT")
+        if "retired1" not in columns:
+            self._db.execute("ALTER TABLE positions ADD COLUMN retired1 INTEGER")
+            self._db.execute("ALTER TABLE positions ADD COLUMN retired2 INTEGER")
 
     def close(self) -> None:
+        """Idempotent; never raises. Closing checkpoints the catalog's WAL, which a full or
+        failing disk may refuse: every transaction is in already, the WAL stays for the next open."""
         with self._lock:
-            self._db.close()
+            try:
+                self._db.close()
+            except apsw.Error as exc:
+                log.warning("backup catalog: closing it failed (%s); its WAL stays", exc)
+                self._db.close(True)
 
     def add_segment(self, key: str, created_at: float, refs: Iterable[ChunkRef]) -> None:
         """Record a segment and its chunks; idempotent."""
@@ -68,7 +133,7 @@ class BackupCatalog:
         for r in refs:
             first, last = r.times
             chunk = (r.tenant, r.generation, r.kind, r.first_lsn, r.last_lsn, first, last, r.page_size)
-            rows.append((*chunk, key, r.offset, r.length, json.dumps(r.commits)))
+            rows.append((*chunk, key, r.offset, r.length, orjson.dumps(r.commits).decode()))
         with self._lock, self._db:
             self._db.execute("INSERT OR IGNORE INTO segments VALUES (?, ?)", (key, created_at))
             self._db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
@@ -108,23 +173,57 @@ class BackupCatalog:
         with self._lock, self._db:
             self._db.executemany("DELETE FROM segments WHERE key = ?", [(k,) for k in keys])
 
-    def position(self, tenant: str) -> Position | None:
+    def referenced_segments(self, after: str = "", limit: int = -1) -> list[str]:
+        """Keys of the segments some chunk row points at, in key order, after `after`."""
+        sql = "SELECT DISTINCT key FROM chunks WHERE key > ? ORDER BY key LIMIT ?"
         with self._lock:
-            row = self._db.execute("SELECT * FROM positions WHERE tenant = ?", (tenant,)).fetchone()
+            return [str(r[0]) for r in self._db.execute(sql, (after, limit))]
+
+    def count_referenced_segments(self) -> int:
+        with self._lock:
+            return next(int(r[0]) for r in self._db.execute("SELECT COUNT(DISTINCT key) FROM chunks"))
+
+    def move_segment(self, old: str, new: str) -> None:
+        """Point every chunk row of segment `old` at `new` (a copy with the same bytes at the same
+        offsets), in one transaction; `old` stays recorded, unreferenced, for retention to delete."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO segments SELECT ?, created_at FROM segments WHERE key = ?", (new, old)
+            )
+            self._db.execute("UPDATE chunks SET key = ? WHERE key = ?", (new, old))
+
+    def position(self, tenant: str) -> Position | None:
+        sql = (
+            "SELECT tenant, generation, lsn, salt1, salt2, wal_frames, seed1, seed2, snapshot_lsn,"
+            " snapshot_time, main_file, retired1, retired2 FROM positions WHERE tenant = ?"
+        )
+        with self._lock:
+            row = self._db.execute(sql, (tenant,)).fetchone()
         if row is None:
             return None
-        _, gen, lsn, s1, s2, frames, c1, c2, snap_lsn, snap_time = row
+        _, gen, lsn, s1, s2, frames, c1, c2, snap_lsn, snap_time, main, r1, r2 = row
         salts = None if s1 is None else (int(s1), int(s2))
+        retired = None if r1 is None else (int(r1), int(r2))
         seed = (int(c1), int(c2))
-        return Position(str(gen), int(lsn), salts, int(frames), seed, int(snap_lsn), float(snap_time))
+        main_file = MainFile.from_text(str(main)) if main is not None else None
+        return Position(
+            str(gen), int(lsn), salts, int(frames), seed, int(snap_lsn), float(snap_time), main_file, retired
+        )
 
     def save_positions(self, positions: dict[str, Position]) -> None:
+        """Record each tenant's position, all or none (one transaction)."""
         rows = []
         for t, p in positions.items():
             shipped = (p.generation, p.lsn, *(p.salts or (None, None)), p.wal_frames, *p.seed)
-            rows.append((t, *shipped, p.snapshot_lsn, p.snapshot_time))
+            main = p.main.to_text() if p.main is not None else None
+            rows.append((t, *shipped, p.snapshot_lsn, p.snapshot_time, main, *(p.retired or (None, None))))
         with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO positions VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO positions (tenant, generation, lsn, salt1, salt2, wal_frames,"
+                " seed1, seed2, snapshot_lsn, snapshot_time, main_file, retired1, retired2)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
 
     def forget_position(self, tenant: str) -> None:
         with self._lock:

@@ -1,7 +1,11 @@
 """Checkpoints and snapshots: only the shipper checkpoints, under the tenant's handle lock, and
-only when every committed frame is durable in the replica (DESIGN 7); a tenant that shipped
-enough bytes, or changed and has an old snapshot, gets a new snapshot right after its checkpoint.
-At shutdown every fully shipped WAL is checkpointed, so the files left behind are complete.
+never loses a frame that is not yet in the replica (DESIGN 7): the commits the last flush did not
+ship (under sustained writes there always are some) are first copied into a carried chunk,
+durable on local disk (backups.carry), which the next regular flush ships with everything else.
+So a checkpoint holds the tenant's writes only for local disk work, never for an upload, and
+adds no PUT of its own. A tenant that shipped enough bytes, or changed and has an old snapshot,
+gets a new snapshot right after its checkpoint. At shutdown every fully shipped WAL is
+checkpointed, so the files left behind are complete.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from dataclasses import dataclass, replace
 import apsw
 
 from backups import wal
+from backups.carry import Carry
 from backups.catalog import BackupCatalog
-from backups.continuity import Continuity
-from backups.errors import ReplicaError, WalCorrupt
-from backups.flush import Flusher
+from backups.continuity import Continuity, main_file_of
+from backups.errors import WalCorrupt
+from backups.flush import NewFrames
 from backups.ledger import Ledger, TenantLog, snapshot_chunk
 from tenants.errors import SqlfleetError
 from tenants.pool import Handle
@@ -46,20 +51,20 @@ class Policy:
 
 @dataclass(eq=False)
 class Checkpointer:
-    """Runs under the caller's flush lock (it may ship through `flusher`), except
-    `checkpoint_shipped`, which runs after the last flush."""
+    """Runs under the caller's flush lock, except `checkpoint_shipped`, which runs after the
+    last flush."""
 
     ledger: Ledger
     catalog: BackupCatalog
     continuity: Continuity
-    flusher: Flusher
+    carry: Carry
     lease: Lease
     policy: Policy
 
     def maintain(self, tenants: list[str]) -> None:
-        """Restart broken tenants in a new generation, checkpoint WALs whose frames are all
-        durable, and snapshot tenants that are due. A tenant that is busy (a long transaction)
-        or failing is skipped until a later flush."""
+        """Restart broken tenants in a new generation, checkpoint WALs that are due, and snapshot
+        tenants that are due. A tenant that is busy (a long transaction) or failing is skipped
+        until a later flush."""
         for tenant_id in tenants:
             with self.ledger.lock:
                 entry = self.ledger.logs.get(tenant_id)
@@ -77,23 +82,35 @@ class Checkpointer:
                 log.warning("tenant %s: backup maintenance skipped (%s)", tenant_id, exc)
 
     def checkpoint(self, tenant_id: str, entry: TenantLog, snapshot: bool) -> None:
-        """Checkpoint (TRUNCATE) the tenant's WAL once everything in it is shipped, and with
-        `snapshot` queue a snapshot of the result. Skipped (tried again after a later flush)
-        when the tenant is closed, busy, replaced, or its last commits cannot be shipped now."""
+        """Checkpoint (TRUNCATE) the tenant's WAL, its commits not yet shipped carried first,
+        and with `snapshot` queue a snapshot of the result. Skipped (tried again after a later
+        flush) when the tenant is closed, busy or replaced. Raises OSError, apsw.Error (e.g. a
+        full disk) and WalCorrupt; the tenant is then as before, or its commits carried and
+        its WAL not yet truncated (both consistent: the next try goes on from there)."""
         with self.lease(tenant_id) as handle:
             if handle is None or handle.conn is None or self.ledger.get(tenant_id) is not entry:
                 return  # closed, busy or replaced: try after a later flush
-            if entry.pending and not self._ship_now(tenant_id, entry):
+            conn = handle.conn
+            if entry.broken:
                 return
-            image = self.continuity.spool.copy_database(handle.conn) if snapshot else None
-            handle.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            self._carry(tenant_id, entry)
+            image = self.continuity.spool.copy_database(conn) if snapshot else None
+            try:
+                conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            finally:
+                # the checkpoint wrote into the main file (also when it failed midway): that is
+                # the main file the next open must find (backups.continuity)
+                self._note_main_file(tenant_id, entry, conn)
             if wal.read_header(entry.wal_path) is not None:
                 # not truncated (should not happen with the handle held): the shipped position
                 # still describes this WAL, and resetting it would ship old frames again
                 log.warning("tenant %s: checkpoint left the WAL in place; will retry", tenant_id)
+                if image is not None:
+                    image.close()
                 return
             with self.ledger.lock:
-                base = replace(entry.base, salts=None, wal_frames=0, seed=(0, 0))
+                retired = entry.base.salts or entry.base.retired  # that WAL may come back (catalog.Position)
+                base = replace(entry.base, salts=None, wal_frames=0, seed=(0, 0), retired=retired)
                 if image is not None:
                     base = replace(base, snapshot_lsn=base.lsn, snapshot_time=time.time())
                     entry.snapshot = snapshot_chunk(tenant_id, base, entry.page_size, image)
@@ -103,16 +120,35 @@ class Checkpointer:
             # the next open must then resume from the truncated WAL, not the old one
             self.catalog.save_positions({tenant_id: entry.base})
 
-    def _ship_now(self, tenant_id: str, entry: TenantLog) -> bool:
-        """Ship the commits made since the flush began, with the tenant's handle held so no more
-        arrive: under sustained writes there are always some, and the WAL could otherwise never
-        be checkpointed. Holds the tenant's writes for one upload. True if all are shipped."""
+    def _carry(self, tenant_id: str, entry: TenantLog) -> None:
+        """Move the commits not yet shipped out of the WAL's way: their frames into a carried
+        chunk, durable before this returns, and the tenant's base past them (saved). The caller
+        holds the tenant's handle, so no commit arrives meanwhile."""
+        with self.ledger.lock:
+            pending = list(entry.pending)
+        if not pending:
+            return
+        with NewFrames(tenant_id, entry, pending) as frames:
+            carried = self.carry.write(frames.chunk, frames.body())
+            position = frames.position
+        with self.ledger.lock:
+            del entry.pending[: len(pending)]
+            entry.carried.append(carried)
+            entry.base = position
+            self.ledger.dirty.add(tenant_id)
+        # a crash from here on finds the WAL continuing this position, and the carried chunk
+        self.catalog.save_positions({tenant_id: position})
+
+    def _note_main_file(self, tenant_id: str, entry: TenantLog, conn: apsw.Connection) -> None:
+        """Record the main file as the checkpoint left it (a failure is logged: the next open
+        then cannot prove continuity and starts a new generation, which is safe)."""
         try:
-            captured = self.flusher.ship({tenant_id: entry}, [])
-        except ReplicaError as exc:
-            log.warning("tenant %s: upload before checkpoint failed (%s); will retry", tenant_id, exc)
-            return False
-        return bool(captured) and not entry.broken and not entry.pending and entry.snapshot is None
+            main = main_file_of(conn)
+            with self.ledger.lock:
+                entry.base = replace(entry.base, main=main)
+            self.catalog.save_positions({tenant_id: entry.base})
+        except Exception as exc:
+            log.warning("tenant %s: cannot record its main file after a checkpoint (%s)", tenant_id, exc)
 
     def checkpoint_shipped(self, deadline: float) -> int:
         """Shutdown: checkpoint (TRUNCATE) every open tenant whose WAL frames are all durable in
@@ -128,7 +164,7 @@ class Checkpointer:
                 break
             try:
                 self.checkpoint(tenant_id, entry, snapshot=False)
-            except (SqlfleetError, WalCorrupt, apsw.Error) as exc:
+            except (SqlfleetError, WalCorrupt, OSError, apsw.Error) as exc:
                 log.warning("tenant %s: shutdown checkpoint skipped (%s)", tenant_id, exc)
                 continue
             done += entry.base.salts is None

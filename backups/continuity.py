@@ -1,15 +1,24 @@
-"""Continuity: shipping a tenant goes on from the position the replica holds only while the WAL
-on disk provably continues it; otherwise the tenant starts a new generation with a snapshot —
-never a silent gap.
+"""Continuity: shipping a tenant goes on from the position the replica holds only while the files
+on disk provably continue it; otherwise the tenant starts a new generation with a snapshot —
+never a silent gap, and never frames applied to pages they do not belong to.
 
-The proof is the WAL's own (sqlite.org/fileformat2.html#walformat): the salts recorded at the
-shipped position, and at its last shipped frame the cumulative checksum recorded there. A position
-whose WAL was checkpointed away (salts None) is continued while there is still no WAL.
+The proof is the files' own content, never how the server last stopped:
+- the main file is the one the shipper last left (when the generation began, or after its last
+  checkpoint): the database header's change counter and page count, a digest of page 1, and the
+  file's size, inode and mtime (catalog.MainFile). A file changed or replaced while the server
+  was stopped fails here, WAL or no WAL.
+- the WAL continues the position (sqlite.org/fileformat2.html#walformat): the salts recorded at
+  the shipped position, and at its last shipped frame the cumulative checksum recorded there. A
+  position whose WAL was checkpointed away (salts None) is continued while there is still no WAL.
+The main file is read through SQLite's own descriptor (`Connection.read`): closing a descriptor
+of our own would drop SQLite's locks on it (DESIGN 9).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
@@ -17,7 +26,9 @@ from pathlib import Path
 import apsw
 
 from backups import wal
-from backups.catalog import BackupCatalog, Position
+from backups.carry import Carry
+from backups.catalog import BackupCatalog, MainFile, Position
+from backups.commit_times import CommitTimes
 from backups.ledger import Ledger, TenantLog, snapshot_chunk
 from backups.spool import PageImage, Spool
 from tenants.layout import Layout
@@ -30,33 +41,101 @@ def new_generation_id() -> str:
     return f"{int(time.time() * 1000):013x}{secrets.token_hex(4)}"
 
 
-def resumed_log(position: Position | None, path: Path, conn: apsw.Connection) -> TenantLog | None:
-    """A log continuing `position` if the WAL at `path` provably continues it, else None.
-    The commits found after the position (committed, then the process died before shipping
-    them) are pending, stamped with the WAL's mtime: their exact times died with the process."""
+def main_file_of(conn: apsw.Connection) -> MainFile:
+    """The main file of an open tenant connection, as it is on disk now (its WAL aside). The
+    caller holds the connection. Raises OSError, apsw.Error."""
+    path = conn.db_filename("main")
+    page_size = db_page_size(conn)
+    complete, page1 = conn.read("main", 0, 0, page_size)
+    stat = os.stat(path)
+    return _main_file(page1 if complete else b"", stat)
+
+
+def main_file_at(path: Path) -> MainFile:
+    """The main file at `path`, which nothing may have open (DESIGN 9). Raises OSError."""
+    with open(path, "rb") as f:
+        page_size = page_size_of(f.read(18))
+        f.seek(0)
+        page1 = f.read(page_size)
+        return _main_file(page1 if len(page1) == page_size else b"", os.fstat(f.fileno()))
+
+
+def _main_file(page1: bytes, stat: os.stat_result) -> MainFile:
+    header = page1[:100]
+    counter = int.from_bytes(header[24:28], "big") if len(header) == 100 else -1
+    pages = int.from_bytes(header[28:32], "big") if len(header) == 100 else -1
+    digest = hashlib.blake2b(page1, digest_size=16).hexdigest()
+    return MainFile(counter, pages, digest, stat.st_size, stat.st_ino, stat.st_mtime_ns)
+
+
+def resumed_log(
+    position: Position | None,
+    path: Path,
+    conn: apsw.Connection,
+    times: dict[tuple[int, int, int], float] | None = None,
+) -> TenantLog | None:
+    """A log continuing `position` if the tenant's files provably continue it, else None. The
+    commits found after the position (committed, then the process died before shipping them)
+    are pending, with the times `times` (the commit-times journal's, by salts and frame count)
+    gives them, else the WAL's mtime."""
+    resumed = _resume(position, path, conn, times or {})
+    return resumed if isinstance(resumed, TenantLog) else None
+
+
+def _resume(
+    position: Position | None, path: Path, conn: apsw.Connection, times: dict[tuple[int, int, int], float]
+) -> TenantLog | str:
+    """The resumed log, or why the files do not continue `position`."""
     if position is None:
-        return None
+        return "no shipped position"
+    if position.main is None:
+        return "the position does not record the main file"
+    changed = position.main.differs(main_file_of(conn))
+    if changed is not None:
+        return changed
     header = wal.read_header(path)
     if position.salts is None:
-        return TenantLog(position, path, db_page_size(conn)) if header is None else None
-    if header is None or (header.salt1, header.salt2) != position.salts:
-        return None
-    commits = wal.tail_commits(path, header, position.wal_frames, position.seed)
+        if header is None:
+            return TenantLog(position, path, db_page_size(conn))
+        if (header.salt1, header.salt2) == position.retired:
+            return "the WAL the last checkpoint truncated is back"
+        # a WAL begun after the checkpoint: its frames, from the first, follow the main file
+        # the position records (as the shipper reads them, backups.flush)
+        start, seed = 0, header.checksum
+    elif header is None:
+        return "the WAL is gone"
+    elif (header.salt1, header.salt2) != position.salts:
+        return "the WAL has other salts"
+    else:
+        start, seed = position.wal_frames, position.seed
+    salts = (header.salt1, header.salt2)
+    commits = wal.tail_commits(path, header, start, seed)
     if commits is None:
-        return None
+        return "the WAL does not continue the shipped frame"
     recovered_at = path.stat().st_mtime
-    return TenantLog(position, path, header.page_size, [(c.frames, recovered_at) for c in commits])
+    pending = [(c.frames, times.get((*salts, c.frames), recovered_at)) for c in commits]
+    return TenantLog(position, path, header.page_size, pending)
 
 
 class Continuity:
     """Starts each tenant's log: resumed from the catalog's position, or a new generation.
     Thread-safe (its state is the ledger's)."""
 
-    def __init__(self, ledger: Ledger, catalog: BackupCatalog, layout: Layout, spool: Spool) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        catalog: BackupCatalog,
+        layout: Layout,
+        spool: Spool,
+        times: CommitTimes,
+        carry: Carry,
+    ) -> None:
         self.ledger = ledger
         self.catalog = catalog
         self.layout = layout
         self.spool = spool
+        self.times = times
+        self.carry = carry
 
     def wal_path(self, tenant_id: str) -> Path:
         return Path(f"{self.layout.tenant_path(tenant_id)}-wal")
@@ -64,31 +143,48 @@ class Continuity:
     def created(self, tenant_id: str, path: Path) -> None:
         """A new tenant's file, not open anywhere yet (so reading the main file is safe), is the
         snapshot of its first generation (copied aside: the file changes once it is opened)."""
+        main = main_file_at(path)
         image = self.spool.copy_file(path)
-        position = Position(new_generation_id(), 0, None, 0, (0, 0), 0, time.time())
+        position = Position(new_generation_id(), 0, None, 0, (0, 0), 0, time.time(), main)
         self._begin(tenant_id, position, page_size_of(image.head(18)), image)
 
     def opened(self, tenant_id: str, conn: apsw.Connection) -> None:
         """A tenant connection opened: keep its log if it still has one (evicted and reopened),
-        resume the catalog's position if the WAL continues it, else start a new generation."""
+        resume the catalog's position if its files continue it, else start a new generation."""
         entry = self.ledger.get(tenant_id)
         if entry is not None and not entry.broken:
             return
         position = self.catalog.position(tenant_id)
-        resumed = resumed_log(position, self.wal_path(tenant_id), conn)
-        if resumed is not None:
+        times = self.times.recovered(tenant_id)
+        resumed = _resume(position, self.wal_path(tenant_id), conn, times)
+        if isinstance(resumed, TenantLog):
+            self._note_stand_ins(tenant_id, resumed, times)
             self.ledger.install(tenant_id, resumed)
             return
-        self.new_generation(tenant_id, conn, "continuity not provable" if position else "first open")
+        reason = f"continuity not provable: {resumed}" if position else "first open"
+        self.new_generation(tenant_id, conn, reason)
+
+    def _note_stand_ins(self, tenant_id: str, entry: TenantLog, recorded: dict[tuple[int, int, int], float]) -> None:
+        """The commits found past the position without a recorded time got the WAL's mtime:
+        record that, so another restart before they ship gives them the same time, not the
+        mtime the WAL has by then (later writes move it on)."""
+        header = wal.read_header(entry.wal_path) if entry.pending else None
+        if header is None:
+            return
+        salts = (header.salt1, header.salt2)
+        for frames, at in entry.pending:
+            if (*salts, frames) not in recorded:
+                self.times.note(tenant_id, salts, frames, at)
 
     def new_generation(self, tenant_id: str, conn: apsw.Connection, reason: str) -> None:
         """Snapshot the connection's current committed state as LSN 0 of a new generation."""
         header, last = wal.last_commit(self.wal_path(tenant_id))
+        main = main_file_of(conn)
         image = self.spool.copy_database(conn)
         salts = (header.salt1, header.salt2) if header else None
         seed = last.checksum if last else header.checksum if header else (0, 0)
         frames = last.frames if last else 0
-        position = Position(new_generation_id(), 0, salts, frames, seed, 0, time.time())
+        position = Position(new_generation_id(), 0, salts, frames, seed, 0, time.time(), main)
         log.info("tenant %s: new backup generation %s (%s)", tenant_id, position.generation, reason)
         self._begin(tenant_id, position, db_page_size(conn), image)
 
@@ -102,9 +198,19 @@ class Continuity:
             self.ledger.drop(tenant_id, entry)
 
     def _begin(self, tenant_id: str, position: Position, page_size: int, image: PageImage) -> None:
-        snapshot = snapshot_chunk(tenant_id, position, page_size, image)
+        """Begin the generation of `position` with `image` as its snapshot: durable on local disk
+        (a carried chunk the next flush ships) before the position is saved, so a crash before
+        that flush loses neither the generation nor the commits after it (the restart resumes
+        it, and ships them with their times). Raises OSError, apsw.Error (nothing changed)."""
+        with image:
+            carried = self.carry.write(snapshot_chunk(tenant_id, position, page_size, image), image.pieces())
+        try:
+            self.catalog.save_positions({tenant_id: position})
+        except BaseException:
+            Carry.discard(carried)
+            raise
         self.ledger.install(
-            tenant_id, TenantLog(position, self.wal_path(tenant_id), page_size, snapshot=snapshot)
+            tenant_id, TenantLog(position, self.wal_path(tenant_id), page_size, carried=[carried])
         )
 
 

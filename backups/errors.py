@@ -60,6 +60,51 @@ class BackupBroken(SqlfleetError):
     code = "backup_broken"
 
 
+class BackupKeyMissing(ReplicaError):
+    """A sealed replica object names a key id this server has not configured (backups/crypto.py);
+    nothing of it was used. The error's `key_id` names the key."""
+
+    status = 500
+    code = "backup_key_missing"
+
+
+class BackupKeyMismatch(BackupKeyMissing):
+    """The key configured under an object's key id is not the key that sealed it."""
+
+    code = "backup_key_mismatch"
+
+
+class BackupTampered(ReplicaError):
+    """A sealed replica object fails authentication: altered, truncated, reordered or moved to
+    another key. Nothing of it was used."""
+
+    status = 500
+    code = "backup_tampered"
+
+
+class BackupNotEncrypted(BackupTampered):
+    """An unencrypted object where this server encrypts (written before encryption was turned on,
+    until `sqlfleet backups rekey`; or planted). Not used."""
+
+    code = "backup_not_encrypted"
+
+
+class EncryptionOff(SqlfleetError):
+    """An encryption operation (rekey) on a server that has no encryption keys."""
+
+    status = 409
+    code = "backup_encryption_off"
+
+
+class ReplicaBehind(SqlfleetError):
+    """A restore would miss commits made at or before its moment that are not in the replica
+    yet (shipping is behind or failing): refused, not answered with less. Retry once shipping
+    has caught up."""
+
+    status = 503
+    code = "backup_behind"
+
+
 class WalCorrupt(Exception):
     """A frame that should be valid is not (bad salt or checksum)."""
 

@@ -1,28 +1,35 @@
-"""Flush: capture the new committed frames of every dirty tenant (and waiting snapshots and
-deletions), pack them into shared segments, upload, and only then advance.
+"""Flush: capture the new committed frames of every dirty tenant (and waiting snapshots, carried
+chunks and deletions), pack them into shared segments, upload, and only then advance.
 
 - One segment per flush for all tenants, so PUTs per flush do not grow with the number of tenants.
 - Bounded memory whatever one commit's size: frames stream from the WAL a batch at a time through
   the compressor into a spooled segment file (backups.spool), which is uploaded from the file.
-- Nothing advances until the PUT succeeded: on failure the frames stay in the WAL (the backlog
-  lives on local disk) and the next flush re-reads them from the last durable position.
-- Frames are read through our own descriptor, validated against the shipped position's salts
-  and checksum; a WAL that does not continue it marks the tenant broken (continuity restarts it).
+- Nothing advances until every step succeeded: capture, pack, PUT, catalog, positions, memory. A
+  failure at any of them leaves the shipper as if the flush never ran (the frames stay in the WAL
+  or in carried chunks, the tenants stay dirty) and the next flush ships it all again; what
+  already reached the replica is shipped twice, which the catalog and restore tolerate.
+- Frames are read through our own descriptor (backups.capture), validated against the shipped
+  position's salts and checksum; a WAL that does not continue it marks the tenant broken
+  (continuity restarts it). Per dirty tenant a flush costs a few system calls: the new frames of
+  a batch of tenants are read whole and checked together, then compressed one chunk per call.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from backups import wal
-from backups.catalog import BackupCatalog, Position
+from backups.capture import NewFrames, Small, read_small, small_chunk, write_new_frames
+from backups.carry import Carried, Carry
+from backups.catalog import BackupCatalog
+from backups.commit_times import CommitTimes
 from backups.errors import ReplicaError, ShippingIOError, WalCorrupt
-from backups.ledger import Ledger, TenantLog
+from backups.ledger import Capture, Ledger, TenantLog
+from backups.quota import ReplicaQuota
 from backups.replica import ReplicaClient
-from backups.segment import FRAMES, Chunk, SegmentWriter, frame_records
+from backups.segment import Chunk, ChunkRef, SegmentWriter
 from backups.spool import Spool
 from metrics.instruments import (
     BACKUP_BACKLOG_BYTES,
@@ -33,63 +40,28 @@ from metrics.instruments import (
     BACKUP_SNAPSHOTS,
     BACKUP_UPLOAD_ERRORS,
     BACKUP_UPLOAD_RETRIES,
+    DISK_FULL,
 )
+from tenants.errors import disk_full
 
 log = logging.getLogger(__name__)
 
+SMALL_BYTES = 256 << 10  # a tenant's new frames up to this size are read whole, and checked with others'
+CHECK_BYTES = 4 << 20  # new frames read (of several tenants) before they are checked and written
+
+__all__ = ["Capture", "Flusher", "NewFrames", "write_new_frames"]  # the capture ones, for checkpoints
+
 
 @dataclass
-class Capture:
-    """What one flush ships of one tenant, and where the tenant stands once it is durable."""
+class _Taken:
+    """What one flush ships of one tenant, read before its chunks are written."""
 
-    tenant: str
+    tenant_id: str
     entry: TenantLog
-    snapshot: Chunk | None  # the entry's waiting snapshot, shipped with it
-    position: Position
-    consumed: int  # pending commits shipped
-    commit_times: list[float]
-    frame_bytes: int = 0  # WAL page bytes shipped
-
-
-def write_new_frames(
-    writer: SegmentWriter, tenant_id: str, entry: TenantLog, pending: list[tuple[int, float]]
-) -> tuple[Position, int]:
-    """Add the frames of the `pending` commits to `writer` as one chunk after `entry.base`,
-    each commit with its time, streaming them from the WAL a batch at a time. Returns the
-    position after them and their page bytes. Raises WalCorrupt, leaving `writer` as it was,
-    if the WAL does not continue the base."""
-    base = entry.base
-    stop = pending[-1][0]
-    with open(entry.wal_path, "rb") as f:  # one open per tenant and flush: header, then frames
-        header = wal.parse_header(f.read(wal.WAL_HEADER_SIZE))
-        if header is None:
-            raise WalCorrupt("WAL header missing")
-        salts = (header.salt1, header.salt2)
-        if base.salts == salts:
-            start, seed = base.wal_frames, base.seed
-        elif base.salts is None:  # the WAL restarted after our checkpoint
-            start, seed = 0, header.checksum
-        else:
-            raise WalCorrupt("WAL salts changed without a checkpoint")
-        chunk = Chunk(tenant_id, base.generation, FRAMES, base.lsn + 1, base.lsn, header.page_size)
-        times = dict(pending)
-        end_seed = seed
-
-        def body() -> Iterator[bytes]:
-            # fills in the chunk's LSN range and commits, and the checksum reached, as it goes
-            nonlocal end_seed
-            for batch in wal.read_batches(f, header, start, stop, seed):
-                for frame in batch:
-                    chunk.last_lsn += 1
-                    if frame.commit_size:
-                        chunk.commits.append((chunk.last_lsn, times.get(frame.index + 1, time.time())))
-                end_seed = batch[-1].checksum
-                yield frame_records((fr.page_no, fr.commit_size, fr.data) for fr in batch)
-
-        writer.add(chunk, body())
-    count = chunk.last_lsn - base.lsn
-    position = replace(base, lsn=chunk.last_lsn, salts=salts, wal_frames=stop, seed=end_seed)
-    return position, count * header.page_size
+    pending: list[tuple[int, float]]
+    snapshot: Chunk | None
+    carried: list[Carried]
+    frames: Small | WalCorrupt | None = None  # None: none, or too many to read whole (they stream)
 
 
 @dataclass(eq=False)
@@ -104,62 +76,101 @@ class Flusher:
     server_id: str
     segment_max_bytes: int
     spool: Spool
-    last_success: float = field(default=0.0, init=False)  # time.time() of the last good upload
+    quota: ReplicaQuota  # what each tenant's chunks add to the replica is counted against it
+    times: CommitTimes  # cut at each flush, pruned once it succeeded
+    last_success: float = field(default=0.0, init=False)  # time.time() of the last good flush
     failures: int = field(default=0, init=False)
-    failed_in_a_row: int = field(default=0, init=False)  # failed uploads since the last good one
+    failed_in_a_row: int = field(default=0, init=False)  # failed flushes since the last good one
+    failing_since: float | None = field(default=None, init=False)  # time of the first of them
+    last_error: str | None = field(default=None, init=False)  # why the last flush failed
+    last_error_disk_full: bool = field(default=False, init=False)
     _seq: int = field(default=0, init=False)
+    _refs: list[ChunkRef] = field(default_factory=list, init=False)  # uploaded by this flush
 
     def run(self) -> list[str]:
-        """Ship every dirty tenant's new commits, waiting snapshots and deletions. Returns the
-        tenants that may need maintenance (shipped now, or broken). Raises ReplicaError if an
-        upload failed: nothing was lost, the next run retries from the last durable position."""
+        """Ship every dirty tenant's new commits, waiting snapshots, carried chunks and
+        deletions. Returns the tenants that may need maintenance (shipped now, or broken).
+        Raises what failed (ReplicaError for the replica or local shipping I/O, what the catalog
+        raises, ...): then nothing was lost and nothing advanced, the next run retries."""
+        mark = self.times.rotate()
         logs, tombstones = self.ledger.take()
+        orphans = self.ledger.take_orphans()
         retrying = self.failed_in_a_row > 0
         try:
-            captured = self.ship(logs, tombstones)
-        except ReplicaError as exc:
+            captured = self.ship(logs, tombstones, orphans)
+        except BaseException as exc:
             if retrying:
                 BACKUP_UPLOAD_RETRIES.inc()
-            self._failed(exc, set(logs), tombstones)
+            self._failed(exc, set(logs), tombstones, orphans)
             raise
-        if captured or tombstones:
+        self.times.prune(mark)
+        for carried in orphans:
+            Carry.discard(carried)
+        if captured or tombstones or orphans:
             if retrying:
                 BACKUP_UPLOAD_RETRIES.inc()
             self.last_success = time.time()
-            self.failed_in_a_row = 0
+        self.failed_in_a_row, self.failing_since = 0, None
+        self.last_error, self.last_error_disk_full = None, False
         broken = [t for t, entry in logs.items() if entry.broken]
         return list(dict.fromkeys([*broken, *(c.tenant for c in captured)]))
 
-    def _failed(self, exc: ReplicaError, tenants: set[str], tombstones: list[Chunk]) -> None:
+    def _failed(
+        self, exc: BaseException, tenants: set[str], tombstones: list[Chunk], orphans: list[Carried]
+    ) -> None:
+        self.ledger.give_back(tenants, tombstones, orphans)
         self.failures += 1
         self.failed_in_a_row += 1
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_error_disk_full = disk_full(exc)
+        self.last_error = ("the data disk is full: " if self.last_error_disk_full else "") + (
+            str(exc) or type(exc).__name__
+        )
         BACKUP_UPLOAD_ERRORS.inc()
-        log.warning("backup upload failed (%s); will retry", exc)
-        self.ledger.give_back(tenants, tombstones)
+        if self.last_error_disk_full:
+            DISK_FULL.labels("backup").inc()
+        if isinstance(exc, ReplicaError):
+            log.warning("backup flush failed (%s); will retry", exc)
+        elif isinstance(exc, Exception):
+            log.warning("backup flush failed (%s: %s); will retry", type(exc).__name__, exc)
         oldest = self.ledger.oldest_pending(default=time.time())
         BACKUP_LAG_MAX.set(time.time() - oldest)  # how far behind the replica is, while it is down
         BACKUP_BACKLOG_BYTES.set(self.ledger.backlog_bytes())
 
-    def ship(self, logs: dict[str, TenantLog], extra: list[Chunk]) -> list[Capture]:
-        """Capture the tenants' waiting snapshots and new frames, and `extra` chunks, into shared
-        segments, upload them, then advance each tenant to what is durable. A segment is cut
-        past segment_max_bytes, never inside a tenant's capture (its snapshot and frames land
-        together). Returns the captures. Raises ReplicaError if an upload failed, ShippingIOError
-        if local I/O did (nothing advanced; segments already uploaded are shipped again later,
-        which restore tolerates)."""
+    def ship(
+        self, logs: dict[str, TenantLog], extra: list[Chunk], orphans: list[Carried] | None = None
+    ) -> list[Capture]:
+        """Capture the tenants' carried chunks, waiting snapshots and new frames, `extra` chunks
+        and `orphans` (carried chunks without a log) into shared segments, upload them, then
+        advance each tenant to what is durable. A segment is cut past segment_max_bytes, never
+        inside a tenant's capture (its chunks land together). Returns the captures. Raises
+        ReplicaError if an upload failed, ShippingIOError if local I/O did, and what the catalog
+        raises (nothing advanced; segments already uploaded are shipped again later, which
+        restore tolerates)."""
         captured: list[Capture] = []
+        self._refs = []
         try:
             writer = SegmentWriter(self.spool)
             try:
                 for chunk in extra:
                     writer.add(chunk)
+                for carried in orphans or ():
+                    writer.add(carried.chunk(), carried.body())
+                # Tenants' new frames are read a batch of tenants at a time and checked together
+                # (backups.wal.check_spans): per dirty tenant a flush then costs a few reads and
+                # one compression, not a round of numpy and Python per frame.
+                batch: list[_Taken] = []
+                batch_bytes = 0
                 for tenant_id, entry in logs.items():
-                    capture = self.capture(writer, tenant_id, entry)
-                    if capture is not None:
-                        captured.append(capture)
-                    if writer.size >= self.segment_max_bytes:
-                        self.upload(writer)
-                        writer = SegmentWriter(self.spool)
+                    taken = self._take(tenant_id, entry)
+                    batch.append(taken)
+                    if isinstance(taken.frames, Small):
+                        batch_bytes += len(taken.frames.span.raw)
+                    if batch_bytes >= CHECK_BYTES:
+                        writer = self._write(writer, batch, captured)
+                        batch, batch_bytes = [], 0
+                writer = self._write(writer, batch, captured)
                 if len(writer):
                     self.upload(writer)
             finally:
@@ -170,31 +181,88 @@ class Flusher:
         return captured
 
     def capture(self, writer: SegmentWriter, tenant_id: str, entry: TenantLog) -> Capture | None:
-        """Add what to ship of the tenant now to `writer`: its waiting snapshot and the frames
-        of its pending commits. None if nothing; a WAL that does not continue the base marks
-        it broken (its frames stay out)."""
+        """Add what to ship of the tenant now to `writer`: its carried chunks, its waiting
+        snapshot and the frames of its pending commits. None if nothing; a WAL that does not
+        continue the base marks it broken (its frames stay out)."""
+        taken = self._take(tenant_id, entry)
+        return self._capture(writer, taken, self._checked([taken])[0])
+
+    def _take(self, tenant_id: str, entry: TenantLog) -> _Taken:
+        """What to ship of the tenant now; its new frames read whole if they are few."""
         with self.ledger.lock:
             pending = list(entry.pending)
             snapshot = entry.snapshot
+            carried = list(entry.carried)
+        taken = _Taken(tenant_id, entry, pending, snapshot, carried)
+        if pending and not entry.broken:
+            taken.frames = read_small(entry, pending, SMALL_BYTES)
+        return taken
+
+    @staticmethod
+    def _checked(batch: list[_Taken]) -> list[wal.Records | WalCorrupt | None]:
+        """Each tenant's new frames in `batch`: the small ones checked, all at once; why the WAL
+        does not continue the base; or None (none, or they stream)."""
+        smalls = [t.frames for t in batch if isinstance(t.frames, Small)]
+        results = iter(wal.check_spans([small.span for small in smalls]))
+        out: list[wal.Records | WalCorrupt | None] = []
+        for t in batch:
+            out.append(next(results) if isinstance(t.frames, Small) else t.frames)
+        return out
+
+    def _write(self, writer: SegmentWriter, batch: list[_Taken], captured: list[Capture]) -> SegmentWriter:
+        """Add the batch's captures to `writer`, tenant by tenant, uploading and starting a new
+        segment past segment_max_bytes. Returns the writer to go on with."""
+        for taken, checked in zip(batch, self._checked(batch), strict=True):
+            capture = self._capture(writer, taken, checked)
+            if capture is not None:
+                captured.append(capture)
+            if writer.size >= self.segment_max_bytes:
+                self.upload(writer)
+                writer = SegmentWriter(self.spool)
+        return writer
+
+    def _capture(
+        self, writer: SegmentWriter, taken: _Taken, checked: wal.Records | WalCorrupt | None
+    ) -> Capture | None:
+        """Add the tenant's carried chunks, waiting snapshot and new frames (`checked`: the small
+        capture's records, or why its WAL does not continue the base; None: they stream) to
+        `writer`."""
+        tenant_id, entry, pending, snapshot, carried = (
+            taken.tenant_id,
+            taken.entry,
+            taken.pending,
+            taken.snapshot,
+            taken.carried,
+        )
+        for piece in carried:
+            writer.add(piece.chunk(), piece.body())
         if snapshot is not None:
             assert snapshot.image is not None
             writer.add(snapshot, snapshot.image.pieces())
         position, frame_bytes, consumed = entry.base, 0, 0
         if pending and not entry.broken:
             try:
-                position, frame_bytes = write_new_frames(writer, tenant_id, entry, pending)
+                if isinstance(checked, WalCorrupt):
+                    raise checked
+                if isinstance(checked, wal.Records) and isinstance(taken.frames, Small):
+                    chunk, position, frame_bytes = small_chunk(
+                        tenant_id, entry, pending, taken.frames, checked
+                    )
+                    writer.add(chunk, (checked.body,))  # leaves `writer` as it was if it raises
+                else:
+                    position, frame_bytes = write_new_frames(writer, tenant_id, entry, pending)
                 consumed = len(pending)
             except WalCorrupt as exc:
                 log.error("tenant %s: WAL does not continue the shipped position (%s)", tenant_id, exc)
                 entry.broken = True
-        if snapshot is None and not consumed:
+        if snapshot is None and not consumed and not carried:
             return None
-        times = [t for _, t in pending[:consumed]]
-        return Capture(tenant_id, entry, snapshot, position, consumed, times, frame_bytes)
+        times = [t for c in carried for _, t in c.commits] + [t for _, t in pending[:consumed]]
+        return Capture(tenant_id, entry, snapshot, position, consumed, times, frame_bytes, carried)
 
     def upload(self, writer: SegmentWriter) -> None:
         """Finish `writer`'s segment, upload it and record its chunks in the catalog.
-        Raises ReplicaError."""
+        Raises ReplicaError, and what the catalog raises."""
         self._seq += 1
         now = time.time()
         key = f"segments/{int(now * 1000):013d}-{self.server_id}-{self._seq:08d}.seg"
@@ -204,32 +272,30 @@ class Flusher:
             data.seek(0)
             self.replica.put_file(key, data)
         self.catalog.add_segment(key, now, refs)
+        self._refs += refs
         BACKUP_SEGMENTS.inc()
         BACKUP_SEGMENT_BYTES.inc(size)
 
     def advance(self, captured: list[Capture]) -> None:
-        """After a successful upload: the captured commits are shipped, each tenant's base moves
-        to its capture's position (saved in the catalog first)."""
+        """After every upload succeeded: save each tenant's new position in the catalog, then
+        advance the ledger (the captured commits, snapshots and carried chunks are shipped),
+        then let go of what was shipped. Raises what the catalog raises (nothing in memory
+        changed then)."""
         # Persist first: a position saved ahead of memory is still true (the upload succeeded),
         # while a log dropped on close before its position is saved would resume from a stale one.
         self.catalog.save_positions({c.tenant: c.position for c in captured})
+        self.ledger.advance(captured)
         now = time.time()
         lags = [now - t for c in captured for t in c.commit_times]
-        with self.ledger.lock:
-            for c in captured:
-                entry = c.entry
-                del entry.pending[: c.consumed]
-                if c.snapshot is not None and c.snapshot is entry.snapshot:
-                    entry.snapshot = None
-                    entry.shipped_bytes = 0
-                    BACKUP_SNAPSHOTS.inc()
-                entry.shipped_bytes += c.frame_bytes
-                entry.base = c.position
-                if entry.pending:
-                    self.ledger.dirty.add(c.tenant)
         for c in captured:
-            if c.snapshot is not None and c.snapshot.image is not None:
-                c.snapshot.image.close()  # shipped: free its memory or disk now
+            if c.snapshot is not None:
+                BACKUP_SNAPSHOTS.inc()
+                if c.snapshot.image is not None:
+                    c.snapshot.image.close()  # shipped: free its memory or disk now
+            for carried in c.carried:
+                Carry.discard(carried)
+        self.quota.add(self._refs)
+        self._refs = []
         for lag in lags:
             BACKUP_LAG_SECONDS.observe(lag)
         BACKUP_LAG_MAX.set(max(lags, default=0.0))

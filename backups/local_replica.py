@@ -42,7 +42,7 @@ _TRANSIENT_ERRNOS = frozenset(
     }
 )
 _PUT_ATTEMPTS = 5  # a concurrent delete may remove the directory between mkdir and open
-_OBJECT_MODE = 0o644  # less the umask
+_OBJECT_MODE = 0o600  # the server's user only (less the umask)
 
 
 class LocalReplica(ReplicaClient):

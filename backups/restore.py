@@ -65,6 +65,24 @@ def plan(tenant: str, rows: list[ChunkRow], at: float) -> RestorePlan:
     )
 
 
+def check_covered(plan: RestorePlan, rows: list[ChunkRow], shipped: tuple[str, int] | None) -> None:
+    """Raise BackupBroken if the catalog lacks commits that reached the replica and that a
+    restore to the plan's moment may need: `shipped` is (generation, last LSN) the shipper
+    knows to be in the replica. A plan that stops before the last LSN the catalog knows of
+    needs nothing after it (LSNs grow with time within a generation)."""
+    if shipped is None or shipped[0] != plan.generation:
+        return
+    mine = [r for r in rows if r.generation == plan.generation and r.kind in (FRAMES, SNAPSHOT)]
+    known = max((r.last_lsn for r in mine), default=0)
+    if known >= shipped[1] or plan.target_lsn < known:
+        return
+    raise BackupBroken(
+        f"the backup catalog lacks LSNs {known + 1}..{shipped[1]} of generation {plan.generation} of "
+        f"tenant {plan.tenant!r}, which reached the replica: rebuild the catalog from the bucket "
+        "(POST /v1/admin/backups/rebuild) and restore again"
+    )
+
+
 def micros(moment: float) -> int:
     """A unix time in whole microseconds, rounded the way RFC 3339 output (datetime) rounds it:
     so a reported `restored_to`, fed back as the target, includes that very commit."""

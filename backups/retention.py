@@ -52,8 +52,9 @@ def enforce(replica: ReplicaClient, catalog: BackupCatalog, window: float) -> tu
         rows = expired(catalog.chunks(tenant), horizon)
         catalog.delete_chunks(rows)
         dropped += len(rows)
-    keys = catalog.unreferenced_segments()
-    if keys:
-        replica.delete(keys)
-        catalog.forget_segments(keys)
+    with catalog.maintenance:  # a segment being rekeyed is unreferenced until its rows move
+        keys = catalog.unreferenced_segments()
+        if keys:
+            replica.delete(keys)
+            catalog.forget_segments(keys)
     return dropped, len(keys)

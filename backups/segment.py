@@ -23,6 +23,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
+import orjson
 import zstandard
 
 from backups.errors import SegmentCorrupt
@@ -102,6 +103,7 @@ class SegmentWriter:
         self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
         self._bodies = spool.file()
         self._entries: list[dict[str, object]] = []
+        self._chunks: list[tuple[str, str, str, int, int, int, tuple[tuple[int, float], ...], float]] = []
 
     def __len__(self) -> int:
         """Chunks added so far."""
@@ -119,14 +121,23 @@ class SegmentWriter:
         as it was before the call and the exception propagates."""
         start = self._bodies.tell()
         try:
-            writer = self._compressor.stream_writer(self._bodies, closefd=False)
-            for piece in body:
-                writer.write(piece)
-            writer.flush(zstandard.FLUSH_FRAME)  # ends the zstd frame; the bodies file stays open
+            pieces = iter(body)
+            first = next(pieces, b"")
+            second = next(pieces, None)
+            if second is None:  # one piece (most chunks): one call, no stream to set up
+                self._bodies.write(self._compressor.compress(first))
+            else:
+                writer = self._compressor.stream_writer(self._bodies, closefd=False)
+                writer.write(first)
+                writer.write(second)
+                for piece in pieces:
+                    writer.write(piece)
+                writer.flush(zstandard.FLUSH_FRAME)  # ends the zstd frame; the bodies file stays open
         except BaseException:
             self._bodies.seek(start)
             self._bodies.truncate(start)
             raise
+        commits = tuple(chunk.commits)
         self._entries.append(
             {
                 "tenant": chunk.tenant,
@@ -135,17 +146,30 @@ class SegmentWriter:
                 "first_lsn": chunk.first_lsn,
                 "last_lsn": chunk.last_lsn,
                 "page_size": chunk.page_size,
-                "commits": list(chunk.commits),
+                "commits": commits,
                 "taken_at": chunk.taken_at,
                 "length": self._bodies.tell() - start,
             }
+        )
+        # the refs `finish` returns, but for the offset (the index's length is not known yet)
+        self._chunks.append(
+            (
+                chunk.tenant,
+                chunk.generation,
+                chunk.kind,
+                chunk.first_lsn,
+                chunk.last_lsn,
+                chunk.page_size,
+                commits,
+                chunk.taken_at,
+            )
         )
 
     def finish(self, meta: dict[str, object]) -> tuple[IO[bytes], list[ChunkRef]]:
         """The whole segment as a spooled file positioned at its start (the caller closes it),
         and the refs of its chunks (no key yet). Closes the writer."""
         try:
-            index = self._compressor.compress(json.dumps({"meta": meta, "chunks": self._entries}).encode())
+            index = self._compressor.compress(orjson.dumps({"meta": meta, "chunks": self._entries}))
             out = self._spool.file()
             try:
                 out.write(MAGIC + struct.pack(">I", len(index)) + index)
@@ -158,9 +182,10 @@ class SegmentWriter:
         finally:
             self.close()
         refs, offset = [], PREFIX_SIZE + len(index)
-        for entry in self._entries:
-            refs.append(_ref(entry, offset))
-            offset += int(entry["length"])  # type: ignore[call-overload]
+        for entry, fields in zip(self._entries, self._chunks, strict=True):
+            length = int(entry["length"])  # type: ignore[call-overload]
+            refs.append(ChunkRef(*fields, offset, length))
+            offset += length
         return out, refs
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import tempfile
 import time
@@ -19,10 +20,21 @@ from typing import Any
 
 from backups import restore, retention
 from backups.catalog import BackupCatalog, ChunkRow
-from backups.errors import NoRestorePoint, ReplicaError
-from backups.replica import ReplicaClient
+from backups.errors import (
+    BackupBroken,
+    BackupKeyMissing,
+    BackupTampered,
+    NoRestorePoint,
+    ReplicaBehind,
+    ReplicaError,
+    SegmentCorrupt,
+)
+from backups.fleet_meta import FleetMeta, GroupsRestored, TokenCheck
+from backups.rekey import RekeyBatch, rekey_batch
+from backups.restore import RestorePlan, micros
+from backups.sealed_replica import SealedReplica
 from backups.segment import PREFIX_SIZE, SNAPSHOT, TOMBSTONE, index_length, parse_index
-from backups.shipper import Shipper
+from backups.shipper import Health, Shipper
 from backups.spool import PIECE
 from metrics.instruments import (
     BACKUP_BACKLOG_BYTES,
@@ -31,6 +43,7 @@ from metrics.instruments import (
     RESTORES,
     RESTORES_RUNNING,
 )
+from tenants.errors import InsufficientStorage, SqlfleetError
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 from tenants.rfc3339 import format_time, parse_time
@@ -44,6 +57,8 @@ def _differing_pages(a: Iterator[bytes], b: Iterator[bytes], page_size: int, mos
     pieces (a multiple of any page size); a page only one of them has differs."""
     differing: list[int] = []
     for index, (x, y) in enumerate(itertools.zip_longest(a, b, fillvalue=b"")):
+        if index == 0:
+            x, y = _without_write_stamps(x), _without_write_stamps(y)
         if x == y:
             continue
         first = index * (PIECE // page_size)
@@ -53,6 +68,16 @@ def _differing_pages(a: Iterator[bytes], b: Iterator[bytes], page_size: int, mos
                 if len(differing) == most:
                     return differing
     return differing
+
+
+def _without_write_stamps(image: bytes) -> bytes:
+    """The image with the header fields that say which write made it, not what it holds, zeroed:
+    the file change counter, version-valid-for and the SQLite version that wrote it
+    (sqlite.org/fileformat2.html#the_database_header). A copy through the backup API stamps its
+    own, so a restored page 1 and a copy of the live one differ there whenever both are sound."""
+    if len(image) < 100:
+        return image
+    return image[:24] + bytes(4) + image[28:92] + bytes(8) + image[100:]
 
 
 def parse_moment(text: str) -> float:
@@ -71,34 +96,64 @@ class RestoreResult:
         return {**asdict(self), "restored_to": format_time(self.restored_to)}
 
 
-@dataclass(frozen=True)
-class ReplicaHealth:
-    """How shipping to the replica goes, for readiness checks."""
+ReplicaHealth = Health  # how shipping to the replica goes, for readiness checks
 
-    failed_flushes_in_a_row: int  # flushes whose upload failed since the last that succeeded
-    last_success: float | None  # time.time() of the last flush whose upload succeeded; None: none yet
+
+@dataclass(frozen=True)
+class FleetRestore:
+    """What `restore_fleet` did, and whether the tenants still to restore keep their tokens."""
+
+    groups: GroupsRestored
+    tenants_to_restore: int
+    tokens: TokenCheck
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "groups": asdict(self.groups),
+            "tenants_to_restore": self.tenants_to_restore,
+            "tokens": self.tokens.to_json(),
+            "warning": self.tokens.warning(),
+        }
 
 
 class Backups(FleetHooks):
-    """Owns the replica client, the backup catalog and the shipper. Its life: built (nothing
-    runs), `start`, then at shutdown `stop` (before the fleet closes) and `close` (after)."""
+    """Owns the replica client, the backup catalog, the shipper and the fleet metadata. Its
+    life: built (nothing runs), `start`, then at shutdown `stop` (before the fleet closes) and
+    `close` (after)."""
 
     def __init__(
-        self, replica: ReplicaClient, catalog: BackupCatalog, shipper: Shipper, fleet: Fleet
+        self,
+        replica: SealedReplica,
+        catalog: BackupCatalog,
+        shipper: Shipper,
+        fleet: Fleet,
+        meta: FleetMeta,
     ) -> None:
         self.replica = replica
         self.catalog = catalog
         self.shipper = shipper
         self.fleet = fleet
+        self.meta = meta
 
     def fleet_hooks(self) -> list[FleetHooks]:
         """What the fleet must call: the shipper (commits, opens, closes, deletes), then the
-        service itself (recovering a tenant lost locally but in the bucket)."""
+        service itself (recovering a tenant lost locally but in the bucket, publishing tenant
+        changes in the fleet metadata)."""
         return [self.shipper, self]
 
-    def start(self) -> None:
-        """Know what the bucket can restore (`rebuild_if_empty`; a replica that cannot be read
-        is logged, not raised: the server serves and ships anyway), then start shipping."""
+    def start(self, token_key: str | None) -> None:
+        """`prepare`, then start shipping and publishing the fleet metadata in their threads."""
+        self.prepare(token_key)
+        self.shipper.start()
+        self.meta.start(token_key)
+
+    def prepare(self, token_key: str | None) -> None:
+        """Everything `start` does before its threads run (the fault simulation drives flushes
+        itself): know what the bucket can restore (`rebuild_if_empty`), and on an empty data dir
+        put back the fleet's schema groups before any tenant comes back (a replica that cannot be
+        read is logged, not raised: the server serves and ships anyway), then find the commits a
+        crash left unshipped. `token_key`: the fingerprint of the key that signs tenant tokens
+        (recorded, so a restore can tell whether old tokens will work here)."""
         BACKUP_BACKLOG_BYTES.set_function(self.shipper.backlog_bytes)  # current at every scrape
         try:
             self.rebuild_if_empty()
@@ -108,28 +163,91 @@ class Backups(FleetHooks):
                 "POST /v1/admin/backups/rebuild once it is reachable",
                 exc,
             )
-        self.shipper.start()
+        self.meta.token_key = token_key
+        if not self.fleet.catalog.all_ids() and not self.meta.groups.names():
+            self._restore_fleet_logged()
+        self._recover_tails()
+
+    def _restore_fleet_logged(self) -> None:
+        try:
+            done = self.restore_fleet()
+        except (ReplicaError, BackupBroken) as exc:
+            log.warning(
+                "could not read the fleet metadata from the replica (%s); run `sqlfleet restore --all`", exc
+            )
+            return
+        if done.groups.restored or done.tenants_to_restore:
+            log.warning(
+                "empty data dir: restored groups %s from the replica; %d tenants come back on first use "
+                "or with `sqlfleet restore --all`",
+                ", ".join(done.groups.restored) or "(none)",
+                done.tenants_to_restore,
+            )
+        if done.tokens.warning():
+            log.warning("%s", done.tokens.warning())
 
     def stop(self, deadline: float) -> None:
-        """Shutdown, before the fleet closes: stop the shipper after one last flush, then
-        checkpoint every open tenant whose WAL is fully shipped, giving up at `deadline`
-        (time.monotonic()). Never raises; idempotent."""
+        """Shutdown, before the fleet closes: stop the shipper after one last flush and the
+        fleet metadata after one last round, then checkpoint every open tenant whose WAL is fully
+        shipped, giving up at `deadline` (time.monotonic()). Never raises; idempotent."""
         self.shipper.stop()
+        self.meta.stop()
         self.shipper.checkpoint_shipped(deadline)
 
     def close(self) -> None:
         """Close the catalog and the replica client. Call once the fleet is closed: until then
         its hooks (and requests still finishing) may use them."""
+        self.shipper.close()
         self.catalog.close()
         self.replica.close()
 
     def replica_health(self) -> ReplicaHealth:
-        return ReplicaHealth(self.shipper.failed_in_a_row, self.shipper.last_success or None)
+        return self.shipper.health()
+
+    def _recover_tails(self) -> None:
+        """After a crash: open every tenant that committed since its last flush, so the commits
+        its WAL holds beyond the shipped position are found now, with the times the commit-times
+        journal kept for them, and ship with the first flush; not when it is next used (which
+        may be never, or after a restore that would miss them). Then forget what is left."""
+        for tenant_id in self.shipper.times.recovered_tenants():
+            if not self.fleet.exists(tenant_id):
+                continue
+            try:
+                with self.fleet.lease(tenant_id):
+                    pass
+            except SqlfleetError as exc:
+                log.warning("tenant %s: its unshipped commits wait for its next open (%s)", tenant_id, exc)
+        self.shipper.times.end_recovery()
+
+    def _ship_first(self, tenant: str, at: float) -> None:
+        """Before a restore to `at`: get what the tenant committed up to then into the replica,
+        or refuse to answer with less (ReplicaBehind, InsufficientStorage when the disk is why).
+        A restore in place asks for every commit (`at` infinite): it replaces the live file, and
+        what the replica lacks would be lost for good instead of staying restorable."""
+        if self.fleet.exists(tenant) and not self.fleet.pool.is_open(tenant):
+            try:  # opening finds commits a crash left unshipped in its WAL (backups.continuity)
+                with self.fleet.lease(tenant):
+                    pass
+            except SqlfleetError:
+                pass  # corrupt or missing: restoring it is what the caller wants
+        self.shipper.flush()  # what is committed now is restorable now
+        missing = self.shipper.unshipped_times(tenant, at)
+        if not missing:
+            return
+        health = self.shipper.health()
+        message = (
+            f"{len(missing)} commits of tenant {tenant!r} the restore needs (made from "
+            f"{format_time(missing[0])} to {format_time(missing[-1])}) are not in the replica yet"
+            f"{': ' + health.last_error if health.last_error else ''}; restore again once they are"
+        )
+        raise InsufficientStorage(message) if health.disk_full else ReplicaBehind(message)
 
     def flush(self) -> None:
-        """Ship everything committed so far; returns when it is durable in the replica, or
-        raises ReplicaError."""
+        """Ship everything committed so far, and publish every fleet metadata change; returns
+        when it is durable in the replica, or raises ReplicaError (BackupBroken: our fleet
+        metadata in the replica cannot be read)."""
         self.shipper.ship()
+        self.meta.publish()
 
     def _read(self, key: str, offset: int, length: int) -> bytes:
         return self.replica.get_range(key, offset, length)
@@ -150,23 +268,79 @@ class Backups(FleetHooks):
         return result
 
     def _restore(self, tenant: str, at: float, as_tenant: str | None) -> RestoreResult:
-        self.shipper.flush()  # what is committed now is restorable now
+        self._ship_first(tenant, at if as_tenant is not None else math.inf)
         rows = self.catalog.chunks(tenant)
         plan = restore.plan(tenant, rows, at)
+        restore.check_covered(plan, rows, self.shipper.replica_position(tenant))
         with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir) as tmp:
             path = Path(tmp) / "restored.db"
-            restore.materialize(plan, self._read, path)
+            self._materialize(plan, path)
             target = as_tenant or tenant
             if as_tenant is None and self.fleet.exists(tenant):
                 self.fleet.replace(tenant, path)
             else:
-                source = self.fleet.catalog.get(tenant)
-                self.fleet.create(target, source.group if source else None, template=path)
-        commits = sum(
-            1 for r in plan.frames for lsn, _ in r.commits if plan.snapshot.first_lsn < lsn <= plan.target_lsn
-        )
+                self._create_restored(tenant, target, at, path)
+        base, top = plan.snapshot.first_lsn, plan.target_lsn
+        commits = len({lsn for r in plan.frames for lsn, _ in r.commits if base < lsn <= top})  # overlaps
         log.info("restored %s to %s as %s", tenant, format_time(plan.restored_to), as_tenant or tenant)
         return RestoreResult(as_tenant or tenant, plan.restored_to, plan.generation, commits)
+
+    def _create_restored(self, tenant: str, target: str, at: float, path: Path) -> None:
+        """Create `target` from the restored file of `tenant`, which this server may lack (a lost
+        data dir, a deletion): then the fleet metadata says what `tenant` was at `at`. Restored
+        as itself it keeps its creation time, and unless it had been deleted its incarnation and
+        token generation (so its tokens work again, if this server signs with the same key); a
+        fork keeps its group only. Its group is put back first if this server lacks it."""
+        source = self.fleet.catalog.get(tenant)
+        known = None if source is not None else self.meta.record(tenant)
+        record = known.record if known is not None and micros(known.record.created) <= micros(at) else None
+        group = source.group if source is not None else record.group if record is not None else None
+        if group is not None and source is None and not self.meta.ensure_group(group):
+            log.warning("restoring %s: its group %s is neither here nor in the fleet metadata", tenant, group)
+        row = self.fleet.create(target, group, template=path)
+        if record is not None and target == tenant:
+            alive = record.deleted is None
+            self.fleet.catalog.adopt(
+                target,
+                record.created,
+                record.incarnation if alive else row.incarnation,
+                record.token_generation if alive else row.token_generation,
+            )
+            self.meta.touch(target)
+
+    def restore_fleet(self) -> FleetRestore:
+        """Disaster recovery's first step, before the tenants: put back every schema group the
+        fleet metadata holds and this server lacks (template, migrations, rollout history), and
+        tell whether the tokens of the tenants still to restore will work here. Idempotent.
+        Raises ReplicaError, BackupBroken."""
+        groups = self.meta.restore_groups()
+        missing = [t for t in self.restorable_tenants() if not self.fleet.exists(t)]
+        return FleetRestore(groups, len(missing), self.meta.check_tokens(missing))
+
+    def after_create(self, tenant_id: str, path: Path) -> None:
+        self.meta.touch(tenant_id)
+
+    def after_delete(self, tenant_id: str) -> None:
+        self.meta.touch(tenant_id)
+
+    def after_revoke(self, tenant_id: str) -> None:
+        self.meta.touch(tenant_id)
+
+    def _materialize(self, plan: RestorePlan, path: Path) -> None:
+        """restore.materialize, with a failure explained: a segment sealed with a key this server
+        lacks is named as such (encryption off, it reads as garbage), not as a broken backup."""
+        try:
+            restore.materialize(plan, self._read, path)
+        except (SegmentCorrupt, BackupBroken) as exc:
+            try:
+                self.replica.check_readable(dict.fromkeys([plan.snapshot.key, *(r.key for r in plan.frames)]))
+            except (BackupKeyMissing, BackupTampered):
+                raise
+            except ReplicaError:
+                pass  # the replica cannot answer now: the original failure is the better report
+            if isinstance(exc, SegmentCorrupt):
+                raise BackupBroken(f"backup of {plan.tenant!r} cannot be decoded: {exc}") from None
+            raise
 
     def describe(self, tenant: str) -> dict[str, Any]:
         """Restore points of a tenant: earliest and latest, generations, snapshots."""
@@ -204,7 +378,7 @@ class Backups(FleetHooks):
         plan = restore.plan(tenant, self.catalog.chunks(tenant), time.time())
         with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir) as tmp:
             path = Path(tmp) / "verify.db"
-            restore.materialize(plan, self._read, path)
+            self._materialize(plan, path)
             with self.fleet.lease(tenant) as handle:
                 assert handle.conn is not None
                 live = self.shipper.spool.copy_database(handle.conn)
@@ -221,18 +395,31 @@ class Backups(FleetHooks):
         }
 
     def rebuild_catalog(self, progress: Progress | None = None) -> int:
-        """Recreate every chunk row from the segments in the bucket; returns the segment count."""
-        keys = [o.key for o in self.replica.list("segments/")]
-        for done, key in enumerate(keys, 1):
-            head = self.replica.get_range(key, 0, 64 << 10)
-            need = PREFIX_SIZE + index_length(head)
-            if len(head) < need:
-                head = self.replica.get_range(key, 0, need)
-            meta, refs = parse_index(head, key)
-            self.catalog.add_segment(key, float(meta.get("created", 0.0)), refs)  # type: ignore[arg-type]
-            if progress:
-                progress(done, len(keys))
+        """Recreate every chunk row from the segments in the bucket; returns the segment count.
+        Segments made before encryption was turned on are read too (restore refuses them until
+        `rekey` has sealed them); one sealed with a key this server lacks raises BackupKeyMissing."""
+        with self.catalog.maintenance:  # not while rekey moves chunks between copies
+            keys = [o.key for o in self.replica.list("segments/")]
+            # all or nothing on keys: a catalog rebuilt from some segments would restore less
+            self.replica.check_readable(keys)
+            for done, key in enumerate(keys, 1):
+                head = self.replica.read_range(key, 0, 64 << 10, allow_plaintext=True)
+                need = PREFIX_SIZE + index_length(head)
+                if len(head) < need:
+                    head = self.replica.read_range(key, 0, need, allow_plaintext=True)
+                meta, refs = parse_index(head, key)
+                self.catalog.add_segment(key, float(meta.get("created", 0.0)), refs)  # type: ignore[arg-type]
+                if progress:
+                    progress(done, len(keys))
         return len(keys)
+
+    def rekey(self, after: str | None = None, limit: int = 100) -> RekeyBatch:
+        """One batch of re-encrypting what retention still needs with the current key (see
+        backups/rekey.py): pass the answer's `next` as `after` until it is None."""
+        batch = rekey_batch(self.replica, self.catalog, self.shipper.spool, after, limit)
+        if batch.next is None:  # its last batch resealed the fleet metadata, maybe over newer
+            self.meta.republish()
+        return batch
 
     def enforce_retention(self, window: float) -> tuple[int, int]:
         """Delete what no restore inside the last `window` seconds needs (the shipper also does

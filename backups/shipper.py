@@ -2,9 +2,11 @@
 
 The front the fleet sees (its FleetHooks) and the flush loop; the work is done by
 - `ledger`: what is shipped and what is pending, per tenant (a wal_hook notes every commit),
-- `continuity`: whether a tenant's WAL continues what was shipped, else a new generation,
-- `flush`: capture, pack, upload, then advance — nothing advances before the PUT succeeded,
-- `checkpoint`: checkpoints and snapshots, only of what is durable in the replica,
+- `commit_times`: each commit's time in a journal too, so a crash of the process keeps it,
+- `continuity`: whether a tenant's files continue what was shipped, else a new generation,
+- `flush`: capture, pack, upload, then advance — nothing advances before every step succeeded,
+- `checkpoint`: checkpoints and snapshots; what is not in the replica yet is carried first,
+- `carry`: frames a checkpoint took out of a WAL, durable on local disk until a flush ships them,
 - `retention`: deleting what no restore inside the window needs (about once a minute),
 - `spool`: where segments being built and snapshot copies wait: in memory within a budget, else
   in temporary files, so memory stays bounded whatever one commit's or tenant's size.
@@ -17,20 +19,26 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import apsw
 
 from backups import retention
+from backups.carry import Carry
 from backups.catalog import BackupCatalog
 from backups.checkpoint import Checkpointer, Lease, Policy
+from backups.commit_times import CommitTimes
 from backups.continuity import Continuity
-from backups.errors import ReplicaError
+from backups.errors import ReplicaError, WalCorrupt
 from backups.flush import Flusher
 from backups.ledger import Ledger
+from backups.quota import ReplicaQuota
 from backups.replica import ReplicaClient
 from backups.segment import TOMBSTONE, Chunk
 from backups.spool import Spool
+from metrics.instruments import BACKUP_FLUSH_CPU, LIMIT_REFUSALS
+from tenants.errors import SqlfleetError
 from tenants.files import write_durably
 from tenants.hooks import FleetHooks
 from tenants.layout import Layout
@@ -51,6 +59,22 @@ class ShipperConfig:
     max_backlog_bytes: int  # unshipped WAL bytes past which a tenant turns read-only
     retention: float  # seconds of history kept restorable
     spool_bytes: int  # segments and snapshot copies are held in memory up to this, then in files
+    tenant_quota_bytes: int  # compressed bytes one tenant may add to the replica per window ...
+    tenant_quota_window: float  # ... of this many seconds; past it its writes are refused
+    unready_after: float  # a commit this many seconds old not in the replica makes the server unready
+
+
+@dataclass(frozen=True)
+class Health:
+    """How shipping to the replica goes, for readiness checks."""
+
+    failed_flushes_in_a_row: int  # flushes that failed since the last that succeeded
+    last_success: float | None  # time.time() of the last flush that shipped something; None: none yet
+    behind_seconds: float  # age of the oldest commit not in the replica (or of the failing streak)
+    last_error: str | None  # why the last flush failed (None: it did not)
+    disk_full: bool  # the last flush failed because the data disk is full
+    ready: bool  # not behind by more than `unready_after`
+    reason: str | None  # why not ready
 
 
 class Shipper(FleetHooks):
@@ -72,12 +96,27 @@ class Shipper(FleetHooks):
         # Built with the data-dir lock held: nothing else can be using what a crash left there.
         self.spool = Spool(layout.system_dir / "spool", config.spool_bytes)
         self.spool.clear()
-        self.ledger = Ledger()
-        self.continuity = Continuity(self.ledger, catalog, layout, self.spool)
-        self.flusher = Flusher(self.ledger, replica, catalog, server_id, config.segment_max_bytes, self.spool)
+        self.times = CommitTimes(layout.system_dir / "commit-times")
+        self.ledger = Ledger(self.times)
+        self.carry = Carry(layout.system_dir / "carry")
+        self.ledger.orphans += self.carry.recover()  # checkpointed away before a crash: ship them
+        self.continuity = Continuity(self.ledger, catalog, layout, self.spool, self.times, self.carry)
+        self.quota = ReplicaQuota(config.tenant_quota_bytes, config.tenant_quota_window)
+        self.flusher = Flusher(
+            self.ledger,
+            replica,
+            catalog,
+            server_id,
+            config.segment_max_bytes,
+            self.spool,
+            self.quota,
+            self.times,
+        )
         policy = Policy(config.checkpoint_frames, config.snapshot_bytes, config.snapshot_interval)
-        self.checkpointer = Checkpointer(self.ledger, catalog, self.continuity, self.flusher, lease, policy)
+        self.checkpointer = Checkpointer(self.ledger, catalog, self.continuity, self.carry, lease, policy)
         self._flush_lock = threading.Lock()
+        self._wanted: set[str] = set()  # tenants to checkpoint at the next flush, however long their WAL
+        self._wanted_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,7 +127,20 @@ class Shipper(FleetHooks):
 
     def after_open(self, tenant_id: str, conn: apsw.Connection, sandbox: Sandbox) -> None:
         conn.set_wal_hook(self.ledger.commit_hook(tenant_id))
+        conn.set_commit_hook(partial(self._within_quota, tenant_id, sandbox), id=ReplicaQuota)
         self.continuity.opened(tenant_id, conn)
+
+    def _within_quota(self, tenant_id: str, sandbox: Sandbox) -> bool:
+        """SQLite's commit hook: False lets the commit go on; past the tenant's replica quota
+        ReplicaQuotaExceeded rolls the transaction back and reaches the caller. The server's
+        own (trusted) commits always go through."""
+        if not sandbox.trusted:
+            try:
+                self.quota.check(tenant_id)
+            except SqlfleetError:
+                LIMIT_REFUSALS.labels("replica_bytes").inc()
+                raise
+        return False
 
     def writable(self, tenant_id: str) -> bool:
         """False while the tenant's unshipped WAL exceeds the backlog bound (replica down)."""
@@ -129,6 +181,10 @@ class Shipper(FleetHooks):
             self._thread = None
         self._flush_logged()
 
+    def close(self) -> None:
+        """Release the commit-times journal (after `stop`). Idempotent."""
+        self.times.close()
+
     def _flush_logged(self) -> bool:
         # A bug in one flush must not end shipping for good (the loop) or stop a shutdown.
         try:
@@ -166,17 +222,50 @@ class Shipper(FleetHooks):
         """Ship every dirty tenant's new commits in shared segments, then checkpoint and
         snapshot what is due: every commit made before the call is durable in the replica when
         it returns (except a tenant found broken: its new generation ships with the next flush).
-        Raises ReplicaError if an upload failed (nothing was lost: the next flush retries from the
-        last durable position)."""
+        Raises ReplicaError if an upload failed, and whatever else failed (a full disk under the
+        catalog: apsw.FullError); nothing was lost, the next flush retries from the last durable
+        position."""
         with self._flush_lock:
-            tenants = self.flusher.run()
-            self.checkpointer.maintain(tenants)
+            cpu = time.thread_time()
+            try:
+                tenants = self.flusher.run()
+                self.checkpointer.maintain(tenants)
+                self._checkpoint_wanted()
+            finally:
+                BACKUP_FLUSH_CPU.inc(time.thread_time() - cpu)
+
+    def request_checkpoint(self, tenant_id: str) -> None:
+        """Checkpoint the tenant's WAL after the next flush that succeeds, however long it is (the
+        WAL guard refused a write: its file is over max_wal_bytes); what that flush did not ship
+        is carried first. Never blocks."""
+        with self._wanted_lock:
+            self._wanted.add(tenant_id)
+
+    def _checkpoint_wanted(self) -> None:
+        # caller holds the flush lock; a tenant closed, busy or failing now asks again on its
+        # next refused write
+        with self._wanted_lock:
+            wanted, self._wanted = self._wanted, set()
+        for tenant_id in sorted(wanted):
+            entry = self.ledger.get(tenant_id)
+            if entry is None or entry.broken:
+                continue
+            try:
+                self.checkpointer.checkpoint(tenant_id, entry, snapshot=False)
+            except (SqlfleetError, WalCorrupt, OSError, apsw.Error) as exc:
+                log.warning("tenant %s: requested checkpoint skipped (%s)", tenant_id, exc)
 
     def flush(self) -> bool:
-        """`ship`, returning False instead of raising if an upload failed."""
+        """`ship`, returning False instead of raising if the flush failed (logged)."""
         try:
             self.ship()
         except ReplicaError:
+            return False  # logged by the flusher
+        except Exception as exc:
+            if self.flusher.failing_since is None:  # not a flush step: a bug elsewhere
+                log.exception("backup maintenance failed; will retry")
+            else:
+                log.debug("backup flush failed", exc_info=exc)
             return False
         return True
 
@@ -194,8 +283,52 @@ class Shipper(FleetHooks):
 
     @property
     def failed_in_a_row(self) -> int:
-        """Flushes whose upload failed since the last that succeeded."""
+        """Flushes that failed since the last that succeeded."""
         return self.flusher.failed_in_a_row
+
+    def health(self) -> Health:
+        """Whether the replica keeps up: not ready once the oldest commit it lacks (or the
+        current streak of failing flushes) is older than `unready_after`, saying why."""
+        now = time.time()
+        flusher = self.flusher
+        oldest = self.ledger.oldest_pending(default=now)
+        if flusher.failing_since is not None:
+            oldest = min(oldest, flusher.failing_since)
+        behind = max(0.0, now - oldest)
+        reason = None
+        if behind > self.config.unready_after:
+            reason = (
+                f"the replica has taken no flush for {behind:.0f} s "
+                f"(backup_unready_after is {self.config.unready_after:g} s)"
+            )
+            if flusher.last_error is not None:
+                reason += f": {flusher.last_error}"
+        return Health(
+            flusher.failed_in_a_row,
+            flusher.last_success or None,
+            behind,
+            flusher.last_error,
+            flusher.last_error_disk_full,
+            reason is None,
+            reason,
+        )
+
+    def replica_position(self, tenant_id: str) -> tuple[str, int] | None:
+        """(generation, last LSN) of the tenant that is in the replica, as far as the catalog's
+        position and the carried chunks still waiting say; None if nothing was shipped."""
+        position = self.catalog.position(tenant_id)
+        if position is None:
+            return None
+        with self.ledger.lock:
+            entry = self.ledger.logs.get(tenant_id)
+            carried = [*(entry.carried if entry is not None else ()), *self.ledger.orphans]
+        generation = position.generation
+        waiting = [c.first_lsn for c in carried if c.tenant == tenant_id and c.generation == generation]
+        return position.generation, min([position.lsn, *(lsn - 1 for lsn in waiting)])
+
+    def unshipped_times(self, tenant_id: str, at: float) -> list[float]:
+        """The times of the tenant's commits at or before `at` not in the replica yet."""
+        return self.ledger.unshipped_times(tenant_id, at)
 
     def backlog_bytes(self, tenant_id: str | None = None) -> int:
         """Unshipped WAL bytes (estimated from frame counts) of one tenant or all."""

@@ -48,6 +48,10 @@ BACKUP_UPLOAD_RETRIES = Counter(
     "sqlfleet_backup_upload_retries_total", "Uploads of data an earlier flush failed to upload."
 )
 BACKUP_SNAPSHOTS = Counter("sqlfleet_backup_snapshots_total", "Snapshots made durable in the replica.")
+BACKUP_FLUSH_CPU = Counter(
+    "sqlfleet_backup_flush_cpu_seconds_total",
+    "CPU time of the shipper's flushes (capture, packing, upload, catalog, checkpoints), succeeded or not.",
+)
 RESTORES = Counter("sqlfleet_restores_total", "Restores run, by outcome.", ["outcome"])
 RESTORE_SECONDS = Histogram(
     "sqlfleet_restore_duration_seconds",
@@ -61,4 +65,17 @@ SCHEMA_CATCH_UPS = Counter(
 )
 ROLLOUT_TENANTS = Counter(
     "sqlfleet_rollout_tenants_total", "Tenants handled by schema rollouts, by outcome.", ["outcome"]
+)
+DISK_FULL = Counter(
+    "sqlfleet_disk_full_total",
+    "Operations that failed because the data disk is full: requests answered HTTP 507, backup "
+    "flushes that could not write locally.",
+    ["where"],
+)
+for _where in ("request", "backup"):  # exported at zero from the start, so alerts and panels see them
+    DISK_FULL.labels(_where)
+LIMIT_REFUSALS = Counter(
+    "sqlfleet_limit_refusals_total",
+    "Requests or writes refused because a bound was reached, by bound (no tenant label).",
+    ["limit"],
 )

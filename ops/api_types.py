@@ -29,6 +29,11 @@ class MintedToken(TypedDict):
     expires_at: int
 
 
+class RevokedTokens(TypedDict):
+    tenant: str
+    revoked_at: str
+
+
 # -- backups -----------------------------------------------------------------------------------------
 
 
@@ -72,6 +77,37 @@ class VerifyResult(TypedDict):
 class RestorableTenant(TypedDict):
     id: str
     exists: bool
+
+
+class GroupsRestored(TypedDict):
+    restored: list[str]
+    present: list[str]
+    failed: dict[str, str]
+
+
+class TokenCheck(TypedDict):
+    signing_key: str | None
+    minted_with: list[str]
+    unknown: int
+    changed_key: int
+    survive: bool
+    warning: str | None
+
+
+class FleetRestore(TypedDict):
+    groups: GroupsRestored
+    tenants_to_restore: int
+    tokens: TokenCheck
+    warning: str | None
+
+
+class RekeyBatch(TypedDict):
+    key_id: str
+    total: int
+    checked: int
+    rewritten: int
+    missing: int
+    next: str | None
 
 
 # -- schema groups, migrations, rollouts ----------------------------------------------------------

@@ -14,12 +14,15 @@ import httpx
 
 from ops.api_types import (
     BackupInfo,
+    FleetRestore,
     GroupInfo,
     Migration,
     MintedToken,
     Readiness,
+    RekeyBatch,
     RestorableTenant,
     RestoreResult,
+    RevokedTokens,
     Rollout,
     SyncPlan,
     TenantInfo,
@@ -119,6 +122,14 @@ class AdminClient:
             raise ClientError(f"unexpected answer from {self.url}: no token")
         return cast(MintedToken, answer)
 
+    def revoke_tokens(self, tenant_id: str) -> RevokedTokens:
+        """Make every token minted for the tenant so far stop working (ApiError 404 if there is
+        no such tenant); tokens minted afterwards work."""
+        answer = self._json("POST", _tenant_path(tenant_id) + "/tokens/revoke")
+        if not isinstance(answer.get("revoked_at"), str):
+            raise ClientError(f"unexpected answer from {self.url}: no revocation time")
+        return cast(RevokedTokens, answer)
+
     # -- backups -------------------------------------------------------------------------------
 
     def restore(
@@ -160,6 +171,26 @@ class AdminClient:
         if not isinstance(tenants, list):
             raise ClientError(f"unexpected answer from {self.url}: no tenant list")
         return cast(list[RestorableTenant], tenants)
+
+    def restore_fleet(self) -> FleetRestore:
+        """Disaster recovery's first step: the server puts back the schema groups it lacks from
+        the fleet metadata in the bucket; `warning` says when old tenant tokens will not work."""
+        answer = self._json("POST", "/v1/admin/backups/fleet/restore")
+        if not isinstance(answer.get("groups"), dict) or not isinstance(answer.get("tokens"), dict):
+            raise ClientError(f"unexpected answer from {self.url}: no fleet restore summary")
+        return cast(FleetRestore, answer)
+
+    def rekey_backups(self, after: str | None = None, limit: int | None = None) -> RekeyBatch:
+        """One batch of re-encrypting the server's backups with its current key: up to `limit`
+        segments after the cursor `after`. Call again with the answer's `next` until it is None.
+        ApiError 409 when the server has no encryption keys (or no backups)."""
+        body: dict[str, Any] = {"after": after}
+        if limit is not None:
+            body["limit"] = limit
+        answer = self._json("POST", "/v1/admin/backups/rekey", json=body)
+        if not isinstance(answer.get("checked"), int) or "next" not in answer:
+            raise ClientError(f"unexpected answer from {self.url}: no rekey progress")
+        return cast(RekeyBatch, answer)
 
     # -- schema groups and migrations ----------------------------------------------------------
 

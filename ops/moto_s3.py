@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import random
 import select
@@ -28,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from ops.errors import LaunchError
 from ops.process import REPO, kill, spawn, stop
@@ -290,7 +292,7 @@ def _serve(port: int) -> None:
 
     # S3 alone, without moto's dispatcher that guesses the service per request: a third less
     # CPU per request. Path-style addressing only (virtual-host names would need DNS anyway).
-    app = create_backend_app("s3")
+    app = _Counted(create_backend_app("s3"))
 
     def listen() -> Server:
         deadline = time.monotonic() + 10
@@ -322,6 +324,38 @@ def _serve(port: int) -> None:
             replies.write(f"failed {command}: {e!r}\n")
             continue
         replies.write(f"ok {command}\n")
+
+
+REQUESTS_PATH = "/_sqlfleet/requests"  # GET: the request counts of `_Counted`, as JSON
+
+
+class _Counted:
+    """WSGI middleware of the child: counts requests by access key id, method and top-level key
+    prefix (the first path segment after the bucket, or a listing's `prefix`), so a benchmark can
+    tell each replicator's requests from its own; GET REQUESTS_PATH returns the counts."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.counts: dict[tuple[str, str, str], int] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == REQUESTS_PATH:
+            with self.lock:
+                body = json.dumps([[*k, n] for k, n in self.counts.items()]).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        key_id = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else ""
+        parts = path.lstrip("/").split("/")
+        prefix = (
+            parts[1] if len(parts) > 1 else parse_qs(environ.get("QUERY_STRING", "")).get("prefix", [""])[0]
+        )
+        counted = (key_id, environ.get("REQUEST_METHOD", ""), prefix.split("/", 1)[0])
+        with self.lock:
+            self.counts[counted] = self.counts.get(counted, 0) + 1
+        return self.app(environ, start_response)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:

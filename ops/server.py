@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -14,10 +15,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 
 from backups.catalog import BackupCatalog
+from backups.fleet_meta import FleetMeta
 from backups.replica_url import open_replica
+from backups.sealed_replica import SealedReplica
 from backups.service import Backups
 from backups.shipper import Shipper, server_id
 from metrics.instruments import TENANT_BYTES
@@ -31,6 +36,7 @@ from router.hrana import Streams
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
+from tenants.checkpointer import Checkpointer, WalGuard
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 
@@ -53,13 +59,14 @@ class Server:
     @classmethod
     def build(cls, settings: Settings) -> Server:
         """Take the data dir (raises DataDirLocked if another server has it) and build the app."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         groups = GroupStore(settings.data_dir, settings.migration_timeout)
         hooks = _Hooks(settings, groups)
         fleet = Fleet(settings.data_dir, settings.db_config(), settings.pool_config(), hooks)
         try:
             admin_key, generated = keys.admin_key(settings.admin_key, settings.data_dir)
-            auth = Authenticator(keys.signing_key(settings.signing_key_file, settings.data_dir), admin_key)
+            signing_key = keys.signing_key(settings.signing_key_file, settings.data_dir)
+            auth = Authenticator(signing_key, admin_key, fleet.catalog.get)
         except BaseException:
             fleet.close()
             if hooks.backups is not None:
@@ -85,7 +92,7 @@ class Server:
         try:
             TENANT_BYTES.set_function(fleet.catalog.total_size)
             if hooks.backups is not None:
-                hooks.backups.start()
+                hooks.backups.start(token_key_fingerprint(signing_key))
         except BaseException:
             server.close()
             raise
@@ -123,6 +130,7 @@ class Server:
             self.fleet.close()
         if backups is not None:
             backups.close()  # after the fleet: nothing calls its hooks any more
+        self.context.close()
 
 
 class _Hooks:
@@ -139,34 +147,48 @@ class _Hooks:
         settings = self._settings
         hooks: list[FleetHooks] = []
         if settings.backups:
-            self.backups = _backups(settings, fleet)
+            self.backups = _backups(settings, fleet, self._groups)
             hooks += self.backups.fleet_hooks()
+            on_full = self.backups.shipper.request_checkpoint
+        else:  # nothing else would ever checkpoint
+            checkpointer = Checkpointer(settings.wal_config(), fleet.lease_if_open)
+            hooks.append(checkpointer)
+            on_full = checkpointer.request
+        hooks.append(WalGuard(settings.max_wal_bytes, on_full))
         schema = SchemaHooks(self._groups, fleet.group_of, settings.lazy_catch_up, settings.migration_timeout)
         return [*hooks, schema]
 
 
-def _backups(settings: Settings, fleet: Fleet) -> Backups:
-    """WAL shipping and restore over the replica; not started yet (`Backups.start`)."""
-    replica = open_replica(
-        settings.replica_target(),
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        force_path_style=settings.s3_force_path_style,
+def _backups(settings: Settings, fleet: Fleet, groups: GroupStore) -> Backups:
+    """WAL shipping, the fleet metadata (groups, tenant identities) and restore over the
+    replica; not started yet (`Backups.start`)."""
+    keyring = settings.backup_keyring()  # before anything opens: a bad key file stops the start
+    replica = SealedReplica(
+        open_replica(
+            settings.replica_target(),
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            force_path_style=settings.s3_force_path_style,
+        ),
+        keyring,
     )
     try:
         catalog = BackupCatalog(fleet.layout.system_dir / "backups.db")
     except BaseException:
         replica.close()
         raise
-    shipper = Shipper(
-        replica,
-        catalog,
-        fleet.layout,
-        settings.shipper_config(),
-        server_id(fleet.layout),
-        fleet.lease_if_open,
-    )
-    return Backups(replica, catalog, shipper, fleet)
+    config = settings.shipper_config()
+    server = server_id(fleet.layout)
+    shipper = Shipper(replica, catalog, fleet.layout, config, server, fleet.lease_if_open)
+    meta = FleetMeta(replica, fleet.catalog, groups, server, config.flush_interval, config.retention)
+    return Backups(replica, catalog, shipper, fleet, meta)
+
+
+def token_key_fingerprint(key: Ed25519PrivateKey) -> str:
+    """Names the key that signs tenant tokens without revealing it: a hash of its public key.
+    Kept in the fleet metadata, so a restore can tell whether old tokens will work here."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 # The share of `shutdown_timeout` in-flight requests get (a statement is bounded by its own
@@ -199,6 +221,9 @@ class _Uvicorn(uvicorn.Server):
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: uvicorn stops accepting and finishes in-flight requests,
     then every tenant handle is closed and the data-dir lock released."""
+    # Whatever the server makes (tenant files, WALs, catalogs, replica objects, keys, spool
+    # files) is readable by its user only; the tenants layer also sets modes explicitly.
+    os.umask(0o077)
     configure_logging(settings)
     server = Server.build(settings)
     url = f"http://{settings.host}:{settings.port}"
@@ -214,6 +239,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        server_header=False,  # no `server: uvicorn`: responses name no software or host detail
         log_config=None,  # uvicorn's loggers propagate to ours, in the same format
         lifespan="off",
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout * DRAIN_SHARE)),

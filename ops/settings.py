@@ -12,8 +12,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from backups.keyring import Keyring
 from backups.shipper import ShipperConfig
 from router.context import RouterConfig
+from tenants.checkpointer import WalConfig
 from tenants.config import DbConfig, PoolConfig
 from tenants.errors import BadRequest
 
@@ -77,11 +79,69 @@ class Settings:
     statement_timeout: float = field(
         default=2.0, metadata=_doc("Seconds one statement may run before it is interrupted (HTTP 504).")
     )
+    request_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds all statements of one request (a REST batch, a Hrana pipeline or cursor) may "
+            "run together; the rest do not run: HTTP 504 (request_time_limit) for REST, an error "
+            "result per remaining step or request for Hrana."
+        ),
+    )
+    heavy_worker_seconds: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Worker-thread seconds a tenant may have used lately (decaying over fair_share_window) "
+            "before its requests run in the heavy lane: worker_threads/2 threads of their own at a "
+            "lower OS priority, so slow tenants never hold the threads everyone else needs."
+        ),
+    )
+    fair_share_window: float = field(
+        default=10.0,
+        metadata=_doc("Seconds over which a tenant's worker time decays (by e) for heavy_worker_seconds."),
+    )
     max_sql_length: int = field(default=100_000, metadata=_doc("Longest SQL text accepted, bytes."))
     max_result_rows: int = field(default=10_000, metadata=_doc("Most rows one result may carry."))
     max_result_bytes: int = field(default=8 << 20, metadata=_doc("Largest result, bytes (approximate)."))
+    max_like_pattern_length: int = field(
+        default=100,
+        metadata=_doc(
+            "Longest LIKE/GLOB pattern, bytes. One match costs up to value length x pattern length in one "
+            "uninterruptible step: 100 bytes over the largest value (8 MB) is ~0.7 s here."
+        ),
+    )
+    max_request_result_bytes: int = field(
+        default=8 << 20,
+        metadata=_doc(
+            "Largest results of one request across all its statements, bytes as the response's JSON "
+            "holds them (base64, escapes): HTTP 413 (results_too_large) for REST, an error result "
+            "for Hrana."
+        ),
+    )
+    max_inflight_result_bytes: int = field(
+        default=128 << 20,
+        metadata=_doc(
+            "Result bytes all requests in flight may hold together (being built or sent); past it "
+            "HTTP 503 (server_busy) with Retry-After."
+        ),
+    )
     max_db_bytes: int = field(default=1 << 30, metadata=_doc("Largest tenant database, bytes."))
+    max_wal_bytes: int = field(
+        default=512 << 20,
+        metadata=_doc(
+            "Largest a tenant's WAL file may be, bytes: a write committing while it is larger gets "
+            "HTTP 429 (wal_full) and is rolled back, until the WAL is checkpointed (with backups, "
+            "once shipped). Without backups a WAL is checkpointed right after the commit that takes "
+            "it to backup_checkpoint_frames."
+        ),
+    )
     max_body_bytes: int = field(default=4 << 20, metadata=_doc("Largest request body, bytes (HTTP 413)."))
+    body_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a client may take to send a whole request body, from the request's start; past "
+            "it HTTP 408 and the connection is closed (a slowly dribbled body holds nothing longer)."
+        ),
+    )
     max_batch_statements: int = field(default=1000, metadata=_doc("Most statements in one batch."))
     max_token_ttl: int = field(
         default=365 * 86400, metadata=_doc("Longest lifetime a minted tenant token may have, seconds.")
@@ -91,6 +151,14 @@ class Settings:
         metadata=_doc(
             "Seconds a request waits for a tenant held by an open (Hrana) transaction before it "
             "gets HTTP 503 with Retry-After."
+        ),
+    )
+    preempt_wait: float = field(
+        default=5.0,
+        metadata=_doc(
+            "Seconds an admin operation (delete, restore in place, a migration, shutdown) waits for "
+            "a Hrana transaction holding the tenant before it preempts it: the transaction is rolled "
+            "back and its stream answers STREAM_EXPIRED saying why."
         ),
     )
     stream_idle_timeout: float = field(
@@ -185,6 +253,33 @@ class Settings:
             "temporary files under DATA_DIR/system/spool, whatever one commit's or tenant's size."
         ),
     )
+    backup_encryption_key_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "File of AES-256 keys that encrypt every backup object before it leaves the server: one "
+            "`KEYID:BASE64KEY` line per key (32 random bytes, e.g. `k1:$(openssl rand -base64 32)`); "
+            "the first seals new objects, the others keep older ones readable until `sqlfleet backups "
+            "rekey`. Read at start. Unset: backups are not encrypted."
+        ),
+    )
+    backup_tenant_quota_bytes: int = field(
+        default=1 << 30,
+        metadata=_doc(
+            "Compressed bytes one tenant's commits and snapshots may add to the replica within "
+            "backup_tenant_quota_window; past it its writes get HTTP 429 (replica_quota_exceeded, "
+            "Retry-After) until enough ages out, so one tenant's churn cannot fill the bucket."
+        ),
+    )
+    backup_tenant_quota_window: float = field(
+        default=3600.0, metadata=_doc("Seconds of the rolling window backup_tenant_quota_bytes counts.")
+    )
+    backup_unready_after: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds a commit may wait for the replica (flushes failing, or not keeping up) before "
+            "/readyz answers 503, naming why (the last flush error, e.g. a full disk)."
+        ),
+    )
     lazy_catch_up: bool = field(
         default=True,
         metadata=_doc(
@@ -195,7 +290,9 @@ class Settings:
     migration_timeout: float = field(
         default=60.0,
         metadata=_doc(
-            "Seconds one tenant's migration may run; its requests wait meanwhile (bounded by busy_timeout)."
+            "Seconds one statement of a tenant's migration, or one server-internal statement on "
+            "tenant data (bookkeeping, schema reads), may run; its requests wait meanwhile "
+            "(bounded by busy_timeout)."
         ),
     )
     rollout_concurrency: int = field(
@@ -249,7 +346,12 @@ class Settings:
             "max_sql_length",
             "max_result_rows",
             "max_result_bytes",
+            "max_like_pattern_length",
+            "max_request_result_bytes",
+            "max_inflight_result_bytes",
             "max_db_bytes",
+            "max_wal_bytes",
+            "backup_tenant_quota_bytes",
             "max_body_bytes",
             "max_batch_statements",
             "max_streams_per_tenant",
@@ -261,11 +363,18 @@ class Settings:
                 raise BadRequest(f"{name} must be at least 1")
         for name in (
             "statement_timeout",
+            "request_timeout",
+            "heavy_worker_seconds",
+            "fair_share_window",
             "busy_timeout",
+            "preempt_wait",
+            "body_timeout",
             "stream_idle_timeout",
             "backup_flush_interval",
             "backup_retention",
             "backup_snapshot_interval",
+            "backup_tenant_quota_window",
+            "backup_unready_after",
             "migration_timeout",
             "shutdown_timeout",
         ):
@@ -285,13 +394,23 @@ class Settings:
         return self._section(DbConfig, synchronous=self.synchronous.upper())
 
     def pool_config(self) -> PoolConfig:
-        return PoolConfig(capacity=self.pool_capacity, busy_timeout=self.busy_timeout)
+        return PoolConfig(
+            capacity=self.pool_capacity, busy_timeout=self.busy_timeout, preempt_wait=self.preempt_wait
+        )
+
+    def wal_config(self) -> WalConfig:
+        return WalConfig(checkpoint_frames=self.backup_checkpoint_frames, max_wal_bytes=self.max_wal_bytes)
 
     def router_config(self) -> RouterConfig:
         return self._section(RouterConfig)
 
     def shipper_config(self) -> ShipperConfig:
         return self._section(ShipperConfig, prefix="backup_")
+
+    def backup_keyring(self) -> Keyring | None:
+        """The keys of `backup_encryption_key_file`, None when unset. Raises BadRequest."""
+        path = self.backup_encryption_key_file
+        return Keyring.load(path) if path is not None else None
 
     def _section(self, config: type[Section], prefix: str = "", **given: Any) -> Section:
         """A sub-config whose every field is the setting of its name after `prefix`, unless `given`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from router.codec import read_json
 from router.context import Context, ctx
 from tenants.errors import BadRequest
 from tenants.ids import is_name, is_name_prefix, validate_tenant_id
+from tenants.rfc3339 import format_time
 
 _LIMIT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts '²'
 MAX_PAGE = 1000
@@ -93,10 +95,19 @@ async def mint_token(request: Request) -> JSONResponse:
     return JSONResponse({"token": token, "tenant": tenant, "access": access, "expires_at": exp})
 
 
+async def revoke_tokens(request: Request) -> JSONResponse:
+    """Every token minted for the tenant until now stops working; tokens minted from now on work."""
+    c = admin_context(request)
+    tenant = validate_tenant_id(request.path_params["tenant"])
+    await c.blocking(c.fleet.revoke_tokens, tenant)
+    return JSONResponse({"tenant": tenant, "revoked_at": format_time(time.time())})
+
+
 ROUTES = [
     Route("/v1/admin/tenants", create_tenant, methods=["POST"]),
     Route("/v1/admin/tenants", list_tenants, methods=["GET"]),
     Route("/v1/admin/tenants/{tenant}", tenant_info, methods=["GET"]),
     Route("/v1/admin/tenants/{tenant}", delete_tenant, methods=["DELETE"]),
     Route("/v1/admin/tenants/{tenant}/tokens", mint_token, methods=["POST"]),
+    Route("/v1/admin/tenants/{tenant}/tokens/revoke", revoke_tokens, methods=["POST"]),
 ]

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from metrics.exposition import render as render_metrics
 from router import admin_api, backups_api, groups_api, hrana, tenant_api
 from router.access_log import AccessLog
+from router.body_deadline import BodyDeadline
 from router.context import Context, ctx
 from router.errors import EXCEPTION_HANDLERS
 from router.openapi import openapi_document
@@ -30,14 +31,20 @@ UNREADY_AFTER_FAILED_FLUSHES = 3
 
 async def readyz(request: Request) -> JSONResponse:
     """200 while the data-dir lock is held, the replica took the recent flushes (or backups are
-    off) and the server is not shutting down; else 503. Body: every check and the replica's state."""
+    off) and the server is not shutting down; else 503. Body: every check and the replica's state
+    (with `reason` once it is behind by more than backup_unready_after, e.g. a full disk)."""
     c = ctx(request)
     checks = {"data_dir_lock": c.fleet.lock_held, "accepting": not c.shutting_down}
     body: dict[str, object] = {}
     if c.backups is not None:
         health = c.backups.replica_health()
-        checks["replica"] = health.failed_flushes_in_a_row < UNREADY_AFTER_FAILED_FLUSHES
+        failing = health.failed_flushes_in_a_row >= UNREADY_AFTER_FAILED_FLUSHES
+        checks["replica"] = health.ready and not failing
         body["replica"] = dataclasses.asdict(health)
+        if not checks["replica"]:
+            body["reason"] = health.reason or (
+                f"the last {health.failed_flushes_in_a_row} backup flushes failed: {health.last_error}"
+            )
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks, **body}, status_code=200 if ready else 503)
 
@@ -77,7 +84,11 @@ def build_app(context: Context) -> Starlette:
             *hrana.ROUTES,
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
-        middleware=[Middleware(AccessLog), Middleware(RequestMetrics)],
+        middleware=[
+            Middleware(AccessLog),
+            Middleware(RequestMetrics),
+            Middleware(BodyDeadline, timeout=context.config.body_timeout),
+        ],
     )
     app.state.ctx = context
     return app

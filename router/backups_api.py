@@ -1,4 +1,5 @@
-"""Admin routes for backups: restore to a moment, list restore points, verify, rebuild, DR."""
+"""Admin routes for backups: restore to a moment, list restore points, verify, rebuild, DR (the
+fleet metadata, then the tenants), rekey."""
 
 from __future__ import annotations
 
@@ -55,6 +56,28 @@ async def rebuild(request: Request) -> JSONResponse:
     return JSONResponse({"segments": await c.blocking(backups.rebuild_catalog)})
 
 
+async def rekey(request: Request) -> JSONResponse:
+    """One batch of re-encrypting the backups with the current key; the answer's `next` goes
+    into the next call's `after` until it is null."""
+    c, backups = _backups(request)
+    body = await read_json(request, c.config.max_body_bytes)
+    reject_unknown(body, {"after", "limit"})
+    after, limit = body.get("after"), body.get("limit", REKEY_BATCH)
+    if after is not None and not isinstance(after, str):
+        raise BadRequest("after must be a segment key (the previous answer's next) or null")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REKEY_BATCH:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_REKEY_BATCH}")
+    batch = await c.blocking(backups.rekey, after, limit)
+    return JSONResponse(batch.to_json())
+
+
+async def restore_fleet(request: Request) -> JSONResponse:
+    """Disaster recovery's first step: put back the schema groups this server lacks; says whether
+    the tokens of the tenants still to restore will work here (`warning` when not)."""
+    c, backups = _backups(request)
+    return JSONResponse((await c.blocking(backups.restore_fleet)).to_json())
+
+
 async def restorable(request: Request) -> JSONResponse:
     """Tenants the bucket can restore (not deleted), with whether each exists locally."""
     c, backups = _backups(request)
@@ -66,6 +89,8 @@ async def restorable(request: Request) -> JSONResponse:
     return JSONResponse({"tenants": await c.blocking(listing)})
 
 
+REKEY_BATCH = 100  # segments one rekey call looks at, unless asked otherwise
+MAX_REKEY_BATCH = 10_000
 _T = "/v1/admin/tenants/{tenant}"
 ROUTES = [
     Route(_T + "/restore", restore, methods=["POST"]),
@@ -73,4 +98,6 @@ ROUTES = [
     Route(_T + "/backups/verify", verify, methods=["POST"]),
     Route("/v1/admin/backups/rebuild", rebuild, methods=["POST"]),
     Route("/v1/admin/backups/tenants", restorable, methods=["GET"]),
+    Route("/v1/admin/backups/fleet/restore", restore_fleet, methods=["POST"]),
+    Route("/v1/admin/backups/rekey", rekey, methods=["POST"]),
 ]

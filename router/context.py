@@ -6,15 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-import anyio
-import anyio.to_thread
 from starlette.requests import Request
 
 from backups.service import Backups
 from router.auth import Authenticator, Principal
+from router.scheduler import Scheduler
 from schema_sync.groups import GroupStore
 from schema_sync.rollout import Rollouts
-from tenants.errors import TenantUnavailable
+from tenants.budget import Budget, Encoding, ResultMemory
 from tenants.fleet import Fleet
 
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ class RouterConfig:
     """Built by `Settings.router_config()`, which holds the defaults."""
 
     max_body_bytes: int
+    body_timeout: float
     max_batch_statements: int
     max_token_ttl: int
     worker_threads: int
@@ -38,12 +38,11 @@ class RouterConfig:
     max_streams_per_tenant: int
     max_streams: int
     base_domain: str | None
-
-
-class _Gate:
-    def __init__(self) -> None:
-        self.lock = anyio.Lock()
-        self.users = 0
+    request_timeout: float
+    max_request_result_bytes: int
+    max_inflight_result_bytes: int
+    heavy_worker_seconds: float
+    fair_share_window: float
 
 
 class Context:
@@ -68,9 +67,14 @@ class Context:
         self.rollouts = rollouts
         self.backups = backups
         self.streams = streams
-        self.limiter = anyio.CapacityLimiter(config.worker_threads)
+        self.scheduler = Scheduler(
+            config.worker_threads,
+            config.max_queued_per_tenant,
+            config.heavy_worker_seconds,
+            config.fair_share_window,
+        )
+        self.results = ResultMemory(config.max_inflight_result_bytes)
         self._accepting = True
-        self._gates: dict[str, _Gate] = {}
 
     @property
     def shutting_down(self) -> bool:
@@ -80,32 +84,30 @@ class Context:
         """From now on /readyz answers 503, so a load balancer drains us. Idempotent."""
         self._accepting = False
 
+    def close(self) -> None:
+        """Let the worker threads of the heavy lane go (idempotent; the owner calls it last)."""
+        self.scheduler.close()
+
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
-        """Run SQLite or file work in a worker thread so the event loop stays free."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        """Run SQLite or file work in a worker thread so the event loop stays free (server
+        work; a tenant's own work goes through `for_tenant`)."""
+        return await self.scheduler.blocking(fn, *args)
 
     async def for_tenant(self, tenant: str, fn: Callable[..., T], *args: object) -> T:
-        """`blocking`, one call per tenant at a time. A tenant's statements are serialized by
-        the pool anyway; queueing here, on the event loop, keeps one busy tenant from holding
-        every worker thread while it waits for its own lock. Raises TenantUnavailable (503)
-        when `max_queued_per_tenant` calls are already waiting. Event-loop only."""
-        gate = self._gates.get(tenant)
-        if gate is None:
-            gate = self._gates[tenant] = _Gate()
-        if gate.users >= self.config.max_queued_per_tenant:
-            raise TenantUnavailable(f"tenant {tenant!r} is busy: {gate.users} requests queued")
-        gate.users += 1
-        try:
-            async with gate.lock:
-                return await self.blocking(fn, *args)
-        finally:
-            gate.users -= 1
-            if gate.users == 0:
-                del self._gates[tenant]
+        """`fn(*args)` in a worker thread as one job of `tenant`: one job per tenant at a time,
+        in the tenant's fair-share lane (router.scheduler). Raises TenantUnavailable (503)
+        when `max_queued_per_tenant` jobs are already waiting. Event-loop only."""
+        return await self.scheduler.call(tenant, fn, *args)
 
     def queued(self, tenant: str) -> bool:
-        """Whether calls for `tenant` are running or waiting in worker threads."""
-        return tenant in self._gates
+        """Whether jobs of `tenant` are running or waiting in worker threads."""
+        return self.scheduler.queued(tenant)
+
+    def budget(self, encoding: Encoding) -> Budget:
+        """A new request's allowance: `request_timeout` from now, `max_request_result_bytes`
+        of results in `encoding`. Release it once the response is sent."""
+        c = self.config
+        return Budget(c.request_timeout, c.max_request_result_bytes, self.results, encoding)
 
     def principal(self, request: Request) -> Principal:
         return self.auth.authenticate(request.headers.get("authorization"))

@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 
-from tenants.errors import MethodNotAllowed, NotFound, SqlfleetError
+from metrics.instruments import DISK_FULL
+from tenants.errors import InsufficientStorage, MethodNotAllowed, NotFound, SqlfleetError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,13 @@ class BackupsDisabled(SqlfleetError):
 
     status = 409
     code = "backups_disabled"
+
+
+class SlowBody(SqlfleetError):
+    """The request body did not arrive within `body_timeout` (router/body_deadline.py)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class ErrorResponse(Response):
@@ -36,7 +44,7 @@ class ErrorResponse(Response):
 def render(exc: SqlfleetError, headers: Mapping[str, str] | None = None) -> Response:
     headers = dict(headers or {})
     if exc.status in (429, 503):
-        headers["Retry-After"] = "1"
+        headers["Retry-After"] = str(exc.detail.get("retry_after", 1))  # a quota knows when it has room
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="sqlfleet"'  # RFC 6750
     return ErrorResponse(exc.to_json(), status_code=exc.status, headers=headers)
@@ -44,7 +52,19 @@ def render(exc: SqlfleetError, headers: Mapping[str, str] | None = None) -> Resp
 
 async def handle_sqlfleet_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SqlfleetError)
+    if exc.status >= 500 and not isinstance(exc, InsufficientStorage) and disk_full(exc):
+        return render(_insufficient_storage(exc))  # a server fault only because the disk is full
     return render(exc)
+
+
+def _insufficient_storage(exc: BaseException) -> InsufficientStorage:
+    """A full disk (tenants.errors.disk_full) as the client sees it: 507, never a 500."""
+    DISK_FULL.labels("request").inc()
+    what = exc.message if isinstance(exc, SqlfleetError) else str(exc) or type(exc).__name__
+    return InsufficientStorage(
+        f"the server's disk is full ({what}): the request changed nothing; retry once an operator "
+        "has freed space"
+    )
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -70,6 +90,9 @@ def _allowed_methods(request: Request) -> str:
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    if disk_full(exc):
+        log.warning("%s %s: the disk is full (%s)", request.method, request.url.path, exc)
+        return render(_insufficient_storage(exc))
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return ErrorResponse({"error": {"code": "internal", "message": "internal server error"}}, 500)
 

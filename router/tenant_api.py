@@ -1,22 +1,30 @@
-"""The per-tenant REST API: one statement, or an atomic batch."""
+"""The per-tenant REST API: one statement, or an atomic batch.
+
+Each request has a Budget (tenants.budget): `request_timeout` seconds for all its statements
+(504 request_time_limit past it; a batch is rolled back), and `max_request_result_bytes` of
+results as its JSON holds them (413 results_too_large, decided before anything is sent).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from router.auth import require_tenant
-from router.codec import dumps, encode_result, parse_statement, read_json
+from router.codec import REST, BudgetedResponse, dumps, encode_result, parse_statement, read_json
 from router.context import ctx
+from tenants.budget import Budget
 from tenants.errors import BadRequest
 from tenants.execute import QueryResult, Statement
 from tenants.fleet import Fleet
 from tenants.ids import validate_tenant_id
 
-INLINE_MAX_ROWS = 200  # larger inline results are encoded to JSON in a thread, not on the loop
+# Larger inline results are encoded to JSON in a thread, not on the event loop.
+INLINE_MAX_ROWS = 200
+INLINE_MAX_BYTES = 64 << 10
 
 
 def _tenant(request: Request) -> tuple[str, bool]:
@@ -28,16 +36,19 @@ def _tenant(request: Request) -> tuple[str, bool]:
 
 # Results are encoded in the worker thread too: a result of megabytes would otherwise hold
 # the event loop while it is turned into JSON.
-def _run_one(fleet: Fleet, tenant: str, stmt: Statement, readonly: bool) -> bytes:
-    return dumps(encode_result(fleet.execute(tenant, stmt, readonly)))
+def _run_one(fleet: Fleet, tenant: str, stmt: Statement, readonly: bool, budget: Budget) -> bytes:
+    return dumps(encode_result(fleet.execute(tenant, stmt, readonly, budget)))
 
 
 def _encode(result: QueryResult) -> bytes:
     return dumps(encode_result(result))
 
 
-def _run_batch(fleet: Fleet, tenant: str, stmts: Sequence[Statement], readonly: bool) -> bytes:
-    return dumps({"results": [encode_result(r) for r in fleet.batch(tenant, stmts, readonly)]})
+def _run_batch(
+    fleet: Fleet, tenant: str, stmts: Sequence[Statement], readonly: bool, budget: Budget
+) -> Generator[None, None, bytes]:
+    results = yield from fleet.batch_steps(tenant, stmts, readonly, budget)
+    return dumps({"results": [encode_result(r) for r in results]})
 
 
 def _parse_indexed(raw: object, index: int) -> Statement:
@@ -53,16 +64,23 @@ async def query(request: Request) -> Response:
     tenant, readonly = _tenant(request)
     c = ctx(request)
     stmt = parse_statement(await read_json(request, c.config.max_body_bytes))
-    # A point read on an open, idle tenant runs on the loop: no thread hand-off. Anything else
-    # (a write, a slow or large read, a tenant that is closed or busy) goes to a worker thread.
-    result = None if c.queued(tenant) else c.fleet.try_inline(tenant, stmt)
-    if result is None:
-        body = await c.for_tenant(tenant, _run_one, c.fleet, tenant, stmt, readonly)
-    elif len(result.rows) <= INLINE_MAX_ROWS:
-        body = dumps(encode_result(result))
-    else:
-        body = await c.blocking(_encode, result)
-    return Response(body, media_type="application/json")
+    budget = c.budget(REST)
+    try:
+        # A point read on an open, idle tenant runs on the loop (tenants.inline decides what
+        # may): no thread hand-off. Anything else (a write, a slow or large read, a tenant that
+        # is closed or busy) goes to a worker thread.
+        result = None if c.queued(tenant) else c.fleet.try_inline(tenant, stmt)
+        if result is None:
+            body = await c.for_tenant(tenant, _run_one, c.fleet, tenant, stmt, readonly, budget)
+        else:
+            for row in result.rows:
+                budget.charge(row)
+            small = len(result.rows) <= INLINE_MAX_ROWS and result.size <= INLINE_MAX_BYTES
+            body = dumps(encode_result(result)) if small else await c.blocking(_encode, result)
+    except BaseException:
+        budget.release()
+        raise
+    return BudgetedResponse(body, budget)
 
 
 async def batch(request: Request) -> Response:
@@ -78,8 +96,13 @@ async def batch(request: Request) -> Response:
     if len(raw) > c.config.max_batch_statements:
         raise BadRequest(f"at most {c.config.max_batch_statements} statements per batch")
     stmts = [_parse_indexed(s, i) for i, s in enumerate(raw)]
-    result = await c.for_tenant(tenant, _run_batch, c.fleet, tenant, stmts, readonly)
-    return Response(result, media_type="application/json")
+    budget = c.budget(REST)
+    try:
+        result = await c.scheduler.run(tenant, _run_batch(c.fleet, tenant, stmts, readonly, budget))
+    except BaseException:
+        budget.release()
+        raise
+    return BudgetedResponse(result, budget)
 
 
 ROUTES = [

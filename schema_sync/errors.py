@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tenants.errors import BadRequest, NotFound, SqlfleetError
+from tenants.errors import BadRequest, NotFound, SqlfleetError, StatementTimeout
 
 
 class GroupExists(SqlfleetError):
@@ -36,6 +36,21 @@ class HistoryMismatch(MigrationFailed):
 
     status = 409
     code = "migration_history_mismatch"
+
+
+class RecordBroken(MigrationFailed):
+    """A database's `_sqlfleet_migrations` is not the table the server made (a view, other
+    columns, triggers or indexes on it): never trusted, never read. Reported for that database."""
+
+    status = 409
+    code = "migration_record_broken"
+
+
+class InternalTimeout(StatementTimeout):
+    """A server-internal statement on a database (bookkeeping, schema reads, foreign key
+    checks) outran its deadline (within a schema change, that change is rolled back)."""
+
+    code = "internal_statement_timeout"
 
 
 class PlanBlocked(MigrationFailed):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import apsw
 
+from schema_sync import archive
 from schema_sync.errors import GroupExists, GroupNotFound, InvalidMigration, MigrationFailed
 from schema_sync.migrations import (
     SLUG,
@@ -38,6 +39,7 @@ from schema_sync.migrations import (
     applied,
     apply,
     check_order,
+    create_record,
     from_text,
     load_dir,
     parse_name,
@@ -47,7 +49,7 @@ from schema_sync.plan import Plan
 from schema_sync.schema import read_schema
 from schema_sync.session import SchemaSession
 from schema_sync.sync import plan_against
-from tenants.errors import BadRequest
+from tenants.errors import BadRequest, SqlfleetError
 from tenants.files import fsync_dir, fsync_file, replace_durably
 from tenants.ids import NAME_RULE, is_name
 from tenants.sandbox import Sandbox
@@ -121,6 +123,7 @@ class GroupStore:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._groups: dict[str, Group] = {}
+        self._changed: set[str] = set()  # since the last take_changed
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -163,6 +166,7 @@ class GroupStore:
             fsync_dir(self.root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self.note_changed(name)
         return self.get(name)
 
     def add_migration(self, name: str, migration_name: str, text: str) -> Migration:
@@ -200,6 +204,7 @@ class GroupStore:
                 if staged_db is not None and target is not None:
                     replace_durably(staged_db, target)
                 replace_durably(staged, path)
+            self.note_changed(group.name)
             return from_text(filename, text, target)
 
     @contextlib.contextmanager
@@ -238,7 +243,66 @@ class GroupStore:
                     done = apply(session, state.migrations, where=where, dry_run=dry_run, upto=upto)
                 if not dry_run:
                     replace_durably(path, group.template_path)
+                    self.note_changed(name)
             return done.applied
+
+    # -- the fleet metadata in the replica: a port that ops wires to backups' FleetMeta, which
+    # publishes what changed and puts groups back after a disaster (schema_sync imports no backups)
+
+    def note_changed(self, name: str) -> None:
+        """Group `name` changed (created, restored, a migration registered or released, a
+        rollout started or ended): the next `take_changed` names it."""
+        with self._lock:
+            self._changed.add(name)
+
+    def take_changed(self) -> set[str]:
+        """The groups changed since the last call (one consumer: the publisher)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+        return changed
+
+    def export(self, name: str) -> bytes:
+        """The group as one archive (schema_sync.archive): its template, migrations and
+        rollout history. Raises GroupNotFound."""
+        group = self.get(name)
+        with group.lock:
+            return archive.pack(name, group.root)
+
+    def restore(self, name: str, data: bytes) -> Group:
+        """Put back group `name` from `export`'s archive, as it was: its template (released
+        head), registered migrations and rollout history. Checked whole before it appears (the
+        template sound, its record agreeing with the migrations). Raises GroupExists, BadRequest."""
+        if not is_name(name):
+            raise BadRequest(f"group names are {NAME_RULE}")
+        root = self.root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}-"))
+        try:
+            archive.unpack(data, name, staging)
+            _check_restored(Group(staging, self.timeout), name)
+            with self._lock:
+                if root.exists():
+                    raise GroupExists(f"group {name!r} already exists")
+                os.rename(staging, root)
+            fsync_dir(self.root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.note_changed(name)
+        return self.get(name)
+
+
+def _check_restored(group: Group, name: str) -> None:
+    with open_template(group.template_path, group.timeout, readonly=True) as session:
+        try:
+            check = session.internal("PRAGMA integrity_check")
+        except apsw.Error as exc:
+            raise BadRequest(f"archive of group {name!r}: the template does not open: {exc}") from None
+    if check != [("ok",)]:
+        raise BadRequest(f"archive of group {name!r}: the template fails integrity_check: {check[0][0]}")
+    try:
+        group.state(fresh=True)
+    except SqlfleetError as exc:
+        raise BadRequest(f"archive of group {name!r} is not a consistent group: {exc.message}") from None
 
 
 @contextlib.contextmanager
@@ -290,10 +354,7 @@ def _build_template(
             except MigrationFailed as exc:
                 raise MigrationFailed(f"the schema script fails: {exc.message}") from None
         if record:
-            session.internal(
-                "CREATE TABLE IF NOT EXISTS _sqlfleet_migrations "
-                "(name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) WITHOUT ROWID"
-            )
+            create_record(session)
     fsync_file(path)
 
 

@@ -5,7 +5,9 @@ see `alembic_render`), or a declarative sync step `NNNN_name.sync.sql` holding a
 Each database records what it applied in its own `_sqlfleet_migrations` table (name, checksum,
 applied_at), in the same transaction as the change, so a failure leaves no trace and a rerun
 resumes. A record that disagrees with the list (an edited file, an unknown name, another order)
-raises HistoryMismatch: reported, never skipped.
+raises HistoryMismatch: reported, never skipped. Tenant SQL may read the record but not change it
+(tenants.sandbox); the server reads it only as `main._sqlfleet_migrations` and only once it has
+checked that is the table it made (a file from before that rule may hold anything there).
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
 
-import apsw
-
-from schema_sync.errors import HistoryMismatch, InvalidMigration
+from schema_sync.errors import HistoryMismatch, InvalidMigration, RecordBroken
 from schema_sync.plan import Plan
+from schema_sync.schema import literal
 from schema_sync.session import SchemaSession
 from schema_sync.sqltext import tokenize
 from schema_sync.sync import plan_against, run_plan
@@ -37,9 +38,10 @@ ALEMBIC_HEADER = "-- sqlfleet: alembic revision "
 SYNC_HEADER = "-- sqlfleet: sync"
 _ALEMBIC_SOURCE = re.compile(re.escape(ALEMBIC_HEADER) + r"(\S+) source sha256 ([0-9a-f]{64})")
 _CREATE_RECORDS = (
-    f"CREATE TABLE IF NOT EXISTS {RECORD_TABLE} "
+    f"CREATE TABLE IF NOT EXISTS main.{RECORD_TABLE} "
     "(name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) WITHOUT ROWID"
 )
+_RECORD_COLUMNS = [("name", "TEXT", 1), ("checksum", "TEXT", 0), ("applied_at", "TEXT", 0)]  # name, type, pk
 
 
 @dataclass(frozen=True)
@@ -143,14 +145,45 @@ def check_order(migrations: Sequence[Migration]) -> None:
         raise InvalidMigration(f"two migrations are numbered {dup:04d}")
 
 
+def create_record(session: SchemaSession) -> None:
+    """Create the database's (empty) record if it has none."""
+    session.internal(_CREATE_RECORDS)
+
+
+def has_record(session: SchemaSession) -> bool:
+    """Whether the database has a record: False if it has none. Raises RecordBroken if
+    `main._sqlfleet_migrations` is not the table `create_record` makes: a view, a virtual table,
+    other columns, or with triggers or indexes of its own."""
+    listed = session.internal(f"PRAGMA main.table_list({literal(RECORD_TABLE)})")
+    if not listed:
+        return False
+    kind = str(listed[0][2])
+    if kind != "table":
+        raise RecordBroken(f"{RECORD_TABLE} is a {kind}, not the table the server made: not trusted")
+    columns = session.internal(f"PRAGMA main.table_xinfo({literal(RECORD_TABLE)})")
+    shape = [(str(name).lower(), str(type_).upper(), int(pk)) for _, name, type_, _, _, pk, _ in columns]
+    if shape != _RECORD_COLUMNS:
+        raise RecordBroken(f"{RECORD_TABLE} does not have the columns the server made: not trusted")
+    attached = session.internal(
+        " UNION ALL ".join(
+            f"SELECT type, name FROM {schema}.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE"
+            " AND type IN ('index', 'trigger') AND sql IS NOT NULL"
+            for schema in ("main", "temp")  # a TEMP trigger may sit on a main table
+        ),
+        (RECORD_TABLE,),
+    )
+    if attached:
+        kind, name = attached[0]
+        raise RecordBroken(f"{RECORD_TABLE} has a {kind} ({name}) the server did not make: not trusted")
+    return True
+
+
 def applied(session: SchemaSession) -> list[Applied]:
-    """The database's record, oldest first; empty if it has none."""
-    try:
-        records = session.internal(f"SELECT name, checksum, applied_at FROM {RECORD_TABLE} ORDER BY name")
-    except apsw.SQLError as exc:
-        if f"no such table: {RECORD_TABLE}" in str(exc):
-            return []
-        raise
+    """The database's record, oldest first; empty if it has none. Raises RecordBroken (see
+    `has_record`)."""
+    if not has_record(session):
+        return []
+    records = session.internal(f"SELECT name, checksum, applied_at FROM main.{RECORD_TABLE} ORDER BY name")
     return [Applied(str(n), str(c), str(a)) for n, c, a in records]
 
 
@@ -203,7 +236,7 @@ def apply(
             aliases[m.name] = stack.enter_context(session.attached(m.template, f"sqlfleet_target{i}"))
         with session.schema_transaction(dry_run, rebuilds=any(m.rebuilds for m in todo)):
             if not history:
-                session.internal(_CREATE_RECORDS)
+                create_record(session)
             for m in todo:
                 label = f"{where}: {m.name}"
                 if m.kind == SYNC:
@@ -212,6 +245,8 @@ def apply(
                     run_plan(session, plan, label)
                 else:
                     session.script(m.sql, label)
-                session.internal(f"INSERT INTO {RECORD_TABLE} VALUES (?, ?, ?)", (m.name, m.checksum, stamp))
+                session.internal(
+                    f"INSERT INTO main.{RECORD_TABLE} VALUES (?, ?, ?)", (m.name, m.checksum, stamp)
+                )
                 outcome.applied.append(m.name)
     return outcome

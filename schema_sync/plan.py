@@ -20,6 +20,9 @@ from schema_sync.schema import INTERNAL_PREFIX, Schema, SchemaObject
 from schema_sync.sqltext import quote, rename_table_sql
 
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+# A rebuild's new table is built under this prefix, then renamed: a bookkeeping name, so no tenant
+# table can take it (run_plan lets the plan's own statements use it).
+SCRATCH_PREFIX = f"{INTERNAL_PREFIX}new_"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def _add_steps(
 
 def _rebuild(plan: Plan, rebuild: Rebuild) -> None:
     have, want = rebuild.current, rebuild.target
-    temp = f"{INTERNAL_PREFIX}new_{want.name}"
+    temp = f"{SCRATCH_PREFIX}{want.name}"
     plan.add(rename_table_sql(want.sql, want.table_def(), temp), f"rebuild {want.name}: {rebuild.reason}")
     old_names = {c.name.lower() for c in have.columns}
     common = [quote(c.name) for c in want.columns if not c.generated and c.name.lower() in old_names]

@@ -176,7 +176,7 @@ class Rollout:
         raise AssertionError("unreachable")
 
     def _migrate(self, tenant: str, migrations: list[Migration]) -> str:
-        with catch_up.suppressed(), self.fleet.lease(tenant) as handle:
+        with catch_up.suppressed(), self.fleet.lease(tenant, preempt="a schema migration is due") as handle:
             assert handle.conn is not None and handle.sandbox is not None
             session = SchemaSession(handle.conn, handle.sandbox, self.store.timeout)
             history = applied(session)
@@ -262,6 +262,7 @@ class Rollout:
     def _save(self) -> None:
         path = self.group.rollouts_dir / f"{self.id}.json"
         write_durably(path, json.dumps(self.snapshot(), indent=1).encode(), mode=0o644)
+        self.store.note_changed(self.group.name)  # rollout history goes into the fleet metadata
 
 
 class Rollouts:

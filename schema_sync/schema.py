@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schema_sync.sqltext import TableDef, normalize, parse_table
+from tenants.sandbox import BOOKKEEPING_PREFIX, is_bookkeeping
 
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
-INTERNAL_PREFIX = "_sqlfleet_"
+INTERNAL_PREFIX = BOOKKEEPING_PREFIX
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,20 @@ class Schema:
 
 
 def _is_internal(name: str) -> bool:
-    lowered = name.lower()
-    return lowered.startswith("sqlite_") or lowered.startswith(INTERNAL_PREFIX)
+    return name.lower().startswith("sqlite_") or is_bookkeeping(name)
+
+
+def literal(text: str) -> str:
+    """`text` as an SQL string literal (PRAGMA arguments cannot be bound)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def read_schema(query: Query, schema: str = "main") -> Schema:
-    """Read the user schema of database `schema` through `query(sql, bindings) -> rows`."""
-    listing = query(
-        "SELECT name, type, wr FROM pragma_table_list WHERE schema = ?",
-        (schema,),
-    )
-    kinds = {str(name).lower(): (str(kind), bool(wr)) for name, kind, wr in listing}
+    """Read the user schema of database `schema` through `query(sql, bindings) -> rows`.
+    PRAGMA statements, not their table-valued forms: a table the tenant named `pragma_table_list`
+    would stand in for those."""
+    listing = query(f'PRAGMA "{schema}".table_list', ())  # schema, name, type, ncol, wr, strict
+    kinds = {str(row[1]).lower(): (str(row[2]), bool(row[4])) for row in listing}
     rows = query(
         f'SELECT type, name, tbl_name, sql FROM "{schema}".sqlite_schema '
         "WHERE sql IS NOT NULL ORDER BY rowid",
@@ -96,12 +100,9 @@ def read_schema(query: Query, schema: str = "main") -> Schema:
             continue
         columns: tuple[Column, ...] = ()
         if kind == "table":
-            info = query(
-                'SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?, ?)',
-                (name, schema),
-            )
+            info = query(f'PRAGMA "{schema}".table_xinfo({literal(name)})', ())
             columns = tuple(
-                Column(str(n), str(t), bool(nn), d, int(pk), int(h)) for n, t, nn, d, pk, h in info
+                Column(str(n), str(t), bool(nn), d, int(pk), int(h)) for _cid, n, t, nn, d, pk, h in info
             )
         result.objects[name.lower()] = SchemaObject(
             type=str(kind),

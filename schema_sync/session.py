@@ -1,14 +1,15 @@
 """Schema work on one open connection: internal statements, migration scripts, template ATTACH.
 
 Internal statements (bookkeeping, pragmas, ATTACH of a template) run with the sandbox's
-`trusted` flag and are never cached, so tenant SQL can neither run nor replay them. Migration
-SQL runs under the tenant's own sandbox rules, bounded by a deadline. A session is used by one
-thread at a time: the caller holds the tenant's lease.
+`trusted` flag and are never cached, so tenant SQL can neither run nor replay them; they name
+what they read by schema (`main.`), so no TEMP object of the tenant's can stand in for it.
+Migration SQL runs under the tenant's own sandbox rules. Every statement, internal or not, is
+bounded by the session's deadline (`timeout` seconds each, the migration_timeout setting). A
+session is used by one thread at a time: the caller holds the tenant's lease.
 """
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Any
 
 import apsw
 
-from schema_sync.errors import MigrationFailed
+from schema_sync.errors import InternalTimeout, MigrationFailed
 from tenants.errors import TenantBusy
 from tenants.sandbox import Sandbox
 from tenants.sqllex import TRANSACTION_CONTROL, is_trivia, leading_keyword
@@ -36,16 +37,24 @@ class SchemaSession:
         self._attached = 0
 
     def internal(self, sql: str, bindings: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run server-owned SQL with the sandbox lifted; all rows of all statements."""
+        """Run server-owned SQL with the sandbox lifted, within the deadline; all rows of all
+        statements. Raises InternalTimeout past the deadline, apsw.Error as SQLite reports."""
         cursor = self.conn.cursor()
-        if self.sandbox is not None:
-            self.sandbox.trusted = True
-        try:
-            return list(cursor.execute(sql, tuple(bindings), can_cache=False))
-        finally:
+        with self._deadline():
             if self.sandbox is not None:
-                self.sandbox.trusted = False
-            cursor.close(force=True)
+                self.sandbox.trusted = True
+            try:
+                return list(cursor.execute(sql, tuple(bindings), can_cache=False))
+            except apsw.InterruptError:
+                if self._timed_out():
+                    raise InternalTimeout(
+                        f"a server-internal statement took longer than {self.timeout:g} s"
+                    ) from None
+                raise
+            finally:
+                if self.sandbox is not None:
+                    self.sandbox.trusted = False
+                cursor.close(force=True)
 
     def query(self, sql: str, bindings: Sequence[Any]) -> list[tuple[Any, ...]]:
         """`internal`, in the shape `schema.read_schema` wants."""
@@ -66,30 +75,44 @@ class SchemaSession:
             return True
 
         cursor.exec_trace = trace
-        self._start_deadline()
         try:
-            for _ in cursor.execute(sql, can_cache=False):
-                pass  # a statement returning rows pauses there: drain it so the rest runs
+            with self._deadline():
+                for _ in cursor.execute(sql, can_cache=False):
+                    pass  # a statement returning rows pauses there: drain it so the rest runs
         except apsw.ExecTraceAbort:
             raise MigrationFailed(f"{where}: transaction control is not allowed ({rejected[0]})") from None
         except apsw.Error as exc:
             raise MigrationFailed(f"{where}: {self._describe(exc)}") from None
         finally:
-            self._end_deadline()
             cursor.close(force=True)
 
-    def _start_deadline(self) -> None:
-        if self.sandbox is not None:
-            self.sandbox.timed_out = False
-            self.sandbox.deadline = time.monotonic() + self.timeout
+    @contextmanager
+    def scratch_names(self, prefix: str) -> Iterator[None]:
+        """Let migration statements use bookkeeping names starting with `prefix` meanwhile (a
+        table rebuild's scratch table): tenant SQL never may (see tenants.sandbox)."""
+        if self.sandbox is None:
+            yield
+            return
+        with self.sandbox.permit(prefix):
+            yield
 
-    def _end_deadline(self) -> None:
-        if self.sandbox is not None:
-            self.sandbox.deadline = float("inf")
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
+        if self.sandbox is None:
+            yield
+            return
+        self.sandbox.start_statement(self.timeout)
+        try:
+            yield
+        finally:
+            self.sandbox.end_statement()
+
+    def _timed_out(self) -> bool:
+        return self.sandbox is not None and self.sandbox.timed_out
 
     def _describe(self, exc: apsw.Error) -> str:
         message = str(exc).removeprefix(f"{type(exc).__name__}: ")
-        if isinstance(exc, apsw.InterruptError) and self.sandbox is not None and self.sandbox.timed_out:
+        if isinstance(exc, apsw.InterruptError) and self._timed_out():
             return f"took longer than {self.timeout:g} s"
         return message
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from schema_sync.diff import diff_schemas
 from schema_sync.errors import PlanBlocked
-from schema_sync.plan import Plan, make_plan
+from schema_sync.plan import SCRATCH_PREFIX, Plan, make_plan
 from schema_sync.schema import read_schema
 from schema_sync.session import SchemaSession
 
@@ -23,8 +23,9 @@ def run_plan(session: SchemaSession, plan: Plan, where: str) -> None:
     """Run `plan` inside the caller's transaction. Raises PlanBlocked, MigrationFailed."""
     if plan.blocked:
         raise PlanBlocked(f"{where}: " + "; ".join(plan.blocked))
-    for step in plan.steps:
-        session.script(step.sql, where)
+    with session.scratch_names(SCRATCH_PREFIX):
+        for step in plan.steps:
+            session.script(step.sql, where)
 
 
 def sync_to_template(

@@ -1,8 +1,16 @@
 """The tenant catalog: one system SQLite database listing every tenant and its state
-(`tenants.state.TenantState`, which says what each state means)."""
+(`tenants.state.TenantState`, which says what each state means).
+
+Each row also names the tenant's incarnation, a random id given when the row is made (create,
+restore as a new tenant, adopting an orphan file; a restore in place keeps it), and its token
+generation, which a revocation bumps: a tenant token carries both, so it works only for the
+tenant it was minted for and only until the next revocation.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -21,10 +29,19 @@ CREATE TABLE IF NOT EXISTS tenants (
     state TEXT NOT NULL,
     grp TEXT,
     size INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    incarnation TEXT NOT NULL DEFAULT '',
+    token_generation INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tenants_state ON tenants(state) WHERE state != 'active';
 """
+# Catalogs made before tokens were bound to incarnations: add the columns, give every tenant
+# one. Tokens minted before then carry no incarnation and are refused (router.auth says why).
+_UPGRADES = {
+    "incarnation": "ALTER TABLE tenants ADD COLUMN incarnation TEXT NOT NULL DEFAULT ''",
+    "token_generation": "ALTER TABLE tenants ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0",
+}
+_NEW_INCARNATION = "lower(hex(randomblob(8)))"
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,8 @@ class TenantRow:
     group: str | None
     size: int
     error: str | None
+    incarnation: str = ""  # random, per row: see the module docstring
+    token_generation: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,12 +66,12 @@ class TenantRow:
         }
 
 
-_COLUMNS = "id, created_at, state, grp, size, error"
+_COLUMNS = "id, created_at, state, grp, size, error, incarnation, token_generation"
 
 
 def _row(values: tuple[Any, ...]) -> TenantRow:
-    tenant_id, created_at, state, group, size, error = values
-    return TenantRow(tenant_id, created_at, TenantState(state), group, size, error)
+    tenant_id, created_at, state, group, size, error, incarnation, generation = values
+    return TenantRow(tenant_id, created_at, TenantState(state), group, size, error, incarnation, generation)
 
 
 class Catalog:
@@ -64,12 +83,25 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
+        # made private before SQLite creates it (its WAL then gets the same mode)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = apsw.Connection(str(path))
         self._db.execute(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000"
         ).fetchall()
         self._db.execute(_SCHEMA)
+        self._upgrade()
         self._rows = {r[0]: _row(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM tenants")}
+
+    def _upgrade(self) -> None:
+        have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(tenants)")}
+        missing = [sql for column, sql in _UPGRADES.items() if column not in have]
+        if not missing:
+            return
+        with self._db:
+            for sql in missing:
+                self._db.execute(sql)
+            self._db.execute(f"UPDATE tenants SET incarnation = {_NEW_INCARNATION} WHERE incarnation = ''")
 
     def close(self) -> None:
         with self._lock:
@@ -92,16 +124,41 @@ class Catalog:
         return self._rows.get(tenant_id)
 
     def insert(self, tenant_id: str, group: str | None, state: TenantState = TenantState.CREATING) -> bool:
-        """Add a row; False (and no change) if the id is already present."""
+        """Add a row, a new incarnation; False (and no change) if the id is already present."""
         with self._lock:
             if tenant_id in self._rows:
                 return False
             self._write(
                 tenant_id,
-                "INSERT INTO tenants(id, created_at, state, grp) VALUES (?, ?, ?, ?)",
-                (tenant_id, time.time(), state, group),
+                "INSERT INTO tenants(id, created_at, state, grp, incarnation) VALUES (?, ?, ?, ?, ?)",
+                (tenant_id, time.time(), state, group, secrets.token_hex(8)),
             )
             return True
+
+    def revoke_tokens(self, tenant_id: str) -> TenantRow | None:
+        """Bump the tenant's token generation: every token minted before is refused from now
+        on. The row after, or None if there is none."""
+        with self._lock:
+            self._write(
+                tenant_id,
+                "UPDATE tenants SET token_generation = token_generation + 1 WHERE id = ?",
+                (tenant_id,),
+            )
+            return self._rows.get(tenant_id)
+
+    def adopt(
+        self, tenant_id: str, created_at: float, incarnation: str, token_generation: int
+    ) -> TenantRow | None:
+        """Give a tenant restored after a lost data dir the identity it had (from the fleet
+        metadata in the replica): its creation time, incarnation and token generation, so the
+        tokens minted for it work again. The row after, or None if there is none."""
+        with self._lock:
+            self._write(
+                tenant_id,
+                "UPDATE tenants SET created_at = ?, incarnation = ?, token_generation = ? WHERE id = ?",
+                (created_at, incarnation, token_generation, tenant_id),
+            )
+            return self._rows.get(tenant_id)
 
     def set_state(
         self, tenant_id: str, state: TenantState, error: str | None = None, size: int | None = None

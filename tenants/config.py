@@ -17,6 +17,7 @@ class DbConfig:
     statement_timeout: float
     max_result_rows: int
     max_result_bytes: int  # also bounds any single value (SQLITE_LIMIT_LENGTH)
+    max_like_pattern_length: int  # SQLITE_LIMIT_LIKE_PATTERN_LENGTH: bounds one LIKE/GLOB step
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,4 @@ class PoolConfig:
 
     capacity: int  # idle handles kept open (LRU); leased ones come on top
     busy_timeout: float  # seconds a lease waits for a tenant's lock, then TenantBusy
+    preempt_wait: float  # seconds an admin operation waits for a lock holder before preempting it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import apsw
@@ -21,7 +22,14 @@ def open_database(path: Path, config: DbConfig, *, create: bool = False) -> tupl
 
     Raises apsw.CantOpenError if the file is missing (unless `create`), apsw.NotADBError or
     apsw.CorruptError if it is not a sound database. The connection is closed on any failure.
+    With `create` the file is made (or kept) readable by this user only, its WAL then too.
     """
+    if create:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a copied template may have come with the umask's mode
+        finally:
+            os.close(fd)
     flags = _OPEN_FLAGS | (apsw.SQLITE_OPEN_CREATE if create else 0)
     conn = apsw.Connection(str(path), flags=flags, statementcachesize=32)
     try:
@@ -42,6 +50,9 @@ def _configure(conn: apsw.Connection, config: DbConfig) -> None:
     conn.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
     conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, config.max_sql_length)
+    # One LIKE/GLOB call costs up to |value| x |pattern| inside one VM step, where no interrupt
+    # reaches it; the built-ins stay (they keep the LIKE index optimization), the pattern is bounded.
+    conn.limit(apsw.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, config.max_like_pattern_length)
     # No single value may outgrow a result: otherwise `SELECT length(randomblob(1e9))` makes
     # the server allocate a gigabyte inside one statement, long before any result check.
     conn.limit(apsw.SQLITE_LIMIT_LENGTH, max(config.max_result_bytes, config.max_sql_length))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
 from typing import Any, ClassVar
+
+import apsw
 
 
 class SqlfleetError(Exception):
@@ -81,6 +86,29 @@ class SqlTooLong(TooLarge):
     """SQL text longer than `max_sql_length`, refused before it is parsed."""
 
 
+class QuotaExceeded(SqlfleetError):
+    """A per-tenant bound on disk was reached; the write was rolled back. Retry once there is
+    room again (Retry-After)."""
+
+    status = 429
+    code = "quota_exceeded"
+
+
+class WalFull(QuotaExceeded):
+    """The tenant's WAL is over `max_wal_bytes` until it is checkpointed (with backups: shipped
+    first); its writes are refused meanwhile, its reads are served."""
+
+    code = "wal_full"
+
+
+class InsufficientStorage(SqlfleetError):
+    """The server's disk is full (or its quota used up): the operation changed nothing. Not the
+    client's fault, unlike a tenant at its own size limit (TooLarge); retry once space is freed."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class TenantUnavailable(SqlfleetError):
     """The tenant cannot be served now (corrupt file, being deleted, busy)."""
 
@@ -114,3 +142,37 @@ class DataDirLocked(SqlfleetError):
 class NotInline(Exception):
     """Not an error a client sees: the statement cannot run inline (it writes, or outran the
     inline budget); it had no effect, so it can run again in a worker thread."""
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+FULL_MARGIN = 1 << 20  # a file system with less free than this is full (a failed write leaves ~0)
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, is a full disk: an
+    OSError with ENOSPC or EDQUOT, SQLite's SQLITE_FULL from one of the server's own databases
+    (they have no size limit), or InsufficientStorage."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, InsufficientStorage | apsw.FullError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def storage_full(*paths: Path) -> bool:
+    """Whether the file system of any of `paths` has (next to) no room left for this process.
+    SQLite reports a full disk and a database at its max_page_count alike (SQLITE_FULL, no
+    errno): this tells them apart."""
+    for path in paths:
+        try:
+            stat = os.statvfs(path)
+        except OSError:
+            continue
+        blocks = stat.f_bfree if os.geteuid() == 0 else stat.f_bavail  # root may use the reserve
+        if blocks * stat.f_frsize < FULL_MARGIN:
+            return True
+    return False

@@ -2,21 +2,29 @@
 
 Values cross this boundary as plain Python (None, int, float, str, bytes); the router owns
 their JSON encodings. Every function here expects the caller to hold the connection's lease.
+A request's Budget (tenants.budget), when given, bounds the time of each statement by the
+request's deadline and charges the rows kept against the request's result bytes.
 """
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import apsw
 
-from metrics.instruments import STATEMENT_SECONDS
+from metrics.instruments import DISK_FULL, LIMIT_REFUSALS, STATEMENT_SECONDS
+from tenants.budget import Budget, drain
 from tenants.config import DbConfig
 from tenants.errors import (
+    DISK_FULL_ERRNOS,
     BadRequest,
+    InsufficientStorage,
     NotAuthorizedSql,
     NotInline,
     SqlError,
@@ -26,6 +34,7 @@ from tenants.errors import (
     TenantCorrupt,
     TenantUnavailable,
     TooLarge,
+    storage_full,
 )
 from tenants.sandbox import Sandbox
 from tenants.sqllex import TRANSACTION_CONTROL, is_trivia, leading_keyword, skip_trivia
@@ -47,6 +56,15 @@ class QueryResult:
     rows: list[tuple[Value, ...]] = field(default_factory=list)
     rows_affected: int = 0
     last_insert_rowid: int | None = None
+    size: int = 0  # the rows' bytes, roughly (strings and blobs by length, 8 a number)
+
+
+class RowSink(Protocol):
+    """Where a statement's rows go when they are not kept in its QueryResult (a stream)."""
+
+    def columns(self, names: list[str], decltypes: list[str | None]) -> None: ...
+
+    def row(self, values: tuple[Value, ...]) -> None: ...
 
 
 def check_sql_length(sql: str, config: DbConfig) -> None:
@@ -64,23 +82,39 @@ def run_statement(
     *,
     allow_tx: bool = False,
     inline_budget: float | None = None,
+    budget: Budget | None = None,
+    keep_rows: bool = True,
+    sink: RowSink | None = None,
 ) -> QueryResult:
     """Run exactly one statement. Raises BadRequest for empty or multi-statement SQL and for
     transaction control unless `allow_tx`; SqlError, NotAuthorizedSql, StatementTimeout,
-    TooLarge or TenantCorrupt as SQLite reports; SqlTooLong (a TooLarge) before any parsing."""
+    TooLarge or TenantCorrupt as SQLite reports; SqlTooLong (a TooLarge) before any parsing;
+    with a `budget`, RequestTimeLimit when its deadline stops the statement, ResultsTooLarge or
+    ServerBusy when the rows do not fit. Rows go to `sink` if given, else into the result
+    unless not `keep_rows` (then they are read and dropped, and never charged).
+    `inline_budget`: run on the caller's thread for at most that long, read-only, else raise
+    NotInline having changed nothing (tenants.inline decides what may try)."""
     check_sql_length(stmt.sql, config)
     if is_trivia(stmt.sql):
         raise BadRequest("empty SQL: send exactly one statement")
+    limit = inline_budget
+    request_bound = False
+    if budget is not None and inline_budget is None:
+        limit = budget.statement_limit(sandbox.statement_timeout)
+        request_bound = limit < sandbox.statement_timeout
     before = conn.total_changes()
+    charged = budget.used if budget is not None else 0
     cursor = conn.cursor()
     tracer = _Tracer(stmt.sql, allow_tx, readonly_only=inline_budget is not None)
     cursor.exec_trace = tracer
-    sandbox.start_statement(inline_budget)
+    sandbox.start_statement(limit, inline=inline_budget is not None)
     try:
         started = time.perf_counter()
-        cursor.execute(stmt.sql, _bindings(stmt.params))
+        cursor.execute(stmt.sql, bindings(stmt.params))
         columns, decltypes = _describe(cursor)
-        rows = _fetch(cursor, config)
+        if sink is not None:
+            sink.columns(columns, decltypes)
+        rows, size = _fetch(cursor, config, budget if keep_rows else None, sink, keep_rows)
         STATEMENT_SECONDS.observe(time.perf_counter() - started)
     except apsw.ExecTraceAbort:
         if tracer.wrote:
@@ -89,14 +123,18 @@ def run_statement(
     except apsw.InterruptError as exc:
         if inline_budget is not None and sandbox.timed_out:
             raise NotInline from None
-        raise map_sqlite_error(exc, sandbox) from None
+        if request_bound and budget is not None and sandbox.timed_out:
+            raise budget.expired() from None
+        raise map_sqlite_error(exc, sandbox, conn) from None
     except apsw.Error as exc:
-        raise map_sqlite_error(exc, sandbox) from None
+        raise map_sqlite_error(exc, sandbox, conn) from None
     except (KeyError, ValueError, OverflowError, TypeError) as exc:
         raise _value_error(exc) from None
     finally:
         sandbox.end_statement()
         cursor.close(force=True)
+        if budget is not None and sys.exc_info()[0] is not None:
+            budget.rewind(charged)  # failed: its rows are not kept
     changed = conn.total_changes() != before
     return QueryResult(
         columns=columns,
@@ -104,21 +142,43 @@ def run_statement(
         rows=rows,
         rows_affected=conn.changes() if changed else 0,
         last_insert_rowid=conn.last_insert_rowid() if changed else None,
+        size=size,
     )
 
 
 def run_batch(
-    conn: apsw.Connection, sandbox: Sandbox, config: DbConfig, stmts: Sequence[Statement]
+    conn: apsw.Connection,
+    sandbox: Sandbox,
+    config: DbConfig,
+    stmts: Sequence[Statement],
+    budget: Budget | None = None,
 ) -> list[QueryResult]:
+    """`batch_steps` run to its end."""
+    return drain(batch_steps(conn, sandbox, config, stmts, budget))
+
+
+def batch_steps(
+    conn: apsw.Connection,
+    sandbox: Sandbox,
+    config: DbConfig,
+    stmts: Sequence[Statement],
+    budget: Budget | None = None,
+) -> Generator[None, None, list[QueryResult]]:
     """Run all statements in one transaction: all commit or none does. A failure is re-raised
     with `index` naming the failing statement; a failed COMMIT (a deferred foreign key, say)
-    is a SqlfleetError without an index."""
+    is a SqlfleetError without an index; a `budget` out of time is RequestTimeLimit. Yields
+    between statements (the caller may pause there, even move to another thread); closing
+    the generator rolls back."""
     _control(conn, sandbox, "BEGIN")
     results: list[QueryResult] = []
     try:
         for index, stmt in enumerate(stmts):
+            if index:
+                yield
             try:
-                results.append(run_statement(conn, sandbox, config, stmt))
+                if budget is not None:
+                    budget.check_time()
+                results.append(run_statement(conn, sandbox, config, stmt, budget=budget))
             except SqlfleetError as exc:
                 exc.detail["index"] = index
                 exc.message = f"statement {index}: {exc.message}"
@@ -135,7 +195,7 @@ def _control(conn: apsw.Connection, sandbox: Sandbox, sql: str) -> None:
     try:
         conn.execute(sql)
     except apsw.Error as exc:
-        error = map_sqlite_error(exc, sandbox)
+        error = map_sqlite_error(exc, sandbox, conn)
         error.message = f"{sql.lower()} failed: {error.message}"
         raise error from None
 
@@ -171,7 +231,8 @@ def _rejection(sql: str, allow_tx: bool) -> BadRequest:
     return BadRequest("exactly one statement per query: use /batch for several")
 
 
-def _bindings(params: Params) -> Any:
+def bindings(params: Params) -> Any:
+    """`params` as APSW takes them (named ones without their ':', '@' or '$')."""
     if isinstance(params, Mapping):
         return {k.lstrip(":@$"): v for k, v in params.items()}
     return tuple(params)
@@ -185,17 +246,33 @@ def _describe(cursor: apsw.Cursor) -> tuple[list[str], list[str | None]]:
     return [d[0] for d in description], [d[1] for d in description]
 
 
-def _fetch(cursor: apsw.Cursor, config: DbConfig) -> list[tuple[Value, ...]]:
+def _fetch(
+    cursor: apsw.Cursor, config: DbConfig, budget: Budget | None, sink: RowSink | None, keep: bool
+) -> tuple[list[tuple[Value, ...]], int]:
     rows: list[tuple[Value, ...]] = []
     size = 0
-    for row in cursor:
-        rows.append(row)
+    for count, row in enumerate(cursor, 1):
         size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
-        if len(rows) > config.max_result_rows:
+        if count > config.max_result_rows:
             raise TooLarge(f"result has more than {config.max_result_rows} rows: add a LIMIT")
         if size > config.max_result_bytes:
             raise TooLarge(f"result is larger than {config.max_result_bytes} bytes: add a LIMIT")
-    return rows
+        if budget is not None:
+            budget.charge(row)
+        if sink is not None:
+            sink.row(row)
+        elif keep:
+            rows.append(row)
+    return rows, size
+
+
+def _disk_full(exc: apsw.Error, conn: apsw.Connection) -> bool:
+    """SQLITE_FULL while the data or temporary file system has no room (SQLite says the same
+    for a database at its max_page_count: then there is room, and it is TooLarge), or an I/O
+    error whose errno is ENOSPC or EDQUOT."""
+    if isinstance(exc, apsw.FullError):
+        return storage_full(Path(conn.filename).parent, Path(tempfile.gettempdir()))
+    return isinstance(exc, apsw.IOError) and conn.system_errno in DISK_FULL_ERRNOS
 
 
 def _value_error(exc: Exception) -> SqlfleetError:
@@ -210,9 +287,17 @@ def _value_error(exc: Exception) -> SqlfleetError:
     return BadRequest(f"bad SQL or params: {exc}")
 
 
-def map_sqlite_error(exc: apsw.Error, sandbox: Sandbox) -> SqlfleetError:
+def map_sqlite_error(exc: apsw.Error, sandbox: Sandbox, conn: apsw.Connection | None = None) -> SqlfleetError:
+    """The client-facing error for what SQLite raised on `conn` (given, a full disk is told from
+    the database's own size limit)."""
     message = str(exc).removeprefix(f"{type(exc).__name__}: ")
+    if conn is not None and _disk_full(exc, conn):
+        DISK_FULL.labels("request").inc()
+        return InsufficientStorage(
+            "the server's disk is full: nothing was written; retry once an operator has freed space"
+        )
     if isinstance(exc, apsw.InterruptError) and sandbox.timed_out:
+        LIMIT_REFUSALS.labels("statement_time").inc()
         return StatementTimeout(f"statement exceeded the {sandbox.statement_timeout:g} s time limit")
     if isinstance(exc, apsw.AuthError) or message.startswith("not authorized"):
         return NotAuthorizedSql(f"not allowed by the sandbox: {message}")

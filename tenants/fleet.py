@@ -6,11 +6,11 @@ All methods block (SQLite and file I/O) and are thread-safe; async callers use w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import apsw
 
 from metrics.instruments import TENANTS
+from tenants.budget import Budget, drain
 from tenants.catalog import Catalog, TenantRow
 from tenants.config import DbConfig, PoolConfig
 from tenants.connection import open_database
@@ -31,11 +32,11 @@ from tenants.errors import (
     TenantNotFound,
     TenantUnavailable,
 )
-from tenants.execute import QueryResult, Statement, run_batch, run_statement
+from tenants.execute import QueryResult, Statement, batch_steps, bindings, run_statement
 from tenants.files import replace_durably
 from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
-from tenants.layout import DataDirLock, Layout
+from tenants.layout import DataDirLock, Layout, copy_private
 from tenants.pool import Handle, Pool
 from tenants.sandbox import Sandbox
 from tenants.state import TenantState
@@ -114,10 +115,10 @@ class Fleet:
 
     def _make_file(self, tenant_id: str, template: Path | None) -> None:
         final = self.layout.tenant_path(tenant_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self.layout.make_tenant_dir(tenant_id)
         tmp = final.with_name(f"{final.name}.tmp{uuid.uuid4().hex[:8]}")
         if template is not None:
-            shutil.copyfile(template, tmp)
+            copy_private(template, tmp)
         conn, _ = open_database(tmp, self.config, create=True)
         try:
             conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
@@ -131,7 +132,7 @@ class Fleet:
         files go, and the id can be reused. Raises TenantNotFound."""
         self.require(tenant_id, allow=tuple(TenantState))
         self.catalog.set_state(tenant_id, TenantState.DELETING)
-        self.pool.discard(tenant_id)
+        self.pool.discard(tenant_id, "the tenant is being deleted")
         for hook in self.hooks:
             hook.before_delete(tenant_id)
         self.layout.remove_tenant_files(tenant_id)
@@ -216,14 +217,14 @@ class Fleet:
         row = self.require(tenant_id, allow=tuple(TenantState))
         self.catalog.set_state(tenant_id, TenantState.RESTORING)
         try:
-            self.pool.discard(tenant_id)
+            self.pool.discard(tenant_id, "the tenant is being restored")
             for hook in self.hooks:
                 hook.before_delete(tenant_id)
             self.layout.remove_tenant_files(tenant_id)
             final = self.layout.tenant_path(tenant_id)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self.layout.make_tenant_dir(tenant_id)
             tmp = final.with_name(f"{final.name}.tmp{uuid.uuid4().hex[:8]}")
-            shutil.copyfile(source, tmp)
+            copy_private(source, tmp)
             replace_durably(tmp, final)
             for hook in self.hooks:
                 hook.after_create(tenant_id, final)
@@ -231,14 +232,25 @@ class Fleet:
             self.catalog.set_state(tenant_id, TenantState.CORRUPT, "restore in place failed")
             raise
         self.catalog.set_state(tenant_id, TenantState.ACTIVE)
-        return TenantRow(row.id, row.created_at, TenantState.ACTIVE, row.group, row.size, None)
+        return dataclasses.replace(row, state=TenantState.ACTIVE, error=None)
 
     def info(self, tenant_id: str) -> TenantRow:
         row = self.require(tenant_id, allow=tuple(TenantState))
         size = self.layout.tenant_size(tenant_id)
         if size != row.size:
             self.catalog.set_size(tenant_id, size)
-        return TenantRow(row.id, row.created_at, row.state, row.group, size, row.error)
+        return dataclasses.replace(row, size=size)
+
+    def revoke_tokens(self, tenant_id: str) -> TenantRow:
+        """Refuse every token minted for the tenant so far (tokens minted later work); the
+        server's signing key stays. Raises InvalidTenantId, TenantNotFound."""
+        self.require(tenant_id, allow=tuple(TenantState))
+        row = self.catalog.revoke_tokens(tenant_id)
+        if row is None:  # deleted meanwhile
+            raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+        for hook in self.hooks:
+            hook.after_revoke(tenant_id)
+        return row
 
     def list_tenants(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[TenantRow]:
         return self.catalog.page(prefix, after, limit)
@@ -246,13 +258,15 @@ class Fleet:
     # -- SQL -----------------------------------------------------------------------------------
 
     @contextmanager
-    def lease(self, tenant_id: str, readonly: bool = False) -> Iterator[Handle]:
+    def lease(self, tenant_id: str, readonly: bool = False, preempt: str | None = None) -> Iterator[Handle]:
         """The tenant's locked handle, with query_only set to `readonly`. A corrupt file is
-        marked in the catalog and reported as TenantCorrupt; other tenants are unaffected."""
+        marked in the catalog and reported as TenantCorrupt; other tenants are unaffected.
+        With `preempt` (why: server work such as a migration), a Hrana transaction holding the
+        tenant is preempted after the pool's `preempt_wait` (see tenants.pool)."""
         validate_tenant_id(tenant_id)
         frozen = not readonly and not self.writable(tenant_id)
         try:
-            with self.pool.lease(tenant_id) as handle:
+            with self.pool.lease(tenant_id, preempt=preempt) as handle:
                 handle.set_query_only(readonly or frozen)
                 yield handle
         except TenantCorrupt as exc:
@@ -266,35 +280,51 @@ class Fleet:
             raise
 
     def try_inline(self, tenant_id: str, stmt: Statement) -> QueryResult | None:
-        """Run a read-only statement right here, if that is cheap: the tenant is open, its lock
-        free, and the statement finishes within INLINE_BUDGET seconds. Returns None otherwise,
-        having changed nothing (a write is refused before it runs; a slow read is interrupted);
-        then run it with `execute` in a worker thread. Lets the event loop answer point reads
-        without a thread hand-off, while nothing slow or durable (fsync) ever runs on it."""
+        """Run a read-only statement right here, if that is safe and cheap: the tenant is open,
+        its lock free, the statement judged inline-safe (tenants.inline: nothing in it can
+        take long in one step), and it finishes within INLINE_BUDGET seconds. Returns None
+        otherwise, having changed nothing (a write is refused before it runs; a slow read is
+        interrupted); then run it with `execute` in a worker thread. Lets the event loop answer
+        point reads without a thread hand-off, while nothing slow or durable (fsync) ever runs
+        on it."""
         handle = self.pool.try_lease(tenant_id)
         if handle is None:
             return None
         result = None
         try:
             assert handle.conn is not None and handle.sandbox is not None
-            result = run_statement(
-                handle.conn, handle.sandbox, self.config, stmt, inline_budget=INLINE_BUDGET
-            )
+            if handle.sandbox.inline.allows(handle.conn, stmt.sql):
+                result = run_statement(
+                    handle.conn, handle.sandbox, self.config, stmt, inline_budget=INLINE_BUDGET
+                )
         except (NotInline, SqlfleetError):
             pass  # read-only, so it changed nothing: the worker thread runs it (and reports)
         finally:
             self.pool.release(handle, used=result is not None)
         return result
 
-    def execute(self, tenant_id: str, stmt: Statement, readonly: bool = False) -> QueryResult:
+    def execute(
+        self, tenant_id: str, stmt: Statement, readonly: bool = False, budget: Budget | None = None
+    ) -> QueryResult:
         with self.lease(tenant_id, readonly) as h:
             assert h.conn is not None and h.sandbox is not None
-            return run_statement(h.conn, h.sandbox, self.config, stmt)
+            result = run_statement(h.conn, h.sandbox, self.config, stmt, budget=budget)
+            h.sandbox.inline.consider(h.conn, stmt.sql, bindings(stmt.params))
+            return result
 
-    def batch(self, tenant_id: str, stmts: Sequence[Statement], readonly: bool = False) -> list[QueryResult]:
+    def batch(
+        self, tenant_id: str, stmts: Sequence[Statement], readonly: bool = False, budget: Budget | None = None
+    ) -> list[QueryResult]:
+        return drain(self.batch_steps(tenant_id, stmts, readonly, budget))
+
+    def batch_steps(
+        self, tenant_id: str, stmts: Sequence[Statement], readonly: bool = False, budget: Budget | None = None
+    ) -> Generator[None, None, list[QueryResult]]:
+        """`batch`, yielding between statements (tenants.execute.batch_steps) with the
+        tenant's lease held; closing the generator rolls back and lets go."""
         with self.lease(tenant_id, readonly) as h:
             assert h.conn is not None and h.sandbox is not None
-            return run_batch(h.conn, h.sandbox, self.config, stmts)
+            return (yield from batch_steps(h.conn, h.sandbox, self.config, stmts, budget))
 
     def _open(self, tenant_id: str) -> tuple[apsw.Connection, Sandbox]:
         row = self.catalog.get(tenant_id)
@@ -329,7 +359,7 @@ class Fleet:
             return
         log.error("tenant %s marked corrupt: %s", tenant_id, message)
         self.catalog.set_state(tenant_id, TenantState.CORRUPT, message)
-        self.pool.discard(tenant_id)
+        self.pool.discard(tenant_id, "the tenant is corrupt")
 
     def _refresh_gauges(self) -> None:
         counts = _StateCounts(self.catalog)

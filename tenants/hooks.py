@@ -36,6 +36,9 @@ class FleetHooks:
     def after_delete(self, tenant_id: str) -> None:
         """A tenant was deleted (not replaced): its files are gone, its catalog row goes next."""
 
+    def after_revoke(self, tenant_id: str) -> None:
+        """The tenant's token generation was bumped (tokens minted before are refused)."""
+
     def writable(self, tenant_id: str) -> bool:
         """Called before every lease: False makes it read-only (e.g. a backup backlog is full);
         a write then fails with TenantUnavailable instead of running."""

@@ -4,6 +4,9 @@ DATA/LOCK                        flock'ed by the owning server for its whole lif
 DATA/system/catalog.db           the tenant catalog
 DATA/tenants/ab/cd/<id>.db       tenant files, spread by sha1(id) over 65,536 folders
 DATA/tenants/ab/cd/<id>.db-wal   their WAL
+
+Tenant data is the server user's alone: folders 0700, files 0600 (SQLite gives a WAL the mode
+of its database file), whatever the umask (`ops.server.serve` also sets one for the rest).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from tenants.ids import validate_tenant_id
 TENANT_SUFFIX = ".db"
 SIDE_SUFFIXES = ("-wal", "-journal", "-shm")
 TMP_MARK = f"{TENANT_SUFFIX}.tmp"  # <id>.db.tmpXXXXXXXX: a file being created or restored
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 
 
 @dataclass
@@ -62,8 +68,19 @@ class Layout:
         return size
 
     def ensure(self) -> None:
-        for folder in (self.root, self.tenants_dir, self.system_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        """Make the data dir's folders, private. Folders made by an older version (0755) are
+        made private too; the data dir itself only if we make it (it may be a mount point)."""
+        self.root.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        for folder in (self.tenants_dir, self.system_dir):
+            folder.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            os.chmod(folder, PRIVATE_DIR)
+
+    def make_tenant_dir(self, tenant_id: str) -> Path:
+        """The folder of the tenant's files, made (private) if needed."""
+        folder = self.tenant_path(tenant_id).parent
+        for level in (folder.parent, folder):
+            level.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        return folder
 
     def scan(self) -> Scan:
         """One pass over the tenant folders (one scandir per folder); changes nothing."""
@@ -99,6 +116,13 @@ class Layout:
             path.unlink(missing_ok=True)
 
 
+def copy_private(source: Path, dest: Path) -> None:
+    """Copy `source` to the new file `dest`, readable by this user only (raises
+    FileExistsError if `dest` exists)."""
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    shutil.copyfile(source, dest)  # into the file just made: its mode stays
+
+
 def _subdirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
@@ -131,8 +155,11 @@ class DataDirLock:
             raise DataDirLocked(
                 f"data dir {self._layout.root} is in use by another sqlfleet process"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        # the pid is for people reading the file: a full disk must not stop a start (nor leave
+        # the lock held by a descriptor nobody owns)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:

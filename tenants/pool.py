@@ -13,6 +13,10 @@ Contract:
 - `pin(id)` holds a handle open without its lock (`users` > 0, so it is never evicted) until
   `unpin`; the pinner takes the lock when it needs it with `acquire`/`release`.
 - Waiting for a handle's lock is bounded by `config.busy_timeout` seconds, then TenantBusy.
+- Preemption: whoever holds a handle's lock across requests (a Hrana stream's open
+  transaction) sets `handle.preempt` while it does. An admin operation (`discard`, or `lease`
+  with `preempt=reason`) waits `config.preempt_wait` seconds for the lock, then calls it: the
+  holder rolls back and lets go (at once if idle, else when its current request ends).
 All methods are thread-safe; `lease` blocks, so async callers run it in a worker thread.
 """
 
@@ -54,7 +58,10 @@ class Handle:
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.discarded = False
+        self.discard_reason = ""  # why, once discarded ("the tenant is being deleted")
         self.query_only = False
+        # Set by a holder of `lock` across requests while it holds it: asks it to let go.
+        self.preempt: Preempt | None = None
 
     def set_query_only(self, value: bool) -> None:
         """Switch SQLite's query_only (enforced at execution time, not by reading SQL)."""
@@ -72,12 +79,15 @@ class Handle:
 
 Opener = Callable[[str], tuple[apsw.Connection, Sandbox]]
 Closer = Callable[[Handle], None]
+# Called with the reason, from the preempting thread; must not wait for the handle's lock.
+Preempt = Callable[[str], None]
 
 
 class Pool:
     def __init__(self, config: PoolConfig, opener: Opener, before_close: Closer | None = None) -> None:
         self.capacity = max(1, config.capacity)
         self.busy_timeout = config.busy_timeout
+        self.preempt_wait = config.preempt_wait
         self._opener = opener
         self._before_close = before_close
         self._lock = threading.Lock()
@@ -93,22 +103,25 @@ class Pool:
         return tenant_id in self._handles
 
     @contextmanager
-    def lease(self, tenant_id: str, wait: float | None = None) -> Iterator[Handle]:
+    def lease(
+        self, tenant_id: str, wait: float | None = None, preempt: str | None = None
+    ) -> Iterator[Handle]:
         """Yield the tenant's open handle, locked (waiting for the lock at most `wait` seconds,
-        default `busy_timeout`). Raises whatever the opener raises, TenantBusy, and
-        TenantUnavailable once the pool is closed."""
-        handle = self._checkout_locked(tenant_id, wait)
+        default `busy_timeout`; with `preempt`, the reason, a holder across requests is
+        preempted after `preempt_wait` seconds first). Raises whatever the opener raises,
+        TenantBusy, and TenantUnavailable once the pool is closed."""
+        handle = self._checkout_locked(tenant_id, wait, preempt)
         try:
             yield handle
         finally:
             handle.lock.release()
             self._checkin(handle)
 
-    def _checkout_locked(self, tenant_id: str, wait: float | None) -> Handle:
+    def _checkout_locked(self, tenant_id: str, wait: float | None, preempt: str | None) -> Handle:
         while True:
             handle = self._checkout(tenant_id)
             try:
-                self.acquire(handle, wait)
+                self.acquire(handle, wait, preempt)
                 return handle
             except TenantNotFound:
                 self._checkin(handle)
@@ -150,18 +163,38 @@ class Pool:
         """Undo one `pin`. The caller must not hold the handle's lock through `acquire`."""
         self._checkin(handle)
 
-    def acquire(self, handle: Handle, wait: float | None = None) -> None:
+    def acquire(self, handle: Handle, wait: float | None = None, preempt: str | None = None) -> None:
         """Take a pinned or leased handle's lock, waiting at most `wait` seconds (default
-        `busy_timeout`). Raises TenantBusy on timeout, TenantNotFound if the handle was
-        discarded meanwhile. Release with `handle.lock.release()` (from any thread)."""
+        `busy_timeout`), after preempting a holder across requests (see the module docstring)
+        if `preempt` gives a reason. Raises TenantBusy on timeout, TenantNotFound if the handle
+        was discarded meanwhile. Release with `handle.lock.release()` (from any thread)."""
         limit = self.busy_timeout if wait is None else wait
-        if not handle.lock.acquire(timeout=limit):
+        if not self._lock_handle(handle, limit, preempt):
             raise TenantBusy(
                 f"tenant {handle.tenant_id!r} is busy: a transaction held it for more than {limit:g} s"
             )
         if handle.discarded:
             handle.lock.release()
             raise TenantNotFound(f"tenant {handle.tenant_id!r} does not exist")
+
+    def _lock_handle(self, handle: Handle, wait: float | None, preempt: str | None) -> bool:
+        """Take `handle.lock` within `wait` seconds (None: no limit); with a `preempt` reason,
+        wait `preempt_wait` seconds first, then preempt the holder and wait `wait` more."""
+        if preempt is not None:
+            if handle.lock.acquire(timeout=self.preempt_wait):
+                return True
+            self._preempt(handle, preempt)
+        return handle.lock.acquire(timeout=-1 if wait is None else wait)
+
+    def _preempt(self, handle: Handle, reason: str) -> None:
+        preempt = handle.preempt
+        if preempt is None:
+            return  # held by a request, which ends by its own bounds
+        log.warning("tenant %s: preempting the transaction that holds it: %s", handle.tenant_id, reason)
+        try:
+            preempt(reason)
+        except Exception:  # the holder's trouble must not fail the admin operation
+            log.exception("preempting the holder of tenant %s failed", handle.tenant_id)
 
     def _checkout(self, tenant_id: str) -> Handle:
         while True:
@@ -255,14 +288,16 @@ class Pool:
         except Exception:
             log.exception("before_close hook failed for tenant %s", handle.tenant_id)
 
-    def discard(self, tenant_id: str) -> None:
-        """Close the tenant's handle once its leases are done; when it returns the tenant has
-        no open connection (an eviction under way is waited for too). Idempotent."""
+    def discard(self, tenant_id: str, reason: str = "the tenant is being closed") -> None:
+        """Close the tenant's handle once its leases are done, preempting (for `reason`) a
+        holder across requests after `preempt_wait` seconds; when it returns the tenant has no
+        open connection (an eviction under way is waited for too). Idempotent."""
         with self._lock:
             handle = self._handles.get(tenant_id)
             closing = self._closing.get(tenant_id)
             if handle is not None:
                 handle.discarded = True
+                handle.discard_reason = reason
                 self._take_out(handle)
                 POOL_OPEN.set(len(self._handles))
         if handle is None:
@@ -270,16 +305,21 @@ class Pool:
                 closing.wait()
             return
         handle.ready.wait()
-        with handle.lock:
+        # No limit after the preemption: what still holds the lock is a request, bounded by its
+        # own limits (statement timeout, request budget).
+        self._lock_handle(handle, None, reason)
+        try:
             self._close(handle)
+        finally:
+            handle.lock.release()
 
     def close_all(self) -> None:
-        """Refuse new checkouts, then close every handle, waiting for outstanding leases and
-        for closes already under way. Idempotent."""
+        """Refuse new checkouts, then close every handle, waiting for outstanding leases
+        (preempting holders across requests) and for closes already under way. Idempotent."""
         with self._lock:
             self._closed = True
         for tenant_id in list(self._handles):
-            self.discard(tenant_id)
+            self.discard(tenant_id, "the server is shutting down")
         with self._lock:
             pending = list(self._closing.values())
         for closing in pending:

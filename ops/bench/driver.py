@@ -16,7 +16,8 @@ import click
 
 from ops.bench.errors import BenchError
 from ops.bench.loadgen import Phase, PhaseResult, render, run_phase
-from ops.bench.server import BenchServer, py_spy
+from ops.bench.profile import profiling
+from ops.bench.server import BenchServer
 
 QUERY_SQL = "SELECT v FROM kv WHERE k = ?"
 # Idempotent, so `--reuse` can re-apply it to tenants an interrupted run left without it.
@@ -28,6 +29,14 @@ _ROWS_SQL = (
 )
 
 
+@dataclass(frozen=True)
+class Profile:
+    """Where --profile writes (None: no recording) and its --profile-mode."""
+
+    out: Path | None = None
+    mode: str = "active"
+
+
 @dataclass
 class Driver:
     """Runs load phases against `server` within one overall time budget."""
@@ -35,13 +44,11 @@ class Driver:
     server: BenchServer
     clients: int
     deadline: float
-    profile_to: Path | None = None
+    profile: Profile = Profile()
 
     def measuring(self) -> contextlib.AbstractContextManager[None]:
-        """Wraps the measured part: records it with py-spy if `profile_to` is set."""
-        if self.profile_to is None:
-            return contextlib.nullcontext()
-        return py_spy(self.server.proc.pid, self.profile_to)
+        """Wraps the measured part: records the server with py-spy if --profile asked for it."""
+        return profiling(self.server.proc.pid, self.profile.out, self.profile.mode)
 
     def run(
         self,

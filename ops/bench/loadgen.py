@@ -41,7 +41,9 @@ def render(url: str, method: str, path: str, headers: dict[str, str], body: byte
 @dataclass(frozen=True)
 class Phase:
     """`total` requests, at most `seconds` long. Position p sends `requests[order[p % len(order)]]`
-    (without `order`: `requests[p % len(requests)]`); responses are kept by position."""
+    (without `order`: `requests[p % len(requests)]`); responses are kept by position. With `rate`,
+    an open loop: position p is sent `p / rate` seconds after the start (not before), so the
+    load is the same whatever the server's speed; else each connection sends as fast as it can."""
 
     name: str
     requests: Sequence[bytes]
@@ -50,6 +52,7 @@ class Phase:
     seconds: float
     order: Sequence[int] | None = None
     keep_responses: bool = False
+    rate: float | None = None  # requests per second of the whole phase (all workers)
 
 
 @dataclass
@@ -121,7 +124,7 @@ async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> Phas
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     result = PhaseResult(phase.name)
     latencies, statuses, responses = result.latencies, result.statuses, result.responses
-    requests, order, keep = phase.requests, phase.order, phase.keep_responses
+    requests, order, keep, rate = phase.requests, phase.order, phase.keep_responses, phase.rate
     next_index = 0
     started, cpu_started = time.perf_counter(), time.process_time()
     deadline = started + phase.seconds
@@ -137,6 +140,10 @@ async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> Phas
                     return
                 position = share[next_index]
                 next_index += 1
+                if rate:
+                    due = started + position / rate - clock()
+                    if due > 0:
+                        await asyncio.sleep(due)
                 index = position if order is None else order[position % len(order)]
                 raw = requests[index % len(requests)]
                 t0 = clock()

@@ -11,6 +11,7 @@ migrated per second of rollout, template step included. Backups (WAL shipping) a
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -24,6 +25,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ops.bench.options import count, data_dir_option, json_out_option
+from ops.bench.profile import profile_options, profiling
 from ops.bench.report import Row, emit
 from ops.process import signals_deferred
 from ops.settings import Settings
@@ -56,6 +58,7 @@ MIGRATION = (
 @count("--pool-capacity", 1000)
 @data_dir_option("Where to build the fleet, kept afterwards [default: a temp dir, removed].")
 @json_out_option("migrate")
+@profile_options("Record this process (the rollout runs in it) with py-spy during the rollout.")
 def bench_migrate(
     tenants: int,
     rows: int,
@@ -64,6 +67,8 @@ def bench_migrate(
     pool_capacity: int,
     data_dir: Path | None,
     json_out: Path | None,
+    profile: Path | None,
+    profile_mode: str,
 ) -> None:
     """Roll ADD COLUMN + CREATE INDEX out to N small tenants; report tenants/s."""
     with _data_dir(data_dir) as root:
@@ -72,7 +77,8 @@ def bench_migrate(
         seed(root, tenants, rows, settings)
         seed_s = time.perf_counter() - started
         click.echo(f"seeded {tenants} tenants in {seed_s:.1f}s")
-        snap, checked = _rollout(root, settings, concurrency)
+        with profiling(os.getpid(), profile, profile_mode):
+            snap, checked = _rollout(root, settings, concurrency)
     rate = snap["migrated"] / max(snap["elapsed_s"], 1e-9)
     result: dict[str, Any] = {
         "bench": "migrate",

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from ops.bench.driver import Driver
+from ops.bench.driver import Driver, Profile
+from ops.bench.profile import profile_options
 from ops.bench.server import BenchServer, running_server
 from tenants.errors import SqlfleetError
 
@@ -60,10 +61,6 @@ def serve_arg_option(help: str) -> Decorator:
     return click.option("--serve-arg", multiple=True, metavar="NAME=VALUE", help=help)
 
 
-def py_spy_option(help: str) -> Decorator:
-    return click.option("--py-spy", "py_spy_out", type=PATH, default=None, help=help)
-
-
 def timeout_option(default: float) -> Decorator:
     return click.option(
         "--timeout", type=float, default=default, show_default=True, help="Overall time budget, seconds."
@@ -71,7 +68,8 @@ def timeout_option(default: float) -> Decorator:
 
 
 def common_options(default_timeout: float) -> Decorator:
-    """--json-out, --clients, --data-dir, --worker-threads, --serve-arg, --py-spy and --timeout."""
+    """--json-out, --clients, --data-dir, --worker-threads, --serve-arg, --profile(-mode) and
+    --timeout."""
 
     def wrap(fn: Any) -> Any:
         options = [
@@ -85,10 +83,7 @@ def common_options(default_timeout: float) -> Decorator:
             data_dir_option("Server data dir, kept afterwards [default: a temp dir, removed]."),
             click.option("--worker-threads", type=int, default=None, help="Server's --worker-threads."),
             serve_arg_option("Any other `sqlfleet serve` flag, e.g. synchronous=NORMAL (repeatable)."),
-            py_spy_option(
-                "Record the server with py-spy (pip install py-spy) during the measured part: "
-                ".svg flamegraph, .json speedscope, anything else collapsed stacks."
-            ),
+            profile_options("Record the server with py-spy during the measured part."),
             timeout_option(default_timeout),
         ]
         for option in reversed(options):
@@ -106,6 +101,7 @@ def session(opts: dict[str, Any], pool_capacity: int | None) -> Iterator[tuple[B
     deadline = time.monotonic() + opts["timeout"]
     try:
         with running_server(opts["data_dir"], args) as server:
-            yield server, Driver(server, opts["clients"], deadline, opts["py_spy_out"])
+            profile = Profile(opts["profile"], opts["profile_mode"])
+            yield server, Driver(server, opts["clients"], deadline, profile)
     except SqlfleetError as exc:
         raise click.ClickException(exc.message) from None

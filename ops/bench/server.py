@@ -1,6 +1,6 @@
 """The server under test: a `sqlfleet serve` child (launched by `ops.process`, as the tests
 launch theirs) on a free loopback port over a fresh temp dir, and what we observe of it: peak
-RSS, CPU time, pool metrics, its log; a py-spy recording on request.
+RSS, CPU time, pool metrics, its log (`ops.bench.profile` records it on request).
 
 Whatever way a benchmark ends (done, failed, Ctrl-C, SIGTERM), the server is stopped and the temp
 dir removed within a bound: `INTERRUPTED_GRACE` seconds for a graceful stop, then SIGKILL.
@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
-from ops.bench.errors import BenchError
-from ops.process import ServerProcess, signals_deferred, spawn, start_server, stop
+from ops.process import ServerProcess, signals_deferred, start_server
 
 GRACE = 60.0  # a finished benchmark's server: shipping and checkpoints finish (exit code 0)
 INTERRUPTED_GRACE = 10.0  # an interrupted or failed one: then SIGKILL
@@ -123,28 +118,3 @@ def running_server(
     finally:
         with signals_deferred():
             shutil.rmtree(work, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def py_spy(pid: int, out: Path) -> Iterator[None]:
-    """Record the server with py-spy (not a dependency: `pip install py-spy`) while the body runs.
-    The format follows the suffix: .svg flamegraph, .json speedscope, else collapsed stacks."""
-    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if exe is None:
-        raise BenchError("py-spy is not installed (pip install py-spy)")
-    fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
-    cmd = [exe, "record", "--pid", str(pid), "--output", str(out), "--format", fmt, "--rate", "200"]
-    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: py-spy's chatter never blocks it
-        proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=errors)
-        try:
-            time.sleep(1.0)  # let it attach before the measured part starts
-            if proc.poll() is not None:
-                errors.seek(0)
-                raise BenchError(f"py-spy failed: {errors.read().decode(errors='replace').strip()}")
-            yield
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(60)
-            stop(proc, 5)

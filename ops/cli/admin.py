@@ -112,7 +112,7 @@ def delete(client: AdminClient, as_json: bool, tenant_id: str, yes: bool) -> Non
 
 @click.group()
 def token() -> None:
-    """Mint tenant tokens (Ed25519 JWTs)."""
+    """Mint and revoke tenant tokens (Ed25519 JWTs)."""
 
 
 @token.command("mint")
@@ -133,3 +133,16 @@ def mint(client: AdminClient, as_json: bool, tenant_id: str, access: str, expire
         print_json(minted)
     else:
         click.echo(minted["token"])
+
+
+@token.command("revoke")
+@click.argument("tenant_id", metavar="TENANT")
+@admin_command
+def revoke(client: AdminClient, as_json: bool, tenant_id: str) -> None:
+    """Make every token minted for TENANT so far stop working (the server's key stays; tokens
+    minted afterwards work)."""
+    revoked = client.revoke_tokens(tenant_id)
+    if as_json:
+        print_json(revoked)
+    else:
+        click.echo(f"revoked the tokens of tenant {tenant_id} minted before {revoked['revoked_at']}")

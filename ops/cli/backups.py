@@ -1,10 +1,10 @@
 """`sqlfleet restore ...` and `sqlfleet backups ...`: point-in-time restore, restore points,
-verification and catalog rebuild, as clients of a running server's admin API (issue 3).
+verification, catalog rebuild and rekey, as clients of a running server's admin API (issue 3).
 
 Same options and error handling as every admin command (`ops.cli.common`: --url, --admin-key,
 --timeout, --json; a failure is one `Error:` line on stderr and exit status 1). `backups verify`
-exits 1 when the backup does not match the live database, and `restore --all` when any tenant
-failed to restore.
+exits 1 when the backup does not match the live database, and `restore --all` when any schema
+group or tenant failed to restore.
 """
 
 from __future__ import annotations
@@ -55,18 +55,22 @@ MOMENT = _Moment()
 
 
 class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("- tenants/s" if speed is None else f"{speed:.1f} tenants/s")
+        return Text(f"- {self.unit}/s" if speed is None else f"{speed:.1f} {self.unit}/s")
 
 
-def _progress() -> Progress:
+def _progress(unit: str = "tenants") -> Progress:
     # On stderr, so stdout stays the result (a table, or JSON with --json).
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        _RateColumn(unit),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -114,7 +118,8 @@ def _failure(exc: ClientError) -> str:
     "--all",
     "everything",
     is_flag=True,
-    help="Restore every tenant the bucket holds and this server lacks (disaster recovery).",
+    help="Restore every tenant the bucket holds and this server lacks (disaster recovery), after "
+    "the schema groups it lacks; warns when old tenant tokens will not work on this server.",
 )
 @click.option(
     "--rebuild",
@@ -160,25 +165,55 @@ def restore(
 
 
 def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool) -> None:
-    """Restore each tenant the server's catalog can restore and the data dir lacks, one by one,
-    on to the end even when some fail; raises ClickException (exit 1) if any failed."""
+    """Put back the fleet's schema groups the server lacks, then restore each tenant the
+    server's catalog can restore and the data dir lacks, one by one, on to the end even when
+    some fail; warns (stderr, and `warning` in JSON) when old tenant tokens will not work here;
+    raises ClickException (exit 1) if any group or tenant failed."""
+    err = Console(stderr=True)
     if rebuild:
-        with Console(stderr=True).status("rebuilding the backup catalog from the bucket"):
+        with err.status("rebuilding the backup catalog from the bucket"):
             segments = client.rebuild_backup_catalog()
-        Console(stderr=True).print(f"rebuilt the backup catalog from {segments} segments")
+        err.print(f"rebuilt the backup catalog from {segments} segments")
+    fleet = client.restore_fleet()  # groups before tenants: a tenant comes back into its group
+    groups = fleet["groups"]
+    if groups["restored"] or groups["present"]:
+        err.print(
+            f"restored {len(groups['restored'])} schema groups"
+            + (f" ({', '.join(groups['restored'])})" if groups["restored"] else "")
+            + f", {len(groups['present'])} already present",
+            markup=False,
+        )
+    for name, error in groups["failed"].items():
+        err.print(Text.assemble((f"group {name} not restored: ", "red"), error))
     listing = client.restorable_tenants()
     missing = [t["id"] for t in listing if not t["exists"]]
     results, failed = _restore_each(client, missing, moment)
     present = len(listing) - len(missing)
     if as_json:
         failures = [{"tenant": t, "error": e} for t, e in failed.items()]
-        print_json({"restored": results, "failed": failures, "already_present": present})
+        print_json(
+            {
+                "restored": results,
+                "failed": failures,
+                "already_present": present,
+                "groups": groups,
+                "tokens": fleet["tokens"],
+                "warning": fleet["warning"],
+            }
+        )
     elif missing:
         console().print(_restore_table(results, failed))
     if not as_json:
         click.echo(f"restored {len(results)} of {len(missing)} missing tenants ({present} already present)")
-    if failed:
-        raise click.ClickException(f"{len(failed)} of {len(missing)} restores failed: {', '.join(failed)}")
+    if fleet["warning"]:
+        err.print(Text.assemble(("Warning: ", "yellow"), fleet["warning"]))
+    if failed or groups["failed"]:
+        what = [*(f"group {g}" for g in groups["failed"]), *failed]
+        raise click.ClickException(
+            f"{len(failed)} of {len(missing)} restores failed"
+            + (f", {len(groups['failed'])} groups failed" if groups["failed"] else "")
+            + f": {', '.join(what)}"
+        )
 
 
 def _restore_each(
@@ -206,7 +241,7 @@ def _restore_each(
 
 @click.group()
 def backups() -> None:
-    """Inspect, verify and rebuild the backups of a running server."""
+    """Inspect, verify, rebuild and re-encrypt the backups of a running server."""
 
 
 @backups.command("ls")
@@ -271,6 +306,45 @@ def rebuild(client: AdminClient, as_json: bool) -> None:
     """Rebuild the server's backup catalog from the segments in the bucket alone."""
     segments = client.rebuild_backup_catalog()
     output({"segments": segments}, as_json, f"rebuilt the backup catalog from {segments} segments")
+
+
+@backups.command("rekey")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Segments the server looks at per request (each request also stops after a few seconds).",
+)
+@admin_command
+def rekey(client: AdminClient, as_json: bool, batch: int) -> None:
+    """Re-encrypt every backup that retention still needs with the server's current key (the
+    first line of its backup_encryption_key_file), so older keys can then be removed from the
+    file; backups made before encryption was turned on get encrypted. Safe to interrupt and run
+    again. Exit status 1 if the catalog names segments the bucket no longer holds."""
+    answer = client.rekey_backups(None, batch)  # a refusal (no keys) comes alone, before any bar
+    key_id, checked, rewritten, missing = answer["key_id"], 0, 0, 0
+    with _progress("segments") as progress:
+        task = progress.add_task("re-encrypting", total=answer["total"])
+        while True:
+            checked += answer["checked"]
+            rewritten += answer["rewritten"]
+            missing += answer["missing"]
+            progress.update(task, total=max(answer["total"], checked), completed=checked)
+            if answer["next"] is None:
+                break
+            answer = client.rekey_backups(answer["next"], batch)
+    result = {"key_id": key_id, "segments": checked, "rewritten": rewritten, "missing": missing}
+    output(
+        result,
+        as_json,
+        f"every backup retention needs is sealed with key {key_id}: {checked} segments, "
+        f"{rewritten} objects re-encrypted now",
+    )
+    if missing:
+        raise click.ClickException(
+            f"{missing} segments named by the server's backup catalog are missing from the bucket"
+        )
 
 
 @backups.command("tenants")

@@ -12,6 +12,7 @@ from typing import Any
 
 import apsw
 
+from tenants.budget import RequestTimeLimit, ServerBusy
 from tenants.errors import BadRequest, SqlfleetError, SqlTooLong, TooLarge
 
 
@@ -123,6 +124,8 @@ def hrana_code(exc: SqlfleetError) -> str:
     APSW exception, which stays reachable as `__context__`: SQLite's result code comes from it."""
     if isinstance(exc, _OWN):
         return exc.code
+    if isinstance(exc, RequestTimeLimit | ServerBusy):  # a request's limits, not SQLite's
+        return exc.code.upper()
     cause = exc.__context__
     if isinstance(cause, apsw.BindingsError | KeyError):
         return ArgsInvalid.code

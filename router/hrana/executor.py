@@ -4,14 +4,15 @@ the caller has attached (pinned and locked).
 Statements run through tenants.execute.run_statement with `allow_tx=True`, so the sandbox,
 limits and error mapping are the REST API's; transaction control is what streams are for.
 libSQL's `BEGIN [TRANSACTION] READONLY` becomes `BEGIN DEFERRED` with SQLite's query_only on
-until the transaction ends. Blocking: call from a worker thread.
+until the transaction ends. Blocking: call from a worker thread. The request's Budget bounds
+the time of its statements together and the bytes of the rows they keep (tenants.budget).
 """
 
 from __future__ import annotations
 
-import re
 import time
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
 
 import apsw
 import apsw.ext
@@ -31,19 +32,49 @@ from router.hrana.errors import (
 from router.hrana.protocol import Batch, Cond, Outcome, Request, Stmt
 from router.hrana.sqltext import is_begin_readonly
 from router.hrana.streams import Stream
+from router.hrana.values import encode_value
+from tenants.budget import Budget, Encoding, drain
 from tenants.config import DbConfig
 from tenants.errors import NotAuthorizedSql, SqlfleetError, TenantUnavailable
-from tenants.execute import Params, Statement, check_sql_length, map_sqlite_error, run_statement
-from tenants.sqllex import split_statements
+from tenants.execute import (
+    Params,
+    RowSink,
+    Statement,
+    Value,
+    check_sql_length,
+    map_sqlite_error,
+    run_statement,
+)
+from tenants.sqllex import split_statements, tokens
 
 MAX_STORED_SQL = 50
+T = TypeVar("T")
+
+
+# What Hrana's JSON adds to a value ({"type":"integer","value":"..."}, a comma) and to a row
+# (its brackets, or a cursor's {"type":"row","row":[...]} line): see tenants.budget.
+HRANA = Encoding(per_value=32, per_row=24)
+
+Steps = Generator[None, None, T]
+_RUNS_SQL = frozenset({"execute", "batch", "sequence", "describe"})
 
 
 class StreamExecutor:
     """The requests of one pipeline on `stream`. `readonly` is the caller's access level;
-    `frozen` means the tenant takes no writes for now (a write is TenantUnavailable, as in REST)."""
+    `frozen` means the tenant takes no writes for now (a write is TenantUnavailable, as in REST);
+    `budget` is the HTTP request's (its deadline and result bytes span all its requests).
 
-    def __init__(self, stream: Stream, config: DbConfig, readonly: bool, frozen: bool = False) -> None:
+    The `*_steps` methods are generators that yield between statements (router.scheduler may
+    move the work to another thread there) and return what the plain method returns."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        config: DbConfig,
+        readonly: bool,
+        frozen: bool = False,
+        budget: Budget | None = None,
+    ) -> None:
         handle = stream.handle
         assert handle is not None and handle.conn is not None and handle.sandbox is not None
         self.stream = stream
@@ -52,21 +83,42 @@ class StreamExecutor:
         self.config = config
         self.readonly = readonly
         self.frozen = frozen
+        self.budget = budget
+
+    def results(self, requests: Sequence[Request | SqlfleetError]) -> Steps[list[dict[str, Any]]]:
+        """The StreamResult of each request of a pipeline. Once the budget's time is up, the
+        requests that would run SQL get an error result (REQUEST_TIME_LIMIT) and do not run;
+        the others (close, store_sql, ...) still do, so the stream's state stays as the client
+        expects."""
+        out = []
+        for index, request in enumerate(requests):
+            if index:
+                yield
+            out.append((yield from self.result_steps(request)))
+        return out
 
     def result(self, request: Request | SqlfleetError) -> dict[str, Any]:
         """The StreamResult of one request: its response, or its error."""
+        return drain(self.result_steps(request))
+
+    def result_steps(self, request: Request | SqlfleetError) -> Steps[dict[str, Any]]:
         try:
             if isinstance(request, SqlfleetError):
                 raise request
-            return {"type": "ok", "response": self.respond(request)}
+            return {"type": "ok", "response": (yield from self.respond_steps(request))}
         except SqlfleetError as exc:
             return {"type": "error", "error": hrana_error(exc)}
 
     def respond(self, request: Request) -> dict[str, Any]:
         """The StreamResponse of one request. Raises SqlfleetError."""
+        return drain(self.respond_steps(request))
+
+    def respond_steps(self, request: Request) -> Steps[dict[str, Any]]:
         kind = request.kind
         if self.stream.closed:
             raise StreamClosed("the stream was closed by an earlier request")
+        if kind in _RUNS_SQL and self.budget is not None:
+            self.budget.check_time()
         if kind == "close":
             self.stream.closed = True
             return {"type": kind}
@@ -75,9 +127,10 @@ class StreamExecutor:
             return {"type": kind, "result": protocol.stmt_result(self.execute(request.stmt))}
         if kind == "batch":
             assert request.batch is not None
-            return {"type": kind, "result": protocol.batch_result(self.batch(request.batch))}
+            outcomes = yield from self.batch_steps(request.batch)
+            return {"type": kind, "result": protocol.batch_result(outcomes)}
         if kind == "sequence":
-            self.sequence(self.sql_text(request.sql, request.sql_id))
+            yield from self.sequence_steps(self.sql_text(request.sql, request.sql_id))
             return {"type": kind}
         if kind == "describe":
             return {"type": kind, "result": self.describe(self.sql_text(request.sql, request.sql_id))}
@@ -92,31 +145,68 @@ class StreamExecutor:
 
     # -- statements ------------------------------------------------------------------------------
 
-    def execute(self, stmt: Stmt) -> Outcome:
-        """Run one statement. Raises SqlfleetError (SQL errors included)."""
+    def execute(self, stmt: Stmt, sink: RowSink | None = None) -> Outcome:
+        """Run one statement (its rows to `sink`, if given). Raises SqlfleetError (SQL errors
+        included)."""
         pieces = split_statements(self.sql_text(stmt.sql, stmt.sql_id))
         if not pieces:
             raise SqlNoStatement("the SQL text contains no statement")
         if len(pieces) > 1:
             raise SqlManyStatements("the SQL text contains more than one statement: use `sequence`")
-        return self._run(pieces[0], _params(stmt), stmt.want_rows)  # trailing comments dropped
+        return self._run(pieces[0], _params(stmt), stmt.want_rows, sink)  # trailing comments dropped
 
     def batch(self, batch: Batch) -> list[Outcome | None]:
-        """Run the steps whose conditions hold; a failed step does not stop the batch."""
+        return drain(self.batch_steps(batch))
+
+    def batch_steps(self, batch: Batch) -> Steps[list[Outcome | None]]:
+        """Run the steps whose conditions hold; a failed step does not stop the batch. Once
+        the budget's time is up, every remaining step fails with REQUEST_TIME_LIMIT unrun."""
         outcomes: list[Outcome | None] = []
-        for step in batch.steps:
+        for index, step in enumerate(batch.steps):
+            if index:
+                yield
             if step.condition is not None and not self._holds(step.condition, outcomes):
                 outcomes.append(None)
                 continue
             try:
+                if self.budget is not None:
+                    self.budget.check_time()
                 outcomes.append(self.execute(step.stmt))
             except SqlfleetError as exc:
                 outcomes.append(Outcome(error=hrana_error(exc)))
         return outcomes
 
+    def cursor_steps(self, batch: Batch, emit: Callable[[dict[str, Any]], None]) -> Steps[None]:
+        """`batch_steps`, its results as the cursor's entries handed to `emit` as they come
+        (rows one by one, never all at once). A step that fails after its step_begin ends with
+        a step_error instead of a step_end, as the protocol allows."""
+        outcomes: list[Outcome | None] = []
+        for index, step in enumerate(batch.steps):
+            if index:
+                yield
+            if step.condition is not None and not self._holds(step.condition, outcomes):
+                outcomes.append(None)
+                continue
+            try:
+                if self.budget is not None:
+                    self.budget.check_time()
+                outcome = self.execute(step.stmt, _CursorSink(emit, index, step.stmt.want_rows))
+            except SqlfleetError as exc:
+                outcome = Outcome(error=hrana_error(exc))
+                emit({"type": "step_error", "step": index, "error": outcome.error})
+            else:
+                assert outcome.result is not None
+                emit(protocol.step_end(outcome.result))
+            outcomes.append(outcome)
+
     def sequence(self, sql: str) -> None:
+        drain(self.sequence_steps(sql))
+
+    def sequence_steps(self, sql: str) -> Steps[None]:
         """Run every statement of `sql`, ignoring rows; stop at the first error (raised)."""
-        for piece in split_statements(sql):
+        for index, piece in enumerate(split_statements(sql)):
+            if index:
+                yield
             self._run(piece, (), want_rows=False)
 
     def describe(self, sql: str) -> dict[str, Any]:
@@ -125,14 +215,21 @@ class StreamExecutor:
         if count != 1:
             error = SqlNoStatement if count == 0 else SqlManyStatements
             raise error(f"describe needs exactly one statement, got {count}")
-        assert self.handle.sandbox is not None
+        sandbox = self.handle.sandbox
+        assert sandbox is not None
+        # Preparing is bounded by the statement's time limit too: SQLite looks up each named
+        # parameter among the earlier ones, so 32k of them take seconds.
+        timeout = sandbox.statement_timeout
+        sandbox.start_statement(self.budget.statement_limit(timeout) if self.budget is not None else None)
         try:
             info = apsw.ext.query_info(self.conn, sql)
         except apsw.Error as exc:
-            raise map_sqlite_error(exc, self.handle.sandbox) from None
+            raise map_sqlite_error(exc, sandbox) from None
+        finally:
+            sandbox.end_statement()
         names = info.bindings_names or ()
         return {
-            "params": [{"name": _param_name(sql, name)} for name in names],
+            "params": [{"name": name} for name in _param_names(sql, names)],
             "cols": [{"name": name, "decltype": decltype} for name, decltype in info.description or ()],
             "is_explain": bool(info.is_explain),
             "is_readonly": bool(info.is_readonly),
@@ -157,7 +254,7 @@ class StreamExecutor:
             raise SqlNotFound(f"no SQL text stored as {sql_id}")
         return stored
 
-    def _run(self, sql: str, params: Params, want_rows: bool) -> Outcome:
+    def _run(self, sql: str, params: Params, want_rows: bool, sink: RowSink | None = None) -> Outcome:
         begins_readonly = is_begin_readonly(sql)
         if begins_readonly:
             sql = "BEGIN DEFERRED"
@@ -165,7 +262,14 @@ class StreamExecutor:
         assert self.handle.sandbox is not None
         try:
             result = run_statement(
-                self.conn, self.handle.sandbox, self.config, Statement(sql, params), allow_tx=True
+                self.conn,
+                self.handle.sandbox,
+                self.config,
+                Statement(sql, params),
+                allow_tx=True,
+                budget=self.budget,
+                keep_rows=want_rows,
+                sink=sink,
             )
         except NotAuthorizedSql as exc:
             if self.frozen and exc.read_only and not self.stream.readonly_tx:
@@ -202,17 +306,32 @@ class StreamExecutor:
         return bool(self.conn.get_autocommit())  # is_autocommit
 
 
+class _CursorSink:
+    """A cursor step's columns and rows, as entries, to `emit` (rows only if wanted)."""
+
+    def __init__(self, emit: Callable[[dict[str, Any]], None], step: int, want_rows: bool) -> None:
+        self.emit, self.step, self.want_rows = emit, step, want_rows
+
+    def columns(self, names: list[str], decltypes: list[str | None]) -> None:
+        cols = [{"name": n, "decltype": d} for n, d in zip(names, decltypes, strict=True)]
+        self.emit({"type": "step_begin", "step": self.step, "cols": cols})
+
+    def row(self, values: tuple[Value, ...]) -> None:
+        if self.want_rows:
+            self.emit({"type": "row", "row": [encode_value(v) for v in values]})
+
+
 def _params(stmt: Stmt) -> Params:
     if stmt.args and stmt.named_args:
         raise ArgsBothPositionalAndNamed("send either positional or named arguments, not both")
     return stmt.named_args if stmt.named_args else stmt.args
 
 
-def _param_name(sql: str, name: str | None) -> str | None:
-    """APSW reports parameter names without their prefix; the protocol wants it back."""
-    if name is None:
-        return None
-    if name.isdigit():
-        return f"?{name}"
-    found = re.search(rf"([:@$]){re.escape(name)}(?![\w$])", sql)
-    return f"{found.group(1) if found else ':'}{name}"
+def _param_names(sql: str, names: Sequence[str | None]) -> list[str | None]:
+    """APSW reports parameter names without their prefix; the protocol wants it back. Read
+    off the statement's tokens in one pass (a search per name would be |names| x |sql|)."""
+    prefixes: dict[str, str] = {}
+    for token in tokens(sql):
+        if token.kind == "param" and token.text[0] in ":@$":
+            prefixes.setdefault(token.text[1:], token.text[0])
+    return [None if n is None else f"?{n}" if n.isdigit() else f"{prefixes.get(n, ':')}{n}" for n in names]

@@ -223,28 +223,13 @@ def batch_result(outcomes: list[Outcome | None]) -> dict[str, Any]:
     }
 
 
-def cursor_entries(outcomes: list[Outcome | None]) -> list[dict[str, Any]]:
-    """The same information as `batch_result`, as the cursor's entries (skipped steps omitted)."""
-    entries: list[dict[str, Any]] = []
-    for step, outcome in enumerate(outcomes):
-        if outcome is None:
-            continue
-        if outcome.error is not None:
-            entries.append({"type": "step_error", "step": step, "error": outcome.error})
-            continue
-        result = outcome.result
-        assert result is not None
-        entries.append({"type": "step_begin", "step": step, "cols": cols(result)})
-        if outcome.want_rows:
-            entries.extend({"type": "row", "row": [encode_value(v) for v in row]} for row in result.rows)
-        entries.append(
-            {
-                "type": "step_end",
-                "affected_row_count": result.rows_affected,
-                "last_insert_rowid": _rowid(result),
-            }
-        )
-    return entries
+def step_end(result: QueryResult) -> dict[str, Any]:
+    """The cursor entry that ends a step that ran."""
+    return {
+        "type": "step_end",
+        "affected_row_count": result.rows_affected,
+        "last_insert_rowid": _rowid(result),
+    }
 
 
 def _rowid(result: QueryResult) -> str | None:

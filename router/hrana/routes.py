@@ -13,6 +13,11 @@ for the legacy clients, HTTP_V1_SPEC.md):
 `v3-protobuf` is not served: its version check answers 404, so clients fall back to JSON.
 Errors are the protocol's `{"message", "code"}`: per request inside `results`, or as the body of
 a 4xx/5xx when the whole HTTP request fails (which ends the stream, as the spec says).
+
+Each HTTP request is one job of its tenant (router.scheduler) with one Budget (tenants.budget)
+for all its requests and steps: past its time, what would still run SQL gets an error result
+(REQUEST_TIME_LIMIT); past its result bytes, the statement whose rows do not fit gets
+RESPONSE_TOO_LARGE. The cursor's entries are streamed as they come (router.hrana.cursor).
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from router.auth import require_tenant
-from router.codec import read_json
+from router.codec import BudgetedResponse, read_json
 from router.context import ctx
+from router.hrana.cursor import CursorOutput, CursorResponse
 from router.hrana.errors import ProtocolError, RequestTooLarge, TenantRequired, hrana_error
-from router.hrana.executor import StreamExecutor
+from router.hrana.executor import HRANA, Steps, StreamExecutor
 from router.hrana.protocol import (
     batch_result,
-    cursor_entries,
     parse_batch,
     parse_request,
     parse_stmt,
@@ -42,6 +47,7 @@ from router.hrana.protocol import (
 )
 from router.hrana.streams import Stream, Streams
 from router.hrana.values import dumps_infinity_safe
+from tenants.budget import Budget
 from tenants.errors import SqlfleetError, TooLarge, Unauthorized
 from tenants.ids import validate_tenant_id
 
@@ -74,10 +80,7 @@ def hrana_endpoint(handler: Endpoint) -> Endpoint:
         try:
             return await handler(request)
         except SqlfleetError as exc:
-            headers = {"Retry-After": "1"} if exc.status in (429, 503) else {}
-            if isinstance(exc, Unauthorized):
-                headers["WWW-Authenticate"] = 'Bearer realm="sqlfleet"'
-            return json_response(hrana_error(exc), exc.status, headers)
+            return _error_response(exc)
 
     return endpoint
 
@@ -113,18 +116,25 @@ def host_tenant(request: Request, base_domain: str | None) -> str | None:
     return label
 
 
-async def _run(request: Request, stream: Stream, readonly: bool, work: Callable[[StreamExecutor], T]) -> T:
-    """`work` on the stream's attached handle, in a worker thread, then give the stream back;
-    any failure closes the stream (rolled back, handle let go). Returns what `work` returns."""
+async def _run(
+    request: Request,
+    stream: Stream,
+    readonly: bool,
+    work: Callable[[StreamExecutor], Steps[T]],
+    budget: Budget,
+) -> T:
+    """`work` on the stream's attached handle as one job of its tenant (router.scheduler),
+    then give the stream back; any failure closes the stream (rolled back, handle let go).
+    Returns what `work` returns."""
     c, streams = ctx(request), streams_of(request)
     ran = False
 
-    def in_thread() -> T:
+    def job() -> Steps[T]:
         nonlocal ran
         ran = True
         try:
             frozen = streams.attach(stream, readonly)
-            return work(StreamExecutor(stream, c.fleet.config, readonly, frozen))
+            return (yield from work(StreamExecutor(stream, c.fleet.config, readonly, frozen, budget)))
         except BaseException:
             stream.closed = True
             raise
@@ -134,9 +144,7 @@ async def _run(request: Request, stream: Stream, readonly: bool, work: Callable[
     try:
         # A stream inside a transaction holds the tenant's lock: it must not queue behind
         # requests waiting for that very lock. Others queue per tenant like the REST API.
-        if stream.locked:
-            return await c.blocking(in_thread)
-        return await c.for_tenant(stream.tenant, in_thread)
+        return await c.scheduler.run(stream.tenant, job(), queue=not stream.locked)
     except BaseException:
         if not ran:  # refused before it started (queue full, cancelled): end the stream too
             stream.closed = True
@@ -187,8 +195,14 @@ async def pipeline(request: Request) -> Response:
         except ProtocolError as exc:  # answered in its slot; the other requests still run
             requests.append(exc)
     stream = _stream_for(request, tenant, body.get("baton"))
-    results = await _run(request, stream, readonly, lambda s: [s.result(r) for r in requests])
-    return json_response({"baton": stream.next_baton, "base_url": None, "results": results})
+    budget = c.budget(HRANA)
+    try:
+        results = await _run(request, stream, readonly, lambda s: s.results(requests), budget)
+        out = _dumps({"baton": stream.next_baton, "base_url": None, "results": results})
+    except BaseException:
+        budget.release()
+        raise
+    return BudgetedResponse(out, budget)
 
 
 @hrana_endpoint
@@ -198,10 +212,19 @@ async def cursor(request: Request) -> Response:
     body = await _body(request)
     batch = parse_batch(body.get("batch"), "batch", c.config.max_batch_statements)
     stream = _stream_for(request, tenant, body.get("baton"))
-    outcomes = await _run(request, stream, readonly, lambda s: s.batch(batch))
-    # Run to completion, then sent: results are bounded by max_result_* per statement anyway.
-    lines = [{"baton": stream.next_baton, "base_url": None}, *cursor_entries(outcomes)]
-    return Response("".join(_dumps(line) + "\n" for line in lines), media_type="text/plain")
+    budget = c.budget(HRANA)
+    streams = streams_of(request)
+
+    def steps(executor: StreamExecutor, output: CursorOutput) -> Steps[None]:
+        # attached: nothing can refuse the request as a whole any more, so the header goes
+        # first (its baton is the stream's next one, as give_back will say)
+        output.emit({"baton": streams.baton(stream), "base_url": None})
+        yield from executor.cursor_steps(batch, output.emit)
+
+    async def produce(output: CursorOutput) -> None:
+        await _run(request, stream, readonly, lambda s: steps(s, output), budget)
+
+    return CursorResponse(produce, _dumps, budget, _error_response)
 
 
 @hrana_endpoint
@@ -209,12 +232,12 @@ async def v1_execute(request: Request) -> Response:
     tenant, readonly = resolve_tenant(request)
     stmt = parse_stmt((await _body(request)).get("stmt"), "stmt")
 
-    def work(executor: StreamExecutor) -> dict[str, Any]:
+    def work(executor: StreamExecutor) -> Steps[dict[str, Any]]:
         executor.stream.closed = True  # a fresh stream per request (HTTP v1)
-        return stmt_result(executor.execute(stmt))
+        return {"result": stmt_result(executor.execute(stmt))}
+        yield  # unreachable: one statement, no steps
 
-    result = await _run(request, streams_of(request).open(tenant), readonly, work)
-    return json_response({"result": result})
+    return await _v1(request, tenant, readonly, work)
 
 
 @hrana_endpoint
@@ -223,12 +246,31 @@ async def v1_batch(request: Request) -> Response:
     c = ctx(request)
     batch = parse_batch((await _body(request)).get("batch"), "batch", c.config.max_batch_statements)
 
-    def work(executor: StreamExecutor) -> dict[str, Any]:
+    def work(executor: StreamExecutor) -> Steps[dict[str, Any]]:
         executor.stream.closed = True
-        return batch_result(executor.batch(batch))
+        return {"result": batch_result((yield from executor.batch_steps(batch)))}
 
-    result = await _run(request, streams_of(request).open(tenant), readonly, work)
-    return json_response({"result": result})
+    return await _v1(request, tenant, readonly, work)
+
+
+async def _v1(
+    request: Request, tenant: str, readonly: bool, work: Callable[[StreamExecutor], Steps[dict[str, Any]]]
+) -> Response:
+    budget = ctx(request).budget(HRANA)
+    try:
+        result = await _run(request, streams_of(request).open(tenant), readonly, work, budget)
+        out = _dumps(result)
+    except BaseException:
+        budget.release()
+        raise
+    return BudgetedResponse(out, budget)
+
+
+def _error_response(exc: SqlfleetError) -> Response:
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="sqlfleet"'
+    return json_response(hrana_error(exc), exc.status, headers)
 
 
 def _routes(prefix: str) -> list[Route]:

@@ -9,6 +9,9 @@ A stream is a tenant's connection state carried across HTTP requests. Contract:
   (forged, unknown, or another tenant's), BATON_REUSED (an old one, or the stream is in use),
   or STREAM_EXPIRED.
 - A stream idle for `idle_timeout` expires: its transaction is rolled back, lock and pin let go.
+- Server work preempts a stream holding its tenant (delete, restore in place, migration,
+  shutdown: see tenants.pool): the stream ends as if expired, and its next request hears
+  STREAM_EXPIRED saying why. Requests on a stream whose tenant is going away are refused so.
 - At most `max_per_tenant` streams per tenant and `max_total` in all (in-flight ones count).
 
 Registry methods (`open`, `take`, `give_back`) are cheap and may run on the event loop;
@@ -29,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import apsw
 
@@ -59,6 +63,8 @@ class Stream:
     readonly_tx: bool = False  # inside BEGIN READONLY: query_only is on
     next_baton: str | None = None  # what the request that has it answers with
     sqls: dict[int, str] = field(default_factory=dict)
+    preempted: str | None = None  # why server work ended it (set under the registry's lock)
+    on_preempt: Callable[[str], None] | None = None  # what it sets as `handle.preempt`
 
 
 class Streams:
@@ -78,8 +84,9 @@ class Streams:
         self._lock = threading.Lock()
         self._streams: dict[int, Stream] = {}
         self._per_tenant: dict[str, int] = {}
-        self._expired: OrderedDict[int, str] = OrderedDict()
+        self._expired: OrderedDict[int, tuple[str, str]] = OrderedDict()  # id -> (tenant, why)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # sweep now: a preempted stream came back from its request
         self._sweeper = threading.Thread(target=self._sweep_loop, name="hrana-stream-sweeper", daemon=True)
         self._sweeper.start()
 
@@ -118,6 +125,7 @@ class Streams:
             while stream_id in self._streams or stream_id in self._expired:
                 stream_id = secrets.randbits(64)
             stream = Stream(stream_id, tenant, secrets.randbits(64))
+            stream.on_preempt = partial(self._preempt, stream)
             self._streams[stream_id] = stream
             self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
         return stream
@@ -129,11 +137,9 @@ class Streams:
         with self._lock:
             stream = self._streams.get(stream_id)
             if stream is None or stream.tenant != tenant:
-                if stream is None and self._expired.get(stream_id) == tenant:
-                    raise StreamExpired(
-                        f"the stream expired after {self.idle_timeout:g} s idle; "
-                        "its transaction was rolled back"
-                    )
+                expired = self._expired.get(stream_id) if stream is None else None
+                if expired is not None and expired[0] == tenant:
+                    raise StreamExpired(expired[1])
                 raise BatonInvalid("the baton names no open stream of this tenant")
             if stream.busy or stream.seq != seq:
                 raise BatonReused("the baton was already used: send the one from the latest response")
@@ -149,7 +155,21 @@ class Streams:
                 return None
             stream.busy = False
             stream.deadline = time.monotonic() + self.idle_timeout
+            if stream.preempted is not None:
+                # preempted after its request let go of the handle: the sweeper ends it now
+                stream.deadline = 0.0
+                self._wake.set()
             return self.baton(stream)
+
+    def _tombstone(self, stream: Stream) -> None:
+        # caller holds self._lock; remembered so that a late client hears why
+        if stream.preempted is not None:
+            why = f"the stream was ended because {stream.preempted}; its transaction was rolled back"
+        else:
+            why = f"the stream expired after {self.idle_timeout:g} s idle; its transaction was rolled back"
+        self._expired[stream.id] = (stream.tenant, why)
+        if len(self._expired) > _TOMBSTONES:
+            self._expired.popitem(last=False)
 
     def _unregister(self, stream: Stream) -> None:
         # caller holds self._lock
@@ -166,12 +186,24 @@ class Streams:
     def attach(self, stream: Stream, readonly: bool) -> bool:
         """Pin and lock the stream's handle and set its access; whether the tenant is frozen
         (read-only for now, as `writable` says: e.g. its backup is too far behind). Raises what
-        the pool raises (TenantNotFound, TenantBusy, ...)."""
+        the pool raises (TenantNotFound, TenantBusy, ...), and StreamExpired for a stream that
+        server work preempted or whose tenant is going away with its transaction open."""
+        if stream.preempted is not None:
+            raise StreamExpired(f"the stream was ended because {stream.preempted}")
+        handle = stream.handle
+        if handle is not None and handle.discarded:
+            if stream.locked:  # its transaction dies with the handle: say why, let go (detach)
+                raise StreamExpired(f"the stream was ended because {handle.discard_reason}")
+            # The tenant was closed under this stream (restored, deleted): pin it afresh; the
+            # pool then opens it again or says why it cannot.
+            stream.handle = None
+            self._pool.unpin(handle)
         if stream.handle is None:
             stream.handle = self._pool.pin(stream.tenant)
         if not stream.locked:
             self._pool.acquire(stream.handle)
             stream.locked = True
+            stream.handle.preempt = stream.on_preempt
         frozen = not readonly and not self._writable(stream.tenant)
         stream.handle.set_query_only(readonly or frozen or stream.readonly_tx)
         return frozen
@@ -182,11 +214,16 @@ class Streams:
         handle = stream.handle
         if handle is None:
             return
-        if stream.closed:
+        if stream.closed or stream.preempted is not None:
             self._dispose(stream)
         elif stream.locked and (handle.conn is None or handle.conn.get_autocommit()):
-            stream.locked = False
-            handle.lock.release()
+            self._release(stream, handle)
+
+    def _release(self, stream: Stream, handle: Handle) -> None:
+        stream.locked = False
+        if handle.preempt is stream.on_preempt:
+            handle.preempt = None
+        handle.lock.release()
 
     def _dispose(self, stream: Stream) -> None:
         handle, stream.handle = stream.handle, None
@@ -199,9 +236,26 @@ class Streams:
             log.exception("rolling back stream of tenant %s failed", stream.tenant)
         finally:
             if stream.locked:
-                stream.locked = False
-                handle.lock.release()
+                self._release(stream, handle)
             self._pool.unpin(handle)
+
+    def _preempt(self, stream: Stream, reason: str, holders_only: bool = True) -> None:
+        """`handle.preempt` of a stream holding its tenant's lock: end it for `reason`. An idle
+        stream is rolled back and let go here and now; one in a request, when the request ends
+        (`detach`, or the sweeper if the request had let go of the handle already). With
+        `holders_only`, an idle stream that holds no lock (it let go meanwhile) is left alone."""
+        with self._lock:
+            if holders_only and not stream.busy and not stream.locked:
+                return
+            if stream.preempted is None:
+                stream.preempted = reason
+            idle = not stream.busy and self._streams.get(stream.id) is stream
+            if idle:
+                self._unregister(stream)
+                self._tombstone(stream)
+        if idle:
+            log.info("hrana stream of tenant %s preempted: %s", stream.tenant, reason)
+            self._dispose(stream)
 
     # -- expiry ----------------------------------------------------------------------------------
 
@@ -212,9 +266,7 @@ class Streams:
             victims = [s for s in self._streams.values() if not s.busy and s.deadline <= now]
             for stream in victims:
                 self._unregister(stream)
-                self._expired[stream.id] = stream.tenant
-                if len(self._expired) > _TOMBSTONES:
-                    self._expired.popitem(last=False)
+                self._tombstone(stream)
         for stream in victims:
             log.info(
                 "hrana stream of tenant %s expired (transaction rolled back: %s)",
@@ -226,21 +278,24 @@ class Streams:
 
     def _sweep_loop(self) -> None:
         interval = min(1.0, max(0.05, self.idle_timeout / 4))
-        while not self._stop.wait(interval):
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.sweep()
             except Exception:  # the sweeper must outlive one bad stream
                 log.exception("sweeping hrana streams failed")
 
     def close(self) -> None:
-        """Stop the sweeper; roll back and let go of every idle stream. Idempotent. Streams in
-        use by a request are left to it (call after the server stopped taking requests)."""
+        """Stop the sweeper; end every stream (preempted: the server is shutting down), idle
+        ones rolled back and let go now, those in a request when it ends. Idempotent."""
         self._stop.set()
+        self._wake.set()
         if self._sweeper.is_alive() and self._sweeper is not threading.current_thread():
             self._sweeper.join(5)
         with self._lock:
-            idle = [s for s in self._streams.values() if not s.busy]
-            for stream in idle:
-                self._unregister(stream)
-        for stream in idle:
-            self._dispose(stream)
+            streams = list(self._streams.values())
+        for stream in streams:
+            self._preempt(stream, "the server is shutting down", holders_only=False)

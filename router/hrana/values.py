@@ -34,7 +34,10 @@ def decode_value(raw: Any, where: str) -> Value:
         number = raw.get("value")
         if isinstance(number, bool) or not isinstance(number, int | float):
             raise ProtocolError(f"{where}: a float value must be a JSON number")
-        return float(number)
+        try:
+            return float(number)
+        except OverflowError:  # an integer literal past any double: 1e999 written out in digits
+            raise ProtocolError(f"{where}: float value out of range") from None
     if kind == "text":
         text = raw.get("value")
         if not isinstance(text, str):

@@ -1,5 +1,5 @@
 """Paths and schemas of the tenant admin API (router/admin_api.py): create, list, inspect,
-delete, mint tokens."""
+delete, mint and revoke tokens."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": {"type": "integer", "description": "unix seconds"},
         },
     },
+    "TokensRevoked": {
+        "type": "object",
+        "required": ["tenant", "revoked_at"],
+        "properties": {
+            "tenant": TENANT_ID,
+            "revoked_at": {
+                **TIME,
+                "description": "tokens minted before this moment are refused (401); later ones work",
+            },
+        },
+    },
 }
 
 
@@ -102,5 +113,22 @@ def paths() -> dict[str, Any]:
                 [TENANT_PARAM],
                 tag="admin",
             )
+        },
+        "/v1/admin/tenants/{tenant}/tokens/revoke": {
+            "post": {
+                **operation(
+                    "Revoke the tenant's tokens",
+                    json_body(ref("TokensRevoked")),
+                    (400, 401, 403, 404),
+                    params=[TENANT_PARAM],
+                    tag="admin",
+                ),
+                "description": (
+                    "Every token minted for the tenant until now is refused from now on, without "
+                    "changing the server's signing key. Tokens are also bound to the tenant's "
+                    "incarnation: one minted before the tenant was deleted and created again never "
+                    "works for the new tenant."
+                ),
+            }
         },
     }

@@ -1,6 +1,7 @@
 """Paths and schemas of backups and restore (router/backups_api.py); 409 when the server runs
-without backups, 502/503 when the replica fails or cannot be reached, 500 when a restored file
-fails its integrity check (a broken backup)."""
+without backups (or rekey without encryption keys), 502/503 when the replica fails or cannot be
+reached, 500 when a restored file fails its integrity check (a broken backup), or a backup object
+is sealed with a key the server lacks or fails authentication (tampered)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,85 @@ SCHEMAS: dict[str, Any] = {
         "required": ["segments"],
         "properties": {"segments": {"type": "integer", "description": "segment objects read"}},
     },
+    "RekeyRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "after": {
+                "type": "string",
+                "nullable": True,
+                "description": "the previous batch's `next`; null or absent: from the start",
+            },
+            "limit": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+        },
+    },
+    "RekeyBatch": {
+        "type": "object",
+        "required": ["key_id", "total", "checked", "rewritten", "missing", "next"],
+        "properties": {
+            "key_id": {"type": "string", "description": "the current key, now sealing what was rewritten"},
+            "total": {"type": "integer", "description": "segments retention still needs"},
+            "checked": {"type": "integer", "description": "segments this batch looked at"},
+            "rewritten": {"type": "integer", "description": "objects this batch re-encrypted"},
+            "missing": {"type": "integer", "description": "segments in the catalog but not in the bucket"},
+            "next": {
+                "type": "string",
+                "nullable": True,
+                "description": "cursor for the next batch; null: done",
+            },
+        },
+    },
+    "FleetRestore": {
+        "type": "object",
+        "required": ["groups", "tenants_to_restore", "tokens", "warning"],
+        "properties": {
+            "groups": {
+                "type": "object",
+                "required": ["restored", "present", "failed"],
+                "properties": {
+                    "restored": {"type": "array", "items": {"type": "string"}, "description": "put back now"},
+                    "present": {"type": "array", "items": {"type": "string"}, "description": "already here"},
+                    "failed": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "group -> why its archive was refused",
+                    },
+                },
+            },
+            "tenants_to_restore": {"type": "integer", "description": "restorable tenants this server lacks"},
+            "tokens": {
+                "type": "object",
+                "required": ["signing_key", "minted_with", "unknown", "changed_key", "survive", "warning"],
+                "properties": {
+                    "signing_key": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "fingerprint of the key this server signs tokens with",
+                    },
+                    "minted_with": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "fingerprints of the keys the old tokens were signed with",
+                    },
+                    "unknown": {"type": "integer", "description": "tenants with no metadata"},
+                    "changed_key": {
+                        "type": "integer",
+                        "description": "tenants whose tokens were signed with another key",
+                    },
+                    "survive": {
+                        "type": "boolean",
+                        "description": "every old token will work after the restore",
+                    },
+                    "warning": {"type": "string", "nullable": True},
+                },
+            },
+            "warning": {
+                "type": "string",
+                "nullable": True,
+                "description": "set when old tokens will not work after the restore: why, what to do",
+            },
+        },
+    },
     "RestorableTenants": {
         "type": "object",
         "required": ["tenants"],
@@ -126,13 +206,31 @@ def paths() -> dict[str, Any]:
             "post": op(
                 "Rebuild the backup catalog from the replica",
                 "BackupRebuild",
-                (400, 401, 403, 409, 502, 503),
+                (400, 401, 403, 409, 500, 502, 503),
+                tenant=False,
+            )
+        },
+        "/v1/admin/backups/rekey": {
+            "post": op(
+                "Re-encrypt a batch of backups with the current key (repeat with `next` until null)",
+                "RekeyBatch",
+                (400, 401, 403, 409, 413, 500, 502, 503),
+                "RekeyRequest",
                 tenant=False,
             )
         },
         "/v1/admin/backups/tenants": {
             "get": op(
                 "Tenants the replica can restore", "RestorableTenants", (400, 401, 403, 409), tenant=False
+            )
+        },
+        "/v1/admin/backups/fleet/restore": {
+            "post": op(
+                "Put back the schema groups this server lacks from the fleet metadata (disaster "
+                "recovery, before the tenants); says whether old tenant tokens will work here",
+                "FleetRestore",
+                (400, 401, 403, 409, 500, 502, 503),
+                tenant=False,
             )
         },
     }

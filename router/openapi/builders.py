@@ -16,13 +16,15 @@ STATUS_TEXT = {
     401: "Missing, invalid or expired credential",
     403: "Not allowed for this credential",
     404: "No such tenant or route",
+    408: "The request body did not arrive within body_timeout (the connection is closed)",
     409: "Already exists",
     413: "Too large",
-    500: "Backup broken: the restored file fails its integrity check",
+    500: "Backup broken (fails its integrity check), tampered, or sealed with a key not configured",
     502: "Replica (backup storage) error",
     429: "Too many requests or streams",
     503: "Tenant unavailable",
     504: "Statement timed out",
+    507: "The server's disk is full: nothing was changed, retry once space is freed",
 }
 
 
@@ -56,10 +58,11 @@ def operation(
     error_kind: str = "E",
 ) -> dict[str, Any]:
     """One OpenAPI operation; `body` names the request body's component schema."""
+    full = (507,) if secured else ()  # any secured route may need the disk: 507 when it is full
     op: dict[str, Any] = {
         "summary": summary,
         "tags": [tag],
-        "responses": {ok_status: ok, **errors(*error_statuses, kind=error_kind)},
+        "responses": {ok_status: ok, **errors(*error_statuses, *full, kind=error_kind)},
     }
     if body is not None:
         op["requestBody"] = request_body(ref(body))

@@ -42,18 +42,20 @@ def openapi_document() -> dict[str, Any]:
         **{f"E{s}": json_body(ref("Error"), text) for s, text in STATUS_TEXT.items()},
         **{f"H{s}": json_body(ref("HranaError"), text) for s, text in STATUS_TEXT.items()},
     }
+    paths = {
+        **tenant.paths(),
+        **admin.paths(),
+        **system.paths(),
+        **groups.paths(),
+        **backups.paths(),
+        **hrana.paths(),
+    }
+    _body_timeouts(paths)
     return {
         "openapi": "3.0.3",
         "info": {"title": "sqlfleet", "version": "1"},
         "tags": [{"name": name} for name in TAGS],
-        "paths": {
-            **tenant.paths(),
-            **admin.paths(),
-            **system.paths(),
-            **groups.paths(),
-            **backups.paths(),
-            **hrana.paths(),
-        },
+        "paths": paths,
         "components": {
             "schemas": schemas,
             "responses": responses,
@@ -61,8 +63,24 @@ def openapi_document() -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "admin key, or an Ed25519 JWT tenant token",
+                    "description": (
+                        "admin key, or an Ed25519 JWT tenant token: bound to the tenant it was "
+                        "minted for (a tenant created again under its id refuses it) and "
+                        "revocable per tenant (POST /v1/admin/tenants/{tenant}/tokens/revoke)"
+                    ),
                 }
             },
         },
     }
+
+
+def _body_timeouts(paths: dict[str, Any]) -> None:
+    """Every operation that takes a body may answer 408 (router/body_deadline.py), in the error
+    shape of its other errors (Hrana's or ours)."""
+    for operations in paths.values():
+        for op in operations.values():
+            if "requestBody" not in op:
+                continue
+            refs = [r.get("$ref", "") for r in op["responses"].values()]
+            kind = "H" if any(r.startswith("#/components/responses/H") for r in refs) else "E"
+            op["responses"].setdefault("408", {"$ref": f"#/components/responses/{kind}408"})

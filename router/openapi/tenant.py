@@ -65,7 +65,7 @@ SCHEMAS: dict[str, Any] = {
 
 
 def paths() -> dict[str, Any]:
-    errors = (400, 401, 403, 404, 413, 503, 504)
+    errors = (400, 401, 403, 404, 413, 429, 503, 504)  # 429: a disk quota (wal_full, replica_quota_exceeded)
     return {
         "/v1/tenants/{tenant}/query": {
             "post": operation(

@@ -51,34 +51,44 @@ def test_a_wal_is_checkpointed_only_when_everything_in_it_is_durable(rig: Rig) -
     assert rig.restored("acme", time.time()) == [*range(6), "after"]
 
 
-def test_commits_made_since_the_flush_began_are_shipped_before_the_checkpoint(rig: Rig) -> None:
+def test_commits_made_since_the_flush_began_are_carried_by_the_checkpoint(rig: Rig) -> None:
+    """The checkpoint does not upload them (no PUT with the tenant held): it carries them, durable
+    on local disk, and the next regular flush ships them."""
     rig.create("acme")
     rig.insert("acme", *range(6))
     tenants = rig.shipper.flusher.run()
     rig.insert("acme", "late")  # between the upload and the checkpoint
+    puts = len(rig.replica.puts)
 
     rig.shipper.checkpointer.maintain(tenants)
 
     assert rig.wal("acme").stat().st_size == 0
+    assert len(rig.replica.puts) == puts
     entry = rig.shipper.ledger.get("acme")
-    assert entry is not None and entry.pending == []
+    assert entry is not None and entry.pending == [] and len(entry.carried) == 1
+    assert entry.carried[0].path.exists()
+    assert rig.restored("acme", time.time()) == list(range(6))  # not in the replica yet
+    assert rig.shipper.flush()
+    assert entry.carried == [] and not list((rig.layout.system_dir / "carry").iterdir())
     assert rig.restored("acme", time.time()) == [*range(6), "late"]
 
 
-def test_no_checkpoint_when_the_last_commits_cannot_be_shipped(rig: Rig) -> None:
+def test_carried_commits_wait_for_the_replica(rig: Rig) -> None:
     rig.create("acme")
     rig.insert("acme", *range(6))
     tenants = rig.shipper.flusher.run()
     rig.insert("acme", "late")
     rig.replica.fail_puts = 1
 
-    rig.shipper.checkpointer.maintain(tenants)
+    rig.shipper.checkpointer.maintain(tenants)  # needs no replica
+    assert wal_frames(rig, "acme") == 0
+    assert not rig.shipper.flush()  # the replica refuses: the carried chunk waits
 
-    assert wal_frames(rig, "acme") > 6
     entry = rig.shipper.ledger.get("acme")
-    assert entry is not None and entry.base.salts is not None and len(entry.pending) == 1
+    assert entry is not None and len(entry.carried) == 1 and "acme" in rig.shipper.ledger.dirty
+    assert rig.shipper.backlog_bytes("acme") == entry.carried[0].frame_bytes > 0
     assert rig.shipper.flush()
-    assert rig.wal("acme").stat().st_size == 0
+    assert rig.shipper.backlog_bytes("acme") == 0
     assert rig.restored("acme", time.time()) == [*range(6), "late"]
 
 

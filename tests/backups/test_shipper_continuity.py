@@ -14,8 +14,11 @@ import apsw
 import pytest
 
 from backups import wal
+from backups.carry import Carried
 from backups.catalog import Position
-from backups.continuity import db_page_size, new_generation_id, page_size_of, resumed_log
+from backups.continuity import db_page_size, main_file_of, new_generation_id, page_size_of, resumed_log
+from backups.ledger import TenantLog
+from backups.segment import SNAPSHOT
 from tests.support.shipper import Rig, open_tenant
 
 
@@ -24,6 +27,11 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     rig = Rig(tmp_path)
     yield rig
     rig.shutdown()
+
+
+def first_snapshot(entry: TenantLog) -> Carried | None:
+    """The snapshot a new generation starts with, waiting (durable) for the next flush."""
+    return next((c for c in entry.carried if c.kind == SNAPSHOT and c.first_lsn == 0), None)
 
 
 def generations(rig: Rig, tenant: str) -> list[str]:
@@ -56,28 +64,52 @@ def test_a_reopened_tenant_resumes_when_salts_and_checksum_match(rig: Rig) -> No
     assert rig.restored("acme", time.time()) == [1, 2, 3]
 
 
-def test_commits_after_the_shipped_position_are_recovered_with_the_wal_mtime(rig: Rig) -> None:
+def test_commits_after_the_shipped_position_are_recovered_with_their_times(rig: Rig) -> None:
     rig.create("acme")
     rig.insert("acme", 1)
     assert rig.shipper.flush()
     shipped = rig.catalog.position("acme")
     assert shipped is not None
     rig.insert("acme", 2, 3)  # committed, never shipped: the process dies here
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None
+    committed = [t for _, t in entry.pending]
     rig.conns.pop("acme").close()
     _, frames = wal.scan(rig.wal("acme"))
-    mtime = rig.wal("acme").stat().st_mtime
     rig.new_shipper()
 
     rig.open("acme")
     entry = rig.shipper.ledger.get("acme")
     assert entry is not None and entry.base == shipped
     commits = [f.index + 1 for f in frames if f.commit_size]
-    assert entry.pending == [(n, mtime) for n in commits[-2:]]
+    assert entry.pending == list(zip(commits[-2:], committed, strict=True))  # the commit-times journal's
     assert "acme" in rig.shipper.ledger.dirty
 
     assert rig.shipper.flush()
     assert rig.restored("acme", time.time()) == [1, 2, 3]
     assert generations(rig, "acme") == [shipped.generation]
+
+
+def test_without_the_commit_times_journal_recovered_commits_get_the_wal_mtime(rig: Rig) -> None:
+    """A power loss may take the journal's tail: then the WAL's mtime is the best time known."""
+    rig.create("acme")
+    rig.insert("acme", 1)
+    assert rig.shipper.flush()
+    rig.insert("acme", 2, 3)
+    rig.conns.pop("acme").close()
+    _, frames = wal.scan(rig.wal("acme"))
+    mtime = rig.wal("acme").stat().st_mtime
+    for journal in (rig.layout.system_dir / "commit-times").iterdir():
+        journal.write_bytes(b"")
+    rig.new_shipper()
+
+    rig.open("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None
+    commits = [f.index + 1 for f in frames if f.commit_size]
+    assert entry.pending == [(n, mtime) for n in commits[-2:]]
+    assert rig.shipper.flush()
+    assert rig.restored("acme", time.time()) == [1, 2, 3]
 
 
 def test_a_wal_with_other_salts_starts_a_new_generation(rig: Rig) -> None:
@@ -93,7 +125,7 @@ def test_a_wal_with_other_salts_starts_a_new_generation(rig: Rig) -> None:
 
     rig.open("acme")
     entry = rig.shipper.ledger.get("acme")
-    assert entry is not None and entry.snapshot is not None
+    assert entry is not None and first_snapshot(entry) is not None
     assert entry.base.generation != position.generation and entry.base.lsn == 0
 
     rig.insert("acme", 3)
@@ -114,7 +146,7 @@ def test_a_wal_with_another_checksum_at_the_shipped_frame_starts_a_new_generatio
 
     rig.open("acme")
     entry = rig.shipper.ledger.get("acme")
-    assert entry is not None and entry.snapshot is not None
+    assert entry is not None and first_snapshot(entry) is not None
     assert entry.base.generation != position.generation
 
 
@@ -137,17 +169,30 @@ def test_resumed_log_checks_salts_and_the_seed_at_the_shipped_frame(rig: Rig) ->
         conn.close()
 
 
-def test_a_checkpointed_position_resumes_only_while_there_is_no_wal(rig: Rig) -> None:
+def test_a_checkpointed_position_resumes_with_no_wal_or_one_begun_after_it(rig: Rig) -> None:
     position = shipped_then_closed(rig, "acme", 1)
-    checkpointed = dataclasses.replace(position, salts=None, wal_frames=0, seed=(0, 0))
     conn = open_tenant(rig.path("acme"))
     try:
-        assert resumed_log(checkpointed, rig.wal("acme"), conn) is None  # a WAL it does not know
+        checkpointed = dataclasses.replace(
+            position, salts=None, wal_frames=0, seed=(0, 0), retired=position.salts
+        )
+        # the WAL the checkpoint truncated, back (a power loss may undo the truncation)
+        assert resumed_log(checkpointed, rig.wal("acme"), conn) is None
         conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         assert wal.read_header(rig.wal("acme")) is None
+        # the checkpoint wrote the main file: the position must say so (the shipper's checkpoint
+        # records it), else nothing proves the file is the one the position describes
+        assert resumed_log(checkpointed, rig.wal("acme"), conn) is None
+        checkpointed = dataclasses.replace(checkpointed, main=main_file_of(conn))
         resumed = resumed_log(checkpointed, rig.wal("acme"), conn)
         assert resumed is not None and resumed.base == checkpointed
         assert resumed.page_size == db_page_size(conn) == 4096
+        # commits after the checkpoint, in a WAL begun after it: they follow that main file
+        conn.execute("INSERT INTO t(v) VALUES (2)")
+        header = wal.read_header(rig.wal("acme"))
+        assert header is not None and (header.salt1, header.salt2) != position.salts
+        resumed = resumed_log(checkpointed, rig.wal("acme"), conn, {(header.salt1, header.salt2, 1): 42.0})
+        assert resumed is not None and resumed.base == checkpointed and resumed.pending == [(1, 42.0)]
     finally:
         conn.close()
 
@@ -155,10 +200,12 @@ def test_a_checkpointed_position_resumes_only_while_there_is_no_wal(rig: Rig) ->
 def test_a_new_tenant_starts_a_generation_with_its_file_as_snapshot(rig: Rig) -> None:
     rig.create("acme")
     entry = rig.shipper.ledger.get("acme")
-    assert entry is not None and entry.snapshot is not None
+    assert entry is not None
+    snapshot = first_snapshot(entry)  # durable on local disk until the next flush ships it
+    assert snapshot is not None and snapshot.path.exists()
     assert entry.base.lsn == 0 and entry.base.salts is None
-    assert entry.snapshot.image is not None
-    image = b"".join(entry.snapshot.image.pieces())
+    assert rig.catalog.position("acme") == entry.base  # saved at once: a crash keeps the generation
+    image = b"".join(snapshot.body())
     assert image == rig.path("acme").read_bytes()[: len(image)]
     assert page_size_of(image) == entry.page_size == 4096
 
@@ -174,7 +221,7 @@ def test_a_first_open_without_a_position_starts_a_generation(rig: Rig) -> None:
 
     rig.open("old")
     entry = rig.shipper.ledger.get("old")
-    assert entry is not None and entry.snapshot is not None
+    assert entry is not None and first_snapshot(entry) is not None
     header, frames = wal.scan(rig.wal("old"))
     assert header is not None
     assert entry.base.salts == (header.salt1, header.salt2)
@@ -196,7 +243,7 @@ def test_restart_of_a_broken_tenant(rig: Rig) -> None:
     entry.broken = True
     continuity.restart("open", entry, rig.conns["open"])
     restarted = ledger.get("open")
-    assert restarted is not None and restarted is not entry and restarted.snapshot is not None
+    assert restarted is not None and restarted is not entry and first_snapshot(restarted) is not None
     assert restarted.base.generation != entry.base.generation
 
     closed = ledger.get("closed")

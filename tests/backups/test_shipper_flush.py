@@ -135,12 +135,12 @@ def test_a_failed_upload_keeps_snapshots_and_deletions_waiting(rig: Rig) -> None
     rig.shipper.after_delete("gone")  # flushes: fails
     assert rig.shipper.deletion_pending("gone")
     entry = rig.shipper.ledger.get("new")
-    assert entry is not None and entry.snapshot is not None
+    assert entry is not None and [c.kind for c in entry.carried] == [SNAPSHOT]
 
     assert rig.shipper.flush()
     assert not rig.shipper.deletion_pending("gone")
     assert [r.kind for r in rig.catalog.chunks("gone")] == [TOMBSTONE]
-    assert entry.snapshot is None
+    assert entry.carried == []
     assert {r.kind for r in rig.catalog.chunks("new")} == {SNAPSHOT, FRAMES}
 
 

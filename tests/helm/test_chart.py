@@ -54,7 +54,8 @@ def test_every_file_parses_and_has_the_parts_the_issue_lists() -> None:
     values()
     json.loads((CHART / "dashboards" / "sqlfleet.json").read_text())
     kinds = sorted(d["kind"] for _, d in documents())
-    expected = "ConfigMap ConfigMap PodDisruptionBudget Secret Service Service ServiceMonitor StatefulSet"
+    expected = "ConfigMap ConfigMap PodDisruptionBudget Secret Secret Service Service ServiceMonitor"
+    expected += " StatefulSet"  # the second Secret: the token signing key's own (signing-key-secret.yaml)
     assert kinds == sorted(expected.split())
     for name, doc in documents():
         assert doc["apiVersion"] and doc["metadata"]["name"], name

@@ -41,6 +41,8 @@ def test_env_then_flags() -> None:
         ("SQLFLEET_SYNCHRONOUS", "OFF"),
         ("SQLFLEET_STATEMENT_TIMEOUT", "-1"),
         ("SQLFLEET_MAX_QUEUED_PER_TENANT", "0"),
+        ("SQLFLEET_PREEMPT_WAIT", "0"),
+        ("SQLFLEET_BODY_TIMEOUT", "-1"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(name: str, value: str) -> None:
@@ -60,11 +62,15 @@ def test_sub_configs_carry_the_settings() -> None:
     env = {
         "SQLFLEET_MAX_QUEUED_PER_TENANT": "3",
         "SQLFLEET_BUSY_TIMEOUT": "0.5",
+        "SQLFLEET_PREEMPT_WAIT": "0.25",
+        "SQLFLEET_BODY_TIMEOUT": "9",
         "SQLFLEET_BACKUP_SNAPSHOT_BYTES": "1000",
         "SQLFLEET_BACKUP_RETENTION": "60",
     }
     settings = Settings.load(env)
     assert settings.router_config().max_queued_per_tenant == 3
     assert settings.pool_config().busy_timeout == 0.5
+    assert settings.pool_config().preempt_wait == 0.25
+    assert settings.router_config().body_timeout == 9.0
     shipper = settings.shipper_config()
     assert (shipper.snapshot_bytes, shipper.retention) == (1000, 60.0)

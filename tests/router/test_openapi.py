@@ -104,6 +104,7 @@ def test_one_real_call_per_operation_matches_its_documented_schema(app: InProces
         ("GET", "/v1/admin/tenants?limit=1", None, ADMIN),
         ("GET", "/v1/admin/tenants/acme", None, ADMIN),
         ("POST", "/v1/admin/tenants/acme/tokens", {"access": "ro"}, ADMIN),
+        ("POST", "/v1/admin/tenants/victim/tokens/revoke", None, ADMIN),
         ("DELETE", "/v1/admin/tenants/victim", None, ADMIN),
         ("GET", "/healthz", None, {}),
         ("GET", "/readyz", None, {}),

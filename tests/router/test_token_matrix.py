@@ -99,9 +99,11 @@ ROUTES: dict[str, tuple[str, str, Any]] = {
     "admin_info": ("GET", "/v1/admin/tenants/acme", None),
     "admin_delete": ("DELETE", "/v1/admin/tenants/victim", None),
     "token_mint": ("POST", "/v1/admin/tenants/acme/tokens", {"access": "ro", "expires_in": 60}),
+    # last: it ends the `other_tenant` credential's token
+    "token_revoke": ("POST", "/v1/admin/tenants/other/tokens/revoke", None),
 }
 
-ADMIN_ROUTES = ("admin_create", "admin_list", "admin_info", "admin_delete", "token_mint")
+ADMIN_ROUTES = ("admin_create", "admin_list", "admin_info", "admin_delete", "token_mint", "token_revoke")
 OK = {
     "query_read": 200,
     "query_write": 200,
@@ -112,6 +114,7 @@ OK = {
     "admin_info": 200,
     "admin_delete": 204,
     "token_mint": 200,
+    "token_revoke": 200,
 }
 
 
@@ -229,7 +232,10 @@ def test_token_claims_other_than_ro_rw_are_refused(app: InProcess) -> None:
 def test_a_cached_token_stops_working_when_it_expires(app: InProcess) -> None:
     app.create("acme")
     exp = int(time.time()) + 1
-    token = _signed(app, {"sub": "acme", "a": "rw", "exp": exp})
+    row = app.server.fleet.catalog.get("acme")
+    assert row is not None
+    binding = {"inc": row.incarnation, "gen": row.token_generation}  # as minted tokens carry
+    token = _signed(app, {"sub": "acme", "a": "rw", "exp": exp, **binding})
     assert app.query("acme", "select 1", token=token).status_code == 200
     assert app.query("acme", "select 1", token=token).status_code == 200  # served from the cache
     for _ in range(30):  # bounded: until the wall clock is past `exp`

@@ -14,6 +14,7 @@ import pytest
 from schema_sync.errors import RolloutConflict
 from schema_sync.migrations import RECORD_TABLE
 from schema_sync.rollout import COMPLETED, STOPPED, Rollout, RolloutOptions
+from schema_sync.session import SchemaSession
 from tests.support.schema import SchemaFleet
 
 ITEMS = (
@@ -176,8 +177,13 @@ def test_max_failures_stops_the_rollout(schema_fleet: SchemaFleet) -> None:
 def test_disagreeing_histories_are_reported_not_skipped(schema_fleet: SchemaFleet) -> None:
     sf = schema_fleet
     seed(sf, 6)
-    # a tenant whose record names a migration the group does not have
-    sf.query("t0001", f"INSERT INTO {RECORD_TABLE} VALUES ('0001_other', 'x', '2020-01-01T00:00:00Z')")
+    # a tenant whose record names a migration the group does not have (written by the server:
+    # tenant SQL cannot write the record)
+    with sf.fleet.lease("t0001") as handle:
+        assert handle.conn is not None
+        SchemaSession(handle.conn, handle.sandbox, 5.0).internal(
+            f"INSERT INTO {RECORD_TABLE} VALUES ('0001_other', 'x', '2020-01-01T00:00:00Z')"
+        )
     snap = wait(sf.rollouts.start("shop", RolloutOptions()))
     assert (snap["migrated"], snap["failed"]) == (5, 1)
     (failure,) = snap["failures"]

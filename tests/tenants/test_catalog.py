@@ -154,3 +154,57 @@ def test_catalog_is_durable_and_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("SELECT id, state FROM tenants").fetchall() == [("acme", "active")]
     finally:
         db.close()
+
+
+def test_each_row_is_a_new_incarnation_and_revocation_bumps_the_generation(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "catalog.db")
+    try:
+        cat.insert("acme", None)
+        first = cat.get("acme")
+        assert first is not None and len(first.incarnation) == 16 and first.token_generation == 0
+        revoked = cat.revoke_tokens("acme")
+        assert revoked is not None and revoked.token_generation == 1
+        assert revoked.incarnation == first.incarnation
+        assert cat.revoke_tokens("nobody") is None
+        cat.remove("acme")
+        cat.insert("acme", None)
+        again = cat.get("acme")
+        assert again is not None and again.incarnation != first.incarnation and again.token_generation == 0
+        cat.revoke_tokens("acme")
+    finally:
+        cat.close()
+    reopened = Catalog(tmp_path / "catalog.db")
+    try:
+        row = reopened.get("acme")
+        assert row is not None and (row.incarnation, row.token_generation) == (again.incarnation, 1)
+    finally:
+        reopened.close()
+
+
+def test_a_catalog_from_before_incarnations_gets_one_per_tenant(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    db = apsw.Connection(str(path))
+    db.execute(
+        "CREATE TABLE tenants (id TEXT PRIMARY KEY, created_at REAL NOT NULL, state TEXT NOT NULL,"
+        " grp TEXT, size INTEGER NOT NULL DEFAULT 0, error TEXT) WITHOUT ROWID;"
+        " INSERT INTO tenants(id, created_at, state) VALUES ('a', 0, 'active'), ('b', 0, 'active')"
+    )
+    db.close()
+    cat = Catalog(path)
+    try:
+        a, b = cat.get("a"), cat.get("b")
+        assert a is not None and b is not None
+        assert len(a.incarnation) == 16 and a.incarnation != b.incarnation
+        assert (a.token_generation, b.token_generation) == (0, 0)
+    finally:
+        cat.close()
+
+
+def test_the_catalog_is_readable_by_the_server_user_only(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "catalog.db")
+    try:
+        cat.insert("acme", None)
+    finally:
+        cat.close()
+    for path in tmp_path.glob("catalog.db*"):
+        assert path.stat().st_mode & 0o777 == 0o600, path

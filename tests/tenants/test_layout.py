@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import apsw
 import pytest
 
 from tenants.errors import DataDirLocked
+from tenants.execute import Statement
 from tenants.layout import DataDirLock, Layout
 from tests.support.tenants import MakeFleet
 
@@ -18,6 +20,7 @@ _TRY_LOCK = """
 import sys
 from pathlib import Path
 from tenants.errors import DataDirLocked
+from tenants.execute import Statement
 from tenants.layout import DataDirLock, Layout
 try:
     DataDirLock(Layout(Path(sys.argv[1]))).acquire()
@@ -138,3 +141,44 @@ def test_lock_file_names_the_owner(tmp_path: Path) -> None:
     finally:
         lock.release()
     lock.release()  # idempotent
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in root.rglob("*")}
+
+
+def test_tenant_files_and_folders_are_the_server_users_only_whatever_the_umask(
+    make_fleet: MakeFleet, tmp_path: Path
+) -> None:
+    previous = os.umask(0o022)  # the usual umask, which gave 0644 files in 0755 folders
+    try:
+        fleet = make_fleet()
+        fleet.create("plain")
+        fleet.execute("plain", Statement("CREATE TABLE t(x)"))  # a WAL, from the open handle
+        template = tmp_path / "template.db"
+        db = apsw.Connection(str(template))
+        db.execute("CREATE TABLE t(x)")
+        db.close()
+        os.chmod(template, 0o644)
+        fleet.create("copied", template=template)
+        fleet.replace("plain", template)  # a restore in place
+        fleet.execute("plain", Statement("INSERT INTO t VALUES (1)"))
+        assert Path(f"{fleet.layout.tenant_path('plain')}-wal").exists()
+        modes = _modes(fleet.layout.root)
+    finally:
+        os.umask(previous)
+    for name, mode in modes.items():
+        folder = (fleet.layout.root / name).is_dir()
+        assert mode == (0o700 if folder else 0o600), f"{name}: {mode:o}"
+
+
+def test_folders_of_an_older_install_are_made_private(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data")
+    for folder in (layout.tenants_dir, layout.system_dir):
+        folder.mkdir(parents=True, mode=0o755)
+        os.chmod(folder, 0o755)
+    layout.ensure()
+    assert (layout.tenants_dir.stat().st_mode & 0o777, layout.system_dir.stat().st_mode & 0o777) == (
+        0o700,
+        0o700,
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tenants.errors import SqlError, SqlfleetError, TenantNotFound
+from tenants.errors import SqlError, SqlfleetError, TenantBusy, TenantNotFound
 from tenants.execute import Statement, run_statement
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
@@ -281,3 +281,53 @@ def test_pool_closes_when_the_opener_fails(make_fleet: MakeFleet, tmp_path: Path
     with pytest.raises(TenantNotFound):
         fleet.execute("ghost", Statement("SELECT 1"))
     assert not fleet.pool.is_open("ghost") and len(fleet.pool) == 0
+
+
+class Holder:
+    """A holder of a tenant's lock across requests (as a Hrana transaction is): pins the
+    handle, takes its lock, and registers `preempt`, which lets go from the caller's thread."""
+
+    def __init__(self, fleet: Fleet, tenant: str) -> None:
+        self.pool = fleet.pool
+        self.pool.preempt_wait = 0.3  # the setting's default is 5 s
+        self.handle = self.pool.pin(tenant)
+        self.pool.acquire(self.handle)
+        self.handle.preempt = self.preempt
+        self.reasons: list[str] = []
+
+    def preempt(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self.handle.preempt = None
+        self.handle.lock.release()
+        self.pool.unpin(self.handle)
+
+
+def test_discard_preempts_a_holder_across_requests_after_preempt_wait(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet()
+    fleet.create("acme")
+    holder = Holder(fleet, "acme")
+    started = time.monotonic()
+    fleet.delete("acme")  # once waited until the holder let go of its own accord: for ever here
+    assert holder.reasons == ["the tenant is being deleted"]
+    assert fleet.pool.preempt_wait <= time.monotonic() - started < fleet.pool.preempt_wait + 10
+    assert not fleet.pool.is_open("acme")
+
+
+def test_a_lease_with_a_reason_preempts_a_holder_and_one_without_does_not(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet()
+    fleet.create("acme")
+    holder = Holder(fleet, "acme")
+    with pytest.raises(TenantBusy), fleet.pool.lease("acme", wait=0.2):
+        pass
+    assert holder.reasons == []
+    with fleet.lease("acme", preempt="a schema migration is due") as handle:
+        assert handle is holder.handle
+    assert holder.reasons == ["a schema migration is due"]
+
+
+def test_close_all_preempts_holders(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet()
+    fleet.create("acme")
+    holder = Holder(fleet, "acme")
+    fleet.close()
+    assert holder.reasons == ["the server is shutting down"]

@@ -271,3 +271,89 @@ def test_read_only_batch_refuses_writes(fleet: Fleet, acme: str) -> None:
         fleet.batch("acme", [Statement("SELECT 1"), Statement("INSERT INTO t VALUES (8)")], readonly=True)
     assert info.value.detail["index"] == 1
     assert value(fleet, "SELECT count(*) FROM t") == 1
+
+
+# -- server bookkeeping (_sqlfleet_*) ----------------------------------------------------------
+
+RECORD = "_sqlfleet_migrations"
+
+
+@pytest.fixture
+def booked(fleet: Fleet, acme: str) -> str:
+    """acme holding a migration record, made as the server makes it (trusted)."""
+    with fleet.lease("acme") as handle:
+        assert handle.conn is not None and handle.sandbox is not None
+        handle.sandbox.trusted = True
+        try:
+            handle.conn.execute(
+                f"CREATE TABLE {RECORD} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
+                f" applied_at TEXT NOT NULL) WITHOUT ROWID; INSERT INTO {RECORD} VALUES ('0001_a', 'c', 't')"
+            )
+        finally:
+            handle.sandbox.trusted = False
+    return "acme"
+
+
+def record_and_schema(fleet: Fleet) -> tuple[object, object]:
+    rows = fleet.execute("acme", Statement(f"SELECT * FROM main.{RECORD}")).rows
+    schema = fleet.execute("acme", Statement("SELECT type, name, sql FROM sqlite_schema ORDER BY name")).rows
+    return rows, schema
+
+
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        (f"DELETE FROM {RECORD}", "not delete from it"),
+        (f"UPDATE {RECORD} SET checksum = 'forged'", "not update it"),
+        (f"INSERT INTO {RECORD} VALUES ('0002_b', 'c', 't')", "not insert into it"),
+        (f"REPLACE INTO main.{RECORD} VALUES ('0001_a', 'forged', 't')", "not insert into it"),
+        ("DELETE FROM main._SQLFLEET_MIGRATIONS", "not delete from it"),
+        (f"DROP TABLE {RECORD}", "not drop it"),
+        (f"ALTER TABLE {RECORD} RENAME TO old_records", "not alter or rename it"),
+        (f"ALTER TABLE {RECORD} ADD COLUMN extra", "not alter or rename it"),
+        (f"ALTER TABLE {RECORD} RENAME COLUMN checksum TO sum", "not alter or rename it"),
+        ("ALTER TABLE t RENAME TO _sqlfleet_records", "may not rename a table to it"),
+        ('ALTER TABLE main.t RENAME /* to */ TO "_SQLFLEET_x"', "may not rename a table to it"),
+        ("ALTER TABLE t RENAME TO '_sqlfleet_y'", "may not rename a table to it"),
+        (f"CREATE TEMP VIEW {RECORD}(name, checksum, applied_at) AS SELECT 1, 2, 3", "a TEMP view"),
+        (f"CREATE TEMP TABLE {RECORD}(name, checksum, applied_at)", "a TEMP table"),
+        (f"CREATE TEMP TABLE {RECORD} AS SELECT * FROM main.{RECORD}", "a TEMP table"),
+        ("CREATE VIEW _sqlfleet_other AS SELECT 1", "a view"),
+        ("CREATE TABLE _sqlfleet_next(x)", "a table"),
+        ("CREATE TABLE _sqlfleet_new_t AS SELECT * FROM t", "a table"),  # a rebuild's scratch name
+        ("CREATE VIRTUAL TABLE _sqlfleet_fts USING fts5(x)", "a virtual table"),
+        (f"CREATE INDEX records_by_sum ON {RECORD}(checksum)", "not index it"),
+        (f"CREATE TRIGGER tr AFTER INSERT ON {RECORD} BEGIN SELECT 1; END", "not attach a trigger to it"),
+        (f"CREATE TEMP TRIGGER tr AFTER INSERT ON main.{RECORD} BEGIN SELECT 1; END", "attach a trigger"),
+        ("CREATE TRIGGER _sqlfleet_tr AFTER INSERT ON t BEGIN SELECT 1; END", "a trigger"),
+    ],
+)
+def test_bookkeeping_is_read_only_and_cannot_be_replaced_or_shadowed(
+    fleet: Fleet, booked: str, sql: str, said: str
+) -> None:
+    before = record_and_schema(fleet)
+    err = refused(fleet, sql)
+    assert "_sqlfleet_" in err.message.lower() and said in err.message, err.message
+    assert record_and_schema(fleet) == before
+    # an unqualified read still finds the server's record: nothing shadows it
+    assert fleet.execute("acme", Statement(f"SELECT name FROM {RECORD}")).rows == [("0001_a",)]
+
+
+def test_bookkeeping_cannot_be_written_from_a_trigger_body(fleet: Fleet, booked: str) -> None:
+    fleet.execute("acme", Statement(f"CREATE TRIGGER wipe AFTER INSERT ON t BEGIN DELETE FROM {RECORD}; END"))
+    err = refused(fleet, "INSERT INTO t VALUES (2)")
+    assert "not delete from it" in err.message
+    assert value(fleet, f"SELECT count(*) FROM {RECORD}") == 1
+    assert value(fleet, "SELECT count(*) FROM t") == 1
+
+
+def test_bookkeeping_reads_and_other_schema_work_stay_allowed(fleet: Fleet, booked: str) -> None:
+    assert value(fleet, f"SELECT checksum FROM {RECORD}") == "c"
+    assert fleet.execute("acme", Statement(f"PRAGMA table_info({RECORD})")).rows[0][1] == "name"
+    fleet.execute("acme", Statement(f"CREATE VIEW history AS SELECT name FROM {RECORD}"))
+    assert value(fleet, "SELECT name FROM history") == "0001_a"
+    fleet.execute("acme", Statement("ALTER TABLE t RENAME TO t2"))  # renames to other names work
+    fleet.execute("acme", Statement("ALTER TABLE t2 RENAME TO t"))
+    fleet.execute("acme", Statement("CREATE TEMP TABLE scratch(x)"))
+    fleet.execute("acme", Statement("SELECT '_sqlfleet_' || 'x' AS rename_to"))
+    assert value(fleet, "SELECT count(*) FROM t") == 1

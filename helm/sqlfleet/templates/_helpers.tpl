@@ -33,10 +33,31 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Whether any secret is configured at all. */}}
 {{- define "sqlfleet.hasSecret" -}}
-{{- if or .Values.secrets.existingSecret .Values.secrets.adminKey .Values.secrets.signingKey .Values.secrets.s3AccessKeyId }}true{{ end }}
+{{- if or .Values.secrets.existingSecret .Values.secrets.adminKey .Values.secrets.s3AccessKeyId .Values.secrets.backupEncryptionKeys }}true{{ end }}
 {{- end }}
 
-{{/* Whether a signing key is mounted from the Secret (else the server keeps its own on the volume). */}}
+{{/* Whether backup encryption keys are mounted from the Secret (else backups are not encrypted). */}}
+{{- define "sqlfleet.hasBackupKeys" -}}
+{{- if or .Values.secrets.backupEncryptionKeys (and .Values.secrets.existingSecret .Values.secrets.existingSecretHasBackupEncryptionKeys) }}true{{ end }}
+{{- end }}
+
+{{/* Whether existingSecret holds the signing key. */}}
+{{- define "sqlfleet.signingKeyInExistingSecret" -}}
+{{- if and .Values.secrets.existingSecret .Values.secrets.existingSecretHasSigningKey }}true{{ end }}
+{{- end }}
+
+{{/* Whether the chart makes the signing key's own Secret (signing-key-secret.yaml): a key given
+in signingKey, or one generated at install (generateSigningKey). */}}
+{{- define "sqlfleet.ownsSigningKey" -}}
+{{- if and (not (include "sqlfleet.signingKeyInExistingSecret" .)) (or .Values.secrets.signingKey .Values.secrets.generateSigningKey) }}true{{ end }}
+{{- end }}
+
+{{/* Whether a signing key is mounted from a Secret (else the server keeps its own on the volume). */}}
 {{- define "sqlfleet.hasSigningKey" -}}
-{{- if or .Values.secrets.signingKey (and .Values.secrets.existingSecret .Values.secrets.existingSecretHasSigningKey) }}true{{ end }}
+{{- if or (include "sqlfleet.signingKeyInExistingSecret" .) (include "sqlfleet.ownsSigningKey" .) }}true{{ end }}
+{{- end }}
+
+{{/* The Secret holding signing-key.pem. */}}
+{{- define "sqlfleet.signingKeySecretName" -}}
+{{- if include "sqlfleet.signingKeyInExistingSecret" . }}{{ .Values.secrets.existingSecret }}{{ else }}{{ include "sqlfleet.fullname" . }}-signing-key{{ end }}
 {{- end }}

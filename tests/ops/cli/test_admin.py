@@ -228,6 +228,30 @@ def test_mint_refuses_bad_options_before_calling(server: ServerProcess) -> None:
         assert result.exit_code == 2 and "Invalid value" in result.stderr
 
 
+# -- token revoke ------------------------------------------------------------------------------
+
+
+def test_revoke_stops_the_tokens_minted_before_and_not_those_after(server: ServerProcess) -> None:
+    create(server, "revoked")
+    old = ok(cli(server, "token", "mint", "revoked")).strip()
+    sql = {"sql": "select 1"}
+    url = f"{server.url}/v1/tenants/revoked/query"
+    assert httpx.post(url, json=sql, headers=bearer(old)).status_code == 200
+    out = ok(cli(server, "token", "revoke", "revoked"))
+    assert out.startswith("revoked the tokens of tenant revoked minted before ")
+    r = httpx.post(url, json=sql, headers=bearer(old))
+    assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+    new = ok(cli(server, "token", "mint", "revoked")).strip()
+    assert httpx.post(url, json=sql, headers=bearer(new)).status_code == 200
+    body = json.loads(ok(cli(server, "token", "revoke", "revoked", "--json")))
+    assert body["tenant"] == "revoked" and body["revoked_at"].endswith("Z")
+    assert httpx.post(url, json=sql, headers=bearer(new)).status_code == 401
+
+
+def test_revoke_for_missing_tenant_fails_404(server: ServerProcess) -> None:
+    fails(cli(server, "token", "revoke", "nobody"), "tenant 'nobody' does not exist", "HTTP 404")
+
+
 # -- reaching the server and authenticating ----------------------------------------------------
 
 
@@ -318,3 +342,4 @@ def test_help_lists_the_admin_commands() -> None:
     for command in ("create", "list", "info", "delete"):
         assert command in ok(cli(None, "tenant", "--help"))
     assert "--admin-key" in ok(cli(None, "token", "mint", "--help"))
+    assert "revoke" in ok(cli(None, "token", "--help"))

@@ -221,7 +221,13 @@ def test_restore_all_brings_back_every_tenant_on_a_fresh_server(tmp_path: Path) 
         with new.client() as http:
             assert http.get("/v1/admin/tenants/dr-deleted").status_code == 404
         again = cli(new, "restore", "--all", "--rebuild", "--json")
-        assert json.loads(ok(again)) == {"restored": [], "failed": [], "already_present": 3}
+        body = json.loads(ok(again))
+        assert {k: body[k] for k in ("restored", "failed", "already_present")} == {
+            "restored": [],
+            "failed": [],
+            "already_present": 3,
+        }
+        assert body["groups"] == {"restored": [], "present": [], "failed": {}} and body["warning"] is None
         assert "rebuilt the backup catalog from" in again.stderr
 
 
@@ -256,6 +262,21 @@ def test_verify_of_a_differing_backup_exits_1() -> None:
         assert json.loads(result.stdout) == verdict
 
 
+NOTHING_TO_RESTORE = {
+    "groups": {"restored": [], "present": [], "failed": {}},
+    "tenants_to_restore": 2,
+    "tokens": {
+        "signing_key": "k",
+        "minted_with": ["k"],
+        "unknown": 0,
+        "changed_key": 0,
+        "survive": True,
+        "warning": None,
+    },
+    "warning": None,
+}
+
+
 def test_restore_all_goes_on_past_failures_and_exits_1() -> None:
     ok_body = {"tenant": "a", "restored_to": "2026-01-01T00:00:00Z", "generation": "g", "commits_applied": 1}
     broken = {"error": {"code": "backup_broken", "message": "backup has a gap at LSN 7"}}
@@ -263,6 +284,7 @@ def test_restore_all_goes_on_past_failures_and_exits_1() -> None:
     listing = {"tenants": [{"id": tenant, "exists": there} for tenant, there in exists.items()]}
     answers = {
         ("POST", "/v1/admin/backups/rebuild"): (200, {"segments": 4}),
+        ("POST", "/v1/admin/backups/fleet/restore"): (200, NOTHING_TO_RESTORE),
         ("GET", "/v1/admin/backups/tenants"): (200, listing),
         ("POST", "/v1/admin/tenants/b/restore"): (503, broken),
         ("POST", "/v1/admin/tenants/a/restore"): (200, ok_body),

@@ -38,7 +38,7 @@ class NewFrames:
         # os-level reads: a flush does this for every dirty tenant, so each step counts
         self._fd = os.open(entry.wal_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            header, salts, self._start, self._seed = locate(self._fd, base)
+            header, salts, self._start, self._seed = locate(self._fd, base, entry.may_restart())
         except BaseException:
             os.close(self._fd)
             raise
@@ -59,15 +59,9 @@ class NewFrames:
             end_seed = batch.checksum
             yield batch.body
         base = self._base
-        self.position = Position(
-            base.generation,
-            chunk.last_lsn,
-            self._salts,
-            self._stop,
-            end_seed,
-            base.snapshot_lsn,
-            base.snapshot_time,
-            base.main,
+        # replace, not a new Position: whatever else the base records carries over
+        self.position = replace(
+            base, lsn=chunk.last_lsn, salts=self._salts, wal_frames=self._stop, seed=end_seed
         )
         self.frame_bytes = (chunk.last_lsn - (chunk.first_lsn - 1)) * self._header.page_size
 
@@ -96,9 +90,21 @@ def write_new_frames(
         return frames.position, frames.frame_bytes
 
 
-def locate(fd: int, base: Position) -> tuple[wal.WalHeader, tuple[int, int], int, wal.Checksum]:
+def restarts(header: wal.WalHeader, salts: tuple[int, int]) -> bool:
+    """Whether `header` is that of the WAL with `salts` restarted: once a checkpoint copied every
+    frame of a WAL into the main file, SQLite writes the next commit from the WAL's start with
+    salt-1 incremented and salt-2 new (sqlite.org/walformat.html, "WAL reset"). A TRUNCATE
+    checkpoint that fails after the copy (truncating fails) leaves SQLite doing just that."""
+    return header.salt1 == (salts[0] + 1) & 0xFFFFFFFF
+
+
+def locate(
+    fd: int, base: Position, may_restart: bool = False
+) -> tuple[wal.WalHeader, tuple[int, int], int, wal.Checksum]:
     """The WAL at `fd` against the shipped position `base`: its header, its salts, and the frame
-    and checksum the frames after `base` start from. Raises WalCorrupt if it does not continue it."""
+    and checksum the frames after `base` start from. With `may_restart` (TenantLog.may_restart:
+    the base holds every frame of its WAL, all in the main file) that WAL restarted continues it
+    too. Raises WalCorrupt if it does not continue it."""
     header = wal.parse_header(os.pread(fd, wal.WAL_HEADER_SIZE, 0))
     if header is None:
         raise WalCorrupt("WAL header missing")
@@ -106,6 +112,8 @@ def locate(fd: int, base: Position) -> tuple[wal.WalHeader, tuple[int, int], int
     if base.salts == salts:
         return header, salts, base.wal_frames, base.seed
     if base.salts is None:  # the WAL restarted after our checkpoint
+        return header, salts, 0, header.checksum
+    if may_restart and restarts(header, base.salts):  # ... after a checkpoint that failed late
         return header, salts, 0, header.checksum
     raise WalCorrupt("WAL salts changed without a checkpoint")
 
@@ -124,7 +132,7 @@ def read_small(entry: TenantLog, pending: list[tuple[int, float]], limit: int) -
     does not continue the base. Raises OSError."""
     fd = os.open(entry.wal_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        header, salts, start, seed = locate(fd, entry.base)
+        header, salts, start, seed = locate(fd, entry.base, entry.may_restart())
         stop = pending[-1][0]
         if (stop - start) * header.frame_size > limit:
             return None
@@ -145,14 +153,6 @@ def small_chunk(
     commits = [(offset + frames, times.get(frames, now)) for frames in records.commits]
     last, page_size = base.lsn + records.count, small.span.header.page_size
     chunk = Chunk(tenant_id, base.generation, FRAMES, base.lsn + 1, last, page_size, commits)
-    position = Position(
-        base.generation,
-        last,
-        small.salts,
-        records.start + records.count,
-        records.checksum,
-        base.snapshot_lsn,
-        base.snapshot_time,
-        base.main,
-    )
+    end = records.start + records.count
+    position = replace(base, lsn=last, salts=small.salts, wal_frames=end, seed=records.checksum)
     return chunk, position, records.count * page_size

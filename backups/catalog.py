@@ -104,6 +104,18 @@ class BackupCatalog:
         # (rekey, rebuild): a rekeyed copy is recorded before its chunks point at it.
         self.maintenance = threading.Lock()
         self._db = apsw.Connection(str(path))
+        try:
+            self._setup()
+            # Positions are read on every tenant open; the writer holds `_lock` across its
+            # commit's fsync, so reads go through a connection of their own (WAL: a reader never
+            # waits for a writer) and keep an open off a flush's path.
+            self._reader = apsw.Connection(str(path))
+        except BaseException:
+            self._db.close(True)
+            raise
+        self._read_lock = threading.Lock()
+
+    def _setup(self) -> None:
         # FULL: a transaction is durable when it returns, power loss included. What the shipper
         # does next relies on it: it deletes carried chunks and journal files once their rows are
         # in, and truncates a WAL once its position is; a catalog that lost those rows would
@@ -120,6 +132,8 @@ class BackupCatalog:
     def close(self) -> None:
         """Idempotent; never raises. Closing checkpoints the catalog's WAL, which a full or
         failing disk may refuse: every transaction is in already, the WAL stays for the next open."""
+        with self._read_lock:
+            self._reader.close(True)  # reads only: nothing to lose
         with self._lock:
             try:
                 self._db.close()
@@ -192,23 +206,22 @@ class BackupCatalog:
             )
             self._db.execute("UPDATE chunks SET key = ? WHERE key = ?", (new, old))
 
+    _POSITION = (
+        "SELECT tenant, generation, lsn, salt1, salt2, wal_frames, seed1, seed2, snapshot_lsn,"
+        " snapshot_time, main_file, retired1, retired2 FROM positions"
+    )
+
     def position(self, tenant: str) -> Position | None:
-        sql = (
-            "SELECT tenant, generation, lsn, salt1, salt2, wal_frames, seed1, seed2, snapshot_lsn,"
-            " snapshot_time, main_file, retired1, retired2 FROM positions WHERE tenant = ?"
-        )
+        """The tenant's position as last committed; never waits for a commit in progress."""
+        with self._read_lock:
+            row = self._reader.execute(self._POSITION + " WHERE tenant = ?", (tenant,)).fetchone()
+        return None if row is None else _position(row)
+
+    def positions(self) -> dict[str, Position]:
+        """Every tenant's position, by tenant."""
         with self._lock:
-            row = self._db.execute(sql, (tenant,)).fetchone()
-        if row is None:
-            return None
-        _, gen, lsn, s1, s2, frames, c1, c2, snap_lsn, snap_time, main, r1, r2 = row
-        salts = None if s1 is None else (int(s1), int(s2))
-        retired = None if r1 is None else (int(r1), int(r2))
-        seed = (int(c1), int(c2))
-        main_file = MainFile.from_text(str(main)) if main is not None else None
-        return Position(
-            str(gen), int(lsn), salts, int(frames), seed, int(snap_lsn), float(snap_time), main_file, retired
-        )
+            rows = self._db.execute(self._POSITION + " ORDER BY tenant").fetchall()
+        return {str(row[0]): _position(row) for row in rows}
 
     def save_positions(self, positions: dict[str, Position]) -> None:
         """Record each tenant's position, all or none (one transaction)."""
@@ -228,6 +241,17 @@ class BackupCatalog:
     def forget_position(self, tenant: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM positions WHERE tenant = ?", (tenant,))
+
+
+def _position(row: tuple[Any, ...]) -> Position:
+    _, gen, lsn, s1, s2, frames, c1, c2, snap_lsn, snap_time, main, r1, r2 = row
+    salts = None if s1 is None else (int(s1), int(s2))
+    retired = None if r1 is None else (int(r1), int(r2))
+    seed = (int(c1), int(c2))
+    main_file = MainFile.from_text(str(main)) if main is not None else None
+    return Position(
+        str(gen), int(lsn), salts, int(frames), seed, int(snap_lsn), float(snap_time), main_file, retired
+    )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 
 import apsw
 
-from backups import wal
 from backups.carry import Carry
 from backups.catalog import BackupCatalog
 from backups.continuity import Continuity, main_file_of
@@ -96,12 +95,24 @@ class Checkpointer:
             self._carry(tenant_id, entry)
             image = self.continuity.spool.copy_database(conn) if snapshot else None
             try:
-                conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+                # SQLite's answer, not a read of the WAL after it: once it truncated the WAL, a
+                # read that fails must not leave the position describing the WAL that is gone
+                frames, _ = conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            except BaseException:
+                # it may have failed after copying the whole WAL into the main file (truncating
+                # it failed): SQLite then restarts the WAL at the next commit, which continues
+                # the base all the same (everything before it is carried: backups.capture.locate)
+                if image is not None:
+                    image.close()
+                with self.ledger.lock:
+                    if entry.base.salts is not None:
+                        entry.restartable = (entry.base.salts, entry.base.wal_frames)
+                raise
             finally:
                 # the checkpoint wrote into the main file (also when it failed midway): that is
                 # the main file the next open must find (backups.continuity)
                 self._note_main_file(tenant_id, entry, conn)
-            if wal.read_header(entry.wal_path) is not None:
+            if frames:
                 # not truncated (should not happen with the handle held): the shipped position
                 # still describes this WAL, and resetting it would ship old frames again
                 log.warning("tenant %s: checkpoint left the WAL in place; will retry", tenant_id)

@@ -30,6 +30,7 @@ import struct
 import threading
 import weakref
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,10 +152,12 @@ class CommitTimes:
         with self._lock:
             return sorted(self._recovered)
 
-    def end_recovery(self) -> None:
-        """Give up on the recorded times not handed over yet (their tenants did not open)."""
+    def end_recovery(self, waiting: Collection[str] = ()) -> None:
+        """Give up on the recorded times not handed over yet (their tenants did not open), but
+        those of the `waiting` tenants (they could not be opened now: their next open takes
+        them, and until then the files found at start stay)."""
         with self._lock:
-            self._recovered.clear()
+            self._recovered = {t: times for t, times in self._recovered.items() if t in waiting}
 
     # -- the flush's cut ------------------------------------------------------------------------
 

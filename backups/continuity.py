@@ -10,6 +10,11 @@ The proof is the files' own content, never how the server last stopped:
 - the WAL continues the position (sqlite.org/fileformat2.html#walformat): the salts recorded at
   the shipped position, and at its last shipped frame the cumulative checksum recorded there. A
   position whose WAL was checkpointed away (salts None) is continued while there is still no WAL.
+  A WAL restarted from its first frame (salt-1 + 1: backups.capture.restarts) continues a
+  position with salts when the main file is still the one recorded: SQLite restarts a WAL only
+  once a checkpoint copied all of it into the main file, the main file is recorded after each
+  checkpoint of ours (each of them takes the whole WAL into the position first), and any other
+  checkpoint would have changed it.
 The main file is read through SQLite's own descriptor (`Connection.read`): closing a descriptor
 of our own would drop SQLite's locks on it (DESIGN 9).
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 import apsw
 
 from backups import wal
+from backups.capture import restarts
 from backups.carry import Carry
 from backups.catalog import BackupCatalog, MainFile, Position
 from backups.commit_times import CommitTimes
@@ -104,17 +110,23 @@ def _resume(
         start, seed = 0, header.checksum
     elif header is None:
         return "the WAL is gone"
-    elif (header.salt1, header.salt2) != position.salts:
-        return "the WAL has other salts"
-    else:
+    elif (header.salt1, header.salt2) == position.salts:
         start, seed = position.wal_frames, position.seed
+    elif restarts(header, position.salts):
+        # restarted after a checkpoint of ours failed late (see the module docstring)
+        start, seed = 0, header.checksum
+    else:
+        return "the WAL has other salts"
     salts = (header.salt1, header.salt2)
     commits = wal.tail_commits(path, header, start, seed)
     if commits is None:
         return "the WAL does not continue the shipped frame"
     recovered_at = path.stat().st_mtime
     pending = [(c.frames, times.get((*salts, c.frames), recovered_at)) for c in commits]
-    return TenantLog(position, path, header.page_size, pending)
+    resumed = TenantLog(position, path, header.page_size, pending)
+    if position.salts is not None and salts != position.salts:
+        resumed.restartable = (position.salts, position.wal_frames)
+    return resumed
 
 
 class Continuity:
@@ -140,6 +152,28 @@ class Continuity:
     def wal_path(self, tenant_id: str) -> Path:
         return Path(f"{self.layout.tenant_path(tenant_id)}-wal")
 
+    def grown(self) -> list[str]:
+        """Tenants whose WAL on disk holds frames past their shipped position: commits a crash
+        left unshipped, which the commit-times journal may not name (a power loss takes its
+        unsynced tail). A stat per tenant with a WAL, and a header read for those not empty."""
+        found = []
+        for tenant_id, position in self.catalog.positions().items():
+            path = self.wal_path(tenant_id)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size <= wal.WAL_HEADER_SIZE:
+                continue
+            header = wal.read_header(path)
+            if header is None:
+                continue  # no valid WAL, no commits in it
+            if position.salts != (header.salt1, header.salt2) or size >= header.frame_offset(
+                position.wal_frames + 1
+            ):
+                found.append(tenant_id)
+        return found
+
     def created(self, tenant_id: str, path: Path) -> None:
         """A new tenant's file, not open anywhere yet (so reading the main file is safe), is the
         snapshot of its first generation (copied aside: the file changes once it is opened)."""
@@ -153,6 +187,7 @@ class Continuity:
         resume the catalog's position if its files continue it, else start a new generation."""
         entry = self.ledger.get(tenant_id)
         if entry is not None and not entry.broken:
+            self._found_committed(tenant_id, entry, conn)
             return
         position = self.catalog.position(tenant_id)
         times = self.times.recovered(tenant_id)
@@ -164,7 +199,50 @@ class Continuity:
         reason = f"continuity not provable: {resumed}" if position else "first open"
         self.new_generation(tenant_id, conn, reason)
 
-    def _note_stand_ins(self, tenant_id: str, entry: TenantLog, recorded: dict[tuple[int, int, int], float]) -> None:
+    def _found_committed(self, tenant_id: str, entry: TenantLog, conn: apsw.Connection) -> None:
+        """A kept log's tenant reopened: SQLite's recovery may find commits in the WAL that no
+        wal hook reported (a commit whose WAL sync failed is refused to its client, yet its
+        frames are on disk, whole, and count once the WAL is read again). They are pending from
+        now, when they became visible; left unnoted, a checkpoint would move them into the main
+        file without shipping them. A WAL that does not continue the log is the flush's to find;
+        so is a restarted one (TenantLog.may_restart) behind which the main file changed while
+        the tenant was closed (it no longer may restart, so the flush finds the WAL broken)."""
+        path = entry.wal_path
+        header = wal.read_header(path)
+        with self.ledger.lock:
+            base = entry.base
+            known = entry.pending[-1][0] if entry.pending else None
+        if header is None:
+            return
+        salts = (header.salt1, header.salt2)
+        if base.salts == salts:
+            start, seed = base.wal_frames, base.seed
+        elif base.salts is None and salts != base.retired:
+            start, seed = 0, header.checksum
+        elif base.salts is not None and entry.may_restart() and restarts(header, base.salts):
+            if base.main is None or base.main.differs(main_file_of(conn)) is not None:
+                with self.ledger.lock:
+                    entry.restartable = None
+                return
+            start, seed = 0, header.checksum
+        else:
+            return
+        commits = wal.tail_commits(path, header, start, seed)
+        last = start if known is None else known
+        found = [c.frames for c in commits or [] if c.frames > last]
+        if not found:
+            return
+        now = time.time()
+        log.warning("tenant %s: %d commits found in its WAL that were not reported", tenant_id, len(found))
+        with self.ledger.lock:
+            entry.pending += [(frames, now) for frames in found]
+            self.ledger.dirty.add(tenant_id)
+        for frames in found:
+            self.times.note(tenant_id, salts, frames, now)
+
+    def _note_stand_ins(
+        self, tenant_id: str, entry: TenantLog, recorded: dict[tuple[int, int, int], float]
+    ) -> None:
         """The commits found past the position without a recorded time got the WAL's mtime:
         record that, so another restart before they ship gives them the same time, not the
         mtime the WAL has by then (later writes move it on)."""

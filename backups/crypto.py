@@ -70,6 +70,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backups.errors import BackupKeyMismatch, BackupKeyMissing, BackupNotEncrypted, BackupTampered
 from backups.keyring import KEY_ID, KEY_SIZE, MAX_KEY_ID, Keyring
+from backups.readers import read_exactly
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -254,9 +255,9 @@ def seal_file(keyring: Keyring, name: str, source: IO[bytes], out: IO[bytes]) ->
     cipher = ObjectCipher.create(keyring, name)
     out.write(cipher.header.raw)
     written, index = cipher.header.size, 0
-    block = _read_exactly(source, cipher.block_size)
+    block = read_exactly(source, cipher.block_size)
     while True:
-        following = _read_exactly(source, cipher.block_size) if len(block) == cipher.block_size else b""
+        following = read_exactly(source, cipher.block_size) if len(block) == cipher.block_size else b""
         sealed = cipher.seal_block(index, block, final=not following)
         out.write(sealed)
         written += len(sealed)
@@ -273,7 +274,7 @@ def unseal_file(
     off) or `allow_plaintext`, else BackupNotEncrypted. Raises BackupKeyMissing,
     BackupKeyMismatch, BackupTampered — possibly after writing part of the plaintext, so write to
     a temporary file and use it only once this returns."""
-    prefix = _read_exactly(source, HEADER_PROBE)
+    prefix = read_exactly(source, HEADER_PROBE)
     header = parse_header(prefix, name)
     if header is None:
         if keyring is not None and not allow_plaintext:
@@ -282,10 +283,10 @@ def unseal_file(
     if keyring is None:
         raise encryption_off(name, header.key_id)
     cipher = ObjectCipher.opening(keyring, header, name)
-    pending = prefix[header.size :] + _read_exactly(source, cipher.stored_block - (len(prefix) - header.size))
+    pending = prefix[header.size :] + read_exactly(source, cipher.stored_block - (len(prefix) - header.size))
     size, index = 0, 0
     while True:
-        following = _read_exactly(source, cipher.stored_block) if len(pending) == cipher.stored_block else b""
+        following = read_exactly(source, cipher.stored_block) if len(pending) == cipher.stored_block else b""
         plain, final = cipher.open_block(index, pending, None if following else True)
         if final and following:
             raise cipher.tampered(f"data follows the final block {index}")
@@ -379,24 +380,12 @@ class SealingReader(io.RawIOBase):
             bs = self.cipher.block_size
             self._source.seek(self._base + index * bs)
             want = min(bs, self._plain - index * bs)
-            plain = _read_exactly(self._source, want)
+            plain = read_exactly(self._source, want)
             if len(plain) != want:
                 raise OSError(f"the file being sealed as {self.cipher.name!r} shrank while it was read")
             sealed = self.cipher.seal_block(index, plain, final=index == self._blocks - 1)
             self._cached = (index, sealed)
         return self._cached[1]
-
-
-def _read_exactly(source: IO[bytes], size: int) -> bytes:
-    """`size` bytes, fewer only at the end."""
-    parts, got = [], 0
-    while got < size:
-        part = source.read(size - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
 
 
 # -- errors with their advice -----------------------------------------------------------------------

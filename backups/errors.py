@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from tenants.errors import SqlfleetError, TenantNotFound
+from tenants.errors import BadRequest, SqlfleetError, TenantNotFound
 
 
 class ReplicaError(SqlfleetError):
@@ -51,6 +51,13 @@ class NoRestorePoint(TenantNotFound):
     """The tenant has no backup at or before the moment asked for (or none at all)."""
 
     code = "no_restore_point"
+
+
+class RestoreInFuture(BadRequest):
+    """A restore to a moment that has not come yet: refused, naming the latest restorable one,
+    rather than answered with the latest state as if that were the state then."""
+
+    code = "restore_time_in_future"
 
 
 class BackupBroken(SqlfleetError):

@@ -29,7 +29,7 @@ from backups.errors import ReplicaError, ShippingIOError, WalCorrupt
 from backups.ledger import Capture, Ledger, TenantLog
 from backups.quota import ReplicaQuota
 from backups.replica import ReplicaClient
-from backups.segment import Chunk, ChunkRef, SegmentWriter
+from backups.segment import SNAPSHOT, Chunk, ChunkRef, SegmentWriter
 from backups.spool import Spool
 from metrics.instruments import (
     BACKUP_BACKLOG_BYTES,
@@ -105,6 +105,8 @@ class Flusher:
             raise
         self.times.prune(mark)
         for carried in orphans:
+            if carried.kind == SNAPSHOT:
+                BACKUP_SNAPSHOTS.inc()
             Carry.discard(carried)
         if captured or tombstones or orphans:
             if retrying:
@@ -212,13 +214,17 @@ class Flusher:
     def _write(self, writer: SegmentWriter, batch: list[_Taken], captured: list[Capture]) -> SegmentWriter:
         """Add the batch's captures to `writer`, tenant by tenant, uploading and starting a new
         segment past segment_max_bytes. Returns the writer to go on with."""
-        for taken, checked in zip(batch, self._checked(batch), strict=True):
-            capture = self._capture(writer, taken, checked)
-            if capture is not None:
-                captured.append(capture)
-            if writer.size >= self.segment_max_bytes:
-                self.upload(writer)
-                writer = SegmentWriter(self.spool)
+        try:
+            for taken, checked in zip(batch, self._checked(batch), strict=True):
+                capture = self._capture(writer, taken, checked)
+                if capture is not None:
+                    captured.append(capture)
+                if writer.size >= self.segment_max_bytes:
+                    self.upload(writer)
+                    writer = SegmentWriter(self.spool)
+        except BaseException:
+            writer.close()  # one begun here: the caller closes only the writer it has
+            raise
         return writer
 
     def _capture(
@@ -293,6 +299,8 @@ class Flusher:
                 if c.snapshot.image is not None:
                     c.snapshot.image.close()  # shipped: free its memory or disk now
             for carried in c.carried:
+                if carried.kind == SNAPSHOT:  # a generation's first snapshot waits carried
+                    BACKUP_SNAPSHOTS.inc()
                 Carry.discard(carried)
         self.quota.add(self._refs)
         self._refs = []

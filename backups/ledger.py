@@ -40,6 +40,15 @@ class TenantLog:
     carried: list[Carried] = field(default_factory=list)
     shipped_bytes: int = 0  # since the last snapshot
     broken: bool = False  # the WAL no longer continues `base`: needs a new generation
+    # (salts, frames) of a WAL a checkpoint that failed may have restarted (backups.capture
+    # `restarts`): every frame of it up to `frames` was in the base, none after it
+    restartable: tuple[tuple[int, int], int] | None = None
+
+    def may_restart(self) -> bool:
+        """Whether the WAL that `base` describes may have been restarted by a checkpoint that
+        failed after copying all of it into the main file."""
+        base = self.base
+        return base.salts is not None and self.restartable == (base.salts, base.wal_frames)
 
     @property
     def idle(self) -> bool:
@@ -53,7 +62,8 @@ class TenantLog:
         if not self.pending:
             return carried
         start = self.base.wal_frames if self.base.salts else 0
-        return carried + (self.pending[-1][0] - start) * self.page_size
+        last = self.pending[-1][0]
+        return carried + (last - (start if last >= start else 0)) * self.page_size  # 0: restarted
 
     def unshipped_times(self, at: float) -> list[float]:
         """The times of the commits at or before `at` that are not in the replica yet (a new
@@ -155,7 +165,8 @@ class Ledger:
 
     def _note_commit(self, tenant_id: str, frames: int) -> tuple[float, tuple[int, int] | None]:
         """`note_commit`, and the WAL's salts if the tenant's log knows them: its WAL continues
-        the shipped position (no checkpoint since; one resets `base.salts`)."""
+        the shipped position (no checkpoint since; one resets `base.salts`, and one that failed
+        may have restarted the WAL with new salts)."""
         now = time.time()
         with self.lock:
             entry = self.logs.get(tenant_id)
@@ -163,7 +174,7 @@ class Ledger:
                 return now, None
             entry.pending.append((frames, now))
             self.dirty.add(tenant_id)
-            return now, None if entry.broken else entry.base.salts
+            return now, None if entry.broken or entry.may_restart() else entry.base.salts
 
     def take(self) -> tuple[dict[str, TenantLog], list[Chunk]]:
         """The logs of every dirty tenant (in tenant order: a flush does the same for the same

@@ -134,11 +134,14 @@ def materialize(restore: RestorePlan, read: RangeReader, dest: Path) -> None:
 
 
 def check(path: Path) -> None:
-    """Raise BackupBroken unless `path` passes PRAGMA integrity_check."""
+    """Raise BackupBroken unless `path` passes PRAGMA integrity_check; what the local disk
+    raises (an I/O error, a full disk) propagates as it is: the backup is not to blame."""
     conn = apsw.Connection(str(path))
     try:
         conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
         result = conn.execute("PRAGMA integrity_check").fetchall()
+    except (apsw.IOError, apsw.FullError, apsw.CantOpenError, apsw.NoMemError):
+        raise
     except apsw.Error as exc:
         raise BackupBroken(f"restored database does not open: {exc}") from None
     finally:

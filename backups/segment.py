@@ -27,6 +27,7 @@ import orjson
 import zstandard
 
 from backups.errors import SegmentCorrupt
+from backups.readers import read_exactly
 from backups.spool import PIECE, PageImage, Spool
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ def read_frames(
     step = _FRAME_HEAD.size + page_size
     batch = step * max(1, PIECE // step)
     with _Decompressed(read, key, offset, length) as reader:
-        while block := _read_full(reader, batch):
+        while block := read_exactly(reader, batch):
             if len(block) % step:
                 raise SegmentCorrupt("frames chunk is not a whole number of frames")
             view = memoryview(block)
@@ -262,7 +263,7 @@ def copy_snapshot(read: RangeReader, key: str, offset: int, length: int, out: IO
     decode; what `read` raises propagates."""
     size = 0
     with _Decompressed(read, key, offset, length) as reader:
-        while piece := _read_full(reader, PIECE):
+        while piece := read_exactly(reader, PIECE):
             out.write(piece)
             size += len(piece)
     return size
@@ -286,18 +287,6 @@ class _Decompressed:
 
     def __exit__(self, *exc: object) -> None:
         self._source.close()  # the zstd reader holds no resource of its own
-
-
-def _read_full(reader: _Decompressed, size: int) -> bytes:
-    """`size` bytes, fewer only at the end of the body."""
-    parts, got = [], 0
-    while got < size:
-        part = reader.read(size - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
 
 
 class _Range(io.RawIOBase):

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 from backups import restore, retention
 from backups.catalog import BackupCatalog, ChunkRow
 from backups.errors import (
@@ -27,6 +29,7 @@ from backups.errors import (
     NoRestorePoint,
     ReplicaBehind,
     ReplicaError,
+    RestoreInFuture,
     SegmentCorrupt,
 )
 from backups.fleet_meta import FleetMeta, GroupsRestored, TokenCheck
@@ -43,7 +46,7 @@ from metrics.instruments import (
     RESTORES,
     RESTORES_RUNNING,
 )
-from tenants.errors import InsufficientStorage, SqlfleetError
+from tenants.errors import InsufficientStorage, SqlfleetError, TenantNotFound
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 from tenants.rfc3339 import format_time, parse_time
@@ -208,16 +211,22 @@ class Backups(FleetHooks):
         """After a crash: open every tenant that committed since its last flush, so the commits
         its WAL holds beyond the shipped position are found now, with the times the commit-times
         journal kept for them, and ship with the first flush; not when it is next used (which
-        may be never, or after a restore that would miss them). Then forget what is left."""
-        for tenant_id in self.shipper.times.recovered_tenants():
+        may be never, or after a restore that would miss them). Those are the tenants the
+        journal names, and those whose WAL is longer than their position says (a power loss may
+        take the journal's tail). Then forget what is left, but the recorded times of the
+        tenants that could not be opened now (their next open takes them)."""
+        named = self.shipper.times.recovered_tenants()
+        waiting: set[str] = set()
+        for tenant_id in sorted({*named, *self.shipper.continuity.grown()}):
             if not self.fleet.exists(tenant_id):
                 continue
             try:
                 with self.fleet.lease(tenant_id):
                     pass
-            except SqlfleetError as exc:
+            except (SqlfleetError, OSError, apsw.Error) as exc:  # a full disk must not stop a start
                 log.warning("tenant %s: its unshipped commits wait for its next open (%s)", tenant_id, exc)
-        self.shipper.times.end_recovery()
+                waiting.add(tenant_id)  # with their recorded times
+        self.shipper.times.end_recovery(waiting)
 
     def _ship_first(self, tenant: str, at: float) -> None:
         """Before a restore to `at`: get what the tenant committed up to then into the replica,
@@ -241,6 +250,11 @@ class Backups(FleetHooks):
             f"{': ' + health.last_error if health.last_error else ''}; restore again once they are"
         )
         raise InsufficientStorage(message) if health.disk_full else ReplicaBehind(message)
+
+    def ship_everything(self, tenant: str) -> None:
+        """Before the tenant's file is replaced (an import): what it committed is in the replica,
+        so the state before stays restorable, or ReplicaBehind / InsufficientStorage."""
+        self._ship_first(tenant, math.inf)
 
     def flush(self) -> None:
         """Ship everything committed so far, and publish every fleet metadata change; returns
@@ -270,9 +284,24 @@ class Backups(FleetHooks):
     def _restore(self, tenant: str, at: float, as_tenant: str | None) -> RestoreResult:
         self._ship_first(tenant, at if as_tenant is not None else math.inf)
         rows = self.catalog.chunks(tenant)
+        earliest, latest = self._window(tenant, rows)
+        now = time.time()
+        if at > now:
+            raise RestoreInFuture(
+                f"{format_time(at)} is in the future (it is {format_time(now)} on this server): "
+                f"the latest state of tenant {tenant!r} is as of {format_time(latest)}; ask for "
+                "'latest' to restore it"
+            )
+        if micros(at) < micros(earliest):
+            raise NoRestorePoint(
+                f"tenant {tenant!r} cannot be restored to {format_time(at)}: its earliest "
+                f"restorable moment is {format_time(earliest)}"
+            )
         plan = restore.plan(tenant, rows, at)
         restore.check_covered(plan, rows, self.shipper.replica_position(tenant))
-        with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir) as tmp:
+        # a cleanup that fails comes after the live file may be replaced: the restore is done
+        # then, and saying otherwise would hide that (the directory stays behind)
+        with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir, ignore_cleanup_errors=True) as tmp:
             path = Path(tmp) / "restored.db"
             self._materialize(plan, path)
             target = as_tenant or tenant
@@ -342,17 +371,33 @@ class Backups(FleetHooks):
                 raise BackupBroken(f"backup of {plan.tenant!r} cannot be decoded: {exc}") from None
             raise
 
+    def _window(self, tenant: str, rows: list[ChunkRow]) -> tuple[float, float]:
+        """(earliest, latest): the first moment a restore of `tenant` can reach, and the time of
+        its last commit the replica holds (any moment from then to now restores that state).
+        The earliest is its oldest generation's start, but never before the retention window:
+        retention runs about once a minute, so chunks it will drop may still be there, and a
+        moment only they reach is not promised. Raises TenantNotFound when the tenant is not
+        here and the bucket has nothing of it, NoRestorePoint when it has no backup yet."""
+        gens = restore.generations(rows)
+        if not gens:
+            if not self.fleet.exists(tenant):
+                raise TenantNotFound(
+                    f"tenant {tenant!r} does not exist here, and the backups hold nothing of it"
+                )
+            raise NoRestorePoint(f"tenant {tenant!r} has no backup yet")
+        latest = max(max(r.last_time for r in rows), max(gens.values()))
+        earliest = max(min(gens.values()), time.time() - self.shipper.config.retention)
+        return earliest, latest
+
     def describe(self, tenant: str) -> dict[str, Any]:
         """Restore points of a tenant: earliest and latest, generations, snapshots."""
         self.shipper.flush()  # as restore does: list what a restore would find now
         rows = self.catalog.chunks(tenant)
-        if not rows:
-            raise NoRestorePoint(f"tenant {tenant!r} has no backups")
+        earliest, latest = self._window(tenant, rows)
         gens = restore.generations(rows)
-        latest = max(max(r.last_time for r in rows), max(gens.values(), default=0.0))
         return {
             "tenant": tenant,
-            "earliest": format_time(min(gens.values())) if gens else None,
+            "earliest": format_time(earliest),
             "latest": format_time(latest),
             "generations": [
                 {"id": g, "started": format_time(t)} for g, t in sorted(gens.items(), key=lambda x: x[1])
@@ -373,9 +418,14 @@ class Backups(FleetHooks):
 
     def verify(self, tenant: str) -> dict[str, Any]:
         """Restore the latest state to a temp file and compare it page by page with the live
-        database (a copy through the backup API), both read a piece at a time."""
+        database (a copy through the backup API), both read a piece at a time. Raises
+        TenantNotFound when there is no live tenant to compare with."""
+        if not self.fleet.exists(tenant):
+            raise TenantNotFound(f"tenant {tenant!r} does not exist: there is nothing live to verify against")
         self.shipper.flush()
-        plan = restore.plan(tenant, self.catalog.chunks(tenant), time.time())
+        rows = self.catalog.chunks(tenant)
+        self._window(tenant, rows)  # no backup yet: NoRestorePoint
+        plan = restore.plan(tenant, rows, time.time())
         with tempfile.TemporaryDirectory(dir=self.fleet.layout.system_dir) as tmp:
             path = Path(tmp) / "verify.db"
             self._materialize(plan, path)
@@ -428,13 +478,23 @@ class Backups(FleetHooks):
 
     def restorable_tenants(self) -> list[str]:
         """Tenants with backups whose last event is not a deletion."""
-        return [t for t in self.catalog.tenants() if not self._deleted(self.catalog.chunks(t))]
+        return [t for t, deleted in self.backed_up_tenants() if deleted is None]
+
+    def backed_up_tenants(self) -> list[tuple[str, float | None]]:
+        """Every tenant the backups can restore, with the time it was deleted if its last event
+        is a deletion (restoring it undeletes it; retention forgets it once the deletion is
+        older than the window), else None."""
+        return [(t, self._deleted_at(self.catalog.chunks(t))) for t in self.catalog.tenants()]
+
+    @classmethod
+    def _deleted(cls, rows: list[ChunkRow]) -> bool:
+        return cls._deleted_at(rows) is not None
 
     @staticmethod
-    def _deleted(rows: list[ChunkRow]) -> bool:
+    def _deleted_at(rows: list[ChunkRow]) -> float | None:
         deleted = max((r.first_time for r in rows if r.kind == TOMBSTONE), default=None)
         started = max(restore.generations(rows).values(), default=0.0)
-        return deleted is not None and deleted >= started
+        return deleted if deleted is not None and deleted >= started else None
 
     def recover(self, tenant_id: str) -> bool:
         """Restore a tenant that has backups but no catalog row (a lost disk), unless deleted."""

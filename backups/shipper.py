@@ -7,7 +7,8 @@ The front the fleet sees (its FleetHooks) and the flush loop; the work is done b
 - `flush`: capture, pack, upload, then advance — nothing advances before every step succeeded,
 - `checkpoint`: checkpoints and snapshots; what is not in the replica yet is carried first,
 - `carry`: frames a checkpoint took out of a WAL, durable on local disk until a flush ships them,
-- `retention`: deleting what no restore inside the window needs (about once a minute),
+- `retention`: deleting what no restore inside the window needs (about once a minute, in a
+  thread of its own: a pass over a large fleet must not hold up the flushes),
 - `spool`: where segments being built and snapshot copies wait: in memory within a budget, else
   in temporary files, so memory stays bounded whatever one commit's or tenant's size.
 """
@@ -46,7 +47,7 @@ from tenants.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
-RETENTION_EVERY = 60.0  # seconds between retention runs (after a successful flush)
+RETENTION_EVERY = 60.0  # seconds between retention runs (each after a successful flush)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ class Shipper(FleetHooks):
         self._wanted: set[str] = set()  # tenants to checkpoint at the next flush, however long their WAL
         self._wanted_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flushed = threading.Event()  # set while the last flush of the loop succeeded
+        self._threads: list[threading.Thread] = []
 
     # -- hooks from tenants ------------------------------------------------------------------------
 
@@ -170,15 +172,21 @@ class Shipper(FleetHooks):
     # -- the loop -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sqlfleet-shipper", daemon=True)
-        self._thread.start()
+        """Start the flush loop and, in a thread of its own, retention."""
+        self._threads = [
+            threading.Thread(target=self._run, name="sqlfleet-shipper", daemon=True),
+            threading.Thread(target=self._retain, name="sqlfleet-retention", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Stop the loop after one last flush. Idempotent; never raises (shutdown goes on)."""
+        """Stop the loops after one last flush. Idempotent; never raises (shutdown goes on)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._flushed.set()  # wakes retention to see the stop
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
         self._flush_logged()
 
     def close(self) -> None:
@@ -195,7 +203,6 @@ class Shipper(FleetHooks):
 
     def _run(self) -> None:
         delay = self.config.flush_interval
-        last_retention = time.monotonic()
         while not self._stop.wait(delay):
             started = time.monotonic()
             ok = self._flush_logged()
@@ -203,9 +210,23 @@ class Shipper(FleetHooks):
             # is about one interval plus one flush, not one interval plus two
             spent = time.monotonic() - started
             delay = max(0.0, self.config.flush_interval - spent) if ok else min(30.0, max(delay, 0.5) * 2)
-            if ok and time.monotonic() - last_retention >= RETENTION_EVERY:
-                last_retention = time.monotonic()
-                self._enforce_retention()
+            if ok:
+                self._flushed.set()
+            else:
+                self._flushed.clear()
+
+    def _retain(self) -> None:
+        # Not in the flush loop: a pass reads every tenant's chunks (one query and one Python
+        # pass each), and every commit waiting for the next flush waited for it too (at 10,000
+        # tenants: lag p99 2.75 s with it in the loop, 1.23 s without; flush interval 1 s).
+        # It runs after a flush that succeeded (a replica that answers), at most once a flush
+        # and at most every RETENTION_EVERY.
+        while not self._stop.wait(RETENTION_EVERY):
+            self._flushed.wait()
+            if self._stop.is_set():
+                return
+            self._flushed.clear()
+            self._enforce_retention()
 
     def _enforce_retention(self) -> None:
         # As for flushes: nothing here may end the loop, or shipping stops for good.

@@ -13,8 +13,9 @@ class TenantInfo(TypedDict):
     created_at: str
     state: str
     group: str | None
-    size: int
+    size: int  # bytes on disk, WAL included, measured when asked (info, list)
     error: str | None
+    path: NotRequired[str]  # the tenant's file on the server: in `tenant_info` only
 
 
 class TenantPage(TypedDict):
@@ -32,6 +33,27 @@ class MintedToken(TypedDict):
 class RevokedTokens(TypedDict):
     tenant: str
     revoked_at: str
+
+
+# -- data in and out ---------------------------------------------------------------------------------
+
+
+class Imported(TypedDict):
+    bytes: int
+    page_size: int
+    replaced: bool
+    schema_steps: int  # schema changes made to join the tenant's group
+
+
+class ImportResult(TenantInfo):
+    imported: Imported
+
+
+class Transferred(TypedDict):
+    """What an export or dump wrote: bytes, and the moment the copy was consistent at."""
+
+    bytes: int
+    consistent_at: str
 
 
 # -- backups -----------------------------------------------------------------------------------------
@@ -77,6 +99,7 @@ class VerifyResult(TypedDict):
 class RestorableTenant(TypedDict):
     id: str
     exists: bool
+    deleted: NotRequired[str | None]  # when it was deleted (listed only when asked for); else None
 
 
 class GroupsRestored(TypedDict):
@@ -127,7 +150,10 @@ class GroupInfo(TypedDict):
     name: str
     migrations: list[Migration]
     released: int  # how many of `migrations` the template has
+    head: NotRequired[str | None]  # the last of them
     pending: int
+    tables: NotRequired[list[str]]  # the template's
+    rollout: NotRequired[Rollout | None]  # the newest, as listed
 
 
 class SyncPlan(TypedDict):
@@ -162,14 +188,19 @@ class RolloutPlan(TypedDict):
 
 
 class Rollout(TypedDict):
-    """A rollout's snapshot. A listing (`AdminClient.rollouts`) leaves out failures and plans."""
+    """A rollout's snapshot. A listing (`AdminClient.rollouts`) leaves out failures, plans and
+    migrated_tenants. Rollouts recorded by an older server lack the NotRequired fields."""
 
     id: str
     group: str
-    state: str  # running, completed, stopped, failed, interrupted
+    state: str  # running, completed, stopped, failed, interrupted, aborted
     reason: str | None
+    dry_run: NotRequired[bool]  # its counts say what would happen
     options: dict[str, Any]
-    template: dict[str, Any]
+    target: NotRequired[str | None]  # the last migration it rolls out
+    template: dict[str, Any]  # applied, tried_only (false once released)
+    resumed: NotRequired[int]
+    migrated_tenants: NotRequired[list[str]]
     total: int
     migrated: int
     current: int

@@ -7,8 +7,10 @@ answered with an error, and `ClientError` for anything else that went wrong on t
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from typing import Any, cast
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import httpx
 
@@ -16,6 +18,7 @@ from ops.api_types import (
     BackupInfo,
     FleetRestore,
     GroupInfo,
+    ImportResult,
     Migration,
     MintedToken,
     Readiness,
@@ -28,6 +31,7 @@ from ops.api_types import (
     TenantInfo,
     TenantMigrations,
     TenantPage,
+    Transferred,
     VerifyResult,
 )
 from ops.errors import ApiError, ClientError, ServerUnreachable
@@ -37,6 +41,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 # The server's largest page (router.admin_api.MAX_PAGE, not imported: the CLI stays light);
 # a test keeps the two equal.
 MAX_PAGE = 1000
+PIECE = 1 << 20  # bytes per piece of an export or import
+Progress = Callable[[int, int | None], None]
+IMPORT_CHECK_WAIT = 300.0  # seconds an import may wait for its answer once the file is sent
 
 
 class AdminClient:
@@ -165,9 +172,12 @@ class AdminClient:
             raise ClientError(f"unexpected answer from {self.url}: no segment count")
         return segments
 
-    def restorable_tenants(self) -> list[RestorableTenant]:
-        """Every tenant the bucket can restore (not deleted), and whether it exists locally."""
-        tenants = self._json("GET", "/v1/admin/backups/tenants").get("tenants")
+    def restorable_tenants(self, deleted: bool = False) -> list[RestorableTenant]:
+        """Every tenant the bucket can restore, and whether it exists locally; with `deleted`
+        also those whose last event is their deletion (`deleted`: when; restoring one
+        undeletes it)."""
+        params = {"deleted": "true"} if deleted else None
+        tenants = self._json("GET", "/v1/admin/backups/tenants", params=params).get("tenants")
         if not isinstance(tenants, list):
             raise ClientError(f"unexpected answer from {self.url}: no tenant list")
         return cast(list[RestorableTenant], tenants)
@@ -278,9 +288,85 @@ class AdminClient:
         return cast(Rollout, self._json("GET", _rollout_path(group, rollout_id)))
 
     def stop_rollout(self, group: str, rollout_id: str) -> Rollout:
-        """Ask a running rollout to stop; tenants already migrated stay migrated. Returns at once
-        (the rollout's state turns from running once its workers are done)."""
+        """Ask a running rollout to stop; tenants already migrated stay migrated, nothing is
+        released until it is resumed. Returns at once (the rollout's state turns from running
+        once its workers are done)."""
         return cast(Rollout, self._json("POST", _rollout_path(group, rollout_id) + "/stop"))
+
+    def resume_rollout(
+        self, group: str, rollout_id: str, max_failures: int | None = None, concurrency: int | None = None
+    ) -> Rollout:
+        """Go on with the group's newest rollout, stopped or interrupted: the tenants it has not
+        handled, those that failed again, then the release. `max_failures` and `concurrency`
+        replace its own. Returns at once with the running rollout. ApiError 409 when it ended,
+        a newer one superseded it, or one is running."""
+        options = {"max_failures": max_failures, "concurrency": concurrency}
+        body = {k: v for k, v in options.items() if v is not None}
+        return cast(Rollout, self._json("POST", _rollout_path(group, rollout_id) + "/resume", json=body))
+
+    def abort_rollout(self, group: str, rollout_id: str) -> Rollout:
+        """End a running, stopped or interrupted rollout for good, releasing nothing; waits for
+        its workers. The answer's `migrated_tenants` keep the migration. ApiError 409 when it
+        already ended."""
+        return cast(Rollout, self._json("POST", _rollout_path(group, rollout_id) + "/abort"))
+
+    # -- data in and out -------------------------------------------------------------------------
+
+    def export_tenant(
+        self, tenant_id: str, out: BinaryIO, dump: bool = False, progress: Progress | None = None
+    ) -> Transferred:
+        """Write the tenant as an SQLite file (as SQL text with `dump`) to `out`, streamed;
+        `progress(done, total)` after each piece (total None for a dump: its size is not known
+        ahead). `timeout` bounds each wait for a piece, not the whole transfer."""
+        kind = "dump" if dump else "export"
+        path = f"/v1/tenants/{validate_tenant_id(tenant_id)}/{kind}"
+        with self._transport(streamed=True), self._http.stream("GET", path) as response:
+            if response.is_error:
+                response.read()
+                raise _api_error(response)
+            total = None if dump else int(response.headers["content-length"])
+            done = 0
+            for piece in response.iter_bytes(PIECE):
+                out.write(piece)
+                done += len(piece)
+                if progress is not None:
+                    progress(done, total)
+        if total is not None and done != total:
+            raise ClientError(f"the export of {tenant_id!r} was cut off after {done} of {total} bytes")
+        return {"bytes": done, "consistent_at": response.headers.get("x-sqlfleet-consistent-at", "")}
+
+    def import_tenant(
+        self,
+        tenant_id: str,
+        source: Path,
+        replace: bool = False,
+        progress: Progress | None = None,
+        group: str | None = None,
+    ) -> ImportResult:
+        """Upload the SQLite file `source` as tenant `tenant_id` (new, in schema `group` if
+        given; with `replace`, in place of the existing tenant's data). ApiError 400/413 names
+        what is wrong with the file (nothing changed then), 409 when the tenant exists and
+        `replace` is not given."""
+        size = source.stat().st_size
+
+        def pieces() -> Iterator[bytes]:
+            done = 0
+            with source.open("rb") as f:
+                while piece := f.read(PIECE):
+                    done += len(piece)
+                    yield piece
+                    if progress is not None:
+                        progress(done, size)
+
+        headers = {"Content-Type": "application/vnd.sqlite3", "Content-Length": str(size)}
+        params = {"replace": "true"} if replace else {}
+        if group is not None:
+            params["group"] = group
+        path = _tenant_path(tenant_id) + "/import"
+        # the answer comes after the server checked the file (import_check_timeout, 120 s by default)
+        wait = httpx.Timeout(self.timeout, read=max(self.timeout, IMPORT_CHECK_WAIT))
+        body = self._json("PUT", path, content=pieces(), headers=headers, params=params, timeout=wait)
+        return cast(ImportResult, body)
 
     # -- the server ------------------------------------------------------------------------------
 
@@ -306,15 +392,22 @@ class AdminClient:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request; raises ServerUnreachable when no answer came back, whatever its status."""
-        try:
+        with self._transport():
             return self._http.request(method, path, **kwargs)
+
+    @contextlib.contextmanager
+    def _transport(self, streamed: bool = False) -> Iterator[None]:
+        """Transport errors as ServerUnreachable: before any answer came, or (`streamed`)
+        while a streamed response was being read."""
+        try:
+            yield
         except httpx.TimeoutException:
-            raise ServerUnreachable(
-                f"sqlfleet at {self.url} did not answer within {self.timeout:g}s"
-            ) from None
+            wait = "stopped answering for" if streamed else "did not answer within"
+            raise ServerUnreachable(f"sqlfleet at {self.url} {wait} {self.timeout:g}s") from None
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
-            raise ServerUnreachable(f"cannot reach sqlfleet at {self.url}: {reason}") from None
+            where = "lost" if streamed else "cannot reach"
+            raise ServerUnreachable(f"{where} sqlfleet at {self.url}: {reason}") from None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self._send(method, path, **kwargs)

@@ -31,11 +31,13 @@ from ops.logs import configure_logging
 from ops.settings import Settings
 from router.app import build_app
 from router.auth import Authenticator
+from router.changes_api import encode_event
 from router.context import Context
 from router.hrana import Streams
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
-from schema_sync.rollout import Rollouts
+from schema_sync.rollouts import Rollouts
+from tenants.changes import ChangeFeed
 from tenants.checkpointer import Checkpointer, WalGuard
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
@@ -80,12 +82,14 @@ class Server:
             groups=groups,
             rollouts=Rollouts(groups, fleet, settings.rollout_concurrency),
             backups=hooks.backups,
+            feed=hooks.feed,
             streams=Streams(
                 fleet.pool,
                 config.stream_idle_timeout,
                 config.max_streams_per_tenant,
                 config.max_streams,
                 writable=fleet.writable,
+                before_use=fleet.before_use,
             ),
         )
         server = cls(settings, fleet, context, build_app(context), admin_key, generated)
@@ -105,6 +109,7 @@ class Server:
     def stop_accepting(self) -> None:
         """From now on /readyz answers 503, so a load balancer drains us while we finish."""
         self.context.stop_accepting()
+        self.context.feed.close("the server is stopping")  # streams end now, not at the deadline
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
 
@@ -121,6 +126,7 @@ class Server:
         self.closed = True
         self.context.rollouts.close()  # before the fleet: its workers hold tenant leases
         self.context.streams.close()  # before the fleet: an open Hrana transaction holds a tenant lock
+        self.context.feed.close("the server is stopping")
         backups = self.context.backups
         if backups is not None:
             # leave the WAL of every tenant still open empty (its frames are in the replica);
@@ -142,6 +148,7 @@ class _Hooks:
         self._settings = settings
         self._groups = groups
         self.backups: Backups | None = None
+        self.feed: ChangeFeed
 
     def __call__(self, fleet: Fleet) -> list[FleetHooks]:
         settings = self._settings
@@ -156,7 +163,9 @@ class _Hooks:
             on_full = checkpointer.request
         hooks.append(WalGuard(settings.max_wal_bytes, on_full))
         schema = SchemaHooks(self._groups, fleet.group_of, settings.lazy_catch_up, settings.migration_timeout)
-        return [*hooks, schema]
+        # last: a schema catch-up's commits reach the change feed as a `schema` change
+        self.feed = ChangeFeed(settings.feed_config(), fleet.pool, encode_event)
+        return [*hooks, schema, self.feed]
 
 
 def _backups(settings: Settings, fleet: Fleet, groups: GroupStore) -> Backups:
@@ -233,8 +242,20 @@ def serve(settings: Settings) -> None:
     elif not settings.admin_key:
         print(f"sqlfleet: admin key is in {settings.data_dir / 'admin.key'}", file=sys.stderr)
     print(f"sqlfleet: serving {settings.data_dir} on {url}  (export SQLFLEET_URL={url})", file=sys.stderr)
-    config = uvicorn.Config(
-        server.app,
+    config = uvicorn_config(settings, server.app)
+    try:
+        _Uvicorn(config, server.stop_accepting).run()
+    finally:
+        server.stop_accepting()
+        with _watchdog(server.deadline()):
+            server.close()
+
+
+def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
+    """How uvicorn serves `app` (tests that need the real HTTP and WebSocket stack in-process
+    use it too)."""
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -242,14 +263,12 @@ def serve(settings: Settings) -> None:
         server_header=False,  # no `server: uvicorn`: responses name no software or host detail
         log_config=None,  # uvicorn's loggers propagate to ours, in the same format
         lifespan="off",
+        # Hrana over WebSocket: the `websockets` library's sans-I/O protocol (the legacy one warns);
+        # a message past max_body_bytes closes the socket with 1009 before the app sees it
+        ws="websockets-sansio",
+        ws_max_size=settings.max_body_bytes,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout * DRAIN_SHARE)),
     )
-    try:
-        _Uvicorn(config, server.stop_accepting).run()
-    finally:
-        server.stop_accepting()
-        with _watchdog(server.deadline()):
-            server.close()
 
 
 @contextlib.contextmanager

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from backups.keyring import Keyring
 from backups.shipper import ShipperConfig
 from router.context import RouterConfig
+from tenants.changes import FeedConfig
 from tenants.checkpointer import WalConfig
 from tenants.config import DbConfig, PoolConfig
 from tenants.errors import BadRequest
@@ -31,8 +32,9 @@ def _default_data_dir() -> Path:
     return Path(base) / "sqlfleet"
 
 
-def _doc(text: str) -> dict[str, str]:
-    return {"help": text}
+def _doc(text: str, default: str | None = None) -> dict[str, str]:
+    """A field's metadata: its help, and how its default reads when it is computed."""
+    return {"help": text} if default is None else {"help": text, "default": default}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class Settings:
     data_dir: Path = field(
         default_factory=_default_data_dir,
         metadata=_doc(
-            "Directory holding tenant files, the catalog and the keys (default ~/.local/share/sqlfleet)."
+            "Directory holding tenant files, the catalog and the keys. The admin commands read "
+            "DATA_DIR/admin.key from the same default when no key is given.",
+            default="$XDG_DATA_HOME/sqlfleet, else ~/.local/share/sqlfleet",
         ),
     )
     host: str = field(default="127.0.0.1", metadata=_doc("Address to listen on."))
@@ -99,6 +103,15 @@ class Settings:
         default=10.0,
         metadata=_doc("Seconds over which a tenant's worker time decays (by e) for heavy_worker_seconds."),
     )
+    fair_share_grace: float = field(
+        default=0.1,
+        metadata=_doc(
+            "Seconds of each request's worker time that do not count towards heavy_worker_seconds: "
+            "a tenant's requests run one at a time, so many quick ones deny nobody a thread, and "
+            "they slow down when slow tenants keep the server busy, which must not send them to "
+            "the heavy lane to wait behind those very tenants. Only long requests make a tenant heavy."
+        ),
+    )
     max_sql_length: int = field(default=100_000, metadata=_doc("Longest SQL text accepted, bytes."))
     max_result_rows: int = field(default=10_000, metadata=_doc("Most rows one result may carry."))
     max_result_bytes: int = field(default=8 << 20, metadata=_doc("Largest result, bytes (approximate)."))
@@ -120,8 +133,8 @@ class Settings:
     max_inflight_result_bytes: int = field(
         default=128 << 20,
         metadata=_doc(
-            "Result bytes all requests in flight may hold together (being built or sent); past it "
-            "HTTP 503 (server_busy) with Retry-After."
+            "Memory all requests in flight may hold for results together (being built or sent), "
+            "counted as 3x each result's JSON size; past it HTTP 503 (server_busy) with Retry-After."
         ),
     )
     max_db_bytes: int = field(default=1 << 30, metadata=_doc("Largest tenant database, bytes."))
@@ -135,6 +148,53 @@ class Settings:
         ),
     )
     max_body_bytes: int = field(default=4 << 20, metadata=_doc("Largest request body, bytes (HTTP 413)."))
+    max_import_bytes: int = field(
+        default=1 << 30,
+        metadata=_doc(
+            "Largest SQLite file PUT /v1/admin/tenants/{id}/import takes, bytes (HTTP 413 "
+            "import_too_large, checked while it streams in); the file must also fit max_db_bytes."
+        ),
+    )
+    max_transfers: int = field(
+        default=4,
+        metadata=_doc(
+            "Exports, dumps and imports running at once (each holds a temporary copy of up to "
+            "max_db_bytes in the data dir); past it HTTP 429 (transfers_busy) with Retry-After."
+        ),
+    )
+    transfer_timeout: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "Seconds one export, dump or import may take from start to end, copy and transfer "
+            "together (these stream far more than request_timeout allows); past it the response is "
+            "cut off (export, dump) or HTTP 408 (import)."
+        ),
+    )
+    transfer_idle_timeout: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds an export or dump waits for the client to take one piece, and an import for "
+            "the next piece of its upload; past it the transfer stops and its temporary file goes."
+        ),
+    )
+    export_step_pages: int = field(
+        default=1024,
+        metadata=_doc(
+            "Pages an export copies per step while holding the tenant (4 MiB at 4 KiB pages, a few "
+            "milliseconds): the longest a writer waits for an export."
+        ),
+    )
+    export_max_restarts: int = field(
+        default=3,
+        metadata=_doc(
+            "Times an export starts its copy again because the tenant's connection closed between "
+            "steps (eviction, preemption); after that the rest is copied in one step."
+        ),
+    )
+    import_check_timeout: float = field(
+        default=120.0,
+        metadata=_doc("Seconds the integrity check of an imported file may take (HTTP 400 past it)."),
+    )
     body_timeout: float = field(
         default=30.0,
         metadata=_doc(
@@ -142,7 +202,15 @@ class Settings:
             "it HTTP 408 and the connection is closed (a slowly dribbled body holds nothing longer)."
         ),
     )
-    max_batch_statements: int = field(default=1000, metadata=_doc("Most statements in one batch."))
+    max_batch_statements: int = field(
+        default=1000,
+        metadata=_doc(
+            "Most statements in one batch (REST /batch, a Hrana batch or cursor) and requests in one "
+            "Hrana pipeline. A Hrana batch may also hold up to 5 BEGIN/COMMIT/ROLLBACK and PRAGMA "
+            "foreign_keys steps, which the official clients wrap around the statements of "
+            "batch() and migrate()."
+        ),
+    )
     max_token_ttl: int = field(
         default=365 * 86400, metadata=_doc("Longest lifetime a minted tenant token may have, seconds.")
     )
@@ -173,6 +241,15 @@ class Settings:
     )
     max_streams: int = field(
         default=10_000, metadata=_doc("Most Hrana streams open at once on this server (HTTP 503 past it).")
+    )
+    max_websockets: int = field(
+        default=1000,
+        metadata=_doc(
+            "Most Hrana WebSocket connections open at once on this server (past it the upgrade gets HTTP "
+            "503). A connection's messages are at most max_body_bytes each (close 1009 past it), and "
+            "those it has in flight at most about max_body_bytes together; its streams count against "
+            "max_streams_per_tenant and max_streams."
+        ),
     )
     base_domain: str | None = field(
         default=None,
@@ -283,8 +360,8 @@ class Settings:
     lazy_catch_up: bool = field(
         default=True,
         metadata=_doc(
-            "Migrate a tenant that is behind its schema group's released head when it is opened, "
-            "before its first request (true or false)."
+            "Migrate a tenant that is behind its schema group's released head before its next "
+            "request: when it is opened, and when the head moves while it is open (true or false)."
         ),
     )
     migration_timeout: float = field(
@@ -300,6 +377,48 @@ class Settings:
         metadata=_doc(
             "Tenants a schema rollout migrates at once, unless the rollout says otherwise (each "
             "holds a pool slot; more hides fsync latency, fewer leaves more room for requests)."
+        ),
+    )
+    changes_buffer_bytes: int = field(
+        default=1 << 20,
+        metadata=_doc(
+            "Change feed (GET /v1/tenants/{t}/changes): bytes of recent events kept in memory per "
+            "tenant, only for tenants with subscribers (and changes_linger after the last left); a "
+            "subscriber further behind gets a `resync` event. At most about "
+            "changes_max_subscribers x this in all."
+        ),
+    )
+    changes_max_txn_bytes: int = field(
+        default=256 << 10,
+        metadata=_doc(
+            "Change feed: largest one transaction's changes may be, bytes (rows as read back after "
+            "the commit); a larger one is announced by a `resync` event instead. At most "
+            "changes_buffer_bytes."
+        ),
+    )
+    changes_max_subscribers: int = field(
+        default=256,
+        metadata=_doc(
+            "Change feed subscribers on this server at once (HTTP 503 past it); also the most "
+            "tenants whose recent events are kept."
+        ),
+    )
+    changes_max_subscribers_per_tenant: int = field(
+        default=100,
+        metadata=_doc("Change feed subscribers of one tenant at once (HTTP 429 past it)."),
+    )
+    changes_heartbeat: float = field(
+        default=15.0,
+        metadata=_doc(
+            "Seconds between `heartbeat` events of an idle change feed stream; a subscriber that "
+            "takes no data for twice this long is disconnected."
+        ),
+    )
+    changes_linger: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds a tenant's change feed events are kept after its last subscriber left, so a "
+            "client reconnecting with Last-Event-ID misses nothing."
         ),
     )
     log_level: str = field(default="info", metadata=_doc("Log level: debug, info, warning, error."))
@@ -356,8 +475,16 @@ class Settings:
             "max_batch_statements",
             "max_streams_per_tenant",
             "max_streams",
+            "max_websockets",
             "rollout_concurrency",
             "backup_spool_bytes",  # 0 would mean "never spill" to tempfile.SpooledTemporaryFile
+            "changes_buffer_bytes",
+            "changes_max_txn_bytes",
+            "changes_max_subscribers",
+            "changes_max_subscribers_per_tenant",
+            "max_import_bytes",
+            "max_transfers",
+            "export_step_pages",
         ):
             if getattr(self, name) < 1:
                 raise BadRequest(f"{name} must be at least 1")
@@ -377,10 +504,20 @@ class Settings:
             "backup_unready_after",
             "migration_timeout",
             "shutdown_timeout",
+            "changes_heartbeat",
+            "transfer_timeout",
+            "transfer_idle_timeout",
+            "import_check_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise BadRequest(f"{name} must be positive")
 
+        if self.changes_max_txn_bytes > self.changes_buffer_bytes:
+            raise BadRequest("changes_max_txn_bytes must not exceed changes_buffer_bytes")
+        if self.changes_linger < 0:
+            raise BadRequest("changes_linger must not be negative")
+        if self.fair_share_grace < 0:
+            raise BadRequest("fair_share_grace must not be negative")
         if self.log_format not in ("text", "json"):
             raise BadRequest(f"log_format must be text or json, not {self.log_format!r}")
 
@@ -400,6 +537,9 @@ class Settings:
 
     def wal_config(self) -> WalConfig:
         return WalConfig(checkpoint_frames=self.backup_checkpoint_frames, max_wal_bytes=self.max_wal_bytes)
+
+    def feed_config(self) -> FeedConfig:
+        return self._section(FeedConfig, prefix="changes_")
 
     def router_config(self) -> RouterConfig:
         return self._section(RouterConfig)
@@ -439,17 +579,25 @@ def _parse(name: str, type_name: str, raw: Any) -> Any:
     return raw
 
 
-def setting_fields() -> list[tuple[str, str, str]]:
-    """(name, type, help) of every setting, for --help and docs."""
-    return [(f.name, str(f.type), f.metadata.get("help", "")) for f in fields(Settings)]
+def setting_fields() -> list[tuple[str, str, str, str | None]]:
+    """(name, type, help, default as text or None when unset) of every setting, for --help and docs."""
+    return [(f.name, str(f.type), f.metadata.get("help", ""), _default_text(f)) for f in fields(Settings)]
+
+
+def _default_text(f: Field[Any]) -> str | None:
+    if "default" in f.metadata:  # computed (a default_factory): the field says how it reads
+        return str(f.metadata["default"])
+    if f.default is MISSING:
+        raise TypeError(f"setting {f.name} has a computed default but does not say how it reads")
+    return None if f.default is None else str(f.default)
 
 
 def settings_markdown() -> str:
     """The README's settings table (tests/ops/test_settings.py keeps the README in step)."""
     lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
     for f in fields(Settings):
-        default = "see meaning" if f.default_factory is not MISSING else f.default
-        shown = "unset" if default is None else f"`{default}`" if default != "see meaning" else default
+        default = _default_text(f)
+        shown = "unset" if default is None else f"`{default}`"
         flag, meaning = f"--{f.name.replace('_', '-')}", f.metadata.get("help", "").replace("|", "/")
         lines.append(f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | {shown} | {meaning} |")
     return "\n".join(lines)

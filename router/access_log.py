@@ -37,6 +37,8 @@ class AccessLog(RequestObserver):
         message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
 
     def finished(self, scope: Scope, status: int, seconds: float) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return  # the line's fields are not worth building for nobody (cached by logging)
         request_id: str = scope["state"]["request_id"]
         route = route_template(scope)
         method = scope["method"]

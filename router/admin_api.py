@@ -13,6 +13,7 @@ from starlette.routing import Route
 from router.auth import require_admin
 from router.codec import read_json
 from router.context import Context, ctx
+from tenants.catalog import TenantRow
 from tenants.errors import BadRequest
 from tenants.ids import is_name, is_name_prefix, validate_tenant_id
 from tenants.rfc3339 import format_time
@@ -44,7 +45,7 @@ async def create_tenant(request: Request) -> JSONResponse:
     if group is not None and not is_name(group):
         raise BadRequest("group must be null or a name like a tenant id")
     row = await c.blocking(c.fleet.create, tenant, group)
-    return JSONResponse(row.to_json(), status_code=201)
+    return JSONResponse(_info(c, row), status_code=201)
 
 
 async def list_tenants(request: Request) -> JSONResponse:
@@ -59,7 +60,7 @@ async def list_tenants(request: Request) -> JSONResponse:
     if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
     limit = int(limit_text)
-    rows = await c.blocking(c.fleet.list_tenants, prefix, after, limit + 1)
+    rows = await c.blocking(c.fleet.list_tenants, prefix, after, limit + 1, True)
     page = rows[:limit]
     next_cursor = page[-1].id if len(rows) > limit else None
     return JSONResponse({"tenants": [r.to_json() for r in page], "next": next_cursor})
@@ -68,7 +69,13 @@ async def list_tenants(request: Request) -> JSONResponse:
 async def tenant_info(request: Request) -> JSONResponse:
     c = admin_context(request)
     row = await c.blocking(c.fleet.info, request.path_params["tenant"])
-    return JSONResponse(row.to_json())
+    return JSONResponse(_info(c, row))
+
+
+def _info(c: Context, row: TenantRow) -> dict[str, Any]:
+    """A tenant's info as create and info answer it: its row, and for operators where its file
+    lives (admin routes only: the tenant API never names a path)."""
+    return {**row.to_json(), "path": str(c.fleet.layout.tenant_path(row.id).absolute())}
 
 
 async def delete_tenant(request: Request) -> Response:

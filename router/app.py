@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from metrics.exposition import render as render_metrics
-from router import admin_api, backups_api, groups_api, hrana, tenant_api
+from router import admin_api, backups_api, changes_api, groups_api, hrana, tenant_api, transfer_api
 from router.access_log import AccessLog
 from router.body_deadline import BodyDeadline
 from router.context import Context, ctx
@@ -59,7 +59,9 @@ async def openapi(request: Request) -> JSONResponse:
 
 
 async def ping(request: Request) -> JSONResponse:
-    """A bare JSON endpoint: the framework's own ceiling, for `sqlfleet bench hot`."""
+    """A bare JSON endpoint: the framework's own ceiling, for `sqlfleet bench hot`. It reads
+    the body it is sent (unparsed), as a route must to keep the connection alive."""
+    await request.body()
     return JSONResponse({"ok": True})
 
 
@@ -75,19 +77,23 @@ SYSTEM_ROUTES = [
 def build_app(context: Context) -> Starlette:
     """The app over `context`, which routes get back with `ctx(request)`."""
     app = Starlette(
+        # the router tries routes in turn: the tenants' queries, most of the traffic, first
         routes=[
-            *SYSTEM_ROUTES,
             *tenant_api.ROUTES,
+            *SYSTEM_ROUTES,
+            *changes_api.ROUTES,
             *admin_api.ROUTES,
             *backups_api.ROUTES,
             *groups_api.ROUTES,
             *hrana.ROUTES,
+            *transfer_api.ROUTES,
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         middleware=[
             Middleware(AccessLog),
             Middleware(RequestMetrics),
-            Middleware(BodyDeadline, timeout=context.config.body_timeout),
+            # an import's upload is bounded per piece and in all by the route (router.transfer_api)
+            Middleware(BodyDeadline, timeout=context.config.body_timeout, exempt=("/import",)),
         ],
     )
     app.state.ctx = context

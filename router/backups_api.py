@@ -16,6 +16,7 @@ from router.context import Context
 from router.errors import BackupsDisabled
 from tenants.errors import BadRequest
 from tenants.ids import validate_tenant_id
+from tenants.rfc3339 import format_time
 
 
 def _backups(request: Request) -> tuple[Context, Backups]:
@@ -79,12 +80,21 @@ async def restore_fleet(request: Request) -> JSONResponse:
 
 
 async def restorable(request: Request) -> JSONResponse:
-    """Tenants the bucket can restore (not deleted), with whether each exists locally."""
+    """Tenants the bucket can restore, with whether each exists locally; those whose last event
+    is their deletion (`deleted`: when) only with `?deleted=true` (restoring one undeletes it):
+    `restore --all` puts back what a lost server had, never what was deleted."""
     c, backups = _backups(request)
+    flag = request.query_params.get("deleted", "false")
+    if flag not in ("true", "false"):
+        raise BadRequest("deleted must be true or false")
 
     def listing() -> list[dict[str, Any]]:
         backups.flush()  # a tenant created a moment ago is restorable once this returns
-        return [{"id": t, "exists": c.fleet.exists(t)} for t in backups.restorable_tenants()]
+        return [
+            {"id": t, "exists": c.fleet.exists(t), "deleted": None if at is None else format_time(at)}
+            for t, at in backups.backed_up_tenants()
+            if at is None or flag == "true"
+        ]
 
     return JSONResponse({"tenants": await c.blocking(listing)})
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
+import re
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -50,29 +52,62 @@ def _no_constant(name: str) -> Any:
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object (strict JSON: no NaN/Infinity). Raises TooLarge past `limit`
     bytes, whether declared by Content-Length or streamed chunked; BadRequest otherwise."""
+    return parse_json_object(await read_body(request, limit))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body's bytes. Raises TooLarge past `limit` bytes, whether declared by Content-Length
+    or streamed chunked; BadRequest if the client went away."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body larger than {limit} bytes")
+    # The ASGI messages themselves, not Request.stream(): an async generator per request, on
+    # every hot query, for the same loop. The body is read once, here.
+    receive = request.receive
     body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: nobody will read the answer
+            raise BadRequest("client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if not more and not body and len(chunk) <= limit:
+            return chunk  # the usual case: one piece, no copy
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"request body larger than {limit} bytes")
+        if not more:
+            return bytes(body)
+
+
+# orjson where it gives what the stdlib parser gives, else the stdlib parser (which says why it
+# refuses a body). orjson parses an integer beyond 64 bits as a float, so a body with 19 or more
+# digits in a row (anywhere: ints that fit are found by the stdlib all the same) goes to the
+# stdlib; everything else orjson refuses (NaN, lone surrogates, a BOM, deep nesting) too.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
+
+
+def parse_json_object(body: bytes | str) -> dict[str, Any]:
+    """`body` as a JSON object (strict JSON: no NaN/Infinity). Raises BadRequest."""
+    data: Any = None
+    if not (_LONG_DIGITS.search(body) if isinstance(body, bytes) else _LONG_DIGITS_TEXT.search(body)):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            data = orjson.loads(body)
+    if data is None:
+        data = _stdlib_loads(body)
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def _stdlib_loads(body: bytes | str) -> Any:
     try:
-        if declared:  # within the limit, as checked above: read it whole
-            body += await request.body()
-        else:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise TooLarge(f"request body larger than {limit} bytes")
-    except ClientDisconnect:  # nobody will read the answer; just not an "unhandled error"
-        raise BadRequest("client disconnected before sending the whole body") from None
-    try:
-        # the stdlib parser, not orjson: orjson turns integers beyond 64 bits into floats
         data = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("body is not acceptable JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
     return data
 
 

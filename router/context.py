@@ -6,14 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from backups.service import Backups
 from router.auth import Authenticator, Principal
 from router.scheduler import Scheduler
 from schema_sync.groups import GroupStore
-from schema_sync.rollout import Rollouts
+from schema_sync.rollouts import Rollouts
 from tenants.budget import Budget, Encoding, ResultMemory
+from tenants.changes import ChangeFeed
 from tenants.fleet import Fleet
 
 if TYPE_CHECKING:
@@ -37,12 +38,22 @@ class RouterConfig:
     stream_idle_timeout: float
     max_streams_per_tenant: int
     max_streams: int
+    max_websockets: int
     base_domain: str | None
     request_timeout: float
     max_request_result_bytes: int
     max_inflight_result_bytes: int
     heavy_worker_seconds: float
     fair_share_window: float
+    fair_share_grace: float
+    # data in and out (router/transfer_api.py)
+    max_import_bytes: int
+    max_transfers: int
+    transfer_timeout: float
+    transfer_idle_timeout: float
+    export_step_pages: int
+    export_max_restarts: int
+    import_check_timeout: float
 
 
 class Context:
@@ -59,6 +70,7 @@ class Context:
         rollouts: Rollouts,
         backups: Backups | None,
         streams: Streams,
+        feed: ChangeFeed,
     ) -> None:
         self.fleet = fleet
         self.auth = auth
@@ -67,13 +79,17 @@ class Context:
         self.rollouts = rollouts
         self.backups = backups
         self.streams = streams
+        self.feed = feed
         self.scheduler = Scheduler(
             config.worker_threads,
             config.max_queued_per_tenant,
             config.heavy_worker_seconds,
             config.fair_share_window,
+            config.fair_share_grace,
         )
         self.results = ResultMemory(config.max_inflight_result_bytes)
+        self.websockets = 0  # Hrana WebSocket connections open (router.hrana.ws; event loop only)
+        self.transfers = 0  # exports, dumps and imports running (router.transfer_api; event loop only)
         self._accepting = True
 
     @property
@@ -113,7 +129,7 @@ class Context:
         return self.auth.authenticate(request.headers.get("authorization"))
 
 
-def ctx(request: Request) -> Context:
+def ctx(request: HTTPConnection) -> Context:
     """The app's Context (`build_app` puts it on `app.state`; nothing else does)."""
     context: Context = request.app.state.ctx
     return context

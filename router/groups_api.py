@@ -1,5 +1,5 @@
 """Admin routes for schema groups: create and list groups, register migrations, plan a schema
-change, run a rollout and watch it. Every route needs the admin key."""
+change, run a rollout, watch, stop, resume or abort it. Every route needs the admin key."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from schema_sync import catch_up
 from schema_sync.groups import GroupStore
 from schema_sync.migrations import applied, pending
 from schema_sync.plan import Plan
-from schema_sync.rollout import RolloutOptions, Rollouts
+from schema_sync.rollout import RolloutOptions
+from schema_sync.rollouts import Rollouts
 from schema_sync.session import SchemaSession
 from schema_sync.sync import plan_against
 from tenants.errors import BadRequest, SqlfleetError
@@ -32,8 +33,9 @@ def _context(request: Request) -> tuple[Context, GroupStore, Rollouts]:
     return c, c.groups, c.rollouts
 
 
-def _group_json(groups: GroupStore, name: str) -> dict[str, Any]:
-    return {"name": name, **groups.get(name).state(fresh=True).to_json()}
+def _group_json(groups: GroupStore, rollouts: Rollouts, name: str) -> dict[str, Any]:
+    """The group's state, and its newest rollout (as `GET .../rollouts` lists it) or None."""
+    return {"name": name, **groups.get(name).state(fresh=True).to_json(), "rollout": rollouts.latest(name)}
 
 
 def _text(body: dict[str, Any], key: str, required: bool = True) -> str | None:
@@ -62,7 +64,7 @@ def _count(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
 
 
 async def create_group(request: Request) -> JSONResponse:
-    c, groups, _ = _context(request)
+    c, groups, rollouts = _context(request)
     body = await read_json(request, c.config.max_body_bytes)
     reject_unknown(body, {"name", "schema", "template"})
     name = _text(body, "name")
@@ -78,18 +80,18 @@ async def create_group(request: Request) -> JSONResponse:
             raise BadRequest("template must be base64") from None
     assert name is not None
     await c.blocking(groups.create, name, schema, template)
-    return JSONResponse(await c.blocking(_group_json, groups, name), status_code=201)
+    return JSONResponse(await c.blocking(_group_json, groups, rollouts, name), status_code=201)
 
 
 async def list_groups(request: Request) -> JSONResponse:
-    c, groups, _ = _context(request)
+    c, groups, rollouts = _context(request)
     names = await c.blocking(groups.names)
-    return JSONResponse({"groups": [await c.blocking(_group_json, groups, n) for n in names]})
+    return JSONResponse({"groups": [await c.blocking(_group_json, groups, rollouts, n) for n in names]})
 
 
 async def group_info(request: Request) -> JSONResponse:
-    c, groups, _ = _context(request)
-    return JSONResponse(await c.blocking(_group_json, groups, request.path_params["group"]))
+    c, groups, rollouts = _context(request)
+    return JSONResponse(await c.blocking(_group_json, groups, rollouts, request.path_params["group"]))
 
 
 async def group_schema(request: Request) -> JSONResponse:
@@ -214,6 +216,27 @@ async def stop_rollout(request: Request) -> JSONResponse:
     return JSONResponse(rollout.snapshot())
 
 
+async def resume_rollout(request: Request) -> JSONResponse:
+    """Go on with a stopped or interrupted rollout (the group's newest), optionally with new
+    `max_failures` and `concurrency`; it releases when every tenant has had its turn."""
+    c, _, rollouts = _context(request)
+    p = request.path_params
+    body = await read_json(request, c.config.max_body_bytes)
+    reject_unknown(body, {"max_failures", "concurrency"})
+    max_failures = _count(body, "max_failures", 1, 1 << 31)
+    concurrency = _count(body, "concurrency", 1, MAX_CONCURRENCY)
+    rollout = await c.blocking(rollouts.resume, p["group"], p["rollout"], max_failures, concurrency)
+    return JSONResponse(rollout.snapshot(), status_code=202)
+
+
+async def abort_rollout(request: Request) -> JSONResponse:
+    """End a running, stopped or interrupted rollout, releasing nothing; the tenants it migrated
+    are in the answer's `migrated_tenants`."""
+    c, _, rollouts = _context(request)
+    p = request.path_params
+    return JSONResponse(await c.blocking(rollouts.abort, p["group"], p["rollout"]))
+
+
 _G = "/v1/admin/groups/{group}"
 ROUTES = [
     Route("/v1/admin/groups", create_group, methods=["POST"]),
@@ -227,4 +250,6 @@ ROUTES = [
     Route(_G + "/rollouts", list_rollouts, methods=["GET"]),
     Route(_G + "/rollouts/{rollout}", rollout_status, methods=["GET"]),
     Route(_G + "/rollouts/{rollout}/stop", stop_rollout, methods=["POST"]),
+    Route(_G + "/rollouts/{rollout}/resume", resume_rollout, methods=["POST"]),
+    Route(_G + "/rollouts/{rollout}/abort", abort_rollout, methods=["POST"]),
 ]

@@ -7,14 +7,22 @@
   its requests skip the queue and never wait behind requests waiting for that very lock).
 - Two lanes. Each tenant's worker time is summed with exponential decay (time constant
   `window` seconds); a tenant past `heavy_seconds` runs its jobs in the heavy lane: its own
-  max(1, threads // 2) threads at a lower OS priority (nice +10, per thread on Linux). The
-  `threads` of the normal lane stay for everyone else, however many tenants are heavy.
+  max(1, threads // 2) threads at a lower OS priority (see OS priority below). The
+  `threads` of the normal lane stay for everyone else, however many tenants are heavy. Only a
+  job's time beyond `grace` counts: a tenant holds one thread at a time, so many quick jobs
+  deny nobody a thread, and they slow down when the server is busy (the heavy tenants make it
+  so), which must not push their tenant into the lane where it waits behind those very tenants.
 - A job is a generator that yields between statements. One that runs in the normal lane
   pauses at its next yield once its tenant turns heavy, and continues in the heavy lane, so a
   long batch cannot keep a normal thread for its whole length either. A job still in its
   first statement `heavy_seconds` after it started lends the normal lane a thread meanwhile
   (as many as the heavy lane has), so light tenants are served even while every normal
   thread is in a statement that turned out long.
+- OS priority (nice, per thread on Linux, relative to the event loop's thread): the loop's thread
+  keeps the process's own, normal-lane threads run +5 below it and heavy-lane threads +15.
+  The loop answers every request (point reads inline, on it): when statements keep every core
+  busy (SQLite releases the GIL), it must still get a CPU first. Heavy threads stay as far below
+  normal ones as before (about 9x less CPU share each).
 Event loop only, except where noted.
 """
 
@@ -41,14 +49,22 @@ from tenants.watchdog import shared_watchdog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 Steps = Generator[None, None, T]
 
-_HEAVY_NICE = 10
+_NORMAL_NICE = 5
+_HEAVY_NICE = 15
+_niced = threading.local()  # .done: this worker thread runs at _NORMAL_NICE already
 
 
 @dataclass
 class _Done(Generic[T]):
     value: T
+
+
+@dataclass
+class _Job:
+    elapsed: float = 0.0  # seconds it ran, in every lane
 
 
 @dataclass
@@ -64,7 +80,9 @@ class _Gate:
 
 
 class Scheduler:
-    def __init__(self, threads: int, max_queued: int, heavy_seconds: float, window: float) -> None:
+    def __init__(
+        self, threads: int, max_queued: int, heavy_seconds: float, window: float, grace: float
+    ) -> None:
         self.normal = anyio.CapacityLimiter(threads)
         self.heavy_threads = max(1, threads // 2)
         self._threads = anyio.CapacityLimiter(threads + self.heavy_threads)  # the lane's, loans included
@@ -73,6 +91,7 @@ class Scheduler:
         self.max_queued = max_queued
         self.heavy_seconds = heavy_seconds
         self.window = window
+        self.grace = grace
         self._heavy: ThreadPoolExecutor | None = None  # started on first use
         self._usage: dict[str, tuple[float, float]] = {}  # tenant -> (seconds, as of when)
         self._usage_lock = threading.Lock()
@@ -99,6 +118,13 @@ class Scheduler:
         job raises. An unfinished job (cancelled, refused) is closed in a thread."""
         if not queue:
             return await self._drive(tenant, steps)
+        return await self.run_after(tenant, _never, steps)
+
+    async def run_after(self, tenant: str, first: Callable[[], R | None], steps: Steps[T]) -> R | T:
+        """`run(tenant, steps)`, except that once the job's turn comes, `first()` is tried on
+        the event loop, and its value, unless None, is the outcome (then `steps` never runs).
+        For work that may run inline (a point read) but arrived while the tenant had jobs: it
+        keeps its place behind them, and needs no worker thread once they are done."""
         gate = self._gates.get(tenant)
         if gate is None:
             gate = self._gates[tenant] = _Gate()
@@ -108,6 +134,10 @@ class Scheduler:
         gate.users += 1
         try:
             async with gate.lock:
+                value = first()
+                if value is not None:
+                    steps.close()  # never started
+                    return value
                 return await self._drive(tenant, steps)
         finally:
             gate.users -= 1
@@ -120,10 +150,11 @@ class Scheduler:
 
     async def _drive(self, tenant: str, steps: Steps[T]) -> T:
         outcome: _Done[T] | None = None
+        job = _Job()
         try:
             while outcome is None:
                 heavy = self.is_heavy(tenant)
-                outcome = await self._in_lane(heavy, self._advance, tenant, steps, heavy)
+                outcome = await self._in_lane(heavy, self._advance, tenant, steps, heavy, job)
         except BaseException:
             if inspect.getgeneratorstate(steps) == inspect.GEN_SUSPENDED:
                 with anyio.CancelScope(shield=True):  # paused half-way: its cleanup (rollback,
@@ -136,7 +167,10 @@ class Scheduler:
             return await self._in_normal_lane(fn, *args)
         if self._heavy is None:
             self._heavy = ThreadPoolExecutor(
-                self.heavy_threads, thread_name_prefix="sqlfleet-heavy", initializer=_lower_priority
+                self.heavy_threads,
+                thread_name_prefix="sqlfleet-heavy",
+                initializer=_lower_priority,
+                initargs=(_HEAVY_NICE,),
             )
         return await _uncancellable(asyncio.wrap_future(self._heavy.submit(fn, *args)))
 
@@ -173,20 +207,30 @@ class Scheduler:
             self._lent += 1
             self.normal.total_tokens += 1
 
-    def _advance(self, tenant: str, steps: Steps[T], heavy: bool) -> _Done[T] | None:
+    def _advance(self, tenant: str, steps: Steps[T], heavy: bool, job: _Job) -> _Done[T] | None:
         """In a worker thread: run `steps` to its end, or (normal lane) to the first yield
         after its tenant turned heavy (None)."""
+        if not heavy and not getattr(_niced, "done", False):  # an anyio worker thread's first job
+            _niced.done = True
+            _lower_priority(_NORMAL_NICE)
         start = time.monotonic()
+        before = job.elapsed
         try:
             while True:
                 try:
                     next(steps)
                 except StopIteration as done:
                     return _Done(done.value)
-                if not heavy and self._usage_now(tenant) + time.monotonic() - start > self.heavy_seconds:
+                grown = self._counted(before + time.monotonic() - start) - self._counted(before)
+                if not heavy and self._usage_now(tenant) + grown > self.heavy_seconds:
                     return None
         finally:
-            self._add_usage(tenant, time.monotonic() - start)
+            job.elapsed = before + time.monotonic() - start
+            self._add_usage(tenant, self._counted(job.elapsed) - self._counted(before))
+
+    def _counted(self, seconds: float) -> float:
+        """What a job that ran `seconds` adds to its tenant's usage."""
+        return max(0.0, seconds - self.grace)
 
     # -- fair share ------------------------------------------------------------------------------
 
@@ -200,6 +244,8 @@ class Scheduler:
         return seconds * math.exp(-(time.monotonic() - at) / self.window) if seconds else 0.0
 
     def _add_usage(self, tenant: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
         now = time.monotonic()
         with self._usage_lock:
             old, at = self._usage.get(tenant, (0.0, now))
@@ -217,12 +263,20 @@ async def _uncancellable(future: asyncio.Future[T]) -> T:
     return future.result()
 
 
+def _never() -> None:
+    return None
+
+
 def _once(fn: Callable[..., T], args: tuple[object, ...]) -> Steps[T]:
     return fn(*args)
     yield  # unreachable: makes this a generator of no steps
 
 
-def _lower_priority() -> None:
-    # A heavy-lane thread: SQLite releases the GIL, so the kernel's share of CPU is what counts.
+def _lower_priority(by: int) -> None:
+    # This worker thread's nice `by` above its own so far (at most 19): above the event loop's,
+    # which started it. SQLite releases the GIL, so the kernel's share of CPU is what counts.
+    # Lowering needs no privilege; raising it back would, so it only ever goes down.
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _HEAVY_NICE)
+        os.setpriority(
+            os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
+        )

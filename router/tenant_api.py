@@ -7,6 +7,7 @@ results as its JSON holds them (413 results_too_large, decided before anything i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator, Sequence
 
 from starlette.requests import Request
@@ -15,7 +16,7 @@ from starlette.routing import Route
 
 from router.auth import require_tenant
 from router.codec import REST, BudgetedResponse, dumps, encode_result, parse_statement, read_json
-from router.context import ctx
+from router.context import Context, ctx
 from tenants.budget import Budget
 from tenants.errors import BadRequest
 from tenants.execute import QueryResult, Statement
@@ -27,17 +28,20 @@ INLINE_MAX_ROWS = 200
 INLINE_MAX_BYTES = 64 << 10
 
 
-def _tenant(request: Request) -> tuple[str, bool]:
+def _tenant(request: Request, c: Context) -> tuple[str, bool]:
     """(tenant id, read-only?) after authentication and authorization."""
-    principal = ctx(request).principal(request)
+    principal = c.principal(request)
     tenant = validate_tenant_id(request.path_params["tenant"])
     return tenant, require_tenant(principal, tenant)
 
 
 # Results are encoded in the worker thread too: a result of megabytes would otherwise hold
 # the event loop while it is turned into JSON.
-def _run_one(fleet: Fleet, tenant: str, stmt: Statement, readonly: bool, budget: Budget) -> bytes:
+def _run_one(
+    fleet: Fleet, tenant: str, stmt: Statement, readonly: bool, budget: Budget
+) -> Generator[None, None, bytes]:
     return dumps(encode_result(fleet.execute(tenant, stmt, readonly, budget)))
+    yield  # unreachable: makes this a job of one step (router.scheduler)
 
 
 def _encode(result: QueryResult) -> bytes:
@@ -61,22 +65,33 @@ def _parse_indexed(raw: object, index: int) -> Statement:
 
 
 async def query(request: Request) -> Response:
-    tenant, readonly = _tenant(request)
     c = ctx(request)
+    tenant, readonly = _tenant(request, c)
     stmt = parse_statement(await read_json(request, c.config.max_body_bytes))
     budget = c.budget(REST)
     try:
         # A point read on an open, idle tenant runs on the loop (tenants.inline decides what
         # may): no thread hand-off. Anything else (a write, a slow or large read, a tenant that
-        # is closed or busy) goes to a worker thread.
-        result = None if c.queued(tenant) else c.fleet.try_inline(tenant, stmt)
+        # is closed) goes to a worker thread. On a busy tenant a read waits its turn behind the
+        # tenant's jobs (a write queued before it still goes first), then tries the loop: else
+        # every read arriving while one job was queued would be queued too, each in a thread.
+        queued = c.queued(tenant)
+        result = None if queued else c.fleet.try_inline(tenant, stmt)
         if result is None:
-            body = await c.for_tenant(tenant, _run_one, c.fleet, tenant, stmt, readonly, budget)
-        else:
-            for row in result.rows:
-                budget.charge(row)
-            small = len(result.rows) <= INLINE_MAX_ROWS and result.size <= INLINE_MAX_BYTES
-            body = dumps(encode_result(result)) if small else await c.blocking(_encode, result)
+            steps = _run_one(c.fleet, tenant, stmt, readonly, budget)
+            if queued:
+                outcome = await c.scheduler.run_after(
+                    tenant, functools.partial(c.fleet.try_inline, tenant, stmt), steps
+                )
+            else:
+                outcome = await c.scheduler.run(tenant, steps)
+            if isinstance(outcome, bytes):  # ran in a worker thread, and was encoded there
+                return BudgetedResponse(outcome, budget)
+            result = outcome
+        for row in result.rows:
+            budget.charge(row)
+        small = len(result.rows) <= INLINE_MAX_ROWS and result.size <= INLINE_MAX_BYTES
+        body = dumps(encode_result(result)) if small else await c.blocking(_encode, result)
     except BaseException:
         budget.release()
         raise
@@ -84,8 +99,8 @@ async def query(request: Request) -> Response:
 
 
 async def batch(request: Request) -> Response:
-    tenant, readonly = _tenant(request)
     c = ctx(request)
+    tenant, readonly = _tenant(request, c)
     body = await read_json(request, c.config.max_body_bytes)
     unknown = set(body) - {"statements"}
     if unknown:

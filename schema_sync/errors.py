@@ -19,6 +19,13 @@ class RolloutConflict(SqlfleetError):
     code = "rollout_running"
 
 
+class RolloutFinished(RolloutConflict):
+    """The rollout ended (completed, failed, aborted) or a newer one superseded it: it can be
+    neither resumed nor aborted."""
+
+    code = "rollout_finished"
+
+
 class RolloutNotFound(NotFound):
     """No such rollout of the group."""
 

@@ -32,6 +32,7 @@ import apsw
 from schema_sync import archive
 from schema_sync.errors import GroupExists, GroupNotFound, InvalidMigration, MigrationFailed
 from schema_sync.migrations import (
+    RECORD_TABLE,
     SLUG,
     SYNC_HEADER,
     Applied,
@@ -55,12 +56,17 @@ from tenants.ids import NAME_RULE, is_name
 from tenants.sandbox import Sandbox
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_TABLES = (
+    "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    " AND name != ?1 ORDER BY name"
+)
 
 
 @dataclass(frozen=True)
 class GroupState:
     migrations: list[Migration]
     released: list[Applied]  # the template's record
+    tables: list[str]  # the template's tables, bookkeeping left out
 
     @property
     def head(self) -> int:
@@ -70,7 +76,9 @@ class GroupState:
         return {
             "migrations": [{**m.to_json(), "released": i < self.head} for i, m in enumerate(self.migrations)],
             "released": self.head,
+            "head": self.released[-1].name if self.released else None,
             "pending": len(self.migrations) - self.head,
+            "tables": self.tables,
         }
 
 
@@ -96,8 +104,9 @@ class Group:
         migrations = load_dir(self.migrations_dir)
         with open_template(self.template_path, self.timeout, readonly=True) as session:
             released = applied(session)
+            tables = [str(name) for (name,) in session.internal(_TABLES, (RECORD_TABLE,))]
         pending(released, migrations, f"group {self.name}: template")
-        state = GroupState(migrations, released)
+        state = GroupState(migrations, released, tables)
         self._cache = (key, state)
         return state
 
@@ -124,6 +133,9 @@ class GroupStore:
         self._lock = threading.Lock()
         self._groups: dict[str, Group] = {}
         self._changed: set[str] = set()  # since the last take_changed
+        # Bumped whenever a released head may have moved (release, restore): catch-up compares
+        # it per request, so a head that did not move costs one integer comparison.
+        self.epoch = 0
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -243,6 +255,8 @@ class GroupStore:
                     done = apply(session, state.migrations, where=where, dry_run=dry_run, upto=upto)
                 if not dry_run:
                     replace_durably(path, group.template_path)
+                    with self._lock:
+                        self.epoch += 1
                     self.note_changed(name)
             return done.applied
 
@@ -287,6 +301,8 @@ class GroupStore:
             fsync_dir(self.root)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        with self._lock:
+            self.epoch += 1
         self.note_changed(name)
         return self.get(name)
 

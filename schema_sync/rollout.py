@@ -1,4 +1,5 @@
-"""Fleet rollout: a group's migrations to its template first, then to every tenant of the group.
+"""Fleet rollout: a group's migrations tried on its template, run on every tenant of the group,
+then released (the template migrated) once every tenant has had its turn.
 
 Tenants are migrated by `concurrency` worker threads, each through the fleet's pool, so a
 tenant's requests and its migration take turns on its lock (requests wait, bounded by the
@@ -6,10 +7,21 @@ pool's busy timeout). Each tenant is one transaction: a failure rolls it back, i
 its error, and the others go on. Per-tenant progress lives in the tenant (its migrations table),
 so a rerun resumes: tenants already done count as `current`.
 
+Releasing last is what keeps a rollout contained: until then new tenants start at the old
+head and lazy catch-up leads there, so a migration spreads only through the rollout's workers.
+- A rollout stopped (by `max_failures`, by the operator, by a shutdown) releases nothing: the
+  spread is paused. `resume` goes on with the tenants it has not handled and retries those that
+  failed, then releases; after a server restart it checks every tenant again. `abort` ends it
+  for good: the released head stays the previous migration. Tenants it already migrated keep
+  the migration (SQLite has no down migrations) and are listed in `migrated_tenants`: they are
+  ahead of the head, which is harmless (catch-up never goes backwards) and they count as
+  `current` for the next rollout, which the operator starts once the migration works
+  everywhere (or after registering one that repairs the tenants it failed on).
+- A new rollout may start over a stopped one (the stopped one can then no longer be resumed).
 - dry_run: the template and every tenant are migrated inside a transaction that is rolled back;
-  failures are reported, sync plans collected, nothing changes.
-- canary N: migrate N tenants that need it, then stop; the template is only tried, not changed,
-  so lazy catch-up does not spread the change meanwhile.
+  failures are reported, sync plans collected, nothing changes, nothing is released.
+- canary N: migrate N tenants that need it, then stop; nothing is released. Resuming a canary
+  runs the rest as a full rollout.
 - max_failures K: stop once K tenants failed.
 State and failures are readable while it runs (`snapshot`) and after (a JSON file per rollout).
 """
@@ -29,23 +41,28 @@ import apsw
 
 from metrics.instruments import ROLLOUT_TENANTS
 from schema_sync import catch_up
-from schema_sync.errors import RolloutConflict, RolloutNotFound
+from schema_sync.errors import InvalidMigration, RolloutFinished
 from schema_sync.groups import Group, GroupStore
 from schema_sync.migrations import Migration, applied, apply, pending
 from schema_sync.session import SchemaSession
 from tenants.errors import SqlfleetError, TenantBusy, TenantNotFound
 from tenants.files import write_durably
 from tenants.fleet import Fleet
-from tenants.rfc3339 import format_time
+from tenants.rfc3339 import format_time, parse_time
 from tenants.state import TenantState
 
 log = logging.getLogger(__name__)
 
-RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED = "running", "completed", "stopped", "failed", "interrupted"
+RUNNING, COMPLETED, STOPPED, FAILED = "running", "completed", "stopped", "failed"
+INTERRUPTED, ABORTED = "interrupted", "aborted"
+RESUMABLE = (STOPPED, INTERRUPTED)
 MAX_FAILURES_KEPT = 1000
+MAX_TENANTS_KEPT = 1000  # of `migrated_tenants`
 MAX_PLANS_KEPT = 20
 BUSY_RETRIES = 3
 _PAGE = 1000
+# a dry run's outcomes in the metric: what would happen, not what did
+_DRY_RUN_OUTCOMES = {"migrated": "would_migrate", "failed": "would_fail"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,8 @@ class RolloutOptions:
 
 
 class Rollout:
-    """One run over one group. Thread-safe; `snapshot` may be called at any time."""
+    """One run over one group, which may be stopped and resumed. Thread-safe; `snapshot` may
+    be called at any time."""
 
     def __init__(
         self, rollout_id: str, group: Group, options: RolloutOptions, *, store: GroupStore, fleet: Fleet
@@ -68,18 +86,61 @@ class Rollout:
         self.state = RUNNING
         self.reason: str | None = None
         self.template: dict[str, Any] = {}
+        self.target: str | None = None  # the last migration it brings tenants to
         self.counts = {"total": 0, "migrated": 0, "current": 0, "failed": 0, "gone": 0}
         self.failures: list[dict[str, str]] = []
+        self.migrated_tenants: list[str] = []  # the first MAX_TENANTS_KEPT it migrated
         self.plans: collections.Counter[str] = collections.Counter()
+        self.resumed = 0
         self.started_at = time.time()
         self.finished_at: float | None = None
+        self._earlier = 0.0  # seconds run before the last resume
         self._clock = time.monotonic()
         self._stopped_clock: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._aborting = False
+        self._releasing = False
         self._canary_left = options.canary
-        self._queue: collections.deque[str] = collections.deque()
-        self._thread = threading.Thread(target=self._run, name=f"rollout-{group.name}", daemon=True)
+        self._migrations: list[Migration] | None = None  # fixed at the first run
+        self._queue: collections.deque[str] | None = None  # None until the tenants are listed
+        self._retry: list[str] = []  # failed, or a canary's unused turns: queued again on resume
+        self._skip: set[str] = set()  # migrated before a restart (see `restore`)
+        self._thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name=f"rollout-{self.group.name}", daemon=True)
+
+    @classmethod
+    def restore(
+        cls, saved: dict[str, Any], group: Group, *, store: GroupStore, fleet: Fleet, concurrency: int
+    ) -> Rollout:
+        """A rollout that a server stopped or was interrupted in, from its file, to resume or
+        abort. Resumed, it lists every tenant again but those it names as migrated (the first
+        MAX_TENANTS_KEPT: any others count as `current`)."""
+        kept = saved["options"]
+        options = RolloutOptions(
+            dry_run=bool(kept.get("dry_run")),
+            canary=kept.get("canary"),
+            max_failures=kept.get("max_failures"),
+            concurrency=kept.get("concurrency"),
+        )
+        rollout = cls(saved["id"], group, options, store=store, fleet=fleet)
+        rollout.workers = options.concurrency or concurrency
+        rollout.state, rollout.reason = saved["state"], saved.get("reason")
+        rollout.target, rollout.template = saved.get("target"), dict(saved.get("template", {}))
+        rollout.counts.update({k: int(saved.get(k, 0)) for k in rollout.counts})
+        rollout.failures = list(saved.get("failures", []))
+        rollout.migrated_tenants = list(saved.get("migrated_tenants", []))
+        rollout._skip = set(rollout.migrated_tenants)
+        rollout.plans.update({p["sql"]: int(p["tenants"]) for p in saved.get("plans", [])})
+        rollout.resumed = int(saved.get("resumed", 0))
+        rollout.started_at = parse_time(saved["started_at"])
+        finished = saved.get("finished_at")
+        rollout.finished_at = parse_time(finished) if finished else None
+        rollout._earlier = float(saved.get("elapsed_s", 0.0))
+        rollout._stopped_clock = rollout._clock
+        return rollout
 
     # -- control -------------------------------------------------------------------------------
 
@@ -90,51 +151,138 @@ class Rollout:
     def stop(self, reason: str = "stopped by the operator") -> None:
         """Ask the workers to stop after the tenants they are on. Idempotent."""
         with self._lock:
-            if not self._stop.is_set():
+            if not self._stop.is_set() and not self._releasing:
                 self.reason = reason
                 self._stop.set()
 
     def wait(self, timeout: float | None = None) -> bool:
+        if not self._thread.is_alive() and self._thread.ident is None:
+            return True  # restored from its file, not started
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def resume(self, max_failures: int | None = None, concurrency: int | None = None) -> None:
+        """Go on where it stopped: the tenants not handled yet, then those that failed (and a
+        canary's unused turns) again; a canary becomes a full rollout. `max_failures` and
+        `concurrency` replace the rollout's own. Raises RolloutFinished unless it is stopped
+        or interrupted. The caller has waited for its thread."""
+        with self._lock:
+            if self.state not in RESUMABLE:
+                raise RolloutFinished(
+                    f"rollout {self.id} of group {self.group.name!r} is {self.state}: "
+                    "only a stopped or interrupted rollout can be resumed"
+                )
+            changes: dict[str, Any] = {"canary": None}
+            if max_failures is not None:
+                changes["max_failures"] = max_failures
+            if concurrency is not None:
+                changes["concurrency"] = concurrency
+                self.workers = concurrency
+            self.options = replace(self.options, **changes)
+            if self._queue is None:  # restored from its file: every tenant is listed again
+                self.counts = {**dict.fromkeys(self.counts, 0), "migrated": len(self._skip)}
+            else:
+                self._queue.extendleft(reversed(self._retry))
+            self.counts["failed"], self._retry, self.failures = 0, [], []
+            self.state, self.reason, self.finished_at = RUNNING, None, None
+            self.resumed += 1
+            self._canary_left = None
+            self._stop.clear()
+            self._earlier += self._elapsed_locked()
+            self._clock, self._stopped_clock = time.monotonic(), None
+            self._thread = self._new_thread()
+        self.start()
+
+    def abort(self) -> None:
+        """End it for good, releasing nothing: a running one stops after the tenants its
+        workers are on. Raises RolloutFinished if it already ended."""
+        with self._lock:
+            if self.state not in (RUNNING, *RESUMABLE) or self._releasing or self._aborting:
+                state = COMPLETED if self._releasing else self.state
+                raise RolloutFinished(
+                    f"rollout {self.id} of group {self.group.name!r} is {state}: nothing to abort"
+                )
+            self._aborting = True
+            self.reason = "aborted by the operator"
+            self._stop.set()
+            running = self.state == RUNNING
+        if running:
+            self.wait()
+        else:
+            self._finish(ABORTED)
 
     # -- the run -------------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             migrations = self._template_first()
-            if migrations is not None:
-                self._queue.extend(self._tenant_ids())
-                self.counts["total"] = len(self._queue)
-                workers = [
-                    threading.Thread(
-                        target=self._work, args=(migrations,), name=f"rollout-{self.group.name}-{i}"
-                    )
-                    for i in range(max(1, min(self.workers, len(self._queue))))
-                ]
-                for worker in workers:
-                    worker.start()
-                for worker in workers:
-                    worker.join()
-                self._finish(STOPPED if self._stop.is_set() else COMPLETED)
+            if migrations is None:
+                return
+            if self._queue is None:
+                self._queue = collections.deque(t for t in self._tenant_ids() if t not in self._skip)
+                self.counts["total"] = len(self._queue) + len(self._skip)
+            workers = [
+                threading.Thread(target=self._work, args=(migrations,), name=f"rollout-{self.group.name}-{i}")
+                for i in range(max(1, min(self.workers, len(self._queue))))
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            with self._lock:
+                stopped, aborting = self._stop.is_set(), self._aborting
+                self._releasing = not stopped
+            if stopped:
+                self._finish(ABORTED if aborting else STOPPED)
+            elif self.options.dry_run or self.options.canary is not None:
+                self._finish(COMPLETED)
+            else:
+                self._release(migrations)
         except Exception as exc:
             log.exception("rollout %s of group %s crashed", self.id, self.group.name)
             self.reason = f"internal error: {exc}"
             self._finish(FAILED)
 
     def _template_first(self) -> list[Migration] | None:
-        """Migrate (or, for a dry run or canary, try) the template; None if it failed."""
+        """The migrations it rolls out, tried on (a copy of) the template; None if that failed."""
         try:
-            migrations = self.group.state(fresh=True).migrations
-            trial = self.options.dry_run or self.options.canary is not None
-            done = self.store.release(self.group.name, dry_run=trial, upto=len(migrations))
+            migrations = self._migrations
+            if migrations is None:
+                migrations = self._migrations = self._registered()
+            self.target = migrations[-1].name if migrations else None
+            done = self.store.release(self.group.name, dry_run=True, upto=len(migrations))
         except SqlfleetError as exc:
             self.template = {"applied": [], "error": exc.message}
             self.reason = f"the template failed: {exc.message}"
             self._finish(FAILED)
             return None
-        self.template = {"applied": done, "tried_only": trial}
+        self.template = {"applied": done, "tried_only": True}
         return migrations
+
+    def _registered(self) -> list[Migration]:
+        """The group's migrations; for a rollout restored from its file, up to the one it
+        targeted (those registered since wait for the next rollout)."""
+        migrations = self.group.state(fresh=True).migrations
+        if self.target is None:
+            return migrations
+        names = [m.name for m in migrations]
+        if self.target not in names:
+            raise InvalidMigration(
+                f"{self.target}, the last migration of this rollout, is no longer registered"
+            )
+        return migrations[: names.index(self.target) + 1]
+
+    def _release(self, migrations: list[Migration]) -> None:
+        """Every tenant had its turn: migrate the template, so new tenants start there and
+        catch-up leads every tenant still behind there."""
+        try:
+            done = self.store.release(self.group.name, upto=len(migrations))
+        except SqlfleetError as exc:
+            self.reason = f"releasing the template failed: {exc.message}"
+            self._finish(FAILED)
+            return
+        self.template = {"applied": done or self.template.get("applied", []), "tried_only": False}
+        self._finish(COMPLETED)
 
     def _tenant_ids(self) -> Iterator[str]:
         after: str | None = None
@@ -148,6 +296,7 @@ class Rollout:
             after = rows[-1].id
 
     def _work(self, migrations: list[Migration]) -> None:
+        assert self._queue is not None
         while not self._stop.is_set():
             try:
                 tenant = self._queue.popleft()
@@ -208,12 +357,22 @@ class Rollout:
             return True
 
     def _count(self, tenant: str, outcome: str, error: SqlfleetError | None) -> None:
-        if outcome == "skipped":
-            return  # a canary's unused turn: the tenant stays as it was, for the next run
-        ROLLOUT_TENANTS.labels(outcome).inc()
+        if outcome == "skipped":  # a canary's unused turn: the tenant stays as it was
+            with self._lock:
+                self._retry.append(tenant)
+            return
+        label = _DRY_RUN_OUTCOMES.get(outcome, outcome) if self.options.dry_run else outcome
+        ROLLOUT_TENANTS.labels(label).inc()
         with self._lock:
             self.counts[outcome] += 1
+            if (
+                outcome == "migrated"
+                and not self.options.dry_run
+                and len(self.migrated_tenants) < MAX_TENANTS_KEPT
+            ):
+                self.migrated_tenants.append(tenant)
             if error is not None:
+                self._retry.append(tenant)
                 if len(self.failures) < MAX_FAILURES_KEPT:
                     self.failures.append({"tenant": tenant, "code": error.code, "error": error.message})
                 limit = self.options.max_failures
@@ -223,13 +382,18 @@ class Rollout:
 
     def _finish(self, state: str) -> None:
         with self._lock:
-            self.state = state
             self.finished_at = time.time()
             self._stopped_clock = time.monotonic()
+            self.state = state
         self._save()
-        log.info("rollout %s of group %s %s: %s", self.id, self.group.name, state, self.counts)
+        kind = "dry run" if self.options.dry_run else "rollout"
+        log.info("%s %s of group %s %s: %s", kind, self.id, self.group.name, state, self.counts)
 
     # -- reporting -----------------------------------------------------------------------------
+
+    def _elapsed_locked(self) -> float:
+        end = time.monotonic() if self._stopped_clock is None else self._stopped_clock
+        return end - self._clock
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -237,25 +401,28 @@ class Rollout:
             done = counts["migrated"] + counts["current"] + counts["gone"]
             handled = done + counts["failed"]
             remaining = max(0, counts["total"] - handled)
-            end = time.monotonic() if self._stopped_clock is None else self._stopped_clock
-            elapsed = max(1e-9, end - self._clock)
+            elapsed = max(1e-9, self._earlier + self._elapsed_locked())
             rate = handled / elapsed
             return {
                 "id": self.id,
                 "group": self.group.name,
                 "state": self.state,
                 "reason": self.reason,
+                "dry_run": self.options.dry_run,
                 "options": asdict(self.options),
+                "target": self.target,
                 "template": dict(self.template),
                 **counts,
                 "done": done,
                 "remaining": remaining,
+                "resumed": self.resumed,
                 "elapsed_s": round(elapsed, 3),
                 "rate_per_s": round(rate, 1),
                 "eta_s": round(remaining / rate, 1) if rate > 0 and self.state == RUNNING else None,
                 "started_at": format_time(self.started_at),
                 "finished_at": format_time(self.finished_at) if self.finished_at else None,
                 "failures": list(self.failures),
+                "migrated_tenants": list(self.migrated_tenants),
                 "plans": [{"sql": sql, "tenants": n} for sql, n in self.plans.most_common()],
             }
 
@@ -263,81 +430,3 @@ class Rollout:
         path = self.group.rollouts_dir / f"{self.id}.json"
         write_durably(path, json.dumps(self.snapshot(), indent=1).encode(), mode=0o644)
         self.store.note_changed(self.group.name)  # rollout history goes into the fleet metadata
-
-
-class Rollouts:
-    """The rollouts of one server: at most one running per group. Thread-safe."""
-
-    def __init__(self, store: GroupStore, fleet: Fleet, concurrency: int) -> None:
-        self.store = store
-        self.fleet = fleet
-        self.concurrency = concurrency
-        self._lock = threading.Lock()
-        self._live: dict[tuple[str, str], Rollout] = {}
-
-    def start(self, group_name: str, options: RolloutOptions) -> Rollout:
-        """Raises GroupNotFound, RolloutConflict (one is running for the group)."""
-        group = self.store.get(group_name)
-        with self._lock:
-            for (name, rollout_id), rollout in self._live.items():
-                if name == group_name and rollout.state == RUNNING:
-                    raise RolloutConflict(f"rollout {rollout_id} of group {group_name!r} is still running")
-            rollout_id = _new_id(group)
-            workers = self.concurrency if options.concurrency is None else options.concurrency
-            options = replace(options, concurrency=workers)  # the snapshot shows what ran
-            rollout = Rollout(rollout_id, group, options, store=self.store, fleet=self.fleet)
-            self._live[(group_name, rollout_id)] = rollout
-            rollout.start()
-        return rollout
-
-    def live(self, group_name: str, rollout_id: str) -> Rollout:
-        with self._lock:
-            rollout = self._live.get((group_name, rollout_id))
-        if rollout is None:
-            raise RolloutNotFound(f"no running rollout {rollout_id!r} of group {group_name!r}")
-        return rollout
-
-    def status(self, group_name: str, rollout_id: str) -> dict[str, Any]:
-        """The rollout's snapshot, live or from its file. Raises GroupNotFound, RolloutNotFound."""
-        group = self.store.get(group_name)
-        with self._lock:
-            rollout = self._live.get((group_name, rollout_id))
-        if rollout is not None:
-            return rollout.snapshot()
-        path = group.rollouts_dir / f"{rollout_id}.json"
-        if not rollout_id.replace("-", "").isalnum() or not path.exists():
-            raise RolloutNotFound(f"no rollout {rollout_id!r} of group {group_name!r}")
-        saved: dict[str, Any] = json.loads(path.read_text())
-        if saved.get("state") == RUNNING:
-            saved["state"] = INTERRUPTED  # its server stopped mid-run; a new rollout resumes it
-        return saved
-
-    def history(self, group_name: str) -> list[dict[str, Any]]:
-        """Every rollout of the group, newest first (without failures and plans)."""
-        group = self.store.get(group_name)
-        ids = sorted((p.stem for p in group.rollouts_dir.glob("*.json")), reverse=True)
-        result = []
-        for rollout_id in ids:
-            status = self.status(group_name, rollout_id)
-            result.append({k: v for k, v in status.items() if k not in ("failures", "plans")})
-        return result
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop every running rollout and wait for its workers (server shutdown)."""
-        with self._lock:
-            rollouts = list(self._live.values())
-        for rollout in rollouts:
-            rollout.stop("the server is shutting down")
-        for rollout in rollouts:
-            rollout.wait(timeout)
-
-
-def _new_id(group: Group) -> str:
-    """Sortable by start time: UTC seconds, then microseconds (bumped past an id in use)."""
-    now = time.time()
-    micros = int(now * 1_000_000) % 1_000_000
-    while True:
-        rollout_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{micros:06d}"
-        if not (group.rollouts_dir / f"{rollout_id}.json").exists():
-            return rollout_id
-        micros += 1

@@ -74,15 +74,35 @@ def _row(values: tuple[Any, ...]) -> TenantRow:
     return TenantRow(tenant_id, created_at, TenantState(state), group, size, error, incarnation, generation)
 
 
+class _Write:
+    """One caller's write, queued for the next group commit."""
+
+    __slots__ = ("changes", "done", "error", "lead", "statements", "tenants", "wake")
+
+    def __init__(self, statements: list[tuple[str, tuple[Any, ...]]], tenants: list[str]) -> None:
+        self.statements = statements
+        self.tenants = tenants  # whose in-memory rows to refresh
+        self.changes = 0
+        self.done = False  # committed (or failed): `changes`, `error` say how
+        self.lead = False  # its writer is to commit what is queued
+        self.wake = threading.Event()  # set once `done` or `lead`
+        self.error: BaseException | None = None
+
+
 class Catalog:
-    """Thread-safe access to the catalog database; every write is its own durable transaction.
-    This process is the catalog's only writer (the data-dir lock), so `get` answers from an
-    in-memory copy of the rows kept in step with every write: lookups on the open path never
-    queue behind another thread's fsync."""
+    """Thread-safe access to the catalog database. Every write is durable when its method
+    returns; writes of concurrent callers are group-committed (one transaction and one fsync
+    for all that queued while the previous commit ran; each in a savepoint of its own, so one
+    failing statement fails only its caller). This process is the catalog's only writer (the
+    data-dir lock), so `get` answers from an in-memory copy of the rows, updated once a write
+    is committed: lookups on the open path never queue behind another thread's fsync."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection; held by a group commit
+        self._queue_lock = threading.Lock()  # guards what follows
+        self._queue: list[_Write] = []
+        self._leading = False  # a writer is committing, or about to (it empties the queue)
         # made private before SQLite creates it (its WAL then gets the same mode)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = apsw.Connection(str(path))
@@ -104,47 +124,123 @@ class Catalog:
             self._db.execute(f"UPDATE tenants SET incarnation = {_NEW_INCARNATION} WHERE incarnation = ''")
 
     def close(self) -> None:
+        """Never raises: closing checkpoints the catalog's WAL, which a full or failing disk may
+        refuse; every write is in already and the WAL stays for the next open (a raise here would
+        keep the data dir locked by a process that goes on)."""
         with self._lock:
-            self._db.close()
+            try:
+                self._db.close()
+            except apsw.Error:
+                self._db.close(True)
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def _write(self, tenant_id: str, sql: str, args: tuple[Any, ...]) -> None:
-        # caller holds self._lock
-        self._db.execute(sql, args)
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,)).fetchall()
-        if rows:
-            self._rows[tenant_id] = _row(rows[0])
+    def _write(self, tenant_id: str, sql: str, args: tuple[Any, ...]) -> int:
+        """Run one statement durably (group-committed); the rows it changed."""
+        return self._write_all([(sql, args)], [tenant_id])
+
+    def _write_all(self, statements: list[tuple[str, tuple[Any, ...]]], tenants: list[str]) -> int:
+        """Run `statements` durably, all or none; the rows they changed. Blocks until the group
+        commit that holds them is done. One writer at a time leads: it commits every write
+        queued by then in one transaction, then hands the lead to the first writer that queued
+        meanwhile (whose commit takes all queued by then), or, if none did, gives it up. The
+        others wait on their own event, so none queues behind a later commit."""
+        write = _Write(statements, tenants)
+        with self._queue_lock:
+            self._queue.append(write)
+            if not self._leading:
+                self._leading = write.lead = True
+        if not write.lead:
+            write.wake.wait()
+        if not write.done:  # led: commit what is queued, this write among it
+            with self._lock:
+                self._commit_queued()
+        if write.error is not None:
+            raise write.error
+        return write.changes
+
+    def _commit_queued(self) -> None:
+        # caller holds self._lock and leads; hands the lead on when done
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            self._commit(batch)
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].wake.set()
+                else:
+                    self._leading = False
+
+    def _commit(self, batch: list[_Write]) -> None:
+        rows: dict[str, TenantRow | None] = {}
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for write in batch:
+                    self._run(write)
+                for tenant_id in {t: None for w in batch for t in w.tenants}:
+                    found = self._db.execute(
+                        f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,)
+                    ).fetchall()
+                    rows[tenant_id] = _row(found[0]) if found else None
+                self._db.execute("COMMIT")
+            except BaseException:
+                if not self._db.getautocommit():
+                    self._db.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            for write in batch:
+                write.error = write.error or exc
         else:
-            self._rows.pop(tenant_id, None)
+            for tenant_id, row in rows.items():
+                if row is None:
+                    self._rows.pop(tenant_id, None)
+                else:
+                    self._rows[tenant_id] = row
+        finally:
+            for write in batch:
+                write.done = True
+                write.wake.set()
+
+    def _run(self, write: _Write) -> None:
+        """One queued write inside the group's transaction, undone alone if it fails."""
+        self._db.execute("SAVEPOINT one_write")
+        try:
+            for sql, args in write.statements:
+                self._db.execute(sql, args)
+                write.changes += self._db.changes()
+        except apsw.Error as exc:
+            self._db.execute("ROLLBACK TO one_write")
+            write.error, write.changes = exc, 0
+        finally:
+            self._db.execute("RELEASE one_write")
 
     def get(self, tenant_id: str) -> TenantRow | None:
         return self._rows.get(tenant_id)
 
     def insert(self, tenant_id: str, group: str | None, state: TenantState = TenantState.CREATING) -> bool:
         """Add a row, a new incarnation; False (and no change) if the id is already present."""
-        with self._lock:
-            if tenant_id in self._rows:
-                return False
-            self._write(
-                tenant_id,
-                "INSERT INTO tenants(id, created_at, state, grp, incarnation) VALUES (?, ?, ?, ?, ?)",
-                (tenant_id, time.time(), state, group, secrets.token_hex(8)),
-            )
-            return True
+        if tenant_id in self._rows:
+            return False
+        changed = self._write(
+            tenant_id,
+            "INSERT INTO tenants(id, created_at, state, grp, incarnation) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO NOTHING",
+            (tenant_id, time.time(), state, group, secrets.token_hex(8)),
+        )
+        return changed == 1
 
     def revoke_tokens(self, tenant_id: str) -> TenantRow | None:
         """Bump the tenant's token generation: every token minted before is refused from now
         on. The row after, or None if there is none."""
-        with self._lock:
-            self._write(
-                tenant_id,
-                "UPDATE tenants SET token_generation = token_generation + 1 WHERE id = ?",
-                (tenant_id,),
-            )
-            return self._rows.get(tenant_id)
+        self._write(
+            tenant_id, "UPDATE tenants SET token_generation = token_generation + 1 WHERE id = ?", (tenant_id,)
+        )
+        return self._rows.get(tenant_id)
 
     def adopt(
         self, tenant_id: str, created_at: float, incarnation: str, token_generation: int
@@ -152,31 +248,36 @@ class Catalog:
         """Give a tenant restored after a lost data dir the identity it had (from the fleet
         metadata in the replica): its creation time, incarnation and token generation, so the
         tokens minted for it work again. The row after, or None if there is none."""
-        with self._lock:
-            self._write(
-                tenant_id,
-                "UPDATE tenants SET created_at = ?, incarnation = ?, token_generation = ? WHERE id = ?",
-                (created_at, incarnation, token_generation, tenant_id),
-            )
-            return self._rows.get(tenant_id)
+        self._write(
+            tenant_id,
+            "UPDATE tenants SET created_at = ?, incarnation = ?, token_generation = ? WHERE id = ?",
+            (created_at, incarnation, token_generation, tenant_id),
+        )
+        return self._rows.get(tenant_id)
 
     def set_state(
         self, tenant_id: str, state: TenantState, error: str | None = None, size: int | None = None
     ) -> None:
-        with self._lock:
-            self._write(
-                tenant_id,
-                "UPDATE tenants SET state = ?, error = ?, size = coalesce(?, size) WHERE id = ?",
-                (state, error, size, tenant_id),
-            )
+        self._write(
+            tenant_id,
+            "UPDATE tenants SET state = ?, error = ?, size = coalesce(?, size) WHERE id = ?",
+            (state, error, size, tenant_id),
+        )
 
     def set_size(self, tenant_id: str, size: int) -> None:
-        with self._lock:
-            self._write(tenant_id, "UPDATE tenants SET size = ? WHERE id = ?", (size, tenant_id))
+        self._write(tenant_id, "UPDATE tenants SET size = ? WHERE id = ?", (size, tenant_id))
+
+    def set_sizes(self, sizes: dict[str, int]) -> None:
+        """Record the sizes of many tenants as measured (a listed page): one transaction, and
+        none when every size is as recorded. Tenants without a row are skipped."""
+        changed = [(s, t) for t, s in sizes.items() if t in self._rows and self._rows[t].size != s]
+        if not changed:
+            return
+        sql = "UPDATE tenants SET size = ? WHERE id = ?"
+        self._write_all([(sql, (size, tenant_id)) for size, tenant_id in changed], [t for _, t in changed])
 
     def remove(self, tenant_id: str) -> None:
-        with self._lock:
-            self._write(tenant_id, "DELETE FROM tenants WHERE id = ?", (tenant_id,))
+        self._write(tenant_id, "DELETE FROM tenants WHERE id = ?", (tenant_id,))
 
     def page(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[TenantRow]:
         """Rows with ids starting with `prefix`, ordered by id, strictly after `after`."""

@@ -85,9 +85,12 @@ def run_statement(
     budget: Budget | None = None,
     keep_rows: bool = True,
     sink: RowSink | None = None,
+    in_batch: bool = False,
 ) -> QueryResult:
     """Run exactly one statement. Raises BadRequest for empty or multi-statement SQL and for
-    transaction control unless `allow_tx`; SqlError, NotAuthorizedSql, StatementTimeout,
+    transaction control unless `allow_tx` (a protocol with transactions of its own: Hrana),
+    saying what to do instead where the statement came from (/query, or with `in_batch` an
+    entry of a REST batch, or a Hrana step); SqlError, NotAuthorizedSql, StatementTimeout,
     TooLarge or TenantCorrupt as SQLite reports; SqlTooLong (a TooLarge) before any parsing;
     with a `budget`, RequestTimeLimit when its deadline stops the statement, ResultsTooLarge or
     ServerBusy when the rows do not fit. Rows go to `sink` if given, else into the result
@@ -119,7 +122,7 @@ def run_statement(
     except apsw.ExecTraceAbort:
         if tracer.wrote:
             raise NotInline from None
-        raise _rejection(stmt.sql, allow_tx) from None
+        raise _rejection(stmt.sql, allow_tx, in_batch) from None
     except apsw.InterruptError as exc:
         if inline_budget is not None and sandbox.timed_out:
             raise NotInline from None
@@ -178,7 +181,7 @@ def batch_steps(
             try:
                 if budget is not None:
                     budget.check_time()
-                results.append(run_statement(conn, sandbox, config, stmt, budget=budget))
+                results.append(run_statement(conn, sandbox, config, stmt, budget=budget, in_batch=True))
             except SqlfleetError as exc:
                 exc.detail["index"] = index
                 exc.message = f"statement {index}: {exc.message}"
@@ -225,9 +228,25 @@ class _Tracer:
         return self.allow_tx or leading_keyword(first) not in TRANSACTION_CONTROL
 
 
-def _rejection(sql: str, allow_tx: bool) -> BadRequest:
-    if not allow_tx and leading_keyword(sql) in TRANSACTION_CONTROL:
-        return BadRequest("transaction control statements are not allowed here: use /batch for atomicity")
+def _rejection(sql: str, allow_tx: bool, in_batch: bool) -> BadRequest:
+    """What the exec tracer refused, and what to do instead where the statement came from."""
+    keyword = leading_keyword(sql)
+    if not allow_tx and keyword in TRANSACTION_CONTROL:
+        if in_batch:
+            return BadRequest(
+                f"{keyword} is not allowed in a batch: its statements already run in one "
+                "transaction (all or nothing), so leave out transaction control (BEGIN, COMMIT, "
+                "ROLLBACK, SAVEPOINT, RELEASE)"
+            )
+        return BadRequest(
+            f"{keyword} is not allowed in /query: send the statements together to /batch (one "
+            "transaction, all or nothing), or use Hrana (a libSQL client) for an interactive "
+            "transaction"
+        )
+    if in_batch:
+        return BadRequest("exactly one statement per entry of a batch: give each statement its own entry")
+    if allow_tx:
+        return BadRequest("exactly one statement per step: send each statement as a step of its own")
     return BadRequest("exactly one statement per query: use /batch for several")
 
 
@@ -300,7 +319,8 @@ def map_sqlite_error(exc: apsw.Error, sandbox: Sandbox, conn: apsw.Connection | 
         LIMIT_REFUSALS.labels("statement_time").inc()
         return StatementTimeout(f"statement exceeded the {sandbox.statement_timeout:g} s time limit")
     if isinstance(exc, apsw.AuthError) or message.startswith("not authorized"):
-        return NotAuthorizedSql(f"not allowed by the sandbox: {message}")
+        # the sandbox's refusals say what and why after SQLite's own "not authorized: "
+        return NotAuthorizedSql(f"not allowed by the sandbox: {message.removeprefix('not authorized: ')}")
     if isinstance(exc, apsw.ReadOnlyError):
         refusal = NotAuthorizedSql("read-only access: this token cannot write")
         refusal.read_only = True

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import apsw
 
+from tenants.pool import Handle
 from tenants.sandbox import Sandbox
 
 
@@ -17,6 +18,16 @@ class FleetHooks:
 
     def after_open(self, tenant_id: str, conn: apsw.Connection, sandbox: Sandbox) -> None:
         """A tenant connection was just opened; no request has used it yet."""
+
+    def work_due(self, tenant_id: str) -> bool:
+        """Whether `before_use` has work for the tenant (open in the pool) now. Called before
+        every request, inline reads on the event loop included: a dict lookup, never I/O."""
+        return False
+
+    def before_use(self, tenant_id: str, handle: Handle) -> None:
+        """Do what `work_due` announced (e.g. a schema catch-up that became due while the tenant
+        was open), before a request uses the connection: in a worker thread, with the tenant's
+        lock held and no transaction open."""
 
     def before_close(self, tenant_id: str, conn: apsw.Connection) -> None:
         """A tenant connection is about to close (eviction, delete, shutdown); no lease holds it."""

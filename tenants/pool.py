@@ -41,7 +41,7 @@ from metrics.instruments import (
 )
 from tenants.config import PoolConfig
 from tenants.errors import TenantBusy, TenantNotFound, TenantUnavailable
-from tenants.sandbox import Sandbox
+from tenants.sandbox import SESSION_PRAGMAS, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,64 @@ class Handle:
         finally:
             self.sandbox.trusted = False
         self.query_only = value
+
+    def reset_session(self) -> dict[str, int]:
+        """Put the connection-scoped pragmas tenant SQL set since the last reset back to the
+        server's values (tenants.sandbox.SESSION_PRAGMAS), and drop the TEMP objects it made;
+        the values the pragmas had, where those differed (for `apply_session`). Cheap when
+        nothing was set or made. For the holder of `lock`, about to let go; outside a
+        transaction (`foreign_keys` cannot change inside one)."""
+        if self.sandbox is None or self.conn is None:
+            return {}
+        if self.sandbox.temp_created:
+            self.sandbox.temp_created = False
+            self._drop_temp_objects()
+        if not self.sandbox.pragmas_set:
+            return {}
+        names, self.sandbox.pragmas_set = sorted(self.sandbox.pragmas_set), set()
+        had: dict[str, int] = {}
+        for name in names:
+            value = self.conn.cursor().execute(f"PRAGMA {name}", can_cache=False).fetchall()[0][0]
+            if value != SESSION_PRAGMAS[name]:
+                had[name] = int(value)  # type: ignore[arg-type]
+        self._set_pragmas({name: SESSION_PRAGMAS[name] for name in had})
+        return had
+
+    def apply_session(self, values: dict[str, int]) -> None:
+        """Set what `reset_session` returned again (a stream taking its connection back)."""
+        self._set_pragmas(values)
+        if values:
+            assert self.sandbox is not None
+            self.sandbox.pragmas_set.update(values)
+
+    def _drop_temp_objects(self) -> None:
+        """Drop every TEMP trigger, view and table (their indexes go with them): they belong
+        to the request or stream that made them, never to the next user of the connection."""
+        assert self.conn is not None and self.sandbox is not None
+        self.sandbox.trusted = True
+        try:
+            cursor = self.conn.cursor()
+            found = cursor.execute(
+                "SELECT type, name FROM temp.sqlite_schema WHERE type IN ('trigger', 'view', 'table')"
+                " ORDER BY CASE type WHEN 'trigger' THEN 0 WHEN 'view' THEN 1 ELSE 2 END",
+                can_cache=False,
+            ).fetchall()
+            for kind, name in found:
+                quoted = '"' + str(name).replace('"', '""') + '"'
+                cursor.execute(f"DROP {str(kind).upper()} IF EXISTS temp.{quoted}", can_cache=False)
+        finally:
+            self.sandbox.trusted = False
+
+    def _set_pragmas(self, values: dict[str, int]) -> None:
+        if not values:
+            return
+        assert self.conn is not None and self.sandbox is not None
+        self.sandbox.trusted = True
+        try:
+            for name, value in values.items():  # names from SESSION_PRAGMAS, values ints: no quoting
+                self.conn.cursor().execute(f"PRAGMA {name}={int(value)}", can_cache=False)
+        finally:
+            self.sandbox.trusted = False
 
 
 Opener = Callable[[str], tuple[apsw.Connection, Sandbox]]
@@ -114,6 +172,7 @@ class Pool:
         try:
             yield handle
         finally:
+            _reset_session(handle)
             handle.lock.release()
             self._checkin(handle)
 
@@ -151,6 +210,7 @@ class Pool:
         will lease again)."""
         if used:
             POOL_HITS.inc()
+        _reset_session(handle)
         handle.lock.release()
         self._checkin(handle)
 
@@ -324,3 +384,12 @@ class Pool:
             pending = list(self._closing.values())
         for closing in pending:
             closing.wait()
+
+
+def _reset_session(handle: Handle) -> None:
+    """`handle.reset_session()` for a holder letting go: logged, never raised (the connection
+    is the tenant's own, and a failure here must not turn a done request into an error)."""
+    try:
+        handle.reset_session()
+    except apsw.Error:
+        log.exception("tenant %s: resetting the connection's session state failed", handle.tenant_id)

@@ -2,8 +2,18 @@
 
 Everything that reaches outside the tenant's own file or takes control of it away from the
 server is refused: ATTACH/DETACH (and so VACUUM and VACUUM INTO, which attach), load_extension,
-and every pragma not on the allow-lists below. The server's own statements run with `trusted`
-set and are never cached, so a tenant cannot replay a cached trusted statement.
+and every pragma not on the allow-lists below; each refusal is a SandboxRefused that says what
+was refused and why. The server's own statements run with `trusted` set and are never cached,
+so a tenant cannot replay a cached trusted statement.
+
+A few connection-scoped pragmas the client libraries send may be set (SESSION_PRAGMAS): the
+sandbox notes each one set (`pragmas_set`), and whoever lets go of the connection puts them
+back (tenants.pool.Handle.reset_session), so a setting never outlives its request or stream.
+Statements that mention a pragma are never cached, so each run of one passes the authorizer.
+TEMP objects likewise (`temp_created`): the connection is shared by all of the tenant's requests,
+streams and tokens, so a TEMP table, view or trigger is dropped when its request (or stream)
+lets go, never seen by another. (A cached CREATE TEMP statement passes the authorizer again: the
+drop changed the temp schema, so SQLite prepares it anew.)
 
 Server bookkeeping inside a tenant file (`_sqlfleet_*`: the migration record, a rebuild's scratch
 table) may be read by tenant SQL, never written, dropped, altered, renamed (to or from),
@@ -35,7 +45,6 @@ _PRAGMAS_ANY_ARG = frozenset(
         "application_id",
         "collation_list",
         "compile_options",
-        "defer_foreign_keys",
         "foreign_key_check",
         "foreign_key_list",
         "function_list",
@@ -61,7 +70,6 @@ _PRAGMAS_READ_ONLY = frozenset(
         "cache_size",
         "data_version",
         "encoding",
-        "foreign_keys",
         "freelist_count",
         "journal_mode",
         "locking_mode",
@@ -74,7 +82,34 @@ _PRAGMAS_READ_ONLY = frozenset(
         "wal_autocheckpoint",
     }
 )
-_DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer"})
+# Connection-scoped pragmas a tenant may also set, with the value every connection has (the
+# server's, tenants.connection, for foreign_keys; SQLite's for the others). They change only how
+# this connection treats the tenant's own data, and are put back when a request or stream lets
+# go of the connection. Sent by the client libraries: foreign_keys by @libsql/client's
+# migrate() (so drizzle's migrator), prisma's and drizzle-kit's table rebuilds;
+# defer_foreign_keys by prisma's; recursive_triggers by ORMs that rely on REPLACE firing delete
+# triggers. Not allowed, as not needed or not safe: case_sensitive_like (it replaces the LIKE
+# function, and cannot be read back), legacy_alter_table and writable_schema (the server's own
+# schema work runs on this connection), ignore_check_constraints (nothing sends it), trusted_schema.
+SESSION_PRAGMAS: dict[str, int] = {"foreign_keys": 1, "defer_foreign_keys": 0, "recursive_triggers": 0}
+# Why some refused pragmas are refused; the rest get the general reason (_PRAGMA_RULE).
+_PRAGMA_REASONS = {
+    "temp_store_directory": "it names a directory outside the tenant's database",
+    "data_store_directory": "it names a directory outside the tenant's database",
+    "writable_schema": "it would let SQL rewrite the schema table itself",
+    "wal_checkpoint": "the server checkpoints, once the WAL is in the backups",
+    "query_only": "a read-only token sets it",
+}
+_PRAGMA_RULE = (
+    "tenant SQL may use the pragmas that inspect or check its own database (table_info, "
+    "integrity_check, ...), user_version, application_id and the per-connection "
+    f"{', '.join(sorted(SESSION_PRAGMAS))}; the server owns the others"
+)
+_DENIED_FUNCTIONS = {
+    "load_extension": "load_extension() is not allowed: tenant SQL may not load native code into the server",
+    "fts3_tokenizer": "fts3_tokenizer() is not allowed: it can hand SQLite a native pointer",
+}
+_MENTIONS_PRAGMA = re.compile("pragma", re.IGNORECASE)
 
 BOOKKEEPING_PREFIX = "_sqlfleet_"
 _MENTIONS_BOOKKEEPING = re.compile(re.escape(BOOKKEEPING_PREFIX), re.IGNORECASE)
@@ -105,6 +140,12 @@ _CREATES = {
     apsw.SQLITE_CREATE_TRIGGER: "a trigger",
     apsw.SQLITE_CREATE_TEMP_TRIGGER: "a TEMP trigger",
 }
+_CREATES_TEMP = {
+    apsw.SQLITE_CREATE_TEMP_TABLE,
+    apsw.SQLITE_CREATE_TEMP_VIEW,
+    apsw.SQLITE_CREATE_TEMP_INDEX,
+    apsw.SQLITE_CREATE_TEMP_TRIGGER,
+}
 # ... and to the table its second argument names (SQLITE_ALTER_TABLE: the database, the table).
 # Dropping a tenant's own index or trigger from bookkeeping stays allowed: a file from before
 # these rules may carry one, and removing it only repairs.
@@ -116,14 +157,15 @@ _TO_TABLE = {
     apsw.SQLITE_ALTER_TABLE: "alter or rename",
 }
 
-PROGRESS_STEPS = 10_000
 # An inline statement (run on the event loop, see tenants.inline) checks its budget this often:
 # each step it may run is short, so it stops within a few steps of running out.
 INLINE_STEPS = 8
 
 
-class BookkeepingRefused(apsw.AuthError):
-    """Tenant SQL touched server bookkeeping; carries SQLITE_AUTH as SQLite's own refusals do."""
+class SandboxRefused(apsw.AuthError):
+    """The sandbox refused a statement: raised by the authorizer (APSW passes it on where SQLite
+    would only say `not authorized`), so its message says what was refused and why. Carries
+    SQLITE_AUTH as SQLite's own refusals do."""
 
     result: int
     extendedresult: int
@@ -131,6 +173,10 @@ class BookkeepingRefused(apsw.AuthError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.result = self.extendedresult = apsw.SQLITE_AUTH
+
+
+class BookkeepingRefused(SandboxRefused):
+    """Tenant SQL touched server bookkeeping."""
 
 
 class Sandbox:
@@ -141,7 +187,9 @@ class Sandbox:
     `timed_out` and interrupts the connection from its own thread, so even a statement stuck in
     one long step stops; `tenants.functions` replaces the built-ins that never look at an
     interrupt. An inline statement (`inline=True`) is instead watched by the progress handler
-    every INLINE_STEPS steps, on its own thread, without waking the watchdog."""
+    every INLINE_STEPS steps, on its own thread, without waking the watchdog. Other statements
+    have no progress handler: it would take the GIL thousands of times a second while they run,
+    and each time the event loop (every other tenant) would have to hand it over."""
 
     def __init__(self, statement_timeout: float, watchdog: Watchdog | None = None) -> None:
         self.statement_timeout = statement_timeout
@@ -155,11 +203,12 @@ class Sandbox:
         self._conn: weakref.ref[apsw.Connection] | None = None
         self.permitted: str | None = None  # a bookkeeping name prefix the server's own work may use
         self.sql: str | None = None  # the SQL text being run, if it mentions bookkeeping names
+        self.pragmas_set: set[str] = set()  # SESSION_PRAGMAS tenant SQL set since the last reset
+        self.temp_created = False  # tenant SQL created a TEMP object since the last reset
 
     def install(self, conn: apsw.Connection) -> None:
         conn.authorizer = self.authorize
         conn.cursor_factory = partial(_Cursor, sandbox=self)
-        conn.set_progress_handler(self.progress, PROGRESS_STEPS)
         self._conn = weakref.ref(conn)
         functions.install(conn)
 
@@ -186,7 +235,7 @@ class Sandbox:
             self._inline_run = False
             conn = self._conn() if self._conn is not None else None
             if conn is not None:
-                conn.set_progress_handler(self.progress, PROGRESS_STEPS)
+                conn.set_progress_handler(None)
 
     def _expire(self) -> None:
         # on the watchdog's thread: sqlite3_interrupt is the one call meant for that
@@ -212,12 +261,29 @@ class Sandbox:
         if refusal is not None:
             # raised, not returned as SQLITE_DENY: APSW passes it on, so the message says what
             raise BookkeepingRefused(f"not authorized: {refusal}")
-        if action in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
-            return apsw.SQLITE_DENY
+        # Every refusal is raised with its reason (SQLITE_DENY would only say `not authorized`).
+        if action == apsw.SQLITE_ATTACH:
+            raise SandboxRefused(f"not authorized: {_attach_refusal(arg1)}")
+        if action == apsw.SQLITE_DETACH:
+            raise SandboxRefused(
+                "not authorized: DETACH is not allowed: tenant SQL works on its own database only"
+            )
         if action == apsw.SQLITE_PRAGMA:
-            return _authorize_pragma((arg1 or "").lower(), arg2)
-        if action == apsw.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
-            return apsw.SQLITE_DENY
+            name = (arg1 or "").lower()
+            if name in SESSION_PRAGMAS:
+                if arg2 is not None:  # a schema prefix (temp.foreign_keys) sets it all the same
+                    self.pragmas_set.add(name)
+                return apsw.SQLITE_OK
+            verdict = _authorize_pragma(name, arg2)
+            if isinstance(verdict, str):
+                raise SandboxRefused(f"not authorized: {verdict}")
+            return verdict
+        if action in _CREATES_TEMP:
+            self.temp_created = True
+        if action == apsw.SQLITE_FUNCTION:
+            denied = _DENIED_FUNCTIONS.get((arg2 or "").lower())
+            if denied is not None:
+                raise SandboxRefused(f"not authorized: {denied}")
         return apsw.SQLITE_OK
 
     @contextlib.contextmanager
@@ -264,17 +330,20 @@ class _Cursor(apsw.Cursor):
         self._sandbox = sandbox
 
     def execute(self, statements: str, *args: Any, **kwargs: Any) -> apsw.Cursor:
-        self._note(statements)
+        self._note(statements, kwargs)
         return super().execute(statements, *args, **kwargs)
 
     def executemany(self, statements: str, *args: Any, **kwargs: Any) -> apsw.Cursor:
-        self._note(statements)
+        self._note(statements, kwargs)
         return super().executemany(statements, *args, **kwargs)
 
-    def _note(self, statements: str) -> None:
+    def _note(self, statements: str, kwargs: dict[str, Any]) -> None:
         # Only texts that mention the prefix can rename to it; others are not kept (memory).
         mentions = isinstance(statements, str) and _MENTIONS_BOOKKEEPING.search(statements)
         self._sandbox.sql = statements if mentions else None
+        # A cached statement runs again without the authorizer, which notes SESSION_PRAGMAS set
+        if isinstance(statements, str) and _MENTIONS_PRAGMA.search(statements):
+            kwargs["can_cache"] = False
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -295,11 +364,22 @@ def _renamed_to(sql: str) -> str | None:
     return None
 
 
-def _authorize_pragma(name: str, arg: str | None) -> int:
+def _attach_refusal(filename: str | None) -> str:
+    # VACUUM attaches a scratch database of no name, VACUUM INTO its target file
+    if not filename:
+        return "VACUUM (and ATTACH) is not allowed: tenant SQL works on its own database only"
+    return "ATTACH (and VACUUM INTO) is not allowed: tenant SQL works on its own database only"
+
+
+def _authorize_pragma(name: str, arg: str | None) -> int | str:
+    """The authorizer's answer for a pragma, or why it is refused."""
     if name == "database_list":
         # Its rows name the server's file path. IGNORE, not DENY: the statement then lists
         # nothing, and `pragma_database_list` (which runs the pragma inside) still works.
         return apsw.SQLITE_IGNORE
     if name in _PRAGMAS_ANY_ARG or (arg is None and name in _PRAGMAS_READ_ONLY):
         return apsw.SQLITE_OK
-    return apsw.SQLITE_DENY
+    reason = _PRAGMA_REASONS.get(name)
+    if name in _PRAGMAS_READ_ONLY:
+        return f"PRAGMA {name} may be read, not set: {reason or 'the server manages it'}"
+    return f"PRAGMA {name} is not allowed: {reason or _PRAGMA_RULE}"

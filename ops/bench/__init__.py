@@ -8,6 +8,8 @@ import click
 
 from ops.bench.backups import bench_backups
 from ops.bench.core import cold, fleet, hot
+from ops.bench.isolation import isolation
 from ops.bench.migrate import bench_migrate
+from ops.bench.transfer import transfer
 
-COMMANDS: list[click.Command] = [fleet, hot, cold, bench_backups, bench_migrate]
+COMMANDS: list[click.Command] = [fleet, hot, cold, bench_backups, bench_migrate, isolation, transfer]

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ops.bench.errors import BenchError
-from ops.bench.loadgen import Phase, PhaseResult, render, run_phase
+from ops.bench.loadgen import Drive, Phase, PhaseResult, render, run_phase
 from ops.bench.profile import profiling
 from ops.bench.server import BenchServer
 
@@ -59,12 +59,16 @@ class Driver:
         order: Sequence[int] | None = None,
         seconds: float | None = None,
         keep_responses: bool = False,
+        drive: Drive | None = None,
     ) -> PhaseResult:
+        """One load phase (HTTP/1.1 requests, unless `drive` speaks another protocol)."""
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise BenchError(f"time budget exhausted before phase {name}")
         phase = Phase(name, requests, total, concurrency, min(left, seconds or left), order, keep_responses)
-        return run_phase(self.server.url, phase, self.clients, on_tick=self.server.sample)
+        if drive is None:
+            return run_phase(self.server.url, phase, self.clients, on_tick=self.server.sample)
+        return run_phase(self.server.url, phase, self.clients, on_tick=self.server.sample, drive=drive)
 
     def request(self, method: str, path: str, body: Any, token: str | None = None) -> bytes:
         headers = {"Authorization": f"Bearer {token or self.server.admin_key}"}

@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from ops.bench.errors import BenchError
+from ops.bench.server import kernel_peak_rss
 from ops.moto_s3 import aws_env
 from ops.process import die_with_parent, spawn, stop
 
@@ -131,11 +132,7 @@ class Replicator:
     def high_water(self) -> int:
         """The kernel's peak RSS (VmHWM), else the sampled peak."""
         self.sample()
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return max(self.peak_rss, int(line.split()[1]) * 1024)
-        return self.peak_rss
+        return max(self.peak_rss, kernel_peak_rss(self.proc.pid))
 
     def cpu_seconds(self) -> float:
         try:

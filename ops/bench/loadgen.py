@@ -13,21 +13,17 @@ latency, the status counts, and (if asked) each response's status and body by re
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing
-import multiprocessing.connection
-import os
-import signal
+import functools
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ops.bench.errors import LoadgenError
-from ops.process import die_with_parent
+from ops.bench.workers import Failures, Workers
 
 
 def render(url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
@@ -109,30 +105,51 @@ class _Conn:
         close = b"\r\nconnection: close\r\n" in lower
         body = await self.reader.readexactly(length) if length else b""
         if close:
-            self.close()
+            self.close_now()
         return status, body
 
-    def close(self) -> None:
+    async def exchange(self, raw: bytes) -> tuple[int, bytes, float]:
+        t0 = time.perf_counter()
+        try:
+            status, body = await self.send(raw)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            self.close_now()
+            status, body = 0, b""
+        return status, body, time.perf_counter() - t0
+
+    async def close(self) -> None:
+        self.close_now()
+
+    def close_now(self) -> None:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
 
 
-async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> PhaseResult:
-    """Send the requests at positions `share` of the phase, from `concurrency` connections."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+class Link(Protocol):
+    """One client connection of a drive, one request in flight at a time."""
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes, float]:
+        """Send `raw`; the answer's status (0: the connection failed, and will be made again for
+        the next request), its body and the request's latency in seconds. Never raises."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def drive_links(phase: Phase, share: range, concurrency: int, link: Callable[[], Link]) -> PhaseResult:
+    """Send the requests at positions `share` of the phase, from `concurrency` links."""
     result = PhaseResult(phase.name)
     latencies, statuses, responses = result.latencies, result.statuses, result.responses
     requests, order, keep, rate = phase.requests, phase.order, phase.keep_responses, phase.rate
     next_index = 0
-    started, cpu_started = time.perf_counter(), time.process_time()
-    deadline = started + phase.seconds
     clock = time.perf_counter
+    started, cpu_started = clock(), time.process_time()
+    deadline = started + phase.seconds
 
     async def connection() -> None:
         nonlocal next_index
-        conn = _Conn(host, port)
+        conn = link()
         try:
             while next_index < len(share):
                 if clock() >= deadline:
@@ -145,19 +162,13 @@ async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> Phas
                     if due > 0:
                         await asyncio.sleep(due)
                 index = position if order is None else order[position % len(order)]
-                raw = requests[index % len(requests)]
-                t0 = clock()
-                try:
-                    status, body = await conn.send(raw)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-                    conn.close()
-                    status, body = 0, b""
-                latencies.append(clock() - t0)
+                status, body, latency = await conn.exchange(requests[index % len(requests)])
+                latencies.append(latency)
                 statuses[status] += 1
                 if keep:
                     responses[position] = (status, body)
         finally:
-            conn.close()
+            await conn.close()
 
     await asyncio.gather(*(connection() for _ in range(max(1, concurrency))))
     result.elapsed = clock() - started
@@ -166,18 +177,14 @@ async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> Phas
     return result
 
 
-def _worker(url: str, phase: Phase, share: range, concurrency: int, pipe: Any, parent: int) -> None:
-    # Ctrl-C reaches the whole process group: the parent decides when workers stop; and if the
-    # parent dies without deciding, the kernel ends the worker with it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent)
-    try:
-        result = asyncio.run(_drive(url, phase, share, concurrency))
-        pipe.send(("ok", result))
-    except BaseException as exc:
-        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        pipe.close()
+async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> PhaseResult:
+    """The default drive: HTTP/1.1 keep-alive connections (`_Conn`)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    return await drive_links(phase, share, concurrency, lambda: _Conn(host, port))
+
+
+Drive = Callable[[str, Phase, range, int], Coroutine[Any, Any, PhaseResult]]
 
 
 def run_phase(
@@ -186,52 +193,30 @@ def run_phase(
     processes: int = 1,
     on_tick: Callable[[], None] | None = None,
     tick: float = 0.1,
+    drive: Drive = _drive,
 ) -> PhaseResult:
     """Run `phase` from `processes` forked workers (positions dealt round-robin) and merge
     their results. `on_tick` is called every `tick` seconds while waiting (e.g. to sample the
-    server's memory). Raises LoadgenError if a worker fails or outlives the phase by 30 s."""
+    server's memory). `drive` sends a worker's share (HTTP/1.1 by default; e.g.
+    ops.bench.wsload for Hrana over WebSocket). Raises LoadgenError if a worker fails or
+    outlives the phase by 30 s."""
     processes = max(1, min(processes, phase.concurrency, phase.total))
-    ctx = multiprocessing.get_context("fork")  # spawn would re-run `python -m ops`'s __main__
-    workers: list[tuple[Any, Any]] = []
+    failures = Failures(
+        late=lambda _: LoadgenError(f"phase {phase.name}: load generator did not finish in time"),
+        died=lambda: LoadgenError(f"phase {phase.name}: a load generator process died"),
+        failed=lambda error: LoadgenError(f"phase {phase.name}: {error}"),
+    )
+    workers = Workers()
     merged = PhaseResult(phase.name)
     finished = False
     try:
         for i in range(processes):
-            receive, send = ctx.Pipe(duplex=False)
             share = range(i, phase.total, processes)
             conc = phase.concurrency // processes + (1 if i < phase.concurrency % processes else 0)
-            args = (url, phase, share, conc, send, os.getpid())
-            proc = ctx.Process(target=_worker, args=args, daemon=True)
-            proc.start()
-            send.close()
-            workers.append((proc, receive))
-        hard_deadline = time.monotonic() + phase.seconds + 30.0
-        pending: list[Any] = [receive for _, receive in workers]
-        while pending:
-            if time.monotonic() > hard_deadline:
-                raise LoadgenError(f"phase {phase.name}: load generator did not finish in time")
-            ready: list[Any] = multiprocessing.connection.wait(pending, timeout=tick)
-            for conn in ready:
-                pending.remove(conn)
-                try:
-                    kind, payload = conn.recv()
-                except EOFError:
-                    raise LoadgenError(f"phase {phase.name}: a load generator process died") from None
-                if kind != "ok":
-                    raise LoadgenError(f"phase {phase.name}: {payload}")
-                merged.merge(payload)
-            if on_tick is not None:
-                on_tick()
+            workers.start(functools.partial(drive, url, phase, share, conc))
+        for result in workers.results(time.monotonic() + phase.seconds + 30.0, failures, on_tick, tick):
+            merged.merge(result)
         finished = True
     finally:
-        for proc, receive in workers:
-            receive.close()
-            proc.join(timeout=5 if finished else 0)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-            if proc.is_alive() and proc.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.join(timeout=5)
+        workers.close(grace=5 if finished else 0)
     return merged

@@ -103,4 +103,3 @@ def profiling(pid: int, out: Path | None, mode: str = "active") -> Iterator[None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(60)
             stop(proc, 5)
-

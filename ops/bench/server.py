@@ -30,6 +30,15 @@ _OPEN_METRICS = ("sqlfleet_pool_open_duration_seconds_sum", "sqlfleet_pool_open_
 _GAUGES = ("sqlfleet_pool_capacity", "sqlfleet_pool_open_handles")  # read by name
 
 
+def kernel_peak_rss(pid: int) -> int:
+    """The kernel's peak RSS of process `pid` in bytes (VmHWM; Linux), 0 if unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 @dataclass
 class BenchServer(ServerProcess):
     """A running `sqlfleet serve` child and what we observe of it."""
@@ -52,11 +61,7 @@ class BenchServer(ServerProcess):
     def high_water(self) -> int:
         """The kernel's peak RSS of the process (VmHWM), else the sampled peak."""
         self.sample()
-        with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return max(self.peak_rss, int(line.split()[1]) * 1024)
-        return self.peak_rss
+        return max(self.peak_rss, kernel_peak_rss(self.proc.pid))
 
     def cpu_seconds(self) -> float:
         times = self.ps.cpu_times()

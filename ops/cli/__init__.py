@@ -15,6 +15,7 @@ from ops.cli.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="sqlfleet", prog_name="sqlfleet", message="%(prog)s %(version)s")
 def main() -> None:
     """sqlfleet: database-per-tenant SQLite hosting."""
 

@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -146,3 +157,116 @@ def revoke(client: AdminClient, as_json: bool, tenant_id: str) -> None:
         print_json(revoked)
     else:
         click.echo(f"revoked the tokens of tenant {tenant_id} minted before {revoked['revoked_at']}")
+
+
+# -- data in and out -----------------------------------------------------------------------------
+
+
+def _transfer_bar() -> Progress:
+    # On stderr, so stdout stays the result (a line, or JSON with --json).
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _writable(file: Path, partial: Path) -> BinaryIO:
+    """The new file `partial` (next to `file`), open for writing; ClientError when that cannot
+    be, or `file` is something other than a regular file (a device, /proc)."""
+    if file.exists() and not file.is_file():
+        raise ClientError(f"cannot write {file}: not a regular file")
+    try:
+        return partial.open("wb")
+    except OSError as exc:
+        raise ClientError(f"cannot write {file}: cannot create {partial}: {_why(exc)}") from None
+
+
+def _readable(file: Path) -> int:
+    """The size of `file` once it is known to be a regular file this user can read; else
+    ClientError."""
+    if file.exists() and not file.is_file():  # a device or a pipe: no size to upload
+        raise ClientError(f"cannot read {file}: not a regular file")
+    try:
+        with file.open("rb") as f:
+            f.read(1)
+        return file.stat().st_size
+    except OSError as exc:
+        raise ClientError(f"cannot read {file}: {_why(exc)}") from None
+
+
+@tenant.command("export")
+@click.argument("tenant_id", metavar="ID")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--sql", "as_sql", is_flag=True, help="SQL text (like sqlite3 .dump) instead of an SQLite file."
+)
+@admin_command
+def export(client: AdminClient, as_json: bool, tenant_id: str, file: Path, as_sql: bool) -> None:
+    """Save tenant ID to FILE: an SQLite file the sqlite3 CLI opens (or, with --sql, SQL text
+    that recreates it). FILE appears only once complete."""
+    partial = file.with_name(f".{file.name}.partial")
+    out = _writable(file, partial)  # before asking the server for anything
+    try:
+        with _transfer_bar() as bar, out:
+            task = bar.add_task(f"{'dumping' if as_sql else 'exporting'} {tenant_id}", total=None)
+            try:
+                done = client.export_tenant(
+                    tenant_id,
+                    out,
+                    dump=as_sql,
+                    progress=lambda n, total: bar.update(task, completed=n, total=total),
+                )
+            except OSError as exc:
+                raise ClientError(f"cannot write {partial}: {_why(exc)}") from None
+        try:
+            partial.replace(file)
+        except OSError as exc:
+            raise ClientError(f"cannot move {partial} to {file}: {_why(exc)}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    if as_json:
+        print_json(done)
+    else:
+        click.echo(f"wrote {file} ({size(done['bytes'])}), tenant {tenant_id} as of {done['consistent_at']}")
+
+
+@tenant.command("import")
+@click.argument("tenant_id", metavar="ID")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--replace", is_flag=True, help="Replace the data of existing tenant ID (undoable by a restore)."
+)
+@click.option("--group", default=None, help="Schema group the new tenant joins (its schema synced to it).")
+@admin_command
+def import_(
+    client: AdminClient, as_json: bool, tenant_id: str, file: Path, replace: bool, group: str | None
+) -> None:
+    """Make the SQLite file FILE tenant ID (new, or with --replace in place of its data). The
+    server checks the file first: a bad one changes nothing and the error says why."""
+    total = _readable(file)  # before asking the server for anything
+    with _transfer_bar() as bar:
+        task = bar.add_task(f"uploading {file.name}", total=total)
+        try:
+            result = client.import_tenant(
+                tenant_id,
+                file,
+                replace,
+                progress=lambda n, total: bar.update(task, completed=n, total=total),
+                group=group,
+            )
+        except OSError as exc:
+            raise ClientError(f"cannot read {file}: {_why(exc)}") from None
+    if as_json:
+        print_json(result)
+    else:
+        verb = "replaced the data of" if replace else "created"
+        click.echo(f"{verb} tenant {tenant_id} from {file} ({size(result['imported']['bytes'])})")

@@ -185,7 +185,7 @@ def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool)
         )
     for name, error in groups["failed"].items():
         err.print(Text.assemble((f"group {name} not restored: ", "red"), error))
-    listing = client.restorable_tenants()
+    listing = [t for t in client.restorable_tenants() if not t.get("deleted")]  # never undelete
     missing = [t["id"] for t in listing if not t["exists"]]
     results, failed = _restore_each(client, missing, moment)
     present = len(listing) - len(missing)
@@ -350,9 +350,14 @@ def rekey(client: AdminClient, as_json: bool, batch: int) -> None:
 @backups.command("tenants")
 @admin_command
 def tenants(client: AdminClient, as_json: bool) -> None:
-    """Tenants the bucket can restore, and whether each exists on this server."""
-    listing = client.restorable_tenants()
-    table = Table("tenant", "on this server")
+    """Tenants the bucket can restore, whether each exists on this server, and when the
+    deleted ones were deleted: `sqlfleet restore TENANT --to latest` undeletes one (until the
+    deletion is older than the retention window); `restore --all` never does."""
+    listing = client.restorable_tenants(deleted=True)
+    table = Table("tenant", "on this server", "deleted")
     for t in listing:
-        table.add_row(Text(t["id"]), Text("yes" if t["exists"] else "no (restore --all)"))
+        deleted = t.get("deleted")
+        how = "restore TENANT --to latest" if deleted else "restore --all"
+        here = "yes" if t["exists"] else f"no ({how})"
+        table.add_row(Text(t["id"]), Text(here), Text(deleted or "-"))
     output({"tenants": listing}, as_json, table if listing else "no restorable tenants")

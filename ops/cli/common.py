@@ -37,7 +37,8 @@ ADMIN_OPTIONS = [
         envvar="SQLFLEET_ADMIN_KEY",
         default=None,
         metavar="KEY",
-        help="Admin API key [env SQLFLEET_ADMIN_KEY]; unset: read DATA_DIR/admin.key.",
+        help="Admin API key [env SQLFLEET_ADMIN_KEY]; unset: read DATA_DIR/admin.key, which a "
+        "server on the same data dir generated.",
     ),
     click.option(
         "--data-dir",
@@ -45,7 +46,7 @@ ADMIN_OPTIONS = [
         type=click.Path(path_type=Path),
         default=None,
         help="Where to find admin.key when no key is given [env SQLFLEET_DATA_DIR; "
-        "default: the server's default data dir].",
+        "default: the server's, $XDG_DATA_HOME/sqlfleet, else ~/.local/share/sqlfleet].",
     ),
     click.option(
         "--timeout",
@@ -66,7 +67,7 @@ def admin_command(fn: Command) -> Command:
     def run(
         url: str, admin_key: str | None, data_dir: Path | None, timeout: float, as_json: bool, **kw: Any
     ) -> None:
-        source = "--admin-key / SQLFLEET_ADMIN_KEY"
+        source = _key_option_source()
         try:
             if not admin_key:
                 admin_key, source = key_from_file(data_dir)
@@ -81,15 +82,43 @@ def admin_command(fn: Command) -> Command:
     return command
 
 
+def _key_option_source() -> str:
+    """Which of the two gave --admin-key its value: the flag, or the variable."""
+    given = click.get_current_context().get_parameter_source("admin_key")
+    return "SQLFLEET_ADMIN_KEY" if given is click.core.ParameterSource.ENVIRONMENT else "--admin-key"
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of the local file `path` named on the command line; ClientError saying why
+    when it cannot be read (missing, not allowed, not a regular file: a device or a pipe)."""
+    if path.exists() and not path.is_file():
+        raise ClientError(f"cannot read {path}: not a regular file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_text(path: Path) -> str:
+    """`read_file` as UTF-8 text (SQL scripts); ClientError when it is not."""
+    try:
+        return read_file(path).decode()
+    except UnicodeDecodeError as exc:
+        raise ClientError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def key_from_file(data_dir: Path | None) -> tuple[str, str]:
     """(key, where it came from) from DATA_DIR/admin.key (default: the server's default data
-    dir). Raises ClientError when there is no usable key file."""
+    dir, the one `sqlfleet serve` and scripts/serve use). Raises ClientError when there is no
+    usable key file."""
     path = (data_dir or Settings().data_dir).expanduser() / ADMIN_KEY_FILE
     try:
         key = path.read_text().strip()
     except FileNotFoundError:
+        where = "" if data_dir else " (the default data dir)"
         raise ClientError(
-            f"no admin key: set SQLFLEET_ADMIN_KEY or pass --admin-key ({path} does not exist)"
+            f"no admin key: {path} does not exist{where}; set SQLFLEET_ADMIN_KEY (or --admin-key), "
+            "or SQLFLEET_DATA_DIR (or --data-dir) to the server's data dir"
         ) from None
     except (OSError, ValueError) as exc:
         raise ClientError(f"cannot read the admin key from {path}: {exc}") from None

@@ -18,15 +18,16 @@ def _metavar(type_name: str) -> str:
 
 def setting_options(fn: Any) -> Any:
     """One --flag per setting, its value passed on as text (env SQLFLEET_<NAME> is read by
-    Settings.load)."""
-    for name, type_name, help_text in reversed(setting_fields()):
+    Settings.load), its help showing the default Settings has. The flag's own default stays
+    None: a flag not given must leave the variable, then that default, to Settings."""
+    for name, type_name, help_text, default in reversed(setting_fields()):
         env = f"SQLFLEET_{name.upper()}"
         fn = click.option(
             f"--{name.replace('_', '-')}",
             name,
             default=None,
             metavar=_metavar(type_name),
-            help=f"{help_text} [env {env}]",
+            help=f"{help_text} [env {env}; default: {'unset' if default is None else default}]",
         )(fn)
     return fn
 

@@ -1,12 +1,12 @@
 """The v3 cursor's response: entries streamed as the batch runs, never the whole body at once.
 
-The worker thread that runs the batch encodes entries into lines and hands them to the event
-loop in chunks through a small bounded channel: a client that reads slowly holds the thread
-(and the tenant) at most until the request's deadline, then the request fails. The status is
-decided before the first byte: a request refused before its batch starts (the tenant busy, the
-stream expired, ...) is an ordinary Hrana error response; once the header line is out, a step
-that fails is a step_error and a failure of the whole request an `error` entry, as the
-protocol has it. What the body holds is bounded by the request's result budget.
+The worker thread that runs the batch encodes entries (JSON lines, or length-delimited protobuf
+messages) and hands them to the event loop in chunks through a small bounded channel: a client
+that reads slowly holds the thread (and the tenant) at most until the request's deadline, then
+the request fails. The status is decided before the first byte: a request refused before its
+batch starts (the tenant busy, the stream expired, ...) is an ordinary Hrana error response;
+once the header is out, a step that fails is a step_error and a failure of the whole request
+an `error` entry, as the protocol has it. What the body holds is bounded by the request's result budget.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -24,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from router.hrana.errors import hrana_error
+from router.hrana.protocol import CursorEntry, CursorHeader, Error, ErrorEntry
 from tenants.budget import Budget, RequestTimeLimit
 from tenants.errors import SqlfleetError
 
@@ -32,7 +31,7 @@ _GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError)
 _CHUNK = 64 << 10  # lines are sent in chunks of about this many bytes
 _CHANNEL = 4  # chunks the channel holds before the worker thread waits for the client
 
-Dumps = Callable[[Any], str]
+Encode = Callable[[CursorHeader | CursorEntry], bytes]  # one item of the body, framed (the codec's)
 Producer = Callable[["CursorOutput"], Awaitable[None]]
 ErrorResponse = Callable[[SqlfleetError], Response]
 
@@ -47,22 +46,22 @@ class CursorOutput:
     back: `finish`, on the event loop once the stream is given back, sends it, so a client
     that acts on the last entry of the batch finds its stream free for the next request."""
 
-    def __init__(self, channel: ObjectSendStream[bytes | _Failed], dumps: Dumps, budget: Budget) -> None:
+    def __init__(self, channel: ObjectSendStream[bytes | _Failed], encode: Encode, budget: Budget) -> None:
         self._channel = channel
-        self._dumps = dumps
+        self._encode = encode
         self._budget = budget
         self._token = anyio.lowlevel.current_token()  # made on the event loop; used from threads
-        self._buffer: list[str] = []
+        self._buffer: list[bytes] = []
         self._size = 0
 
-    def emit(self, entry: dict[str, Any]) -> None:
+    def emit(self, entry: CursorHeader | CursorEntry) -> None:
         """Buffer one entry; send what was buffered before it once that is a chunk's worth,
         waiting while the channel is full (the client reads slowly) until the request's
         deadline. Raises RequestTimeLimit then, and anyio's ClosedResourceError or
         BrokenResourceError once the client is gone. Worker thread only."""
         if self._size >= _CHUNK:
             anyio.from_thread.run(self._send, self._take(), token=self._token)
-        line = self._dumps(entry) + "\n"
+        line = self._encode(entry)
         self._buffer.append(line)
         self._size += len(line)
 
@@ -72,7 +71,7 @@ class CursorOutput:
             await self._send(self._take())
 
     def _take(self) -> bytes:
-        data = "".join(self._buffer).encode()
+        data = b"".join(self._buffer)
         self._buffer, self._size = [], 0
         return data
 
@@ -90,13 +89,18 @@ class CursorOutput:
 class CursorResponse(Response):
     """Runs `produce(output)` (which runs the batch in a worker thread) while it streams."""
 
-    media_type = "text/plain"
-
-    def __init__(self, produce: Producer, dumps: Dumps, budget: Budget, on_error: ErrorResponse) -> None:
-        super().__init__(None, 200, media_type=self.media_type)
+    def __init__(
+        self,
+        produce: Producer,
+        encode: Encode,
+        budget: Budget,
+        on_error: ErrorResponse,
+        media_type: str = "text/plain",
+    ) -> None:
+        super().__init__(None, 200, media_type=media_type)
         # streamed: no Content-Length (the server sends the body chunked)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self.produce, self.dumps, self.budget, self.on_error = produce, dumps, budget, on_error
+        self.produce, self.encode, self.budget, self.on_error = produce, encode, budget, on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -106,7 +110,7 @@ class CursorResponse(Response):
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         sender, receiver = anyio.create_memory_object_stream[bytes | _Failed](_CHANNEL)
-        output = CursorOutput(sender, self.dumps, self.budget)
+        output = CursorOutput(sender, self.encode, self.budget)
 
         async def run() -> None:
             async with sender:
@@ -132,8 +136,8 @@ class CursorResponse(Response):
             chunk: bytes | _Failed | None = first
             while chunk is not None:
                 if isinstance(chunk, _Failed):
-                    line = self.dumps({"type": "error", "error": hrana_error(chunk.error)}) + "\n"
-                    await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+                    line = self.encode(ErrorEntry(Error.of(chunk.error)))
+                    await send({"type": "http.response.body", "body": line, "more_body": True})
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await _next(receiver)

@@ -1,5 +1,6 @@
 """Executing Hrana requests: one StreamExecutor per HTTP request, on a stream whose tenant handle
-the caller has attached (pinned and locked).
+the caller has attached (pinned and locked). It takes and gives router.hrana.protocol's typed
+values, whatever the encoding (router.hrana.codec_json, router.hrana.codec_protobuf).
 
 Statements run through tenants.execute.run_statement with `allow_tx=True`, so the sandbox,
 limits and error mapping are the REST API's; transaction control is what streams are for.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import apsw
 import apsw.ext
@@ -27,12 +28,25 @@ from router.hrana.errors import (
     SqlStoreTooLarge,
     SqlStoreTooMany,
     StreamClosed,
-    hrana_error,
 )
-from router.hrana.protocol import Batch, Cond, Outcome, Request, Stmt
+from router.hrana.protocol import (
+    Batch,
+    Col,
+    Cond,
+    CursorEntry,
+    DescribeResult,
+    Error,
+    Outcome,
+    Request,
+    Response,
+    RowEntry,
+    StepBegin,
+    StepError,
+    Stmt,
+    StreamResult,
+)
 from router.hrana.sqltext import is_begin_readonly
 from router.hrana.streams import Stream
-from router.hrana.values import encode_value
 from tenants.budget import Budget, Encoding, drain
 from tenants.config import DbConfig
 from tenants.errors import NotAuthorizedSql, SqlfleetError, TenantUnavailable
@@ -85,7 +99,7 @@ class StreamExecutor:
         self.frozen = frozen
         self.budget = budget
 
-    def results(self, requests: Sequence[Request | SqlfleetError]) -> Steps[list[dict[str, Any]]]:
+    def results(self, requests: Sequence[Request | SqlfleetError]) -> Steps[list[StreamResult]]:
         """The StreamResult of each request of a pipeline. Once the budget's time is up, the
         requests that would run SQL get an error result (REQUEST_TIME_LIMIT) and do not run;
         the others (close, store_sql, ...) still do, so the stream's state stays as the client
@@ -97,23 +111,23 @@ class StreamExecutor:
             out.append((yield from self.result_steps(request)))
         return out
 
-    def result(self, request: Request | SqlfleetError) -> dict[str, Any]:
+    def result(self, request: Request | SqlfleetError) -> StreamResult:
         """The StreamResult of one request: its response, or its error."""
         return drain(self.result_steps(request))
 
-    def result_steps(self, request: Request | SqlfleetError) -> Steps[dict[str, Any]]:
+    def result_steps(self, request: Request | SqlfleetError) -> Steps[StreamResult]:
         try:
             if isinstance(request, SqlfleetError):
                 raise request
-            return {"type": "ok", "response": (yield from self.respond_steps(request))}
+            return (yield from self.respond_steps(request))
         except SqlfleetError as exc:
-            return {"type": "error", "error": hrana_error(exc)}
+            return Error.of(exc)
 
-    def respond(self, request: Request) -> dict[str, Any]:
+    def respond(self, request: Request) -> Response:
         """The StreamResponse of one request. Raises SqlfleetError."""
         return drain(self.respond_steps(request))
 
-    def respond_steps(self, request: Request) -> Steps[dict[str, Any]]:
+    def respond_steps(self, request: Request) -> Steps[Response]:
         kind = request.kind
         if self.stream.closed:
             raise StreamClosed("the stream was closed by an earlier request")
@@ -121,27 +135,26 @@ class StreamExecutor:
             self.budget.check_time()
         if kind == "close":
             self.stream.closed = True
-            return {"type": kind}
+            return Response(kind)
         if kind == "execute":
             assert request.stmt is not None
-            return {"type": kind, "result": protocol.stmt_result(self.execute(request.stmt))}
+            return Response(kind, result=self.execute(request.stmt))
         if kind == "batch":
             assert request.batch is not None
-            outcomes = yield from self.batch_steps(request.batch)
-            return {"type": kind, "result": protocol.batch_result(outcomes)}
+            return Response(kind, batch=(yield from self.batch_steps(request.batch)))
         if kind == "sequence":
             yield from self.sequence_steps(self.sql_text(request.sql, request.sql_id))
-            return {"type": kind}
+            return Response(kind)
         if kind == "describe":
-            return {"type": kind, "result": self.describe(self.sql_text(request.sql, request.sql_id))}
+            return Response(kind, describe=self.describe(self.sql_text(request.sql, request.sql_id)))
         if kind == "store_sql":
             assert request.sql is not None and request.sql_id is not None
             self.store_sql(request.sql_id, request.sql)
-            return {"type": kind}
+            return Response(kind)
         if kind == "close_sql":
             self.stream.sqls.pop(request.sql_id or 0, None)
-            return {"type": kind}
-        return {"type": kind, "is_autocommit": self.conn.get_autocommit()}  # get_autocommit
+            return Response(kind)
+        return Response(kind, is_autocommit=bool(self.conn.get_autocommit()))  # get_autocommit
 
     # -- statements ------------------------------------------------------------------------------
 
@@ -161,25 +174,15 @@ class StreamExecutor:
     def batch_steps(self, batch: Batch) -> Steps[list[Outcome | None]]:
         """Run the steps whose conditions hold; a failed step does not stop the batch. Once
         the budget's time is up, every remaining step fails with REQUEST_TIME_LIMIT unrun."""
-        outcomes: list[Outcome | None] = []
-        for index, step in enumerate(batch.steps):
-            if index:
-                yield
-            if step.condition is not None and not self._holds(step.condition, outcomes):
-                outcomes.append(None)
-                continue
-            try:
-                if self.budget is not None:
-                    self.budget.check_time()
-                outcomes.append(self.execute(step.stmt))
-            except SqlfleetError as exc:
-                outcomes.append(Outcome(error=hrana_error(exc)))
-        return outcomes
+        return self._steps(batch, None)
 
-    def cursor_steps(self, batch: Batch, emit: Callable[[dict[str, Any]], None]) -> Steps[None]:
+    def cursor_steps(self, batch: Batch, emit: Callable[[CursorEntry], None]) -> Steps[None]:
         """`batch_steps`, its results as the cursor's entries handed to `emit` as they come
         (rows one by one, never all at once). A step that fails after its step_begin ends with
         a step_error instead of a step_end, as the protocol allows."""
+        yield from self._steps(batch, emit)
+
+    def _steps(self, batch: Batch, emit: Callable[[CursorEntry], None] | None) -> Steps[list[Outcome | None]]:
         outcomes: list[Outcome | None] = []
         for index, step in enumerate(batch.steps):
             if index:
@@ -187,17 +190,22 @@ class StreamExecutor:
             if step.condition is not None and not self._holds(step.condition, outcomes):
                 outcomes.append(None)
                 continue
+            sink = None if emit is None else _CursorSink(emit, index, step.stmt.want_rows)
             try:
                 if self.budget is not None:
                     self.budget.check_time()
-                outcome = self.execute(step.stmt, _CursorSink(emit, index, step.stmt.want_rows))
+                outcome = self.execute(step.stmt, sink)
             except SqlfleetError as exc:
-                outcome = Outcome(error=hrana_error(exc))
-                emit({"type": "step_error", "step": index, "error": outcome.error})
+                error = Error.of(exc)
+                outcome = Outcome(error=error)
+                if emit is not None:
+                    emit(StepError(index, error))
             else:
-                assert outcome.result is not None
-                emit(protocol.step_end(outcome.result))
+                if emit is not None:
+                    assert outcome.result is not None
+                    emit(protocol.step_end(outcome.result))
             outcomes.append(outcome)
+        return outcomes
 
     def sequence(self, sql: str) -> None:
         drain(self.sequence_steps(sql))
@@ -209,7 +217,7 @@ class StreamExecutor:
                 yield
             self._run(piece, (), want_rows=False)
 
-    def describe(self, sql: str) -> dict[str, Any]:
+    def describe(self, sql: str) -> DescribeResult:
         """Parse one statement without running it (the sandbox still judges it)."""
         count = len(split_statements(sql))
         if count != 1:
@@ -228,12 +236,12 @@ class StreamExecutor:
         finally:
             sandbox.end_statement()
         names = info.bindings_names or ()
-        return {
-            "params": [{"name": name} for name in _param_names(sql, names)],
-            "cols": [{"name": name, "decltype": decltype} for name, decltype in info.description or ()],
-            "is_explain": bool(info.is_explain),
-            "is_readonly": bool(info.is_readonly),
-        }
+        return DescribeResult(
+            params=_param_names(sql, names),
+            cols=[Col(name, decltype) for name, decltype in info.description or ()],
+            is_explain=bool(info.is_explain),
+            is_readonly=bool(info.is_readonly),
+        )
 
     def store_sql(self, sql_id: int, sql: str) -> None:
         sqls = self.stream.sqls
@@ -309,16 +317,15 @@ class StreamExecutor:
 class _CursorSink:
     """A cursor step's columns and rows, as entries, to `emit` (rows only if wanted)."""
 
-    def __init__(self, emit: Callable[[dict[str, Any]], None], step: int, want_rows: bool) -> None:
+    def __init__(self, emit: Callable[[CursorEntry], None], step: int, want_rows: bool) -> None:
         self.emit, self.step, self.want_rows = emit, step, want_rows
 
     def columns(self, names: list[str], decltypes: list[str | None]) -> None:
-        cols = [{"name": n, "decltype": d} for n, d in zip(names, decltypes, strict=True)]
-        self.emit({"type": "step_begin", "step": self.step, "cols": cols})
+        self.emit(StepBegin(self.step, [Col(n, d) for n, d in zip(names, decltypes, strict=True)]))
 
     def row(self, values: tuple[Value, ...]) -> None:
         if self.want_rows:
-            self.emit({"type": "row", "row": [encode_value(v) for v in values]})
+            self.emit(RowEntry(values))
 
 
 def _params(stmt: Stmt) -> Params:

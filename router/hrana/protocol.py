@@ -1,21 +1,52 @@
-"""The protocol's structures (HRANA_3_SPEC.md, JSON encoding): parsing requests into typed
-values, and rendering results.
+"""Hrana's messages as typed values (HRANA_3_SPEC.md): one model, two encodings.
 
-Parsing is strict about what it needs and, as the spec asks, ignores fields it does not know.
-Every malformation raises ProtocolError with a path to the bad part (`requests[2].stmt.args[0]`).
+router.hrana.codec_json and router.hrana.codec_protobuf decode requests into these values and
+encode these results; router.hrana.executor alone decides what a request means. The checks that
+do not depend on the encoding live here (32-bit ids, `sql` xor `sql_id`, conditions that look
+only at earlier steps, nesting depth, the number of steps), so both encodings fail alike, with a
+ProtocolError whose message names the bad part (`requests[2].stmt.args[0]`).
+
+Requests: over HTTP a pipeline carries `Request`s; over WebSocket a `ClientMsg` is a `Hello` or
+a `WsRequest`, whose stream work is the same `Request`. Results: a `Response` or an `Error` per
+request; `CursorEntry`s for cursors; `ServerMsg`s over WebSocket.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-from router.hrana.errors import ProtocolError
-from router.hrana.values import decode_value, encode_value
+from router.hrana.errors import ProtocolError, hrana_code
+from tenants.errors import SqlfleetError
 from tenants.execute import QueryResult, Value
+from tenants.sqllex import is_trivia, tokens
 
-_INT32 = (-(1 << 31), (1 << 31) - 1)
+INT32 = (-(1 << 31), (1 << 31) - 1)
+UINT32_MAX = (1 << 32) - 1
 MAX_COND_DEPTH = 64
+# `max_batch_statements` counts a batch's statements, not the steps the official clients wrap
+# them in: `batch()` adds BEGIN / COMMIT / ROLLBACK steps, `migrate()` also a
+# `PRAGMA foreign_keys=off` before and `=on` after. So a batch may hold that many of those
+# wrapper steps besides its N statements, and never more than N + WRAPPER_STEPS steps in all.
+WRAPPER_STEPS = 5
+_TX_WORDS = {"BEGIN", "COMMIT", "END", "ROLLBACK"}
+_BEGIN_MODES = {"DEFERRED", "IMMEDIATE", "EXCLUSIVE", "READONLY"}
+
+
+class InvalidMessage(ProtocolError):
+    """Bytes that are not a message of the encoding at all (not JSON / not protobuf, or not
+    the message type expected): over WebSocket a close with 1007, not a response_error."""
+
+
+class InvalidRequest(ProtocolError):
+    """A WebSocket request message whose envelope decoded but whose request did not: the
+    reply can be a response_error for `request_id`."""
+
+    def __init__(self, message: str, request_id: int) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+# -- requests ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -29,7 +60,8 @@ class Stmt:
 
 @dataclass(frozen=True)
 class Cond:
-    """A batch condition: `ok`/`error` look at `step`, `not`/`and`/`or` combine `conds`."""
+    """A batch condition: `ok`/`error` look at `step`, `not`/`and`/`or` combine `conds`,
+    `is_autocommit` asks the connection."""
 
     kind: str
     step: int = 0
@@ -49,9 +81,9 @@ class Batch:
 
 @dataclass(frozen=True)
 class Request:
-    """One stream request. `kind` is the protocol's `type`; the other fields are set for the
-    kinds that carry them (execute: stmt; batch: batch; sequence/describe: sql or sql_id;
-    store_sql: sql_id and sql; close_sql: sql_id)."""
+    """One stream request. `kind` is the protocol's `type` (REQUEST_KINDS); the other fields are
+    set for the kinds that carry them (execute: stmt; batch: batch; sequence/describe: sql or
+    sql_id; store_sql: sql_id and sql; close_sql: sql_id)."""
 
     kind: str
     stmt: Stmt | None = None
@@ -60,177 +92,300 @@ class Request:
     sql_id: int | None = None
 
 
-@dataclass
-class Outcome:
-    """What one statement produced: a result or an error (as a Hrana Error), and its timing."""
-
-    result: QueryResult | None = None
-    error: dict[str, Any] | None = None
-    want_rows: bool = True
-    duration_ms: float = 0.0
-
-
 REQUEST_KINDS = frozenset(
     {"close", "execute", "batch", "sequence", "describe", "store_sql", "close_sql", "get_autocommit"}
 )
 
 
-def parse_request(raw: Any, where: str, max_steps: int) -> Request:
-    obj = _object(raw, where)
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError(f"{where}.type must be a string")
-    if kind not in REQUEST_KINDS:
-        raise ProtocolError(f"{where}: unknown request type {kind!r}")
-    if kind == "execute":
-        return Request(kind, stmt=parse_stmt(obj.get("stmt"), f"{where}.stmt"))
-    if kind == "batch":
-        return Request(kind, batch=parse_batch(obj.get("batch"), f"{where}.batch", max_steps))
-    if kind in ("sequence", "describe"):
-        sql, sql_id = _sql_or_id(obj, where)
-        return Request(kind, sql=sql, sql_id=sql_id)
-    if kind == "store_sql":
-        sql = obj.get("sql")
-        if not isinstance(sql, str):
-            raise ProtocolError(f"{where}.sql must be a string")
-        return Request(kind, sql=sql, sql_id=_int32(obj.get("sql_id"), f"{where}.sql_id"))
-    if kind == "close_sql":
-        return Request(kind, sql_id=_int32(obj.get("sql_id"), f"{where}.sql_id"))
-    return Request(kind)
+@dataclass(frozen=True)
+class PipelineRequest:
+    """The body of `POST v2|v3|v3-protobuf/pipeline`. A request that did not decode is the
+    ProtocolError in its slot: it is answered there, the others still run."""
+
+    baton: str | None
+    requests: list[Request | ProtocolError]
 
 
-def parse_stmt(raw: Any, where: str) -> Stmt:
-    obj = _object(raw, where)
-    sql, sql_id = _sql_or_id(obj, where)
-    args_raw = _array(obj.get("args"), where, "args")
-    args = [decode_value(v, f"{where}.args[{i}]") for i, v in enumerate(args_raw)]
-    named: dict[str, Value] = {}
-    for i, arg in enumerate(_array(obj.get("named_args"), where, "named_args")):
-        arg_obj = _object(arg, f"{where}.named_args[{i}]")
-        name = arg_obj.get("name")
-        if not isinstance(name, str) or not name:
-            raise ProtocolError(f"{where}.named_args[{i}].name must be a non-empty string")
-        named[name] = decode_value(arg_obj.get("value"), f"{where}.named_args[{i}].value")
-    want_rows = obj.get("want_rows", True)
-    if want_rows is None:
-        want_rows = True
-    if not isinstance(want_rows, bool):
-        raise ProtocolError(f"{where}.want_rows must be a boolean")
-    return Stmt(sql, sql_id, args, named, want_rows)
+@dataclass(frozen=True)
+class CursorRequest:
+    """The body of `POST v3|v3-protobuf/cursor`."""
+
+    baton: str | None
+    batch: Batch
 
 
-def parse_batch(raw: Any, where: str, max_steps: int) -> Batch:
-    steps_raw = _object(raw, where).get("steps")
-    if not isinstance(steps_raw, list):
-        raise ProtocolError(f"{where}.steps must be an array")
-    if len(steps_raw) > max_steps:
-        raise ProtocolError(f"{where}: at most {max_steps} steps per batch")
-    steps = []
-    for index, step_raw in enumerate(steps_raw):
-        here = f"{where}.steps[{index}]"
-        step = _object(step_raw, here)
-        cond_raw = step.get("condition")
-        cond = None if cond_raw is None else parse_cond(cond_raw, f"{here}.condition", index)
-        steps.append(Step(parse_stmt(step.get("stmt"), f"{here}.stmt"), cond))
-    return Batch(steps)
+@dataclass(frozen=True)
+class Hello:
+    """A WebSocket `hello` (also a re-sent one): the JWT, if any."""
+
+    jwt: str | None
 
 
-def parse_cond(raw: Any, where: str, index: int, depth: int = 0) -> Cond:
-    """A condition of step `index`: it may only look at earlier steps."""
-    if depth > MAX_COND_DEPTH:
-        raise ProtocolError(f"{where}: conditions nested deeper than {MAX_COND_DEPTH}")
-    obj = _object(raw, where)
-    kind = obj.get("type")
-    if kind in ("ok", "error"):
-        step = obj.get("step")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < index:
-            raise ProtocolError(f"{where}.step must be the index of an earlier step (0..{index - 1})")
-        return Cond(kind, step=step)
-    if kind == "not":
-        return Cond(kind, conds=(parse_cond(obj.get("cond"), f"{where}.cond", index, depth + 1),))
-    if kind in ("and", "or"):
-        conds = _array(obj.get("conds"), where, "conds", required=True)
-        parsed = (parse_cond(c, f"{where}.conds[{i}]", index, depth + 1) for i, c in enumerate(conds))
-        return Cond(kind, conds=tuple(parsed))
-    if kind == "is_autocommit":
-        return Cond(kind)
-    raise ProtocolError(f"{where}: unknown condition type {kind!r}")
+WS_REQUEST_KINDS = frozenset(
+    {
+        "open_stream",
+        "close_stream",
+        "execute",
+        "batch",
+        "open_cursor",
+        "close_cursor",
+        "fetch_cursor",
+        "sequence",
+        "describe",
+        "store_sql",
+        "close_sql",
+        "get_autocommit",
+    }
+)
 
 
-def _sql_or_id(obj: dict[str, Any], where: str) -> tuple[str | None, int | None]:
-    sql, sql_id = obj.get("sql"), obj.get("sql_id")
-    if sql is not None and not isinstance(sql, str):
-        raise ProtocolError(f"{where}.sql must be a string")
+@dataclass(frozen=True)
+class WsRequest:
+    """A WebSocket `request` message. `kind` is one of WS_REQUEST_KINDS; per kind:
+    - `stream_id`: open_stream, close_stream, execute, batch, open_cursor, sequence, describe,
+      get_autocommit;
+    - `request`: the stream's work, the very Request an HTTP pipeline carries, of the same kind
+      (execute, batch, sequence, describe, get_autocommit), or the socket's stored SQL
+      (store_sql: sql_id and sql; close_sql: sql_id);
+    - `cursor_id`: open_cursor, close_cursor, fetch_cursor; `batch`: open_cursor;
+      `max_count`: fetch_cursor (0..2**32-1)."""
+
+    request_id: int
+    kind: str
+    stream_id: int = 0
+    request: Request | None = None
+    cursor_id: int = 0
+    batch: Batch | None = None
+    max_count: int = 0
+
+
+ClientMsg = Hello | WsRequest
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Error:
+    """The protocol's Error."""
+
+    message: str
+    code: str | None = None
+
+    @classmethod
+    def of(cls, exc: SqlfleetError) -> Error:
+        return cls(exc.message, hrana_code(exc))
+
+
+@dataclass
+class Outcome:
+    """What one statement produced: a result or an error, and its timing. A StmtResult when
+    it has a result."""
+
+    result: QueryResult | None = None
+    error: Error | None = None
+    want_rows: bool = True
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str | None
+    decltype: str | None
+
+
+@dataclass(frozen=True)
+class DescribeResult:
+    params: list[str | None]  # each parameter's name with its prefix (`:a`, `?1`), None if `?`
+    cols: list[Col]
+    is_explain: bool
+    is_readonly: bool
+
+
+@dataclass(frozen=True)
+class StepBegin:
+    step: int
+    cols: list[Col]
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    affected_row_count: int
+    last_insert_rowid: int | None
+
+
+@dataclass(frozen=True)
+class StepError:
+    step: int
+    error: Error
+
+
+@dataclass(frozen=True)
+class RowEntry:
+    values: tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class ErrorEntry:
+    """The whole cursor failed after its header was sent: the last entry."""
+
+    error: Error
+
+
+CursorEntry = StepBegin | StepEnd | StepError | RowEntry | ErrorEntry
+
+
+@dataclass(frozen=True)
+class Response:
+    """A request's response. `kind` is the request's kind (an HTTP Request's or a WsRequest's);
+    per kind: `result` (execute), `batch` (batch: one Outcome per step, None where skipped),
+    `describe` (describe), `is_autocommit` (get_autocommit), `entries` and `done` (fetch_cursor).
+    The other kinds carry nothing."""
+
+    kind: str
+    result: Outcome | None = None
+    batch: list[Outcome | None] | None = None
+    describe: DescribeResult | None = None
+    is_autocommit: bool = False
+    entries: list[CursorEntry] = field(default_factory=list)
+    done: bool = False
+
+
+StreamResult = Response | Error
+
+
+@dataclass(frozen=True)
+class PipelineResponse:
+    baton: str | None
+    base_url: str | None
+    results: list[StreamResult]
+
+
+@dataclass(frozen=True)
+class CursorHeader:
+    """The first item of a cursor's body."""
+
+    baton: str | None
+    base_url: str | None
+
+
+@dataclass(frozen=True)
+class HelloOk:
+    pass
+
+
+@dataclass(frozen=True)
+class HelloError:
+    error: Error
+
+
+@dataclass(frozen=True)
+class ResponseOk:
+    request_id: int
+    response: Response
+
+
+@dataclass(frozen=True)
+class ResponseError:
+    request_id: int
+    error: Error
+
+
+ServerMsg = HelloOk | HelloError | ResponseOk | ResponseError
+
+
+def cols_of(result: QueryResult) -> list[Col]:
+    return [Col(n, d) for n, d in zip(result.columns, result.decltypes, strict=True)]
+
+
+def step_end(result: QueryResult) -> StepEnd:
+    """The cursor entry that ends a step that ran."""
+    return StepEnd(result.rows_affected, result.last_insert_rowid)
+
+
+# -- checks both encodings make ------------------------------------------------------------------
+
+
+def int32(value: int, where: str) -> int:
+    if not INT32[0] <= value <= INT32[1]:
+        raise ProtocolError(f"{where} must be a 32-bit integer")
+    return value
+
+
+def sql_or_id(sql: str | None, sql_id: int | None, where: str) -> tuple[str | None, int | None]:
     if sql_id is not None:
-        sql_id = _int32(sql_id, f"{where}.sql_id")
+        int32(sql_id, f"{where}.sql_id")
     if (sql is None) == (sql_id is None):
         raise ProtocolError(f"{where}: exactly one of 'sql' and 'sql_id' is required")
     return sql, sql_id
 
 
-def _object(raw: Any, where: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ProtocolError(f"{where} must be an object")
-    return raw
+def arg_name(name: str, where: str) -> str:
+    if not name:
+        raise ProtocolError(f"{where}.name must be a non-empty string")
+    return name
 
 
-def _array(raw: Any, where: str, name: str, required: bool = False) -> list[Any]:
-    if raw is None and not required:
-        return []
-    if not isinstance(raw, list):
-        raise ProtocolError(f"{where}.{name} must be an array")
-    return raw
+def step_count(count: int, max_statements: int, where: str) -> None:
+    """A batch of `count` steps may hold `max_statements` statements (checked before decoding
+    the steps; `statement_count` checks them once decoded)."""
+    if count > max_statements + WRAPPER_STEPS:
+        _too_many_statements(max_statements, where)
 
 
-def _int32(raw: Any, where: str) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not _INT32[0] <= raw <= _INT32[1]:
-        raise ProtocolError(f"{where} must be a 32-bit integer")
-    return raw
+def statement_count(steps: list[Step], max_statements: int, where: str) -> None:
+    """At most `max_statements` of `steps` are statements other than wrapper steps (see
+    WRAPPER_STEPS). A step given by `sql_id` counts as a statement."""
+    wrappers = sum(1 for s in steps if s.stmt.sql is not None and is_wrapper_step(s.stmt.sql))
+    if len(steps) - wrappers > max_statements:
+        _too_many_statements(max_statements, where)
 
 
-# -- rendering ---------------------------------------------------------------------------------
+def _too_many_statements(max_statements: int, where: str) -> None:
+    raise ProtocolError(
+        f"{where}: at most {max_statements} statements per batch (besides up to {WRAPPER_STEPS} "
+        "BEGIN/COMMIT/ROLLBACK and PRAGMA foreign_keys steps)"
+    )
 
 
-def cols(result: QueryResult) -> list[dict[str, Any]]:
-    return [{"name": n, "decltype": d} for n, d in zip(result.columns, result.decltypes, strict=True)]
+def is_wrapper_step(sql: str) -> bool:
+    """Whether `sql` is alone (but for trivia and one `;`) one of what the clients wrap a
+    batch in: BEGIN [mode] [TRANSACTION], COMMIT/END/ROLLBACK [TRANSACTION], or
+    PRAGMA foreign_keys = value. Reads at most five tokens."""
+    words: list[str] = []
+    end = 0
+    for token in tokens(sql):
+        if token.kind == "semi":
+            end = token.end
+            break
+        if len(words) == 4:
+            return False
+        words.append(token.upper or token.canonical)
+        end = token.end
+    if not words or not is_trivia(sql[end:]):
+        return False
+    first, rest = words[0], words[1:]
+    if first == "BEGIN":
+        if rest and rest[0] in _BEGIN_MODES:
+            rest = rest[1:]
+        return rest in ([], ["TRANSACTION"]) or words in (["BEGIN", "TRANSACTION", "READONLY"],)
+    if first in _TX_WORDS:
+        return rest in ([], ["TRANSACTION"])
+    return first == "PRAGMA" and len(rest) == 3 and rest[0].lower() == "foreign_keys" and rest[1] == "="
 
 
-def stmt_result(outcome: Outcome) -> dict[str, Any]:
-    """The protocol's StmtResult. `rows_read` counts the rows returned (SQLite exposes no
-    per-statement count of rows scanned); `rows_written` the rows changed."""
-    result = outcome.result
-    assert result is not None
-    rows = [[encode_value(v) for v in row] for row in result.rows] if outcome.want_rows else []
-    return {
-        "cols": cols(result),
-        "rows": rows,
-        "affected_row_count": result.rows_affected,
-        "last_insert_rowid": _rowid(result),
-        "replication_index": None,
-        "rows_read": len(result.rows),
-        "rows_written": result.rows_affected,
-        "query_duration_ms": round(outcome.duration_ms, 3),
-    }
+def request_count(count: int, max_statements: int) -> None:
+    if count > max_statements:
+        raise ProtocolError(f"at most {max_statements} requests per pipeline")
 
 
-def batch_result(outcomes: list[Outcome | None]) -> dict[str, Any]:
-    return {
-        "step_results": [
-            stmt_result(o) if o is not None and o.result is not None else None for o in outcomes
-        ],
-        "step_errors": [o.error if o is not None else None for o in outcomes],
-        "replication_index": None,
-    }
+def cond_step(step: int, index: int, where: str) -> int:
+    """`step` as what a condition of step `index` may look at: an earlier step."""
+    if not 0 <= step < index:
+        raise ProtocolError(f"{where}.step must be the index of an earlier step (0..{index - 1})")
+    return step
 
 
-def step_end(result: QueryResult) -> dict[str, Any]:
-    """The cursor entry that ends a step that ran."""
-    return {
-        "type": "step_end",
-        "affected_row_count": result.rows_affected,
-        "last_insert_rowid": _rowid(result),
-    }
-
-
-def _rowid(result: QueryResult) -> str | None:
-    return None if result.last_insert_rowid is None else str(result.last_insert_rowid)
+def cond_depth(depth: int, where: str) -> None:
+    if depth > MAX_COND_DEPTH:
+        raise ProtocolError(f"{where}: conditions nested deeper than {MAX_COND_DEPTH}")

@@ -5,14 +5,19 @@ the root, where the tenant comes from the Host header (`{tenant}.BASE_DOMAIN`, w
 is on) or else from the tenant token's `sub`. Endpoints (HTTP_V2_SPEC.md, HRANA_3_SPEC.md and,
 for the legacy clients, HTTP_V1_SPEC.md):
 
-    GET  v2, v3              version checks (2xx; no auth, as the clients probe without it)
+    GET  v2, v3, v3-protobuf  version checks (2xx; no auth, as the clients probe without it)
     POST v2/pipeline, v3/pipeline   {"baton", "requests"} -> {"baton", "base_url", "results"}
     POST v3/cursor           {"baton", "batch"} -> JSON lines: {"baton", "base_url"}, entries...
+    POST v3-protobuf/pipeline, v3-protobuf/cursor   the same in protobuf (the cursor's items
+                             varint length-delimited)
     POST v1/execute, v1/batch      one statement / one batch on a fresh stream
 
-`v3-protobuf` is not served: its version check answers 404, so clients fall back to JSON.
+Both encodings decode into router.hrana.protocol's values and encode its results (the codecs
+router.hrana.codec_json and codec_protobuf); the executor alone gives them meaning.
 Errors are the protocol's `{"message", "code"}`: per request inside `results`, or as the body of
-a 4xx/5xx when the whole HTTP request fails (which ends the stream, as the spec says).
+a 4xx/5xx when the whole HTTP request fails (which ends the stream, as the spec says). That body
+is JSON on the protobuf endpoints too: the spec lets the server pick the error's encoding, and
+the clients read a message only from a JSON (or text) error body.
 
 Each HTTP request is one job of its tenant (router.scheduler) with one Budget (tenants.budget)
 for all its requests and steps: past its time, what would still run SQL gets an error result
@@ -22,37 +27,52 @@ RESPONSE_TOO_LARGE. The cursor's entries are streamed as they come (router.hrana
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import anyio
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from router.auth import require_tenant
-from router.codec import BudgetedResponse, read_json
+from router.codec import BudgetedResponse, read_body
 from router.context import ctx
+from router.hrana import codec_json, codec_protobuf
 from router.hrana.cursor import CursorOutput, CursorResponse
-from router.hrana.errors import ProtocolError, RequestTooLarge, TenantRequired, hrana_error
+from router.hrana.errors import RequestTooLarge, TenantRequired
 from router.hrana.executor import HRANA, Steps, StreamExecutor
+from router.hrana.jobs import run_on_stream
 from router.hrana.protocol import (
-    batch_result,
-    parse_batch,
-    parse_request,
-    parse_stmt,
-    stmt_result,
+    CursorEntry,
+    CursorHeader,
+    CursorRequest,
+    Error,
+    Outcome,
+    PipelineRequest,
+    PipelineResponse,
 )
 from router.hrana.streams import Stream, Streams
-from router.hrana.values import dumps_infinity_safe
 from tenants.budget import Budget
 from tenants.errors import SqlfleetError, TooLarge, Unauthorized
 from tenants.ids import validate_tenant_id
 
 T = TypeVar("T")
+B = TypeVar("B", PipelineRequest, CursorRequest)
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class HttpCodec(Protocol):
+    """What the HTTP endpoints need of an encoding (codec_json and codec_protobuf are ones)."""
+
+    MEDIA_TYPE: str
+    CURSOR_MEDIA_TYPE: str
+
+    def decode_pipeline_request(self, body: bytes, max_statements: int) -> PipelineRequest: ...
+    def encode_pipeline_response(self, response: PipelineResponse) -> bytes: ...
+    def decode_cursor_request(self, body: bytes, max_statements: int) -> CursorRequest: ...
+    def encode_cursor_header(self, header: CursorHeader) -> bytes: ...
+    def encode_cursor_entry(self, entry: CursorEntry) -> bytes: ...
 
 
 def streams_of(request: Request) -> Streams:
@@ -60,16 +80,7 @@ def streams_of(request: Request) -> Streams:
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_dumps(body), status, headers, media_type="application/json")
-
-
-def _dumps(body: Any) -> str:
-    try:
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate quoted back in a message: escape everything
-        text = json.dumps(body, separators=(",", ":"))
-    return dumps_infinity_safe(text)
+    return Response(codec_json.dumps(body), status, headers, media_type=codec_json.MEDIA_TYPE)
 
 
 def hrana_endpoint(handler: Endpoint) -> Endpoint:
@@ -102,7 +113,7 @@ def resolve_tenant(request: Request) -> tuple[str, bool]:
     return tenant, require_tenant(principal, tenant)
 
 
-def host_tenant(request: Request, base_domain: str | None) -> str | None:
+def host_tenant(request: HTTPConnection, base_domain: str | None) -> str | None:
     """The `{tenant}` of a Host `{tenant}.BASE_DOMAIN[:port]`, or None."""
     if not base_domain:
         return None
@@ -123,50 +134,24 @@ async def _run(
     work: Callable[[StreamExecutor], Steps[T]],
     budget: Budget,
 ) -> T:
-    """`work` on the stream's attached handle as one job of its tenant (router.scheduler),
-    then give the stream back; any failure closes the stream (rolled back, handle let go).
-    Returns what `work` returns."""
-    c, streams = ctx(request), streams_of(request)
-    ran = False
-
-    def job() -> Steps[T]:
-        nonlocal ran
-        ran = True
-        try:
-            frozen = streams.attach(stream, readonly)
-            return (yield from work(StreamExecutor(stream, c.fleet.config, readonly, frozen, budget)))
-        except BaseException:
-            stream.closed = True
-            raise
-        finally:
-            streams.detach(stream)
-
-    try:
-        # A stream inside a transaction holds the tenant's lock: it must not queue behind
-        # requests waiting for that very lock. Others queue per tenant like the REST API.
-        return await c.scheduler.run(stream.tenant, job(), queue=not stream.locked)
-    except BaseException:
-        if not ran:  # refused before it started (queue full, cancelled): end the stream too
-            stream.closed = True
-            with anyio.CancelScope(shield=True):
-                await c.blocking(streams.detach, stream)
-        raise
-    finally:
-        stream.next_baton = streams.give_back(stream)
+    """`work` on the stream as one job of its tenant (router.hrana.jobs); any failure closes
+    the stream (rolled back, handle let go). Returns what `work` returns."""
+    return await run_on_stream(ctx(request), stream, readonly, work, budget)
 
 
-def _stream_for(request: Request, tenant: str, baton: Any) -> Stream:
+async def _stream_request(request: Request, decode: Callable[[bytes, int], B]) -> tuple[B, Stream, bool]:
+    """The request's body decoded, the stream its baton names (a new one when it has none),
+    and whether the tenant is read-only to this caller."""
+    tenant, readonly = resolve_tenant(request)
+    body = decode(await _body(request), ctx(request).config.max_batch_statements)
     streams = streams_of(request)
-    if baton is None:
-        return streams.open(tenant)
-    if not isinstance(baton, str):
-        raise ProtocolError("baton must be a string or null")
-    return streams.take(tenant, baton)
+    stream = streams.open(tenant) if body.baton is None else streams.take(tenant, body.baton)
+    return body, stream, readonly
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def _body(request: Request) -> bytes:
     try:
-        return await read_json(request, ctx(request).config.max_body_bytes)
+        return await read_body(request, ctx(request).config.max_body_bytes)
     except TooLarge as exc:
         raise RequestTooLarge(exc.message) from None
 
@@ -178,63 +163,56 @@ async def version(request: Request) -> Response:
     return PlainTextResponse("Hello, this is HTTP API v2 (Hrana over HTTP)")
 
 
-@hrana_endpoint
-async def pipeline(request: Request) -> Response:
-    tenant, readonly = resolve_tenant(request)
-    c = ctx(request)
-    body = await _body(request)
-    raw = body.get("requests")
-    if not isinstance(raw, list):
-        raise ProtocolError("requests must be an array")
-    if len(raw) > c.config.max_batch_statements:
-        raise ProtocolError(f"at most {c.config.max_batch_statements} requests per pipeline")
-    requests: list[Any] = []
-    for index, item in enumerate(raw):
+def _pipeline(codec: HttpCodec) -> Endpoint:
+    @hrana_endpoint
+    async def pipeline(request: Request) -> Response:
+        body, stream, readonly = await _stream_request(request, codec.decode_pipeline_request)
+        budget = ctx(request).budget(HRANA)
         try:
-            requests.append(parse_request(item, f"requests[{index}]", c.config.max_batch_statements))
-        except ProtocolError as exc:  # answered in its slot; the other requests still run
-            requests.append(exc)
-    stream = _stream_for(request, tenant, body.get("baton"))
-    budget = c.budget(HRANA)
-    try:
-        results = await _run(request, stream, readonly, lambda s: s.results(requests), budget)
-        out = _dumps({"baton": stream.next_baton, "base_url": None, "results": results})
-    except BaseException:
-        budget.release()
-        raise
-    return BudgetedResponse(out, budget)
+            results = await _run(request, stream, readonly, lambda s: s.results(body.requests), budget)
+            out = codec.encode_pipeline_response(PipelineResponse(stream.next_baton, None, results))
+        except BaseException:
+            budget.release()
+            raise
+        return BudgetedResponse(out, budget, media_type=codec.MEDIA_TYPE)
+
+    return pipeline
 
 
-@hrana_endpoint
-async def cursor(request: Request) -> Response:
-    tenant, readonly = resolve_tenant(request)
-    c = ctx(request)
-    body = await _body(request)
-    batch = parse_batch(body.get("batch"), "batch", c.config.max_batch_statements)
-    stream = _stream_for(request, tenant, body.get("baton"))
-    budget = c.budget(HRANA)
-    streams = streams_of(request)
+def _cursor(codec: HttpCodec) -> Endpoint:
+    def encode(item: CursorHeader | CursorEntry) -> bytes:
+        if isinstance(item, CursorHeader):
+            return codec.encode_cursor_header(item)
+        return codec.encode_cursor_entry(item)
 
-    def steps(executor: StreamExecutor, output: CursorOutput) -> Steps[None]:
-        # attached: nothing can refuse the request as a whole any more, so the header goes
-        # first (its baton is the stream's next one, as give_back will say)
-        output.emit({"baton": streams.baton(stream), "base_url": None})
-        yield from executor.cursor_steps(batch, output.emit)
+    @hrana_endpoint
+    async def cursor(request: Request) -> Response:
+        body, stream, readonly = await _stream_request(request, codec.decode_cursor_request)
+        budget = ctx(request).budget(HRANA)
+        streams = streams_of(request)
 
-    async def produce(output: CursorOutput) -> None:
-        await _run(request, stream, readonly, lambda s: steps(s, output), budget)
+        def steps(executor: StreamExecutor, output: CursorOutput) -> Steps[None]:
+            # attached: nothing can refuse the request as a whole any more, so the header goes
+            # first (its baton is the stream's next one, as give_back will say)
+            output.emit(CursorHeader(streams.baton(stream), None))
+            yield from executor.cursor_steps(body.batch, output.emit)
 
-    return CursorResponse(produce, _dumps, budget, _error_response)
+        async def produce(output: CursorOutput) -> None:
+            await _run(request, stream, readonly, lambda s: steps(s, output), budget)
+
+        return CursorResponse(produce, encode, budget, _error_response, codec.CURSOR_MEDIA_TYPE)
+
+    return cursor
 
 
 @hrana_endpoint
 async def v1_execute(request: Request) -> Response:
     tenant, readonly = resolve_tenant(request)
-    stmt = parse_stmt((await _body(request)).get("stmt"), "stmt")
+    stmt = codec_json.decode_v1_execute(await _body(request))
 
-    def work(executor: StreamExecutor) -> Steps[dict[str, Any]]:
+    def work(executor: StreamExecutor) -> Steps[bytes]:
         executor.stream.closed = True  # a fresh stream per request (HTTP v1)
-        return {"result": stmt_result(executor.execute(stmt))}
+        return codec_json.encode_v1_execute(executor.execute(stmt))
         yield  # unreachable: one statement, no steps
 
     return await _v1(request, tenant, readonly, work)
@@ -244,22 +222,22 @@ async def v1_execute(request: Request) -> Response:
 async def v1_batch(request: Request) -> Response:
     tenant, readonly = resolve_tenant(request)
     c = ctx(request)
-    batch = parse_batch((await _body(request)).get("batch"), "batch", c.config.max_batch_statements)
+    batch = codec_json.decode_v1_batch(await _body(request), c.config.max_batch_statements)
 
-    def work(executor: StreamExecutor) -> Steps[dict[str, Any]]:
+    def work(executor: StreamExecutor) -> Steps[bytes]:
         executor.stream.closed = True
-        return {"result": batch_result((yield from executor.batch_steps(batch)))}
+        outcomes: list[Outcome | None] = yield from executor.batch_steps(batch)
+        return codec_json.encode_v1_batch(outcomes)
 
     return await _v1(request, tenant, readonly, work)
 
 
 async def _v1(
-    request: Request, tenant: str, readonly: bool, work: Callable[[StreamExecutor], Steps[dict[str, Any]]]
+    request: Request, tenant: str, readonly: bool, work: Callable[[StreamExecutor], Steps[bytes]]
 ) -> Response:
     budget = ctx(request).budget(HRANA)
     try:
-        result = await _run(request, streams_of(request).open(tenant), readonly, work, budget)
-        out = _dumps(result)
+        out = await _run(request, streams_of(request).open(tenant), readonly, work, budget)
     except BaseException:
         budget.release()
         raise
@@ -270,16 +248,26 @@ def _error_response(exc: SqlfleetError) -> Response:
     headers = {"Retry-After": "1"} if exc.status in (429, 503) else {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="sqlfleet"'
-    return json_response(hrana_error(exc), exc.status, headers)
+    body = codec_json.encode_error(Error.of(exc))
+    return Response(body, exc.status, headers, media_type=codec_json.MEDIA_TYPE)
+
+
+# typed as HttpCodec, so mypy checks that the modules fit
+_JSON: HttpCodec = codec_json
+_PROTOBUF: HttpCodec = codec_protobuf
 
 
 def _routes(prefix: str) -> list[Route]:
+    json_pipeline, json_cursor = _pipeline(_JSON), _cursor(_JSON)
     return [
         Route(f"{prefix}/v2", version, methods=["GET"]),
         Route(f"{prefix}/v3", version, methods=["GET"]),
-        Route(f"{prefix}/v2/pipeline", pipeline, methods=["POST"]),
-        Route(f"{prefix}/v3/pipeline", pipeline, methods=["POST"]),
-        Route(f"{prefix}/v3/cursor", cursor, methods=["POST"]),
+        Route(f"{prefix}/v3-protobuf", version, methods=["GET"]),
+        Route(f"{prefix}/v2/pipeline", json_pipeline, methods=["POST"]),
+        Route(f"{prefix}/v3/pipeline", json_pipeline, methods=["POST"]),
+        Route(f"{prefix}/v3/cursor", json_cursor, methods=["POST"]),
+        Route(f"{prefix}/v3-protobuf/pipeline", _pipeline(_PROTOBUF), methods=["POST"]),
+        Route(f"{prefix}/v3-protobuf/cursor", _cursor(_PROTOBUF), methods=["POST"]),
         Route(f"{prefix}/v1/execute", v1_execute, methods=["POST"]),
         Route(f"{prefix}/v1/batch", v1_batch, methods=["POST"]),
     ]

@@ -63,6 +63,9 @@ class Stream:
     readonly_tx: bool = False  # inside BEGIN READONLY: query_only is on
     next_baton: str | None = None  # what the request that has it answers with
     sqls: dict[int, str] = field(default_factory=dict)
+    # connection pragmas its SQL set (tenants.sandbox.SESSION_PRAGMAS), kept while it lets go
+    # of the handle between requests, so they never reach another request or stream
+    pragmas: dict[str, int] = field(default_factory=dict)
     preempted: str | None = None  # why server work ended it (set under the registry's lock)
     on_preempt: Callable[[str], None] | None = None  # what it sets as `handle.preempt`
 
@@ -77,8 +80,9 @@ class Streams:
         max_per_tenant: int,
         max_total: int,
         writable: Callable[[str], bool] = lambda tenant: True,
+        before_use: Callable[[Handle], None] = lambda handle: None,
     ) -> None:
-        self._pool, self._writable = pool, writable
+        self._pool, self._writable, self._before_use = pool, writable, before_use
         self.idle_timeout, self.max_per_tenant, self.max_total = idle_timeout, max_per_tenant, max_total
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
@@ -147,6 +151,16 @@ class Streams:
             stream.seq = (stream.seq + 1) & _MASK64
         return stream
 
+    def retake(self, stream: Stream) -> None:
+        """Take `stream` again for one request, without a baton: a WebSocket stream, which its
+        connection names (and uses for one request at a time). Raises StreamExpired if it
+        expired, was preempted or ended since."""
+        with self._lock:
+            if self._streams.get(stream.id) is not stream:
+                expired = self._expired.get(stream.id)
+                raise StreamExpired(expired[1] if expired is not None else "the stream has ended")
+            stream.busy = True
+
     def give_back(self, stream: Stream) -> str | None:
         """End a request on `stream` (after `detach`): its next baton, or None if it closed."""
         with self._lock:
@@ -204,6 +218,12 @@ class Streams:
             self._pool.acquire(stream.handle)
             stream.locked = True
             stream.handle.preempt = stream.on_preempt
+            try:
+                self._before_use(stream.handle)  # the fleet's per-request work (a schema catch-up)
+                stream.handle.apply_session(stream.pragmas)
+            except BaseException:
+                self._release(stream, stream.handle)
+                raise
         frozen = not readonly and not self._writable(stream.tenant)
         stream.handle.set_query_only(readonly or frozen or stream.readonly_tx)
         return frozen
@@ -220,6 +240,10 @@ class Streams:
             self._release(stream, handle)
 
     def _release(self, stream: Stream, handle: Handle) -> None:
+        try:
+            stream.pragmas = handle.reset_session()
+        except apsw.Error:
+            log.exception("resetting the connection pragmas of tenant %s failed", stream.tenant)
         stream.locked = False
         if handle.preempt is stream.on_preempt:
             handle.preempt = None

@@ -23,8 +23,12 @@ SCHEMAS: dict[str, Any] = {
             "created_at": TIME,
             "state": {"type": "string", "enum": [state.value for state in TenantState]},
             "group": {"type": "string", "nullable": True},
-            "size": {"type": "integer", "description": "bytes on disk, WAL included"},
+            "size": {"type": "integer", "description": "bytes on disk, WAL included, measured when asked"},
             "error": {"type": "string", "nullable": True},
+            "path": {
+                "type": "string",
+                "description": "the tenant's file on the server (tenant info only, for operators)",
+            },
         },
     },
     "TenantList": {

@@ -7,17 +7,19 @@ from typing import Any
 TENANT_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
 TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": TENANT_ID}
 SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
-ANYTHING = {"type": "object"}
 TIME = {"type": "string", "format": "date-time"}
+# Any JSON object: for a part of a body whose shape is another document's, never a whole body
+# (tests/router/test_openapi.py: no operation has an untyped object body)
+ANYTHING = {"type": "object", "additionalProperties": {}}
 TEXT = {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 STATUS_TEXT = {
     400: "Bad input or SQL error",
     401: "Missing, invalid or expired credential",
     403: "Not allowed for this credential",
-    404: "No such tenant or route",
+    404: "No such tenant, group, rollout or route (or no backup of that moment)",
     408: "The request body did not arrive within body_timeout (the connection is closed)",
-    409: "Already exists",
+    409: "Conflict: it already exists, or the server's state does not allow it now (see the code)",
     413: "Too large",
     500: "Backup broken (fails its integrity check), tampered, or sealed with a key not configured",
     502: "Replica (backup storage) error",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from router.openapi import admin, backups, groups, hrana, system, tenant
+from router.openapi import admin, backups, changes, groups, hrana, system, tenant, transfer
 from router.openapi.builders import STATUS_TEXT, json_body, ref
 
-TAGS = ("tenant", "admin", "system", "groups", "backups", "hrana")
+TAGS = ("tenant", "admin", "system", "groups", "backups", "hrana", "transfer")
 
 ERROR: dict[str, Any] = {
     "type": "object",
@@ -37,6 +37,8 @@ def openapi_document() -> dict[str, Any]:
         **system.SCHEMAS,
         **hrana.SCHEMAS,
         **backups.SCHEMAS,
+        **transfer.SCHEMAS,
+        **groups.SCHEMAS,
     }
     responses = {
         **{f"E{s}": json_body(ref("Error"), text) for s, text in STATUS_TEXT.items()},
@@ -49,6 +51,8 @@ def openapi_document() -> dict[str, Any]:
         **groups.paths(),
         **backups.paths(),
         **hrana.paths(),
+        **transfer.paths(),
+        **changes.paths(),
     }
     _body_timeouts(paths)
     return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.openapi.builders import ANYTHING, TEXT, json_body, operation, ref
+from router.openapi.builders import TEXT, json_body, operation, ref
 
 SCHEMAS: dict[str, Any] = {
     "Health": {
@@ -18,6 +18,42 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "ready": {"type": "boolean"},
             "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    },
+    "Pong": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean", "enum": [True]}}},
+    "OpenApiDocument": {
+        "type": "object",
+        "required": ["openapi", "info", "paths"],
+        "description": "an OpenAPI 3.0 document",
+        "properties": {
+            "openapi": {"type": "string"},
+            "info": {
+                "type": "object",
+                "properties": {"title": {"type": "string"}, "version": {"type": "string"}},
+            },
+            "paths": {
+                "type": "object",
+                "description": "path template -> method -> operation",
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["summary", "responses"],
+                        "properties": {
+                            "summary": {"type": "string"},
+                            "responses": {"description": "by status"},
+                        },
+                    },
+                },
+            },
+            "components": {
+                "type": "object",
+                "properties": {
+                    "schemas": {"description": "JSON schemas by name"},
+                    "responses": {"description": "shared responses by name"},
+                    "securitySchemes": {"description": "how to authenticate"},
+                },
+            },
         },
     },
 }
@@ -37,9 +73,9 @@ def paths() -> dict[str, Any]:
             }
         },
         "/metrics": {"get": open_op("Prometheus metrics (text exposition format)", TEXT)},
-        "/openapi.json": {"get": open_op("This document", json_body(ANYTHING))},
+        "/openapi.json": {"get": open_op("This document", json_body(ref("OpenApiDocument")))},
         "/v1/ping": {
-            "get": open_op("Bare JSON endpoint", json_body(ANYTHING)),
-            "post": open_op("Bare JSON endpoint", json_body(ANYTHING)),
+            "get": open_op("Bare JSON endpoint", json_body(ref("Pong"))),
+            "post": open_op("Bare JSON endpoint", json_body(ref("Pong"))),
         },
     }

@@ -4,6 +4,8 @@ continuity across evictions and a WAL changed behind its back."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
@@ -16,7 +18,7 @@ from backups import wal
 from tenants.execute import Statement
 from tenants.rfc3339 import format_time, parse_time
 from tests.support.app import ADMIN, InProcess, bearer, in_process
-from tests.support.backups import dump, query, restore, restore_ok
+from tests.support.backups import dump, make, query, restore, restore_ok, values, write
 from tests.support.waiting import wait_until
 
 FAST = {"backup_flush_interval": 0.1}
@@ -24,25 +26,6 @@ FAST = {"backup_flush_interval": 0.1}
 
 def local(tmp_path: Path, **more: Any) -> dict[str, Any]:
     return {**FAST, "replica_url": str(tmp_path / "replica"), **more}
-
-
-def values(app: InProcess, tenant: str, headers: dict[str, str] = ADMIN) -> list[Any]:
-    return [r[0] for r in query(app.client, tenant, "SELECT v FROM t ORDER BY rowid", None, headers)["rows"]]
-
-
-def write(app: InProcess, tenant: str, *vs: Any) -> float:
-    """Insert each value in its own commit; returns the moment right after the last."""
-    for v in vs:
-        query(app.client, tenant, "INSERT INTO t(v) VALUES (?)", [v])
-    moment = time.time()
-    time.sleep(0.002)
-    return moment
-
-
-def make(app: InProcess, tenant: str, *vs: Any) -> float:
-    app.create(tenant)
-    query(app.client, tenant, "CREATE TABLE t(v)")
-    return write(app, tenant, *vs)
 
 
 def listed(app: InProcess) -> list[dict[str, Any]]:
@@ -76,9 +59,9 @@ def test_backups_listing_and_verify(tmp_path: Path) -> None:
         assert verified.json()["ok"] is True and verified.json()["differing_pages"] == []
         assert verified.json()["pages"] > 3
 
-        error(app.client.get("/v1/admin/tenants/nobody/backups", headers=ADMIN), 404, "no_restore_point")
+        error(app.client.get("/v1/admin/tenants/nobody/backups", headers=ADMIN), 404, "tenant_not_found")
         error(
-            app.client.post("/v1/admin/tenants/nobody/backups/verify", headers=ADMIN), 404, "no_restore_point"
+            app.client.post("/v1/admin/tenants/nobody/backups/verify", headers=ADMIN), 404, "tenant_not_found"
         )
         error(app.client.get("/v1/admin/tenants/Bad!Id/backups", headers=ADMIN), 400, "invalid_tenant_id")
         token = app.token("acme")
@@ -111,10 +94,97 @@ def test_bad_restore_requests_are_400(app: InProcess, body: dict[str, Any]) -> N
 def test_restore_of_unknown_tenant_or_taken_name(app: InProcess) -> None:
     app.create("acme")
     app.create("taken")
-    error(restore(app.client, "nobody", "latest"), 404, "no_restore_point")
+    error(restore(app.client, "nobody", "latest"), 404, "tenant_not_found")
     error(restore(app.client, "acme", "latest", "taken"), 409, "tenant_exists")
     error(restore(app.client, "acme", "1999-01-01T00:00:00Z", "fork"), 404, "no_restore_point")
     assert app.client.get("/v1/admin/tenants/fork", headers=ADMIN).status_code == 404
+
+
+def _message(r: Any, status: int, code: str) -> str:
+    error(r, status, code)
+    message: str = r.json()["error"]["message"]
+    return message
+
+
+def test_restore_answers_name_the_moments_that_can_be_restored(tmp_path: Path) -> None:
+    with in_process(tmp_path / "data", **local(tmp_path)) as app:
+        make(app, "acme", 1, 2)
+        info = app.client.get("/v1/admin/tenants/acme/backups", headers=ADMIN).json()
+        # a moment in the future: refused, naming the latest state, not restored as if it were then
+        future = restore(app.client, "acme", time.time() + 3600, "fork")
+        said = _message(future, 400, "restore_time_in_future")
+        assert "is in the future" in said and info["latest"] in said and "'latest'" in said, said
+        assert app.client.get("/v1/admin/tenants/fork", headers=ADMIN).status_code == 404
+        # before the first backup: names the earliest restorable moment
+        said = _message(restore(app.client, "acme", "1999-01-01T00:00:00Z", "fork"), 404, "no_restore_point")
+        assert f"earliest restorable moment is {info['earliest']}" in said, said
+        # a tenant that never was: no such tenant, whatever the moment
+        for moment in ("latest", "2000-01-01T00:00:00Z"):
+            said = _message(restore(app.client, "nope", moment), 404, "tenant_not_found")
+            assert "does not exist here" in said and "no backup" not in said, said
+
+
+def test_earliest_is_inside_the_retention_window_whenever_retention_last_ran(tmp_path: Path) -> None:
+    """Retention runs about once a minute: until it does, chunks older than the window are
+    still there; the earliest moment shown (and restorable) is inside the window all the same."""
+    with in_process(tmp_path / "data", **local(tmp_path, backup_retention=1.0)) as app:
+        make(app, "acme", 1)
+        started = parse_time(
+            app.client.get("/v1/admin/tenants/acme/backups", headers=ADMIN).json()["earliest"]
+        )
+        time.sleep(1.2)
+        write(app, "acme", 2)
+        asked = time.time()
+        info = app.client.get("/v1/admin/tenants/acme/backups", headers=ADMIN).json()
+        assert info["generations"][0]["started"] == format_time(started)  # not dropped yet
+        earliest = parse_time(info["earliest"])
+        assert asked - 1.0 <= earliest <= time.time(), (info["earliest"], format_time(asked))
+        said = _message(restore(app.client, "acme", started + 0.05, "fork"), 404, "no_restore_point")
+        assert "earliest restorable moment" in said, said
+        assert values(app, "acme") == [1, 2]
+        restore_ok(app.client, "acme", "latest", "fork")
+        assert values(app, "fork") == [1, 2]
+
+
+def test_deleted_tenants_are_listed_as_deleted_and_can_be_restored(tmp_path: Path) -> None:
+    with in_process(tmp_path / "data", **local(tmp_path)) as app:
+        make(app, "kept", 1)
+        make(app, "gone", 1, 2)
+        assert app.client.delete("/v1/admin/tenants/gone", headers=ADMIN).status_code == 204
+        deleted_at = time.time()
+        assert [t["id"] for t in listed(app)] == ["kept"]  # what `restore --all` puts back
+        r = app.client.get("/v1/admin/backups/tenants?deleted=true", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        rows = {t["id"]: t for t in r.json()["tenants"]}
+        assert rows["kept"] == {"id": "kept", "exists": True, "deleted": None}
+        assert rows["gone"]["exists"] is False
+        assert deleted_at - 5 < parse_time(rows["gone"]["deleted"]) <= deleted_at
+        error(app.client.get("/v1/admin/backups/tenants?deleted=maybe", headers=ADMIN), 400, "bad_request")
+        restore_ok(app.client, "gone", "latest")  # undeleted
+        assert values(app, "gone") == [1, 2]
+        assert {t["id"] for t in listed(app)} == {"kept", "gone"}
+
+
+def test_a_restore_in_place_that_replaced_the_file_says_so_though_its_cleanup_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 838 of the fault simulation (120 steps): removing the restore's temporary directory
+    failed (an I/O error) after the live file was replaced, and the restore answered with that
+    error, so the client took the tenant for unchanged while it held the restored content."""
+    with in_process(tmp_path / "data", **local(tmp_path)) as app:
+        one = make(app, "acme", "a")
+        write(app, "acme", "b")
+        system = tmp_path / "data" / "system"
+        rmtree = shutil.rmtree
+
+        def failing(path: Any, onerror: Any = None) -> None:
+            if Path(path).parent == system and onerror is not None:  # the directory cannot be read
+                onerror(os.open, str(path), (OSError, OSError(errno.EIO, "simulated I/O error"), None))
+            rmtree(path, onerror=onerror)
+
+        monkeypatch.setattr(shutil, "rmtree", failing)
+        restore_ok(app.client, "acme", one)  # in place
+        assert values(app, "acme") == ["a"]
 
 
 def test_restore_in_place_then_undo_it(tmp_path: Path) -> None:
@@ -190,7 +260,9 @@ def test_disaster_recovery_onto_an_empty_data_dir(tmp_path: Path) -> None:
         assert gone.status_code == 204
 
     with in_process(tmp_path / "fresh", **settings) as app:
-        assert listed(app) == [{"id": t, "exists": False} for t in ("by-token", "on-access", "restored")]
+        assert listed(app) == [
+            {"id": t, "exists": False, "deleted": None} for t in ("by-token", "on-access", "restored")
+        ]
 
         restore_ok(app.client, "restored", "latest", "restored")
         assert values(app, "restored") == [1, 2]

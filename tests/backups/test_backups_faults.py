@@ -11,7 +11,7 @@ import pytest
 
 from backups.errors import ReplicaError
 from tests.support.app import ADMIN, InProcess, in_process
-from tests.support.backups import metric, query, restore_ok
+from tests.support.backups import metric, query, restore_ok, values
 from tests.support.s3 import BUCKET, REGION, MotoServer, unique_prefix
 from tests.support.waiting import wait_until
 
@@ -25,10 +25,6 @@ def s3_settings(s3: MotoServer, **more: Any) -> dict[str, Any]:
         "backup_flush_interval": 0.1,
         **more,
     }
-
-
-def values(app: InProcess, tenant: str) -> list[Any]:
-    return [r[0] for r in query(app.client, tenant, "SELECT v FROM t ORDER BY rowid")["rows"]]
 
 
 def insert(app: InProcess, tenant: str, v: Any, blob: int = 0) -> Any:

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.app import ADMIN, InProcess, bearer, in_process
-from tests.support.backups import query, restore
+from tests.support.backups import make, query, restore
 
 SIZE = "20m"
 
@@ -82,9 +82,7 @@ def test_a_full_disk_is_507_everywhere_and_nothing_is_lost(tmp_path: Path, small
     with in_process(small_disk / "data", **settings) as app:
         backups = app.server.backups
         assert backups is not None
-        app.create("acme")
-        query(app.client, "acme", "CREATE TABLE t(v)")
-        query(app.client, "acme", "INSERT INTO t VALUES (1)")
+        make(app, "acme", 1)
         backups.flush()
         token = app.token("acme")
         query(app.client, "acme", "INSERT INTO t VALUES (2)")  # committed; its flush comes next

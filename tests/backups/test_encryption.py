@@ -5,7 +5,6 @@ objects in the bucket: every failure is a clear error naming the key, and nothin
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from backups.crypto import HEADER_PROBE, MAGIC, parse_header
 from backups.keyring import Keyring
 from backups.s3_replica import S3Replica
 from tests.support.app import ADMIN, InProcess, in_process
-from tests.support.backups import dump, query, restore, restore_ok
+from tests.support.backups import dump, make, query, restore, restore_ok, values, write
 from tests.support.http_contract import assert_error_shape, operation, schema_of, validate
 from tests.support.s3 import BUCKET, REGION, MotoServer, unique_prefix
 
@@ -74,24 +73,6 @@ def bucket(s3: MotoServer, aws_environment: dict[str, str], tmp_path: Path) -> I
         b.raw.close()
 
 
-def make(app: InProcess, tenant: str, *values: str) -> float:
-    app.create(tenant)
-    query(app.client, tenant, "CREATE TABLE t(v)")
-    return write(app, tenant, *values)
-
-
-def write(app: InProcess, tenant: str, *values: str) -> float:
-    for v in values:
-        query(app.client, tenant, "INSERT INTO t(v) VALUES (?)", [v])
-    moment = time.time()
-    time.sleep(0.01)
-    return moment
-
-
-def rows(app: InProcess, tenant: str) -> list[Any]:
-    return [r[0] for r in query(app.client, tenant, "SELECT v FROM t ORDER BY rowid")["rows"]]
-
-
 def failed(reply: Any, code: str, key_id: str | None = None) -> dict[str, Any]:
     assert reply.status_code == 500, reply.text
     assert str(reply.status_code) in documented_statuses(reply)
@@ -132,7 +113,7 @@ def test_ship_restore_and_recover_a_fleet_from_an_encrypted_bucket(bucket: Bucke
         moment = write(app, "acme-secret-tenant", f"{SECRET} two")
         write(app, "acme-secret-tenant", "three")
         assert restore_ok(app.client, "acme-secret-tenant", moment, "copy")["tenant"] == "copy"
-        assert rows(app, "copy") == [f"{SECRET} one", f"{SECRET} two"]
+        assert values(app, "copy") == [f"{SECRET} one", f"{SECRET} two"]
         verified = app.client.post("/v1/admin/tenants/acme-secret-tenant/backups/verify", headers=ADMIN)
         assert verified.status_code == 200 and verified.json()["ok"], verified.text
         live = dump(app.client, "acme-secret-tenant")
@@ -160,7 +141,7 @@ def test_rotate_then_rekey_then_drop_the_old_key(bucket: Bucket) -> None:
     with bucket.app("data", K2, K1) as app:  # rotated: k2 seals, k1 still opens
         after = write(app, "acme", "under k2")
         assert restore_ok(app.client, "acme", before, "at-k1")
-        assert rows(app, "at-k1") == ["under k1", "also k1"]
+        assert values(app, "at-k1") == ["under k1", "also k1"]
         assert set(bucket.key_ids().values()) == {"k1", "k2"}
         latest = dump(app.client, "acme")
     with bucket.app("data", K2) as app:  # k1 removed too early: clear failures, nothing changes
@@ -186,14 +167,14 @@ def test_rotate_then_rekey_then_drop_the_old_key(bucket: Bucket) -> None:
     assert set(bucket.segments()) != old_segments
     with bucket.app("data", K2) as app:  # k1 gone for good: everything still restores
         restore_ok(app.client, "acme", before, "at-k1-again")
-        assert rows(app, "at-k1-again") == ["under k1", "also k1"]
+        assert values(app, "at-k1-again") == ["under k1", "also k1"]
         restore_ok(app.client, "acme", after, "at-k2")
-        assert rows(app, "at-k2") == ["under k1", "also k1", "under k2"]
+        assert values(app, "at-k2") == ["under k1", "also k1", "under k2"]
         verify = app.client.post("/v1/admin/tenants/acme/backups/verify", headers=ADMIN)
         assert verify.status_code == 200 and verify.json()["ok"], verify.text
     with bucket.app("data-dr", K2) as app:  # and the bucket alone rebuilds with only k2
         restore_ok(app.client, "acme", before, "acme")
-        assert rows(app, "acme") == ["under k1", "also k1"]
+        assert values(app, "acme") == ["under k1", "also k1"]
 
 
 def test_a_wrong_key_under_the_right_id_fails_clearly_and_changes_nothing(bucket: Bucket) -> None:
@@ -203,7 +184,7 @@ def test_a_wrong_key_under_the_right_id_fails_clearly_and_changes_nothing(bucket
         write(app, "acme", "c")
         error = failed(restore(app.client, "acme", moment), "backup_key_mismatch", "k1")
         assert "another key" in error["message"]
-        assert rows(app, "acme") == ["a", "b", "c"]
+        assert values(app, "acme") == ["a", "b", "c"]
         failed(restore(app.client, "acme", moment, "fork"), "backup_key_mismatch", "k1")
         assert not exists(app, "fork")
     with bucket.app("data-dr", K1_OTHER) as app:  # a rebuild with the wrong key reads nothing
@@ -228,7 +209,7 @@ def test_an_encrypted_bucket_without_keys_names_the_key_it_needs(bucket: Bucket)
     with bucket.app("data") as app:  # the key file forgotten: encryption off
         write(app, "acme", "b")
         failed(restore(app.client, "acme", moment, "fork"), "backup_key_missing", "k1")
-        assert not exists(app, "fork") and rows(app, "acme") == ["a", "b"]
+        assert not exists(app, "fork") and values(app, "acme") == ["a", "b"]
     with bucket.app("data-dr") as app:  # disaster recovery without the key
         failed(app.client.post("/v1/admin/backups/rebuild", headers=ADMIN), "backup_key_missing", "k1")
         assert app.client.get("/v1/admin/backups/tenants", headers=ADMIN).json()["tenants"] == []
@@ -250,12 +231,12 @@ def test_turning_encryption_on_for_an_existing_replica(bucket: Bucket) -> None:
         rekey_all(app)
         assert referenced_key_ids(app, bucket) == {"k1"}
         restore_ok(app.client, "acme", plain_moment, "old")
-        assert rows(app, "old") == ["plain"]
+        assert values(app, "old") == ["plain"]
         restore_ok(app.client, "acme", later, "later")
-        assert rows(app, "later") == ["plain", "sealed"]
+        assert values(app, "later") == ["plain", "sealed"]
     with bucket.app("data-dr", K1) as app:  # the bucket alone restores everything
         restore_ok(app.client, "acme", plain_moment, "acme")
-        assert rows(app, "acme") == ["plain"]
+        assert values(app, "acme") == ["plain"]
 
 
 def test_the_catalog_rebuilds_from_a_bucket_with_unencrypted_backups_and_rekey_adopts_them(
@@ -269,7 +250,7 @@ def test_the_catalog_rebuilds_from_a_bucket_with_unencrypted_backups_and_rekey_a
         failed(restore(app.client, "acme", moment, "acme"), "backup_not_encrypted")
         rekey_all(app)
         restore_ok(app.client, "acme", moment, "acme")
-        assert rows(app, "acme") == ["plain"]
+        assert values(app, "acme") == ["plain"]
 
 
 def flush(app: InProcess) -> None:
@@ -324,9 +305,9 @@ def test_tampered_objects_are_detected_and_never_applied(bucket: Bucket, damage:
         failed(restore(app.client, "acme", "latest", "fork"), "backup_tampered", "k1")
         assert not exists(app, "fork")
         failed(restore(app.client, "acme", "latest"), "backup_tampered", "k1")  # in place: untouched
-        assert rows(app, "acme") == ["a", "b"]
+        assert values(app, "acme") == ["a", "b"]
         restore_ok(app.client, "acme", moment, "before")  # what does not need the object still restores
-        assert rows(app, "before") == ["a"]
+        assert values(app, "before") == ["a"]
 
 
 def test_a_damaged_unencrypted_segment_is_a_broken_backup_not_an_internal_error(bucket: Bucket) -> None:

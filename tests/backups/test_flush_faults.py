@@ -21,7 +21,7 @@ from backups.ledger import Capture
 from backups.segment import FRAMES, TOMBSTONE, Chunk, parse_index
 from backups.spool import Spool
 from tests.support.app import ADMIN, in_process
-from tests.support.backups import query, restore, restore_ok
+from tests.support.backups import make, query, restore, restore_ok
 from tests.support.shipper import FlakyReplica, Rig
 
 
@@ -198,9 +198,7 @@ def test_a_chunk_shipped_twice_restores_once(rig: FaultyRig) -> None:
 def test_a_restore_refuses_while_commits_are_not_in_the_replica(tmp_path: Path) -> None:
     replica = tmp_path / "replica"
     with in_process(tmp_path / "data", replica_url=str(replica), backup_flush_interval=3600.0) as app:
-        app.create("acme")
-        query(app.client, "acme", "CREATE TABLE t(v)")
-        query(app.client, "acme", "INSERT INTO t VALUES (1)")
+        make(app, "acme", 1)
         shipped = restore_ok(app.client, "acme", "latest", "before")["restored_to"]
         replica.rename(tmp_path / "away")  # the replica breaks: a file where its directory was
         replica.write_text("not a directory")
@@ -230,9 +228,7 @@ def test_a_restore_says_what_the_catalog_lacks(tmp_path: Path) -> None:
     ) as app:
         backups = app.server.backups
         assert backups is not None
-        app.create("acme")
-        query(app.client, "acme", "CREATE TABLE t(v)")
-        query(app.client, "acme", "INSERT INTO t VALUES (1)")
+        make(app, "acme", 1)
         backups.flush()
         query(app.client, "acme", "INSERT INTO t VALUES (2)")
         backups.flush()

@@ -9,7 +9,6 @@ import io
 import os
 import random
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,6 @@ from tests.backups.test_replica_conformance import (  # noqa: F401  (run again h
     test_put_file_rejects_invalid_keys_before_reading,
     test_put_get_round_trip,
 )
-from tests.support.s3 import MotoServer, unique_prefix
 
 KEYS = Keyring([("k1", b"\x01" * 32)])
 
@@ -48,24 +46,11 @@ class Counting(LocalReplica):
         return super().get_range(key, start, length)
 
 
-@pytest.fixture(params=["local", "s3"])
-def inner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReplicaClient]:
-    client: ReplicaClient
-    if request.param == "local":
-        client = LocalReplica(tmp_path / "replica")
-    else:
-        server: MotoServer = request.getfixturevalue("s3")
-        client = server.replica(unique_prefix("sealed"))
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 @pytest.fixture
-def replica(inner: ReplicaClient) -> SealedReplica:
-    """What the imported conformance tests run against: the seal over each backend."""
-    return SealedReplica(inner, KEYS)
+def replica(replica: ReplicaClient) -> SealedReplica:
+    """What the imported conformance tests run against: the seal over each backend (the
+    conftest's `replica`)."""
+    return SealedReplica(replica, KEYS)
 
 
 def test_what_reaches_the_bucket_is_sealed(replica: SealedReplica, tmp_path: Path) -> None:
@@ -193,8 +178,7 @@ def test_a_key_that_is_not_configured_is_named(tmp_path: Path) -> None:
     assert caught.value.to_json()["error"]["key_id"] == "gone"
 
 
-def test_copy_plaintext_and_uploads_stay_bounded_in_memory(inner: ReplicaClient, tmp_path: Path) -> None:
-    replica = SealedReplica(inner, KEYS)
+def test_copy_plaintext_and_uploads_stay_bounded_in_memory(replica: SealedReplica, tmp_path: Path) -> None:
     size = 24 << 20
     with open(tmp_path / "big", "w+b") as f:
         for i in range(size >> 20):

@@ -3,18 +3,31 @@ before its fix: the seed that found it, what went wrong, and the smallest run sh
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import apsw
 import pytest
 
+from backups import restore, wal
 from backups.commit_times import CommitTimes
-from tenants.errors import DataDirLocked
+from backups.local_replica import LocalReplica
+from backups.segment import FRAMES
+from ops.settings import Settings
+from tenants.errors import DataDirLocked, SqlfleetError
+from tenants.execute import Statement
+from tenants.fleet import Fleet
 from tenants.layout import DataDirLock, Layout
-from tests.support.shipper import Rig
+from tests.support.shipper import Rig, open_tenant
+from tests.support.sim.clock import SimClock
+from tests.support.sim.disk import SimDisk, SimFile
+from tests.support.sim.process import SimProcess
 
 
 @pytest.fixture
@@ -188,3 +201,348 @@ def test_a_commit_whose_time_was_lost_keeps_its_stand_in_across_restarts(rig: Ri
     assert entry is not None and entry.pending[0][1] == stand_in
     assert rig.shipper.flush()
     assert rig.restored("acme", stand_in) == [1]
+
+
+def test_a_restart_finds_unshipped_commits_the_journal_lost(tmp_path: Path) -> None:
+    """Seed 67: a power loss took the commit-times journal's tail, which named the tenants with
+    commits past their shipped position; the restart opened only the tenants the journal named,
+    so this one's acknowledged commits waited in its WAL, unshipped by every later flush that
+    said "all shipped", until something opened it (never, for an idle tenant)."""
+    settings = Settings.load(environ={}, data_dir=tmp_path / "data")
+    replica = LocalReplica(tmp_path / "replica")
+    server = SimProcess(settings.data_dir, settings, replica, None)
+    server.fleet.create("acme")
+    server.fleet.execute("acme", Statement("CREATE TABLE t(v)"))
+    assert server.shipper.flush()
+    server.fleet.execute("acme", Statement("INSERT INTO t VALUES (1)"))
+    server.abandon()  # kill -9: no flush, no checkpoint
+    for journal in (settings.data_dir / "system" / "commit-times").iterdir():
+        journal.unlink()  # what a power loss may do: the journal is never fsync'd
+
+    server = SimProcess(settings.data_dir, settings, replica, None)
+    try:
+        assert server.shipper.flush()  # nobody touched the tenant since the start
+        shipped = [c for r in server.shipper.catalog.chunks("acme") if r.kind == FRAMES for c in r.commits]
+        assert len(shipped) == 2
+    finally:
+        server.stop()
+
+
+def test_a_server_starts_and_stops_on_a_full_disk(tmp_path: Path) -> None:
+    """Seed 41: with the data disk full, a tenant to recover at the start (commits left in its
+    WAL) could not be opened (its new generation needed room), and the error, not a
+    SqlfleetError, stopped the start."""
+    clock = SimClock()
+    disk = SimDisk(tmp_path, random.Random(0), clock, track_power=False)
+    settings = Settings.load(environ={}, data_dir=tmp_path / "data")
+    replica = LocalReplica(tmp_path / "replica")
+    with clock.installed(), disk.installed():
+        server = SimProcess(settings.data_dir, settings, replica, None)
+        server.fleet.create("acme")
+        server.fleet.execute("acme", Statement("CREATE TABLE t(v)"))
+        assert server.shipper.flush()
+        server.fleet.execute("acme", Statement("INSERT INTO t VALUES (1)"))
+        server.abandon()  # kill -9: the commit waits in the WAL
+        clock.advance(1.0)
+        os.utime(server.fleet.layout.tenant_path("acme"))  # its continuity needs a new generation
+
+        disk.faults.full = True
+        server = SimProcess(settings.data_dir, settings, replica, None)
+        server.stop()
+        disk.faults.full = False
+        server = SimProcess(settings.data_dir, settings, replica, None)
+        try:
+            assert server.fleet.execute("acme", Statement("SELECT v FROM t")).rows == [(1,)]
+        finally:
+            server.stop()
+
+
+def test_closing_the_fleet_on_a_full_disk_lets_go_of_the_data_dir(tmp_path: Path) -> None:
+    """Seeds 41, 120, 133: closing the tenant catalog checkpoints its WAL into the catalog file,
+    which a full disk refuses; the error escaped Fleet.close before it released the data-dir
+    lock, so the process kept the data dir locked (a shutdown ended in a traceback, a start
+    retried in the same process found the data dir in use)."""
+    clock = SimClock()
+    disk = SimDisk(tmp_path, random.Random(0), clock, track_power=False)
+    settings = Settings.load(environ={}, data_dir=tmp_path / "data")
+    with clock.installed(), disk.installed():
+        fleet = Fleet(settings.data_dir, settings.db_config(), settings.pool_config())
+        for i in range(30):  # the catalog's WAL holds pages past the end of its file
+            fleet.create(f"t{i}")
+        disk.faults.full = True
+        fleet.close()
+        disk.faults.full = False
+        fleet = Fleet(settings.data_dir, settings.db_config(), settings.pool_config())
+        try:
+            assert len(fleet.catalog.all_ids()) == 30
+        finally:
+            fleet.close()
+
+
+def test_a_disk_error_reading_a_restored_file_is_not_a_broken_backup(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 116: reading the restored file for its integrity check hit an I/O error, and the
+    restore answered backup_broken ("restored database does not open"): the backup was fine,
+    the local disk failed (an operator told the backup is broken looks in the wrong place)."""
+    rig.create("acme")
+    rig.insert("acme", 1)
+    assert rig.shipper.flush()
+    plan = restore.plan("acme", rig.catalog.chunks("acme"), time.time())
+    disk = SimDisk(tmp_path / "restores", random.Random(0), SimClock(time.time()), track_power=False)
+    connect = apsw.Connection
+
+    def failing_once_open(*args: Any, **kwargs: Any) -> apsw.Connection:
+        conn = connect(*args, **kwargs)
+        disk.faults.read_eio = 1.0  # the disk fails while the check reads the file
+        return conn
+
+    monkeypatch.setattr(apsw, "Connection", failing_once_open)
+    with disk.installed(), pytest.raises(apsw.IOError):
+        restore.materialize(plan, rig.replica.get_range, tmp_path / "restores" / "acme.db")
+
+
+def test_a_checkpoint_lets_go_of_the_frames_the_commit_hook_read_ahead(rig: Rig) -> None:
+    """Seed 165 (50 steps), against a read-ahead the shipping work tried (the commit hook kept
+    the frames after the shipped position in memory for the next flush): a checkpoint carried
+    the pending commit and truncated the WAL but kept what was read ahead; the next commit
+    restarted the WAL with as many frames as that held, so it looked current, and the flush
+    shipped the old frame as the new commit's (it checks out against the old header): a restore
+    to the new commit's moment missed it. Whatever caches the WAL must let go at a truncation."""
+    rig.create("acme")
+    rig.insert("acme", 1)
+    assert rig.shipper.flush()
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None
+    rig.shipper.checkpointer.checkpoint("acme", entry, snapshot=False)  # the WAL restarts
+    rig.insert("acme", 2)  # one frame, read ahead by the commit hook
+    rig.shipper.checkpointer.checkpoint("acme", entry, snapshot=True)  # carries it, truncates
+    rig.insert("acme", 3)  # one frame again, in a new WAL
+    committed = entry.pending[-1][1]
+    assert rig.shipper.flush()
+
+    assert rig.restored("acme", committed) == [1, 2, 3]
+
+
+def test_commits_of_a_tenant_that_cannot_open_at_the_start_keep_their_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 239 (32 steps): a start opens every tenant the commit-times journal names, to find
+    the commits a crash left unshipped with their times. One could not be opened (a read error),
+    "its unshipped commits wait for its next open", but the start then dropped every time not
+    handed over, its own too: at its next open its commits got the WAL's mtime (the last one's
+    time), so a restore to a moment after the first missed it."""
+    settings = Settings.load(environ={}, data_dir=tmp_path / "data")
+    replica = LocalReplica(tmp_path / "replica")
+    server = SimProcess(settings.data_dir, settings, replica, None)
+    server.fleet.create("acme")
+    server.fleet.execute("acme", Statement("CREATE TABLE t(v)"))
+    assert server.shipper.flush()
+    server.fleet.execute("acme", Statement("INSERT INTO t VALUES (1)"))
+    entry = server.shipper.ledger.get("acme")
+    assert entry is not None
+    first = entry.pending[-1][1]
+    time.sleep(0.01)
+    server.fleet.execute("acme", Statement("INSERT INTO t VALUES (2)"))
+    server.abandon()  # kill -9: both commits wait in the WAL, their times in the journal
+
+    lease = Fleet.lease
+
+    @contextlib.contextmanager
+    def failing(fleet: Fleet, tenant_id: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        raise SqlfleetError(f"tenant {tenant_id!r} cannot be opened: disk I/O error")
+        yield
+
+    monkeypatch.setattr(Fleet, "lease", failing)
+    server = SimProcess(settings.data_dir, settings, replica, None)  # the open at the start fails
+    monkeypatch.setattr(Fleet, "lease", lease)
+    try:
+        assert server.fleet.execute("acme", Statement("SELECT count(*) FROM t")).rows == [(2,)]
+        assert server.shipper.flush()
+        plan = restore.plan("acme", server.shipper.catalog.chunks("acme"), first)
+        restore.materialize(plan, replica.get_range, tmp_path / "restored.db")
+        conn = apsw.Connection(str(tmp_path / "restored.db"))
+        try:
+            assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
+        finally:
+            conn.close()
+    finally:
+        server.stop()
+
+
+def test_a_checkpoint_that_truncated_the_wal_says_so_whatever_fails_after(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 2004 (50 steps): a checkpoint truncated the WAL, then reading the WAL's header to
+    see whether it had failed with an I/O error: the checkpoint was "skipped", its position
+    still described the truncated WAL. The next commit restarted the WAL ("salts changed
+    without a checkpoint"), the tenant began a new generation, and a restore to that commit's
+    moment (before the new generation's snapshot) missed it."""
+    rig.create("acme")
+    rig.insert("acme", 1)
+    assert rig.shipper.flush()
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None
+
+    def failing(path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(wal, "read_header", failing)
+        with contextlib.suppress(OSError):
+            rig.shipper.checkpointer.checkpoint("acme", entry, snapshot=False)
+    rig.insert("acme", 2)
+    committed = entry.pending[-1][1]
+    time.sleep(0.01)
+    assert rig.shipper.flush()
+    assert rig.shipper.flush()  # the maintenance after a flush that found the WAL broken
+
+    assert rig.restored("acme", committed) == [1, 2]
+
+
+def test_a_checkpoint_whose_truncation_failed_still_restarted_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 909 (120 steps): the TRUNCATE checkpoint copied the WAL into the main file and
+    restarted the WAL (new salts in SQLite's WAL index), then truncating the file failed with an
+    I/O error. The checkpoint counted as not done, so the position still described the old WAL;
+    the next commit wrote the restarted WAL ("salts changed without a checkpoint"), the tenant
+    began a new generation, and a restore to that commit's moment missed it."""
+    disk = SimDisk(tmp_path, random.Random(0), SimClock(time.time()), track_power=False)
+    truncate = SimFile.xTruncate
+
+    def failing(self: SimFile, newsize: int) -> None:
+        if self.path is not None and self.path.endswith("-wal"):
+            raise apsw.IOError("simulated: truncating the WAL failed")
+        truncate(self, newsize)
+
+    with disk.installed():
+        rig = Rig(tmp_path)
+        try:
+            rig.create("acme")
+            rig.insert("acme", 1)
+            assert rig.shipper.flush()
+            entry = rig.shipper.ledger.get("acme")
+            assert entry is not None
+            with monkeypatch.context() as patched:
+                patched.setattr(SimFile, "xTruncate", failing)
+                with contextlib.suppress(apsw.Error):
+                    rig.shipper.checkpointer.checkpoint("acme", entry, snapshot=False)
+            rig.insert("acme", 2)
+            committed = entry.pending[-1][1]
+            time.sleep(0.01)
+            assert rig.shipper.flush()
+            assert rig.shipper.flush()  # the maintenance after a flush that found the WAL broken
+            assert rig.restored("acme", committed) == [1, 2]
+        finally:
+            rig.shutdown()
+
+
+def test_a_commit_refused_at_its_wal_sync_but_found_at_reopen_is_shipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 2548 (50 steps): syncing the WAL failed at a commit, so its client was told it
+    failed and no wal hook reported it, yet its frames were on disk, whole; the tenant was
+    reopened (kept log: it had pending commits), SQLite's recovery counted the commit, and the
+    live database held it while no flush ever shipped it (a checkpoint would then have moved it
+    into the main file for good). A restore to after the reopen lacked it."""
+    disk = SimDisk(tmp_path, random.Random(0), SimClock(time.time()), track_power=False)
+    sync = SimFile.xSync
+
+    def failing(self: SimFile, flags: int) -> None:
+        if self.path is not None and self.path.endswith("-wal"):
+            raise apsw.IOError("simulated: syncing the WAL failed")
+        sync(self, flags)
+
+    with disk.installed():
+        rig = Rig(tmp_path)
+        try:
+            rig.create("acme")
+            rig.insert("acme", 1)
+            assert rig.shipper.flush()
+            rig.insert("acme", 2)  # pending: the log is kept across the reopen
+            with monkeypatch.context() as patched:
+                patched.setattr(SimFile, "xSync", failing)
+                with pytest.raises(apsw.IOError):
+                    rig.insert("acme", 3)
+            rig.conns.pop("acme").close()  # the pool drops a handle that failed so
+            rig.open("acme")
+            assert rig.live("acme") == [1, 2, 3]  # recovery found it committed
+            time.sleep(0.01)
+            assert rig.shipper.flush()
+            assert rig.restored("acme", time.time()) == [1, 2, 3]
+        finally:
+            rig.shutdown()
+
+
+def test_a_wal_restarted_after_a_failed_checkpoint_continues_across_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 909 again, with a crash: the checkpoint copied the WAL and failed to truncate it, the
+    next commit restarted the WAL (salt-1 + 1), and the process died before a flush. The restart
+    found "the WAL has other salts" and began a new generation: that commit lost its moment
+    (a restore to it returned the state before it). The main file is still the one recorded
+    after the checkpoint, so the restarted WAL provably continues the position."""
+    disk = SimDisk(tmp_path, random.Random(0), SimClock(time.time()), track_power=False)
+    truncate = SimFile.xTruncate
+
+    def failing(self: SimFile, newsize: int) -> None:
+        if self.path is not None and self.path.endswith("-wal"):
+            raise apsw.IOError("simulated: truncating the WAL failed")
+        truncate(self, newsize)
+
+    with disk.installed():
+        rig = Rig(tmp_path)
+        try:
+            rig.create("acme")
+            rig.insert("acme", 1)
+            assert rig.shipper.flush()
+            entry = rig.shipper.ledger.get("acme")
+            assert entry is not None
+            with monkeypatch.context() as patched:
+                patched.setattr(SimFile, "xTruncate", failing)
+                with contextlib.suppress(apsw.Error):
+                    rig.shipper.checkpointer.checkpoint("acme", entry, snapshot=False)
+            generation = rig.catalog.position("acme")
+            assert generation is not None
+            rig.insert("acme", 2)
+            committed = entry.pending[-1][1]
+            header = wal.read_header(rig.wal("acme"))
+            assert header is not None and generation.salts is not None
+            assert header.salt1 == generation.salts[0] + 1  # SQLite restarted the WAL
+            crash_and_restart(rig, "acme")
+            time.sleep(0.01)
+            assert rig.shipper.flush()
+            position = rig.catalog.position("acme")
+            assert position is not None and position.generation == generation.generation
+            assert rig.restored("acme", committed) == [1, 2]
+        finally:
+            rig.shutdown()
+
+
+def test_a_wal_with_the_next_salt_is_not_taken_on_trust_when_the_main_file_changed(rig: Rig) -> None:
+    """The restarted-WAL rule rests on the main file: a WAL whose salt-1 follows the position's
+    but behind which the main file changed (another program checkpointed and wrote) starts a
+    new generation."""
+    rig.create("acme")
+    rig.insert("acme", 1)
+    assert rig.shipper.flush()
+    before = rig.catalog.position("acme")
+    assert before is not None
+    rig.conns.pop("acme").close()
+    rig.shipper.close()
+    conn = open_tenant(rig.path("acme"))  # another program, which commits unseen
+    conn.execute("INSERT INTO t(v) VALUES (98)")
+    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # copies the WAL: the next commit restarts it
+    conn.execute("INSERT INTO t(v) VALUES (99)")
+    conn.close()
+    header = wal.read_header(rig.wal("acme"))
+    assert header is not None and before.salts is not None
+    assert header.salt1 == before.salts[0] + 1
+    rig.new_shipper()
+    rig.open("acme")
+    rig.insert("acme", 2)
+    assert rig.shipper.flush()
+    after = rig.catalog.position("acme")
+    assert after is not None and after.generation != before.generation
+    assert rig.restored("acme", time.time()) == [1, 98, 99, 2]

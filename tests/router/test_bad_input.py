@@ -129,6 +129,24 @@ def test_bad_statements_are_400_in_query_and_in_batch(acme: InProcess, statement
     assert acme.query("acme", "select count(*) from t").json()["rows"] == [[0]]  # nothing ran
 
 
+@pytest.mark.parametrize("sql", ["BEGIN", "commit", "SAVEPOINT s", "release s", "select 1; select 2"])
+def test_a_refused_statement_is_told_what_to_do_where_it_was_sent(acme: InProcess, sql: str) -> None:
+    """/query points to /batch; /batch, already one transaction, never points to itself."""
+    query = _raw(acme, QUERY, json.dumps({"sql": sql})).json()["error"]["message"]
+    batch = _raw(acme, BATCH, json.dumps({"statements": [{"sql": sql}]})).json()["error"]["message"]
+    assert "/batch" in query, query
+    assert "/batch" not in batch, batch
+    if sql == "select 1; select 2":
+        assert (
+            batch
+            == "statement 0: exactly one statement per entry of a batch: give each statement its own entry"
+        )
+    else:
+        assert "already run in one transaction" in batch and "Hrana" in query, (batch, query)
+        keyword = sql.split()[0].upper()  # named, whichever statement of the kind it was
+        assert f"{keyword} is not allowed" in batch and f"{keyword} is not allowed" in query
+
+
 def test_a_statement_between_comments_and_semicolons_is_still_one(acme: InProcess) -> None:
     for sql in ("select 1;", "  select 1 ;; ", "/* a */ select 1 -- b", "select 1;\n-- done\n"):
         r = acme.query("acme", sql)

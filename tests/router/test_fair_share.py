@@ -60,3 +60,29 @@ def test_slow_tenants_do_not_hold_every_worker(server: ServerProcess) -> None:
     assert max(waits) < 1.5, [round(w, 2) for w in waits]
     assert max(waits[1:]) < 0.5, [round(w, 2) for w in waits]  # once they are heavy: at once
     assert [r.status_code for r in attacks] == [200, 200]
+
+
+def test_a_busy_tenant_of_quick_requests_stays_in_the_normal_lane(server: ServerProcess) -> None:
+    # `sqlfleet bench isolation`'s victim: its quick writes, slowed down by the attack, once
+    # added up to heavy_worker_seconds; in the heavy lane it then waited behind the attackers'
+    # 10 s requests (~6 s here). Only a request's time beyond fair_share_grace counts now.
+    with server.client() as admin:
+        assert admin.post("/v1/admin/tenants", json={"id": "busy"}).status_code == 201
+        admin.post("/v1/tenants/busy/query", json={"sql": "create table t(x)"})
+    attacks: list[httpx.Response] = []
+    threads = [threading.Thread(target=_attack, args=(server, t, attacks)) for t in ("a1", "a2")]
+    for thread in threads:
+        thread.start()
+    try:
+        waits = []
+        with server.client() as client:
+            deadline = time.monotonic() + 6  # busy all along: ~3 s of worker time
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                r = client.post("/v1/tenants/busy/query", json={"sql": "insert into t values (1)"})
+                waits.append(time.monotonic() - started)
+                assert r.status_code == 200, r.text
+    finally:
+        for thread in threads:
+            thread.join(120)
+    assert max(waits) < 1.5, sorted(round(w, 2) for w in waits)[-5:]

@@ -9,7 +9,7 @@ from typing import Any
 
 import apsw
 
-from tests.support.app import ADMIN, InProcess, in_process
+from tests.support.app import ADMIN, InProcess, bearer, in_process
 
 ITEMS = (
     "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO items VALUES (1, 'seed');"
@@ -44,7 +44,10 @@ def test_groups_are_created_from_sql_or_a_template_file(app: InProcess, tmp_path
         "name": "shop",
         "migrations": [],
         "released": 0,
+        "head": None,
         "pending": 0,
+        "tables": ["items"],
+        "rollout": None,
     }
     template = tmp_path / "t.db"
     conn = apsw.Connection(str(template))
@@ -135,3 +138,84 @@ def test_rollout_state_survives_a_restart(tmp_path: Path) -> None:
         after = get(app, f"/v1/admin/groups/shop/rollouts/{rollout}")
         assert after == before
         assert get(app, "/v1/admin/groups/shop/rollouts/nope", 404)["error"]["code"] == "not_found"
+
+
+def test_a_stopped_rollout_is_resumed_or_aborted_through_the_api(app: InProcess) -> None:
+    post(
+        app,
+        "/v1/admin/groups",
+        {"name": "g", "schema": "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);"},
+        201,
+    )
+    for tenant in ("a", "b", "c"):
+        app.create(tenant, "g")
+    assert app.query("b", "ALTER TABLE items ADD COLUMN price REAL").status_code == 200
+    post(
+        app,
+        "/v1/admin/groups/g/migrations",
+        {"name": "price", "sql": "ALTER TABLE items ADD COLUMN price REAL"},
+        201,
+    )
+    started = post(app, "/v1/admin/groups/g/rollouts", {"max_failures": 1, "concurrency": 1}, 202)
+    assert started["dry_run"] is False
+    stopped = finished(app, "g", started["id"])
+    assert (stopped["state"], stopped["migrated_tenants"], stopped["failed"]) == ("stopped", ["a"], 1)
+    info = get(app, "/v1/admin/groups/g")
+    assert (info["released"], info["head"], info["migrations"][0]["released"]) == (0, None, False)
+    assert (info["rollout"]["id"], info["rollout"]["state"]) == (started["id"], "stopped")
+    assert "failures" not in info["rollout"]
+    rows = app.query("c", "SELECT price FROM items")
+    assert rows.status_code == 400 and "no such column: price" in rows.json()["error"]["message"]
+
+    path = f"/v1/admin/groups/g/rollouts/{started['id']}"
+    assert post(app, path + "/resume", {"concurrency": 0}, 400)["error"]["code"] == "bad_request"
+    assert post(app, path + "/resume", {"surprise": 1}, 400)["error"]["code"] == "bad_request"
+    again = finished(app, "g", post(app, path + "/resume", {"max_failures": 1}, 202)["id"])
+    assert (again["state"], again["resumed"], again["options"]["max_failures"]) == ("stopped", 1, 1)
+    aborted = post(app, path + "/abort", {}, 200)
+    assert (aborted["state"], aborted["migrated_tenants"]) == ("aborted", ["a"])  # b failed first again
+    assert post(app, path + "/abort", {}, 409)["error"]["code"] == "rollout_finished"
+    assert post(app, path + "/resume", {}, 409)["error"]["code"] == "rollout_finished"
+    assert get(app, "/v1/admin/groups/g")["released"] == 0
+    assert post(app, "/v1/admin/groups/g/rollouts/nope/abort", {}, 404)["error"]["code"] == "not_found"
+
+
+def test_a_dry_run_says_it_is_one(app: InProcess) -> None:
+    post(app, "/v1/admin/groups", {"name": "shop", "schema": ITEMS}, 201)
+    app.create("a", "shop")
+    post(app, "/v1/admin/groups/shop/migrations", {"name": "n", "sql": "CREATE INDEX n ON items(name);"}, 201)
+    started = post(app, "/v1/admin/groups/shop/rollouts", {"dry_run": True}, 202)
+    snap = finished(app, "shop", started["id"])
+    assert (snap["dry_run"], snap["state"], snap["migrated"], snap["migrated_tenants"]) == (
+        True,
+        "completed",
+        1,
+        [],
+    )
+    (listed,) = get(app, "/v1/admin/groups/shop/rollouts")["rollouts"]
+    assert listed["dry_run"] is True
+    assert get(app, "/v1/admin/groups/shop")["migrations"][0]["released"] is False
+
+
+def test_an_open_tenant_catches_up_on_its_next_hrana_request(app: InProcess) -> None:
+    post(app, "/v1/admin/groups", {"name": "shop", "schema": ITEMS}, 201)
+    app.create("a", "shop")
+    token = app.token("a")
+
+    def execute(sql: str) -> dict[str, Any]:
+        body = {"requests": [{"type": "execute", "stmt": {"sql": sql}}, {"type": "close"}]}
+        r = app.client.post("/v2/pipeline", json=body, headers=bearer(token))
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()["results"][0]
+        return result
+
+    assert execute("SELECT count(*) FROM items")["type"] == "ok"  # open in the pool
+    post(
+        app, "/v1/admin/groups/shop/migrations", {"name": "price", "sql": "ALTER TABLE items ADD price;"}, 201
+    )
+    # released without the rollout touching the tenant (as a group put back by disaster recovery)
+    assert app.server.context.groups.release("shop") == ["0001_price"]
+    assert app.server.fleet.pool.is_open("a")
+    answer = execute("SELECT price FROM items")
+    assert answer["type"] == "ok", answer
+    assert answer["response"]["result"]["cols"][0]["name"] == "price"

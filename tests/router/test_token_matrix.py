@@ -252,3 +252,29 @@ def test_tokens_from_another_data_dir_are_forgeries(app: InProcess, tmp_path: Pa
     stranger = keys.signing_key(None, tmp_path / "elsewhere")
     token = jwt.encode({"sub": "acme", "a": "rw", "exp": int(time.time()) + 60}, stranger, algorithm="EdDSA")
     assert app.query("acme", "select 1", token=token).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("credential", "said"),
+    [
+        ("expired", "token expired"),
+        ("forged_other_key", "its signature does not verify"),
+        ("forged_tampered_payload", "its signature does not verify"),
+        ("forged_alg_none", "not signed with EdDSA"),
+        ("forged_hs256_public_key", "not signed with EdDSA"),
+        ("wrong_admin_key", "not the admin key, nor a well-formed token"),
+        ("malformed_garbage", "not the admin key, nor a well-formed token"),
+    ],
+)
+def test_each_refused_credential_is_told_why_in_words_not_the_parsers(
+    app: InProcess, credential: str, said: str
+) -> None:
+    """A wrong admin key is not told `Not enough segments`: PyJWT's words are its parsing's."""
+    app.create("acme")
+    app.create("other")
+    r = app.client.get("/v1/admin/tenants/acme", headers=CREDENTIALS[credential](app))
+    assert r.status_code == 401
+    message = r.json()["error"]["message"]
+    assert said in message, message
+    for internal in ("segments", "padding", "Invalid", "header", "JSON"):
+        assert internal not in message, message

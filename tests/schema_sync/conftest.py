@@ -11,7 +11,7 @@ import pytest
 
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
-from schema_sync.rollout import Rollouts
+from schema_sync.rollouts import Rollouts
 from schema_sync.session import SchemaSession
 from tenants.connection import open_database
 from tenants.fleet import Fleet

@@ -14,7 +14,8 @@ import pytest
 from schema_sync import archive
 from schema_sync.errors import GroupExists
 from schema_sync.groups import GroupStore
-from schema_sync.rollout import RolloutOptions, Rollouts
+from schema_sync.rollout import RolloutOptions
+from schema_sync.rollouts import Rollouts
 from tenants.errors import BadRequest
 from tests.schema_sync.test_rollout import wait
 from tests.support.schema import SchemaFleet

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from schema_sync.errors import RolloutConflict
+from schema_sync.errors import RolloutConflict, RolloutNotFound
 from schema_sync.migrations import RECORD_TABLE
-from schema_sync.rollout import COMPLETED, STOPPED, Rollout, RolloutOptions
+from schema_sync.rollout import ABORTED, COMPLETED, STOPPED, Rollout, RolloutOptions
+from schema_sync.rollouts import Rollouts
 from schema_sync.session import SchemaSession
+from tenants.errors import SqlfleetError
 from tests.support.schema import SchemaFleet
 
 ITEMS = (
@@ -196,3 +198,120 @@ def test_disagreeing_histories_are_reported_not_skipped(schema_fleet: SchemaFlee
     snap = wait(sf.rollouts.start("shop", RolloutOptions()))
     assert snap["state"] == "failed" and snap["total"] == 0
     assert "0001_price was edited after it was applied" in snap["reason"]
+
+
+def smallest_input(sf: SchemaFleet) -> None:
+    """Issue 13's input: group g, tenants a (fails: it has `price` already) and b (open)."""
+    sf.groups.create("g", "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);")
+    for tenant in ("a", "b", "c"):
+        sf.fleet.create(tenant, "g")
+    sf.query("b", "INSERT INTO items(name) VALUES ('open')")  # b is open in the pool
+    sf.groups.add_migration("g", "price", "ALTER TABLE items ADD COLUMN price REAL")
+    sf.query("a", "ALTER TABLE items ADD COLUMN price REAL")
+
+
+def test_a_stopped_rollout_releases_nothing_until_it_is_resumed(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    smallest_input(sf)
+    snap = wait(sf.rollouts.start("g", RolloutOptions(max_failures=1, concurrency=1)))
+    assert (snap["state"], snap["failed"], snap["migrated"]) == (STOPPED, 1, 0)
+    assert snap["template"] == {"applied": ["0001_price"], "tried_only": True}
+    # paused: the head stays where it was, so neither an open tenant nor one opened now takes it
+    assert sf.groups.get("g").state().head == 0
+    with pytest.raises(SqlfleetError, match="no such column: price"):
+        sf.query("b", "SELECT price FROM items")
+    sf.fleet.pool.discard("c")
+    with pytest.raises(SqlfleetError, match="no such column: price"):
+        sf.query("c", "SELECT price FROM items")
+    sf.fleet.create("d", "g")  # a new tenant starts at the released head too
+    with pytest.raises(SqlfleetError, match="no such column: price"):
+        sf.query("d", "SELECT price FROM items")
+
+    sf.query("a", "ALTER TABLE items DROP COLUMN price")  # the operator fixes a, then resumes
+    resumed = sf.rollouts.resume("g", snap["id"])
+    assert resumed.id == snap["id"]
+    final = wait(resumed)
+    assert (final["state"], final["resumed"], final["failed"]) == (COMPLETED, 1, 0)
+    assert (final["total"], final["migrated"], final["remaining"]) == (3, 3, 0)
+    assert final["template"] == {"applied": ["0001_price"], "tried_only": False}
+    assert sf.groups.get("g").state().head == 1
+    for tenant in ("a", "b", "c", "d"):  # b without being reopened; d by catch-up
+        assert sf.query(tenant, "SELECT count(*) FROM pragma_table_info('items') WHERE name = 'price'") == [
+            (1,)
+        ]
+    with pytest.raises(RolloutConflict, match="completed"):
+        sf.rollouts.resume("g", snap["id"])
+
+
+def test_abort_keeps_the_released_head_and_reports_the_tenants_ahead(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    sf.groups.create("g", "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);")
+    for tenant in ("a", "b", "c"):
+        sf.fleet.create(tenant, "g")
+    sf.query("b", "ALTER TABLE items ADD COLUMN price REAL")
+    sf.groups.add_migration("g", "price", "ALTER TABLE items ADD COLUMN price REAL")
+    snap = wait(sf.rollouts.start("g", RolloutOptions(max_failures=1, concurrency=1)))
+    assert (snap["state"], snap["migrated"], snap["failed"]) == (STOPPED, 1, 1)
+    assert snap["migrated_tenants"] == ["a"]
+
+    aborted = sf.rollouts.abort("g", snap["id"])
+    assert aborted["state"] == ABORTED and aborted["reason"] == "aborted by the operator"
+    assert aborted["migrated_tenants"] == ["a"] and aborted["migrated"] == 1
+    assert sf.rollouts.status("g", snap["id"])["state"] == ABORTED
+    assert sf.groups.get("g").state().head == 0
+    # a keeps the migration (no down migrations), c does not get it
+    assert migrated(sf, "a")
+    sf.fleet.pool.discard("c")
+    assert not migrated(sf, "c")
+    with pytest.raises(RolloutConflict, match="aborted"):
+        sf.rollouts.resume("g", snap["id"])
+    with pytest.raises(RolloutConflict, match="aborted"):
+        sf.rollouts.abort("g", snap["id"])
+    # the next rollout takes the rest: a counts as current
+    sf.query("b", "ALTER TABLE items DROP COLUMN price")
+    final = wait(sf.rollouts.start("g", RolloutOptions()))
+    assert (final["state"], final["migrated"], final["current"]) == (COMPLETED, 2, 1)
+
+
+def test_a_running_rollout_can_be_aborted(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    seed(sf, 200)
+    rollout = sf.rollouts.start("shop", RolloutOptions(concurrency=1))
+    wait(rollout, until=lambda s: s["done"] >= 5)
+    aborted = sf.rollouts.abort("shop", rollout.id)
+    assert aborted["state"] == ABORTED and 5 <= aborted["migrated"] < 200
+    assert len(aborted["migrated_tenants"]) == aborted["migrated"]
+    assert sf.groups.get("shop").state().head == 0
+
+
+def test_a_rollout_interrupted_by_a_restart_resumes_from_its_file(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    smallest_input(sf)
+    first = sf.rollouts.start("g", RolloutOptions(max_failures=1, concurrency=1))
+    assert first.wait(30) and first.snapshot()["state"] == STOPPED
+    sf.query("a", "ALTER TABLE items DROP COLUMN price")
+    restarted = Rollouts(sf.groups, sf.fleet, concurrency=2)  # a new server: nothing live
+    try:
+        assert restarted.status("g", first.id)["state"] == STOPPED
+        final = wait(restarted.resume("g", first.id))
+        assert (final["state"], final["migrated"], final["failed"], final["resumed"]) == (COMPLETED, 3, 0, 1)
+        assert final["options"]["max_failures"] == 1
+        assert sf.groups.get("g").state().head == 1
+    finally:
+        restarted.close()
+
+
+def test_resume_takes_new_limits_and_only_the_newest_rollout(schema_fleet: SchemaFleet) -> None:
+    sf = schema_fleet
+    seed(sf, 20, bad_every=5)
+    first = wait(sf.rollouts.start("shop", RolloutOptions(max_failures=1, concurrency=1)))
+    assert first["state"] == STOPPED
+    resumed = wait(sf.rollouts.resume("shop", first["id"], max_failures=10))
+    assert (resumed["state"], resumed["failed"], resumed["options"]["max_failures"]) == (COMPLETED, 4, 10)
+    assert resumed["migrated"] == 16 and resumed["remaining"] == 0
+    dry = wait(sf.rollouts.start("shop", RolloutOptions(dry_run=True)))
+    assert dry["dry_run"] is True
+    with pytest.raises(RolloutConflict, match="completed"):
+        sf.rollouts.resume("shop", dry["id"])
+    with pytest.raises(RolloutNotFound):
+        sf.rollouts.resume("shop", "20200101T000000-000000")

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.testclient import TestClient
 
@@ -22,12 +22,33 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@dataclass
-class InProcess:
-    """The real ASGI app driven in-process through Starlette's TestClient."""
+class Reply(Protocol):
+    """What tests read of a response (httpx's, or the TestClient's)."""
 
-    server: Server
-    client: TestClient
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def headers(self) -> Any: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+class Client(Protocol):
+    """Starlette's TestClient or an httpx.Client against a real server."""
+
+    def post(self, url: str, *, json: Any = ..., headers: Any = ...) -> Reply: ...
+
+    def get(self, url: str, *, headers: Any = ...) -> Reply: ...
+
+
+class AdminCalls:
+    """The admin calls tests make through `client`, with the admin key."""
+
+    client: Client
 
     def create(self, tenant: str, group: str | None = None) -> dict[str, Any]:
         r = self.client.post("/v1/admin/tenants", json={"id": tenant, "group": group}, headers=ADMIN)
@@ -44,6 +65,14 @@ class InProcess:
         assert r.status_code == 200, r.text
         token: str = r.json()["token"]
         return token
+
+
+@dataclass
+class InProcess(AdminCalls):
+    """The real ASGI app driven in-process through Starlette's TestClient."""
+
+    server: Server
+    client: TestClient
 
     def query(self, tenant: str, sql: str, params: Any = None, token: str | None = None) -> Any:
         body: dict[str, Any] = {"sql": sql} if params is None else {"sql": sql, "params": params}

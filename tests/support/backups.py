@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tenants.rfc3339 import format_time
-from tests.support.app import ADMIN
-
-
-class Reply(Protocol):
-    """What tests read of a response (httpx's, or the TestClient's)."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def headers(self) -> Any: ...
-
-    def json(self, **kwargs: Any) -> Any: ...
-
-
-class Client(Protocol):
-    """Starlette's TestClient or an httpx.Client against a real server."""
-
-    def post(self, url: str, *, json: Any = ..., headers: Any = ...) -> Reply: ...
-
-    def get(self, url: str, *, headers: Any = ...) -> Reply: ...
+from tests.support.app import ADMIN, Client, InProcess, Reply
 
 
 def query(client: Client, tenant: str, sql: str, params: Any = None, headers: dict[str, str] = ADMIN) -> Any:
@@ -39,6 +17,28 @@ def query(client: Client, tenant: str, sql: str, params: Any = None, headers: di
     r = client.post(f"/v1/tenants/{tenant}/query", json=body, headers=headers)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def values(app: InProcess, tenant: str, headers: dict[str, str] = ADMIN) -> list[Any]:
+    """Column v of the tenant's table t, in insertion order."""
+    return [r[0] for r in query(app.client, tenant, "SELECT v FROM t ORDER BY rowid", None, headers)["rows"]]
+
+
+def write(app: InProcess, tenant: str, *vs: Any) -> float:
+    """Insert each value into t(v) in its own commit; returns the moment right after the last
+    (and lets the clock move on past it)."""
+    for v in vs:
+        query(app.client, tenant, "INSERT INTO t(v) VALUES (?)", [v])
+    moment = time.time()
+    time.sleep(0.01)
+    return moment
+
+
+def make(app: InProcess, tenant: str, *vs: Any) -> float:
+    """A new tenant with a table t(v) holding `vs` (see `write`)."""
+    app.create(tenant)
+    query(app.client, tenant, "CREATE TABLE t(v)")
+    return write(app, tenant, *vs)
 
 
 def _digest(value: Any) -> Any:

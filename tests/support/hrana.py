@@ -31,3 +31,12 @@ class Served:
                 for access in ("rw", "ro")
             }
         return Tenant(tenant_id, tokens["rw"], tokens["ro"])
+
+
+def url_of(served: Served, tenant: Tenant, form: str) -> str:
+    """The client URL of `tenant`; `form` is `http-path`, `http-root`, `ws-path` or `ws-root`."""
+    transport, shape = form.split("-")
+    base = served.server.url if transport == "http" else "ws" + served.server.url.removeprefix("http")
+    if shape == "root":
+        return base
+    return f"{base}/v1/tenants/{tenant.id}" + ("/" if transport == "http" else "")

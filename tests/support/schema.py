@@ -11,7 +11,7 @@ from typing import Any
 from ops.settings import Settings
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
-from schema_sync.rollout import Rollouts
+from schema_sync.rollouts import Rollouts
 from schema_sync.session import SchemaSession
 from tenants.execute import Statement
 from tenants.fleet import Fleet

@@ -4,15 +4,18 @@ launch theirs), and any other command run to its end under the same rules."""
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ops import process
 from ops.process import ServerProcess, free_port
 from tests.support.app import ADMIN_KEY
 
-__all__ = ["ServerProcess", "free_port", "run_command", "run_server", "start_server"]
+__all__ = ["ServerProcess", "free_port", "run_bench", "run_command", "run_server", "sql", "start_server"]
 
 
 def start_server(
@@ -28,6 +31,28 @@ def run_server(data_dir: Path, *args: str, env: dict[str, str] | None = None) ->
     """`start_server`, stopped on any way out of the block."""
     with start_server(data_dir, *args, env=env) as server:
         yield server
+
+
+def sql(server: ServerProcess, tenant: str, statement: str) -> list[list[Any]]:
+    """The rows of `statement`, run on the tenant with the admin key (which must succeed)."""
+    with server.client() as http:
+        r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": statement})
+        assert r.status_code == 200, r.text
+        rows: list[list[Any]] = r.json()["rows"]
+        return rows
+
+
+def run_bench(
+    cwd: Path, *args: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`python -m ops bench ARGS --json-out FILE` run in `cwd` (see `run_command`), which must
+    succeed: its output, and its JSON report."""
+    out = cwd / "bench.json"
+    command = [sys.executable, "-m", "ops", "bench", *args, "--json-out", str(out)]
+    proc = run_command(command, cwd=cwd, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report: dict[str, Any] = json.loads(out.read_text())
+    return proc, report
 
 
 def run_command(

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import apsw
@@ -11,6 +14,7 @@ import pytest
 from tenants.catalog import Catalog
 from tenants.rfc3339 import format_time
 from tenants.state import TenantState
+from tests.support.waiting import wait_until
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_-"
 
@@ -208,3 +212,89 @@ def test_the_catalog_is_readable_by_the_server_user_only(tmp_path: Path) -> None
         cat.close()
     for path in tmp_path.glob("catalog.db*"):
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def grouped(catalog: Catalog, writes: list[Callable[[], object]]) -> tuple[list[object], int]:
+    """Run `writes` in threads while the catalog's connection is held until all have queued,
+    so one group commit takes them all; their results, and how many commits there were."""
+    commits: list[int] = []
+
+    def hook() -> bool:
+        commits.append(1)
+        return False  # let it commit
+
+    catalog._db.set_commit_hook(hook)
+    with ThreadPoolExecutor(len(writes)) as pool:
+        with catalog._lock:
+            futures = [pool.submit(w) for w in writes]
+            deadline = time.monotonic() + 10
+            while len(catalog._queue) < len(writes) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return [f.result() for f in futures], len(commits)
+
+
+def test_concurrent_writes_share_one_commit_and_are_durable(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    catalog = Catalog(path)
+    ids = [f"t{i:02d}" for i in range(32)]
+    inserted, commits = grouped(catalog, [partial(catalog.insert, t, None) for t in ids])
+    assert all(inserted) and commits == 1
+    assert catalog.all_ids() == set(ids)
+    catalog.close()
+    again = Catalog(path)
+    try:
+        assert again.all_ids() == set(ids)
+    finally:
+        again.close()
+
+
+def test_a_failing_write_fails_alone_in_its_group(catalog: Catalog) -> None:
+    catalog.insert("first", None)
+
+    def failing() -> str:
+        try:
+            catalog.adopt("first", None, "x", 1)  # type: ignore[arg-type]  # NOT NULL violated
+        except apsw.ConstraintError:
+            return "failed"
+        return "ok"
+
+    writes: list[Callable[[], object]] = [
+        partial(catalog.insert, "n0", None),
+        failing,
+        partial(catalog.insert, "first", None),  # a duplicate changes nothing
+        partial(catalog.insert, "n3", None),
+    ]
+    outcomes, commits = grouped(catalog, writes)
+    assert outcomes == [True, "failed", False, True] and commits == 1
+    assert catalog.all_ids() == {"first", "n0", "n3"}
+    row = catalog.get("first")
+    assert row is not None and row.token_generation == 0  # the failed write left it alone
+
+
+def test_a_committed_write_returns_without_waiting_for_the_next_commit(catalog: Catalog) -> None:
+    release = threading.Event()
+    started: list[threading.Thread] = []
+
+    def hook() -> bool:
+        if not started:  # the first group's commit: a write arrives meanwhile
+            late = threading.Thread(target=catalog.insert, args=("late", None))
+            started.append(late)
+            late.start()
+            deadline = time.monotonic() + 10
+            while len(catalog._queue) < 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        else:  # the next group's commit hangs until released
+            assert release.wait(30)
+        return False
+
+    catalog._db.set_commit_hook(hook)
+    with ThreadPoolExecutor(2) as pool:
+        with catalog._lock:
+            first = [pool.submit(catalog.insert, t, None) for t in ("a", "b")]
+            wait_until(lambda: len(catalog._queue) == 2, interval=0.001)
+        try:
+            assert [f.result(timeout=10) for f in first] == [True, True]  # the late commit still hangs
+        finally:
+            release.set()
+            started[0].join(30)
+    assert catalog.all_ids() == {"a", "b", "late"}

@@ -18,6 +18,7 @@ from tenants.execute import Statement, run_statement
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 from tenants.pool import Handle
+from tenants.watchdog import shared_watchdog
 from tests.support.tenants import MakeFleet
 from tests.support.waiting import wait_until
 
@@ -57,6 +58,7 @@ class SlowClose(FleetHooks):
 
 
 def test_hammer_many_tenants_with_a_small_pool(make_fleet: MakeFleet) -> None:
+    shared_watchdog()  # the process's own, started on first use: not this fleet's thread
     fds_before, threads_before = open_fds(), threading.active_count()
     fleet = make_fleet(capacity=CAPACITY)
     tenants = make_tenants(fleet, 240)

@@ -187,8 +187,10 @@ def test_query_only_cannot_be_cleared_by_tenant_sql(fleet: Fleet, acme: str, unt
 def test_foreign_keys_off(fleet: Fleet, acme: str) -> None:
     fleet.execute("acme", Statement("CREATE TABLE parent(id INTEGER PRIMARY KEY)"))
     fleet.execute("acme", Statement("CREATE TABLE child(pid REFERENCES parent(id))"))
-    refused(fleet, "PRAGMA foreign_keys=OFF")
-    refused(fleet, "PRAGMA foreign_keys=0")
+    # allowed (the clients' migrators send it), but only for the request that sets it
+    # (tests/tenants/test_session_pragmas.py): the next one enforces foreign keys again
+    fleet.execute("acme", Statement("PRAGMA foreign_keys=OFF"))
+    fleet.execute("acme", Statement("PRAGMA foreign_keys=0"))
     with pytest.raises(SqlError, match="FOREIGN KEY"):
         fleet.execute("acme", Statement("INSERT INTO child VALUES (42)"))
     assert value(fleet, "PRAGMA foreign_keys") == 1
@@ -357,3 +359,35 @@ def test_bookkeeping_reads_and_other_schema_work_stay_allowed(fleet: Fleet, book
     fleet.execute("acme", Statement("CREATE TEMP TABLE scratch(x)"))
     fleet.execute("acme", Statement("SELECT '_sqlfleet_' || 'x' AS rename_to"))
     assert value(fleet, "SELECT count(*) FROM t") == 1
+
+
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        ("ATTACH ':memory:' AS m", "ATTACH (and VACUUM INTO) is not allowed"),
+        ("VACUUM INTO '/nonexistent/x.db'", "ATTACH (and VACUUM INTO) is not allowed"),
+        ("VACUUM", "VACUUM (and ATTACH) is not allowed"),
+        ("DETACH temp", "DETACH is not allowed"),
+        ("PRAGMA journal_mode=DELETE", "PRAGMA journal_mode may be read, not set: the server manages it"),
+        ("PRAGMA query_only=0", "PRAGMA query_only may be read, not set: a read-only token sets it"),
+        ("PRAGMA writable_schema=ON", "PRAGMA writable_schema is not allowed: it would let SQL rewrite"),
+        ("PRAGMA temp_store_directory='/tmp'", "PRAGMA temp_store_directory is not allowed: it names a dir"),
+        ("PRAGMA wal_checkpoint", "PRAGMA wal_checkpoint is not allowed: the server checkpoints"),
+        ("PRAGMA mmap_size=1", "PRAGMA mmap_size is not allowed: tenant SQL may use the pragmas that"),
+        ("SELECT load_extension('x')", "load_extension() is not allowed: tenant SQL may not load native"),
+        ("SELECT fts3_tokenizer('simple')", "fts3_tokenizer() is not allowed"),
+        ("DELETE FROM _sqlfleet_migrations", "_sqlfleet_migrations is server bookkeeping"),
+    ],
+)
+def test_every_refusal_says_what_was_refused_and_why(fleet: Fleet, acme: str, sql: str, said: str) -> None:
+    if "_sqlfleet_" in sql:
+        with fleet.lease("acme") as handle:
+            assert handle.conn is not None and handle.sandbox is not None
+            handle.sandbox.trusted = True
+            try:
+                handle.conn.execute("CREATE TABLE _sqlfleet_migrations(name TEXT)")
+            finally:
+                handle.sandbox.trusted = False
+    message = refused(fleet, sql).message
+    assert message.startswith(f"not allowed by the sandbox: {said}"), message
+    assert "not authorized" not in message, message

@@ -4,7 +4,9 @@ end within the limit plus a little slack, however it ends (a result, 504, 413)."
 
 from __future__ import annotations
 
+import sys
 import time
+from types import FrameType
 
 import pytest
 
@@ -88,3 +90,26 @@ def test_a_like_pattern_past_its_limit_is_refused_at_once(make_fleet: MakeFleet)
     with pytest.raises(SqlfleetError, match="pattern too complex") as refused:
         fleet.execute("acme", Statement(f"SELECT 'x' LIKE '%' || {_a(PATTERN)}"))
     assert refused.value.status == 400
+
+
+def test_a_statement_in_a_worker_thread_never_calls_back_into_python(make_fleet: MakeFleet) -> None:
+    # The watchdog alone stops it at its deadline. A progress handler every 10,000 steps took
+    # the GIL thousands of times a second per runaway statement, and each time the event loop
+    # had to hand it over: `sqlfleet bench isolation`'s victim waited ~1 s at p99 for it.
+    fleet = make_fleet()
+    fleet.create("acme")
+    calls: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    fleet.execute("acme", Statement("SELECT 1"))  # opened: what runs now is the statement
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(SqlfleetError) as stopped:
+            fleet.execute("acme", Statement(CORPUS["many steps"]))
+    finally:
+        sys.setprofile(None)
+    assert stopped.value.status == 504
+    assert calls.count("progress") == 0, f"{calls.count('progress')} calls of the progress handler"

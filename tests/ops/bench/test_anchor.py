@@ -3,27 +3,21 @@ and a real Litestream 0.5 (the `bench` extra, part of `dev`), side by side in on
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from ops.bench import litestream
-from tests.support.server import run_command
+from tests.support.server import run_bench
 
 SIDES = ("sqlfleet", "litestream")
 
 
 @pytest.mark.timeout(300)
 def test_a_tiny_run_compares_both_sides_on_every_metric(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
     args = "--against litestream --sizes 3 --seconds 2 --rate 20 --restore-mb 1 --restore-commits 20"
-    command = [sys.executable, "-m", "ops", "bench", "backups", *args.split(), "--json-out", str(out)]
-    proc = run_command(command, cwd=tmp_path, timeout=280)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc, r = run_bench(tmp_path, "backups", *args.split(), timeout=280)
     assert "N=3: PUTs/s" in proc.stdout
-    r = json.loads(out.read_text())
     assert r["litestream_version"].lstrip("v").startswith("0.5.")
     (size,) = r["sizes"]
     assert size["databases"] == 3

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from ops.bench.s3 import quantile, share_within
-from tests.support.server import run_command
+from tests.support.server import run_bench
 
 
 def test_quick_run_reports_lag_puts_throughput_and_restore(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
     sizes = "--sizes 2,6 --seconds 1 --flush-interval 0.2 --concurrency 4 --timeout 120"
     more = "--ratio-tenants 3 --ratio-slices 2 --slice-seconds 0.4 --restore-mb 1 --restore-commits 40"
     args = [*sizes.split(), *more.split()]
-    command = [sys.executable, "-m", "ops", "bench", "backups", *args, "--json-out", str(out)]
-    proc = run_command(command, cwd=tmp_path, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc, r = run_bench(tmp_path, "backups", *args, timeout=180)
     assert "sqlfleet bench backups" in proc.stdout
-    r = json.loads(out.read_text())
     assert [p["tenants"] for p in r["lag"]] == [2, 6]
     for p in r["lag"]:
         assert p["writes"] > 0 and p["errors"] == 0

@@ -19,19 +19,15 @@ from ops.bench.driver import latency_ms
 from ops.bench.loadgen import Phase, render, run_phase
 from ops.process import spawn, stop
 from tests.support.app import ADMIN, bearer
-from tests.support.server import run_command, run_server
+from tests.support.server import run_bench, run_server
 
 LATENCY = {"p50", "p99", "mean", "max"}
 
 
 def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     """Run `sqlfleet bench ...` as the user would and return its JSON."""
-    out = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "ops", "bench", *args, "--json-out", str(out), "--timeout", "60"]
-    proc = run_command(command, cwd=tmp_path, timeout=90)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc, result = run_bench(tmp_path, *args, "--timeout", "60", timeout=90)
     assert f"sqlfleet bench {args[0]}" in proc.stdout
-    result: dict[str, Any] = json.loads(out.read_text())
     assert result["server_exit_code"] == 0  # stopped gracefully, not left running
     return result
 
@@ -55,11 +51,12 @@ def test_fleet_reports_throughput_latency_pool_and_rss(tmp_path: Path) -> None:
 
 
 def test_hot_compares_query_with_bare_endpoint(tmp_path: Path) -> None:
-    r = _bench(tmp_path, "hot", "--slices", "2", "--slice-seconds", "0.3", "--concurrency", "4")
-    for kind in ("query", "ping"):
+    r = _bench(tmp_path, "hot", "--slices", "3", "--slice-seconds", "0.3", "--concurrency", "4")
+    for kind in ("query", "ws", "ping"):  # ws: the same query over Hrana over WebSocket
         assert r[kind]["requests"] > 0 and r[kind]["errors"] == 0
         assert r[kind]["req_per_s"] > 0 and set(r[kind]["latency_ms"]) == LATENCY
     assert r["ratio"] == round(r["query"]["req_per_s"] / r["ping"]["req_per_s"], 3)
+    assert r["ws_ratio"] == round(r["ws"]["req_per_s"] / r["ping"]["req_per_s"], 3)
     assert "query / ping" in r["targets"]
 
 

@@ -95,10 +95,25 @@ def test_ids_that_would_change_the_url_are_refused(server: ServerProcess) -> Non
 def test_info_shows_every_field(server: ServerProcess) -> None:
     create(server, "shown")
     out = ok(cli(server, "tenant", "info", "shown"))
-    assert table_ids(out) == ["id", "created_at", "state", "group", "size", "error"]
+    assert table_ids(out) == ["id", "created_at", "state", "group", "size", "error", "path"]
     assert "shown" in out and "active" in out and "4.0 KiB" in out
     body = json.loads(ok(cli(server, "tenant", "info", "shown", "--json")))
     assert (body["id"], body["state"], body["group"], body["size"]) == ("shown", "active", None, 4096)
+    path = Path(body["path"])  # where the file lives, for operators
+    assert path.is_absolute() and path.name.startswith("shown.") and path.is_file()
+    assert path.is_relative_to(server.data_dir.absolute())
+
+
+def test_list_shows_the_size_info_shows_right_after_writes(server: ServerProcess) -> None:
+    create(server, "growing")
+    statements = [{"sql": "create table t(x)"}, {"sql": "insert into t values (zeroblob(200000))"}]
+    with server.client() as http:
+        assert http.post("/v1/tenants/growing/batch", json={"statements": statements}).status_code == 200
+    listed = json.loads(ok(cli(server, "tenant", "list", "--prefix", "growing", "--json")))["tenants"]
+    info = json.loads(ok(cli(server, "tenant", "info", "growing", "--json")))
+    assert info["size"] > 200_000
+    assert [t["size"] for t in listed] == [info["size"]]
+    assert "path" not in listed[0]  # a listing names no paths
 
 
 def test_info_of_missing_tenant_fails_404(server: ServerProcess) -> None:
@@ -288,9 +303,18 @@ def test_something_that_is_not_sqlfleet_is_one_line() -> None:
         fails(cli(None, "tenant", "list", "--url", url, "--admin-key", "k"), "not a JSON object")
 
 
-def test_wrong_admin_key_fails_401(server: ServerProcess) -> None:
+def test_wrong_admin_key_fails_401_saying_so_and_where_the_key_came_from(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    said = "not the admin key, nor a well-formed token"
     result = cli(server, "tenant", "list", env={"SQLFLEET_ADMIN_KEY": "not-the-key"})
-    fails(result, "the server rejected the admin key from --admin-key / SQLFLEET_ADMIN_KEY", "HTTP 401")
+    line = fails(result, "the server rejected the admin key from SQLFLEET_ADMIN_KEY", said, "HTTP 401")
+    assert "segments" not in line  # PyJWT's own words say nothing to an operator
+    result = cli(server, "tenant", "list", "--admin-key", "sfa_wrong", env={"SQLFLEET_ADMIN_KEY": None})
+    fails(result, "the server rejected the admin key from --admin-key", said)
+    (tmp_path / "admin.key").write_text("sfa_stale\n")
+    result = cli(server, "tenant", "list", "--data-dir", str(tmp_path), env={"SQLFLEET_ADMIN_KEY": None})
+    fails(result, f"the server rejected the admin key from {tmp_path / 'admin.key'}", said)
 
 
 def test_tenant_token_as_admin_key_fails_403(server: ServerProcess) -> None:

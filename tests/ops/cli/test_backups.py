@@ -14,10 +14,10 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 
 from router.openapi import openapi_document
-from tenants.rfc3339 import format_time
+from tenants.rfc3339 import format_time, parse_time
 from tests.support.cli import at, cli, fails, ok, usage_error
 from tests.support.loopback import Quiet, loopback_http
-from tests.support.server import ServerProcess, run_server
+from tests.support.server import ServerProcess, run_server, sql
 
 FAST = ("--backup-flush-interval", "0.2")
 
@@ -26,14 +26,6 @@ FAST = ("--backup-flush-interval", "0.2")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with run_server(tmp_path_factory.mktemp("backups-cli") / "data", *FAST) as running:
         yield running
-
-
-def sql(server: ServerProcess, tenant: str, statement: str) -> list[list[Any]]:
-    with server.client() as http:
-        r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": statement})
-        assert r.status_code == 200, r.text
-        rows: list[list[Any]] = r.json()["rows"]
-        return rows
 
 
 def make(server: ServerProcess, tenant: str, *values: int) -> None:
@@ -119,7 +111,11 @@ def test_restore_refuses_bad_arguments_before_calling(server: ServerProcess) -> 
 
 
 def test_restore_errors_are_one_line_with_the_servers_code(server: ServerProcess) -> None:
-    fails(cli(server, "restore", "never-was", "--to", "latest"), "HTTP 404 no_restore_point")
+    fails(
+        cli(server, "restore", "never-was", "--to", "latest"),
+        "does not exist here",
+        "HTTP 404 tenant_not_found",
+    )
     make(server, "young")
     fails(cli(server, "restore", "young", "--to", "2001-01-01T00:00:00Z"), "HTTP 404")
     fails(cli(server, "restore", "young", "--to", "latest", "--as", "young"), "HTTP 409")
@@ -163,8 +159,28 @@ def test_rebuild_reports_the_segments_it_read(server: ServerProcess) -> None:
 def test_tenants_lists_what_the_bucket_can_restore(server: ServerProcess) -> None:
     make(server, "in-bucket")
     listing = json.loads(ok(cli(server, "backups", "tenants", "--json")))["tenants"]
-    assert {"id": "in-bucket", "exists": True} in listing
-    assert ["in-bucket", "yes"] in table_rows(ok(cli(server, "backups", "tenants")))
+    assert {"id": "in-bucket", "exists": True, "deleted": None} in listing
+    assert ["in-bucket", "yes", "-"] in table_rows(ok(cli(server, "backups", "tenants")))
+
+
+def test_tenants_lists_deleted_tenants_as_deleted_and_restore_undeletes_them(server: ServerProcess) -> None:
+    make(server, "binned", 1)
+    with server.client() as http:
+        assert http.delete("/v1/admin/tenants/binned").status_code == 204
+    listing = json.loads(ok(cli(server, "backups", "tenants", "--json")))["tenants"]
+    deleted = next(t for t in listing if t["id"] == "binned")
+    assert deleted["exists"] is False and parse_time(deleted["deleted"]) <= time.time()
+    row = next(r for r in table_rows(ok(cli(server, "backups", "tenants"))) if r[0] == "binned")
+    assert row == ["binned", "no (restore TENANT --to latest)", deleted["deleted"]]
+    ok(cli(server, "restore", "binned", "--to", "latest"))
+    assert values(server, "binned") == [1]
+
+
+def test_restore_refuses_a_future_moment_naming_the_latest(server: ServerProcess) -> None:
+    make(server, "timely", 1)
+    latest = json.loads(ok(cli(server, "backups", "ls", "timely", "--json")))["latest"]
+    result = cli(server, "restore", "timely", "--to", "2999-01-01T00:00:00Z", "--as", "timely-2")
+    fails(result, "is in the future", f"as of {latest}", "HTTP 400 restore_time_in_future")
 
 
 def _documented(method: str, template: str, status: int) -> dict[str, Any]:

@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from backups.keyring import Keyring
 from tests.support.cli import as_json, cli, fails, ok
-from tests.support.server import ServerProcess, run_server
+from tests.support.server import ServerProcess, run_server, sql
 
 FAST = ("--backup-flush-interval", "0.2")
-
-
-def sql(server: ServerProcess, tenant: str, statement: str) -> list[list[Any]]:
-    with server.client() as http:
-        r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": statement})
-        assert r.status_code == 200, r.text
-        rows: list[list[Any]] = r.json()["rows"]
-        return rows
 
 
 def shipped(server: ServerProcess, tenant: str) -> None:

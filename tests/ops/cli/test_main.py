@@ -37,3 +37,9 @@ def test_bench_lists_its_commands() -> None:
     shown = ok(cli(None, "bench", "--help"))
     for command in ("fleet", "hot", "cold", "backups", "migrate"):
         assert f"  {command} " in shown, command
+
+
+def test_version_is_the_installed_packages() -> None:
+    from importlib.metadata import version
+
+    assert ok(cli(None, "--version")) == f"sqlfleet {version('sqlfleet')}\n"

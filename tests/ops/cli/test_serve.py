@@ -39,3 +39,19 @@ def test_help_names_each_flags_kind() -> None:
     shown = ok(cli(None, "serve", "--help"))
     for kind in ("--pool-capacity INTEGER", "--statement-timeout FLOAT", "--data-dir TEXT"):
         assert kind in shown
+
+
+def test_help_shows_each_settings_default_as_settings_has_it() -> None:
+    shown = " ".join(ok(cli(None, "serve", "--help")).split())  # unwrapped
+    defaults = Settings.load(environ={})
+    for flag, value in [
+        ("--pool-capacity", defaults.pool_capacity),
+        ("--statement-timeout", defaults.statement_timeout),
+        ("--port", defaults.port),
+        ("--synchronous", defaults.synchronous),
+        ("--lazy-catch-up", defaults.lazy_catch_up),
+    ]:
+        env = f"SQLFLEET_{flag[2:].replace('-', '_').upper()}"
+        assert f"[env {env}; default: {value}]" in shown, flag
+    assert "[env SQLFLEET_REPLICA_URL; default: unset]" in shown
+    assert "default: $XDG_DATA_HOME/sqlfleet, else ~/.local/share/sqlfleet]" in shown

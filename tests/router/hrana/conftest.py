@@ -7,6 +7,7 @@ parse exactly that), so the REST contract check of tests/router/conftest.py does
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -40,11 +41,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture(scope="session")
 def node_client() -> Path:
-    """The folder of the node scenarios, with @libsql/client installed (`npm ci` when missing;
-    scripts/test does the same before pytest starts)."""
+    """The folder of the node scenarios, with its packages installed (`npm ci` when one is
+    missing; scripts/test does the same before pytest starts)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are needed: scripts/test installs them (apt-get install nodejs npm)")
-    if not (NODE_DIR / "node_modules" / "@libsql" / "client").is_dir():
+    packages = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    if not all((NODE_DIR / "node_modules" / name).is_dir() for name in packages):
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"],
             cwd=NODE_DIR,

@@ -1,5 +1,6 @@
-"""The official `@libsql/client` (npm) against a real server, at both base URLs:
-`http://host:port/v1/tenants/{tenant}/` and `http://host:port` (tenant from the token).
+"""The official `@libsql/client` (npm) against a real server, over both transports at both URL
+forms: `http://host:port/v1/tenants/{tenant}/`, `http://host:port` (tenant from the token),
+`ws://host:port/v1/tenants/{tenant}` and `ws://host:port` (the client speaks hrana2 over WebSocket).
 
 The assertions about values and results live in node/scenarios.mjs, next to the client calls;
 these tests run it and check what it observed (error codes, timings)."""
@@ -13,27 +14,26 @@ from typing import Any
 
 import pytest
 
-from tests.support.hrana import IDLE_TIMEOUT, Served
+from tests.support.hrana import IDLE_TIMEOUT, Served, url_of
 
 SCENARIOS = ("args", "values", "batch", "transaction", "multiple", "readonly", "expiry")
-FORMS = ("path", "root")
+FORMS = ("http-path", "http-root", "ws-path", "ws-root")
 
 
 @pytest.fixture(scope="module")
 def observed(served: Served, node_client: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every scenario, per URL form: both forms run concurrently, one node process each."""
+    """Every scenario, per URL form: the forms run concurrently, one node process each."""
     procs = {}
     for form in FORMS:
         tenant = served.tenant(f"node-{form}")
-        url = f"{served.server.url}/v1/tenants/{tenant.id}/" if form == "path" else served.server.url
-        args = [",".join(SCENARIOS), url, tenant.rw, tenant.ro, str(IDLE_TIMEOUT)]
+        args = [",".join(SCENARIOS), url_of(served, tenant, form), tenant.rw, tenant.ro, str(IDLE_TIMEOUT)]
         procs[form] = subprocess.Popen(
             ["node", "scenarios.mjs", *args], cwd=node_client, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for form, proc in procs.items():
         try:
-            out, err = proc.communicate(timeout=90)
+            out, err = proc.communicate(timeout=120)
         finally:
             proc.kill()
         lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]

@@ -35,8 +35,8 @@ class SimClock:
         `time.monotonic` stays real (it only bounds waits, which a single-threaded run never
         hits)."""
         real = time.time
-        time.time = self.time  # type: ignore[assignment]
+        time.time = self.time
         try:
             yield
         finally:
-            time.time = real  # type: ignore[assignment]
+            time.time = real

@@ -22,8 +22,10 @@ What a crash leaves:
   file, a prefix of its writes since its last fsync survives (SQLite's writes page by page; a
   file sqlfleet writes is cut at some byte past its last fsync'd length); for each directory, a
   prefix of its entry changes (create, rename, unlink) since its last fsync survives, the rest
-  are undone (an unlinked file comes back, a rename goes back). A file SQLite creates counts as
-  durable after its first sync (SQLite syncs the directory of a new WAL or journal then).
+  are undone (an unlinked file comes back, a rename goes back). What may be undone of a file's
+  writes belongs to that file: a new file at its path (after an unlink or a rename over it)
+  starts with nothing to undo, and so never gets the old one's bytes. A file SQLite creates
+  counts as durable after its first sync (SQLite syncs the directory of a new WAL or journal then).
   Directories made with mkdir, and the replica (a remote object store: a power loss here does
   not touch it), are durable at once. fsync itself is not carried out (the model decides what is
   durable), which keeps runs fast.
@@ -152,10 +154,11 @@ class SimDisk:
         self.image: Image | None = None  # the files as the crash left them
         self.quiet = 0  # > 0: observing, not running: no faults, no crash
         self.events: list[str] = []  # faults injected (the trace)
-        self.journal_faults = 0  # faults that hit the commit-times journal
+        self.journal_faults = 0  # faults that may cost commit-times records
         self._writes: dict[str, list[_Wrote | _Truncated]] = {}  # SQLite writes since the last sync
         self._unsynced: dict[str, int] = {}  # files written by Python: length at their last fsync
         self._dir_ops: dict[str, list[_DirOp]] = {}  # entry changes since the directory's fsync
+        self._let_go: list[int] = []  # descriptors of dead processes, pointed at /dev/null
 
     # -- the process ------------------------------------------------------------------------------
 
@@ -209,7 +212,9 @@ class SimDisk:
                 code = errno.EIO
         if code is not None:
             self.events.append(f"{self.ticks} {errno.errorcode[code]} {kind} {self.rel(path)}")
-            if "/commit-times/" in path:
+            # a commit's record in the commit-times journal is lost when writing the journal
+            # fails, or reading its key (the WAL's salts, from the WAL's header) does
+            if "/commit-times/" in path or (kind == "read" and path.endswith("-wal")):
                 self.journal_faults += 1
         return code
 
@@ -217,6 +222,45 @@ class SimDisk:
         code = self.fault(kind, path, grows)
         if code is not None:
             raise OSError(code, f"{os.strerror(code)} (simulated)", path)
+
+    def let_go(self) -> None:
+        """The process died: whatever descriptor of its files is still open (one a crash cut
+        off before its owner kept it, such as a lock taken and never recorded) goes, as the
+        kernel closes a dead process's. Each is pointed at /dev/null rather than closed, so an
+        object still holding the number cannot close someone else's file later; `close`
+        closes them. Its SQLite connections still open go first (`close_connections`), closed
+        while the process is dead, so closing them writes and deletes nothing."""
+        assert self.dead
+        self.close_connections()
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            path = _fd_path(fd)
+            if self.ours(path) and fd not in self._let_go:
+                assert path is not None
+                self.events.append(f"the dead process still had {self.rel(path)} open")
+                devnull = _real_os_open(os.devnull, os.O_RDWR)
+                os.dup2(devnull, fd)
+                os.close(devnull)
+                self._let_go.append(fd)
+
+    def close_connections(self) -> None:
+        """Close every SQLite connection still open on a file below the root: the process they
+        belonged to is gone (dead, failed to start, or the run is over). One that something
+        still holds (a disarmed watchdog alarm keeps its connection until the alarm's deadline)
+        would otherwise close whenever it is let go, maybe on another thread, and checkpoint into
+        the next process's files. Not in the trace: which ones are still held depends on the
+        garbage collector and the watchdog thread."""
+        for conn in apsw.connections():
+            with contextlib.suppress(Exception, SimCrash):
+                if self.ours(conn.filename):
+                    conn.close(True)
+
+    def close(self) -> None:
+        """Close the descriptors `let_go` kept."""
+        for fd in self._let_go:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._let_go.clear()
 
     def revive(self) -> Image | None:
         """The process is gone: the next one may start. Returns the files as the crash left them."""
@@ -264,17 +308,27 @@ class SimDisk:
         except OSError:
             return None
 
+    def gone(self, path: str) -> None:
+        """The file at `path` was unlinked or replaced: what a power loss may undo of its writes
+        goes with it (a new file at that path has a history of its own)."""
+        self._writes.pop(path, None)
+        self._unsynced.pop(path, None)
+
     def renamed(self, src: str, dst: str) -> None:
-        for table in (self._writes, self._unsynced):
-            if src in table:
-                table[dst] = table.pop(src)  # type: ignore[index]
+        self.gone(dst)
+        if src in self._writes:
+            self._writes[dst] = self._writes.pop(src)
+        if src in self._unsynced:
+            self._unsynced[dst] = self._unsynced.pop(src)
 
     def _remote(self, path: str) -> bool:
         return any(path.startswith(r) for r in self.remote)
 
     def _lose_unsynced(self, image: Image) -> None:
-        """Apply a power loss to `image` (see the module docstring)."""
-        for directory in sorted(self._dir_ops):
+        """Apply a power loss to `image` (see the module docstring). Files and directories are
+        taken in the order they were first touched, not by name: names can be random (temporary
+        files), and the random draws must come in the same order for a seed to replay."""
+        for directory in list(self._dir_ops):
             if self._remote(directory + os.sep):
                 continue
             ops = self._dir_ops[directory]
@@ -282,7 +336,7 @@ class SimDisk:
             for op in reversed(ops[keep:]):
                 self.events.append(f"power loss undoes {type(op).__name__[1:].lower()} {self._op_name(op)}")
                 self._undo(image, op)
-        for path in sorted(self._writes):
+        for path in list(self._writes):
             rel = self.rel(path)
             if rel not in image.files or self._remote(path):
                 continue
@@ -300,7 +354,7 @@ class SimDisk:
                     data += w.tail
             old = image.files[rel]
             image.files[rel] = FileImage(bytes(data), old.mtime_ns, old.mode)
-        for path in sorted(self._unsynced):
+        for path in list(self._unsynced):
             rel = self.rel(path)
             if rel not in image.files or self._remote(path):
                 continue
@@ -398,15 +452,15 @@ class SimDisk:
 
 
 def _sqlite_error(code: int) -> BaseException:
-    return apsw.exception_for(code)  # type: ignore[no-any-return]
+    return apsw.exception_for(code)
 
 
-class _SimVFS(apsw.VFS):  # type: ignore[misc]
+class _SimVFS(apsw.VFS):
     def __init__(self, disk: SimDisk) -> None:
         self.disk = disk
         super().__init__(VFS_NAME, "unix", makedefault=True)
 
-    def xOpen(self, name: Any, flags: list[int]) -> _SimFile:  # noqa: N802 (apsw's names)
+    def xOpen(self, name: Any, flags: list[int]) -> SimFile:
         path = name.filename() if isinstance(name, apsw.URIFilename) else name
         disk = self.disk
         if disk.ours(path) and not disk.dead:
@@ -414,9 +468,9 @@ class _SimVFS(apsw.VFS):  # type: ignore[misc]
             created = bool(flags[0] & apsw.SQLITE_OPEN_CREATE) and not os.path.exists(path)
             if created:  # creating a file works on a full disk too: growing it fails
                 disk.dir_op(_Created(path), path)
-        return _SimFile(disk, path, name, flags)
+        return SimFile(disk, path, name, flags)
 
-    def xDelete(self, name: str, syncdir: bool) -> None:  # noqa: N802
+    def xDelete(self, name: str, syncdir: bool) -> None:
         disk = self.disk
         if disk.ours(name):
             if disk.dead:
@@ -424,24 +478,27 @@ class _SimVFS(apsw.VFS):  # type: ignore[misc]
             disk.tick("delete", name)
             if not syncdir:
                 disk.dir_op(_Unlinked(name, disk.capture(name)), name)
+            super().xDelete(name, syncdir)
+            disk.gone(name)
+            return
         super().xDelete(name, syncdir)
 
 
-class _SimFile(apsw.VFSFile):  # type: ignore[misc]
+class SimFile(apsw.VFSFile):
     def __init__(self, disk: SimDisk, path: str | None, name: Any, flags: list[int]) -> None:
         self.disk = disk
         self.path = path if disk.ours(path) else None
         super().__init__("unix", name, flags)
 
-    def xRead(self, amount: int, offset: int) -> bytes:  # noqa: N802
+    def xRead(self, amount: int, offset: int) -> bytes:
         path, disk = self.path, self.disk
         if path is not None and not disk.dead:
             disk.tick("read", path)
             if disk.fault("read", path) is not None:
                 raise _sqlite_error(apsw.SQLITE_IOERR_READ)
-        return super().xRead(amount, offset)  # type: ignore[no-any-return]
+        return super().xRead(amount, offset)
 
-    def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
+    def xWrite(self, data: bytes, offset: int) -> None:
         path, disk = self.path, self.disk
         if path is None:
             super().xWrite(data, offset)
@@ -460,7 +517,7 @@ class _SimFile(apsw.VFSFile):  # type: ignore[misc]
         super().xWrite(data, offset)
         os.utime(path, ns=(disk.clock.ns(), disk.clock.ns()))
 
-    def xTruncate(self, newsize: int) -> None:  # noqa: N802
+    def xTruncate(self, newsize: int) -> None:
         path, disk = self.path, self.disk
         if path is None:
             super().xTruncate(newsize)
@@ -476,7 +533,7 @@ class _SimFile(apsw.VFSFile):  # type: ignore[misc]
         super().xTruncate(newsize)
         os.utime(path, ns=(disk.clock.ns(), disk.clock.ns()))
 
-    def xSync(self, flags: int) -> None:  # noqa: N802
+    def xSync(self, flags: int) -> None:
         path, disk = self.path, self.disk
         if path is None:
             super().xSync(flags)
@@ -601,10 +658,14 @@ class _OsHooks:
         disk.os_fault("sync", path)
         disk.synced(path)
 
-    def replace(self, src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+    def replace(
+        self, src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None
+    ) -> None:
         self._move(_real_replace, src, dst, src_dir_fd, dst_dir_fd)
 
-    def rename(self, src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+    def rename(
+        self, src: Any, dst: Any, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None
+    ) -> None:
         self._move(_real_rename, src, dst, src_dir_fd, dst_dir_fd)
 
     def _move(
@@ -644,4 +705,5 @@ class _OsHooks:
         disk.tick("unlink", full)
         captured = disk.capture(full)
         _real_unlink(path, dir_fd=dir_fd)
+        disk.gone(full)
         disk.dir_op(_Unlinked(full, captured), full)

@@ -21,7 +21,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import apsw
 
@@ -98,7 +98,7 @@ def read_content(conn: apsw.Connection) -> Content:
         content.schema[str(name)] = (str(kind), str(sql))
         if kind == "table":
             rows = conn.execute(f'SELECT k, v FROM "{name}" ORDER BY k').fetchall()
-            content.tables[str(name)] = {int(k): v for k, v in rows}  # type: ignore[misc]
+            content.tables[str(name)] = {int(str(k)): cast(Value, v) for k, v in rows}
     return content
 
 
@@ -139,7 +139,9 @@ class TenantModel:
         # a restore in place whose answer never came: the contents it may have given, and when
         self.pending_reset: tuple[list[Content], float] | None = None
         self.repair_moment = at  # where the next restore in place of a corrupt tenant goes
-        self.pending_fork: tuple[str, float] | None = None  # made by a restore (source, moment) not answered yet
+        self.pending_fork: tuple[str, float] | None = (
+            None  # made by a restore (source, moment) not answered yet
+        )
         self.shipped = 0  # entries before this index were in the replica at the last good flush
         self.next_key = 1 + max((k for rows in self.content.tables.values() for k in rows), default=0)
         self.unavailable: str | None = None  # why it takes no writes now (creating, corrupt, ...)
@@ -177,7 +179,11 @@ class TenantModel:
         raise AssertionError(
             f"tenant {self.name}: live content {live.summary()} ({digest}) is neither the acknowledged "
             f"state {self.content.summary()} ({self.content.digest()})"
-            + (f" nor that plus one of the writes in doubt {[d.label for d in self.doubts]}" if self.doubts else "")
+            + (
+                f" nor that plus one of the writes in doubt {[d.label for d in self.doubts]}"
+                if self.doubts
+                else ""
+            )
         )
 
     def bound(self, hi: float) -> None:
@@ -219,7 +225,7 @@ class TenantModel:
         found.add(self.entries[-1].lo + 1.0)
         chosen = sorted(found)
         if len(chosen) > most:
-            chosen = sorted(rng.sample(chosen, most - 1)) + [max(chosen)]
+            chosen = [*sorted(rng.sample(chosen, most - 1)), max(chosen)]
         return chosen
 
     def describe(self, indexes: list[int]) -> str:

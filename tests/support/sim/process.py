@@ -6,9 +6,7 @@ checkpoint, restore and retention itself, one step at a time."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
-import warnings
 from pathlib import Path
 
 from backups.catalog import BackupCatalog
@@ -93,15 +91,11 @@ class SimProcess:
         self.backups.close()
 
     def abandon(self) -> None:
-        """The process died: let go of its descriptors and connections without any shutdown
-        work (the disk drops a dead process's writes, so closing changes no file)."""
+        """The process died: let go of its connections and catalogs without any shutdown work
+        (the disk drops a dead process's writes, so closing changes no file). What it left
+        unclosed besides goes with the next garbage collection (the caller's)."""
         with contextlib.suppress(BaseException):
             self.fleet.close()
         if self.backups is not None:
             with contextlib.suppress(BaseException):
                 self.backups.close()
-        # what the dead process left unclosed (spooled files, page images) goes now, quietly:
-        # a killed process does not warn about its open files either
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gc.collect()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import logging
@@ -53,6 +54,8 @@ from tests.support.sim.replica import ReplicaFaults, SimReplica
 log = logging.getLogger(__name__)
 
 KEY = bytes(range(32))  # the encryption key of runs that encrypt (any fixed key would do)
+# states a restore in place (again) repairs: one that failed or died midway leaves them
+REPAIRABLE = (str(TenantState.CORRUPT), str(TenantState.RESTORING))
 
 
 class SimFailure(AssertionError):
@@ -136,6 +139,8 @@ _NOISE = [
     (re.compile(r"\.tmp[0-9a-f]{8}"), ".tmp<x>"),  # durable-replace temporaries
     (re.compile(r"#\d+"), "#<n>"),  # anonymous files
     (re.compile(r"0x[0-9a-f]+"), "0x<addr>"),
+    # a file's inode and real mtime (files written by Python's own I/O keep real time)
+    (re.compile(r"main file (inode|mtime_ns) \d+ where \d+"), r"main file \1 <n> where <n>"),
 ]
 
 
@@ -153,14 +158,17 @@ class _Logged(logging.Handler):
     def __init__(self, events: list[str]) -> None:
         super().__init__(logging.INFO)
         self.events = events
-        self.records: list[logging.LogRecord] = []
+        # as text: a record's exc_info would keep a dead process's objects (open connections)
+        # alive through its traceback
+        self.records: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if not record.name.startswith(("backups", "tenants")):
             return
         self.events.append(f"log {record.levelname.lower()} {record.name}: {record.getMessage()}")
         if record.levelno >= logging.ERROR or record.exc_info:
-            self.records.append(record)
+            error = f" ({record.exc_info[1]!r})" if record.exc_info else ""
+            self.records.append(f"  {record.name}: {record.getMessage()}{error}")
 
 
 class Simulation:
@@ -174,7 +182,9 @@ class Simulation:
         self.data_dir = root / "data"
         self.clock = SimClock()
         self.disk = SimDisk(root, self.rng, self.clock, track_power=self.profile.power_loss > 0)
-        self.replica = SimReplica(LocalReplica(root / "replica"), self.disk, self.rng, self.clock, self._during_put)
+        self.replica = SimReplica(
+            LocalReplica(root / "replica"), self.disk, self.rng, self.clock, self._during_put
+        )
         self.keyring = Keyring([("k1", KEY)]) if self.profile.encrypted else None
         settings = Settings.load(
             environ={},
@@ -197,6 +207,7 @@ class Simulation:
         self.full_until = -1  # the step the disk gets space back
         self.down_until = -1  # the step the replica comes back
         self.in_put = False
+        self.opened: set[str] = set()  # tenants the simulation used since the process started
         self.ending = False  # the final checks: no more client requests
         self.forks = 0
         self.errors = _Logged(self.disk.events)
@@ -210,13 +221,18 @@ class Simulation:
         logger.addHandler(self.errors)
         level = logger.level
         logger.setLevel(min(level, logging.INFO))
+        # what exists before the run is not the run's garbage: collections (one per crash, to
+        # let go of what the dead process left unclosed) then look at the run's objects only
+        gc.collect()
+        gc.freeze()
         try:
             with self.clock.installed(), self.disk.installed():
                 self.note(f"seed {self.seed} profile {self.profile}")
                 self.start()
                 for name in [f"t{i}" for i in range(self.profile.tenants)]:
-                    self.act(lambda n=name: self.create(n), f"create {name}")
-                for self.step in range(1, self.profile.steps + 1):
+                    self.act(functools.partial(self.create, name), f"create {name}")
+                for step in range(1, self.profile.steps + 1):
+                    self.step = step
                     self.one_step()
                 self.final_checks()
         except SimFailure:
@@ -227,23 +243,30 @@ class Simulation:
         finally:
             logger.removeHandler(self.errors)
             logger.setLevel(level)
-            if self.process is not None:
-                with self.disk.quietly():
+            with self.disk.quietly():
+                if self.process is not None:
                     self.process.abandon()
+                _collect()
+                self.disk.close_connections()
+            self.disk.close()
+            gc.unfreeze()
         return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()
 
     def note(self, line: str) -> None:
         for event in self.disk.events:
-            self.trace.append(normalize(f"      {event}"))
+            self.trace.append(self.normalize(f"      {event}"))
         self.disk.events.clear()
-        self.trace.append(normalize(f"{self.step:4d} {self.clock.time():.6f} [{self.disk.ticks}] {line}"))
+        self.trace.append(
+            self.normalize(f"{self.step:4d} {self.clock.time():.6f} [{self.disk.ticks}] {line}")
+        )
+
+    def normalize(self, text: str) -> str:
+        return normalize(text.replace(str(self.disk.root), "<root>").replace(str(self.root), "<root>"))
 
     def failure(self, message: str) -> SimFailure:
+        self.note("failed")
         tail = "\n".join(self.trace[-60:])
-        logged = "\n".join(
-            f"  {r.name}: {r.getMessage()}" + (f" ({r.exc_info[1]!r})" if r.exc_info else "")
-            for r in self.errors.records[-10:]
-        )
+        logged = "\n".join(self.errors.records[-10:])
         return SimFailure(
             f"seed {self.seed}, step {self.step}: {message}\n--- trace (last 60 lines) ---\n{tail}"
             + (f"\n--- errors logged ---\n{logged}" if logged else "")
@@ -261,7 +284,9 @@ class Simulation:
 
     def one_step(self) -> None:
         rng, profile = self.rng, self.profile
-        self.clock.advance(rng.choice([0.001, 0.05, 0.4, 2.0]) if rng.random() < 0.9 else rng.uniform(10, 400))
+        self.clock.advance(
+            rng.choice([0.001, 0.05, 0.4, 2.0]) if rng.random() < 0.9 else rng.uniform(10, 400)
+        )
         self.weather()
         if profile.crash and rng.random() < profile.crash and self.disk.crash_at is None:
             self.disk.crash_at = self.disk.ticks + rng.randint(1, 80)
@@ -270,7 +295,11 @@ class Simulation:
         actions: list[tuple[float, str, Callable[[], None]]] = [
             (6.0 if tenants else 0.0, "write", lambda: self.write(rng.choice(tenants))),
             (2.0, "flush", self.flush),
-            (0.3 if tenants else 0.0, "request checkpoint", lambda: self.request_checkpoint(rng.choice(tenants))),
+            (
+                0.3 if tenants else 0.0,
+                "request checkpoint",
+                lambda: self.request_checkpoint(rng.choice(tenants)),
+            ),
             (profile.restart * 50, "restart", self.restart),
             (profile.restores * 50, "restore", self.restore_step),
             (0.2 if profile.retention else 0.0, "retention", self.retention),
@@ -294,7 +323,11 @@ class Simulation:
         elif not faults.full and profile.disk_full and rng.random() < profile.disk_full:
             faults.full, self.full_until = True, self.step + rng.randint(1, 10)
             self.note("disk full")
-        faults.write_eio, faults.read_eio, faults.sync_eio = profile.write_eio, profile.read_eio, profile.sync_eio
+        faults.write_eio, faults.read_eio, faults.sync_eio = (
+            profile.write_eio,
+            profile.read_eio,
+            profile.sync_eio,
+        )
         replica = self.replica.faults
         down = replica.down
         self.replica.faults = dataclasses.replace(profile.replica, down=down)
@@ -318,6 +351,7 @@ class Simulation:
     def start(self) -> None:
         """Start a process over the data dir; a start that dies or fails is tried again (as a
         supervisor would), the last tries without faults."""
+        journal_faults = self.disk.journal_faults
         for attempt in range(20):
             try:
                 if attempt >= 10:
@@ -326,23 +360,33 @@ class Simulation:
                 else:
                     self.process = SimProcess(self.data_dir, self.settings, self.replica, self.keyring)
                 self.note("started")
+                self.opened = set()
                 break
             except SimCrash as exc:
                 self.note(f"start: died ({exc})")
+                power = self.disk.power_loss
                 self.put_back()
+                if power:  # the commit-times journal is never synced: see after_crash
+                    for model in self.models.values():
+                        model.widen(model.shipped, self.clock.time(), "time may be lost")
             except (SqlfleetError, apsw.Error, OSError) as exc:
                 self.note(f"start failed: {type(exc).__name__}: {exc}")
                 with self.disk.quietly():  # what the failed start left open goes, quietly
-                    gc.collect()
+                    _collect()
+                    self.disk.close_connections()
         else:
             raise self.failure("the server does not start")
+        if self.disk.journal_faults > journal_faults:
+            # the commit-times journal could not be read back: what no flush shipped yet gets
+            # its WAL's mtime
+            for model in self.models.values():
+                model.widen(model.shipped, self.clock.time(), "time may be lost")
         self.settle()
 
     def put_back(self) -> None:
         # what the dead process left unclosed goes first, while its writes still go nowhere
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gc.collect()
+        _collect()
+        self.disk.let_go()
         image = self.disk.revive()
         assert image is not None
         self.disk.put_back(image)
@@ -392,6 +436,7 @@ class Simulation:
     def live(self, name: str) -> Content | None:
         """The tenant's content as a client reads it now (None: it cannot be read now)."""
         assert self.process is not None
+        self.opened.add(name)
         try:
             with self.disk.quietly(), self.process.fleet.lease(name, readonly=True) as handle:
                 assert handle.conn is not None
@@ -497,13 +542,16 @@ class Simulation:
         at = self.clock.time()
         doubt = Doubt(ops, at, label)
         journal_faults = self.disk.journal_faults
+        self.opened.add(name)
         try:
             self.process.fleet.batch(name, statements)
         except (SqlfleetError, apsw.Error, OSError) as exc:
             model.doubts.append(doubt)  # a failed commit may still be in the WAL (a failed sync)
             self.note(f"write {name} {label}: failed ({type(exc).__name__}: {exc})")
             if isinstance(exc, TooLarge):  # no tenant here is near its size limit
-                raise self.failure(f"write {name} {label}: {type(exc).__name__} ({exc}) for a full disk") from None
+                raise self.failure(
+                    f"write {name} {label}: {type(exc).__name__} ({exc}) for a full disk"
+                ) from None
             return
         except SimCrash:
             model.doubts.append(doubt)
@@ -521,7 +569,12 @@ class Simulation:
 
     def _during_put(self) -> None:
         """While a PUT is in flight the server keeps answering: a few writes run meanwhile."""
-        if self.in_put or self.ending or not self.profile.interleave or self.rng.random() >= self.profile.interleave:
+        if (
+            self.in_put
+            or self.ending
+            or not self.profile.interleave
+            or self.rng.random() >= self.profile.interleave
+        ):
             return
         assert self.process is not None
         pool = self.process.fleet.pool
@@ -547,6 +600,9 @@ class Simulation:
 
     def flush(self) -> None:
         marks = {name: len(m.entries) for name, m in self.models.items()}
+        # what a flush ships of a tenant the shipper has not seen since the start (not opened
+        # yet) is unknown: its log is what it ships from
+        known = {n for n in self.models if n in self.opened or self.backups.shipper.ledger.get(n) is not None}
         ok = self.backups.shipper.flush()
         if self.disk.dead:
             return
@@ -554,7 +610,8 @@ class Simulation:
         if ok:
             for name, model in self.models.items():
                 model.bound(self.clock.time())
-                model.shipped = max(model.shipped, marks.get(name, 0))
+                if name in known:
+                    model.shipped = max(model.shipped, marks.get(name, 0))
 
     def request_checkpoint(self, name: str) -> None:
         self.backups.shipper.request_checkpoint(name)
@@ -572,6 +629,8 @@ class Simulation:
                 return
             with self.disk.quietly():
                 process.abandon()
+                _collect()
+                self.disk.close_connections()
             self.process = None
             self.start()
             return
@@ -597,12 +656,12 @@ class Simulation:
 
     def restore_step(self) -> None:
         rng = self.rng
-        names = sorted(n for n, m in self.models.items() if m.unavailable in (None, "corrupt"))
+        names = sorted(n for n, m in self.models.items() if m.unavailable in (None, *REPAIRABLE))
         if not names:
             return
         name = rng.choice(names)
         model = self.models[name]
-        corrupt = model.unavailable == "corrupt"
+        corrupt = model.unavailable in REPAIRABLE
         moments = [m for m in model.moments(rng, 6) if m >= self.horizon]
         if not moments:
             return
@@ -625,7 +684,9 @@ class Simulation:
             self.backups.restore(name, moment, as_tenant=fork)
         except (ReplicaBehind, InsufficientStorage, ReplicaError, SqlfleetError, apsw.Error, OSError) as exc:
             if isinstance(exc, NoRestorePoint) and not nothing:
-                raise self.failure(f"restore {name} to {moment:.6f}: no restore point, expected {model.describe(indexes)}")
+                raise self.failure(
+                    f"restore {name} to {moment:.6f}: no restore point, expected {model.describe(indexes)}"
+                ) from exc
             if isinstance(exc, BackupBroken):
                 raise self.failure(f"restore {name} to {moment:.6f}: {exc}") from None
             if isinstance(exc, TenantExists):
@@ -677,7 +738,6 @@ class Simulation:
         try:
             self.backups.restore(name, moment)
         except (ReplicaBehind, InsufficientStorage, ReplicaError, SqlfleetError, apsw.Error, OSError) as exc:
-            model.pending_reset = None
             if isinstance(exc, BackupBroken):
                 raise self.failure(f"restore {name} in place to {moment:.6f}: {exc}") from None
             row = self.process_fleet_row(name)
@@ -686,7 +746,10 @@ class Simulation:
                 f" tenant {row.state if row else 'gone'}"
             )
             if row is not None and row.state != TenantState.ACTIVE:
+                # it failed midway (the file may be replaced, a generation begun): as if it died
                 model.unavailable = "corrupt"
+            else:
+                model.pending_reset = None
             return
         if self.disk.dead:
             return
@@ -709,7 +772,9 @@ class Simulation:
         if self.process is not None and self.process.backups is not None:
             with contextlib.suppress(Exception), self.disk.quietly():
                 rows = self.backups.catalog.chunks(model.name)
-                explained = "\n--- plan (now) ---\n" + _explain(restore.plan(model.name, rows, moment), rows, moment)
+                explained = "\n--- plan (now) ---\n" + _explain(
+                    restore.plan(model.name, rows, moment), rows, moment
+                )
         raise self.failure(
             f"{what} to {moment:.6f} gave {content.summary()} ({digest}); expected one of: "
             f"{model.describe(indexes)}; it differs from #{nearest} in: "
@@ -731,8 +796,9 @@ class Simulation:
             self.start()
         for name in sorted(self.models):
             model = self.models[name]
-            if model.unavailable == "corrupt":
-                self.act(lambda n=name: self.restore_in_place(n, self.models[n].repair_moment), f"repair {name}")
+            if model.unavailable in REPAIRABLE:
+                repair = functools.partial(self.restore_in_place, name, model.repair_moment)
+                self.act(repair, f"repair {name}")
         for name in sorted(self.models):
             if self.models[name].doubts:
                 self.resolve(name, final=True)
@@ -759,12 +825,13 @@ class Simulation:
         else:
             raise self.failure(f"flushes keep failing without faults: {self.backups.shipper.health()}")
         self.clock.advance(1.0)
-        checks = self.root.parent / f"{self.root.name}-checks"
+        checks = self.root / "checks"  # on the simulated disk: no real fsync (faults are off now)
         checks.mkdir(exist_ok=True)
+        restored: dict[tuple[Any, ...], Content] = {}  # the content each distinct plan gives
         try:
-            self.check_restores(self.backups.catalog, checks, live=True)
+            self.check_restores(self.backups.catalog, checks, restored, live=True)
             with self.dr_catalog(checks) as catalog:
-                self.check_restores(catalog, checks, live=False)
+                self.check_restores(catalog, checks, restored, live=False)
         finally:
             shutil.rmtree(checks, ignore_errors=True)
         self.note(f"done: {dict(sorted(self.stats.items()))}")
@@ -775,16 +842,23 @@ class Simulation:
         with self.disk.quietly():
             catalog = BackupCatalog(checks / "dr.db")
             try:
-                backups = Backups(self.backups.replica, catalog, self.backups.shipper, self.backups.fleet, self.backups.meta)
+                backups = Backups(
+                    self.backups.replica, catalog, self.backups.shipper, self.backups.fleet, self.backups.meta
+                )
                 backups.rebuild_catalog()
                 yield catalog
             finally:
                 catalog.close()
 
-    def check_restores(self, catalog: BackupCatalog, checks: Path, live: bool) -> None:
+    def check_restores(
+        self, catalog: BackupCatalog, checks: Path, restored: dict[tuple[Any, ...], Content], live: bool
+    ) -> None:
+        """Restore every tenant to some of its moments from `catalog` and compare with the model.
+        Moments with the same plan (the same chunks up to the same LSN) are one restore: it is
+        materialized once (`restored`), each moment still checked against the model."""
         source = "catalog" if live else "bucket"
         for name, model in sorted(self.models.items()):
-            for moment in model.moments(self.rng, 12):
+            for moment in model.moments(self.rng, 8 if live else 4):
                 if moment < self.horizon:
                     continue
                 indexes, nothing = model.acceptable(moment)
@@ -800,24 +874,39 @@ class Simulation:
                             f"expected {model.describe(indexes)}"
                         ) from None
                     if not indexes:
-                        raise self.failure(f"restore {name} to {moment:.6f} from the {source}: found one before it existed")
+                        raise self.failure(
+                            f"restore {name} to {moment:.6f} from the {source}: found one before it existed"
+                        )
                     try:
                         if live:
                             restore.check_covered(plan, rows, self.backups.shipper.replica_position(name))
-                        path = checks / f"{name}.db"
-                        restore.materialize(plan, self.backups.replica.get_range, path)
-                        conn = apsw.Connection(str(path))
-                        try:
-                            content = read_content(conn)
-                        finally:
-                            conn.close()
+                        key = _plan_key(plan)
+                        if key not in restored:
+                            path = checks / f"{name}.db"
+                            restore.materialize(plan, self.backups.replica.get_range, path)
+                            conn = apsw.Connection(str(path))
+                            try:
+                                restored[key] = read_content(conn)
+                            finally:
+                                conn.close()
+                        content = restored[key]
                     except BackupBroken as exc:
-                        raise self.failure(f"restore {name} to {moment:.6f} from the {source}: {exc}") from None
+                        raise self.failure(
+                            f"restore {name} to {moment:.6f} from the {source}: {exc}"
+                        ) from None
                 try:
                     self.expect(model, moment, content, f"restore {name} from the {source}")
                 except SimFailure as exc:
                     raise SimFailure(f"{exc}\n--- plan ---\n{_explain(plan, rows, moment)}") from None
             self.note(f"restores of {name} from the {source}: ok")
+
+
+def _collect() -> None:
+    """Collect garbage: what a dead process left unclosed goes now (its files without a
+    ResourceWarning: a killed process does not warn about its open files either)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gc.collect()
 
 
 def _statement(op: Op) -> Statement:
@@ -831,17 +920,24 @@ def _statement(op: Op) -> Statement:
     return Statement(f"DELETE FROM {op[1]} WHERE k = ?", (op[2],))
 
 
+def _plan_key(plan: restore.RestorePlan) -> tuple[Any, ...]:
+    """What a restore reads, and up to where: two plans with the same key give the same file."""
+    chunks = (plan.snapshot, *plan.frames)
+    return (plan.target_lsn, *((c.key, c.offset, c.length) for c in chunks))
+
+
 def _explain(plan: restore.RestorePlan, rows: list[Any], moment: float) -> str:
     """The restore plan and the catalog rows of its tenant, for a failure report."""
     gens = {g: f"g{i}" for i, g in enumerate(sorted({r.generation for r in rows}))}
     lines = [
-        f"moment {moment:.6f}: generation {gens.get(plan.generation)}, snapshot lsn {plan.snapshot.first_lsn} "
-        f"({plan.snapshot.first_time:.6f}), target lsn {plan.target_lsn}, restored_to {plan.restored_to:.6f}"
+        f"moment {moment:.6f}: generation {gens.get(plan.generation)}, "
+        f"snapshot lsn {plan.snapshot.first_lsn} ({plan.snapshot.first_time:.6f}), "
+        f"target lsn {plan.target_lsn}, restored_to {plan.restored_to:.6f}"
     ]
     for r in rows:
         commits = ", ".join(f"{lsn}@{t:.6f}" for lsn, t in r.commits)
         lines.append(
-            f"  {gens[r.generation]} {r.kind} {r.first_lsn}..{r.last_lsn} [{r.first_time:.6f}, {r.last_time:.6f}]"
-            f" {normalize(r.key)} commits {commits}"
+            f"  {gens[r.generation]} {r.kind} {r.first_lsn}..{r.last_lsn} "
+            f"[{r.first_time:.6f}, {r.last_time:.6f}] {normalize(r.key)} commits {commits}"
         )
     return "\n".join(lines)

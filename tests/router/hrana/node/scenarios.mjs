@@ -6,24 +6,15 @@
 // each; exits 1 if any assertion failed. Each scenario creates its own tables (named after
 // itself), so scenarios share a tenant but a tenant runs each scenario once.
 import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
 import { createClient } from "@libsql/client";
+import { rejects } from "./assertions.mjs";
 
 const [scenarioList, url, token, roToken, idleSeconds] = process.argv.slice(2);
 
 function client(authToken = token, intMode = "bigint") {
   return createClient({ url, authToken, intMode });
 }
-
-async function rejects(promise) {
-  try {
-    await promise;
-  } catch (e) {
-    return e;
-  }
-  assert.fail("expected the call to fail");
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const scenarios = {
   async args() {

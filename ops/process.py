@@ -96,8 +96,16 @@ def spawn(cmd: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
 def _popen(cmd: Sequence[str], popen: dict[str, Any]) -> subprocess.Popen[bytes]:
     parent = os.getpid()
     return subprocess.Popen(
-        list(cmd), start_new_session=True, preexec_fn=lambda: die_with_parent(parent), **popen
+        list(cmd), start_new_session=True, preexec_fn=lambda: _managed_child(parent), **popen
     )
+
+
+def _managed_child(parent: int) -> None:
+    """In the child, before exec: die with `parent`, and answer SIGINT as a program does by
+    default even when this process ignores it (a shell starts background jobs with SIGINT
+    ignored, and an ignored signal stays ignored across exec): we stop our children by signal."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop(proc: subprocess.Popen[Any], grace: float) -> int:

@@ -85,13 +85,31 @@ def test_stop_ends_the_whole_group_and_insists_with_sigkill() -> None:
 
 
 def test_signals_in_a_cleanup_take_effect_when_it_ends() -> None:
-    done = []
-    with pytest.raises(KeyboardInterrupt), signals_deferred():
-        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C, mid-cleanup
-        time.sleep(0.1)
-        done.append("cleaned up")
-    assert done == ["cleaned up"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # as an interactive run has it (a suite started in the background has SIGINT ignored)
+    ours = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt), signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C, mid-cleanup
+            time.sleep(0.1)
+            done.append("cleaned up")
+        assert done == ["cleaned up"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, ours)
+
+
+def test_a_spawned_child_answers_ctrl_c_even_when_its_parent_ignores_it() -> None:
+    ours = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a shell
+    try:
+        child = spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    finally:
+        signal.signal(signal.SIGINT, ours)
+    try:
+        os.kill(child.pid, signal.SIGINT)
+        assert child.wait(10) != 0  # SIG_DFL or, once Python is up, KeyboardInterrupt ended it
+    finally:
+        stop(child, 1)
 
 
 def test_a_thread_cannot_defer_signals_and_does_not_try() -> None:

@@ -7,13 +7,12 @@ generation, while the pre-restore generation stays restorable — so a restore c
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from backups.errors import (
     SegmentCorrupt,
 )
 from backups.fleet_meta import FleetMeta, GroupsRestored, TokenCheck
+from backups.page_diff import differing_pages
 from backups.rekey import RekeyBatch, rekey_batch
 from backups.restore import RestorePlan, micros
 from backups.sealed_replica import SealedReplica
@@ -53,34 +53,6 @@ from tenants.rfc3339 import format_time, parse_time
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
-
-
-def _differing_pages(a: Iterator[bytes], b: Iterator[bytes], page_size: int, most: int = 100) -> list[int]:
-    """The numbers of the first `most` pages that differ between two images given as PIECE-byte
-    pieces (a multiple of any page size); a page only one of them has differs."""
-    differing: list[int] = []
-    for index, (x, y) in enumerate(itertools.zip_longest(a, b, fillvalue=b"")):
-        if index == 0:
-            x, y = _without_write_stamps(x), _without_write_stamps(y)
-        if x == y:
-            continue
-        first = index * (PIECE // page_size)
-        for i in range(max(len(x), len(y)) // page_size):
-            if x[i * page_size : (i + 1) * page_size] != y[i * page_size : (i + 1) * page_size]:
-                differing.append(first + i + 1)
-                if len(differing) == most:
-                    return differing
-    return differing
-
-
-def _without_write_stamps(image: bytes) -> bytes:
-    """The image with the header fields that say which write made it, not what it holds, zeroed:
-    the file change counter, version-valid-for and the SQLite version that wrote it
-    (sqlite.org/fileformat2.html#the_database_header). A copy through the backup API stamps its
-    own, so a restored page 1 and a copy of the live one differ there whenever both are sound."""
-    if len(image) < 100:
-        return image
-    return image[:24] + bytes(4) + image[28:92] + bytes(8) + image[100:]
 
 
 def parse_moment(text: str) -> float:
@@ -434,7 +406,7 @@ class Backups(FleetHooks):
                 live = self.shipper.spool.copy_database(handle.conn)
             with live, open(path, "rb") as restored:
                 pieces = iter(lambda: restored.read(PIECE), b"")
-                differing = _differing_pages(live.pieces(), pieces, plan.snapshot.page_size)
+                differing = differing_pages(live.pieces(), pieces, plan.snapshot.page_size)
                 same_size = live.size == os.fstat(restored.fileno()).st_size
         return {
             "tenant": tenant,

@@ -321,12 +321,13 @@ def _logical_size(path: Path) -> int:
         conn.close()
 
 
-def _mid_second(pause: float) -> float:
-    """Sleep through a pause, returning a whole second inside it (at least 0.3 s from both ends)."""
-    start = time.time()
-    mid = math.floor(start + 0.3) + 1.0
+def _mid_second(interval: float) -> float:
+    """Sleep through a pause between the halves, returning a whole second inside it: at least one
+    sync `interval` + 0.3 s after the first half (Litestream's restore points are its syncs: a
+    moment before the sync that carried the first half may restore without it) and 0.3 s before
+    the second half."""
+    mid = float(math.ceil(time.time() + interval + 0.3))
     time.sleep(max(0.0, mid + 0.3 - time.time()))
-    time.sleep(max(0.0, start + pause - time.time()))
     return mid
 
 
@@ -359,7 +360,7 @@ def _sqlfleet_restore(
         check(driver.run("load", [query(_BLOBS, [256, 4000])], mb, 1), mb, "load", server)
         insert = [query(INSERT_SQL, [ROW])]
         check(driver.run("first", insert, half, 4), half, "first half", server)
-        mid = _mid_second(2.0)
+        mid = _mid_second(interval)
         check(driver.run("second", insert, half, 4), half, "second half", server)
         settle(server, interval)
         with admin_http(server, timeout=600) as http:
@@ -398,7 +399,7 @@ def _litestream_restore(
             litestream.write_once(path, _BLOBS, [256, 4000])
         for _ in range(half):
             litestream.write_once(path, INSERT_SQL, [ROW])
-        mid = _mid_second(2.0)
+        mid = _mid_second(interval)
         for _ in range(half):
             litestream.write_once(path, INSERT_SQL, [ROW])
         time.sleep(3 * interval + 1)  # a few syncs: everything is in the bucket

@@ -63,13 +63,14 @@ async function v3(subprotocol) {
   const many = cursorBatch
     .step()
     .query("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2500) SELECT x FROM n");
-  const broken = cursorBatch.step().query("SELECT * FROM nowhere");
+  // handled at once: the step's promise rejects while the batch runs, before it is awaited
+  const broken = rejects(cursorBatch.step().query("SELECT * FROM nowhere"));
   const after = cursorBatch.step().queryValue(`SELECT count(*) FROM ${table}`);
   await cursorBatch.execute();
   const manyRows = (await many).rows;
   assert.equal(manyRows.length, 2500);
   assert.equal(manyRows[2499].x, 2500n);
-  const brokenError = await rejects(broken);
+  const brokenError = await broken;
   assert.equal((await after).value, 2n);
 
   // a statement error keeps the stream usable

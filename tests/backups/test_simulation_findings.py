@@ -17,6 +17,7 @@ import pytest
 
 from backups import restore, wal
 from backups.commit_times import CommitTimes
+from backups.ledger import TenantLog
 from backups.local_replica import LocalReplica
 from backups.segment import FRAMES
 from ops.settings import Settings
@@ -400,14 +401,11 @@ def test_a_checkpoint_that_truncated_the_wal_says_so_whatever_fails_after(
     assert rig.restored("acme", committed) == [1, 2]
 
 
-def test_a_checkpoint_whose_truncation_failed_still_restarted_the_wal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Seed 909 (120 steps): the TRUNCATE checkpoint copied the WAL into the main file and
-    restarted the WAL (new salts in SQLite's WAL index), then truncating the file failed with an
-    I/O error. The checkpoint counted as not done, so the position still described the old WAL;
-    the next commit wrote the restarted WAL ("salts changed without a checkpoint"), the tenant
-    began a new generation, and a restore to that commit's moment missed it."""
+@contextlib.contextmanager
+def _truncation_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Rig, TenantLog]]:
+    """A rig on a simulated disk whose tenant `acme` (one shipped row, 1) has just had a TRUNCATE
+    checkpoint copy its WAL into the main file and then fail to truncate the WAL; the tenant's
+    ledger entry with it."""
     disk = SimDisk(tmp_path, random.Random(0), SimClock(time.time()), track_power=False)
     truncate = SimFile.xTruncate
 
@@ -428,14 +426,26 @@ def test_a_checkpoint_whose_truncation_failed_still_restarted_the_wal(
                 patched.setattr(SimFile, "xTruncate", failing)
                 with contextlib.suppress(apsw.Error):
                     rig.shipper.checkpointer.checkpoint("acme", entry, snapshot=False)
-            rig.insert("acme", 2)
-            committed = entry.pending[-1][1]
-            time.sleep(0.01)
-            assert rig.shipper.flush()
-            assert rig.shipper.flush()  # the maintenance after a flush that found the WAL broken
-            assert rig.restored("acme", committed) == [1, 2]
+            yield rig, entry
         finally:
             rig.shutdown()
+
+
+def test_a_checkpoint_whose_truncation_failed_still_restarted_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 909 (120 steps): the TRUNCATE checkpoint copied the WAL into the main file and
+    restarted the WAL (new salts in SQLite's WAL index), then truncating the file failed with an
+    I/O error. The checkpoint counted as not done, so the position still described the old WAL;
+    the next commit wrote the restarted WAL ("salts changed without a checkpoint"), the tenant
+    began a new generation, and a restore to that commit's moment missed it."""
+    with _truncation_failed(tmp_path, monkeypatch) as (rig, entry):
+        rig.insert("acme", 2)
+        committed = entry.pending[-1][1]
+        time.sleep(0.01)
+        assert rig.shipper.flush()
+        assert rig.shipper.flush()  # the maintenance after a flush that found the WAL broken
+        assert rig.restored("acme", committed) == [1, 2]
 
 
 def test_a_commit_refused_at_its_wal_sync_but_found_at_reopen_is_shipped(
@@ -483,41 +493,20 @@ def test_a_wal_restarted_after_a_failed_checkpoint_continues_across_a_crash(
     found "the WAL has other salts" and began a new generation: that commit lost its moment
     (a restore to it returned the state before it). The main file is still the one recorded
     after the checkpoint, so the restarted WAL provably continues the position."""
-    disk = SimDisk(tmp_path, random.Random(0), SimClock(time.time()), track_power=False)
-    truncate = SimFile.xTruncate
-
-    def failing(self: SimFile, newsize: int) -> None:
-        if self.path is not None and self.path.endswith("-wal"):
-            raise apsw.IOError("simulated: truncating the WAL failed")
-        truncate(self, newsize)
-
-    with disk.installed():
-        rig = Rig(tmp_path)
-        try:
-            rig.create("acme")
-            rig.insert("acme", 1)
-            assert rig.shipper.flush()
-            entry = rig.shipper.ledger.get("acme")
-            assert entry is not None
-            with monkeypatch.context() as patched:
-                patched.setattr(SimFile, "xTruncate", failing)
-                with contextlib.suppress(apsw.Error):
-                    rig.shipper.checkpointer.checkpoint("acme", entry, snapshot=False)
-            generation = rig.catalog.position("acme")
-            assert generation is not None
-            rig.insert("acme", 2)
-            committed = entry.pending[-1][1]
-            header = wal.read_header(rig.wal("acme"))
-            assert header is not None and generation.salts is not None
-            assert header.salt1 == generation.salts[0] + 1  # SQLite restarted the WAL
-            crash_and_restart(rig, "acme")
-            time.sleep(0.01)
-            assert rig.shipper.flush()
-            position = rig.catalog.position("acme")
-            assert position is not None and position.generation == generation.generation
-            assert rig.restored("acme", committed) == [1, 2]
-        finally:
-            rig.shutdown()
+    with _truncation_failed(tmp_path, monkeypatch) as (rig, entry):
+        generation = rig.catalog.position("acme")
+        assert generation is not None
+        rig.insert("acme", 2)
+        committed = entry.pending[-1][1]
+        header = wal.read_header(rig.wal("acme"))
+        assert header is not None and generation.salts is not None
+        assert header.salt1 == generation.salts[0] + 1  # SQLite restarted the WAL
+        crash_and_restart(rig, "acme")
+        time.sleep(0.01)
+        assert rig.shipper.flush()
+        position = rig.catalog.position("acme")
+        assert position is not None and position.generation == generation.generation
+        assert rig.restored("acme", committed) == [1, 2]
 
 
 def test_a_wal_with_the_next_salt_is_not_taken_on_trust_when_the_main_file_changed(rig: Rig) -> None:

@@ -4,6 +4,7 @@ every chunk row from the segments' own indexes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -17,6 +18,7 @@ import orjson
 
 from backups.segment import ChunkRef
 from backups.wal import Checksum
+from tenants.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ class Position:
 
 
 class BackupCatalog:
-    """Thread-safe; every method is one transaction."""
+    """Thread-safe; every method is one transaction (`save_positions`: a savepoint in one)."""
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
@@ -114,6 +116,7 @@ class BackupCatalog:
             self._db.close(True)
             raise
         self._read_lock = threading.Lock()
+        self._commits = GroupCommit(self._db, self._lock)
 
     def _setup(self) -> None:
         # FULL: a transaction is durable when it returns, power loss included. What the shipper
@@ -151,6 +154,17 @@ class BackupCatalog:
         with self._lock, self._db:
             self._db.execute("INSERT OR IGNORE INTO segments VALUES (?, ?)", (key, created_at))
             self._db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def add_rows(self, rows: Iterable[ChunkRow]) -> None:
+        """Record chunk rows another node's catalog had (backups.handoff), and their segments;
+        idempotent."""
+        rows = list(rows)
+        values = [(*dataclasses.astuple(r)[:-1], orjson.dumps(r.commits).decode()) for r in rows]
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO segments VALUES (?, ?)", [(r.key, r.first_time) for r in rows]
+            )
+            self._db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
 
     def chunks(self, tenant: str, generation: str | None = None) -> list[ChunkRow]:
         sql = "SELECT * FROM chunks WHERE tenant = ?"
@@ -224,19 +238,24 @@ class BackupCatalog:
         return {str(row[0]): _position(row) for row in rows}
 
     def save_positions(self, positions: dict[str, Position]) -> None:
-        """Record each tenant's position, all or none (one transaction)."""
+        """Record each tenant's position, all or none (one transaction, or a savepoint of one
+        that concurrent callers share)."""
         rows = []
         for t, p in positions.items():
             shipped = (p.generation, p.lsn, *(p.salts or (None, None)), p.wal_frames, *p.seed)
             main = p.main.to_text() if p.main is not None else None
             rows.append((t, *shipped, p.snapshot_lsn, p.snapshot_time, main, *(p.retired or (None, None))))
-        with self._lock, self._db:
-            self._db.executemany(
+
+        def work(db: apsw.Connection) -> None:
+            db.executemany(
                 "INSERT OR REPLACE INTO positions (tenant, generation, lsn, salt1, salt2, wal_frames,"
                 " seed1, seed2, snapshot_lsn, snapshot_time, main_file, retired1, retired2)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+
+        # group-committed: every new tenant saves its first position, and creates run concurrently
+        self._commits.run(work)
 
     def forget_position(self, tenant: str) -> None:
         with self._lock:

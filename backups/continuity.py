@@ -17,6 +17,15 @@ The proof is the files' own content, never how the server last stopped:
   checkpoint would have changed it.
 The main file is read through SQLite's own descriptor (`Connection.read`): closing a descriptor
 of our own would drop SQLite's locks on it (DESIGN 9).
+
+A tenant this process closed with nothing left to ship (`Continuity.closed`) reopens without
+those reads when its files are provably the ones it left: its WAL was exactly the shipped frames
+long when it closed (so no frame past the position: no commit a wal hook missed), and at reopen
+the catalog holds the same position, the main file has the size, inode and mtime the position
+records, and the WAL those it had at the close. A change while the server was stopped cannot
+pass (the memory is this process's), nor one through the server (a restore or an import saves
+another position), nor a later write (it moves an mtime: only files last written a clock tick
+or more before the close are remembered, as file systems stamp writes with a coarse clock).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import hashlib
 import logging
 import os
 import secrets
+import struct
 import time
 from pathlib import Path
 
@@ -40,6 +50,14 @@ from backups.spool import PageImage, Spool
 from tenants.layout import Layout
 
 log = logging.getLogger(__name__)
+
+# what `Continuity.closed` remembers per tenant, packed (~100 bytes: 100k tenants fit in ~10 MiB):
+# hash of the position, page size, and the WAL's size, inode and mtime
+_LEFT = struct.Struct("<5q")
+MAX_LEFT = 200_000  # tenants remembered; past it the memory starts afresh (their reopens read files)
+# Files written this recently at a close are not remembered: a write right after the close
+# could leave the mtime as it was (see the module docstring).
+SETTLE_NS = 50_000_000
 
 
 def new_generation_id() -> str:
@@ -177,6 +195,8 @@ class Continuity:
     def created(self, tenant_id: str, path: Path) -> None:
         """A new tenant's file, not open anywhere yet (so reading the main file is safe), is the
         snapshot of its first generation (copied aside: the file changes once it is opened)."""
+        with self.ledger.lock:
+            self.ledger.left.pop(tenant_id, None)
         main = main_file_at(path)
         image = self.spool.copy_file(path)
         position = Position(new_generation_id(), 0, None, 0, (0, 0), 0, time.time(), main)
@@ -189,15 +209,39 @@ class Continuity:
         if entry is not None and not entry.broken:
             self._found_committed(tenant_id, entry, conn)
             return
+        with self.ledger.lock:
+            left = self.ledger.left.pop(tenant_id, None)
         position = self.catalog.position(tenant_id)
         times = self.times.recovered(tenant_id)
-        resumed = _resume(position, self.wal_path(tenant_id), conn, times)
+        path = Path(conn.filename_wal)  # SQLite's: no path arithmetic on every open
+        if left is not None and position is not None and not times:
+            page_size = _as_left(position, path, left)
+            if page_size is not None:
+                self.ledger.install(tenant_id, TenantLog(position, path, page_size))
+                return
+        resumed = _resume(position, path, conn, times)
         if isinstance(resumed, TenantLog):
             self._note_stand_ins(tenant_id, resumed, times)
             self.ledger.install(tenant_id, resumed)
             return
         reason = f"continuity not provable: {resumed}" if position else "first open"
         self.new_generation(tenant_id, conn, reason)
+
+    def closed(self, tenant_id: str) -> None:
+        """A tenant connection is about to close, no lease holding it: drop its log if it has
+        nothing left to ship (the catalog's position suffices to resume; keeps memory flat at
+        100k tenants), remembering how it leaves its files if they are exactly what the position
+        describes, so that reopening it can skip reading them (see the module docstring)."""
+        entry = self.ledger.drop_if_idle(tenant_id)
+        if entry is None or entry.restartable is not None:
+            return
+        left = _leaving(entry)
+        if left is None:
+            return
+        with self.ledger.lock:
+            if len(self.ledger.left) >= MAX_LEFT:
+                self.ledger.left.clear()
+            self.ledger.left[tenant_id] = left
 
     def _found_committed(self, tenant_id: str, entry: TenantLog, conn: apsw.Connection) -> None:
         """A kept log's tenant reopened: SQLite's recovery may find commits in the WAL that no
@@ -290,6 +334,59 @@ class Continuity:
         self.ledger.install(
             tenant_id, TenantLog(position, self.wal_path(tenant_id), page_size, carried=[carried])
         )
+
+
+def _leaving(entry: TenantLog) -> bytes | None:
+    """What `Continuity.closed` remembers of an idle log's files, or None if the WAL is not
+    exactly what its position describes, or a file was written too recently to tell a later
+    write apart. (A main file that is not the one the position records fails at the reopen.)"""
+    base, page_size = entry.base, entry.page_size
+    if base.main is None:
+        return None
+    try:
+        wal_file = os.stat(entry.wal_path)
+    except OSError:
+        return None  # no WAL: SQLite makes one on open, so the reopen could not tell
+    if wal_file.st_size != _wal_size(base, page_size):
+        return None  # frames past the position (e.g. a commit whose sync failed), or not all of it
+    if time.time_ns() - max(base.main.mtime_ns, wal_file.st_mtime_ns) < SETTLE_NS:
+        return None
+    return _LEFT.pack(hash(base), page_size, wal_file.st_size, wal_file.st_ino, wal_file.st_mtime_ns)
+
+
+def _as_left(position: Position, wal_path: Path, left: bytes) -> int | None:
+    """The page size if the tenant's position and files are as `Continuity.closed` left them
+    (`left`), else None."""
+    key, page_size, *wal_identity = _LEFT.unpack(left)
+    found = _identities(wal_path)
+    if found is None or key != hash(position) or position.main is None:
+        return None
+    return page_size if found == (_recorded(position.main), tuple(wal_identity)) else None
+
+
+Identity = tuple[int, int, int]
+
+
+def _identities(wal_path: Path) -> tuple[Identity, Identity] | None:
+    """(size, inode, mtime) of the main file and of the WAL; None if either is missing."""
+    try:
+        main, wal_file = os.stat(str(wal_path)[: -len("-wal")]), os.stat(wal_path)
+    except OSError:
+        return None
+    main_identity = (main.st_size, main.st_ino, main.st_mtime_ns)
+    return main_identity, (wal_file.st_size, wal_file.st_ino, wal_file.st_mtime_ns)
+
+
+def _recorded(main: MainFile) -> Identity:
+    return (main.size, main.inode, main.mtime_ns)
+
+
+def _wal_size(position: Position, page_size: int) -> int:
+    """The WAL's length when it holds exactly the frames `position` describes (none: a TRUNCATE
+    checkpoint leaves it empty)."""
+    if position.salts is None:
+        return 0
+    return wal.WAL_HEADER_SIZE + position.wal_frames * (wal.FRAME_HEADER_SIZE + page_size)
 
 
 def page_size_of(image: bytes) -> int:

@@ -33,6 +33,25 @@ class ReplicaUnavailable(ReplicaError):
     transient = True
 
 
+class ObjectExists(ReplicaError):
+    """A conditional create (`put(..., if_absent=True)`) found an object under the key already:
+    someone else wrote it (S3 answers 412 PreconditionFailed, or 409 ConditionalRequestConflict
+    when another conditional write to the key is in flight). Never retried: a retry would hide
+    the other writer."""
+
+    status = 409
+    code = "replica_object_exists"
+
+
+class ReplicaFenced(ReplicaError):
+    """This server's incarnation was fenced (backups/fence.py): another node wrote a FENCE where
+    its next segment was to go, so nothing it ships can become part of the backups any more.
+    Shipping stops for good and the unshipped commits stay on local disk; never retried."""
+
+    status = 503
+    code = "replica_fenced"
+
+
 class ShippingIOError(ReplicaUnavailable):
     """Shipping failed on local I/O: a WAL, a temporary file of the spool (a full or failing
     disk). As with an unreachable replica, nothing advanced and a later flush retries."""

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 from backups import wal
 from backups.capture import NewFrames, Small, read_small, small_chunk, write_new_frames
 from backups.carry import Carried, Carry
 from backups.catalog import BackupCatalog
 from backups.commit_times import CommitTimes
-from backups.errors import ReplicaError, ShippingIOError, WalCorrupt
+from backups.errors import ObjectExists, ReplicaError, ReplicaFenced, ShippingIOError, WalCorrupt
+from backups.fence import Writer, top, written_by
 from backups.ledger import Capture, Ledger, TenantLog
 from backups.quota import ReplicaQuota
 from backups.replica import ReplicaClient
@@ -78,13 +81,20 @@ class Flusher:
     spool: Spool
     quota: ReplicaQuota  # what each tenant's chunks add to the replica is counted against it
     times: CommitTimes  # cut at each flush, pruned once it succeeded
+    # None: flat segment keys, as a single server always named them. Else the incarnation's
+    # sequence, created conditionally (backups/fence.py); a fence ends shipping for good:
+    # `fenced` is set, `on_fenced` called once, every later upload raises it.
+    writer: Writer | None = None
+    on_fenced: Callable[[ReplicaFenced], None] | None = None
+    fenced: ReplicaFenced | None = field(default=None, init=False)
     last_success: float = field(default=0.0, init=False)  # time.time() of the last good flush
     failures: int = field(default=0, init=False)
     failed_in_a_row: int = field(default=0, init=False)  # failed flushes since the last good one
     failing_since: float | None = field(default=None, init=False)  # time of the first of them
     last_error: str | None = field(default=None, init=False)  # why the last flush failed
     last_error_disk_full: bool = field(default=False, init=False)
-    _seq: int = field(default=0, init=False)
+    _seq: int = field(default=0, init=False)  # the last seq used (with a writer: that is in the replica)
+    _seq_known: bool = field(default=False, init=False)  # with a writer: `_seq` was listed
     _refs: list[ChunkRef] = field(default_factory=list, init=False)  # uploaded by this flush
 
     def run(self) -> list[str]:
@@ -132,7 +142,9 @@ class Flusher:
         BACKUP_UPLOAD_ERRORS.inc()
         if self.last_error_disk_full:
             DISK_FULL.labels("backup").inc()
-        if isinstance(exc, ReplicaError):
+        if isinstance(exc, ReplicaFenced):
+            pass  # logged once, when found; nothing retries
+        elif isinstance(exc, ReplicaError):
             log.warning("backup flush failed (%s); will retry", exc)
         elif isinstance(exc, Exception):
             log.warning("backup flush failed (%s: %s); will retry", type(exc).__name__, exc)
@@ -268,19 +280,67 @@ class Flusher:
 
     def upload(self, writer: SegmentWriter) -> None:
         """Finish `writer`'s segment, upload it and record its chunks in the catalog.
-        Raises ReplicaError, and what the catalog raises."""
-        self._seq += 1
+        Raises ReplicaError (ReplicaFenced: this writer's incarnation was fenced), and what the
+        catalog raises."""
+        if self.fenced is not None:
+            raise self.fenced
         now = time.time()
-        key = f"segments/{int(now * 1000):013d}-{self.server_id}-{self._seq:08d}.seg"
-        data, refs = writer.finish({"server": self.server_id, "created": now})
+        meta: dict[str, object] = {"server": self.server_id, "created": now}
+        if self.writer is not None:
+            meta.update(self.writer.meta())
+        data, refs = writer.finish(meta)
         with data:
             size = data.seek(0, 2)
             data.seek(0)
-            self.replica.put_file(key, data)
+            if self.writer is None:
+                self._seq += 1
+                key = f"segments/{int(now * 1000):013d}-{self.server_id}-{self._seq:08d}.seg"
+                self.replica.put_file(key, data)
+            else:
+                key = self._create(self.writer, data)
         self.catalog.add_segment(key, now, refs)
         self._refs += refs
         BACKUP_SEGMENTS.inc()
         BACKUP_SEGMENT_BYTES.inc(size)
+
+    def _create(self, writer: Writer, data: IO[bytes]) -> str:
+        """Create the segment at the incarnation's next seq; returns its key. A seq taken by a
+        segment of our own (an earlier attempt that landed although its answer was lost; its
+        commits are in this segment too) is passed over; one taken by a FENCE or by another
+        writer fences us. The seq advances only over objects in the replica: no gap, which a
+        fencer would not see."""
+        if not self._seq_known:
+            self._seq, fenced = top(self.replica, writer)  # one LIST when the flusher starts
+            self._seq_known = True
+            if fenced:
+                raise self._fence(writer, writer.key(self._seq))
+        while True:
+            key = writer.key(self._seq + 1)
+            data.seek(0)
+            try:
+                self.replica.put_file(key, data, if_absent=True)
+            except ObjectExists as exc:
+                if not written_by(self.replica, key, writer):
+                    raise self._fence(writer, key) from exc
+                log.info("segment %s is an earlier attempt of ours; shipping at the next seq", key)
+                self._seq += 1
+                continue
+            self._seq += 1
+            return key
+
+    def _fence(self, writer: Writer, key: str) -> ReplicaFenced:
+        self.fenced = ReplicaFenced(
+            f"incarnation {writer.incarnation} of node {writer.node} was fenced at {key!r}: "
+            "it ships nothing more (its unshipped commits stay on local disk)",
+            key=key,
+        )
+        log.error("%s", self.fenced)
+        if self.on_fenced is not None:
+            try:
+                self.on_fenced(self.fenced)
+            except Exception:
+                log.exception("on_fenced hook failed")
+        return self.fenced
 
     def advance(self, captured: list[Capture]) -> None:
         """After every upload succeeded: save each tenant's new position in the catalog, then

@@ -105,7 +105,7 @@ def snapshot_chunk(tenant_id: str, position: Position, page_size: int, image: Pa
 
 
 class Ledger:
-    """Thread-safe: `lock` guards `logs`, `dirty`, `tombstones` and every TenantLog's fields.
+    """Thread-safe: `lock` guards `logs`, `dirty`, `tombstones`, `left` and every TenantLog's fields.
     Callers that read or change several of them as one step hold `lock` themselves."""
 
     def __init__(self, times: CommitTimes) -> None:
@@ -117,6 +117,9 @@ class Ledger:
         # carried chunks whose tenant has no log (any more): found at start, or left by a log
         # that was replaced or dropped; they still belong in the replica
         self.orphans: list[Carried] = []
+        # tenants closed with nothing to ship, as they left their files (backups.continuity
+        # `Continuity.closed`): what lets this process reopen one without reading its files
+        self.left: dict[str, bytes] = {}
 
     def get(self, tenant_id: str) -> TenantLog | None:
         with self.lock:
@@ -242,12 +245,15 @@ class Ledger:
         with self.lock:
             return any(t.tenant == tenant_id for t in self.tombstones)
 
-    def drop_if_idle(self, tenant_id: str) -> None:
-        """Drop the tenant's log if it has nothing left to ship (keeps memory flat at 100k tenants)."""
+    def drop_if_idle(self, tenant_id: str) -> TenantLog | None:
+        """Drop the tenant's log if it has nothing left to ship (keeps memory flat at 100k
+        tenants); the log dropped, or None."""
         with self.lock:
             entry = self.logs.get(tenant_id)
             if entry is not None and entry.idle:
                 del self.logs[tenant_id]
+                return entry
+            return None
 
     def drop(self, tenant_id: str, entry: TenantLog) -> None:
         """Drop the tenant's log if it is still `entry` (not replaced meanwhile); its carried
@@ -261,6 +267,7 @@ class Ledger:
         """Drop the tenant's log (its carried chunks still ship)."""
         with self.lock:
             entry = self.logs.pop(tenant_id, None)
+            self.left.pop(tenant_id, None)
             self.dirty.discard(tenant_id)
             if entry is not None:
                 self.orphans += entry.carried

@@ -3,7 +3,9 @@
 Objects are plain files under `root` at their key's path. A put writes a hidden temporary file
 next to the target (copying a source file a piece at a time), fsyncs it, renames it over the
 target and fsyncs the directory (tenants.files.replace_durably), so a crash leaves the old object
-or the new one. Directories left empty by deletes are removed.
+or the new one. A conditional create (`if_absent`) links the synced temporary file to the
+target instead: link(2) fails atomically if the target exists, and the object appears whole.
+Directories left empty by deletes are removed.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from backups.errors import ReplicaError, ReplicaNotFound, ReplicaUnavailable
+from backups.errors import ObjectExists, ReplicaError, ReplicaNotFound, ReplicaUnavailable
 from backups.replica import ObjectInfo, ReplicaClient, check_range, validate_key, validate_prefix
 from backups.spool import PIECE
-from tenants.files import fsync_dir, replace_durably
+from tenants.files import fsync_dir, fsync_file, replace_durably
 
 # Conditions that may clear up by themselves (space freed, mount back, descriptors released).
 _TRANSIENT_ERRNOS = frozenset(
@@ -54,10 +56,10 @@ class LocalReplica(ReplicaClient):
     def __repr__(self) -> str:
         return f"LocalReplica({str(self.root)!r})"
 
-    def put(self, key: str, data: bytes) -> None:
-        self.put_file(key, io.BytesIO(data))
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        self.put_file(key, io.BytesIO(data), if_absent=if_absent)
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         path = self._path(validate_key(key))
         start = source.tell()
         with _translated(key, writing=True):
@@ -65,7 +67,7 @@ class LocalReplica(ReplicaClient):
                 try:
                     self._make_dirs(path.parent)
                     source.seek(start)
-                    _copy_durably(source, path)
+                    _copy_durably(source, path, key if if_absent else None)
                     return
                 except FileNotFoundError:
                     if attempt == _PUT_ATTEMPTS - 1:
@@ -168,18 +170,28 @@ class LocalReplica(ReplicaClient):
             directory = directory.parent
 
 
-def _copy_durably(source: IO[bytes], path: Path) -> None:
-    """Replace `path` durably with the rest of `source`. The directory must exist. On failure
-    `path` is unchanged and no temporary file is left."""
+def _copy_durably(source: IO[bytes], path: Path, create: str | None = None) -> None:
+    """Replace `path` durably with the rest of `source`; `create` (the key): create it, or
+    raise ObjectExists. The directory must exist. On failure `path` is unchanged and no
+    temporary file is left."""
     tmp = path.with_name(f".{path.name}.tmp{uuid.uuid4().hex[:8]}")  # hidden: `list` skips it
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _OBJECT_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             shutil.copyfileobj(source, f, PIECE)
-        replace_durably(tmp, path)
+        if create is None:
+            replace_durably(tmp, path)
+            return
+        fsync_file(tmp)
+        try:
+            os.link(tmp, path)  # atomic, and fails if anything is there (rename would replace it)
+        except FileExistsError:
+            raise ObjectExists(f"replica object {create!r} exists already", key=create) from None
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    tmp.unlink()  # the object keeps the data through its own link
 
 
 @contextlib.contextmanager

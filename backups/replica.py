@@ -37,13 +37,19 @@ class ReplicaClient(Protocol):
     """Object storage for backups. Every method is safe to call from many threads at once and
     raises only ReplicaError subclasses (InvalidReplicaKey before any I/O for a bad key)."""
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         """Store `data` under `key`, replacing any object there. Atomic: a concurrent or later
         reader sees the old object or the whole new one, never a part. Idempotent. Durable once
-        it returns."""
+        it returns.
+
+        `if_absent`: a conditional create. It stores only if no object is under `key`, as one
+        atomic step (S3 `If-None-Match: *`; a hard link in a directory): of any number of
+        creators racing for one key exactly one succeeds, and the others (and every later one)
+        raise ObjectExists, also when the object is this caller's own earlier attempt whose
+        answer was lost. Not idempotent, then: the fence of backups/fence.py rests on it."""
         ...
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         """`put` of the bytes of the seekable binary file `source` from its current position to
         its end, read a bounded piece at a time: memory does not grow with the object's size.
         Same guarantees as `put`. May read `source` more than once (retries); its position

@@ -4,6 +4,11 @@ The generation chosen is the one that was live at that moment (the latest to sta
 it), so history before an in-place restore stays reachable. Frames are plain page writes, applied
 in LSN order to the snapshot's page image in the destination file (chunks stream through a bounded
 buffer: memory does not grow with the tenant's size); the result is checked with integrity_check.
+
+Restores plan from the catalog; `rebuild_catalog` reads it back from the bucket. A chunk's place
+in a tenant's history is its generation and LSN range; the segment holding it records its writer
+(server, node and incarnation) and time. Of a fenced incarnation only the segments below its
+FENCE are read (backups/fence.py): nothing its writer shipped after a takeover is history.
 """
 
 from __future__ import annotations
@@ -11,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
-from backups.catalog import ChunkRow
+from backups.catalog import BackupCatalog, ChunkRow
 from backups.errors import BackupBroken, NoRestorePoint
-from backups.segment import FRAMES, SNAPSHOT, RangeReader, copy_snapshot, read_frames
+from backups.fence import SEGMENTS, BelowFences
+from backups.sealed_replica import SealedReplica
+from backups.segment import FRAMES, SNAPSHOT, RangeReader, copy_snapshot, read_frames, read_index
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,31 @@ def plan(tenant: str, rows: list[ChunkRow], at: float) -> RestorePlan:
     return RestorePlan(
         tenant, generation, snapshot, _cover(mine, snapshot.first_lsn, target), target, restored_to
     )
+
+
+def rebuild_catalog(
+    replica: SealedReplica, catalog: BackupCatalog, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Record in `catalog` every chunk of the segments in the bucket, of both key forms; returns
+    the objects looked at. Segments made before encryption was turned on are read too (restore
+    refuses them until `rekey` has sealed them); one sealed with a key this server lacks raises
+    BackupKeyMissing, before anything is recorded. The caller holds `catalog.maintenance`."""
+    keys = [o.key for o in replica.list(SEGMENTS)]
+    # all or nothing on keys: a catalog rebuilt from some segments would restore less
+    replica.check_readable(keys)
+    fences = BelowFences()
+
+    def read(key: str, start: int, length: int) -> bytes:
+        return replica.read_range(key, start, length, allow_plaintext=True)
+
+    for done, key in enumerate(keys, 1):
+        if fences.wanted(key):
+            meta, refs = read_index(read, key)
+            if not fences.fence(key, meta):  # a FENCE is no segment: never recorded, never deleted
+                catalog.add_segment(key, float(meta.get("created", 0.0)), refs)  # type: ignore[arg-type]
+        if progress:
+            progress(done, len(keys))
+    return len(keys)
 
 
 def check_covered(plan: RestorePlan, rows: list[ChunkRow], shipped: tuple[str, int] | None) -> None:

@@ -4,7 +4,9 @@ For any moment T at or after the horizon, a restore uses the generation live at 
 the newest snapshot at or before T. So a tenant keeps: the generation live at the horizon from
 its newest snapshot at or before the horizon on, and everything newer. A tenant deleted before
 the horizon (no generation started after its tombstone) keeps nothing. A shared segment goes
-only when no tenant keeps any chunk in it.
+only when no tenant keeps any chunk in it, and never the newest segment of an incarnation, nor a
+FENCE (never in the catalog): a fencer must still see how far the incarnation went
+(backups/fence.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 
 from backups.catalog import BackupCatalog, ChunkRow
+from backups.fence import keep_newest
 from backups.replica import ReplicaClient
 from backups.restore import generations
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
@@ -54,6 +57,8 @@ def enforce(replica: ReplicaClient, catalog: BackupCatalog, window: float) -> tu
         dropped += len(rows)
     with catalog.maintenance:  # a segment being rekeyed is unreferenced until its rows move
         keys = catalog.unreferenced_segments()
+        if keys:
+            keys = keep_newest(keys, catalog.referenced_segments)
         if keys:
             replica.delete(keys)
             catalog.forget_segments(keys)

@@ -5,6 +5,8 @@ ListObjectsV2, DeleteObjects — with no multipart uploads, versioning, tagging 
 CRC checksums (boto3 >= 1.36 adds those to every request; several S3 look-alikes reject them),
 so every S3 look-alike that speaks SigV4 works. Credentials come from boto3's standard chain
 (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws, web identity, instance roles).
+A conditional create is PutObject with `If-None-Match: *` (AWS since 2024, MinIO, R2, moto >= 5.1),
+always signed: moto answers an unsigned failing one with an empty 403, and AWS requires SigV4.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from backups.errors import ReplicaError, ReplicaNotFound, ReplicaUnavailable
+from backups.errors import ObjectExists, ReplicaError, ReplicaNotFound, ReplicaUnavailable
 from backups.replica import ObjectInfo, ReplicaClient, check_range, validate_key, validate_prefix
 from backups.spool import PIECE
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
 DELETE_BATCH = 1000  # DeleteObjects' limit per request
 _CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-")
@@ -53,6 +56,9 @@ _TRANSIENT_CODES = frozenset(
         "ServiceUnavailable",
     }
 )
+# 412: the object exists. 409: AWS's answer to a conditional write racing another on the same key
+# (moto never sends it); the other may land, so it means the same: someone else wrote it.
+_EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _CREDENTIAL_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 )
@@ -109,10 +115,10 @@ class S3Replica(ReplicaClient):
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"S3Replica('s3://{self.bucket}/{self.prefix}'{where})"
 
-    def put(self, key: str, data: bytes) -> None:
-        self.put_file(key, io.BytesIO(data))
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        self.put_file(key, io.BytesIO(data), if_absent=if_absent)
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         # One PutObject streamed from the file (botocore sends a file body in pieces and seeks
         # back to retry; checked against moto: memory stays flat for a 200 MB body). Content-MD5
         # makes the server reject a body damaged in transit; every S3 look-alike supports it,
@@ -123,13 +129,16 @@ class S3Replica(ReplicaClient):
         while piece := source.read(PIECE):
             digest.update(piece)
         source.seek(start)
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": full_key,
+            "Body": source,
+            "ContentMD5": base64.b64encode(digest.digest()).decode(),
+        }
+        if if_absent:
+            request["IfNoneMatch"] = "*"
         with self._translated(key):
-            self._s3.put_object(
-                Bucket=self.bucket,
-                Key=full_key,
-                Body=source,
-                ContentMD5=base64.b64encode(digest.digest()).decode(),
-            )
+            self._s3.put_object(**request)
 
     def get(self, key: str) -> bytes:
         with self._translated(key):
@@ -263,6 +272,8 @@ def _client_error(e: ClientError, key: str, bucket: str) -> ReplicaError:
         return ReplicaError(f"S3 bucket {bucket!r} does not exist", bucket=bucket)
     if code in _NOT_FOUND_CODES or (status == 404 and not code):
         return ReplicaNotFound(f"no replica object {key!r}", key=key)
+    if code in _EXISTS_CODES or status == 412:
+        return ObjectExists(f"replica object {key!r} exists already (S3 {code or status})", key=key)
     if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
         return ReplicaUnavailable(f"S3 {code or status}: {message}", bucket=bucket)
     if status == 403 or code in _CREDENTIAL_CODES:

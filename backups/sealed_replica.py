@@ -59,17 +59,17 @@ class SealedReplica(ReplicaClient):
 
     # -- ReplicaClient ------------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         self._forget(key)
-        self.inner.put(key, seal_bytes(self.keyring, validate_key(key), data))
+        self.inner.put(key, seal_bytes(self.keyring, validate_key(key), data), if_absent=if_absent)
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         self._forget(key)
         if self.keyring is None:
-            self.inner.put_file(key, source)
+            self.inner.put_file(key, source, if_absent=if_absent)
             return
         sealed = SealingReader(self.keyring, validate_key(key), source)
-        self.inner.put_file(key, sealed)  # type: ignore[arg-type]  # a RawIOBase is a binary file
+        self.inner.put_file(key, sealed, if_absent=if_absent)  # type: ignore[arg-type]  # a RawIOBase is a binary file
         self._remember(key, sealed.cipher)
 
     def get(self, key: str, allow_plaintext: bool = False) -> bytes:

@@ -236,6 +236,25 @@ def parse_index(head: bytes, key: str) -> tuple[dict[str, object], list[ChunkRef
     return index["meta"], refs
 
 
+HEAD_PROBE = 64 << 10  # bytes read first for an index: most indexes fit
+
+
+def read_index(read: RangeReader, key: str) -> tuple[dict[str, object], list[ChunkRef]]:
+    """(meta, chunk refs) of segment `key`, read from its start: one range read, two for a
+    large index. Raises SegmentCorrupt, and what `read` raises."""
+    head = read(key, 0, HEAD_PROBE)
+    need = PREFIX_SIZE + index_length(head)
+    if len(head) < need:
+        head = read(key, 0, need)
+    return parse_index(head, key)
+
+
+def index_only(meta: dict[str, object]) -> bytes:
+    """A segment with no chunk: its index holds `meta` alone (a FENCE, backups/fence.py)."""
+    index = zstandard.ZstdCompressor(write_checksum=True).compress(orjson.dumps({"meta": meta, "chunks": []}))
+    return MAGIC + struct.pack(">I", len(index)) + index
+
+
 # -- reading chunk bodies, a bounded piece at a time ----------------------------------------------
 
 

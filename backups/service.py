@@ -12,14 +12,14 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import apsw
 
-from backups import restore, retention
+from backups import handoff, restore, retention
 from backups.catalog import BackupCatalog, ChunkRow
 from backups.errors import (
     BackupBroken,
@@ -31,12 +31,13 @@ from backups.errors import (
     RestoreInFuture,
     SegmentCorrupt,
 )
+from backups.fleet_doc import TenantRecord
 from backups.fleet_meta import FleetMeta, GroupsRestored, TokenCheck
 from backups.page_diff import differing_pages
 from backups.rekey import RekeyBatch, rekey_batch
 from backups.restore import RestorePlan, micros
 from backups.sealed_replica import SealedReplica
-from backups.segment import PREFIX_SIZE, SNAPSHOT, TOMBSTONE, index_length, parse_index
+from backups.segment import SNAPSHOT, TOMBSTONE
 from backups.shipper import Health, Shipper
 from backups.spool import PIECE
 from metrics.instruments import (
@@ -109,6 +110,9 @@ class Backups(FleetHooks):
         self.shipper = shipper
         self.fleet = fleet
         self.meta = meta
+        # a cluster node's slot of a tenant (cluster.slots.slot_of): a tenant this node has no
+        # copy of may have been handed to it by another node (backups.handoff)
+        self.slot_of: Callable[[str], int] | None = None
 
     def fleet_hooks(self) -> list[FleetHooks]:
         """What the fleet must call: the shipper (commits, opens, closes, deletes), then the
@@ -238,13 +242,17 @@ class Backups(FleetHooks):
     def _read(self, key: str, offset: int, length: int) -> bytes:
         return self.replica.get_range(key, offset, length)
 
-    def restore(self, tenant: str, at: float, as_tenant: str | None = None) -> RestoreResult:
+    def restore(
+        self, tenant: str, at: float, as_tenant: str | None = None, record: TenantRecord | None = None
+    ) -> RestoreResult:
         """Restore `tenant` to its state after the last commit at or before `at`, into `as_tenant`
-        (a new tenant) or in place. Raises NoRestorePoint, BackupBroken, TenantExists."""
+        (a new tenant) or in place. `record`: who the tenant is, when this server has no copy and
+        knows better than the fleet metadata (a handoff). Raises NoRestorePoint, BackupBroken,
+        TenantExists."""
         started = time.perf_counter()
         try:
             with RESTORES_RUNNING.track_inprogress():
-                result = self._restore(tenant, at, as_tenant)
+                result = self._restore(tenant, at, as_tenant, record)
         except BaseException:
             RESTORES.labels("error").inc()
             raise
@@ -253,7 +261,9 @@ class Backups(FleetHooks):
         RESTORE_SECONDS.observe(time.perf_counter() - started)
         return result
 
-    def _restore(self, tenant: str, at: float, as_tenant: str | None) -> RestoreResult:
+    def _restore(
+        self, tenant: str, at: float, as_tenant: str | None, record: TenantRecord | None
+    ) -> RestoreResult:
         self._ship_first(tenant, at if as_tenant is not None else math.inf)
         rows = self.catalog.chunks(tenant)
         earliest, latest = self._window(tenant, rows)
@@ -280,21 +290,25 @@ class Backups(FleetHooks):
             if as_tenant is None and self.fleet.exists(tenant):
                 self.fleet.replace(tenant, path)
             else:
-                self._create_restored(tenant, target, at, path)
+                self._create_restored(tenant, target, at, path, record)
         base, top = plan.snapshot.first_lsn, plan.target_lsn
         commits = len({lsn for r in plan.frames for lsn, _ in r.commits if base < lsn <= top})  # overlaps
         log.info("restored %s to %s as %s", tenant, format_time(plan.restored_to), as_tenant or tenant)
         return RestoreResult(as_tenant or tenant, plan.restored_to, plan.generation, commits)
 
-    def _create_restored(self, tenant: str, target: str, at: float, path: Path) -> None:
+    def _create_restored(
+        self, tenant: str, target: str, at: float, path: Path, known_record: TenantRecord | None
+    ) -> None:
         """Create `target` from the restored file of `tenant`, which this server may lack (a lost
         data dir, a deletion): then the fleet metadata says what `tenant` was at `at`. Restored
         as itself it keeps its creation time, and unless it had been deleted its incarnation and
         token generation (so its tokens work again, if this server signs with the same key); a
         fork keeps its group only. Its group is put back first if this server lacks it."""
         source = self.fleet.catalog.get(tenant)
-        known = None if source is not None else self.meta.record(tenant)
-        record = known.record if known is not None and micros(known.record.created) <= micros(at) else None
+        known = None if source is not None or known_record is not None else self.meta.record(tenant)
+        record = (
+            known.record if known is not None and micros(known.record.created) <= micros(at) else known_record
+        )
         group = source.group if source is not None else record.group if record is not None else None
         if group is not None and source is None and not self.meta.ensure_group(group):
             log.warning("restoring %s: its group %s is neither here nor in the fleet metadata", tenant, group)
@@ -421,19 +435,7 @@ class Backups(FleetHooks):
         Segments made before encryption was turned on are read too (restore refuses them until
         `rekey` has sealed them); one sealed with a key this server lacks raises BackupKeyMissing."""
         with self.catalog.maintenance:  # not while rekey moves chunks between copies
-            keys = [o.key for o in self.replica.list("segments/")]
-            # all or nothing on keys: a catalog rebuilt from some segments would restore less
-            self.replica.check_readable(keys)
-            for done, key in enumerate(keys, 1):
-                head = self.replica.read_range(key, 0, 64 << 10, allow_plaintext=True)
-                need = PREFIX_SIZE + index_length(head)
-                if len(head) < need:
-                    head = self.replica.read_range(key, 0, need, allow_plaintext=True)
-                meta, refs = parse_index(head, key)
-                self.catalog.add_segment(key, float(meta.get("created", 0.0)), refs)  # type: ignore[arg-type]
-                if progress:
-                    progress(done, len(keys))
-        return len(keys)
+            return restore.rebuild_catalog(self.replica, self.catalog, progress)
 
     def rekey(self, after: str | None = None, limit: int = 100) -> RekeyBatch:
         """One batch of re-encrypting what retention still needs with the current key (see
@@ -469,13 +471,55 @@ class Backups(FleetHooks):
         return deleted if deleted is not None and deleted >= started else None
 
     def recover(self, tenant_id: str) -> bool:
-        """Restore a tenant that has backups but no catalog row (a lost disk), unless deleted."""
+        """Restore a tenant that has backups but no catalog row (a lost disk, or a cluster node
+        handed it to this one), unless deleted."""
+        moved = self._handed_over(tenant_id)
         rows = self.catalog.chunks(tenant_id)
         if not rows or self._deleted(rows) or self.shipper.deletion_pending(tenant_id):
             return False
-        log.warning("tenant %s is missing locally but in the bucket: restoring it", tenant_id)
-        self.restore(tenant_id, time.time(), as_tenant=tenant_id)
+        if moved is None:
+            log.warning("tenant %s is missing locally but in the bucket: restoring it", tenant_id)
+        self.restore(tenant_id, time.time(), as_tenant=tenant_id, record=moved.record if moved else None)
         return True
+
+    def hand_off(self, tokens: Mapping[int, int], tenants: Mapping[int, Sequence[str]]) -> None:
+        """A cluster node gives up slots (slot -> its fencing token) holding `tenants` (slot ->
+        tenant ids, their handles closed, no request opening them meanwhile): ship every commit,
+        then write each slot's handoff manifest (backups.handoff), carrying over what the slot's
+        previous manifest says of tenants this node never restored. Raises ReplicaError (then the
+        move waits)."""
+        self.shipper.flush()
+        previous = handoff.newest_handoffs(self.replica)
+        for slot, token in sorted(tokens.items()):
+            local = tenants.get(slot, ())
+            if not local and slot not in previous:
+                continue
+            moved = {m.tenant: m for m in self._records(local)}
+            if slot in previous:
+                for tenant, entry in handoff.read_handoff(self.replica, previous[slot]).items():
+                    if tenant not in moved and not self._deleted(self.catalog.chunks(tenant)):
+                        moved[tenant] = entry
+            handoff.put_handoff(self.replica, slot, token, list(moved.values()))
+
+    def _records(self, tenants: Sequence[str]) -> list[handoff.Moved]:
+        moved = []
+        for tenant in tenants:
+            row = self.fleet.catalog.get(tenant)
+            if row is not None:
+                r = TenantRecord(
+                    row.created_at, row.group, row.incarnation, row.token_generation, time.time()
+                )
+                moved.append(handoff.Moved(tenant, r, self.catalog.chunks(tenant)))
+        return moved
+
+    def _handed_over(self, tenant_id: str) -> handoff.Moved | None:
+        """The newest handoff of the tenant to this node, its rows added to the catalog."""
+        if self.slot_of is None:
+            return None
+        moved = handoff.latest_handoff(self.replica, self.slot_of(tenant_id)).get(tenant_id)
+        if moved is not None:
+            self.catalog.add_rows(moved.rows)
+        return moved
 
     def rebuild_if_empty(self) -> int:
         """Read the catalog back from the bucket if it knows no segment (a fresh data dir, or

@@ -19,6 +19,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,8 @@ from backups.catalog import BackupCatalog
 from backups.checkpoint import Checkpointer, Lease, Policy
 from backups.commit_times import CommitTimes
 from backups.continuity import Continuity
-from backups.errors import ReplicaError, WalCorrupt
+from backups.errors import ReplicaError, ReplicaFenced, WalCorrupt
+from backups.fence import Writer
 from backups.flush import Flusher
 from backups.ledger import Ledger
 from backups.quota import ReplicaQuota
@@ -80,7 +82,14 @@ class Health:
 
 class Shipper(FleetHooks):
     """Thread-safe. `start()` runs the flush loop in a thread; `flush()` may also be called directly.
-    `lease` is the fleet's `lease_if_open`: checkpoints and restarts act only on open tenants."""
+    `lease` is the fleet's `lease_if_open`: checkpoints and restarts act only on open tenants.
+
+    `writer` (cluster mode): segments go under that node's incarnation, created conditionally
+    (backups/fence.py); None: flat keys, as a single server always wrote them. Once another node
+    fences the incarnation, shipping stops for good: nothing is uploaded, checkpointed or deleted
+    any more, the unshipped commits stay on local disk, tenants turn read-only (`writable`), the
+    health says why, and `on_fenced` is called once (from the flushing thread) so the server stops
+    serving."""
 
     def __init__(
         self,
@@ -90,6 +99,8 @@ class Shipper(FleetHooks):
         config: ShipperConfig,
         server_id: str,
         lease: Lease,
+        writer: Writer | None = None,
+        on_fenced: Callable[[ReplicaFenced], None] | None = None,
     ) -> None:
         self.replica = replica
         self.catalog = catalog
@@ -112,6 +123,8 @@ class Shipper(FleetHooks):
             self.spool,
             self.quota,
             self.times,
+            writer,
+            on_fenced,
         )
         policy = Policy(config.checkpoint_frames, config.snapshot_bytes, config.snapshot_interval)
         self.checkpointer = Checkpointer(self.ledger, catalog, self.continuity, self.carry, lease, policy)
@@ -145,13 +158,15 @@ class Shipper(FleetHooks):
         return False
 
     def writable(self, tenant_id: str) -> bool:
-        """False while the tenant's unshipped WAL exceeds the backlog bound (replica down)."""
-        return self.backlog_bytes(tenant_id) <= self.config.max_backlog_bytes
+        """False while the tenant's unshipped WAL exceeds the backlog bound (replica down), and
+        for good once this incarnation is fenced (nothing it writes could ship)."""
+        return self.fenced is None and self.backlog_bytes(tenant_id) <= self.config.max_backlog_bytes
 
     def before_close(self, tenant_id: str, conn: apsw.Connection) -> None:
         """Drop the in-memory log of a closing tenant with nothing left to ship: the catalog's
-        position suffices to resume when it reopens (keeps memory flat at 100k tenants)."""
-        self.ledger.drop_if_idle(tenant_id)
+        position suffices to resume when it reopens (keeps memory flat at 100k tenants), with
+        what `Continuity.closed` remembers of its files."""
+        self.continuity.closed(tenant_id)
 
     def before_delete(self, tenant_id: str) -> None:
         """Ship what is left, then forget the live state (the backups themselves stay)."""
@@ -203,7 +218,7 @@ class Shipper(FleetHooks):
 
     def _run(self) -> None:
         delay = self.config.flush_interval
-        while not self._stop.wait(delay):
+        while self.fenced is None and not self._stop.wait(delay):
             started = time.monotonic()
             ok = self._flush_logged()
             # flushes start every interval (not an interval after the last one ended), so the lag
@@ -223,13 +238,15 @@ class Shipper(FleetHooks):
         # and at most every RETENTION_EVERY.
         while not self._stop.wait(RETENTION_EVERY):
             self._flushed.wait()
-            if self._stop.is_set():
+            if self._stop.is_set() or self.fenced is not None:
                 return
             self._flushed.clear()
             self._enforce_retention()
 
     def _enforce_retention(self) -> None:
         # As for flushes: nothing here may end the loop, or shipping stops for good.
+        if self.fenced is not None:
+            return  # the incarnation's history belongs to whoever fenced it now
         try:
             retention.enforce(self.replica, self.catalog, self.config.retention)
         except ReplicaError as exc:
@@ -247,6 +264,8 @@ class Shipper(FleetHooks):
         catalog: apsw.FullError); nothing was lost, the next flush retries from the last durable
         position."""
         with self._flush_lock:
+            if self.fenced is not None:
+                raise self.fenced
             cpu = time.thread_time()
             try:
                 tenants = self.flusher.run()
@@ -298,6 +317,11 @@ class Shipper(FleetHooks):
     # -- state for others -----------------------------------------------------------------------
 
     @property
+    def fenced(self) -> ReplicaFenced | None:
+        """Why shipping stopped for good (another node fenced this incarnation); None: it did not."""
+        return self.flusher.fenced
+
+    @property
     def last_success(self) -> float:
         """time.time() of the last flush whose upload succeeded (0: none yet)."""
         return self.flusher.last_success
@@ -324,6 +348,8 @@ class Shipper(FleetHooks):
             )
             if flusher.last_error is not None:
                 reason += f": {flusher.last_error}"
+        if self.fenced is not None:
+            reason = str(self.fenced)
         return Health(
             flusher.failed_in_a_row,
             flusher.last_success or None,

@@ -226,3 +226,21 @@ class Readiness(TypedDict):
     ready: bool
     checks: dict[str, bool]
     replica: NotRequired[dict[str, Any]]
+
+
+class ClusterNodeInfo(TypedDict):
+    url: str
+    incarnation: str
+    slots: int
+    draining: bool
+
+
+class ClusterStatus(TypedDict, total=False):
+    """GET /v1/admin/cluster (router.cluster_api)."""
+
+    node: str
+    serving: bool
+    reason: str | None
+    slots_owned: int
+    nodes: dict[str, ClusterNodeInfo]
+    tenant: dict[str, Any]

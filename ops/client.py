@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -16,6 +17,7 @@ import httpx
 
 from ops.api_types import (
     BackupInfo,
+    ClusterStatus,
     FleetRestore,
     GroupInfo,
     ImportResult,
@@ -38,6 +40,7 @@ from ops.errors import ApiError, ClientError, ServerUnreachable
 from tenants.ids import is_name, validate_tenant_id
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as cluster.config has it
 # The server's largest page (router.admin_api.MAX_PAGE, not imported: the CLI stays light);
 # a test keeps the two equal.
 MAX_PAGE = 1000
@@ -367,6 +370,21 @@ class AdminClient:
         wait = httpx.Timeout(self.timeout, read=max(self.timeout, IMPORT_CHECK_WAIT))
         body = self._json("PUT", path, content=pieces(), headers=headers, params=params, timeout=wait)
         return cast(ImportResult, body)
+
+    # -- the cluster -----------------------------------------------------------------------------
+
+    def cluster_status(self, tenant_id: str | None = None) -> ClusterStatus:
+        """The cluster as the server sees it (with where `tenant_id` lives). Raises ApiError
+        (409 cluster_disabled on a server that is not a cluster node)."""
+        params = {"tenant": tenant_id} if tenant_id is not None else {}
+        return cast(ClusterStatus, self._json("GET", "/v1/admin/cluster", params=params))
+
+    def drain_node(self, node: str, undo: bool = False) -> ClusterStatus:
+        """Mark `node` draining (its slots move to the other nodes), or not any more."""
+        if not NODE_ID.fullmatch(node):  # as with tenant ids: "/" or ".." would change the URL
+            raise ClientError(f"invalid node id {node!r}")
+        path = f"/v1/admin/cluster/nodes/{node}/drain"
+        return cast(ClusterStatus, self._json("DELETE" if undo else "POST", path))
 
     # -- the server ------------------------------------------------------------------------------
 

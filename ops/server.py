@@ -28,17 +28,21 @@ from backups.shipper import Shipper, server_id
 from metrics.instruments import TENANT_BYTES
 from ops import keys
 from ops.logs import configure_logging
+from ops.node import ClusterNode
 from ops.settings import Settings
 from router.app import build_app
 from router.auth import Authenticator
 from router.changes_api import encode_event
 from router.context import Context
 from router.hrana import Streams
+from router.proxy.middleware import ProxyParts
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
 from schema_sync.rollouts import Rollouts
 from tenants.changes import ChangeFeed
 from tenants.checkpointer import Checkpointer, WalGuard
+from tenants.connection import configure_sqlite
+from tenants.errors import BadRequest
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 
@@ -55,6 +59,7 @@ class Server:
     app: Starlette
     admin_key: str
     admin_key_generated: bool
+    node: ClusterNode | None = None  # cluster mode
     stop_requested_at: float | None = None  # time.monotonic() of SIGTERM
     closed: bool = field(default=False, init=False)
 
@@ -62,9 +67,21 @@ class Server:
     def build(cls, settings: Settings) -> Server:
         """Take the data dir (raises DataDirLocked if another server has it) and build the app."""
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        node = _join_cluster(settings)
+        try:
+            return cls._build(settings, node)
+        except BaseException:
+            if node is not None:
+                node.stop()
+            raise
+
+    @classmethod
+    def _build(cls, settings: Settings, node: ClusterNode | None) -> Server:
         groups = GroupStore(settings.data_dir, settings.migration_timeout)
-        hooks = _Hooks(settings, groups)
+        hooks = _Hooks(settings, groups, node)
         fleet = Fleet(settings.data_dir, settings.db_config(), settings.pool_config(), hooks)
+        if node is not None:
+            fleet.admit = node.admit
         try:
             admin_key, generated = keys.admin_key(settings.admin_key, settings.data_dir)
             signing_key = keys.signing_key(settings.signing_key_file, settings.data_dir)
@@ -91,12 +108,16 @@ class Server:
                 writable=fleet.writable,
                 before_use=fleet.before_use,
             ),
+            placement=node,
         )
-        server = cls(settings, fleet, context, build_app(context), admin_key, generated)
+        proxy = ProxyParts(node, node.forwarder, node.websockets) if node is not None else None
+        server = cls(settings, fleet, context, build_app(context, proxy), admin_key, generated, node)
         try:
             TENANT_BYTES.set_function(fleet.catalog.total_size)
             if hooks.backups is not None:
                 hooks.backups.start(token_key_fingerprint(signing_key))
+                if node is not None:
+                    node.serve(fleet, hooks.backups)  # from now on its slots can move
         except BaseException:
             server.close()
             raise
@@ -137,6 +158,8 @@ class Server:
         if backups is not None:
             backups.close()  # after the fleet: nothing calls its hooks any more
         self.context.close()
+        if self.node is not None:
+            self.node.stop()  # last: the slots go once everything here is shipped and closed
 
 
 class _Hooks:
@@ -144,9 +167,10 @@ class _Hooks:
     from its constructor, because the hooks need the fleet). Backups first, so the commits of a
     schema catch-up are shipped. Keeps the Backups it built, for the server."""
 
-    def __init__(self, settings: Settings, groups: GroupStore) -> None:
+    def __init__(self, settings: Settings, groups: GroupStore, node: ClusterNode | None) -> None:
         self._settings = settings
         self._groups = groups
+        self._node = node
         self.backups: Backups | None = None
         self.feed: ChangeFeed
 
@@ -154,7 +178,7 @@ class _Hooks:
         settings = self._settings
         hooks: list[FleetHooks] = []
         if settings.backups:
-            self.backups = _backups(settings, fleet, self._groups)
+            self.backups = _backups(settings, fleet, self._groups, self._node)
             hooks += self.backups.fleet_hooks()
             on_full = self.backups.shipper.request_checkpoint
         else:  # nothing else would ever checkpoint
@@ -168,9 +192,23 @@ class _Hooks:
         return [*hooks, schema, self.feed]
 
 
-def _backups(settings: Settings, fleet: Fleet, groups: GroupStore) -> Backups:
+def _join_cluster(settings: Settings) -> ClusterNode | None:
+    """This server's cluster node, joined (None without `cluster_etcd`). Raises BadRequest for
+    a cluster without backups (slots move through the replica), EtcdUnavailable."""
+    config = settings.cluster_config()
+    if config is None:
+        return None
+    if not settings.backups:
+        raise BadRequest("a cluster node needs backups on: tenants move between nodes through the replica")
+    node = ClusterNode(config, settings.proxy_config(), settings.max_body_bytes)
+    node.start()
+    return node
+
+
+def _backups(settings: Settings, fleet: Fleet, groups: GroupStore, node: ClusterNode | None) -> Backups:
     """WAL shipping, the fleet metadata (groups, tenant identities) and restore over the
-    replica; not started yet (`Backups.start`)."""
+    replica; not started yet (`Backups.start`). A cluster node ships under its incarnation
+    (backups.fence)."""
     keyring = settings.backup_keyring()  # before anything opens: a bad key file stops the start
     replica = SealedReplica(
         open_replica(
@@ -188,7 +226,16 @@ def _backups(settings: Settings, fleet: Fleet, groups: GroupStore) -> Backups:
         raise
     config = settings.shipper_config()
     server = server_id(fleet.layout)
-    shipper = Shipper(replica, catalog, fleet.layout, config, server, fleet.lease_if_open)
+    shipper = Shipper(
+        replica,
+        catalog,
+        fleet.layout,
+        config,
+        server,
+        fleet.lease_if_open,
+        writer=node.writer if node is not None else None,
+        on_fenced=node.on_fenced if node is not None else None,
+    )
     meta = FleetMeta(replica, fleet.catalog, groups, server, config.flush_interval, config.retention)
     return Backups(replica, catalog, shipper, fleet, meta)
 
@@ -234,6 +281,7 @@ def serve(settings: Settings) -> None:
     # files) is readable by its user only; the tenants layer also sets modes explicitly.
     os.umask(0o077)
     configure_logging(settings)
+    configure_sqlite()
     server = Server.build(settings)
     url = f"http://{settings.host}:{settings.port}"
     if server.admin_key_generated:

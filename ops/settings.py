@@ -7,6 +7,7 @@ README's settings table are generated from it, and a test checks both stay compl
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from backups.keyring import Keyring
 from backups.shipper import ShipperConfig
+from cluster.config import ClusterConfig
 from router.context import RouterConfig
+from router.proxy.forward import ProxyConfig
 from tenants.changes import FeedConfig
 from tenants.checkpointer import WalConfig
 from tenants.config import DbConfig, PoolConfig
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 ENV_PREFIX = "SQLFLEET_"
+# Keep-alive connections a cluster node holds to the other nodes, in all (router.proxy).
+PROXY_CONNECTIONS = 256
 Section = TypeVar("Section", bound="DataclassInstance")
 
 
@@ -421,6 +426,38 @@ class Settings:
             "client reconnecting with Last-Event-ID misses nothing."
         ),
     )
+    cluster_etcd: str | None = field(
+        default=None,
+        metadata=_doc(
+            "etcd client URLs of the cluster this node joins, comma-separated "
+            "(http://10.0.0.1:2379,http://10.0.0.2:2379). Unset: no cluster, one node on its own."
+        ),
+    )
+    cluster_name: str = field(
+        default="sqlfleet",
+        metadata=_doc("Name of the cluster: its keys in etcd live under /sqlfleet/CLUSTER_NAME/."),
+    )
+    node_id: str | None = field(
+        default=None,
+        metadata=_doc(
+            "This node's id in the cluster, unique and stable across restarts. Unset: the host name."
+        ),
+    )
+    node_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "URL at which the other nodes reach this one. Unset: http://HOST:PORT, so HOST must "
+            "then be an address they can reach (not 0.0.0.0)."
+        ),
+    )
+    cluster_lease_ttl: int = field(
+        default=10,
+        metadata=_doc(
+            "Seconds this node's etcd lease lives without a keep-alive (sent every TTL/4): a node "
+            "that cannot renew it stops serving its slots before it runs out, and another may "
+            "then claim them."
+        ),
+    )
     log_level: str = field(default="info", metadata=_doc("Log level: debug, info, warning, error."))
     log_format: str = field(
         default="text",
@@ -485,6 +522,7 @@ class Settings:
             "max_import_bytes",
             "max_transfers",
             "export_step_pages",
+            "cluster_lease_ttl",
         ):
             if getattr(self, name) < 1:
                 raise BadRequest(f"{name} must be at least 1")
@@ -546,6 +584,35 @@ class Settings:
 
     def shipper_config(self) -> ShipperConfig:
         return self._section(ShipperConfig, prefix="backup_")
+
+    def cluster_config(self) -> ClusterConfig | None:
+        """How this node joins its cluster; None without `cluster_etcd`. Raises BadRequest."""
+        endpoints = tuple(e.strip() for e in (self.cluster_etcd or "").split(",") if e.strip())
+        if not endpoints:
+            return None
+        if self.node_url is None and self.host in ("0.0.0.0", "::", ""):
+            raise BadRequest(
+                f"node_url must be set when listening on {self.host!r}: other nodes cannot reach that"
+            )
+        return ClusterConfig(
+            endpoints=endpoints,
+            name=self.cluster_name,
+            node_id=self.node_id or socket.gethostname(),
+            node_url=self.node_url or f"http://{self.host}:{self.port}",
+            lease_ttl=self.cluster_lease_ttl,
+        )
+
+    def proxy_config(self) -> ProxyConfig:
+        """How a cluster node forwards to the others (router.proxy): an owner may stay silent
+        mid-response as long as a request may run, a change feed between heartbeats, or an
+        export between pieces, plus slack; any body up to `max_body_bytes` can be sent again."""
+        silence = max(self.request_timeout, 2 * self.changes_heartbeat, self.transfer_idle_timeout)
+        return ProxyConfig(
+            read_timeout=silence + 5.0,
+            connect_timeout=2.0,
+            replay_bytes=self.max_body_bytes,
+            max_connections=PROXY_CONNECTIONS,
+        )
 
     def backup_keyring(self) -> Keyring | None:
         """The keys of `backup_encryption_key_file`, None when unset. Raises BadRequest."""

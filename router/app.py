@@ -11,12 +11,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from metrics.exposition import render as render_metrics
-from router import admin_api, backups_api, changes_api, groups_api, hrana, tenant_api, transfer_api
+from router import (
+    admin_api,
+    backups_api,
+    changes_api,
+    cluster_api,
+    groups_api,
+    hrana,
+    tenant_api,
+    transfer_api,
+)
 from router.access_log import AccessLog
 from router.body_deadline import BodyDeadline
 from router.context import Context, ctx
 from router.errors import EXCEPTION_HANDLERS
 from router.openapi import openapi_document
+from router.proxy.middleware import ClusterProxy, ProxyParts
 from router.request_metrics import RequestMetrics
 
 
@@ -31,7 +41,8 @@ UNREADY_AFTER_FAILED_FLUSHES = 3
 
 async def readyz(request: Request) -> JSONResponse:
     """200 while the data-dir lock is held, the replica took the recent flushes (or backups are
-    off) and the server is not shutting down; else 503. Body: every check and the replica's state
+    off), the server is not shutting down and (a cluster node) its etcd lease is provably alive;
+    else 503. Body: every check and the replica's state
     (with `reason` once it is behind by more than backup_unready_after, e.g. a full disk)."""
     c = ctx(request)
     checks = {"data_dir_lock": c.fleet.lock_held, "accepting": not c.shutting_down}
@@ -45,6 +56,11 @@ async def readyz(request: Request) -> JSONResponse:
             body["reason"] = health.reason or (
                 f"the last {health.failed_flushes_in_a_row} backup flushes failed: {health.last_error}"
             )
+    if c.placement is not None:
+        why = c.placement.unavailable()
+        checks["cluster"] = why is None
+        if why is not None:
+            body["reason"] = f"cluster: {why}"
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks, **body}, status_code=200 if ready else 503)
 
@@ -74,8 +90,9 @@ SYSTEM_ROUTES = [
 ]
 
 
-def build_app(context: Context) -> Starlette:
-    """The app over `context`, which routes get back with `ctx(request)`."""
+def build_app(context: Context, proxy: ProxyParts | None = None) -> Starlette:
+    """The app over `context`, which routes get back with `ctx(request)`; with `proxy` (a
+    cluster node), requests for tenants another node owns are forwarded there."""
     app = Starlette(
         # the router tries routes in turn: the tenants' queries, most of the traffic, first
         routes=[
@@ -83,6 +100,7 @@ def build_app(context: Context) -> Starlette:
             *SYSTEM_ROUTES,
             *changes_api.ROUTES,
             *admin_api.ROUTES,
+            *cluster_api.ROUTES,
             *backups_api.ROUTES,
             *groups_api.ROUTES,
             *hrana.ROUTES,
@@ -94,6 +112,11 @@ def build_app(context: Context) -> Starlette:
             Middleware(RequestMetrics),
             # an import's upload is bounded per piece and in all by the route (router.transfer_api)
             Middleware(BodyDeadline, timeout=context.config.body_timeout, exempt=("/import",)),
+            *(
+                [Middleware(ClusterProxy, parts=proxy, base_domain=context.config.base_domain)]
+                if proxy
+                else []
+            ),
         ],
     )
     app.state.ctx = context

@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection, Request
 
 from backups.service import Backups
 from router.auth import Authenticator, Principal
+from router.proxy.placement import Placement
 from router.scheduler import Scheduler
 from schema_sync.groups import GroupStore
 from schema_sync.rollouts import Rollouts
@@ -71,6 +72,7 @@ class Context:
         backups: Backups | None,
         streams: Streams,
         feed: ChangeFeed,
+        placement: Placement | None = None,
     ) -> None:
         self.fleet = fleet
         self.auth = auth
@@ -80,6 +82,7 @@ class Context:
         self.backups = backups
         self.streams = streams
         self.feed = feed
+        self.placement = placement  # a cluster node's routing table (router.proxy), else None
         self.scheduler = Scheduler(
             config.worker_threads,
             config.max_queued_per_tenant,

@@ -7,7 +7,10 @@ is brought to the released head (`after_open`). While it is open, its schema ver
 of the group's migrations it has) is kept in memory; when a released head moves (the store's
 `epoch` changes), the open tenants behind it are noted as due, and each is migrated under its
 lock before its next request (`work_due`, `before_use`): a head that did not move costs an
-integer comparison and a set lookup per request.
+integer comparison and a set lookup per request. A tenant closed at its group's head is
+remembered (its version, and the store's epoch then): reopened before any head moved, it is at
+the head still (nothing but this server's own opens changes its record: a restore or an import
+goes through `before_delete`, which forgets it), so it reopens without reading its record.
 
 A catch-up that fails is rolled back, logged and counted; the tenant is then served as it was:
 an unchanged tenant on the old schema beats an unavailable one, and the rollout reports the
@@ -60,30 +63,29 @@ class SchemaHooks(FleetHooks):
         self.group_of = group_of
         self.lazy_catch_up = lazy_catch_up
         self.timeout = timeout
-        # a tenant's group is fixed at creation: remember it rather than ask the catalog per open
-        self._known: dict[str, str | None] = {}
+        # (a tenant's group is the catalog's to remember: `group_of` is a lookup in memory, and a
+        # copy here would cost ~100 bytes a tenant, ~10 MiB at 100k tenants)
         self._lock = threading.Lock()  # guards what follows
         self._versions: dict[str, tuple[str, int]] = {}  # open tenants of a group: group, version
         self._gave_up: dict[str, int] = {}  # open tenants whose catch-up to this head failed
         self._epoch = groups.epoch  # the store's, when `_due` was last worked out
         self._due: set[str] = set()  # open tenants behind their group's released head
-
-    def _group(self, tenant_id: str) -> str | None:
-        if tenant_id in self._known:
-            return self._known[tenant_id]
-        if len(self._known) >= MAX_REMEMBERED:
-            self._known.clear()
-        name = self._known[tenant_id] = self.group_of(tenant_id)
-        return name
+        # closed tenants that were at their group's head: the store's epoch then, and version
+        self._left: dict[str, tuple[int, int]] = {}
 
     def before_delete(self, tenant_id: str) -> None:
-        self._known.pop(tenant_id, None)
         self._forget(tenant_id)
-
-    def after_delete(self, tenant_id: str) -> None:
-        self._known.pop(tenant_id, None)
+        with self._lock:
+            self._left.pop(tenant_id, None)
 
     def before_close(self, tenant_id: str, conn: apsw.Connection) -> None:
+        with self._lock:
+            entry = self._versions.get(tenant_id)
+            settled = self._epoch == self.groups.epoch and tenant_id not in self._due
+            if entry is not None and entry[1] >= 0 and settled and tenant_id not in self._gave_up:
+                if len(self._left) >= MAX_REMEMBERED:
+                    self._left.clear()
+                self._left[tenant_id] = (self._epoch, entry[1])
         self._forget(tenant_id)
 
     def template_for(self, group: str) -> Path | None:
@@ -92,14 +94,19 @@ class SchemaHooks(FleetHooks):
     def after_open(self, tenant_id: str, conn: apsw.Connection, sandbox: Sandbox) -> None:
         if not self.lazy_catch_up:
             return
-        name = self._group(tenant_id)
+        name = self.group_of(tenant_id)
         if name is None:
             return
+        with self._lock:
+            left = self._left.pop(tenant_id, None)
         if getattr(_local, "suppressed", False):
             # opened by a rollout (or a dry run, a status read): the first request looks again
             with self._lock:
                 self._versions[tenant_id] = (name, -1)
                 self._due.add(tenant_id)
+            return
+        if left is not None and left[0] == self.groups.epoch:
+            self._track(tenant_id, name, left[1], left[0])  # no head moved since it closed
             return
         self._catch_up(tenant_id, name, SchemaSession(conn, sandbox, self.timeout))
 

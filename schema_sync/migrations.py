@@ -37,9 +37,15 @@ SQL, ALEMBIC, SYNC = "sql", "alembic", "sync"
 ALEMBIC_HEADER = "-- sqlfleet: alembic revision "
 SYNC_HEADER = "-- sqlfleet: sync"
 _ALEMBIC_SOURCE = re.compile(re.escape(ALEMBIC_HEADER) + r"(\S+) source sha256 ([0-9a-f]{64})")
-_CREATE_RECORDS = (
-    f"CREATE TABLE IF NOT EXISTS main.{RECORD_TABLE} "
-    "(name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) WITHOUT ROWID"
+_RECORD_BODY = "(name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) WITHOUT ROWID"
+_CREATE_RECORDS = f"CREATE TABLE IF NOT EXISTS main.{RECORD_TABLE} {_RECORD_BODY}"
+# What `_CREATE_RECORDS` leaves in sqlite_schema, and the query that finds it with whatever sits
+# on it (indexes, triggers, in main or temp): one statement for the common case of `has_record`,
+# run on every open of a group's tenant (catch-up) and for every tenant of a rollout.
+_RECORD_ROWS = [("main", "table", RECORD_TABLE, f"CREATE TABLE {RECORD_TABLE} {_RECORD_BODY}")]
+_RECORD_OBJECTS = " UNION ALL ".join(
+    f"SELECT '{schema}', type, name, sql FROM {schema}.sqlite_schema WHERE tbl_name = ?1 COLLATE NOCASE"
+    for schema in ("main", "temp")
 )
 _RECORD_COLUMNS = [("name", "TEXT", 1), ("checksum", "TEXT", 0), ("applied_at", "TEXT", 0)]  # name, type, pk
 
@@ -154,6 +160,16 @@ def has_record(session: SchemaSession) -> bool:
     """Whether the database has a record: False if it has none. Raises RecordBroken if
     `main._sqlfleet_migrations` is not the table `create_record` makes: a view, a virtual table,
     other columns, or with triggers or indexes of its own."""
+    found = session.internal(_RECORD_OBJECTS, (RECORD_TABLE,))
+    if not found:
+        return False  # no table or view of that name (each is its own tbl_name)
+    if found == _RECORD_ROWS:
+        return True  # the very table `create_record` makes (same text: same columns), bare
+    return _checked_record(session)
+
+
+def _checked_record(session: SchemaSession) -> bool:
+    """`has_record` the long way: what is there instead of the plain record, and is it one."""
     listed = session.internal(f"PRAGMA main.table_list({literal(RECORD_TABLE)})")
     if not listed:
         return False

@@ -325,7 +325,10 @@ class Rollout:
         raise AssertionError("unreachable")
 
     def _migrate(self, tenant: str, migrations: list[Migration]) -> str:
-        with catch_up.suppressed(), self.fleet.lease(tenant, preempt="a schema migration is due") as handle:
+        # passing: a tenant the rollout opens closes right after, so a rollout does not flush
+        # the pool of the tenants live traffic keeps open
+        lease = self.fleet.lease(tenant, preempt="a schema migration is due", passing=True)
+        with catch_up.suppressed(), lease as handle:
             assert handle.conn is not None and handle.sandbox is not None
             session = SchemaSession(handle.conn, handle.sandbox, self.store.timeout)
             history = applied(session)

@@ -39,10 +39,17 @@ class SchemaSession:
     def internal(self, sql: str, bindings: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run server-owned SQL with the sandbox lifted, within the deadline; all rows of all
         statements. Raises InternalTimeout past the deadline, apsw.Error as SQLite reports."""
-        cursor = self.conn.cursor()
+        # The sandbox lets a `trusted` statement through whatever it does, so its authorizer is
+        # off meanwhile and the cursor a plain one: each authorizer call is a Python callback
+        # from inside SQLite (GIL and all), dozens per tenant in a rollout or a catch-up check.
+        # (Setting the authorizer back marks cached statements for a re-prepare, which passes
+        # it again: nothing prepared meanwhile escapes it; internal SQL is never cached.)
+        cursor = apsw.Cursor(self.conn)
+        authorizer = self.conn.authorizer
         with self._deadline():
             if self.sandbox is not None:
                 self.sandbox.trusted = True
+            self.conn.authorizer = None
             try:
                 return list(cursor.execute(sql, tuple(bindings), can_cache=False))
             except apsw.InterruptError:
@@ -52,6 +59,7 @@ class SchemaSession:
                     ) from None
                 raise
             finally:
+                self.conn.authorizer = authorizer
                 if self.sandbox is not None:
                     self.sandbox.trusted = False
                 cursor.close(force=True)

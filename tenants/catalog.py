@@ -19,6 +19,7 @@ from typing import Any
 
 import apsw
 
+from tenants.group_commit import GroupCommit
 from tenants.rfc3339 import format_time
 from tenants.state import TenantState
 
@@ -74,21 +75,6 @@ def _row(values: tuple[Any, ...]) -> TenantRow:
     return TenantRow(tenant_id, created_at, TenantState(state), group, size, error, incarnation, generation)
 
 
-class _Write:
-    """One caller's write, queued for the next group commit."""
-
-    __slots__ = ("changes", "done", "error", "lead", "statements", "tenants", "wake")
-
-    def __init__(self, statements: list[tuple[str, tuple[Any, ...]]], tenants: list[str]) -> None:
-        self.statements = statements
-        self.tenants = tenants  # whose in-memory rows to refresh
-        self.changes = 0
-        self.done = False  # committed (or failed): `changes`, `error` say how
-        self.lead = False  # its writer is to commit what is queued
-        self.wake = threading.Event()  # set once `done` or `lead`
-        self.error: BaseException | None = None
-
-
 class Catalog:
     """Thread-safe access to the catalog database. Every write is durable when its method
     returns; writes of concurrent callers are group-committed (one transaction and one fsync
@@ -100,9 +86,6 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()  # the connection; held by a group commit
-        self._queue_lock = threading.Lock()  # guards what follows
-        self._queue: list[_Write] = []
-        self._leading = False  # a writer is committing, or about to (it empties the queue)
         # made private before SQLite creates it (its WAL then gets the same mode)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = apsw.Connection(str(path))
@@ -112,6 +95,7 @@ class Catalog:
         self._db.execute(_SCHEMA)
         self._upgrade()
         self._rows = {r[0]: _row(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM tenants")}
+        self._commits = GroupCommit(self._db, self._lock)
 
     def _upgrade(self) -> None:
         have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(tenants)")}
@@ -142,82 +126,28 @@ class Catalog:
         return self._write_all([(sql, args)], [tenant_id])
 
     def _write_all(self, statements: list[tuple[str, tuple[Any, ...]]], tenants: list[str]) -> int:
-        """Run `statements` durably, all or none; the rows they changed. Blocks until the group
-        commit that holds them is done. One writer at a time leads: it commits every write
-        queued by then in one transaction, then hands the lead to the first writer that queued
-        meanwhile (whose commit takes all queued by then), or, if none did, gives it up. The
-        others wait on their own event, so none queues behind a later commit."""
-        write = _Write(statements, tenants)
-        with self._queue_lock:
-            self._queue.append(write)
-            if not self._leading:
-                self._leading = write.lead = True
-        if not write.lead:
-            write.wake.wait()
-        if not write.done:  # led: commit what is queued, this write among it
-            with self._lock:
-                self._commit_queued()
-        if write.error is not None:
-            raise write.error
-        return write.changes
+        """Run `statements` durably, all or none, in the next group commit; the rows they
+        changed. The in-memory rows of `tenants` are refreshed once it is in."""
 
-    def _commit_queued(self) -> None:
-        # caller holds self._lock and leads; hands the lead on when done
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        try:
-            self._commit(batch)
-        finally:
-            with self._queue_lock:
-                if self._queue:
-                    self._queue[0].lead = True
-                    self._queue[0].wake.set()
-                else:
-                    self._leading = False
+        def work(db: apsw.Connection) -> tuple[int, dict[str, TenantRow | None]]:
+            changes = 0
+            for sql, args in statements:
+                db.execute(sql, args)
+                changes += db.changes()
+            rows = {}
+            for tenant_id in tenants:
+                found = db.execute(f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,)).fetchall()
+                rows[tenant_id] = _row(found[0]) if found else None
+            return changes, rows
 
-    def _commit(self, batch: list[_Write]) -> None:
-        rows: dict[str, TenantRow | None] = {}
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for write in batch:
-                    self._run(write)
-                for tenant_id in {t: None for w in batch for t in w.tenants}:
-                    found = self._db.execute(
-                        f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,)
-                    ).fetchall()
-                    rows[tenant_id] = _row(found[0]) if found else None
-                self._db.execute("COMMIT")
-            except BaseException:
-                if not self._db.getautocommit():
-                    self._db.execute("ROLLBACK")
-                raise
-        except BaseException as exc:
-            for write in batch:
-                write.error = write.error or exc
-        else:
-            for tenant_id, row in rows.items():
-                if row is None:
-                    self._rows.pop(tenant_id, None)
-                else:
-                    self._rows[tenant_id] = row
-        finally:
-            for write in batch:
-                write.done = True
-                write.wake.set()
+        return self._commits.run(work, self._refresh)[0]
 
-    def _run(self, write: _Write) -> None:
-        """One queued write inside the group's transaction, undone alone if it fails."""
-        self._db.execute("SAVEPOINT one_write")
-        try:
-            for sql, args in write.statements:
-                self._db.execute(sql, args)
-                write.changes += self._db.changes()
-        except apsw.Error as exc:
-            self._db.execute("ROLLBACK TO one_write")
-            write.error, write.changes = exc, 0
-        finally:
-            self._db.execute("RELEASE one_write")
+    def _refresh(self, done: tuple[int, dict[str, TenantRow | None]]) -> None:
+        for tenant_id, row in done[1].items():
+            if row is None:
+                self._rows.pop(tenant_id, None)
+            else:
+                self._rows[tenant_id] = row
 
     def get(self, tenant_id: str) -> TenantRow | None:
         return self._rows.get(tenant_id)

@@ -40,6 +40,7 @@ from tenants.sandbox import Sandbox
 from tenants.sqllex import TRANSACTION_CONTROL, is_trivia, leading_keyword, skip_trivia
 
 Value = None | int | float | str | bytes
+_SIZED = (str, bytes)  # values a result's size counts by their length (a number counts 8)
 Params = Sequence[Value] | Mapping[str, Value]
 
 
@@ -96,7 +97,9 @@ def run_statement(
     ServerBusy when the rows do not fit. Rows go to `sink` if given, else into the result
     unless not `keep_rows` (then they are read and dropped, and never charged).
     `inline_budget`: run on the caller's thread for at most that long, read-only, else raise
-    NotInline having changed nothing (tenants.inline decides what may try)."""
+    NotInline having changed nothing (tenants.inline decides what may try: `run_inline`)."""
+    if inline_budget is not None and keep_rows and sink is None and budget is None:
+        return run_inline(conn, sandbox, config, stmt, inline_budget)
     check_sql_length(stmt.sql, config)
     if is_trivia(stmt.sql):
         raise BadRequest("empty SQL: send exactly one statement")
@@ -147,6 +150,45 @@ def run_statement(
         last_insert_rowid=conn.last_insert_rowid() if changed else None,
         size=size,
     )
+
+
+def run_inline(
+    conn: apsw.Connection, sandbox: Sandbox, config: DbConfig, stmt: Statement, seconds: float
+) -> QueryResult:
+    """`run_statement(..., inline_budget=seconds)` for a text the connection's InlinePlans
+    allow (tenants.inline), on the event loop's hot path, so without what that verdict makes
+    moot: the text already ran once through `run_statement`'s checks (one statement, no
+    transaction control, not empty) and was judged from its program (only bounded opcodes; no
+    AutoCommit or Savepoint, so no transaction control either). A plain APSW cursor, not the
+    sandbox's: what that one notes is for ALTER TABLE and pragma texts, never judged safe.
+    What the verdict cannot vouch for is still checked as it runs: read-only (refused before
+    it writes: the exec tracer), one statement, the time budget, the result limits. Raises
+    NotInline having changed nothing when any of those fails or time runs out; SqlError and
+    the like for what SQLite reports (the caller may just run it in a worker thread)."""
+    check_sql_length(stmt.sql, config)
+    cursor = apsw.Cursor(conn)
+    cursor.exec_trace = _InlineTracer(stmt.sql)
+    sandbox.start_statement(seconds, inline=True)
+    try:
+        started = time.perf_counter()
+        cursor.execute(stmt.sql, bindings(stmt.params))
+        columns, decltypes = _describe(cursor)
+        rows, size = _fetch(cursor, config, None, None, True)
+        STATEMENT_SECONDS.observe(time.perf_counter() - started)
+    except apsw.ExecTraceAbort:
+        raise NotInline from None
+    except apsw.InterruptError as exc:
+        if sandbox.timed_out:
+            raise NotInline from None
+        raise map_sqlite_error(exc, sandbox, conn) from None
+    except apsw.Error as exc:
+        raise map_sqlite_error(exc, sandbox, conn) from None
+    except (KeyError, ValueError, OverflowError, TypeError) as exc:
+        raise _value_error(exc) from None
+    finally:
+        sandbox.end_statement()
+        cursor.close(force=True)
+    return QueryResult(columns, decltypes, rows, 0, None, size)  # read-only: nothing changed
 
 
 def run_batch(
@@ -228,6 +270,25 @@ class _Tracer:
         return self.allow_tx or leading_keyword(first) not in TRANSACTION_CONTROL
 
 
+class _InlineTracer:
+    """`_Tracer` for `run_inline`: one statement, read-only."""
+
+    __slots__ = ("calls", "sql")
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+        self.calls = 0
+
+    def __call__(self, cursor: apsw.Cursor, first: str, bindings: object) -> bool:
+        self.calls += 1
+        if not cursor.is_readonly:
+            return False
+        if self.calls > 1:
+            return is_trivia(first)  # a trailing comment is traced as a statement of its own
+        sql = self.sql
+        return len(first) >= len(sql) or skip_trivia(sql, len(first)) >= len(sql)
+
+
 def _rejection(sql: str, allow_tx: bool, in_batch: bool) -> BadRequest:
     """What the exec tracer refused, and what to do instead where the statement came from."""
     keyword = leading_keyword(sql)
@@ -271,7 +332,8 @@ def _fetch(
     rows: list[tuple[Value, ...]] = []
     size = 0
     for count, row in enumerate(cursor, 1):
-        size += sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
+        for v in row:
+            size += len(v) if isinstance(v, _SIZED) else 8
         if count > config.max_result_rows:
             raise TooLarge(f"result has more than {config.max_result_rows} rows: add a LIMIT")
         if size > config.max_result_bytes:

@@ -12,6 +12,8 @@ import os
 import uuid
 from pathlib import Path
 
+from tenants.group_commit import Batcher
+
 
 def fsync_file(path: Path) -> None:
     """Flush a file's data and metadata to disk."""
@@ -29,6 +31,47 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirSync:
+    """fsync of one directory, shared by concurrent callers: `sync` returns once an fsync of
+    the directory that began after the call has finished, so it covers every change the caller
+    made in the directory before calling; callers that arrive while one runs share the next
+    (for folders many threads add files to at once: one fsync for many). Thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._batcher: Batcher[None, None] = Batcher(self._fsync)
+
+    def sync(self) -> None:
+        """Raises OSError (the fsync that was to cover this call failed)."""
+        self._batcher.run(None)
+
+    def _fsync(self, callers: list[None]) -> list[BaseException | None]:
+        fsync_dir(self.path)
+        return [None] * len(callers)
+
+
+def create_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` as the new file `path` (one that may be half-written after a crash: the
+    caller's records say so until this returns; any file there is replaced), durably: the file's
+    fsync, then its folder's. Unlike `write_durably`, no temporary name and no rename: one
+    journal commit of the file system for the file and its directory entry, not two. On failure
+    the file may be left, partial."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # a new file: `mode` applies
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        path.unlink()
+        fd = os.open(path, flags, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _temp_path(final: Path) -> Path:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -35,10 +33,11 @@ from tenants.errors import (
     TenantUnavailable,
 )
 from tenants.execute import QueryResult, Statement, batch_steps, bindings, run_statement
-from tenants.files import replace_durably, write_durably
+from tenants.files import create_durably, replace_durably
 from tenants.hooks import FleetHooks
 from tenants.ids import validate_tenant_id
-from tenants.layout import TENANT_SUFFIX, DataDirLock, Layout, copy_private
+from tenants.images import Images, prepare
+from tenants.layout import DataDirLock, Layout, copy_private
 from tenants.pool import Handle, Pool
 from tenants.sandbox import Sandbox
 from tenants.state import TenantState
@@ -67,8 +66,9 @@ class Fleet:
         then build the hooks with `hooks(self)`; on any error the lock is released again."""
         self.layout = Layout(data_dir)
         self.config = config
-        self._empty: bytes | None = None  # see `_empty_image`
-        self._image_lock = threading.Lock()
+        # a cluster node's check that it may serve a tenant now (raises), before every lease
+        self.admit: Callable[[str], None] | None = None
+        self._images = Images(self.layout.system_dir, config)
         self._lock = DataDirLock(self.layout)
         with ExitStack() as undo:
             self._lock.acquire()
@@ -101,58 +101,45 @@ class Fleet:
         raises (an unknown group). Durable when it returns: the row is written first, the file
         second, then the row marked active, so a crash anywhere leaves something `reconcile` can undo."""
         validate_tenant_id(tenant_id)
+        group_template = template is None and group is not None
         if template is None and group is not None:
             template = next((t for h in self.hooks if (t := h.template_for(group)) is not None), None)
         if not self.catalog.insert(tenant_id, group):
             raise TenantExists(f"tenant {tenant_id!r} already exists")
+        path = self.layout.tenant_path(tenant_id)
         try:
-            self._make_file(tenant_id, template)
+            size = self._make_file(tenant_id, path, template, group_template)
             for hook in self.hooks:
-                hook.after_create(tenant_id, self.layout.tenant_path(tenant_id))
+                hook.after_create(tenant_id, path)
         except BaseException:
             self.layout.remove_tenant_files(tenant_id)
             self.catalog.remove(tenant_id)
             raise
-        size = self.layout.tenant_size(tenant_id)
         self.catalog.set_state(tenant_id, TenantState.ACTIVE, size=size)
         row = self.catalog.get(tenant_id)
         assert row is not None
         return row
 
-    def _make_file(self, tenant_id: str, template: Path | None) -> None:
-        final = self.layout.tenant_path(tenant_id)
+    def _make_file(self, tenant_id: str, final: Path, template: Path | None, shared: bool) -> int:
+        """Make the tenant's file `final`, durably, empty or from `template` (`shared`: a group's,
+        which many tenants start from); its size."""
         self.layout.make_tenant_dir(tenant_id)
         if template is None:
-            # Every new empty tenant is the same bytes: write them (one fsync of the file, one
-            # of its folder) rather than have SQLite make each (a file, a WAL, a checkpoint:
-            # several fsyncs and ~0.5 ms of CPU per create).
-            write_durably(final, self._empty_image())
-            return
+            image: bytes | None = self._images.empty()
+        else:
+            image = self._images.of_template(template) if shared else None
+        if image is not None:
+            # Straight under the final name: until the row says active, `reconcile` removes
+            # whatever a crash left there, so a temporary name and its rename (a second
+            # journal commit of the file system) buy nothing.
+            create_durably(final, image)
+            return len(image)
+        assert template is not None
         tmp = final.with_name(f"{final.name}.tmp{uuid.uuid4().hex[:8]}")
-        if template is not None:
-            copy_private(template, tmp)
-        conn, _ = open_database(tmp, self.config, create=True)
-        try:
-            conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-        finally:
-            conn.close()
-        Path(f"{tmp}-wal").unlink(missing_ok=True)  # empty after the TRUNCATE checkpoint
+        copy_private(template, tmp)
+        prepare(tmp, self.config)
         replace_durably(tmp, final)
-
-    def _empty_image(self) -> bytes:
-        """The file of a new, empty tenant database (WAL mode, no tables), as SQLite makes it
-        with the server's settings; made once (in the system folder), then remembered."""
-        with self._image_lock:
-            if self._empty is None:
-                with tempfile.TemporaryDirectory(dir=self.layout.system_dir) as folder:
-                    path = Path(folder) / f"empty{TENANT_SUFFIX}"
-                    conn, _ = open_database(path, self.config, create=True)
-                    try:
-                        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-                    finally:
-                        conn.close()
-                    self._empty = path.read_bytes()
-            return self._empty
+        return final.stat().st_size
 
     def delete(self, tenant_id: str) -> None:
         """Delete the tenant: in-flight statements finish, later ones get TenantNotFound, the
@@ -168,6 +155,28 @@ class Fleet:
         for hook in self.hooks:
             hook.after_delete(tenant_id)
         self.catalog.remove(tenant_id)
+
+    def let_go(self, tenant_ids: Sequence[str], hand_off: Callable[[Sequence[str]], None]) -> None:
+        """Give tenants to another server (a cluster's planned move): close each (in-flight
+        work finishes; the caller refuses new work for them), `hand_off(tenant_ids)` (ship their
+        last commits and say where they are), then drop the local copies without recording a
+        deletion (the backups keep them for the new owner). Marked DELETING first, so a crash
+        half-way leaves no local copy to serve stale; if `hand_off` raises, they are kept and
+        serve again."""
+        for tenant_id in tenant_ids:
+            self.catalog.set_state(tenant_id, TenantState.DELETING)
+            self.pool.discard(tenant_id, "the tenant is moving to another node")
+        try:
+            hand_off(tenant_ids)
+        except BaseException:
+            for tenant_id in tenant_ids:
+                self.catalog.set_state(tenant_id, TenantState.ACTIVE)
+            raise
+        for tenant_id in tenant_ids:
+            for hook in self.hooks:
+                hook.before_delete(tenant_id)
+            self.layout.remove_tenant_files(tenant_id)
+            self.catalog.remove(tenant_id)
 
     def reconcile(self) -> None:
         """Finish or undo what a crash left half-done, so catalog and files agree. Runs while
@@ -204,7 +213,7 @@ class Fleet:
 
     def require(self, tenant_id: str, allow: tuple[TenantState, ...] = (TenantState.ACTIVE,)) -> TenantRow:
         """The tenant's row if its state is in `allow`. Raises InvalidTenantId, TenantNotFound,
-        TenantUnavailable."""
+        TenantUnavailable. Never blocks (the catalog's rows are in memory): fit for the event loop."""
         validate_tenant_id(tenant_id)
         return _check(tenant_id, self.catalog.get(tenant_id), allow)
 
@@ -296,15 +305,20 @@ class Fleet:
     # -- SQL -----------------------------------------------------------------------------------
 
     @contextmanager
-    def lease(self, tenant_id: str, readonly: bool = False, preempt: str | None = None) -> Iterator[Handle]:
+    def lease(
+        self, tenant_id: str, readonly: bool = False, preempt: str | None = None, passing: bool = False
+    ) -> Iterator[Handle]:
         """The tenant's locked handle, with query_only set to `readonly`. A corrupt file is
         marked in the catalog and reported as TenantCorrupt; other tenants are unaffected.
         With `preempt` (why: server work such as a migration), a Hrana transaction holding the
-        tenant is preempted after the pool's `preempt_wait` (see tenants.pool)."""
+        tenant is preempted after the pool's `preempt_wait` (see tenants.pool). `passing`: work
+        that visits many tenants once (a rollout) opens them outside the LRU order (Pool.lease)."""
         validate_tenant_id(tenant_id)
+        if self.admit is not None:
+            self.admit(tenant_id)
         frozen = not readonly and not self.writable(tenant_id)
         try:
-            with self.pool.lease(tenant_id, preempt=preempt) as handle:
+            with self.pool.lease(tenant_id, preempt=preempt, passing=passing) as handle:
                 self.before_use(handle)
                 handle.set_query_only(readonly or frozen)
                 yield handle
@@ -337,6 +351,8 @@ class Fleet:
         on it."""
         if any(hook.work_due(tenant_id) for hook in self._use_hooks):
             return None  # work for a worker thread first (see `before_use`)
+        if self.admit is not None:
+            self.admit(tenant_id)
         handle = self.pool.try_lease(tenant_id)
         if handle is None:
             return None

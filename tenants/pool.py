@@ -10,6 +10,10 @@ Contract:
   tenant), then closes; leases queued behind it check out afresh, so the opener decides
   whether the tenant reopens or fails. `close_all` refuses checkouts from then on.
 - A `before_close` hook that raises is logged; the connection is closed regardless.
+- `lease(id, passing=True)` (fleet-wide work such as a rollout) leaves the LRU order alone: a
+  tenant it opens evicts nobody, does not count toward `capacity`, and closes when its last
+  lease ends; one already open is used where it is, and a regular checkout of a passing handle
+  makes it a regular member.
 - `pin(id)` holds a handle open without its lock (`users` > 0, so it is never evicted) until
   `unpin`; the pinner takes the lock when it needs it with `acquire`/`release`.
 - Waiting for a handle's lock is bounded by `config.busy_timeout` seconds, then TenantBusy.
@@ -46,6 +50,31 @@ from tenants.sandbox import SESSION_PRAGMAS, Sandbox
 log = logging.getLogger(__name__)
 
 
+class Latch:
+    """A one-shot event: `set` once (from any thread), after which `wait` returns at once. What
+    threading.Event does for this, made for a fraction of its cost (a lock, not a Condition):
+    the pool makes two per pool miss."""
+
+    __slots__ = ("_lock", "done")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # released by `set`
+        self.done = False
+
+    def set(self) -> None:
+        self.done = True
+        self._lock.release()
+
+    def is_set(self) -> bool:
+        return self.done
+
+    def wait(self) -> None:
+        if not self.done:
+            with self._lock:
+                pass
+
+
 class Handle:
     """One open tenant connection and what guards it."""
 
@@ -55,11 +84,12 @@ class Handle:
         self.sandbox: Sandbox | None = None
         self.lock = threading.Lock()
         self.users = 0
-        self.ready = threading.Event()
+        self.ready = Latch()
         self.error: BaseException | None = None
         self.discarded = False
         self.discard_reason = ""  # why, once discarded ("the tenant is being deleted")
         self.query_only = False
+        self.passing = False  # opened by a passing lease, outside the LRU order
         # Set by a holder of `lock` across requests while it holds it: asks it to let go.
         self.preempt: Preempt | None = None
 
@@ -150,7 +180,8 @@ class Pool:
         self._before_close = before_close
         self._lock = threading.Lock()
         self._handles: OrderedDict[str, Handle] = OrderedDict()
-        self._closing: dict[str, threading.Event] = {}
+        self._closing: dict[str, Latch] = {}
+        self._passing = 0  # handles of `_handles` that are `passing`
         self._closed = False
         POOL_CAPACITY.set(self.capacity)
 
@@ -162,13 +193,14 @@ class Pool:
 
     @contextmanager
     def lease(
-        self, tenant_id: str, wait: float | None = None, preempt: str | None = None
+        self, tenant_id: str, wait: float | None = None, preempt: str | None = None, passing: bool = False
     ) -> Iterator[Handle]:
         """Yield the tenant's open handle, locked (waiting for the lock at most `wait` seconds,
         default `busy_timeout`; with `preempt`, the reason, a holder across requests is
-        preempted after `preempt_wait` seconds first). Raises whatever the opener raises,
-        TenantBusy, and TenantUnavailable once the pool is closed."""
-        handle = self._checkout_locked(tenant_id, wait, preempt)
+        preempted after `preempt_wait` seconds first; `passing`: see the module docstring).
+        Raises whatever the opener raises, TenantBusy, and TenantUnavailable once the pool is
+        closed."""
+        handle = self._checkout_locked(tenant_id, wait, preempt, passing)
         try:
             yield handle
         finally:
@@ -176,9 +208,11 @@ class Pool:
             handle.lock.release()
             self._checkin(handle)
 
-    def _checkout_locked(self, tenant_id: str, wait: float | None, preempt: str | None) -> Handle:
+    def _checkout_locked(
+        self, tenant_id: str, wait: float | None, preempt: str | None, passing: bool = False
+    ) -> Handle:
         while True:
-            handle = self._checkout(tenant_id)
+            handle = self._checkout(tenant_id, passing)
             try:
                 self.acquire(handle, wait, preempt)
                 return handle
@@ -194,10 +228,13 @@ class Pool:
 
     def try_lease(self, tenant_id: str) -> Handle | None:
         """The tenant's handle, locked, only if it is open and free right now; else None. Never
-        waits or opens. Release with `release`."""
+        waits or opens. Release with `release`. (None for a passing handle too: releasing one
+        may close it, which is not for the caller's thread, the event loop.)"""
         with self._lock:
             handle = self._handles.get(tenant_id)
             if handle is None or not handle.ready.is_set() or handle.error is not None or handle.discarded:
+                return None
+            if handle.passing:
                 return None
             if not handle.lock.acquire(blocking=False):
                 return None
@@ -256,7 +293,7 @@ class Pool:
         except Exception:  # the holder's trouble must not fail the admin operation
             log.exception("preempting the holder of tenant %s failed", handle.tenant_id)
 
-    def _checkout(self, tenant_id: str) -> Handle:
+    def _checkout(self, tenant_id: str, passing: bool = False) -> Handle:
         while True:
             with self._lock:
                 if self._closed:
@@ -267,7 +304,12 @@ class Pool:
                     fresh = handle is None
                     if handle is None:
                         handle = self._handles[tenant_id] = Handle(tenant_id)
-                    else:
+                        handle.passing = passing
+                        self._passing += passing
+                    elif not passing:
+                        if handle.passing:
+                            handle.passing = False
+                            self._passing -= 1
                         self._handles.move_to_end(tenant_id)
                     handle.users += 1
                     break
@@ -292,24 +334,31 @@ class Pool:
             with self._lock:
                 if self._handles.get(handle.tenant_id) is handle:
                     del self._handles[handle.tenant_id]
+                    self._passing -= handle.passing
         finally:
             handle.ready.set()
         POOL_OPEN_SECONDS.observe(time.perf_counter() - started)
-        self._evict()
+        if not handle.passing:
+            self._evict()
 
     def _checkin(self, handle: Handle) -> None:
         with self._lock:
             handle.users -= 1
-        if len(self._handles) > self.capacity:
+            done = handle.passing and handle.users == 0 and self._handles.get(handle.tenant_id) is handle
+            if done:
+                self._take_out(handle)
+        if done:
+            self._close(handle)
+        elif len(self._handles) - self._passing > self.capacity:
             self._evict()
 
     def _evict(self) -> None:
         victims: list[Handle] = []
         with self._lock:
-            excess = len(self._handles) - self.capacity
+            excess = len(self._handles) - self._passing - self.capacity
             if excess > 0:
                 for handle in self._handles.values():
-                    if handle.users == 0 and handle.ready.is_set():
+                    if handle.users == 0 and handle.ready.is_set() and not handle.passing:
                         victims.append(handle)
                         if len(victims) == excess:
                             break
@@ -323,7 +372,9 @@ class Pool:
     def _take_out(self, handle: Handle) -> None:
         # caller holds self._lock
         del self._handles[handle.tenant_id]
-        self._closing[handle.tenant_id] = threading.Event()
+        self._passing -= handle.passing
+        handle.passing = False
+        self._closing[handle.tenant_id] = Latch()
 
     def _close(self, handle: Handle) -> None:
         try:

@@ -17,8 +17,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "tenants": {"metrics"},
     "backups": {"tenants", "metrics"},
     "schema_sync": {"tenants", "metrics"},
-    "router": {"tenants", "backups", "schema_sync", "metrics"},
-    "ops": {"tenants", "backups", "schema_sync", "router", "metrics"},
+    "cluster": {"tenants", "metrics"},
+    "router": {"tenants", "backups", "schema_sync", "cluster", "metrics"},
+    "ops": {"tenants", "backups", "schema_sync", "cluster", "router", "metrics"},
 }
 OURS = {*MAY_IMPORT, "tests"}
 

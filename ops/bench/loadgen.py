@@ -179,12 +179,55 @@ async def drive_links(phase: Phase, share: range, concurrency: int, link: Callab
 
 async def _drive(url: str, phase: Phase, share: range, concurrency: int) -> PhaseResult:
     """The default drive: HTTP/1.1 keep-alive connections (`_Conn`)."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host, port = _address(url)
     return await drive_links(phase, share, concurrency, lambda: _Conn(host, port))
 
 
 Drive = Callable[[str, Phase, range, int], Coroutine[Any, Any, PhaseResult]]
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+async def _drive_spread(
+    urls: tuple[str, ...], url: str, phase: Phase, share: range, concurrency: int
+) -> PhaseResult:
+    addresses = iter([_address(u) for u in urls] * (concurrency // len(urls) + 1))
+    return await drive_links(phase, share, concurrency, lambda: _Conn(*next(addresses)))
+
+
+def spread(urls: Sequence[str]) -> Drive:
+    """A drive whose connections go to each of `urls` in turn (e.g. every node of a cluster)."""
+    return functools.partial(_drive_spread, tuple(urls))
+
+
+class _Routed:
+    """One connection per server, each request sent to the server `route` names for it."""
+
+    def __init__(self, route: dict[bytes, tuple[str, int]]) -> None:
+        self.route = route
+        self.conns = {address: _Conn(*address) for address in set(route.values())}
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes, float]:
+        return await self.conns[self.route[raw]].exchange(raw)
+
+    async def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close_now()
+
+
+async def _drive_routed(
+    route: dict[bytes, tuple[str, int]], url: str, phase: Phase, share: range, concurrency: int
+) -> PhaseResult:
+    return await drive_links(phase, share, concurrency, lambda: _Routed(route))
+
+
+def routed(route: dict[bytes, str]) -> Drive:
+    """A drive that sends each request to the URL `route` gives for its bytes (what a front
+    hashing on the tenant does: each request straight to its tenant's node)."""
+    return functools.partial(_drive_routed, {raw: _address(url) for raw, url in route.items()})
 
 
 def run_phase(

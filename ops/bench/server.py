@@ -101,15 +101,17 @@ def running_server(
     serve_args: Sequence[str],
     env: Mapping[str, str] | None = None,
     wait: float = 60.0,
+    admin_key: str | None = None,
 ) -> Iterator[BenchServer]:
     """A fresh server on a free loopback port over `data_dir` (kept) or a temp dir (removed),
-    with `env` added to its environment. Raises LaunchError if it does not come up."""
+    with `env` added to its environment and `admin_key` (default: a new random one). Raises
+    LaunchError if it does not come up."""
     work = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-"))
     try:
         process = start_server(
             data_dir or work / "data",
             ["--log-level", "warning", *serve_args],
-            admin_key="bench-" + secrets.token_urlsafe(16),
+            admin_key=admin_key or "bench-" + secrets.token_urlsafe(16),
             env=env,
             log_path=work / "server.log",
             wait=wait,

@@ -9,6 +9,7 @@ import click
 from ops.cli.admin import tenant, token
 from ops.cli.backups import backups, restore
 from ops.cli.bench import bench
+from ops.cli.cluster import cluster
 from ops.cli.schema import group, migrate
 from ops.cli.serve import serve
 from ops.cli.status import status
@@ -20,5 +21,5 @@ def main() -> None:
     """sqlfleet: database-per-tenant SQLite hosting."""
 
 
-for _command in (serve, tenant, token, restore, backups, group, migrate, status, bench):
+for _command in (serve, tenant, token, restore, backups, group, migrate, status, cluster, bench):
     main.add_command(_command)

@@ -27,8 +27,8 @@ RESPONSE_TOO_LARGE. The cursor's entries are streamed as they come (router.hrana
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import wraps
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial, wraps
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import HTTPConnection, Request
@@ -42,7 +42,7 @@ from router.hrana import codec_json, codec_protobuf
 from router.hrana.cursor import CursorOutput, CursorResponse
 from router.hrana.errors import RequestTooLarge, TenantRequired
 from router.hrana.executor import HRANA, Steps, StreamExecutor
-from router.hrana.jobs import run_on_stream
+from router.hrana.jobs import learn_inline, run_on_stream, run_or_inline, try_inline_pipeline
 from router.hrana.protocol import (
     CursorEntry,
     CursorHeader,
@@ -51,8 +51,11 @@ from router.hrana.protocol import (
     Outcome,
     PipelineRequest,
     PipelineResponse,
+    StreamResult,
 )
+from router.hrana.protocol import Request as HranaRequest
 from router.hrana.streams import Stream, Streams
+from router.proxy.placement import host_label
 from tenants.budget import Budget
 from tenants.errors import SqlfleetError, TooLarge, Unauthorized
 from tenants.ids import validate_tenant_id
@@ -115,16 +118,7 @@ def resolve_tenant(request: Request) -> tuple[str, bool]:
 
 def host_tenant(request: HTTPConnection, base_domain: str | None) -> str | None:
     """The `{tenant}` of a Host `{tenant}.BASE_DOMAIN[:port]`, or None."""
-    if not base_domain:
-        return None
-    host = request.headers.get("host", "").lower()
-    if ":" in host and not host.startswith("["):  # drop the port (an IPv6 literal has no tenant)
-        host = host.rpartition(":")[0]
-    suffix = "." + base_domain.lower().strip(".")
-    label = host.removesuffix(suffix)
-    if label == host or not label or "." in label:
-        return None
-    return label
+    return host_label(request.headers.get("host"), base_domain)
 
 
 async def _run(
@@ -163,13 +157,28 @@ async def version(request: Request) -> Response:
     return PlainTextResponse("Hello, this is HTTP API v2 (Hrana over HTTP)")
 
 
+def _pipeline_steps(
+    executor: StreamExecutor, requests: Sequence[HranaRequest | SqlfleetError]
+) -> Steps[list[StreamResult]]:
+    """A pipeline's results, each `execute` that ran fine judged for running inline next time."""
+    results = yield from executor.results(requests)
+    for request, result in zip(requests, results, strict=True):
+        if isinstance(request, HranaRequest):
+            learn_inline(executor, request, result)
+    return results
+
+
 def _pipeline(codec: HttpCodec) -> Endpoint:
     @hrana_endpoint
     async def pipeline(request: Request) -> Response:
         body, stream, readonly = await _stream_request(request, codec.decode_pipeline_request)
-        budget = ctx(request).budget(HRANA)
+        c = ctx(request)
+        budget = c.budget(HRANA)
         try:
-            results = await _run(request, stream, readonly, lambda s: s.results(body.requests), budget)
+            # a point read (and close) runs on the loop, at once or when its turn comes (jobs.py)
+            inline = partial(try_inline_pipeline, c, stream, body.requests, budget)
+            work = partial(_pipeline_steps, requests=body.requests)
+            results = await run_or_inline(c, stream, readonly, work, budget, inline)
             out = codec.encode_pipeline_response(PipelineResponse(stream.next_baton, None, results))
         except BaseException:
             budget.release()

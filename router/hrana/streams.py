@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import logging
 import secrets
@@ -101,7 +100,7 @@ class Streams:
 
     def baton(self, stream: Stream) -> str:
         payload = _PAYLOAD.pack(stream.id, stream.seq)
-        mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
         return base64.urlsafe_b64encode(payload + mac).decode("ascii").rstrip("=")
 
     def _decode(self, baton: str) -> tuple[int, int]:
@@ -110,7 +109,7 @@ class Streams:
         except (binascii.Error, ValueError):
             raise BatonInvalid("the baton is not one this server issued") from None
         payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
-        expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        expected = hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
         if len(raw) != _PAYLOAD.size + _MAC_BYTES or not hmac.compare_digest(mac, expected):
             raise BatonInvalid("the baton is not one this server issued")
         stream_id, seq = _PAYLOAD.unpack(payload)

@@ -3,11 +3,16 @@ in progress (the fleet loop's profile showed opens queued behind the flusher's f
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import apsw
+
 from backups.catalog import BackupCatalog, Position
+from tests.support.waiting import wait_until
 
 
 def _position(lsn: int) -> Position:
@@ -42,3 +47,34 @@ def test_a_position_read_does_not_wait_for_a_commit(tmp_path: Path) -> None:
         assert catalog.position("acme") is None
     finally:
         catalog.close()
+
+
+def test_concurrent_position_saves_share_one_commit_and_fail_alone(tmp_path: Path) -> None:
+    path = tmp_path / "backups.db"
+    catalog = BackupCatalog(path)
+    commits: list[int] = []
+
+    def hook() -> bool:
+        commits.append(1)
+        return False  # let it commit
+
+    catalog._db.set_commit_hook(hook)
+    bad = dataclasses.replace(_position(1), generation=None)  # type: ignore[arg-type]  # NOT NULL violated
+    saves = [{f"t{i}": _position(i)} for i in range(8)]
+    try:
+        with ThreadPoolExecutor(9) as pool:
+            with catalog._lock:  # as a commit in progress holds it: the nine queue meanwhile
+                futures = [pool.submit(catalog.save_positions, s) for s in saves]
+                failing = pool.submit(catalog.save_positions, {"bad": bad})
+                wait_until(lambda: catalog._commits.queued == 9, interval=0.001)
+            for f in futures:
+                f.result(10)
+            assert isinstance(failing.exception(10), apsw.ConstraintError)
+        assert commits == [1]
+    finally:
+        catalog.close()
+    again = BackupCatalog(path)
+    try:
+        assert again.positions() == {f"t{i}": _position(i) for i in range(8)}
+    finally:
+        again.close()

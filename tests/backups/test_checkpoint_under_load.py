@@ -30,14 +30,14 @@ class SlowReplica(FlakyReplica):
         self.during_first_put: Callable[[], object] | None = None
         self.started = 0
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         self.started += 1
         if self.started == 1 and self.during_first_put is not None:
             self.during_first_put()
         if self.allowed is not None and self.started > self.allowed:
             self.released.wait(60)
         time.sleep(self.latency)
-        super().put_file(key, source)
+        super().put_file(key, source, if_absent=if_absent)
 
 
 class LockingRig(Rig):

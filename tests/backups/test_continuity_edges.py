@@ -2,7 +2,9 @@
 the catalog's position only when the file's own content proves the change never happened (the
 main file as of the last checkpoint, the WAL's salts and the checksum at the shipped frame);
 otherwise the tenant starts a new generation with a snapshot, and a restore of `latest` always
-equals the live database, whatever was done to its files."""
+equals the live database, whatever was done to its files. The same holds for a file changed
+behind a running server while the tenant was closed, which the server reopens from what it
+remembers of the files it left (issue 14)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 import apsw
 import pytest
 
-from backups import restore, wal
+from backups import continuity, restore, wal
 from tests.support.app import ADMIN, in_process
 from tests.support.backups import dump, query, restore_ok
 from tests.support.shipper import Rig, open_tenant
@@ -76,12 +78,16 @@ def shipped_and_stopped(rig: Rig, tenant: str, checkpointed: bool) -> None:
         rig.insert(tenant, *range(5, 10))
         assert rig.shipper.flush()
         assert wal.read_header(rig.wal(tenant)) is not None
+    time.sleep(continuity.SETTLE_NS / 1e9)  # files this fresh at a close are not remembered
     rig.close(tenant)
+    assert tenant in rig.shipper.ledger.left, "closed idle: its files remembered"
 
 
-def restart_and_write(rig: Rig, tenant: str) -> None:
-    """A restarted server opens the tenant and writes (a new table, rows, a 3 KB blob)."""
-    rig.new_shipper()
+def restart_and_write(rig: Rig, tenant: str, restarted: bool = True) -> None:
+    """A restarted server (or, `restarted` False, the one that closed it) opens the tenant and
+    writes (a new table, rows, a 3 KB blob)."""
+    if restarted:
+        rig.new_shipper()
     conn = rig.open(tenant)
     rig.insert(tenant, "after")
     conn.execute("CREATE TABLE y(b)")
@@ -108,8 +114,9 @@ EDGES = [
 ]
 
 
+@pytest.mark.parametrize("restarted", [True, False], ids=["restarted", "same-process"])
 @pytest.mark.parametrize("edge", EDGES)
-def test_a_file_changed_while_stopped_never_breaks_its_backups(rig: Rig, edge: str) -> None:
+def test_a_file_changed_while_stopped_never_breaks_its_backups(rig: Rig, edge: str, restarted: bool) -> None:
     tenant = "acme"
     shipped_and_stopped(rig, tenant, checkpointed=edge.endswith("no WAL") or "replaced by another" in edge)
     before = generations(rig, tenant)
@@ -150,19 +157,20 @@ def test_a_file_changed_while_stopped_never_breaks_its_backups(rig: Rig, edge: s
         with open(wal_path, "r+b") as f:
             f.truncate(header.frame_offset(2))
 
-    restart_and_write(rig, tenant)
+    restart_and_write(rig, tenant, restarted)
 
     assert len(generations(rig, tenant) - before) == 1, "a new generation"
     assert restored_content(rig, tenant) == content(rig.conns[tenant])
 
 
-def test_an_untouched_file_resumes_after_a_clean_stop(rig: Rig) -> None:
-    """No false alarm: stopped and started again with nothing done to the files, the tenant
-    goes on in the generation it had, with or without a WAL."""
+@pytest.mark.parametrize("restarted", [True, False], ids=["restarted", "same-process"])
+def test_an_untouched_file_resumes_after_a_clean_stop(rig: Rig, restarted: bool) -> None:
+    """No false alarm: stopped and started again (or closed and reopened) with nothing done to
+    the files, the tenant goes on in the generation it had, with or without a WAL."""
     for tenant, checkpointed in (("truncated", True), ("walled", False)):
         shipped_and_stopped(rig, tenant, checkpointed)
         before = generations(rig, tenant)
-        restart_and_write(rig, tenant)
+        restart_and_write(rig, tenant, restarted)
         assert generations(rig, tenant) == before
         assert restored_content(rig, tenant) == content(rig.conns[tenant])
 

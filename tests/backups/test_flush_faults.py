@@ -64,9 +64,9 @@ class LossyReplica(FlakyReplica):
         super().__init__(root)
         self.faults = faults
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         self.faults.fire("put", lambda: ReplicaUnavailable("injected: replica unreachable"))
-        super().put_file(key, source)
+        super().put_file(key, source, if_absent=if_absent)
         self.faults.fire("lost response", lambda: ReplicaUnavailable("injected: response lost"))
 
 

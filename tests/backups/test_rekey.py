@@ -37,11 +37,11 @@ class Faulty(LocalReplica):
         super().__init__(root)
         self.fail_before = self.fail_after = self.fail_delete = 0
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         if self.fail_before:
             self.fail_before -= 1
             raise ReplicaUnavailable("injected: put failed")
-        super().put_file(key, source)
+        super().put_file(key, source, if_absent=if_absent)
         if self.fail_after:
             self.fail_after -= 1
             raise ReplicaUnavailable("injected: put stored, answer lost")
@@ -144,13 +144,13 @@ class Racing(Faulty):
         self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
         if self.catalog is not None and ".r" in key:
             thread = threading.Thread(target=self._retain)
             thread.start()
             self.threads.append(thread)
             self.retention_deleting.wait(1.0)  # with the lock held it never gets there: go on
-        super().put_file(key, source)
+        super().put_file(key, source, if_absent=if_absent)
 
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)

@@ -9,11 +9,12 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
 
-from backups import wal
+from backups import continuity, wal
 from backups.carry import Carried
 from backups.catalog import Position
 from backups.continuity import db_page_size, main_file_of, new_generation_id, page_size_of, resumed_log
@@ -258,3 +259,101 @@ def test_generation_ids_sort_by_creation_time() -> None:
     time.sleep(0.002)
     second = new_generation_id()
     assert first < second and len(first) == len(second) == 21
+
+
+def settled_then_closed(rig: Rig, tenant: str) -> None:
+    """Close the tenant once its files are old enough for the close to remember them."""
+    time.sleep(continuity.SETTLE_NS / 1e9)
+    rig.close(tenant)
+
+
+def no_file_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> None:
+        raise AssertionError("read a file the close remembered")
+
+    monkeypatch.setattr(continuity, "_resume", fail)
+    monkeypatch.setattr(continuity, "main_file_of", fail)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["shipped-wal", "checkpointed"])
+def test_a_tenant_closed_idle_reopens_without_reading_its_files(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, checkpointed: bool
+) -> None:
+    rig.create("acme")
+    rig.insert("acme", 1, 2)
+    assert rig.shipper.flush()
+    if checkpointed:
+        assert rig.shipper.checkpoint_shipped(time.monotonic() + 30) == 1
+    position = rig.catalog.position("acme")
+    assert position is not None and (position.salts is None) == checkpointed
+    settled_then_closed(rig, "acme")
+    no_file_reads(monkeypatch)
+
+    rig.open("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None and entry.base == position and entry.idle and entry.page_size == 4096
+    assert "acme" not in rig.shipper.ledger.left  # used once: the next close decides again
+
+    rig.insert("acme", 3)
+    assert rig.shipper.flush()
+    assert generations(rig, "acme") == [position.generation]
+    assert rig.restored("acme", time.time()) == [1, 2, 3]
+
+
+def test_a_close_remembers_only_files_that_are_exactly_the_shipped_position(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.create("acme")
+    rig.insert("acme", 1, 2)
+    assert rig.shipper.flush()
+    entry = rig.shipper.ledger.get("acme")
+    assert entry is not None and entry.base.salts is not None
+    monkeypatch.setattr(continuity, "SETTLE_NS", 3600 * 10**9)  # "written a moment ago"
+    assert continuity._leaving(entry) is None, "a write after the close could keep the mtime"
+    monkeypatch.setattr(continuity, "SETTLE_NS", 0)
+    assert continuity._leaving(entry) is not None
+    # frames on disk past the position (a commit whose WAL sync failed is on disk, unreported)
+    behind = dataclasses.replace(entry.base, wal_frames=entry.base.wal_frames - 1)
+    assert continuity._leaving(TenantLog(behind, entry.wal_path, entry.page_size)) is None
+    # at the reopen: a main file written since the position recorded it, or another position
+    left = continuity._leaving(entry)
+    assert left is not None and entry.base.main is not None
+    assert continuity._as_left(entry.base, entry.wal_path, left) == entry.page_size
+    other_main = dataclasses.replace(entry.base, main=dataclasses.replace(entry.base.main, mtime_ns=1))
+    assert continuity._as_left(other_main, entry.wal_path, left) is None
+    assert continuity._as_left(dataclasses.replace(entry.base, lsn=9), entry.wal_path, left) is None
+    # not idle (a commit not shipped yet): the log stays, nothing to remember
+    rig.insert("acme", 3)
+    rig.close("acme")
+    assert "acme" not in rig.shipper.ledger.left and rig.shipper.ledger.get("acme") is not None
+
+
+def test_a_position_changed_while_closed_is_read_from_the_files(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the close remembered holds only for the position it left: another one in the
+    catalog (a restore in place saves one) goes the whole way, through the files."""
+    rig.create("acme")
+    rig.insert("acme", 1)
+    assert rig.shipper.flush()
+    settled_then_closed(rig, "acme")
+    assert "acme" in rig.shipper.ledger.left
+    position = rig.catalog.position("acme")
+    assert position is not None
+    changed = dataclasses.replace(position, snapshot_time=position.snapshot_time + 1)
+    rig.catalog.save_positions({"acme": changed})
+    checked: list[str] = []
+    resume = continuity._resume
+
+    def spied(position: Position | None, path: Path, conn: apsw.Connection, times: Any) -> object:
+        checked.append("read the files")
+        return resume(position, path, conn, times)
+
+    monkeypatch.setattr(continuity, "_resume", spied)
+
+    rig.open("acme")
+    entry = rig.shipper.ledger.get("acme")
+    assert checked and entry is not None and entry.base == changed
+    settled_then_closed(rig, "acme")
+    rig.shipper.forget("acme")
+    assert "acme" not in rig.shipper.ledger.left

@@ -164,3 +164,19 @@ def test_the_dashboard_uses_only_metrics_the_server_exports(app: InProcess) -> N
     shown = {re.sub(r"_(bucket|total)$", "", n) for n in used}
     missing = {re.sub(r"_(bucket|total)$", "", n) for n in families} - shown
     assert missing == set()
+
+
+def test_cluster_mode_makes_each_pod_a_node_and_refuses_what_it_cannot_run() -> None:
+    """Without the helm binary: the StatefulSet's cluster variables (rendered when
+    cluster.enabled) name each pod and reach it through the headless Service, and the chart
+    fails to render without etcd, an S3 replica, a shared admin key or a shared signing key."""
+    (container,) = kind("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["SQLFLEET_NODE_ID"]["value"] == "$(POD_NAME)"
+    assert env["SQLFLEET_NODE_URL"]["value"].startswith("http://$(POD_NAME).PLACEHOLDER-headless.")
+    assert {"SQLFLEET_CLUSTER_ETCD", "SQLFLEET_CLUSTER_NAME", "SQLFLEET_CLUSTER_LEASE_TTL"} <= set(env)
+    checks = (CHART / "templates" / "_helpers.tpl").read_text().split('define "sqlfleet.clusterChecks"')[1]
+    for needed in ("etcdEndpoints", "s3://", "adminKey", "hasSigningKey"):
+        assert needed in checks
+    assert checks.count("fail ") == 4

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 from schema_sync.errors import InternalTimeout, RecordBroken
-from schema_sync.migrations import RECORD_TABLE, applied, create_record
+from schema_sync.migrations import RECORD_TABLE, applied, create_record, has_record
+from tenants.sandbox import SandboxRefused
 from tests.support.app import ADMIN, InProcess, bearer, in_process
 from tests.support.schema import OpenTenant
 
@@ -246,3 +248,36 @@ def test_a_tenant_may_drop_its_own_trigger_or_index_from_the_record(shop: InProc
         r = shop.client.post("/v1/tenants/acme/query", json={"sql": sql}, headers=bearer(token))
         assert r.status_code == 200, r.text
     assert admin(shop, "GET", "/v1/admin/groups/shop/tenants/acme")["error"] is None
+
+
+def test_a_record_written_as_an_older_server_wrote_it_is_trusted(open_tenant: OpenTenant) -> None:
+    # same table, other text: not the one-statement check's exact match, so the full check runs
+    tenant = open_tenant()
+    tenant.internal(
+        f"CREATE TABLE {RECORD_TABLE}(name TEXT PRIMARY KEY,checksum TEXT NOT NULL,"
+        " applied_at TEXT NOT NULL) WITHOUT ROWID"
+    )
+    tenant.internal(f"INSERT INTO {RECORD_TABLE} VALUES ('0001_x', 'c', 'a')")
+    assert has_record(tenant) and [a.name for a in applied(tenant)] == ["0001_x"]
+    plain = open_tenant(name="plain")
+    create_record(plain)
+    assert has_record(plain) and applied(plain) == []
+    assert not has_record(open_tenant(name="none"))
+
+
+def test_tenant_sql_is_sandboxed_again_after_internal_statements(open_tenant: OpenTenant) -> None:
+    tenant = open_tenant(ITEMS)
+    create_record(tenant)
+    write = f"INSERT INTO {RECORD_TABLE} VALUES ('0001_x', 'c', 'a')"
+    with pytest.raises(SandboxRefused):
+        tenant.conn.execute(write).fetchall()  # refused, then cached: refused on each run
+    read = tenant.conn.execute("SELECT count(*) FROM items").fetchall  # cached, prepared under it
+    assert applied(tenant) == [] and read() == [(1,)]
+    with pytest.raises(apsw.SQLError):
+        tenant.internal("SELECT * FROM nowhere")  # a failing one restores it too
+    for _ in range(2):
+        with pytest.raises(SandboxRefused):
+            tenant.conn.execute(write).fetchall()
+        with pytest.raises(SandboxRefused):
+            tenant.conn.execute("ATTACH ':memory:' AS x").fetchall()
+    assert tenant.conn.execute("SELECT count(*) FROM items").fetchall() == [(1,)]

@@ -7,9 +7,11 @@ import logging
 
 import pytest
 
+from schema_sync import catch_up, migrations
 from schema_sync.errors import GroupNotFound
-from schema_sync.migrations import RECORD_TABLE
+from schema_sync.migrations import RECORD_TABLE, Applied
 from schema_sync.rollout import RolloutOptions
+from schema_sync.session import SchemaSession
 from tenants.errors import NotAuthorizedSql
 from tenants.execute import Statement
 from tests.support.schema import SchemaFleet
@@ -113,7 +115,7 @@ def test_a_failing_catch_up_is_not_retried_on_every_request(
     assert caplog.text.count("catch-up of tenant dup to group shop failed") == 1
 
 
-def test_a_tenant_a_dry_run_opened_catches_up_on_its_first_request(schema_fleet: SchemaFleet) -> None:
+def test_a_tenant_opened_without_catch_up_catches_up_on_its_first_request(schema_fleet: SchemaFleet) -> None:
     sf = schema_fleet
     sf.groups.create("shop", ITEMS)
     sf.fleet.create("acme", "shop")
@@ -122,6 +124,44 @@ def test_a_tenant_a_dry_run_opened_catches_up_on_its_first_request(schema_fleet:
     sf.groups.add_migration("shop", "note", "ALTER TABLE items ADD COLUMN note TEXT;")
     snap = sf.rollouts.start("shop", RolloutOptions(dry_run=True))
     assert snap.wait(30) and snap.snapshot()["migrated"] == 1
-    assert sf.fleet.pool.is_open("acme")  # opened by the dry run, which changed nothing
+    assert not sf.fleet.pool.is_open("acme")  # the dry run opened it in passing, changed nothing
+    with catch_up.suppressed(), sf.fleet.lease("acme"):
+        pass  # opened as a status read opens it: no catch-up then
+    assert sf.fleet.pool.is_open("acme")
     assert sf.query("acme", "SELECT price FROM items") == [(9.5,)]
     assert sf.query("acme", f"SELECT name FROM {RECORD_TABLE}") == [("0001_price",)]
+
+
+def test_a_tenant_closed_at_the_head_reopens_without_reading_its_record(
+    schema_fleet: SchemaFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sf = schema_fleet
+    sf.groups.create("shop", ITEMS)
+    sf.groups.add_migration("shop", "price", "ALTER TABLE items ADD COLUMN price REAL DEFAULT 9.5;")
+    sf.groups.release("shop")
+    sf.fleet.create("acme", "shop")
+    sf.fleet.create("late", "shop")
+    assert sf.query("acme", "SELECT price FROM items") == [(9.5,)]
+    sf.fleet.pool.discard("acme")
+    read: list[str] = []
+
+    def reading(session: SchemaSession) -> list[Applied]:
+        read.append("record")
+        return migrations.applied(session)
+
+    monkeypatch.setattr(catch_up, "applied", reading)
+
+    assert sf.query("acme", "SELECT price FROM items") == [(9.5,)]
+    assert read == [], "no head moved since it closed: it is at the head"
+
+    # a head that moved while it was closed: read and caught up, as ever
+    sf.fleet.pool.discard("acme")
+    sf.groups.add_migration("shop", "note", "ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'n';")
+    sf.groups.release("shop")
+    assert sf.query("acme", "SELECT price, note FROM items") == [(9.5, "n")]
+    assert read == ["record"]
+    # replaced while closed (a restore, an import): forgotten, read again
+    sf.fleet.pool.discard("acme")
+    sf.fleet.replace("acme", sf.fleet.layout.tenant_path("late"), "import")
+    assert sf.query("acme", "SELECT price FROM items") == [(9.5,)]
+    assert read == ["record", "record"]

@@ -3,21 +3,26 @@ canary, dry run, max_failures, and requests served correctly while it runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from schema_sync.catch_up import SchemaHooks
 from schema_sync.errors import RolloutConflict, RolloutNotFound
+from schema_sync.groups import GroupStore
 from schema_sync.migrations import RECORD_TABLE
 from schema_sync.rollout import ABORTED, COMPLETED, STOPPED, Rollout, RolloutOptions
 from schema_sync.rollouts import Rollouts
 from schema_sync.session import SchemaSession
 from tenants.errors import SqlfleetError
-from tests.support.schema import SchemaFleet
+from tenants.fleet import Fleet
+from tests.support.schema import TEST_CONFIG, TEST_POOL, SchemaFleet
 
 ITEMS = (
     "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO items VALUES (1, 'seed');"
@@ -315,3 +320,27 @@ def test_resume_takes_new_limits_and_only_the_newest_rollout(schema_fleet: Schem
         sf.rollouts.resume("shop", dry["id"])
     with pytest.raises(RolloutNotFound):
         sf.rollouts.resume("shop", "20200101T000000-000000")
+
+
+def test_a_rollout_leaves_the_pool_to_the_tenants_in_use(tmp_path: Path) -> None:
+    groups = GroupStore(tmp_path / "data", timeout=5.0)
+    made: list[SchemaHooks] = []
+
+    def hooks(fleet: Fleet) -> list[SchemaHooks]:
+        made.append(SchemaHooks(groups, fleet.group_of, lazy_catch_up=True, timeout=5.0))
+        return made
+
+    fleet = Fleet(tmp_path / "data", TEST_CONFIG, dataclasses.replace(TEST_POOL, capacity=4), hooks)
+    sf = SchemaFleet(fleet, groups, made[0], Rollouts(groups, fleet, concurrency=4))
+    try:
+        tenants, _ = seed(sf, 40)
+        hot = tenants[:4]
+        for tenant in hot:
+            sf.query(tenant, "SELECT 1")
+        snap = wait(sf.rollouts.start("shop", RolloutOptions()))
+        assert (snap["state"], snap["migrated"]) == (COMPLETED, 40)
+        assert all(fleet.pool.is_open(t) for t in hot) and len(fleet.pool) == 4
+        assert all(migrated(sf, t) for t in tenants)
+    finally:
+        sf.rollouts.close()
+        fleet.close()

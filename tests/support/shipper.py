@@ -46,11 +46,11 @@ class FlakyReplica(LocalReplica):
         self.fail_puts = 0
         self.puts: list[str] = []
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:  # `put` goes through it too
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:  # `put` too
         if self.fail_puts:
             self.fail_puts -= 1
             raise ReplicaUnavailable("injected: replica unreachable")
-        super().put_file(key, source)
+        super().put_file(key, source, if_absent=if_absent)
         self.puts.append(key)
 
 

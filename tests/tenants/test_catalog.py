@@ -228,7 +228,7 @@ def grouped(catalog: Catalog, writes: list[Callable[[], object]]) -> tuple[list[
         with catalog._lock:
             futures = [pool.submit(w) for w in writes]
             deadline = time.monotonic() + 10
-            while len(catalog._queue) < len(writes) and time.monotonic() < deadline:
+            while catalog._commits.queued < len(writes) and time.monotonic() < deadline:
                 time.sleep(0.001)
         return [f.result() for f in futures], len(commits)
 
@@ -281,7 +281,7 @@ def test_a_committed_write_returns_without_waiting_for_the_next_commit(catalog: 
             started.append(late)
             late.start()
             deadline = time.monotonic() + 10
-            while len(catalog._queue) < 1 and time.monotonic() < deadline:
+            while catalog._commits.queued < 1 and time.monotonic() < deadline:
                 time.sleep(0.001)
         else:  # the next group's commit hangs until released
             assert release.wait(30)
@@ -291,7 +291,7 @@ def test_a_committed_write_returns_without_waiting_for_the_next_commit(catalog: 
     with ThreadPoolExecutor(2) as pool:
         with catalog._lock:
             first = [pool.submit(catalog.insert, t, None) for t in ("a", "b")]
-            wait_until(lambda: len(catalog._queue) == 2, interval=0.001)
+            wait_until(lambda: catalog._commits.queued == 2, interval=0.001)
         try:
             assert [f.result(timeout=10) for f in first] == [True, True]  # the late commit still hangs
         finally:

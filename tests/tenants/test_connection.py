@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import apsw
@@ -51,6 +54,36 @@ def test_pragmas_of_a_tenant_connection(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_an_open_connection_keeps_none_of_its_setup_statements(tmp_path: Path) -> None:
+    """They run once: kept in APSW's statement cache, they would hold SQLite memory in every
+    idle connection of the pool."""
+    conn, _ = open_database(tmp_path / "a.db", TEST_CONFIG, create=True)
+    try:
+        assert conn.status(apsw.SQLITE_DBSTATUS_STMT_USED) == (0, 0)
+    finally:
+        conn.close()
+
+
+def test_configure_sqlite_turns_the_lookaside_arena_off(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import apsw
+        from pathlib import Path
+        from tenants.connection import configure_sqlite, open_database
+        from tests.support.tenants import TEST_CONFIG
+        configure_sqlite()
+        conn, _ = open_database(Path({str(tmp_path / "a.db")!r}), TEST_CONFIG, create=True)
+        conn.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+        print(conn.status(apsw.SQLITE_DBSTATUS_LOOKASIDE_USED), conn.execute("SELECT x FROM t").fetchall())
+        conn.close()
+        """
+    )
+    root = Path(__file__).resolve().parents[2]  # where `tests` and `tenants` import from
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(0,", "0)", "[(1,)]"]
+
+
 def test_open_refuses_a_missing_file_unless_creating(tmp_path: Path) -> None:
     with pytest.raises(apsw.CantOpenError):
         open_database(tmp_path / "nope.db", TEST_CONFIG)
@@ -85,6 +118,26 @@ def test_the_wal_survives_closing_a_connection(make_fleet: MakeFleet) -> None:
     assert fleet.execute("acme", Statement("SELECT x FROM t")).rows == [(1,)]
     fleet.close()
     assert wal.stat().st_size == size  # nor at shutdown
+
+
+def test_closing_a_connection_leaves_its_files_as_they_were(make_fleet: MakeFleet) -> None:
+    """Not a byte, not an mtime: backups.continuity reopens a tenant from what they were then."""
+    fleet = make_fleet()
+    fleet.create("acme")
+    fleet.execute("acme", Statement("CREATE TABLE t(x)"))
+    fleet.execute("acme", Statement("INSERT INTO t VALUES (1)"))
+    main = fleet.layout.tenant_path("acme")
+    files = [main, Path(f"{main}-wal")]
+
+    def identities() -> list[tuple[int, int, int]]:
+        return [(s.st_size, s.st_ino, s.st_mtime_ns) for s in map(os.stat, files)]
+
+    before = identities()
+    fleet.pool.discard("acme")
+    assert identities() == before
+    assert fleet.execute("acme", Statement("SELECT x FROM t")).rows == [(1,)]
+    assert identities() == before  # nor does opening it again
+    fleet.close()
 
 
 def test_a_created_tenant_starts_without_a_wal_or_temp_file(fleet: Fleet) -> None:

@@ -17,7 +17,7 @@ from tenants.errors import SqlError, SqlfleetError, TenantBusy, TenantNotFound
 from tenants.execute import Statement, run_statement
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
-from tenants.pool import Handle
+from tenants.pool import Handle, Latch
 from tenants.watchdog import shared_watchdog
 from tests.support.tenants import MakeFleet
 from tests.support.waiting import wait_until
@@ -333,3 +333,22 @@ def test_close_all_preempts_holders(make_fleet: MakeFleet) -> None:
     holder = Holder(fleet, "acme")
     fleet.close()
     assert holder.reasons == ["the server is shutting down"]
+
+
+def test_a_latch_lets_every_waiter_through_once_set() -> None:
+    latch = Latch()
+    passed: list[int] = []
+
+    def wait(i: int) -> None:
+        latch.wait()
+        passed.append(i)
+
+    waiters = [threading.Thread(target=wait, args=(i,)) for i in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    assert not latch.is_set() and passed == []
+    threading.Thread(target=latch.set).start()  # set from another thread than the one that made it
+    for waiter in waiters:
+        waiter.join(10)
+    assert latch.is_set() and sorted(passed) == [0, 1, 2]
+    latch.wait()  # at once

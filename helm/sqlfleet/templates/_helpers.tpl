@@ -61,3 +61,12 @@ in signingKey, or one generated at install (generateSigningKey). */}}
 {{- define "sqlfleet.signingKeySecretName" -}}
 {{- if include "sqlfleet.signingKeyInExistingSecret" . }}{{ .Values.secrets.existingSecret }}{{ else }}{{ include "sqlfleet.fullname" . }}-signing-key{{ end }}
 {{- end }}
+
+{{/* Cluster mode needs etcd, an S3 replica, and one admin key and one signing key for every
+pod: fail early. */}}
+{{- define "sqlfleet.clusterChecks" -}}
+{{- if not .Values.cluster.etcdEndpoints }}{{ fail "cluster.enabled needs cluster.etcdEndpoints" }}{{ end }}
+{{- if not (hasPrefix "s3://" (toString .Values.settings.replica_url)) }}{{ fail "cluster.enabled needs settings.replica_url s3://BUCKET/PREFIX: the pods share no disk" }}{{ end }}
+{{- if not (or .Values.secrets.adminKey .Values.secrets.existingSecret) }}{{ fail "cluster.enabled needs one admin key for every pod: secrets.adminKey or an existing Secret holding SQLFLEET_ADMIN_KEY" }}{{ end }}
+{{- if not (include "sqlfleet.hasSigningKey" .) }}{{ fail "cluster.enabled needs one signing key for every pod: secrets.signingKey, secrets.generateSigningKey or an existing Secret holding it" }}{{ end }}
+{{- end }}

@@ -43,6 +43,9 @@ def test_fleet_reports_throughput_latency_pool_and_rss(tmp_path: Path) -> None:
     assert 10 << 20 < r["server_peak_rss_bytes"] < 2 << 30
     assert {step: v["count"] for step, v in r["setup"].items()} == {"create": 6, "schema": 6, "token": 6}
     assert {"throughput", "server peak RSS"} <= set(r["targets"])
+    # the setup as a whole (issue 14: a 100k fleet in <= 120 s) and its create step
+    assert {"tenant create", "whole setup (create + table + token)"} <= set(r["targets"])
+    assert r["setup_seconds"] > 0 and r["setup_per_s"] > 0 and r["setup_server_cpu_us_per_tenant"] > 0
 
     # --reuse keeps the tenants a run created (409 is fine), creates the missing ones
     r = _bench(tmp_path, "fleet", "--tenants", "8", *args, "--reuse")

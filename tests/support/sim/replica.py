@@ -64,11 +64,11 @@ class SimReplica(ReplicaClient):
         if (faults.down and not self.disk.quiet) or self._chance(faults.get_error):
             raise self._fail(what, key, "503 Slow Down")
 
-    def put(self, key: str, data: bytes) -> None:
-        self._put(key, lambda: self.inner.put(key, data))
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        self._put(key, lambda: self.inner.put(key, data, if_absent=if_absent))
 
-    def put_file(self, key: str, source: IO[bytes]) -> None:
-        self._put(key, lambda: self.inner.put_file(key, source))
+    def put_file(self, key: str, source: IO[bytes], *, if_absent: bool = False) -> None:
+        self._put(key, lambda: self.inner.put_file(key, source, if_absent=if_absent))
 
     def _put(self, key: str, store: Callable[[], None]) -> None:
         self._call("put", key)

@@ -1,0 +1,97 @@
+"""Handing tenants to another node through the replica (issue 16, planned moves).
+
+A node giving up a slot ships every commit of the slot's tenants, then writes one manifest:
+`handoff/<slot:05d>/<token:020d>.json.zst`, where token is the slot's fencing token of the
+giver, so the newest handoff of a slot sorts last. It holds, per tenant, what a restore needs
+and the new owner's backup catalog lacks: the tenant's record (creation time, group,
+incarnation, token generation: its tokens keep working) and its chunk rows (where in which
+segments its snapshot and frames are). The new owner reads the newest manifest of the slot when
+a tenant it has no copy of is first asked for, adds the rows to its catalog and restores the
+tenant from them (backups.service.Backups.recover).
+
+A manifest is the slot's whole directory of tenants living in the bucket only: a node giving up
+a slot carries over the entries of the slot's previous manifest for tenants it never restored
+(and did not delete), so the newest manifest alone always says where every tenant of the slot
+is. Manifests are small (a slot holds tenants/16384 of the fleet), written once per moved slot
+that has tenants or had a manifest; the segments they point at stay subject to retention as
+ever, and older manifests of a slot are left in place (a few hundred bytes each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import orjson
+import zstandard
+
+from backups.catalog import ChunkRow
+from backups.fleet_doc import TenantRecord
+from backups.sealed_replica import SealedReplica
+
+PREFIX = "handoff/"
+
+
+@dataclass(frozen=True)
+class Moved:
+    """One tenant handed over: its record and chunk rows."""
+
+    tenant: str
+    record: TenantRecord
+    rows: list[ChunkRow]
+
+
+def slot_prefix(slot: int) -> str:
+    return f"{PREFIX}{slot:05d}/"
+
+
+def put_handoff(replica: SealedReplica, slot: int, token: int, moved: list[Moved]) -> str:
+    """Write the manifest of `slot` given up under `token`; returns its key. Raises ReplicaError."""
+    body = {
+        "slot": slot,
+        "token": token,
+        "tenants": {
+            m.tenant: {
+                "record": dataclasses.asdict(m.record),
+                # as the catalog stores them (ChunkRow.from_row reads them back)
+                "rows": [[*dataclasses.astuple(r)[:-1], orjson.dumps(r.commits).decode()] for r in m.rows],
+            }
+            for m in moved
+        },
+    }
+    key = f"{slot_prefix(slot)}{token:020d}.json.zst"
+    replica.put(key, zstandard.compress(orjson.dumps(body)))
+    return key
+
+
+def latest_handoff(replica: SealedReplica, slot: int) -> dict[str, Moved]:
+    """The tenants of the newest manifest of `slot` (empty when there is none). Raises
+    ReplicaError; ValueError for a manifest that does not parse."""
+    keys = sorted(o.key for o in replica.list(slot_prefix(slot)))
+    return read_handoff(replica, keys[-1]) if keys else {}
+
+
+def newest_handoffs(replica: SealedReplica) -> dict[int, str]:
+    """slot -> key of its newest manifest, for every slot that has one (one LIST)."""
+    newest: dict[int, str] = {}
+    for info in replica.list(PREFIX):
+        slot = int(info.key[len(PREFIX) :].partition("/")[0])
+        newest[slot] = max(newest.get(slot, ""), info.key)
+    return newest
+
+
+def read_handoff(replica: SealedReplica, key: str) -> dict[str, Moved]:
+    """The tenants of the manifest at `key`. Raises ReplicaError, ValueError."""
+    body = orjson.loads(zstandard.decompress(replica.get(key)))
+    return {tenant: _moved(tenant, entry) for tenant, entry in body["tenants"].items()}
+
+
+def _moved(tenant: str, entry: dict[str, object]) -> Moved:
+    record, rows = entry.get("record"), entry.get("rows")
+    if not isinstance(record, dict) or not isinstance(rows, list):
+        raise ValueError(f"handoff of tenant {tenant!r} lacks its record or rows")
+    return Moved(
+        tenant,
+        TenantRecord(**record),
+        [ChunkRow.from_row(tuple(row)) for row in rows],
+    )

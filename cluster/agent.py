@@ -1,0 +1,81 @@
+"""Everything one server process runs in a cluster, built whole: membership, ownership, the
+routing table and a controller candidate, on the node's own thread. What the server wires in."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+
+from cluster.config import ClusterConfig
+from cluster.controller import Controller
+from cluster.membership import Node
+from cluster.ownership import Ownership
+from cluster.routing import Route, RoutingTable
+from cluster.slots import slot_of
+
+
+class Agent:
+    """`start()` joins (raises EtcdUnavailable when etcd does not answer in time), `stop()`
+    leaves. Every method here is safe from any thread and never blocks on etcd.
+
+    `before_release(tokens)`: the server's drain of the slots this node is giving up (slot ->
+    fencing token; worker thread; they are not served any more when it runs);
+    `on_lease_lost(reason)`: called on the cluster thread the moment the lease is known lost;
+    `grace`: seconds the controller keeps a departed node's slots before moving them."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        before_release: Callable[[Mapping[int, int]], None] | None = None,
+        on_lease_lost: Callable[[str], None] | None = None,
+        grace: float = 0.0,
+    ) -> None:
+        self.node = Node(config, on_lease_lost=on_lease_lost)
+        self.routing = RoutingTable(self.node)
+        self.ownership = Ownership(self.node, before_release=before_release)
+        self.controller = Controller(self.node, grace=grace)
+
+    def start(self) -> None:
+        self.node.start()
+        try:
+            self.routing.start()
+            self.ownership.start()
+            self.controller.start()
+        except BaseException:
+            self.node.stop()
+            raise
+
+    def stop(self) -> None:
+        self.node.stop()
+
+    def route(self, tenant: str) -> Route | None:
+        """Who serves `tenant` now, as this node sees it; None while its slot has no owner."""
+        return self.routing.route(slot_of(tenant))
+
+    def serves(self, tenant: str, token: int | None = None) -> bool:
+        """Whether this node may serve `tenant` now (holding its slot with `token`, if given)."""
+        return self.ownership.owns(slot_of(tenant), token)
+
+    def set_draining(self, node_id: str, draining: bool, timeout: float = 10.0) -> None:
+        """Mark `node_id` draining (the controller moves its slots to the other nodes, each a
+        planned move) or not any more. Blocking: not from the cluster loop. Raises ClusterError."""
+        key = self.node.keys.drain(node_id)
+
+        async def write() -> None:
+            if draining:
+                await self.node.etcd.put(key, json.dumps({"since": time.time()}).encode())
+            else:
+                await self.node.etcd.delete(key)
+
+        self.node.call(write(), timeout)
+
+    def draining(self) -> frozenset[str]:
+        """The nodes an operator has marked draining, as this node's watch sees them."""
+        drains = self.node.keys.drains
+        return frozenset(self.node.keys.name_in(k, drains) for k in self.node.mirror(drains).current())
+
+    def why_not_serving(self) -> str | None:
+        """For /readyz: None while the node can prove its lease alive."""
+        return self.node.why_not_serving()

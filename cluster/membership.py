@@ -1,0 +1,298 @@
+"""A node's membership: its lease, `nodes/<id>` on it, and the proof that it may still serve.
+
+The node runs a thread of its own with its own event loop (the "cluster loop"), so that a busy or
+blocked server loop never delays a keep-alive; the controller, the slot claims and the routing
+watches of this node run on that loop too. Other threads read plain attributes swapped whole.
+
+Self-fencing: a keep-alive sent at monotonic time t and answered with TTL d proves the lease
+alive until t + d (etcd counts from when it received it, later). The node serves while
+`monotonic() < t + d - margin`; it does not wait for etcd to say the lease is gone. On a TTL of 0
+(the lease expired or was revoked) it stops at once, tells `on_lease_lost`, and joins again with
+a new lease, which is a new incarnation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cluster.config import ClusterConfig
+from cluster.errors import ClusterError, LeaseNotFound, NotServing
+from tenants.rfc3339 import format_time
+
+if TYPE_CHECKING:
+    from cluster.etcd import Etcd
+    from cluster.kv import Lease
+    from cluster.mirror import PrefixMirror
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Node:
+    """This process as a member of the cluster of `config`.
+
+    `start()` joins (raises EtcdUnavailable if etcd does not answer within `join_timeout`);
+    `stop()` leaves (revokes the lease: its keys, slots included, go at once). `alive()`,
+    `why_not_serving()`, `incarnation` and `valid_until` are safe to read from any thread.
+    `on_lease_lost(reason)` runs on the cluster thread: keep it short, never block."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        on_lease_lost: Callable[[str], None] | None = None,
+        join_timeout: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.keys = config.keys
+        self.node_id = config.node_id
+        self._on_lease_lost = on_lease_lost
+        self._join_timeout = join_timeout
+        self.valid_until = 0.0
+        self.incarnation: str | None = None
+        self._lease: Lease | None = None
+        self._lease_lost = False
+        self._unreachable_since: float | None = None  # wall clock, for people
+        self._stopping = False
+        self.keepalives_paused = False  # fault injection for tests: keep-alives are not sent
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"cluster-{self.node_id}", daemon=True
+        )
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._mirrors: dict[bytes, PrefixMirror] = {}
+        self._etcd: Etcd | None = None
+        self._lease_changed = asyncio.Event()  # replaced on each change; bound on first wait
+        self._lease_listeners: list[Callable[[], None]] = []
+
+    # -- any thread ----------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """Whether the lease is provably alive right now (one float compare)."""
+        return time.monotonic() < self.valid_until
+
+    def why_not_serving(self) -> str | None:
+        """None while alive; else why, for /readyz."""
+        if self.alive():
+            return None
+        if self._stopping:
+            return "left the cluster"
+        if self._unreachable_since is not None:
+            return f"etcd unreachable since {format_time(self._unreachable_since)}"
+        if self._lease_lost:
+            return "etcd lease lost"
+        if self._lease is None:
+            return "not registered with etcd yet"
+        return "etcd lease not renewed in time"
+
+    def check(self) -> None:
+        """Raise NotServing (with the reason) unless alive."""
+        reason = self.why_not_serving()
+        if reason is not None:
+            raise NotServing(reason)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `coro` on the cluster loop; its result through the returned future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run `coro` on the cluster loop and wait for its result (not from the loop itself)."""
+        return self.run(coro).result(timeout)
+
+    def start(self) -> None:
+        self._thread.start()
+        try:
+            self.call(self._join(), self._join_timeout + 5)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Leave: stop every task, revoke the lease, close the connection, end the thread.
+        Idempotent."""
+        if self._thread.ident is None:  # never started
+            self._loop.close()
+            return
+        if not self._thread.is_alive():
+            return
+        self._stopping = True
+        self.valid_until = 0.0
+        try:
+            self.call(self._leave(), 10)
+        except Exception:
+            log.exception("leaving the cluster failed")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- the cluster loop ------------------------------------------------------------------------
+
+    @property
+    def etcd(self) -> Etcd:
+        if self._etcd is None:
+            raise NotServing("not connected to etcd")
+        return self._etcd
+
+    @property
+    def lease(self) -> Lease | None:
+        """The current lease (None between losing one and getting the next)."""
+        return self._lease
+
+    async def next_lease(self, after: Lease | None) -> Lease:
+        """Wait until the lease is another than `after` (a new incarnation), and return it."""
+        while self._lease is None or self._lease == after:
+            await self._lease_changed.wait()
+        return self._lease
+
+    def mirror(self, prefix: bytes) -> PrefixMirror:
+        """The node's one watched copy of `prefix` (started on first use)."""
+        from cluster.mirror import PrefixMirror
+
+        if prefix not in self._mirrors:
+            mirror = PrefixMirror(self.etcd, prefix)
+            self._mirrors[prefix] = mirror
+            self.spawn(mirror.run(), f"mirror {prefix!r}")
+        return self._mirrors[prefix]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run `coro` on the cluster loop until the node stops; a crash is logged."""
+        task = self._loop.create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+        return task
+
+    async def _join(self) -> None:
+        from cluster.etcd import Etcd  # the grpc import happens here, only in cluster mode
+
+        cfg = self.config
+        self._etcd = await Etcd.connect(
+            cfg.endpoints, call_timeout=cfg.call_timeout, retry_for=self._join_timeout
+        )
+        await self._register()
+        self._etcd.retry_for = cfg.call_timeout * 2  # after joining, callers retry at their own pace
+        self.spawn(self._keep_alive(), "keepalive")
+
+    async def _register(self) -> None:
+        """Grant a lease, bind `nodes/<id>` to it, and publish it."""
+        etcd = self.etcd
+        sent = time.monotonic()
+        lease = await etcd.grant(self.config.lease_ttl)
+        incarnation = f"{lease.id:x}"
+        value = json.dumps({"url": self.config.node_url, "incarnation": incarnation}).encode()
+        try:
+            await etcd.put(self.keys.node(self.node_id), value, lease=lease.id)
+        except BaseException:
+            await asyncio.shield(_quietly(etcd.revoke(lease.id)))
+            raise
+        self.incarnation = incarnation
+        self._lease = lease
+        self._lease_lost = False
+        self._unreachable_since = None
+        self.valid_until = sent + lease.ttl - self.config.margin
+        log.info("node %s joined as incarnation %s (TTL %d s)", self.node_id, incarnation, lease.ttl)
+        self._signal_lease_change()
+
+    def on_lease_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the loop) whenever the lease is lost or a new one is in."""
+        self._lease_listeners.append(listener)
+
+    def _signal_lease_change(self) -> None:
+        self._lease_changed.set()
+        self._lease_changed = asyncio.Event()
+        for listener in self._lease_listeners:
+            listener()
+
+    async def _keep_alive(self) -> None:
+        while True:
+            try:
+                await self._keep_alive_once()
+            except Exception:  # never let the keep-alive die: the node would stop serving for good
+                log.exception("keep-alive failed")
+                await asyncio.sleep(self.config.call_timeout)
+
+    async def _keep_alive_once(self) -> None:
+        """One turn: a keep-alive (or a new lease), then the wait until the next."""
+        cfg = self.config
+        lease = self._lease
+        if lease is None:
+            try:
+                await self._register()
+            except ClusterError as e:
+                self._note_unreachable(e)
+                await asyncio.sleep(cfg.call_timeout / 2)
+            return
+        if self.keepalives_paused:
+            await asyncio.sleep(cfg.keepalive_interval / 4)
+            return
+        sent = time.monotonic()
+        try:
+            ttl = await self.etcd.keepalive(lease.id)
+        except LeaseNotFound:
+            ttl = 0
+        except ClusterError as e:
+            self._note_unreachable(e)
+            # again soon: another member may answer, and the lease is running out
+            await asyncio.sleep(min(cfg.keepalive_interval, cfg.call_timeout / 2))
+            return
+        if ttl <= 0:
+            self._lose_lease("etcd lease lost")
+            return
+        self._unreachable_since = None
+        self.valid_until = max(self.valid_until, sent + ttl - cfg.margin)
+        await asyncio.sleep(max(0.0, sent + cfg.keepalive_interval - time.monotonic()))
+
+    def _note_unreachable(self, error: Exception) -> None:
+        if self._unreachable_since is None:
+            self._unreachable_since = time.time()
+            log.warning("node %s: etcd unreachable: %s", self.node_id, error)
+
+    def _lose_lease(self, reason: str) -> None:
+        self.valid_until = 0.0
+        self._lease = None
+        self._lease_lost = True
+        self.incarnation = None
+        log.warning("node %s: %s; joining again with a new lease", self.node_id, reason)
+        self._signal_lease_change()
+        if self._on_lease_lost is not None:
+            try:
+                self._on_lease_lost(reason)
+            except Exception:
+                log.exception("on_lease_lost failed")
+
+    async def _leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.valid_until = 0.0  # again: a keep-alive may have answered since `stop` set it
+        for mirror in self._mirrors.values():
+            mirror.close()
+        if self._etcd is not None:
+            if self._lease is not None:
+                await _quietly(self._etcd.revoke(self._lease.id))
+                self._lease = None
+            await self._etcd.close()
+        # grpc's own tasks for the closed calls: done here, not destroyed pending with the loop
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+
+async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:
+    try:
+        await coro
+    except Exception as e:
+        log.info("ignored: %r", e)
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cluster task %s crashed", task.get_name(), exc_info=task.exception())

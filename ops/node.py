@@ -1,0 +1,189 @@
+"""This server as a node of a cluster (`cluster_etcd` set; issue 16): the etcd agent (membership,
+slot ownership, routing table, controller candidate), the proxy that makes every node answer for
+every tenant, and the fence on the node's backups.
+
+What it promises:
+- a request for a tenant is served here only while this node owns the tenant's slot and can
+  prove its etcd lease alive (router.proxy checks every request; `admit` is the fleet's own
+  check on every lease, for paths that bypass the proxy such as a long-lived WebSocket);
+- segments are shipped under this process's incarnation and created conditionally, so once
+  another node fences the incarnation nothing more from here becomes part of the backups: the
+  node then leaves the cluster and serves nothing (`/readyz` says why) until it is restarted.
+Failure modes: etcd unreachable at start → EtcdUnavailable (the server does not start); etcd
+lost later → the node stops serving within its lease TTL (503 "slot_unowned"/421), proxies to
+other nodes keep working as far as their owners can serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+
+from backups.errors import ReplicaFenced
+from backups.fence import Writer
+from backups.service import Backups
+from cluster.agent import Agent
+from cluster.config import ClusterConfig
+from cluster.errors import ClusterError
+from cluster.slots import slot_of
+from router.proxy.forward import Forwarder, ProxyConfig
+from router.proxy.placement import Located
+from router.proxy.websocket import WebSocketRelay
+from tenants.errors import SqlfleetError
+from tenants.fleet import Fleet
+from tenants.state import TenantState
+
+log = logging.getLogger(__name__)
+
+# Seconds a proxy waits for its routing table to change after a 421 (watch events arrive within
+# milliseconds; a table that does not change by then is as fresh as it gets).
+REFRESH_WAIT = 0.5
+REFRESH_POLL = 0.01
+# Seconds a release waits for the server being built before it fails (and is tried again).
+DRAIN_WAITS_FOR_START = 5.0
+
+
+class NotOwner(SqlfleetError):
+    """This node does not serve the tenant's slot (any more): retry through any node."""
+
+    status = 503
+    code = "slot_unowned"
+
+
+class ClusterNode:
+    """Built by the server when `cluster_config` is set; `start()` joins (raises
+    EtcdUnavailable), `stop()` leaves. `locate`, `serves`, `unavailable`, `admit` are safe
+    from any thread; `refresh` is for the event loop."""
+
+    def __init__(self, config: ClusterConfig, proxy: ProxyConfig, max_message_bytes: int) -> None:
+        self.config = config
+        self.agent = Agent(config, before_release=self._drain, on_lease_lost=self._lease_lost)
+        self.forwarder = Forwarder(proxy)
+        self.websockets = WebSocketRelay(proxy.connect_timeout, max_message_bytes)
+        self.writer: Writer | None = None
+        self._fenced: str | None = None
+        self._lock = threading.Lock()
+        self._served: tuple[Fleet, Backups] | None = None  # `serve`: what the drain moves
+        self._serving = threading.Event()
+
+    def start(self) -> None:
+        self.agent.start()
+        incarnation = self.agent.node.incarnation
+        assert incarnation is not None  # start() returns registered
+        self.writer = Writer(self.config.node_id, incarnation)
+        log.info(
+            "joined cluster %s as node %s (incarnation %s)",
+            self.config.name,
+            self.config.node_id,
+            incarnation,
+        )
+
+    def serve(self, fleet: Fleet, backups: Backups) -> None:
+        """The fleet and backups whose tenants move when this node gives up slots; a release
+        before then waits a little, then fails and is tried again (the server is starting)."""
+        backups.slot_of = slot_of
+        self._served = (fleet, backups)
+        self._serving.set()
+
+    def stop(self) -> None:
+        self.agent.stop()
+
+    def _drain(self, tokens: Mapping[int, int]) -> None:
+        """A planned move out (cluster.ownership, worker thread; the slots are not served any
+        more): per slot, close its tenants, ship their last commits, write the handoff for the
+        new owner, drop the local copies. Raises (ReplicaError...) to keep the slots."""
+        if not self._serving.wait(DRAIN_WAITS_FOR_START) or self._served is None:
+            raise ClusterError("the server is still starting: its slots move once it has")
+        fleet, backups = self._served
+        by_slot: dict[int, list[str]] = defaultdict(list)
+        for tenant, state in fleet.catalog.all_states().items():
+            slot = slot_of(tenant)
+            if slot in tokens and state == TenantState.ACTIVE:
+                by_slot[slot].append(tenant)
+        started = time.monotonic()
+        moving = [tenant for slot in sorted(by_slot) for tenant in by_slot[slot]]
+        fleet.let_go(moving, lambda _: backups.hand_off(tokens, by_slot))
+        log.info(
+            "handed off %d slots (%d tenants) in %.2f s", len(tokens), len(moving), time.monotonic() - started
+        )
+
+    # -- the proxy's Placement (router.proxy.placement) ------------------------------------------
+
+    def locate(self, tenant: str) -> Located:
+        slot = slot_of(tenant)
+        route = self.agent.routing.route(slot)
+        if route is None:
+            return Located(slot, 0, None)
+        return Located(slot, route.token, None if route.node == self.config.node_id else route.url)
+
+    async def refresh(self, tenant: str) -> Located:
+        routing = self.agent.routing
+        version, waited = routing.version, 0.0
+        while routing.version == version and waited < REFRESH_WAIT:
+            await asyncio.sleep(REFRESH_POLL)
+            waited += REFRESH_POLL
+        return self.locate(tenant)
+
+    def serves(self, slot: int, token: int) -> bool:
+        return self._fenced is None and self.agent.ownership.owns(slot, token)
+
+    def unavailable(self) -> str | None:
+        return self._fenced or self.agent.why_not_serving()
+
+    def describe(self, tenant: str | None) -> dict[str, object]:
+        table = self.agent.routing.table()
+        slots = Counter(route.node for route in table if route is not None)
+        draining = self.agent.draining()
+        nodes = {
+            node: {
+                "url": info.url,
+                "incarnation": info.incarnation,
+                "slots": slots.get(node, 0),
+                "draining": node in draining,
+            }
+            for node, info in sorted(self.agent.routing.nodes().items())
+        }
+        why = self.unavailable()
+        status: dict[str, object] = {
+            "node": self.config.node_id,
+            "serving": why is None,
+            "reason": why,
+            "slots_owned": sum(slots.values()),
+            "nodes": nodes,
+        }
+        if tenant is not None:
+            slot = slot_of(tenant)
+            route = table[slot]
+            owner = None if route is None else {"node": route.node, "token": route.token}
+            status["tenant"] = {"id": tenant, "slot": slot, "owner": owner}
+        return status
+
+    def set_draining(self, node: str, draining: bool) -> None:
+        self.agent.set_draining(node, draining)
+
+    # -- the fleet's and the shipper's hooks ----------------------------------------------------
+
+    def admit(self, tenant: str) -> None:
+        """Raise NotOwner unless this node may serve `tenant` right now."""
+        if self._fenced is not None or not self.agent.ownership.owns(slot_of(tenant)):
+            why = self.unavailable()
+            raise NotOwner(
+                f"this node does not serve tenant {tenant!r} now{f' ({why})' if why else ''}: retry"
+            )
+
+    def on_fenced(self, error: ReplicaFenced) -> None:
+        """The shipper found this incarnation fenced (another node took over): serve nothing
+        more, and leave the cluster so our slots go at once. Called once, from the flush thread."""
+        with self._lock:
+            if self._fenced is not None:
+                return
+            self._fenced = f"fenced by another node ({error.message}): restart this server"
+        log.error("this node's incarnation was fenced: it serves nothing until restarted (%s)", error.message)
+        threading.Thread(target=self.agent.stop, name="cluster-leave", daemon=True).start()
+
+    def _lease_lost(self, reason: str) -> None:
+        log.warning("cluster lease lost (%s): this node stops serving its slots", reason)

@@ -1,0 +1,60 @@
+"""The cluster as this node sees it (issue 16): `GET /v1/admin/cluster[?tenant=T]`. Admin key.
+
+Answer: `{"node": this node's id, "serving": bool, "reason": why not (or null), "slots_owned":
+slots with a live owner (16384 when all are served), "nodes": {id: {"url", "incarnation",
+"slots"}}}`, plus `"tenant": {"id", "slot", "owner": {"node", "token"} or null}` with
+`?tenant=`. A server that is not a cluster node answers 409 `cluster_disabled`.
+
+`POST /v1/admin/cluster/nodes/{node}/drain` marks a node draining: the controller moves its slots
+to the other nodes, each a planned move (drained, shipped, handed over); `DELETE` the same path
+undoes it. Both answer the cluster status as above. The node may be any registered one or not
+(yet) registered; its id must be a valid node id.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from router.admin_api import admin_context
+from tenants.errors import BadRequest, SqlfleetError
+from tenants.ids import validate_tenant_id
+
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as cluster.config has it
+
+
+class ClusterDisabled(SqlfleetError):
+    """A cluster route was called on a server that is not a cluster node."""
+
+    status = 409
+    code = "cluster_disabled"
+
+
+async def cluster_status(request: Request) -> JSONResponse:
+    c = admin_context(request)
+    if c.placement is None:
+        raise ClusterDisabled("this server is not a cluster node (start it with --cluster-etcd)")
+    tenant = request.query_params.get("tenant")
+    return JSONResponse(c.placement.describe(None if tenant is None else validate_tenant_id(tenant)))
+
+
+async def drain(request: Request) -> JSONResponse:
+    c = admin_context(request)
+    if c.placement is None:
+        raise ClusterDisabled("this server is not a cluster node (start it with --cluster-etcd)")
+    node = request.path_params["node"]
+    if not NODE_ID.fullmatch(node):
+        raise BadRequest(
+            f"invalid node id {node[:80]!r}: 1-63 of [A-Za-z0-9._-], starting with a letter or digit"
+        )
+    await c.blocking(c.placement.set_draining, node, request.method == "POST")
+    return JSONResponse(c.placement.describe(None))
+
+
+ROUTES = [
+    Route("/v1/admin/cluster", cluster_status, methods=["GET"]),
+    Route("/v1/admin/cluster/nodes/{node}/drain", drain, methods=["POST", "DELETE"]),
+]

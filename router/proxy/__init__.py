@@ -1,0 +1,1 @@
+"""Cluster routing in the router: serve a tenant here or forward it to its owner (issue 16)."""

@@ -1,0 +1,190 @@
+"""Relaying a Hrana WebSocket to the node that owns its tenant (issue 16, "one URL").
+
+The tenant of a WebSocket is known at the handshake when the URL names it (`/v1/tenants/{t}`,
+or a `{t}.BASE_DOMAIN` Host): the proxy then opens the owner's socket first, so the owner's own
+handshake answer (a 400 for an unknown subprotocol, a 503 when busy) reaches the client as is.
+At the root URL the tenant is the `sub` of the token in the client's first message (`hello`):
+the proxy accepts, reads that message, and opens the owner's socket with the same subprotocol,
+sending the hello on. Every frame then passes through unchanged, text as text and binary as
+binary, until either side closes; the close code and reason pass through too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable
+
+from starlette.types import Message, Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from router.hrana import codec_protobuf
+from router.hrana.protocol import Hello
+from router.hrana.ws.versions import SUBPROTOCOLS, negotiate
+from router.proxy.errors import Misdirected
+from router.proxy.forward import HOP_BY_HOP, target_path
+from router.proxy.placement import SLOT_HEADER, Located, jwt_subject
+from tenants.errors import SqlfleetError
+
+# Handshake fields the websockets client writes itself.
+_OWN_HEADERS = HOP_BY_HOP | {
+    b"host",
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+    b"content-length",
+}
+
+
+class Rejected(Exception):
+    """The owner refused the handshake with an HTTP answer other than 421."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.headers, self.body = status, headers, body
+
+
+class WebSocketRelay:
+    """`connect_timeout` (s) bounds the owner's handshake; `max_message_bytes` one frame."""
+
+    def __init__(self, connect_timeout: float, max_message_bytes: int) -> None:
+        self.connect_timeout = connect_timeout
+        self.max_message_bytes = max_message_bytes
+
+    async def open(self, scope: Scope, where: Located, subprotocols: list[str]) -> ClientConnection | None:
+        """The owner's socket, or None when it answered 421 or could not be reached (the caller
+        reads the owner again). Raises Rejected for the owner's other refusals."""
+        assert where.url is not None
+        url = "ws" + where.url.removeprefix("http") + target_path(scope)
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _OWN_HEADERS
+        ]
+        headers.append((SLOT_HEADER, f"{where.slot}:{where.token}"))
+        try:
+            return await connect(
+                url,
+                additional_headers=headers,
+                subprotocols=[Subprotocol(s) for s in subprotocols if s] or None,
+                open_timeout=self.connect_timeout,
+                max_size=self.max_message_bytes,
+                compression=None,
+                user_agent_header=None,
+                proxy=None,
+            )
+        except InvalidStatus as exc:
+            response = exc.response
+            if response.status_code == Misdirected.status:
+                return None
+            headers_out = [(k.lower().encode(), v.encode()) for k, v in response.headers.raw_items()]
+            raise Rejected(response.status_code, headers_out, bytes(response.body or b"")) from None
+        except (OSError, TimeoutError, InvalidHandshake):
+            return None
+
+    async def pump(
+        self, receive: Receive, send: Send, upstream: ClientConnection, hello: Message | None
+    ) -> None:
+        """Frames both ways until one side closes; the client's socket is already accepted."""
+        if hello is not None:
+            await upstream.send(hello.get("bytes") or hello.get("text") or "")
+        down = asyncio.ensure_future(_downstream(upstream, send))
+        try:
+            while not down.done():
+                message = await _first(receive(), down)
+                if message is None or message["type"] == "websocket.disconnect":
+                    break
+                with contextlib.suppress(ConnectionClosed):
+                    await upstream.send(message.get("bytes") or message.get("text") or "")
+        finally:
+            await upstream.close()
+            down.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await down
+
+    async def deny(self, scope: Scope, receive: Receive, send: Send, error: SqlfleetError) -> None:
+        """Refuse the handshake with `error` as HTTP (or close 1013 without the denial extension)."""
+        body = json.dumps(error.to_json()).encode()
+        headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+        await self.deny_raw(scope, receive, send, Rejected(error.status, headers, body))
+
+    async def deny_raw(self, scope: Scope, receive: Receive, send: Send, answer: Rejected) -> None:
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            headers = [
+                (k, v) for k, v in answer.headers if k not in (b"content-length", b"transfer-encoding")
+            ]
+            headers.append((b"content-length", str(len(answer.body)).encode()))
+            await send({"type": "websocket.http.response.start", "status": answer.status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": answer.body, "more_body": False})
+        else:
+            await send({"type": "websocket.close", "code": 1013})
+
+
+async def accept_and_read_hello(scope: Scope, receive: Receive, send: Send) -> tuple[str, Message] | None:
+    """At the root URL: accept with the subprotocol the server would pick, and return it with
+    the client's first message (its hello). None when the client offered nothing we speak (it
+    was refused) or left first."""
+    chosen = negotiate(scope.get("subprotocols") or [])
+    await receive()  # websocket.connect
+    if chosen is None:
+        await send({"type": "websocket.close", "code": 1002})
+        return None
+    await send({"type": "websocket.accept", "subprotocol": chosen or None, "headers": []})
+    message = await receive()
+    if message["type"] != "websocket.receive":
+        return None
+    return chosen, message
+
+
+def hello_subject(subprotocol: str, message: Message) -> str | None:
+    """The unverified `sub` of the token in a client's first message, or None."""
+    binary = SUBPROTOCOLS.get(subprotocol.lower() or "hrana1", (0, False))[1]
+    try:
+        if binary:
+            msg = codec_protobuf.decode_ws_client_msg(message.get("bytes") or b"", 1)
+            jwt = msg.jwt if isinstance(msg, Hello) else None
+        else:
+            decoded = json.loads(message.get("text") or "")
+            jwt = decoded.get("jwt") if isinstance(decoded, dict) and decoded.get("type") == "hello" else None
+    except (ValueError, SqlfleetError):
+        return None
+    return jwt_subject(jwt) if isinstance(jwt, str) else None
+
+
+def replayed(hello: Message, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """`receive`/`send` for serving an already accepted socket here: the app sees a connect and
+    the hello again, and its own accept is swallowed."""
+    pending: list[Message] = [hello, {"type": "websocket.connect"}]
+
+    async def again() -> Message:
+        return pending.pop() if pending else await receive()
+
+    async def accepted_once(message: Message) -> None:
+        if message["type"] != "websocket.accept":
+            await send(message)
+
+    return again, accepted_once
+
+
+async def _downstream(upstream: ClientConnection, send: Send) -> None:
+    try:
+        async for data in upstream:
+            key = "bytes" if isinstance(data, bytes) else "text"
+            await send({"type": "websocket.send", key: data})
+    except ConnectionClosed:
+        pass
+    code = upstream.close_code or 1000
+    await send({"type": "websocket.close", "code": code, "reason": upstream.close_reason or ""})
+
+
+async def _first(message: Awaitable[Message], down: asyncio.Future[None]) -> Message | None:
+    """The client's next message, or None once the owner's side ended first."""
+    task = asyncio.ensure_future(message)
+    await asyncio.wait((task, down), return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None

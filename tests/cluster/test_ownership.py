@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from tests.cluster.admin import assign, owners, revoke
+from tests.cluster.peers import Peer, Peers
+from tests.support.etcd import EtcdCluster
+from tests.support.waiting import wait_until
+
+
+def owned_all(peer: Peer, slots: set[int]) -> bool:
+    return slots <= peer.owns().keys() and all(
+        peer.ownership is not None and peer.ownership.owns(s) for s in slots
+    )
+
+
+def test_a_node_claims_what_is_assigned_to_it_in_batches(peers: Peers) -> None:
+    a = peers.start("a")
+    slots = set(range(0, 1000))
+    assign(peers, dict.fromkeys(slots, "a"))
+    wait_until(lambda: owned_all(a, slots), timeout=60)
+    assert a.ownership is not None
+    assert a.ownership.claim_transactions <= 2 * len(slots) // 64  # batched, a few singles at most
+    in_etcd = owners(peers)
+    assert in_etcd.keys() == slots
+    assert all(in_etcd[s] == ("a", token) for s, token in a.owns().items())
+    assert not a.ownership.owns(5, token=a.owns()[5] + 1)  # another token is not ours
+
+
+def test_two_nodes_racing_for_slots_never_both_own_one(peers: Peers) -> None:
+    slots = set(range(100, 356))
+    assign(peers, dict.fromkeys(slots, "a"))
+    a, b = peers.start("a"), peers.start("b")
+    assert a.ownership is not None and b.ownership is not None
+    wait_until(lambda: owned_all(a, slots), timeout=60)
+    first = a.owns()
+    both: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:  # sample both nodes' views while the slots move
+        while not done.is_set():
+            both.extend(
+                s
+                for s in slots
+                if a.ownership and b.ownership and a.ownership.owns(s) and b.ownership.owns(s)
+            )
+
+    sampler = threading.Thread(target=watch)
+    sampler.start()
+    try:
+        for turn in range(4):  # back and forth: every move is a release by one and a claim by the other
+            winner = b if turn % 2 == 0 else a
+            assign(peers, dict.fromkeys(slots, winner.id))
+            wait_until(lambda w=winner: owned_all(w, slots), timeout=30)  # type: ignore[misc]
+    finally:
+        done.set()
+        sampler.join()
+    assert both == []
+    assert a.owns().keys() == slots and b.owns() == {}
+    assert all(a.owns()[s] > first[s] for s in slots)  # every new claim has a higher token
+    assert {node for node, _ in owners(peers).values()} == {"a"}
+
+
+def test_claims_wait_for_the_previous_owner(peers: Peers) -> None:
+    a = peers.start("a")
+    assign(peers, {7: "a"})
+    wait_until(lambda: owned_all(a, {7}))
+    token = a.owns()[7]
+    b = peers.start("b")
+    a.node.stop()  # gone without releasing: its lease is revoked, the key goes with it
+    assign(peers, {7: "b"})
+    wait_until(lambda: owned_all(b, {7}))
+    assert b.owns()[7] > token
+
+
+def test_claims_keep_working_when_an_etcd_member_dies(peers3: Peers, etcd3: EtcdCluster) -> None:
+    a = peers3.start("a")
+    assign(peers3, dict.fromkeys(range(64), "a"))
+    wait_until(lambda: owned_all(a, set(range(64))))
+    etcd3.kill(etcd3.leader_index())
+    assign(peers3, dict.fromkeys(range(64, 200), "a"))
+    wait_until(lambda: owned_all(a, set(range(200))), timeout=60)
+    # and the node stayed alive through it: its lease held over two TTLs
+    for _ in range(2 * 8):
+        assert a.node.alive(), a.node.why_not_serving()
+        time.sleep(a.node.config.lease_ttl / 8)
+    assert len(owners(peers3)) == 200
+
+
+def test_a_release_stops_serving_then_drains_then_frees_the_slot(peers: Peers) -> None:
+    seen: list[tuple[frozenset[int], bool]] = []
+
+    def drain(tokens: Mapping[int, int]) -> None:  # the server's planned-move hook
+        assert a.ownership is not None
+        seen.append((frozenset(tokens), any(a.ownership.owns(s) for s in tokens)))
+
+    a = peers.start("a", before_release=drain)
+    b = peers.start("b")
+    slots = set(range(10))
+    assign(peers, dict.fromkeys(slots, "a"))
+    wait_until(lambda: owned_all(a, slots))
+    assign(peers, dict.fromkeys(range(5), "b"))
+    wait_until(lambda: owned_all(b, set(range(5))))
+    assert a.owns().keys() == set(range(5, 10))
+    assert seen and frozenset().union(*(s for s, _ in seen)) == set(range(5))
+    assert not any(serving for _, serving in seen)  # nothing served while draining: what it ships is final
+
+
+def test_a_failed_drain_keeps_the_slots_and_is_tried_again(peers: Peers) -> None:
+    attempts: list[frozenset[int]] = []
+
+    def drain(tokens: Mapping[int, int]) -> None:
+        attempts.append(frozenset(tokens))
+        if len(attempts) == 1:
+            raise OSError("the replica is down")
+
+    a = peers.start("a", before_release=drain)
+    b = peers.start("b")
+    assign(peers, dict.fromkeys(range(4), "a"))
+    wait_until(lambda: owned_all(a, set(range(4))))
+    assign(peers, dict.fromkeys(range(4), "b"))
+    wait_until(lambda: owned_all(b, set(range(4))), timeout=30)
+    assert len(attempts) >= 2 and attempts[0] == frozenset(range(4))
+
+
+def test_after_a_lost_lease_old_tokens_never_count_again(peers: Peers) -> None:
+    a = peers.start("a")
+    assert a.ownership is not None
+    slots = set(range(10))
+    assign(peers, dict.fromkeys(slots, "a"))
+    wait_until(lambda: owned_all(a, slots))
+    old = a.owns()
+    first = a.node.incarnation
+    assert a.node.lease is not None
+    revoke(peers, a.node.lease.id)
+    wait_until(lambda: a.node.incarnation not in (None, first), timeout=30)
+    assert not any(a.ownership.owns(s, t) for s, t in old.items())
+    wait_until(lambda: owned_all(a, slots), timeout=30)  # claimed again, as the new incarnation
+    assert all(a.owns()[s] > old[s] for s in slots)

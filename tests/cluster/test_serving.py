@@ -1,0 +1,345 @@
+"""A cluster of real `sqlfleet serve` processes on one real etcd (issue 16, "one URL"): any node
+answers for any tenant, whichever owns it — REST at both URL forms, Hrana over HTTP with batons
+and over a WebSocket — with tokens minted on any node; a node that loses etcd stops serving and
+says why in /readyz."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
+
+from cluster.slots import assignment, slot_of
+from tests.support.cli import as_json, cli, fails, ok
+from tests.support.etcd import EtcdCluster
+from tests.support.server import ServerProcess, start_server
+from tests.support.waiting import wait_until
+
+TTL = 3  # the nodes' lease: short, so losing etcd shows quickly
+
+
+@dataclass
+class Nodes:
+    etcd: EtcdCluster
+    servers: dict[str, ServerProcess]
+    common: list[str]  # the flags every node gets
+    root: Path
+    stack: contextlib.ExitStack
+
+    def settled(self, members: tuple[str, ...], timeout: float = 90) -> None:
+        """Wait until every slot is owned as assigned among `members`; else fail with the logs."""
+        try:
+            wait_until(lambda: _all_slots_owned(self.servers["n1"], members), timeout=timeout)
+        except AssertionError:
+            logs = "\n".join(f"--- {n}\n{s.log_tail(40)}" for n, s in self.servers.items())
+            raise AssertionError(f"slots not settled among {members}:\n{logs}") from None
+
+    def start(self, name: str) -> ServerProcess:
+        """One more node, stopped with the others."""
+        server = self.stack.enter_context(start_server(self.root / name, "--node-id", name, *self.common))
+        self.servers[name] = server
+        return server
+
+    def owner(self, tenant: str) -> str:
+        """The node serving `tenant`, as n2 sees it."""
+        with self.servers["n2"].client() as http:
+            r = http.get("/v1/admin/cluster", params={"tenant": tenant})
+            assert r.status_code == 200, r.text
+        owner: str = r.json()["tenant"]["owner"]["node"]
+        return owner
+
+
+@pytest.fixture
+def nodes(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Nodes]:
+    """Two nodes sharing etcd, a replica directory and one signing key; every slot owned."""
+    key = tmp_path / "signing.pem"
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    common = [
+        "--cluster-etcd",
+        ",".join(etcd.endpoints),
+        "--cluster-lease-ttl",
+        str(TTL),
+        "--replica-url",
+        (tmp_path / "replica").as_uri(),
+        "--signing-key-file",
+        str(key),
+    ]
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(start_server(tmp_path / name, "--node-id", name, *common))
+            for name in ("n1", "n2")
+        }
+        nodes = Nodes(etcd, servers, common, tmp_path, stack)
+        nodes.settled(("n1", "n2"))
+        yield nodes
+
+
+def _all_slots_owned(server: ServerProcess, members: tuple[str, ...] = ("n1", "n2")) -> bool:
+    """Whether `server` sees every slot owned as the controller assigns them among `members`
+    (not merely owned: a joining node's share moves after the first node claimed them all)."""
+    with server.client() as http:
+        status = http.get("/v1/admin/cluster").json()
+    expected = Counter(assignment(members).values())
+    return {n: info["slots"] for n, info in status["nodes"].items()} == expected
+
+
+def _tenants_on_each_node(nodes: Nodes) -> dict[str, str]:
+    """A tenant per node (created through n1 whatever its owner): node -> tenant."""
+    found: dict[str, str] = {}
+    with nodes.servers["n1"].client() as http:
+        for n in range(64):
+            tenant = f"acme-{n}"
+            r = http.post("/v1/admin/tenants", json={"id": tenant})
+            assert r.status_code == 201, r.text
+            owner = nodes.owner(tenant)
+            found.setdefault(owner, tenant)
+            if len(found) == 2:
+                return found
+    raise AssertionError(f"64 tenants all on one node: {found}")
+
+
+def test_any_node_answers_for_any_tenant_at_both_url_forms(nodes: Nodes) -> None:
+    tenants = _tenants_on_each_node(nodes)
+    for tenant in tenants.values():
+        with nodes.servers["n1"].client() as http:
+            r = http.post(
+                f"/v1/tenants/{tenant}/batch",
+                json={
+                    "statements": [
+                        {"sql": "CREATE TABLE t (x)"},
+                        {"sql": "INSERT INTO t VALUES (?)", "params": [tenant]},
+                    ]
+                },
+            )
+            assert r.status_code == 200, r.text
+            token = http.post(f"/v1/admin/tenants/{tenant}/tokens", json={"access": "rw"}).json()["token"]
+        for server in nodes.servers.values():
+            auth = {"authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=server.url, headers=auth, timeout=30) as http:
+                r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "SELECT x FROM t"})
+                assert r.status_code == 200 and r.json()["rows"] == [[tenant]], r.text
+                # the root Hrana URL: the tenant is the token's
+                r = http.post(
+                    "/v2/pipeline",
+                    json={"requests": [{"type": "execute", "stmt": {"sql": "SELECT x FROM t"}}]},
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["results"][0]["response"]["result"]["rows"][0][0]["value"] == tenant
+
+
+def test_a_hrana_baton_works_across_nodes(nodes: Nodes) -> None:
+    tenant = _tenants_on_each_node(nodes)["n1"]
+    with nodes.servers["n1"].client() as http:
+        r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "CREATE TABLE t (x)"})
+        assert r.status_code == 200, r.text
+    first, second = nodes.servers["n2"], nodes.servers["n1"]
+    with first.client() as http:
+        r = http.post(
+            f"/v1/tenants/{tenant}/v3/pipeline",
+            json={
+                "baton": None,
+                "requests": [
+                    {"type": "execute", "stmt": {"sql": "BEGIN"}},
+                    {"type": "execute", "stmt": {"sql": "INSERT INTO t VALUES (1)"}},
+                ],
+            },
+        )
+        assert r.status_code == 200, r.text
+        baton = r.json()["baton"]
+    with second.client() as http:
+        r = http.post(
+            f"/v1/tenants/{tenant}/v3/pipeline",
+            json={
+                "baton": baton,
+                "requests": [
+                    {"type": "execute", "stmt": {"sql": "INSERT INTO t VALUES (2)"}},
+                    {"type": "execute", "stmt": {"sql": "COMMIT"}},
+                    {"type": "close"},
+                ],
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert [x["type"] for x in r.json()["results"]] == ["ok", "ok", "ok"]
+        rows = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "SELECT x FROM t ORDER BY x"}).json()[
+            "rows"
+        ]
+    assert rows == [[1], [2]]
+
+
+@pytest.mark.parametrize("form", ["path", "root"])
+def test_a_websocket_stream_works_through_the_other_node(nodes: Nodes, form: str) -> None:
+    tenant = _tenants_on_each_node(nodes)["n1"]
+    with nodes.servers["n2"].client() as http:
+        token = http.post(f"/v1/admin/tenants/{tenant}/tokens", json={"access": "rw"}).json()["token"]
+    base = "ws" + nodes.servers["n2"].url.removeprefix("http")
+    url = f"{base}/v1/tenants/{tenant}" if form == "path" else base + "/"
+    with ws_connect(url, subprotocols=[Subprotocol("hrana3")], open_timeout=10) as ws:
+
+        def call(message: dict[str, Any]) -> dict[str, Any]:
+            ws.send(json.dumps(message))
+            answer: dict[str, Any] = json.loads(ws.recv(10))
+            return answer
+
+        ws.send(json.dumps({"type": "hello", "jwt": token}))
+        assert json.loads(ws.recv(10))["type"] == "hello_ok"
+        assert (
+            call({"type": "request", "request_id": 1, "request": {"type": "open_stream", "stream_id": 1}})[
+                "type"
+            ]
+            == "response_ok"
+        )
+        for n, sql in enumerate(["CREATE TABLE w (x)", "INSERT INTO w VALUES (42)"], start=2):
+            got = call(
+                {
+                    "type": "request",
+                    "request_id": n,
+                    "request": {"type": "execute", "stream_id": 1, "stmt": {"sql": sql}},
+                }
+            )
+            assert got["type"] == "response_ok", got
+        got = call(
+            {
+                "type": "request",
+                "request_id": 9,
+                "request": {"type": "execute", "stream_id": 1, "stmt": {"sql": "SELECT x FROM w"}},
+            }
+        )
+        assert got["response"]["result"]["rows"] == [[{"type": "integer", "value": "42"}]]
+
+
+def test_a_node_without_etcd_stops_serving_and_says_why(nodes: Nodes) -> None:
+    tenants = _tenants_on_each_node(nodes)
+    n1 = nodes.servers["n1"]
+    nodes.etcd.pause()
+    try:
+
+        def unready() -> bool:
+            r = httpx.get(f"{n1.url}/readyz", timeout=5)
+            return r.status_code == 503 and "cluster: etcd" in r.json().get("reason", "")
+
+        wait_until(unready, timeout=4 * TTL)
+        with n1.client() as http:
+            r = http.post(f"/v1/tenants/{tenants['n1']}/query", json={"sql": "SELECT 1"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "slot_unowned", r.text
+    finally:
+        nodes.etcd.resume()
+    wait_until(lambda: httpx.get(f"{n1.url}/readyz", timeout=5).status_code == 200, timeout=60)
+    nodes.settled(("n1", "n2"))
+
+
+class Writes:
+    """Tenants with a table, and inserts going on through `via` from a thread while the block
+    runs, counting only acknowledged ones (a 503 while a slot moves is retried later)."""
+
+    def __init__(self, nodes: Nodes, via: str, count: int = 24) -> None:
+        self.nodes, self.via = nodes, nodes.servers[via]
+        self.tenants = [f"mv-{n}" for n in range(count)]
+        self.tokens: dict[str, str] = {}
+        self.acknowledged: dict[str, list[int]] = {t: [] for t in self.tenants}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write)
+        with self.via.client() as http:
+            for tenant in self.tenants:
+                assert http.post("/v1/admin/tenants", json={"id": tenant}).status_code == 201
+                r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "CREATE TABLE t (x INTEGER)"})
+                assert r.status_code == 200, r.text
+                r = http.post(f"/v1/admin/tenants/{tenant}/tokens", json={"access": "rw"})
+                self.tokens[tenant] = r.json()["token"]
+
+    def count(self) -> int:
+        return sum(map(len, self.acknowledged.values()))
+
+    def __enter__(self) -> Writes:
+        self._thread.start()
+        wait_until(lambda: self.count() > 50, timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:  # let some more through after the move
+            done = self.count()
+            wait_until(lambda: self.count() > done + 50, timeout=30)
+        self._stop.set()
+        self._thread.join(30)
+
+    def _write(self) -> None:
+        n = 0
+        with self.via.client(timeout=10) as http:
+            while not self._stop.is_set():
+                tenant = self.tenants[n % len(self.tenants)]
+                with contextlib.suppress(httpx.HTTPError):
+                    r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": f"INSERT INTO t VALUES ({n})"})
+                    if r.status_code == 200:
+                        self.acknowledged[tenant].append(n)
+                    else:
+                        assert r.status_code == 503, r.text  # a slot on the move: try again
+                n += 1
+
+    def check(self) -> None:
+        """Every acknowledged insert, and nothing else, through every node, with old tokens."""
+        for tenant in self.tenants:
+            auth = {"authorization": f"Bearer {self.tokens[tenant]}"}
+            for server in self.nodes.servers.values():
+                with httpx.Client(base_url=server.url, headers=auth, timeout=30) as http:
+                    r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "SELECT x FROM t ORDER BY x"})
+                    assert r.status_code == 200, r.text
+                    assert [row[0] for row in r.json()["rows"]] == self.acknowledged[tenant], (
+                        tenant,
+                        server.url,
+                    )
+
+
+def test_a_joining_node_takes_its_share_and_nothing_acknowledged_is_lost(nodes: Nodes) -> None:
+    """Writes go on through n1 the whole time; n3 joins, the slots the controller gives it move
+    (drained, handed over, restored on first access): every acknowledged write is there after."""
+    with Writes(nodes, via="n1") as writes:
+        nodes.start("n3")
+        nodes.settled(("n1", "n2", "n3"))
+    assert "n3" in {nodes.owner(t) for t in writes.tenants}  # some did move
+    writes.check()
+
+
+def test_a_planned_drain_moves_every_slot_and_loses_nothing(nodes: Nodes) -> None:
+    """`sqlfleet cluster drain n2` through n1 while writes go on through n2 itself: n2 ends
+    with no slot, every tenant is on n1, every acknowledged write is there; `--undo` gives n2
+    its share back (moving tenants again)."""
+    with Writes(nodes, via="n2") as writes:
+        drained = as_json(cli(nodes.servers["n1"], "cluster", "drain", "n2", "--json"))
+        assert drained["nodes"]["n2"] == {**drained["nodes"]["n2"], "slots": 0, "draining": True}
+        assert drained["nodes"]["n1"]["slots"] == drained["slots_owned"] == 16384
+    assert {nodes.owner(t) for t in writes.tenants} == {"n1"}
+    writes.check()
+    shown = ok(cli(nodes.servers["n2"], "cluster", "status", "--tenant", writes.tenants[0]))
+    assert "n2" in shown and "yes" in shown and f"tenant {writes.tenants[0]}" in shown
+    as_json(cli(nodes.servers["n1"], "cluster", "drain", "n2", "--undo", "--json"))
+    nodes.settled(("n1", "n2"))
+    writes.check()
+
+
+def test_cluster_commands_on_a_single_server_say_it_is_not_one(tmp_path: Path) -> None:
+    with start_server(tmp_path / "alone") as server:
+        fails(cli(server, "cluster", "status"), "not a cluster node")
+    fails(
+        cli(None, "cluster", "drain", "../x", "--url", "http://127.0.0.1:9", "--admin-key", "k"),
+        "invalid node id",
+    )
+
+
+def test_slots_follow_the_documented_hash() -> None:
+    # CRC16-XMODEM mod 16384, as Redis Cluster's keyslot: "foo" -> 12182
+    assert slot_of("foo") == 12182

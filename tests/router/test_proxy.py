@@ -1,0 +1,324 @@
+"""The cluster proxy (router/proxy): any node answers for any tenant. Two real uvicorn servers
+on loopback stand for two nodes; a scripted Placement stands for the etcd routing table (the
+real one is tested in tests/cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp
+from starlette.websockets import WebSocket
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
+
+from ops.process import free_port
+from router.proxy.forward import Forwarder, ProxyConfig
+from router.proxy.middleware import ClusterProxy, ProxyParts
+from router.proxy.placement import SLOT_HEADER, Located, host_label, jwt_subject, tenant_of
+from router.proxy.websocket import WebSocketRelay
+
+
+@dataclass
+class Table:
+    """What one node believes: tenant -> (slot, token, owner node name); `mine` the (slot,
+    token) pairs this node serves; `truth` what a refresh from etcd would read."""
+
+    name: str
+    urls: dict[str, str]
+    believed: dict[str, tuple[int, int, str | None]] = field(default_factory=dict)
+    truth: dict[str, tuple[int, int, str | None]] = field(default_factory=dict)
+    mine: set[tuple[int, int]] = field(default_factory=set)
+    refreshes: int = 0
+
+    def _located(self, entry: tuple[int, int, str | None] | None) -> Located:
+        if entry is None:
+            return Located(0, 0, None)
+        slot, token, owner = entry
+        return Located(
+            slot, token if owner else 0, None if owner == self.name else self.urls.get(owner or "")
+        )
+
+    def locate(self, tenant: str) -> Located:
+        return self._located(self.believed.get(tenant))
+
+    async def refresh(self, tenant: str) -> Located:
+        self.refreshes += 1
+        self.believed[tenant] = self.truth.get(tenant, self.believed.get(tenant, (0, 0, None)))
+        return self.locate(tenant)
+
+    def serves(self, slot: int, token: int) -> bool:
+        return (slot, token) in self.mine
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def describe(self, tenant: str | None) -> dict[str, object]:
+        return {"node": self.name}
+
+    def set_draining(self, node: str, draining: bool) -> None:
+        raise NotImplementedError
+
+
+def echo_app(name: str, forwarder: Forwarder) -> Starlette:
+    """Echoes what reached it, and names itself; closes the node's forwarder at shutdown."""
+
+    async def query(request: Request) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse(
+            {
+                "node": name,
+                "tenant": request.path_params.get("tenant"),
+                "body": body.decode(errors="replace"),
+                "size": len(body),
+                "slot": request.headers.get(SLOT_HEADER),
+                "path": request.scope["raw_path"].decode(),
+                "query": request.url.query,
+                "host": request.headers.get("host"),
+            },
+            headers={"x-node": name},
+        )
+
+    async def changes(request: Request) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            for n in range(3):
+                yield f"data: {name} {n}\n\n".encode()
+                await asyncio.sleep(0.01)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def socket(websocket: WebSocket) -> None:
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol=offered[0] if offered else None)
+        with contextlib.suppress(Exception):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("bytes") is not None:
+                    await websocket.send_bytes(name.encode() + b":" + message["bytes"])
+                elif message.get("text") == "close please":
+                    await websocket.close(4001, "asked to")
+                    return
+                else:
+                    await websocket.send_text(f"{name}:{websocket.url.path}:{message.get('text')}")
+
+    return Starlette(
+        routes=[
+            Route("/v1/tenants/{tenant}/query", query, methods=["GET", "POST"]),
+            Route("/v1/admin/tenants/{tenant}/import", query, methods=["PUT"]),
+            Route("/v1/admin/tenants", query, methods=["POST"]),
+            Route("/v1/tenants/{tenant}/changes", changes, methods=["GET"]),
+            Route("/v2/pipeline", query, methods=["POST"]),
+            Route("/v1/ping", query, methods=["GET"]),
+            WebSocketRoute("/v1/tenants/{tenant}", socket),
+            WebSocketRoute("/", socket),
+        ],
+        lifespan=_closing(forwarder),
+    )
+
+
+def _closing(forwarder: Forwarder) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await forwarder.aclose()
+
+    return lifespan
+
+
+CONFIG = ProxyConfig(read_timeout=5.0, connect_timeout=1.0, replay_bytes=1024, max_connections=8)
+
+
+@contextlib.contextmanager
+def serving(app: ASGIApp, port: int) -> Iterator[None]:
+    """`app` under a real uvicorn server on 127.0.0.1:`port` for the block (its own thread)."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@dataclass
+class Cluster:
+    a: Table
+    b: Table
+    url_a: str
+    url_b: str
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """Nodes a and b; tenant `t1` on slot 7 is b's (token 5) and both know it."""
+    ports = {"a": free_port(), "b": free_port()}
+    urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
+    a, b = Table("a", urls), Table("b", urls)
+    for table in (a, b):
+        table.believed["t1"] = (7, 5, "b")
+    b.mine.add((7, 5))
+    apps = {}
+    for n, table in (("a", a), ("b", b)):
+        forwarder = Forwarder(CONFIG)
+        parts = ProxyParts(table, forwarder, WebSocketRelay(1.0, 1 << 20))
+        apps[n] = ClusterProxy(echo_app(n, forwarder), parts, "db.test")
+    with serving(apps["a"], ports["a"]), serving(apps["b"], ports["b"]):
+        yield Cluster(a, b, urls["a"], urls["b"])
+
+
+def test_a_request_reaches_the_owner_through_any_node(cluster: Cluster) -> None:
+    for url in (cluster.url_a, cluster.url_b):
+        r = httpx.post(f"{url}/v1/tenants/t1/query?x=1%202", content=b"select 1")
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["node"] == "b" and got["tenant"] == "t1" and got["body"] == "select 1"
+        assert got["query"] == "x=1%202"
+        assert r.headers["x-node"] == "b"
+    # only the hop carries the slot header; a direct request has none
+    assert httpx.post(f"{cluster.url_a}/v1/tenants/t1/query").json()["slot"] == "7:5"
+    assert httpx.post(f"{cluster.url_b}/v1/tenants/t1/query").json()["slot"] is None
+
+
+def test_the_host_form_and_the_token_sub_route_too(cluster: Cluster) -> None:
+    r = httpx.post(f"{cluster.url_a}/v2/pipeline", headers={"host": "t1.db.test"}, content=b"{}")
+    assert r.json()["node"] == "b" and r.json()["host"] == "t1.db.test"
+    claims = base64.urlsafe_b64encode(json.dumps({"sub": "t1"}).encode()).decode().rstrip("=")
+    r = httpx.post(f"{cluster.url_a}/v2/pipeline", headers={"authorization": f"Bearer h.{claims}.s"})
+    assert r.json()["node"] == "b"
+
+
+def test_a_stale_owner_answers_421_and_the_proxy_reads_the_owner_again(cluster: Cluster) -> None:
+    # the slot moved to a (token 9): b no longer serves it, a's table still says b
+    cluster.b.mine.clear()
+    cluster.a.mine.add((7, 9))
+    cluster.a.truth["t1"] = (7, 9, "a")
+    r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", content=b"again")
+    assert r.status_code == 200 and r.json()["node"] == "a" and r.json()["body"] == "again"
+    assert cluster.a.refreshes == 1
+
+
+def test_a_tenant_is_created_on_the_node_owning_its_slot(cluster: Cluster) -> None:
+    r = httpx.post(f"{cluster.url_a}/v1/admin/tenants", json={"id": "t1", "group": None})
+    assert r.json()["node"] == "b" and json.loads(r.json()["body"]) == {"id": "t1", "group": None}
+    for body in (b"{", b'{"id": "BAD!"}', b"[1]", b'{"id": 3}'):  # the local route refuses these
+        r = httpx.post(f"{cluster.url_a}/v1/admin/tenants", content=body)
+        assert r.json()["node"] == "a" and r.json()["body"] == body.decode()
+
+
+def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
+    for header in ("7:4", "7:x", "garbage"):
+        r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", headers={SLOT_HEADER: header})
+        assert r.status_code == 421 and r.json()["error"]["code"] == "misdirected_request"
+    assert (
+        httpx.post(f"{cluster.url_b}/v1/tenants/t1/query", headers={SLOT_HEADER: "7:5"}).json()["node"] == "b"
+    )
+
+
+def test_no_owner_is_a_503_with_retry_after(cluster: Cluster) -> None:
+    cluster.a.believed["t1"] = (7, 0, None)
+    r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "slot_unowned"
+
+
+def test_an_owner_that_does_not_answer_is_a_503_after_one_retry(cluster: Cluster) -> None:
+    cluster.a.believed["t1"] = cluster.a.truth["t1"] = (7, 5, "gone")
+    cluster.a.urls["gone"] = f"http://127.0.0.1:{free_port()}"
+    r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", content=b"x")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "owner_unreachable"
+    assert cluster.a.refreshes == 1
+
+
+def test_a_large_body_streams_through_whole_and_is_not_replayed(cluster: Cluster) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB, far above replay_bytes
+    r = httpx.put(f"{cluster.url_a}/v1/admin/tenants/t1/import", content=body)
+    assert r.status_code == 200 and r.json()["size"] == len(body) and r.json()["node"] == "b"
+    cluster.b.mine.clear()  # now b answers 421, and a streamed body cannot be sent twice
+    r = httpx.put(f"{cluster.url_a}/v1/admin/tenants/t1/import", content=body)
+    assert r.status_code == 503 and cluster.a.refreshes == 0
+
+
+def test_a_streamed_response_arrives_in_pieces(cluster: Cluster) -> None:
+    with httpx.stream("GET", f"{cluster.url_a}/v1/tenants/t1/changes") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert b"".join(r.iter_raw()) == b"data: b 0\n\ndata: b 1\n\ndata: b 2\n\n"
+
+
+def test_requests_bound_to_no_tenant_are_served_here(cluster: Cluster) -> None:
+    assert httpx.get(f"{cluster.url_a}/v1/ping").json()["node"] == "a"
+    # an invalid tenant id is the local route's to refuse (no hop)
+    assert httpx.post(f"{cluster.url_a}/v1/tenants/BAD!/query").json()["node"] == "a"
+
+
+def test_a_websocket_is_relayed_both_ways_with_its_subprotocol_and_close(cluster: Cluster) -> None:
+    url = cluster.url_a.replace("http", "ws") + "/v1/tenants/t1"
+    with ws_connect(url, subprotocols=[Subprotocol("hrana3")]) as ws:
+        assert ws.subprotocol == "hrana3"
+        ws.send("hi")
+        assert ws.recv(5) == "b:/v1/tenants/t1:hi"
+        ws.send(b"\x00\x01")
+        assert ws.recv(5) == b"b:\x00\x01"
+        ws.send("close please")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(5)
+        assert ws.close_code == 4001 and ws.close_reason == "asked to"
+
+
+def test_a_root_websocket_goes_where_its_hello_token_says(cluster: Cluster) -> None:
+    claims = base64.urlsafe_b64encode(json.dumps({"sub": "t1"}).encode()).decode().rstrip("=")
+    hello = json.dumps({"type": "hello", "jwt": f"h.{claims}.s"})
+    with ws_connect(cluster.url_a.replace("http", "ws") + "/", subprotocols=[Subprotocol("hrana2")]) as ws:
+        ws.send(hello)
+        assert ws.recv(5) == f"b:/:{hello}"
+        ws.send("next")
+        assert ws.recv(5) == "b:/:next"
+    # the owner itself serves it here, the hello replayed to the app
+    with ws_connect(cluster.url_b.replace("http", "ws") + "/", subprotocols=[Subprotocol("hrana2")]) as ws:
+        ws.send(hello)
+        assert ws.recv(5) == f"b:/:{hello}"
+
+
+def test_a_websocket_to_a_slot_without_owner_is_refused_with_503(cluster: Cluster) -> None:
+    cluster.a.believed["t1"] = (7, 0, None)
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(cluster.url_a.replace("http", "ws") + "/v1/tenants/t1", open_timeout=5)
+    assert refused.value.response.status_code == 503
+
+
+def test_tenant_of_reads_paths_hosts_and_tokens() -> None:
+    def scope(path: str, **headers: str) -> dict[str, object]:
+        return {"path": path, "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+
+    assert tenant_of(scope("/v1/tenants/acme/query"), None) == "acme"
+    assert tenant_of(scope("/v1/admin/tenants/acme/tokens"), None) == "acme"
+    assert tenant_of(scope("/v1/admin/groups/g/tenants/acme"), None) == "acme"
+    assert tenant_of(scope("/v1/admin/tenants"), None) is None
+    assert tenant_of(scope("/v3/pipeline", host="acme.db.test:8080"), "db.test") == "acme"
+    assert tenant_of(scope("/v3/pipeline", host="db.test"), "db.test") is None
+    assert tenant_of(scope("/metrics", host="acme.db.test"), "db.test") is None
+    assert host_label("a.b.db.test", "db.test") is None
+    for junk in ("", "a.b", "a.!!!.c", "a." + "x" * 5000 + ".c", "a.bnVsbA.c"):
+        assert jwt_subject(junk) is None

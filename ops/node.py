@@ -43,8 +43,20 @@ log = logging.getLogger(__name__)
 # milliseconds; a table that does not change by then is as fresh as it gets).
 REFRESH_WAIT = 0.5
 REFRESH_POLL = 0.01
+# Seconds the controller keeps a departed node's slots for it: until taking over a dead node's
+# tenants exists (fencing its incarnation, restoring from the replica), effectively for ever, so
+# a node that went away (paused, partitioned, restarting) gets its slots back and nothing it held
+# is served elsewhere meanwhile (those tenants answer 503 until it is back).
+DEPARTED_NODE_GRACE = 365 * 24 * 3600.0
 # Seconds a release waits for the server being built before it fails (and is tried again).
 DRAIN_WAITS_FOR_START = 5.0
+
+
+class NodeNotLive(SqlfleetError):
+    """A drain of a node that is not running: its tenants can only move while it does."""
+
+    status = 409
+    code = "node_not_live"
 
 
 class NotOwner(SqlfleetError):
@@ -61,7 +73,9 @@ class ClusterNode:
 
     def __init__(self, config: ClusterConfig, proxy: ProxyConfig, max_message_bytes: int) -> None:
         self.config = config
-        self.agent = Agent(config, before_release=self._drain, on_lease_lost=self._lease_lost)
+        self.agent = Agent(
+            config, before_release=self._drain, on_lease_lost=self._lease_lost, grace=DEPARTED_NODE_GRACE
+        )
         self.forwarder = Forwarder(proxy)
         self.websockets = WebSocketRelay(proxy.connect_timeout, max_message_bytes)
         self.writer: Writer | None = None
@@ -163,6 +177,11 @@ class ClusterNode:
         return status
 
     def set_draining(self, node: str, draining: bool) -> None:
+        if draining and node not in self.agent.routing.nodes():
+            raise NodeNotLive(
+                f"node {node!r} is not registered: only a live node can hand its tenants over (start it "
+                "again, then drain it)"
+            )
         self.agent.set_draining(node, draining)
 
     # -- the fleet's and the shipper's hooks ----------------------------------------------------

@@ -7,8 +7,8 @@ slots with a live owner (16384 when all are served), "nodes": {id: {"url", "inca
 
 `POST /v1/admin/cluster/nodes/{node}/drain` marks a node draining: the controller moves its slots
 to the other nodes, each a planned move (drained, shipped, handed over); `DELETE` the same path
-undoes it. Both answer the cluster status as above. The node may be any registered one or not
-(yet) registered; its id must be a valid node id.
+undoes it. Both answer the cluster status as above. Only a running node can be drained (409
+`node_not_live` otherwise: its tenants move only while it hands them over).
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from router.openapi import admin, backups, changes, groups, hrana, system, tenant, transfer
+from router.openapi import admin, backups, changes, cluster, groups, hrana, system, tenant, transfer
 from router.openapi.builders import STATUS_TEXT, json_body, ref
 
-TAGS = ("tenant", "admin", "system", "groups", "backups", "hrana", "transfer")
+TAGS = ("tenant", "admin", "system", "groups", "backups", "hrana", "transfer", "cluster")
 
 ERROR: dict[str, Any] = {
     "type": "object",
@@ -39,6 +39,7 @@ def openapi_document() -> dict[str, Any]:
         **backups.SCHEMAS,
         **transfer.SCHEMAS,
         **groups.SCHEMAS,
+        **cluster.SCHEMAS,
     }
     responses = {
         **{f"E{s}": json_body(ref("Error"), text) for s, text in STATUS_TEXT.items()},
@@ -53,6 +54,7 @@ def openapi_document() -> dict[str, Any]:
         **hrana.paths(),
         **transfer.paths(),
         **changes.paths(),
+        **cluster.paths(),
     }
     _body_timeouts(paths)
     return {

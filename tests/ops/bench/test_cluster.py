@@ -1,0 +1,29 @@
+"""`sqlfleet bench cluster` end to end at a tiny size: one node, then two (three ways of
+sending the load), the proxy hop, a join and a drain, all in the report; nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.server import run_bench
+
+VIAS = ("via_n1", "via_both", "routed")
+
+
+def test_a_tiny_cluster_run_reports_every_phase(tmp_path: Path) -> None:
+    args = ["--tenants", "40", "--hot-tenants", "4", "--phase-seconds", "0.5", "--concurrency", "4"]
+    proc, r = run_bench(tmp_path, "cluster", *args, "--timeout", "240", timeout=300)
+    assert "sqlfleet bench cluster" in proc.stdout
+    assert r["tenants"] == 40 and r["moved_on_join"] == r["drained_tenants"] > 0
+    for kind in ("hot", "fleet"):
+        assert r["one_node"][kind]["req_per_s"] > 0 and r["one_node"][kind]["errors"] == 0
+        for via in VIAS:
+            phase = r["two_nodes"][f"{kind}_{via}"]
+            assert phase["req_per_s"] > 0 and phase["errors"] == 0, (kind, via, phase)
+            assert r["ratios"][f"{kind}_{via}"] > 0
+    hop = r["proxy_hop"]
+    assert hop["via_n1_ms"]["p50"] > 0 and hop["via_n2_ms"]["p50"] > 0
+    assert r["join_settle_s"] > 0 and r["drain_s"] > 0
+    assert set(r["targets"]) == {
+        f"{kind}: two nodes, {via}" for kind in ("hot", "fleet") for via in ("via both", "routed")
+    }

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -511,6 +511,13 @@ class Backups(FleetHooks):
                 )
                 moved.append(handoff.Moved(tenant, r, self.catalog.chunks(tenant)))
         return moved
+
+    def handed_over(self, slots: Collection[int]) -> list[str]:
+        """The tenants the newest handoff manifests of `slots` name (one LIST, one GET per slot
+        that has one). Raises ReplicaError."""
+        newest = handoff.newest_handoffs(self.replica)
+        keys = [newest[slot] for slot in sorted(slots) if slot in newest]
+        return [tenant for key in keys for tenant in handoff.read_handoff(self.replica, key)]
 
     def _handed_over(self, tenant_id: str) -> handoff.Moved | None:
         """The newest handoff of the tenant to this node, its rows added to the catalog."""

@@ -17,11 +17,13 @@ other nodes keep working as far as their owners can serve.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from typing import Any
 
 from backups.errors import ReplicaFenced
 from backups.fence import Writer
@@ -30,7 +32,7 @@ from cluster.agent import Agent
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterError
 from cluster.slots import slot_of
-from router.proxy.forward import Forwarder, ProxyConfig
+from router.proxy.forward import Forwarder, ProxyConfig, Unreachable
 from router.proxy.placement import Located
 from router.proxy.websocket import WebSocketRelay
 from tenants.errors import SqlfleetError
@@ -48,8 +50,17 @@ REFRESH_POLL = 0.01
 # a node that went away (paused, partitioned, restarting) gets its slots back and nothing it held
 # is served elsewhere meanwhile (those tenants answer 503 until it is back).
 DEPARTED_NODE_GRACE = 365 * 24 * 3600.0
+# Seconds between looks for slots this node gained (whose handed-over tenants it then restores).
+ADOPT_POLL = 0.5
 # Seconds a release waits for the server being built before it fails (and is tried again).
 DRAIN_WAITS_FOR_START = 5.0
+
+
+class PeerUnreachable(SqlfleetError):
+    """A cluster-wide answer (a tenant list) lacks a node's part: it did not answer."""
+
+    status = 503
+    code = "node_unreachable"
 
 
 class NodeNotLive(SqlfleetError):
@@ -83,6 +94,8 @@ class ClusterNode:
         self._lock = threading.Lock()
         self._served: tuple[Fleet, Backups] | None = None  # `serve`: what the drain moves
         self._serving = threading.Event()
+        self._stopping = threading.Event()
+        self._adopter = threading.Thread(target=self._adopt, name="cluster-adopt", daemon=True)
 
     def start(self) -> None:
         self.agent.start()
@@ -102,9 +115,41 @@ class ClusterNode:
         backups.slot_of = slot_of
         self._served = (fleet, backups)
         self._serving.set()
+        self._adopter.start()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._adopter.is_alive():
+            self._adopter.join(ADOPT_POLL * 4)
         self.agent.stop()
+
+    def _adopt(self) -> None:
+        """Restore, one at a time in the background, the tenants handed over with the slots this
+        node gains (backups.handoff), so they are listed and answer at full speed at once; a
+        request that comes first restores its tenant itself (`Backups.recover`)."""
+        assert self._served is not None
+        fleet, backups = self._served
+        seen: set[int] = set()
+        while not self._stopping.wait(ADOPT_POLL):
+            owned = set(self.agent.ownership.owned())
+            gained, seen = owned - seen, owned
+            if not gained:
+                continue
+            try:
+                tenants = backups.handed_over(gained)
+            except SqlfleetError as exc:
+                log.warning(
+                    "cluster: cannot read the handoffs of %d gained slots (%s)", len(gained), exc.message
+                )
+                seen -= gained  # try them again next time
+                continue
+            for tenant in tenants:
+                if self._stopping.is_set():
+                    return
+                if fleet.catalog.get(tenant) is None:
+                    # moved on or gone meanwhile: its own request will say so
+                    with contextlib.suppress(SqlfleetError), fleet.lease(tenant, readonly=True, passing=True):
+                        pass
 
     def _drain(self, tokens: Mapping[int, int]) -> None:
         """A planned move out (cluster.ownership, worker thread; the slots are not served any
@@ -175,6 +220,18 @@ class ClusterNode:
             owner = None if route is None else {"node": route.node, "token": route.token}
             status["tenant"] = {"id": tenant, "slot": slot, "owner": owner}
         return status
+
+    async def gather(self, path: str, authorization: str, marker: str) -> list[dict[str, Any]]:
+        peers = [i.url for n, i in self.agent.routing.nodes().items() if n != self.config.node_id]
+        headers = {"Authorization": authorization, marker: "1"}
+        try:
+            return list(
+                await asyncio.gather(*(self.forwarder.get_json(url + path, headers) for url in peers))
+            )
+        except Unreachable as exc:
+            raise PeerUnreachable(
+                f"a node did not answer, so the answer would be incomplete: {exc}"
+            ) from None
 
     def set_draining(self, node: str, draining: bool) -> None:
         if draining and node not in self.agent.routing.nodes():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
 import re
 import time
+from itertools import groupby
 from typing import Any
 
 from starlette.requests import Request
@@ -18,6 +20,8 @@ from tenants.errors import BadRequest
 from tenants.ids import is_name, is_name_prefix, validate_tenant_id
 from tenants.rfc3339 import format_time
 
+# Marks the per-node requests of a cluster-wide tenant list: answer from this node alone.
+LOCAL_LIST = "x-sqlfleet-local"
 _LIMIT = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts '²'
 MAX_PAGE = 1000
 
@@ -61,9 +65,23 @@ async def list_tenants(request: Request) -> JSONResponse:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
     limit = int(limit_text)
     rows = await c.blocking(c.fleet.list_tenants, prefix, after, limit + 1, True)
-    page = rows[:limit]
-    next_cursor = page[-1].id if len(rows) > limit else None
-    return JSONResponse({"tenants": [r.to_json() for r in page], "next": next_cursor})
+    listed, more = [r.to_json() for r in rows], len(rows) > limit
+    if c.placement is not None and LOCAL_LIST not in request.headers:
+        # a cluster: every other node's page of the same query, merged by id (a tenant on the
+        # move may show on two nodes: once here)
+        pages = await c.placement.gather(
+            f"{request.url.path}?{request.url.query}", request.headers.get("authorization", ""), LOCAL_LIST
+        )
+        merged = heapq.merge(listed, *(p["tenants"] for p in pages), key=_by_id)
+        listed = [next(same) for _, same in groupby(merged, key=_by_id)]
+        more = more or any(p["next"] is not None for p in pages)
+    page = listed[:limit]
+    next_cursor = page[-1]["id"] if page and (more or len(listed) > limit) else None
+    return JSONResponse({"tenants": page, "next": next_cursor})
+
+
+def _by_id(tenant: dict[str, Any]) -> str:
+    return str(tenant["id"])
 
 
 async def tenant_info(request: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -133,6 +134,17 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def get_json(self, url: str, headers: dict[str, str]) -> Any:
+        """GET `url`'s JSON answer (a node's admin route). Raises Unreachable, also for an
+        error status (with the answer's text)."""
+        try:
+            async with self._client().get(url, headers=headers, allow_redirects=False) as response:
+                if response.status != 200:
+                    raise Unreachable(f"{url} answered {response.status}: {(await response.text())[:200]}")
+                return await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from exc
 
     async def open(self, scope: Scope, body: Body, where: Located) -> aiohttp.ClientResponse:
         """The owner's response, headers read and body still to come (`relay` it, or release

@@ -12,7 +12,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.types import Scope
 
@@ -58,6 +58,11 @@ class Placement(Protocol):
 
     def describe(self, tenant: str | None) -> dict[str, object]:
         """The cluster as this node sees it, for people (router.cluster_api has the shape)."""
+        ...
+
+    async def gather(self, path: str, authorization: str, marker: str) -> list[dict[str, Any]]:
+        """GET `path` (with its query) from every other live node with `authorization` and the
+        header `marker: 1`; their JSON answers. Raises an error (503) if one does not answer."""
         ...
 
     def set_draining(self, node: str, draining: bool) -> None:

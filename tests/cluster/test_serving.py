@@ -321,12 +321,20 @@ def test_a_planned_drain_moves_every_slot_and_loses_nothing(nodes: Nodes) -> Non
     """`sqlfleet cluster drain n2` through n1 while writes go on through n2 itself: n2 ends
     with no slot, every tenant is on n1, every acknowledged write is there; `--undo` gives n2
     its share back (moving tenants again)."""
+    quiet = [f"quiet-{n}" for n in range(12)]  # never used again: moved without a request
+    with nodes.servers["n2"].client() as http:
+        for tenant in quiet:
+            assert http.post("/v1/admin/tenants", json={"id": tenant}).status_code == 201
     with Writes(nodes, via="n2") as writes:
         drained = as_json(cli(nodes.servers["n1"], "cluster", "drain", "n2", "--json"))
         assert drained["nodes"]["n2"] == {**drained["nodes"]["n2"], "slots": 0, "draining": True}
         assert drained["nodes"]["n1"]["slots"] == drained["slots_owned"] == 16384
     assert {nodes.owner(t) for t in writes.tenants} == {"n1"}
     writes.check()
+    everyone = sorted([*quiet, *writes.tenants])
+    wait_until(lambda: _listed(nodes.servers["n1"], limit=1000) == everyone, timeout=60)  # adopted
+    for server in nodes.servers.values():  # the same list through any node, page by page
+        assert _listed(server, limit=7) == everyone
     shown = ok(cli(nodes.servers["n2"], "cluster", "status", "--tenant", writes.tenants[0]))
     assert "n2" in shown and "yes" in shown and f"tenant {writes.tenants[0]}" in shown
     as_json(cli(nodes.servers["n1"], "cluster", "drain", "n2", "--undo", "--json"))
@@ -362,6 +370,20 @@ def test_a_paused_node_keeps_its_slots_and_no_other_node_serves_them(nodes: Node
             os.kill(n2.proc.pid, signal.SIGCONT)
         nodes.settled(("n1", "n2"))
     writes.check()
+
+
+def _listed(server: ServerProcess, limit: int) -> list[str]:
+    """Every tenant id `tenant list` gives through `server`, following the cursor."""
+    ids: list[str] = []
+    after: str | None = None
+    with server.client() as http:
+        while True:
+            params: dict[str, str | int] = {"limit": limit, **({"after": after} if after else {})}
+            page = http.get("/v1/admin/tenants", params=params).json()
+            ids += [t["id"] for t in page["tenants"]]
+            if page["next"] is None:
+                return ids
+            after = page["next"]
 
 
 def test_cluster_commands_on_a_single_server_say_it_is_not_one(tmp_path: Path) -> None:

@@ -73,6 +73,9 @@ class Table:
     def set_draining(self, node: str, draining: bool) -> None:
         raise NotImplementedError
 
+    async def gather(self, path: str, authorization: str, marker: str) -> list[dict[str, object]]:
+        raise NotImplementedError
+
 
 def echo_app(name: str, forwarder: Forwarder) -> Starlette:
     """Echoes what reached it, and names itself; closes the node's forwarder at shutdown."""

@@ -1,5 +1,6 @@
 """`sqlfleet status`: one screen on a running server — health, tenants by state, pool use,
-backup shipping, running rollouts — built from /readyz, /metrics and the admin API.
+backup shipping, running rollouts, and on a cluster node every node with its slots — built from
+/readyz, /metrics and the admin API.
 
 Exit status 0 when the server is ready, 1 when it answers but is not ready (or cannot be
 reached), so scripts can wait on it.
@@ -52,6 +53,8 @@ def collect(client: AdminClient) -> dict[str, Any]:
         "rollouts": [
             {k: r.get(k) for k in ("group", "id", "done", "failed", "remaining", "eta_s")} for r in rollouts
         ],
+        # a cluster node (its /readyz has a cluster check): every node, its slots, whether it drains
+        "cluster": client.cluster_status() if "cluster" in readiness["checks"] else None,
     }
 
 
@@ -87,6 +90,12 @@ def render(state: dict[str, Any]) -> Table:
         eta = f", eta {r['eta_s']} s" if r["eta_s"] is not None else ""
         progress = f"{r['done']} done, {r['failed']} failed, {r['remaining']} left{eta}"
         table.add_row("rollout", f"{r['group']}/{r['id']}: {progress}")
+    cluster = state["cluster"]
+    if cluster is not None:
+        table.add_row("cluster", f"node {cluster['node']}, {cluster['slots_owned']}/16384 slots owned")
+        for node, info in cluster["nodes"].items():
+            draining = ", draining" if info["draining"] else ""
+            table.add_row("", f"{node} {info['url']}: {info['slots']} slots{draining}")
     return table
 
 

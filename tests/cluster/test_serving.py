@@ -337,6 +337,9 @@ def test_a_planned_drain_moves_every_slot_and_loses_nothing(nodes: Nodes) -> Non
         assert _listed(server, limit=7) == everyone
     shown = ok(cli(nodes.servers["n2"], "cluster", "status", "--tenant", writes.tenants[0]))
     assert "n2" in shown and "yes" in shown and f"tenant {writes.tenants[0]}" in shown
+    state = as_json(cli(nodes.servers["n2"], "status", "--json"))
+    assert state["cluster"]["nodes"]["n2"]["draining"] and state["checks"]["cluster"]
+    assert "n1 http://" in ok(cli(nodes.servers["n1"], "status"))
     as_json(cli(nodes.servers["n1"], "cluster", "drain", "n2", "--undo", "--json"))
     nodes.settled(("n1", "n2"))
     writes.check()

@@ -53,6 +53,7 @@ def test_the_screen_lists_running_rollouts_and_failing_checks() -> None:
         "pool": pool,
         "backups": backups,
         "rollouts": [rollout],
+        "cluster": None,
     }
     out = io.StringIO()
     Console(file=out, width=200).print(render(state))

@@ -64,33 +64,36 @@ class Nodes:
         return owner
 
 
-@pytest.fixture
-def nodes(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Nodes]:
-    """Two nodes sharing etcd, a replica directory and one signing key; every slot owned."""
-    key = tmp_path / "signing.pem"
+@contextlib.contextmanager
+def _running_nodes(etcd: EtcdCluster, root: Path) -> Iterator[Nodes]:
+    """Two nodes sharing `etcd`, a replica directory and one signing key; every slot owned."""
+    key = root / "signing.pem"
     key.write_bytes(
         Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    common = [
-        "--cluster-etcd",
-        ",".join(etcd.endpoints),
-        "--cluster-lease-ttl",
-        str(TTL),
-        "--replica-url",
-        (tmp_path / "replica").as_uri(),
-        "--signing-key-file",
-        str(key),
-    ]
+    flags = {
+        "--cluster-etcd": ",".join(etcd.endpoints),
+        "--cluster-lease-ttl": str(TTL),
+        "--replica-url": (root / "replica").as_uri(),
+        "--signing-key-file": str(key),
+    }
+    common = [part for pair in flags.items() for part in pair]
     with contextlib.ExitStack() as stack:
         servers = {
-            name: stack.enter_context(start_server(tmp_path / name, "--node-id", name, *common))
+            name: stack.enter_context(start_server(root / name, "--node-id", name, *common))
             for name in ("n1", "n2")
         }
-        nodes = Nodes(etcd, servers, common, tmp_path, stack)
+        nodes = Nodes(etcd, servers, common, root, stack)
         nodes.settled(("n1", "n2"))
         yield nodes
+
+
+@pytest.fixture
+def nodes(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Nodes]:
+    with _running_nodes(etcd, tmp_path) as made:
+        yield made
 
 
 def _all_slots_owned(server: ServerProcess, members: tuple[str, ...] = ("n1", "n2")) -> bool:
@@ -224,6 +227,19 @@ def test_a_websocket_stream_works_through_the_other_node(nodes: Nodes, form: str
             }
         )
         assert got["response"]["result"]["rows"] == [[{"type": "integer", "value": "42"}]]
+
+
+def test_the_cluster_keeps_serving_when_an_etcd_member_dies(etcd3: EtcdCluster, tmp_path: Path) -> None:
+    """Three etcd members; the leader is killed while writes go on through n1: both nodes stay
+    ready, keep their slots, and every acknowledged write is there."""
+    with _running_nodes(etcd3, tmp_path) as nodes:
+        with Writes(nodes, via="n1") as writes:
+            etcd3.kill(etcd3.leader_index())
+            time.sleep(3 * TTL)  # past a lease: keep-alives went to the other members
+            for server in nodes.servers.values():
+                assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+            assert _all_slots_owned(nodes.servers["n2"])
+        writes.check()
 
 
 def test_a_node_without_etcd_stops_serving_and_says_why(nodes: Nodes) -> None:

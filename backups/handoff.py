@@ -20,14 +20,17 @@ ever, and older manifests of a slot are left in place (a few hundred bytes each)
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
 import zstandard
 
-from backups.catalog import ChunkRow
+from backups.catalog import BackupCatalog, ChunkRow
 from backups.fleet_doc import TenantRecord
 from backups.sealed_replica import SealedReplica
+from tenants.catalog import Catalog
 
 PREFIX = "handoff/"
 
@@ -95,3 +98,67 @@ def _moved(tenant: str, entry: dict[str, object]) -> Moved:
         TenantRecord(**record),
         [ChunkRow.from_row(tuple(row)) for row in rows],
     )
+
+
+class Handoffs:
+    """A cluster node's side of planned moves: the manifests of the slots it gives up, the
+    tenants of those it gains. `slot_of` (cluster.slots.slot_of) is set by a cluster node; on a
+    single server it stays None and no tenant is ever looked for in a manifest."""
+
+    def __init__(
+        self,
+        replica: SealedReplica,
+        catalog: BackupCatalog,
+        tenants: Catalog,
+        flush: Callable[[], object],
+        deleted: Callable[[list[ChunkRow]], bool],
+    ) -> None:
+        self.replica, self.catalog, self.tenants = replica, catalog, tenants
+        self._flush, self._deleted = flush, deleted
+        self.slot_of: Callable[[str], int] | None = None
+
+    def hand_off(self, tokens: Mapping[int, int], tenants: Mapping[int, Sequence[str]]) -> None:
+        """Give up slots (slot -> its fencing token) holding `tenants` (slot -> tenant ids, their
+        handles closed, no request opening them meanwhile): ship every commit, then write each
+        slot's manifest, carrying over what the slot's previous manifest says of tenants this node
+        never restored. Raises ReplicaError (then the move waits)."""
+        self._flush()
+        previous = newest_handoffs(self.replica)
+        for slot, token in sorted(tokens.items()):
+            local = tenants.get(slot, ())
+            if not local and slot not in previous:
+                continue
+            moved = {m.tenant: m for m in self._records(local)}
+            if slot in previous:
+                for tenant, entry in read_handoff(self.replica, previous[slot]).items():
+                    if tenant not in moved and not self._deleted(self.catalog.chunks(tenant)):
+                        moved[tenant] = entry
+            put_handoff(self.replica, slot, token, list(moved.values()))
+
+    def _records(self, tenants: Sequence[str]) -> list[Moved]:
+        moved = []
+        for tenant in tenants:
+            row = self.tenants.get(tenant)
+            if row is not None:
+                r = TenantRecord(
+                    row.created_at, row.group, row.incarnation, row.token_generation, time.time()
+                )
+                moved.append(Moved(tenant, r, self.catalog.chunks(tenant)))
+        return moved
+
+    def handed_over(self, slots: Collection[int]) -> list[str]:
+        """The tenants the newest manifests of `slots` name (one LIST, one GET per slot that has
+        one). Raises ReplicaError."""
+        newest = newest_handoffs(self.replica)
+        keys = [newest[slot] for slot in sorted(slots) if slot in newest]
+        return [tenant for key in keys for tenant in read_handoff(self.replica, key)]
+
+    def adopt(self, tenant: str) -> Moved | None:
+        """The newest handoff of `tenant` to this node, its rows added to the catalog (so a
+        restore finds them), or None. Raises ReplicaError."""
+        if self.slot_of is None:
+            return None
+        moved = latest_handoff(self.replica, self.slot_of(tenant)).get(tenant)
+        if moved is not None:
+            self.catalog.add_rows(moved.rows)
+        return moved

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,9 +110,8 @@ class Backups(FleetHooks):
         self.shipper = shipper
         self.fleet = fleet
         self.meta = meta
-        # a cluster node's slot of a tenant (cluster.slots.slot_of): a tenant this node has no
-        # copy of may have been handed to it by another node (backups.handoff)
-        self.slot_of: Callable[[str], int] | None = None
+        # a cluster node's planned moves (backups.handoff)
+        self.handoffs = handoff.Handoffs(replica, catalog, fleet.catalog, shipper.flush, self._deleted)
 
     def fleet_hooks(self) -> list[FleetHooks]:
         """What the fleet must call: the shipper (commits, opens, closes, deletes), then the
@@ -473,7 +472,7 @@ class Backups(FleetHooks):
     def recover(self, tenant_id: str) -> bool:
         """Restore a tenant that has backups but no catalog row (a lost disk, or a cluster node
         handed it to this one), unless deleted."""
-        moved = self._handed_over(tenant_id)
+        moved = self.handoffs.adopt(tenant_id)
         rows = self.catalog.chunks(tenant_id)
         if not rows or self._deleted(rows) or self.shipper.deletion_pending(tenant_id):
             return False
@@ -481,52 +480,6 @@ class Backups(FleetHooks):
             log.warning("tenant %s is missing locally but in the bucket: restoring it", tenant_id)
         self.restore(tenant_id, time.time(), as_tenant=tenant_id, record=moved.record if moved else None)
         return True
-
-    def hand_off(self, tokens: Mapping[int, int], tenants: Mapping[int, Sequence[str]]) -> None:
-        """A cluster node gives up slots (slot -> its fencing token) holding `tenants` (slot ->
-        tenant ids, their handles closed, no request opening them meanwhile): ship every commit,
-        then write each slot's handoff manifest (backups.handoff), carrying over what the slot's
-        previous manifest says of tenants this node never restored. Raises ReplicaError (then the
-        move waits)."""
-        self.shipper.flush()
-        previous = handoff.newest_handoffs(self.replica)
-        for slot, token in sorted(tokens.items()):
-            local = tenants.get(slot, ())
-            if not local and slot not in previous:
-                continue
-            moved = {m.tenant: m for m in self._records(local)}
-            if slot in previous:
-                for tenant, entry in handoff.read_handoff(self.replica, previous[slot]).items():
-                    if tenant not in moved and not self._deleted(self.catalog.chunks(tenant)):
-                        moved[tenant] = entry
-            handoff.put_handoff(self.replica, slot, token, list(moved.values()))
-
-    def _records(self, tenants: Sequence[str]) -> list[handoff.Moved]:
-        moved = []
-        for tenant in tenants:
-            row = self.fleet.catalog.get(tenant)
-            if row is not None:
-                r = TenantRecord(
-                    row.created_at, row.group, row.incarnation, row.token_generation, time.time()
-                )
-                moved.append(handoff.Moved(tenant, r, self.catalog.chunks(tenant)))
-        return moved
-
-    def handed_over(self, slots: Collection[int]) -> list[str]:
-        """The tenants the newest handoff manifests of `slots` name (one LIST, one GET per slot
-        that has one). Raises ReplicaError."""
-        newest = handoff.newest_handoffs(self.replica)
-        keys = [newest[slot] for slot in sorted(slots) if slot in newest]
-        return [tenant for key in keys for tenant in handoff.read_handoff(self.replica, key)]
-
-    def _handed_over(self, tenant_id: str) -> handoff.Moved | None:
-        """The newest handoff of the tenant to this node, its rows added to the catalog."""
-        if self.slot_of is None:
-            return None
-        moved = handoff.latest_handoff(self.replica, self.slot_of(tenant_id)).get(tenant_id)
-        if moved is not None:
-            self.catalog.add_rows(moved.rows)
-        return moved
 
     def rebuild_if_empty(self) -> int:
         """Read the catalog back from the bucket if it knows no segment (a fresh data dir, or

@@ -112,7 +112,7 @@ class ClusterNode:
     def serve(self, fleet: Fleet, backups: Backups) -> None:
         """The fleet and backups whose tenants move when this node gives up slots; a release
         before then waits a little, then fails and is tried again (the server is starting)."""
-        backups.slot_of = slot_of
+        backups.handoffs.slot_of = slot_of
         self._served = (fleet, backups)
         self._serving.set()
         self._adopter.start()
@@ -136,7 +136,7 @@ class ClusterNode:
             if not gained:
                 continue
             try:
-                tenants = backups.handed_over(gained)
+                tenants = backups.handoffs.handed_over(gained)
             except SqlfleetError as exc:
                 log.warning(
                     "cluster: cannot read the handoffs of %d gained slots (%s)", len(gained), exc.message
@@ -165,7 +165,7 @@ class ClusterNode:
                 by_slot[slot].append(tenant)
         started = time.monotonic()
         moving = [tenant for slot in sorted(by_slot) for tenant in by_slot[slot]]
-        fleet.let_go(moving, lambda _: backups.hand_off(tokens, by_slot))
+        fleet.let_go(moving, lambda _: backups.handoffs.hand_off(tokens, by_slot))
         log.info(
             "handed off %d slots (%d tenants) in %.2f s", len(tokens), len(moving), time.monotonic() - started
         )

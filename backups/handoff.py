@@ -110,11 +110,11 @@ class Handoffs:
         replica: SealedReplica,
         catalog: BackupCatalog,
         tenants: Catalog,
-        flush: Callable[[], object],
+        ship: Callable[[], None],
         deleted: Callable[[list[ChunkRow]], bool],
     ) -> None:
         self.replica, self.catalog, self.tenants = replica, catalog, tenants
-        self._flush, self._deleted = flush, deleted
+        self._ship, self._deleted = ship, deleted
         self.slot_of: Callable[[str], int] | None = None
 
     def hand_off(self, tokens: Mapping[int, int], tenants: Mapping[int, Sequence[str]]) -> None:
@@ -122,7 +122,7 @@ class Handoffs:
         handles closed, no request opening them meanwhile): ship every commit, then write each
         slot's manifest, carrying over what the slot's previous manifest says of tenants this node
         never restored. Raises ReplicaError (then the move waits)."""
-        self._flush()
+        self._ship()  # raises when the upload failed: no manifest then, the move waits
         previous = newest_handoffs(self.replica)
         for slot, token in sorted(tokens.items()):
             local = tenants.get(slot, ())

@@ -111,7 +111,7 @@ class Backups(FleetHooks):
         self.fleet = fleet
         self.meta = meta
         # a cluster node's planned moves (backups.handoff)
-        self.handoffs = handoff.Handoffs(replica, catalog, fleet.catalog, shipper.flush, self._deleted)
+        self.handoffs = handoff.Handoffs(replica, catalog, fleet.catalog, shipper.ship, self._deleted)
 
     def fleet_hooks(self) -> list[FleetHooks]:
         """What the fleet must call: the shipper (commits, opens, closes, deletes), then the

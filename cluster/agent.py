@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 
 from cluster.config import ClusterConfig
 from cluster.controller import Controller
+from cluster.errors import EtcdUnavailable
 from cluster.membership import Node
 from cluster.ownership import Ownership
 from cluster.routing import Route, RoutingTable
@@ -69,7 +70,10 @@ class Agent:
             else:
                 await self.node.etcd.delete(key)
 
-        self.node.call(write(), timeout)
+        try:
+            self.node.call(write(), timeout)
+        except TimeoutError:
+            raise EtcdUnavailable(f"etcd did not take the drain mark within {timeout:g} s") from None
 
     def draining(self) -> frozenset[str]:
         """The nodes an operator has marked draining, as this node's watch sees them."""

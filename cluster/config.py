@@ -9,7 +9,7 @@ from cluster.keys import Keyspace
 from tenants.errors import BadRequest
 
 # node ids and cluster names go into etcd keys and JSON: host-name-like, no `/`
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ClusterConfig:
         if not self.endpoints:
             raise BadRequest("cluster_etcd names no etcd endpoint")
         for setting, value in (("node_id", self.node_id), ("cluster_name", self.name)):
-            if not _NAME.fullmatch(value):
+            if not NAME.fullmatch(value):
                 raise BadRequest(f"{setting} must be 1-63 of [A-Za-z0-9._-], starting with a letter or digit")
         if self.lease_ttl < 1:
             raise BadRequest("cluster_lease_ttl must be at least 1")

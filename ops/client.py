@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import httpx
 
+from cluster.config import NAME as NODE_NAME
 from ops.api_types import (
     BackupInfo,
     ClusterStatus,
@@ -40,7 +40,6 @@ from ops.errors import ApiError, ClientError, ServerUnreachable
 from tenants.ids import is_name, validate_tenant_id
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as cluster.config has it
 # The server's largest page (router.admin_api.MAX_PAGE, not imported: the CLI stays light);
 # a test keeps the two equal.
 MAX_PAGE = 1000
@@ -381,7 +380,7 @@ class AdminClient:
 
     def drain_node(self, node: str, undo: bool = False) -> ClusterStatus:
         """Mark `node` draining (its slots move to the other nodes), or not any more."""
-        if not NODE_ID.fullmatch(node):  # as with tenant ids: "/" or ".." would change the URL
+        if not NODE_NAME.fullmatch(node):  # as with tenant ids: "/" or ".." would change the URL
             raise ClientError(f"invalid node id {node!r}")
         path = f"/v1/admin/cluster/nodes/{node}/drain"
         return cast(ClusterStatus, self._json("DELETE" if undo else "POST", path))

@@ -29,6 +29,13 @@ def admin_key(configured: str | None, data_dir: Path) -> tuple[str, bool]:
     return key, True
 
 
+def signing_key_file(folder: Path) -> Path:
+    """FOLDER/signing-key.pem, made (durably, mode 0600) if absent: one key file to give every
+    node of a cluster (`--signing-key-file`)."""
+    signing_key(None, folder)
+    return folder / "signing-key.pem"
+
+
 def signing_key(configured: Path | None, data_dir: Path) -> Ed25519PrivateKey:
     """The Ed25519 key from `configured` (must exist), else DATA/signing-key.pem (created if absent)."""
     path = configured or data_dir / "signing-key.pem"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -25,9 +24,8 @@ from functools import partial
 from pathlib import Path
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ops import keys
 from ops.etcd_member import ETCD, running_member
 from ops.process import spawn, stop
 
@@ -111,17 +109,7 @@ def _start(command: list[str], log: Path, env: dict[str, str] | None = None) -> 
 
 def _keys(root: Path) -> tuple[str, Path]:
     """The cluster's admin key and signing key file (made on the first run in `root`)."""
-    admin = root / "admin.key"
-    if not admin.exists():
-        admin.write_text(secrets.token_hex(32))
-    signing = root / "signing.pem"
-    if not signing.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        signing.write_bytes(pem)
-        signing.chmod(0o600)
-    return admin.read_text().strip(), signing
+    return keys.admin_key(None, root)[0], keys.signing_key_file(root)
 
 
 def _ready(url: str) -> bool:

@@ -13,17 +13,14 @@ undoes it. Both answer the cluster status as above. Only a running node can be d
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from cluster.config import NAME
 from router.admin_api import admin_context
 from tenants.errors import BadRequest, SqlfleetError
 from tenants.ids import validate_tenant_id
-
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as cluster.config has it
 
 
 class ClusterDisabled(SqlfleetError):
@@ -46,7 +43,7 @@ async def drain(request: Request) -> JSONResponse:
     if c.placement is None:
         raise ClusterDisabled("this server is not a cluster node (start it with --cluster-etcd)")
     node = request.path_params["node"]
-    if not NODE_ID.fullmatch(node):
+    if not NAME.fullmatch(node):
         raise BadRequest(
             f"invalid node id {node[:80]!r}: 1-63 of [A-Za-z0-9._-], starting with a letter or digit"
         )

@@ -27,10 +27,9 @@ from typing import Any
 
 import click
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cluster.slots import assignment, slot_of
+from ops import keys
 from ops.bench.driver import Driver, latency_ms, summary
 from ops.bench.errors import BenchError
 from ops.bench.loadgen import Drive, routed, spread
@@ -81,12 +80,7 @@ def running_cluster(opts: dict[str, Any], pool_capacity: int) -> Iterator[Cluste
     """etcd, a shared replica directory and signing key; nodes are started by the caller."""
     work = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-cluster-"))
     try:
-        key = work / "signing.pem"
-        key.write_bytes(
-            Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
+        key = keys.signing_key_file(work)
         with running_member(work / "etcd", work / "etcd.log") as etcd, contextlib.ExitStack() as stack:
             flags = {"--cluster-etcd": etcd, "--replica-url": (work / "replica").as_uri()}
             common = [*(p for pair in flags.items() for p in pair), "--signing-key-file", str(key)]

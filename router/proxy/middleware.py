@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from router.errors import render
 from router.proxy.errors import Misdirected, NoOwner, OwnerUnreachable
 from router.proxy.forward import Body, ClientGone, Forwarder, Unreachable
-from router.proxy.placement import SLOT_HEADER, Located, Placement, tenant_of
+from router.proxy.placement import SLOT_HEADER, Located, Placement, header, tenant_of
 from router.proxy.websocket import Rejected, WebSocketRelay, accept_and_read_hello, hello_subject, replayed
 from tenants.errors import SqlfleetError
 from tenants.ids import is_name
@@ -204,12 +204,11 @@ def _created_id(body: bytes | None) -> str | None:
 def _slot_header(scope: Scope) -> tuple[int, int] | None:
     """(slot, token) of a forwarded request's `x-sqlfleet-slot`; None without one; (-1, -1)
     for a malformed one (never served: it answers 421)."""
-    name = SLOT_HEADER.encode()
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            slot, _, token = bytes(value).partition(b":")
-            try:
-                return int(slot), int(token)
-            except ValueError:
-                return -1, -1
-    return None
+    value = header(scope, SLOT_HEADER.encode())
+    if value is None:
+        return None
+    slot, _, token = value.partition(":")
+    try:
+        return int(slot), int(token)
+    except ValueError:
+        return -1, -1

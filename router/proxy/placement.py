@@ -91,7 +91,7 @@ def tenant_of(scope: Scope, base_domain: str | None) -> str | None:
             return match.group(1)
     if not _ROOT_HRANA.match(path):
         return None
-    return host_label(_header(scope, b"host"), base_domain) or token_subject(_header(scope, b"authorization"))
+    return host_label(header(scope, b"host"), base_domain) or token_subject(header(scope, b"authorization"))
 
 
 def host_label(host: str | None, base_domain: str | None) -> str | None:
@@ -127,7 +127,8 @@ def jwt_subject(token: str) -> str | None:
     return sub if isinstance(sub, str) else None
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower case) of an ASGI `scope`, or None."""
     for key, value in scope.get("headers", ()):
         if key == name:
             return bytes(value).decode("latin-1")

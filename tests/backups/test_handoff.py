@@ -3,14 +3,21 @@ owner, on a real local replica; the end-to-end moves are in tests/cluster/test_s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from backups.catalog import BackupCatalog, ChunkRow
+from backups.errors import ReplicaError, ReplicaUnavailable
 from backups.fleet_doc import TenantRecord
 from backups.handoff import Handoffs, Moved, latest_handoff, newest_handoffs, put_handoff
 from backups.local_replica import LocalReplica
 from backups.sealed_replica import SealedReplica
 from tenants.catalog import Catalog
+from tests.support.app import in_process
+from tests.support.backups import make, write
 
 
 def _row(tenant: str, lsn: int, kind: str = "frames") -> ChunkRow:
@@ -67,3 +74,31 @@ def test_a_handoff_carries_over_tenants_this_node_never_restored(tmp_path: Path)
     finally:
         catalog.close()
         tenants.close()
+
+
+def test_no_manifest_is_written_when_the_last_commits_did_not_ship(tmp_path: Path) -> None:
+    """A server's Handoffs ships for real before it writes: a segment upload that fails stops
+    the handoff (the move waits), instead of a manifest that misses acknowledged commits."""
+    with in_process(tmp_path / "data") as app:
+        make(app, "acme", 1)
+        backups = app.server.backups
+        assert backups is not None
+        inner = backups.replica.inner
+        put, put_file = inner.put, inner.put_file
+
+        def refuse_segments(call: Callable[..., None]) -> Callable[..., None]:
+            def refusing(key: str, *args: Any, **kwargs: Any) -> None:
+                if key.startswith("segments/"):
+                    raise ReplicaUnavailable("the bucket is down")
+                call(key, *args, **kwargs)
+
+            return refusing
+
+        inner.put, inner.put_file = refuse_segments(put), refuse_segments(put_file)  # type: ignore[method-assign]
+        write(app, "acme", 2)
+        with pytest.raises(ReplicaError):
+            backups.handoffs.hand_off({7: 20}, {7: ["acme"]})
+        assert latest_handoff(backups.replica, 7) == {}
+        inner.put, inner.put_file = put, put_file  # type: ignore[method-assign]
+        backups.handoffs.hand_off({7: 20}, {7: ["acme"]})
+        assert set(latest_handoff(backups.replica, 7)) == {"acme"}

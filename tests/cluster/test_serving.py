@@ -19,12 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from cluster.slots import assignment, slot_of
+from ops import keys
 from tests.support.cli import as_json, cli, fails, ok
 from tests.support.etcd import EtcdCluster
 from tests.support.server import ServerProcess, start_server
@@ -67,12 +66,7 @@ class Nodes:
 @contextlib.contextmanager
 def _running_nodes(etcd: EtcdCluster, root: Path) -> Iterator[Nodes]:
     """Two nodes sharing `etcd`, a replica directory and one signing key; every slot owned."""
-    key = root / "signing.pem"
-    key.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    key = keys.signing_key_file(root)
     flags = {
         "--cluster-etcd": ",".join(etcd.endpoints),
         "--cluster-lease-ttl": str(TTL),

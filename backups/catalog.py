@@ -101,6 +101,7 @@ class BackupCatalog:
     """Thread-safe; every method is one transaction (`save_positions`: a savepoint in one)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path  # what a copy is taken of (backups/catalog_upload.py)
         self._lock = threading.Lock()
         # Held by whoever deletes unreferenced segments (retention) or rewrites or re-reads them
         # (rekey, rebuild): a rekeyed copy is recorded before its chunks point at it.

@@ -3,9 +3,26 @@ HTTP status and code), and the two format errors the shipper handles itself."""
 
 from __future__ import annotations
 
+import copy
+import logging
 from typing import ClassVar
 
 from tenants.errors import BadRequest, SqlfleetError, TenantNotFound
+
+log = logging.getLogger(__name__)
+
+# detail a client may read: never an endpoint, a bucket or an object key
+_PUBLIC_DETAIL = ("retry_after", "key_id")
+
+
+def _in_user_terms(exc: SqlfleetError, shown: str) -> SqlfleetError:
+    """`exc` as a client reads it: `shown`, and no detail naming server internals; the full
+    text goes to the log (an operator finds it there by the code and the time)."""
+    log.warning("answered %s: %s %s", exc.code, exc, exc.detail or "")
+    public = copy.copy(exc)
+    public.message = shown
+    public.detail = {k: v for k, v in exc.detail.items() if k in _PUBLIC_DETAIL}
+    return public
 
 
 class ReplicaError(SqlfleetError):
@@ -15,6 +32,11 @@ class ReplicaError(SqlfleetError):
     status = 502
     code = "replica_error"
     transient: ClassVar[bool] = False
+    # what a client reads: the text names the endpoint, bucket or object key (for logs only)
+    shown: ClassVar[str] = "the backup replica failed; the server's log says why"
+
+    def public(self) -> SqlfleetError:
+        return _in_user_terms(self, self.shown.format(key_id=repr(self.detail.get("key_id"))))
 
 
 class ReplicaNotFound(ReplicaError):
@@ -22,6 +44,7 @@ class ReplicaNotFound(ReplicaError):
 
     status = 404
     code = "replica_not_found"
+    shown = "something the backups need is missing from the replica; the server's log says what"
 
 
 class ReplicaUnavailable(ReplicaError):
@@ -31,6 +54,7 @@ class ReplicaUnavailable(ReplicaError):
     status = 503
     code = "replica_unavailable"
     transient = True
+    shown = "the backup replica cannot be reached right now; retry later"
 
 
 class ObjectExists(ReplicaError):
@@ -41,6 +65,7 @@ class ObjectExists(ReplicaError):
 
     status = 409
     code = "replica_object_exists"
+    shown = "another server wrote to the backups at the same moment; retry"
 
 
 class ReplicaFenced(ReplicaError):
@@ -50,6 +75,7 @@ class ReplicaFenced(ReplicaError):
 
     status = 503
     code = "replica_fenced"
+    shown = "this server no longer serves its tenants: another server has taken them over; retry shortly"
 
 
 class ShippingIOError(ReplicaUnavailable):
@@ -57,6 +83,7 @@ class ShippingIOError(ReplicaUnavailable):
     disk). As with an unreachable replica, nothing advanced and a later flush retries."""
 
     code = "backup_io_error"
+    shown = "the server cannot read or write its local backup files right now; retry later"
 
 
 class InvalidReplicaKey(ReplicaError):
@@ -64,6 +91,7 @@ class InvalidReplicaKey(ReplicaError):
 
     status = 400
     code = "invalid_replica_key"
+    shown = "a name in the backup replica breaks its naming rules; the server's log says which"
 
 
 class NoRestorePoint(TenantNotFound):
@@ -85,6 +113,9 @@ class BackupBroken(SqlfleetError):
     status = 500
     code = "backup_broken"
 
+    def public(self) -> SqlfleetError:
+        return _in_user_terms(self, "the backup cannot be read back whole; the server's log says why")
+
 
 class BackupKeyMissing(ReplicaError):
     """A sealed replica object names a key id this server has not configured (backups/crypto.py);
@@ -92,12 +123,20 @@ class BackupKeyMissing(ReplicaError):
 
     status = 500
     code = "backup_key_missing"
+    shown = (
+        "a backup object is sealed with key {key_id}, which this server does not have: put that key in "
+        "the file backup_encryption_key_file names"
+    )
 
 
 class BackupKeyMismatch(BackupKeyMissing):
     """The key configured under an object's key id is not the key that sealed it."""
 
     code = "backup_key_mismatch"
+    shown = (
+        "a backup object was sealed with another key than the one configured as {key_id} (or its "
+        "header was altered): restore the original key under that id"
+    )
 
 
 class BackupTampered(ReplicaError):
@@ -106,6 +145,15 @@ class BackupTampered(ReplicaError):
 
     status = 500
     code = "backup_tampered"
+    shown = (
+        "a backup object sealed with key {key_id} fails its integrity check: it was altered, "
+        "truncated or moved, and is not used"
+    )
+
+    def public(self) -> SqlfleetError:
+        if "key_id" in self.detail:
+            return super().public()
+        return _in_user_terms(self, "a backup object's sealed header is truncated or malformed: not used")
 
 
 class BackupNotEncrypted(BackupTampered):
@@ -113,6 +161,14 @@ class BackupNotEncrypted(BackupTampered):
     until `sqlfleet backups rekey`; or planted). Not used."""
 
     code = "backup_not_encrypted"
+    shown = (
+        "a backup object is not encrypted, but this server encrypts its backups: it was written "
+        "before encryption was turned on (run `sqlfleet backups rekey` to encrypt it), or put "
+        "there by someone else; it is not used"
+    )
+
+    def public(self) -> SqlfleetError:
+        return _in_user_terms(self, self.shown)
 
 
 class EncryptionOff(SqlfleetError):

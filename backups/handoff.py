@@ -14,14 +14,17 @@ a slot carries over the entries of the slot's previous manifest for tenants it n
 (and did not delete), so the newest manifest alone always says where every tenant of the slot
 is. Manifests are small (a slot holds tenants/16384 of the fleet), written once per moved slot
 that has tenants or had a manifest; the segments they point at stay subject to retention as
-ever, and older manifests of a slot are left in place (a few hundred bytes each).
+ever. A node gaining slots deletes their manifests superseded twice (`Handoffs.handed_over`):
+the newest says all, the one before it stays for a takeover retried under the same token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import orjson
@@ -32,15 +35,33 @@ from backups.fleet_doc import TenantRecord
 from backups.sealed_replica import SealedReplica
 from tenants.catalog import Catalog
 
+# Tenants the current request has looked for in the manifests already and found in none (the
+# cluster proxy does so first, on threads of its own, within the request's deadline: see
+# router.proxy.arrivals). `Handoffs.adopt` does not look again for them in the same request, so a
+# request reads the replica for its tenant once, bounded, and never hangs on it a second time.
+_LOOKED_UP: ContextVar[frozenset[str]] = ContextVar("handoffs_looked_up", default=frozenset())
+
+
+@contextlib.contextmanager
+def looked_up(tenant: str) -> Iterator[None]:
+    """For the block (and the threads it starts with its context): `tenant` is in no manifest."""
+    reset = _LOOKED_UP.set(_LOOKED_UP.get() | {tenant})
+    try:
+        yield
+    finally:
+        _LOOKED_UP.reset(reset)
+
+
 PREFIX = "handoff/"
 
 
 @dataclass(frozen=True)
 class Moved:
-    """One tenant handed over: its record and chunk rows."""
+    """One tenant handed over: its record (None: unknown, a tenant created on a node that died
+    before publishing it; the new owner asks the fleet metadata) and chunk rows."""
 
     tenant: str
-    record: TenantRecord
+    record: TenantRecord | None
     rows: list[ChunkRow]
 
 
@@ -55,7 +76,7 @@ def put_handoff(replica: SealedReplica, slot: int, token: int, moved: list[Moved
         "token": token,
         "tenants": {
             m.tenant: {
-                "record": dataclasses.asdict(m.record),
+                "record": dataclasses.asdict(m.record) if m.record is not None else None,
                 # as the catalog stores them (ChunkRow.from_row reads them back)
                 "rows": [[*dataclasses.astuple(r)[:-1], orjson.dumps(r.commits).decode()] for r in m.rows],
             }
@@ -74,13 +95,26 @@ def latest_handoff(replica: SealedReplica, slot: int) -> dict[str, Moved]:
     return read_handoff(replica, keys[-1]) if keys else {}
 
 
-def newest_handoffs(replica: SealedReplica) -> dict[int, str]:
-    """slot -> key of its newest manifest, for every slot that has one (one LIST)."""
+def newest_handoffs(replica: SealedReplica, before: int | None = None) -> dict[int, str]:
+    """slot -> key of its newest manifest (of a token below `before`, if given), for every slot
+    that has one (one LIST)."""
     newest: dict[int, str] = {}
     for info in replica.list(PREFIX):
-        slot = int(info.key[len(PREFIX) :].partition("/")[0])
-        newest[slot] = max(newest.get(slot, ""), info.key)
+        slot, _, name = info.key[len(PREFIX) :].partition("/")
+        if before is None or int(name.partition(".")[0]) < before:
+            newest[int(slot)] = max(newest.get(int(slot), ""), info.key)
     return newest
+
+
+def carry_over(
+    previous: Mapping[str, Moved], moved: dict[str, Moved], deleted: Callable[[str], bool]
+) -> None:
+    """Add to `moved` (a slot's tenants handed over now) the entries of the slot's previous
+    manifest for tenants it lacks (the giver never restored them) unless `deleted` says the
+    giver deleted them: the newest manifest alone must say where every tenant of the slot is."""
+    for tenant, entry in previous.items():
+        if tenant not in moved and not deleted(tenant):
+            moved[tenant] = entry
 
 
 def read_handoff(replica: SealedReplica, key: str) -> dict[str, Moved]:
@@ -91,11 +125,11 @@ def read_handoff(replica: SealedReplica, key: str) -> dict[str, Moved]:
 
 def _moved(tenant: str, entry: dict[str, object]) -> Moved:
     record, rows = entry.get("record"), entry.get("rows")
-    if not isinstance(record, dict) or not isinstance(rows, list):
+    if not isinstance(record, dict | None) or not isinstance(rows, list):
         raise ValueError(f"handoff of tenant {tenant!r} lacks its record or rows")
     return Moved(
         tenant,
-        TenantRecord(**record),
+        TenantRecord(**record) if record is not None else None,
         [ChunkRow.from_row(tuple(row)) for row in rows],
     )
 
@@ -129,10 +163,8 @@ class Handoffs:
             if not local and slot not in previous:
                 continue
             moved = {m.tenant: m for m in self._records(local)}
-            if slot in previous:
-                for tenant, entry in read_handoff(self.replica, previous[slot]).items():
-                    if tenant not in moved and not self._deleted(self.catalog.chunks(tenant)):
-                        moved[tenant] = entry
+            before = read_handoff(self.replica, previous[slot]) if slot in previous else {}
+            carry_over(before, moved, lambda tenant: self._deleted(self.catalog.chunks(tenant)))
             put_handoff(self.replica, slot, token, list(moved.values()))
 
     def _records(self, tenants: Sequence[str]) -> list[Moved]:
@@ -147,16 +179,23 @@ class Handoffs:
         return moved
 
     def handed_over(self, slots: Collection[int]) -> list[str]:
-        """The tenants the newest manifests of `slots` name (one LIST, one GET per slot that has
-        one). Raises ReplicaError."""
-        newest = newest_handoffs(self.replica)
-        keys = [newest[slot] for slot in sorted(slots) if slot in newest]
-        return [tenant for key in keys for tenant in read_handoff(self.replica, key)]
+        """The tenants the newest manifests of `slots` (slots this node gained) name (one LIST,
+        one GET per slot that has one), after deleting those slots' manifests older than the
+        newest two. Raises ReplicaError."""
+        listed: dict[int, list[str]] = {}
+        for info in self.replica.list(PREFIX):
+            listed.setdefault(int(info.key[len(PREFIX) :].partition("/")[0]), []).append(info.key)
+        ours = [sorted(listed[slot]) for slot in sorted(slots) if slot in listed]
+        superseded = [key for keys in ours for key in keys[:-2]]
+        if superseded:
+            self.replica.delete(superseded)
+        return [tenant for keys in ours for tenant in read_handoff(self.replica, keys[-1])]
 
     def adopt(self, tenant: str) -> Moved | None:
         """The newest handoff of `tenant` to this node, its rows added to the catalog (so a
-        restore finds them), or None. Raises ReplicaError."""
-        if self.slot_of is None:
+        restore finds them), or None (also for a tenant this request `looked_up` already).
+        Raises ReplicaError."""
+        if self.slot_of is None or tenant in _LOOKED_UP.get():
             return None
         moved = latest_handoff(self.replica, self.slot_of(tenant)).get(tenant)
         if moved is not None:

@@ -114,12 +114,26 @@ class Ledger:
         self.logs: dict[str, TenantLog] = {}
         self.dirty: set[str] = set()  # tenants with something to ship (or to repair)
         self.tombstones: list[Chunk] = []  # deletions not yet recorded in the replica
+        self.shipping: list[Chunk] = []  # deletions the flush in progress took (still unshipped)
         # carried chunks whose tenant has no log (any more): found at start, or left by a log
         # that was replaced or dropped; they still belong in the replica
         self.orphans: list[Carried] = []
         # tenants closed with nothing to ship, as they left their files (backups.continuity
         # `Continuity.closed`): what lets this process reopen one without reading its files
         self.left: dict[str, bytes] = {}
+        self._last_time = 0.0  # `clock` never goes back, whatever the wall clock does
+
+    def clock(self) -> float:
+        """time.time(), never less than a time this ledger gave before: a commit noted before a
+        call has a time at or before what the call returns, so `has_unshipped(tenant, clock())`
+        sees every commit made so far (the durable-ack gate counts on it)."""
+        with self.lock:
+            return self._clock()
+
+    def _clock(self) -> float:
+        # caller holds the lock
+        self._last_time = max(time.time(), self._last_time)
+        return self._last_time
 
     def get(self, tenant_id: str) -> TenantLog | None:
         with self.lock:
@@ -170,8 +184,8 @@ class Ledger:
         """`note_commit`, and the WAL's salts if the tenant's log knows them: its WAL continues
         the shipped position (no checkpoint since; one resets `base.salts`, and one that failed
         may have restarted the WAL with new salts)."""
-        now = time.time()
         with self.lock:
+            now = self._clock()
             entry = self.logs.get(tenant_id)
             if entry is None:
                 return now, None
@@ -187,6 +201,7 @@ class Ledger:
             dirty, self.dirty = self.dirty, set()
             logs = {t: self.logs[t] for t in sorted(dirty) if t in self.logs}
             tombstones, self.tombstones = self.tombstones, []
+            self.shipping = list(tombstones)
         return logs, tombstones
 
     def take_orphans(self) -> list[Carried]:
@@ -202,6 +217,7 @@ class Ledger:
         with self.lock:
             self.dirty |= tenants
             self.tombstones[:0] = tombstones
+            self.shipping = []
             self.orphans[:0] = orphans
 
     def advance(self, captured: list[Capture]) -> None:
@@ -209,6 +225,7 @@ class Ledger:
         shipped commits, snapshot and carried chunks are done, its base moves on, and it stays
         dirty if more came meanwhile. All or nothing (one step under the lock)."""
         with self.lock:
+            self.shipping = []  # the flush's deletions are in the replica too
             for c in captured:
                 entry = c.entry
                 del entry.pending[: c.consumed]
@@ -237,13 +254,47 @@ class Ledger:
             times += [t for c in self.orphans if c.tenant == tenant_id for t in c.moments if t <= at]
         return sorted(times)
 
+    def has_unshipped(self, tenant_id: str, at: float) -> bool:
+        """Whether a commit of the tenant at or before `at` is not in the replica yet (pending,
+        carried, orphaned, or its generation's first snapshot waiting): `unshipped_times`
+        without building the list. Cheap: pending commits are in time order (`clock`)."""
+        with self.lock:
+            entry = self.logs.get(tenant_id)
+            if entry is not None:
+                if entry.pending and entry.pending[0][1] <= at:
+                    return True
+                snapshot = entry.snapshot
+                if snapshot is not None and snapshot.first_lsn == 0 and snapshot.taken_at <= at:
+                    return True
+                if any(t <= at for c in entry.carried for t in c.moments):
+                    return True
+            if any(t.tenant == tenant_id and t.taken_at <= at for t in [*self.tombstones, *self.shipping]):
+                return True  # its deletion (the durable-ack gate holds a delete's answer for it)
+            return any(c.tenant == tenant_id and any(t <= at for t in c.moments) for c in self.orphans)
+
+    def oldest_unshipped(self, tenant_id: str) -> float | None:
+        """The time of the tenant's oldest commit not in the replica yet (as `has_unshipped`
+        counts them), or None. Cheap enough for every commit: O(1) unless carried or orphaned
+        chunks wait (rare, few)."""
+        with self.lock:
+            entry = self.logs.get(tenant_id)
+            times = [t for c in self.orphans if c.tenant == tenant_id for t in c.moments[:1]]
+            if entry is not None:
+                times += [t for c in entry.carried for t in c.moments[:1]]
+                if entry.pending:
+                    times.append(entry.pending[0][1])
+                snapshot = entry.snapshot
+                if snapshot is not None and snapshot.first_lsn == 0:
+                    times.append(snapshot.taken_at)
+        return min(times, default=None)
+
     def add_tombstone(self, chunk: Chunk) -> None:
         with self.lock:
             self.tombstones.append(chunk)
 
     def deletion_pending(self, tenant_id: str) -> bool:
         with self.lock:
-            return any(t.tenant == tenant_id for t in self.tombstones)
+            return any(t.tenant == tenant_id for t in [*self.tombstones, *self.shipping])
 
     def drop_if_idle(self, tenant_id: str) -> TenantLog | None:
         """Drop the tenant's log if it has nothing left to ship (keeps memory flat at 100k

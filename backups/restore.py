@@ -26,7 +26,7 @@ from backups.catalog import BackupCatalog, ChunkRow
 from backups.errors import BackupBroken, NoRestorePoint
 from backups.fence import SEGMENTS, BelowFences
 from backups.sealed_replica import SealedReplica
-from backups.segment import FRAMES, SNAPSHOT, RangeReader, copy_snapshot, read_frames, read_index
+from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE, RangeReader, copy_snapshot, read_frames, read_index
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ def generations(rows: list[ChunkRow]) -> dict[str, float]:
         if r.kind == SNAPSHOT and r.first_time < starts.get(r.generation, float("inf")):
             starts[r.generation] = r.first_time
     return starts
+
+
+def deleted_at(rows: list[ChunkRow]) -> float | None:
+    """When the tenant was deleted, if its last event is a deletion (a tombstone at or after its
+    newest generation's start); None otherwise."""
+    deleted = max((r.first_time for r in rows if r.kind == TOMBSTONE), default=None)
+    started = max(generations(rows).values(), default=0.0)
+    return deleted if deleted is not None and deleted >= started else None
 
 
 def plan(tenant: str, rows: list[ChunkRow], at: float) -> RestorePlan:
@@ -80,7 +88,19 @@ def rebuild_catalog(
     the objects looked at. Segments made before encryption was turned on are read too (restore
     refuses them until `rekey` has sealed them); one sealed with a key this server lacks raises
     BackupKeyMissing, before anything is recorded. The caller holds `catalog.maintenance`."""
-    keys = [o.key for o in replica.list(SEGMENTS)]
+    return record_segments(replica, catalog, [o.key for o in replica.list(SEGMENTS)], progress)
+
+
+def record_segments(
+    replica: SealedReplica,
+    catalog: BackupCatalog,
+    keys: list[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Record in `catalog` the chunks of the segments at `keys` (in key order, as `list` yields
+    them), but of a fenced incarnation only those below its FENCE (which must be among `keys`,
+    or left out with what is past it), and never a FENCE; returns len(keys). Raises as
+    `rebuild_catalog` does, BackupKeyMissing before anything is recorded."""
     # all or nothing on keys: a catalog rebuilt from some segments would restore less
     replica.check_readable(keys)
     fences = BelowFences()

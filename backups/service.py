@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import apsw
 
-from backups import handoff, restore, retention
+from backups import catalog_upload, handoff, restore, retention, takeover
 from backups.catalog import BackupCatalog, ChunkRow
 from backups.errors import (
     BackupBroken,
@@ -37,7 +38,7 @@ from backups.page_diff import differing_pages
 from backups.rekey import RekeyBatch, rekey_batch
 from backups.restore import RestorePlan, micros
 from backups.sealed_replica import SealedReplica
-from backups.segment import SNAPSHOT, TOMBSTONE
+from backups.segment import SNAPSHOT
 from backups.shipper import Health, Shipper
 from backups.spool import PIECE
 from metrics.instruments import (
@@ -47,6 +48,7 @@ from metrics.instruments import (
     RESTORES,
     RESTORES_RUNNING,
 )
+from tenants.catalog import Identity
 from tenants.errors import InsufficientStorage, SqlfleetError, TenantNotFound
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
@@ -112,6 +114,8 @@ class Backups(FleetHooks):
         self.meta = meta
         # a cluster node's planned moves (backups.handoff)
         self.handoffs = handoff.Handoffs(replica, catalog, fleet.catalog, shipper.ship, self._deleted)
+        # a cluster node's catalog in the bucket, for whoever takes over after its death
+        self.uploader = catalog_upload.uploader(replica, catalog, shipper, fleet.layout.system_dir)
 
     def fleet_hooks(self) -> list[FleetHooks]:
         """What the fleet must call: the shipper (commits, opens, closes, deletes), then the
@@ -124,6 +128,8 @@ class Backups(FleetHooks):
         self.prepare(token_key)
         self.shipper.start()
         self.meta.start(token_key)
+        if self.uploader is not None:
+            self.uploader.start()
 
     def prepare(self, token_key: str | None) -> None:
         """Everything `start` does before its threads run (the fault simulation drives flushes
@@ -170,6 +176,8 @@ class Backups(FleetHooks):
         shipped, giving up at `deadline` (time.monotonic()). Never raises; idempotent."""
         self.shipper.stop()
         self.meta.stop()
+        if self.uploader is not None:
+            self.uploader.stop()  # after the last flush: the upload covers every segment
         self.shipper.checkpoint_shipped(deadline)
 
     def close(self) -> None:
@@ -219,10 +227,11 @@ class Backups(FleetHooks):
         if not missing:
             return
         health = self.shipper.health()
-        message = (
+        message = (  # without the flush's error: it names the endpoint, bucket, keys (logged)
             f"{len(missing)} commits of tenant {tenant!r} the restore needs (made from "
             f"{format_time(missing[0])} to {format_time(missing[-1])}) are not in the replica yet"
-            f"{': ' + health.last_error if health.last_error else ''}; restore again once they are"
+            f"{' (shipping fails: see the server log)' if health.last_error else ''}; restore "
+            "again once they are"
         )
         raise InsufficientStorage(message) if health.disk_full else ReplicaBehind(message)
 
@@ -311,16 +320,14 @@ class Backups(FleetHooks):
         group = source.group if source is not None else record.group if record is not None else None
         if group is not None and source is None and not self.meta.ensure_group(group):
             log.warning("restoring %s: its group %s is neither here nor in the fleet metadata", tenant, group)
-        row = self.fleet.create(target, group, template=path)
+        identity = None
         if record is not None and target == tenant:
+            # a deleted tenant restored keeps only its creation time: tokens of before stay dead
             alive = record.deleted is None
-            self.fleet.catalog.adopt(
-                target,
-                record.created,
-                record.incarnation if alive else row.incarnation,
-                record.token_generation if alive else row.token_generation,
-            )
-            self.meta.touch(target)
+            incarnation = record.incarnation if alive else secrets.token_hex(8)
+            generation = record.token_generation if alive else 0
+            identity = Identity(record.created, incarnation, generation)
+        self.fleet.create(target, group, template=path, identity=identity)
 
     def restore_fleet(self) -> FleetRestore:
         """Disaster recovery's first step, before the tenants: put back every schema group the
@@ -457,17 +464,11 @@ class Backups(FleetHooks):
         """Every tenant the backups can restore, with the time it was deleted if its last event
         is a deletion (restoring it undeletes it; retention forgets it once the deletion is
         older than the window), else None."""
-        return [(t, self._deleted_at(self.catalog.chunks(t))) for t in self.catalog.tenants()]
-
-    @classmethod
-    def _deleted(cls, rows: list[ChunkRow]) -> bool:
-        return cls._deleted_at(rows) is not None
+        return [(t, restore.deleted_at(self.catalog.chunks(t))) for t in self.catalog.tenants()]
 
     @staticmethod
-    def _deleted_at(rows: list[ChunkRow]) -> float | None:
-        deleted = max((r.first_time for r in rows if r.kind == TOMBSTONE), default=None)
-        started = max(restore.generations(rows).values(), default=0.0)
-        return deleted if deleted is not None and deleted >= started else None
+    def _deleted(rows: list[ChunkRow]) -> bool:
+        return restore.deleted_at(rows) is not None
 
     def recover(self, tenant_id: str) -> bool:
         """Restore a tenant that has backups but no catalog row (a lost disk, or a cluster node
@@ -480,6 +481,16 @@ class Backups(FleetHooks):
             log.warning("tenant %s is missing locally but in the bucket: restoring it", tenant_id)
         self.restore(tenant_id, time.time(), as_tenant=tenant_id, record=moved.record if moved else None)
         return True
+
+    def take_over(self, node: str, incarnations: Collection[str], slots: Collection[int], token: int) -> int:
+        """Fence dead `node`'s `incarnations` (none: every one in the bucket), write its `slots`'
+        handoff manifests at `token` (backups/takeover.py); returns the tenants handed over.
+        Idempotent; raises ReplicaError (retry later), BackupBroken."""
+        if self.handoffs.slot_of is None:
+            raise RuntimeError("take_over needs a cluster node (handoffs.slot_of unset)")
+        by, work = self.shipper.flusher.writer, self.fleet.layout.system_dir
+        args = (node, incarnations, slots, token, self.handoffs.slot_of, work, by.node if by else "")
+        return takeover.take_over(self.replica, *args)
 
     def rebuild_if_empty(self) -> int:
         """Read the catalog back from the bucket if it knows no segment (a fresh data dir, or

@@ -27,6 +27,7 @@ from pathlib import Path
 import apsw
 
 from backups import retention
+from backups.ack import Acks
 from backups.carry import Carry
 from backups.catalog import BackupCatalog
 from backups.checkpoint import Checkpointer, Lease, Policy
@@ -41,7 +42,7 @@ from backups.replica import ReplicaClient
 from backups.segment import TOMBSTONE, Chunk
 from backups.spool import Spool
 from metrics.instruments import BACKUP_FLUSH_CPU, LIMIT_REFUSALS
-from tenants.errors import SqlfleetError
+from tenants.errors import ReplicaBehind, SqlfleetError
 from tenants.files import write_durably
 from tenants.hooks import FleetHooks
 from tenants.layout import Layout
@@ -65,6 +66,10 @@ class ShipperConfig:
     tenant_quota_bytes: int  # compressed bytes one tenant may add to the replica per window ...
     tenant_quota_window: float  # ... of this many seconds; past it its writes are refused
     unready_after: float  # a commit this many seconds old not in the replica makes the server unready
+    ack: str  # "local": a response goes once committed on disk; "replica": once shipped (backups.ack)
+    ack_window: float  # ack=replica: a flush a waiting response asks for gathers this long first
+    max_unshipped_age: float  # a tenant whose oldest unshipped commit is older takes no writes; 0: off
+    catalog_upload_interval: float  # cluster mode: seconds between uploads of the backup catalog
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,11 @@ class Shipper(FleetHooks):
     fences the incarnation, shipping stops for good: nothing is uploaded, checkpointed or deleted
     any more, the unshipped commits stay on local disk, tenants turn read-only (`writable`), the
     health says why, and `on_fenced` is called once (from the flushing thread) so the server stops
-    serving."""
+    serving.
+
+    `acks` (ack=replica, else None): where responses wait for their commits to ship; a waiting
+    response wakes the flush loop early (backups.ack). With `max_unshipped_age`, a tenant's write
+    is refused at commit (ReplicaBehind, rolled back) while its oldest unshipped commit is older."""
 
     def __init__(
         self,
@@ -132,6 +141,8 @@ class Shipper(FleetHooks):
         self._wanted: set[str] = set()  # tenants to checkpoint at the next flush, however long their WAL
         self._wanted_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by a response waiting for a flush (ack=replica), and by stop
+        self.acks = Acks(self.ledger, self._wake.set) if config.ack == "replica" else None
         self._flushed = threading.Event()  # set while the last flush of the loop succeeded
         self._threads: list[threading.Thread] = []
 
@@ -142,19 +153,36 @@ class Shipper(FleetHooks):
 
     def after_open(self, tenant_id: str, conn: apsw.Connection, sandbox: Sandbox) -> None:
         conn.set_wal_hook(self.ledger.commit_hook(tenant_id))
-        conn.set_commit_hook(partial(self._within_quota, tenant_id, sandbox), id=ReplicaQuota)
+        conn.set_commit_hook(partial(self._before_commit, tenant_id, sandbox), id=ReplicaQuota)
         self.continuity.opened(tenant_id, conn)
 
-    def _within_quota(self, tenant_id: str, sandbox: Sandbox) -> bool:
+    def _before_commit(self, tenant_id: str, sandbox: Sandbox) -> bool:
         """SQLite's commit hook: False lets the commit go on; past the tenant's replica quota
-        ReplicaQuotaExceeded rolls the transaction back and reaches the caller. The server's
-        own (trusted) commits always go through."""
-        if not sandbox.trusted:
-            try:
-                self.quota.check(tenant_id)
-            except SqlfleetError:
-                LIMIT_REFUSALS.labels("replica_bytes").inc()
-                raise
+        ReplicaQuotaExceeded, or while its oldest unshipped commit is older than
+        max_unshipped_age ReplicaBehind, rolls the transaction back and reaches the caller. The
+        server's own (trusted) commits always go through."""
+        if sandbox.trusted:
+            return False
+        try:
+            self.quota.check(tenant_id)
+        except SqlfleetError:
+            LIMIT_REFUSALS.labels("replica_bytes").inc()
+            raise
+        bound = self.config.max_unshipped_age
+        if bound > 0:
+            # per tenant, not the server's oldest: O(1) per commit, and a tenant is not refused
+            # for another's backlog (one over its replica quota, or broken); during an outage
+            # every writing tenant reaches its bound within `bound` of its first unshipped commit
+            oldest = self.ledger.oldest_unshipped(tenant_id)
+            age = time.time() - oldest if oldest is not None else 0.0
+            if age > bound:
+                LIMIT_REFUSALS.labels("unshipped_age").inc()
+                raise ReplicaBehind(
+                    f"tenant {tenant_id!r} has a commit not in the replica for {age:.0f} s, more than "
+                    f"max_unshipped_age ({bound:g} s): writes wait until shipping catches up "
+                    "(the write was rolled back); reads are served",
+                    retry_after=max(1, round(self.config.flush_interval)),
+                )
         return False
 
     def writable(self, tenant_id: str) -> bool:
@@ -177,7 +205,8 @@ class Shipper(FleetHooks):
         """Record the deletion in the bucket, so disaster recovery does not resurrect the tenant
         (an explicit restore to a moment before it still works). If the replica is down the
         record waits, like frames do, for a later flush."""
-        self.ledger.add_tombstone(Chunk(tenant_id, "", TOMBSTONE, 0, 0, 0, taken_at=time.time()))
+        # the ledger's clock: a response formed after this call waits for it (backups.ack)
+        self.ledger.add_tombstone(Chunk(tenant_id, "", TOMBSTONE, 0, 0, 0, taken_at=self.ledger.clock()))
         self.flush()
 
     def deletion_pending(self, tenant_id: str) -> bool:
@@ -198,11 +227,14 @@ class Shipper(FleetHooks):
     def stop(self) -> None:
         """Stop the loops after one last flush. Idempotent; never raises (shutdown goes on)."""
         self._stop.set()
+        self._wake.set()
         self._flushed.set()  # wakes retention to see the stop
         for thread in self._threads:
             thread.join()
         self._threads = []
         self._flush_logged()
+        if self.acks is not None:  # what the last flush did not ship never will here
+            self.acks.failed(RuntimeError("the server is shutting down"), for_good=True)
 
     def close(self) -> None:
         """Release the commit-times journal (after `stop`). Idempotent."""
@@ -218,7 +250,14 @@ class Shipper(FleetHooks):
 
     def _run(self) -> None:
         delay = self.config.flush_interval
-        while self.fenced is None and not self._stop.wait(delay):
+        while self.fenced is None and not self._stop.is_set():
+            if self._wake.wait(delay) and not self._stop.is_set():
+                # a response waits for a flush (ack=replica): gather what else arrives meanwhile,
+                # then one segment for all of them (group commit)
+                self._stop.wait(self.config.ack_window)
+            self._wake.clear()  # after the gathering: a response waiting from now on asks again
+            if self._stop.is_set():
+                return
             started = time.monotonic()
             ok = self._flush_logged()
             # flushes start every interval (not an interval after the last one ended), so the lag
@@ -265,10 +304,19 @@ class Shipper(FleetHooks):
         position."""
         with self._flush_lock:
             if self.fenced is not None:
+                if self.acks is not None:
+                    self.acks.failed(self.fenced, for_good=True)
                 raise self.fenced
             cpu = time.thread_time()
             try:
-                tenants = self.flusher.run()
+                try:
+                    tenants = self.flusher.run()
+                except BaseException as exc:
+                    if self.acks is not None:
+                        self.acks.failed(exc, for_good=self.fenced is not None)
+                    raise
+                if self.acks is not None:
+                    self.acks.shipped()
                 self.checkpointer.maintain(tenants)
                 self._checkpoint_wanted()
             finally:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from cluster.config import ClusterConfig
-from cluster.controller import Controller
+from cluster.controller import Controller, TakeOver
 from cluster.errors import EtcdUnavailable
 from cluster.membership import Node
 from cluster.ownership import Ownership
@@ -23,7 +23,10 @@ class Agent:
     `before_release(tokens)`: the server's drain of the slots this node is giving up (slot ->
     fencing token; worker thread; they are not served any more when it runs);
     `on_lease_lost(reason)`: called on the cluster thread the moment the lease is known lost;
-    `grace`: seconds the controller keeps a departed node's slots before moving them."""
+    `take_over(node, incarnations, slots, token)`: what the controller, on whichever node it
+    runs, does in a thread of its own before it moves the slots of a node that departed
+    `config.takeover_grace` seconds ago (cluster.controller); None: it just moves them;
+    `before_rejoin()`: whether to join again after losing the lease (cluster.membership)."""
 
     def __init__(
         self,
@@ -31,12 +34,13 @@ class Agent:
         *,
         before_release: Callable[[Mapping[int, int]], None] | None = None,
         on_lease_lost: Callable[[str], None] | None = None,
-        grace: float = 0.0,
+        take_over: TakeOver | None = None,
+        before_rejoin: Callable[[], bool] | None = None,
     ) -> None:
-        self.node = Node(config, on_lease_lost=on_lease_lost)
+        self.node = Node(config, on_lease_lost=on_lease_lost, before_rejoin=before_rejoin)
         self.routing = RoutingTable(self.node)
         self.ownership = Ownership(self.node, before_release=before_release)
-        self.controller = Controller(self.node, grace=grace)
+        self.controller = Controller(self.node, grace=config.takeover_grace, take_over=take_over)
 
     def start(self) -> None:
         self.node.start()
@@ -44,12 +48,16 @@ class Agent:
             self.routing.start()
             self.ownership.start()
             self.controller.start()
+            self.node.call(self._watch_takeovers())
         except BaseException:
             self.node.stop()
             raise
 
     def stop(self) -> None:
         self.node.stop()
+
+    async def _watch_takeovers(self) -> None:
+        self.node.mirror(self.node.keys.takeovers)  # started on the loop; read by `takeovers`
 
     def route(self, tenant: str) -> Route | None:
         """Who serves `tenant` now, as this node sees it; None while its slot has no owner."""
@@ -79,6 +87,17 @@ class Agent:
         """The nodes an operator has marked draining, as this node's watch sees them."""
         drains = self.node.keys.drains
         return frozenset(self.node.keys.name_in(k, drains) for k in self.node.mirror(drains).current())
+
+    def takeovers(self) -> dict[str, str]:
+        """Departed nodes whose takeover fails, and why (as the controller shows it in etcd)."""
+        prefix = self.node.keys.takeovers
+        shown: dict[str, str] = {}
+        for key, kv in list(self.node.mirror(prefix).current().items()):
+            try:
+                shown[self.node.keys.name_in(key, prefix)] = str(json.loads(kv.value)["reason"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return shown
 
     def why_not_serving(self) -> str | None:
         """For /readyz: None while the node can prove its lease alive."""

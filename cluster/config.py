@@ -16,14 +16,16 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 class ClusterConfig:
     """`endpoints`: etcd client URLs (`http://host:port` or `host:port`); `name`: the cluster's
     key prefix; `node_id`, `node_url`: who this node is and where other nodes reach it;
-    `lease_ttl`: seconds the node's lease lives without a keep-alive. The timings below follow
-    from the TTL, so one setting tunes them all."""
+    `lease_ttl`: seconds the node's lease lives without a keep-alive (the timings below follow
+    from it, so one setting tunes them all); `takeover_grace`: seconds the controller keeps the
+    slots of a node whose lease ran out before it takes the node over."""
 
     endpoints: tuple[str, ...]
     name: str
     node_id: str
     node_url: str
     lease_ttl: int
+    takeover_grace: float
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -33,6 +35,8 @@ class ClusterConfig:
                 raise BadRequest(f"{setting} must be 1-63 of [A-Za-z0-9._-], starting with a letter or digit")
         if self.lease_ttl < 1:
             raise BadRequest("cluster_lease_ttl must be at least 1")
+        if self.takeover_grace < 0:
+            raise BadRequest("cluster_takeover_grace must not be negative")
 
     @property
     def keys(self) -> Keyspace:

@@ -6,21 +6,34 @@ controller makes is a transaction guarded by `create_revision(controller) == epo
 or paused controller writes nothing, whatever it believes.
 
 It watches `nodes/` and assigns slots to the live nodes by rendezvous hashing, writing only the
-`assign/` keys that change, at most 128 to a transaction. A node that leaves keeps its slots for
-`grace` seconds first (0 here; issue 17's takeover gives a restarted node time to come back).
+`assign/` keys that change, at most 128 to a transaction.
+
+Takeover (issue 17). A node that leaves without handing its slots over (its lease ran out) keeps
+them for `grace` seconds: a restarted node with its data dir comes back in time, re-claims them
+and loses nothing. After that the controller calls `take_over(node, incarnations, slots, token)`
+(the server's: fence the node's incarnations in the replica, write a handoff manifest per slot)
+in a thread of its own, one takeover at a time, bounded by TAKEOVER_TIMEOUT, and only once it
+returned writes the node's slots to the others, in transactions that also require `nodes/<node>`
+to be absent: a node that registered again meanwhile keeps its slots (it checks whether it was
+fenced after registering, so it drops its local copies exactly when they may be stale). A
+takeover that fails is tried again with backoff and shown under `takeover/<node>`. `token` is the
+store revision read just before: above the dead owner's tokens, below the new owners' claims.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from cluster.errors import ClusterError, ControllerDeposed
 from cluster.keys import decode_assign, encode_assign
-from cluster.kv import Compare, Get, Lease, Put
+from cluster.kv import Compare, Delete, Get, KeyValue, Lease, Op, Put
 from cluster.membership import Node
 from cluster.mirror import PrefixMirror
 from cluster.slots import assignment, changes
@@ -29,20 +42,47 @@ log = logging.getLogger(__name__)
 
 TXN_OPS = 128  # etcd's default --max-txn-ops
 WRITES_IN_FLIGHT = 4
+# Seconds one takeover may run before it counts as failed (and is tried again once its thread
+# is done: never two at a time). It reads a catalog and a few minutes of segments per node.
+TAKEOVER_TIMEOUT = 300.0
+TAKEOVER_RETRY = (0.5, 30.0)  # seconds before a failed takeover is tried again: first, at most
+KEPT_INCARNATIONS = 16  # per node, the newest process incarnations the controller saw
+
+# take_over(node, incarnations, slots, token): make the departed `node`'s tenants of `slots`
+# available to whoever claims those slots next (fence `incarnations`, write the manifests at
+# `token`); raises to have it tried again later. Runs in a thread of its own.
+TakeOver = Callable[[str, Collection[str], Collection[int], int], None]
 
 
 class Controller:
     """Campaigns for and, once elected, acts as the cluster's controller. `epoch` (None unless
     this node is the controller) is safe to read from any thread."""
 
-    def __init__(self, node: Node, *, grace: float = 0.0) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        grace: float = 0.0,
+        take_over: TakeOver | None = None,
+        takeover_timeout: float = TAKEOVER_TIMEOUT,
+    ) -> None:
         if grace < 0:
             raise ValueError("grace must not be negative")
         self.node = node
         self.keys = node.keys
         self.grace = grace
         self.epoch: int | None = None
+        self._take_over = take_over
+        self._takeover_timeout = takeover_timeout
         self._departed: dict[str, float] = {}  # node → monotonic time its slots may move
+        self._incarnations: dict[str, list[str]] = {}  # node → process incarnations seen, newest last
+        self._taken: set[str] = set()  # taken over, slots not reassigned yet
+        self._retry_at: dict[str, float] = {}  # node → monotonic time of its next takeover attempt
+        self._backoff: dict[str, float] = {}
+        self._running: threading.Thread | None = None  # the takeover thread (past a timeout too)
+        self._failed: dict[str, str] = {}  # node → why its takeover failed last, written to etcd
+        self._shown: dict[str, str] = {}  # what takeover/ holds, as far as this controller wrote it
+        self.takeovers = 0  # takeovers done, for tests and metrics
         self._wake = asyncio.Event()
         self._quiet_since = 0.0  # monotonic time of the last change under nodes/ (or of the start)
         self._unsettled_since: float | None = None  # first change not yet acted on
@@ -59,14 +99,37 @@ class Controller:
         assigns = self.node.mirror(self.keys.assigns)
         office = self.node.mirror(self.keys.controller)
         drains = self.node.mirror(self.keys.drains)
-        nodes.listen(lambda changed, revision: self._nodes_changed())
+        incarnations = self.node.mirror(self.keys.incarnations)
+        nodes.listen(lambda changed, revision: self._nodes_changed(changed))
+        incarnations.listen(lambda changed, revision: self._incarnations_seen(changed))
+        self._incarnations_seen(list(incarnations.current().items()))
+        self._nodes_changed(list(nodes.current().items()))
         drains.listen(lambda changed, revision: self._nodes_changed())
         office.listen(lambda changed, revision: self._wake.set())
-        self._nodes_changed()
         self.node.on_lease_change(self._wake.set)
-        self.node.spawn(self._run(nodes, assigns, office, drains), "controller")
+        self.node.spawn(self._run(nodes, assigns, office, drains, incarnations), "controller")
 
-    def _nodes_changed(self) -> None:
+    def _incarnations_seen(self, changed: Sequence[tuple[bytes, KeyValue | None]]) -> None:
+        for key, kv in changed:
+            if kv is not None:
+                with contextlib.suppress(ValueError):
+                    self._remember(self.keys.name_in(key, self.keys.incarnations), json.loads(kv.value))
+
+    def _remember(self, node: str, incarnation: object) -> None:
+        if not isinstance(incarnation, str) or not incarnation:
+            return
+        seen = self._incarnations.setdefault(node, [])
+        if incarnation not in seen:
+            seen.append(incarnation)
+            del seen[:-KEPT_INCARNATIONS]
+
+    def _nodes_changed(self, changed: Sequence[tuple[bytes, KeyValue | None]] = ()) -> None:
+        for key, kv in changed:
+            if kv is not None:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    record = json.loads(kv.value)
+                    name = self.keys.name_in(key, self.keys.nodes)
+                    self._remember(name, record.get("process", record.get("incarnation")))
         now = time.monotonic()
         self._quiet_since = now
         if self._unsettled_since is None:
@@ -74,9 +137,14 @@ class Controller:
         self._wake.set()
 
     async def _run(
-        self, nodes: PrefixMirror, assigns: PrefixMirror, office: PrefixMirror, drains: PrefixMirror
+        self,
+        nodes: PrefixMirror,
+        assigns: PrefixMirror,
+        office: PrefixMirror,
+        drains: PrefixMirror,
+        incarnations: PrefixMirror,
     ) -> None:
-        for mirror in (nodes, assigns, office, drains):
+        for mirror in (nodes, assigns, office, drains, incarnations):
             await mirror.synced.wait()
         pause = 0.05
         while True:
@@ -140,22 +208,117 @@ class Controller:
             self._departed.setdefault(gone, now + self.grace)
         # forget a node once it is back or holds no slot any more
         self._departed = {n: t for n, t in self._departed.items() if n in assigned and n not in live}
+        self._taken &= self._departed.keys()
+        for node in list(self._retry_at):
+            if node not in self._departed:
+                self._retry_at.pop(node)
+                self._backoff.pop(node, None)
+                self._failed.pop(node, None)
         waiting = {n: t for n, t in self._departed.items() if t > now}
+        # past its grace, a node keeps its slots until its takeover is done
+        due = set() if self._take_over is None else self._departed.keys() - waiting.keys() - self._taken
+        if due:
+            self._start_takeover(due, current)
+        holding = waiting.keys() | due
         draining = {self.keys.name_in(k, self.keys.drains) for k in drains.current()}
         # a draining node gets no slot, unless every node drains (the slots must live somewhere)
-        effective = (live | waiting.keys()) - draining or live | waiting.keys()
-        if not effective:
-            return None
-        wanted = changes(current, assignment(effective))
-        if wanted:
-            revision = await self.write(wanted, epoch)
-            await assigns.wait_revision(revision)
-        return min(waiting.values()) - now if waiting else None
+        effective = (live | holding) - draining or live | holding
+        if effective:
+            wanted = changes(current, assignment(effective))
+            if wanted:
+                moving = {current.get(s) for s in wanted}
+                guards = [Compare.absent(self.keys.node(n)) for n in sorted(self._taken & moving)]
+                revision = await self.write(wanted, epoch, guards)
+                await assigns.wait_revision(revision)
+                for node in self._taken & moving:
+                    self._incarnations.pop(node, None)  # fenced: nothing of it to fence again
+        await self._show_takeovers(epoch)
+        later = [*waiting.values(), *(self._retry_at[n] for n in due if n in self._retry_at)]
+        if due and not self._retry_at.keys() & due:
+            later.append(now + 0.5)  # a takeover runs: look again when it ends (it wakes us)
+        return max(0.0, min(later) - now) if later else None
 
-    async def write(self, assignments: Mapping[int, str], epoch: int) -> int:
+    # -- takeover ---------------------------------------------------------------------------------
+
+    def _start_takeover(self, due: set[str], current: Mapping[int, str]) -> None:
+        """Start the takeover of one node of `due` whose retry time has come, unless one runs."""
+        if self._running is not None and self._running.is_alive():
+            return
+        now = time.monotonic()
+        ready = sorted(n for n in due if self._retry_at.get(n, 0.0) <= now)
+        if not ready:
+            return
+        node = ready[0]
+        slots = sorted(s for s, n in current.items() if n == node)
+        self._retry_at[node] = now + self._takeover_timeout  # running: not again meanwhile
+        self.node.spawn(self._take_over_node(node, slots), f"takeover {node}")
+
+    async def _take_over_node(self, node: str, slots: list[int]) -> None:
+        assert self._take_over is not None
+        take_over = self._take_over
+        try:
+            record, token = await self.node.etcd.get(self.keys.node(node))
+            if record is not None:  # back: the mirror will say so
+                self._retry_at.pop(node, None)
+                return
+            incarnations = tuple(self._incarnations.get(node, ()))
+            log.warning(
+                "taking over node %s (incarnations %s, %d slots, token %d)",
+                node,
+                ", ".join(incarnations) or "unknown",
+                len(slots),
+                token,
+            )
+            started = time.monotonic()
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._running = _in_thread(done, f"takeover-{node}", take_over, node, incarnations, slots, token)
+            await asyncio.wait_for(asyncio.shield(done), self._takeover_timeout)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                reason = f"not done within {self._takeover_timeout:g} s"
+            else:
+                reason = str(getattr(exc, "message", None) or exc) or type(exc).__name__
+            pause = min(self._backoff.get(node, TAKEOVER_RETRY[0] / 2) * 2, TAKEOVER_RETRY[1])
+            self._backoff[node] = pause
+            self._retry_at[node] = time.monotonic() + pause
+            self._failed[node] = reason
+            log.warning("takeover of node %s failed (%s); trying again in %.1f s", node, reason, pause)
+        else:
+            log.warning("took over node %s in %.2f s", node, time.monotonic() - started)
+            self.takeovers += 1
+            self._taken.add(node)
+            self._retry_at.pop(node, None)
+            self._backoff.pop(node, None)
+            self._failed.pop(node, None)
+        finally:
+            self._wake.set()
+
+    async def _show_takeovers(self, epoch: int) -> None:
+        """Make takeover/ say which takeovers fail and why (best effort: only for people)."""
+        now = time.time()
+        wanted = {n: r for n, r in self._failed.items() if n in self._departed}
+        ops: list[Op] = [Delete(self.keys.takeover(n)) for n in self._shown.keys() - wanted.keys()]
+        ops += [
+            Put(self.keys.takeover(n), json.dumps({"reason": r, "since": now}).encode())
+            for n, r in wanted.items()
+            if self._shown.get(n) != r
+        ]
+        if not ops:
+            return
+        try:
+            await self.node.etcd.txn([Compare.created_at(self.keys.controller, epoch)], ops[:TXN_OPS])
+        except ClusterError as e:
+            log.info("could not show the takeovers in etcd: %s", e)
+            return
+        self._shown = wanted
+
+    async def write(
+        self, assignments: Mapping[int, str], epoch: int, guards: Collection[Compare] = ()
+    ) -> int:
         """Write `assign/<slot>` = node for each of `assignments` as controller of `epoch`, in
-        transactions of at most 128 puts; the last commit revision. Raises ControllerDeposed
-        (and writes nothing more) once `epoch` is not the office's. Runs on the cluster loop."""
+        transactions of at most 128 puts, each also guarded by `guards`; the last commit
+        revision. Raises ControllerDeposed (and writes nothing more) once `epoch` is not the
+        office's, ClusterError when another guard failed. Runs on the cluster loop."""
         key = self.keys.controller
         items = sorted(assignments.items())
         chunks = iter([items[i : i + TXN_OPS] for i in range(0, len(items), TXN_OPS)])
@@ -164,9 +327,12 @@ class Controller:
         async def writer() -> None:  # a few transactions in flight hide etcd's round trips
             for chunk in chunks:
                 puts = [Put(self.keys.assign(s), encode_assign(n)) for s, n in chunk]
-                result = await self.node.etcd.txn([Compare.created_at(key, epoch)], puts)
+                result = await self.node.etcd.txn([Compare.created_at(key, epoch), *guards], puts, [Get(key)])
                 if not result.succeeded:
-                    raise ControllerDeposed(f"epoch {epoch} is over: another node is the controller")
+                    office = result.gets[0][0] if result.gets and result.gets[0] else None
+                    if office is None or office.create_revision != epoch:
+                        raise ControllerDeposed(f"epoch {epoch} is over: another node is the controller")
+                    raise ClusterError("a node being taken over registered again: it keeps its slots")
                 self.writes += len(puts)
                 revisions.append(result.revision)
 
@@ -175,3 +341,31 @@ class Controller:
             if isinstance(result, BaseException):
                 raise result
         return max(revisions)
+
+
+def _in_thread(
+    done: asyncio.Future[None], name: str, fn: Callable[..., None], *args: Any
+) -> threading.Thread:
+    """Run `fn(*args)` in a daemon thread of its own (a hook that hangs must not hold a pool's
+    thread, nor the process at exit); its outcome goes to `done`, on the future's loop."""
+    loop = done.get_loop()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            fn(*args)
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, error)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread

@@ -1,6 +1,7 @@
 """The cluster's keys in etcd, all under `/sqlfleet/<cluster>/`; values are JSON.
 
-    nodes/<node>        {"url", "incarnation"}   bound to the node's lease
+    nodes/<node>        {"url", "incarnation",   bound to the node's lease; "process": the
+                         "process"}              incarnation of the process's first lease
     assign/<slot:05d>   "<node>" (JSON string)   no lease; written only by the controller
     owner/<slot:05d>    {"node", "incarnation"}  bound to the owner's lease; its create_revision
                                                  is the slot's fencing token
@@ -8,8 +9,19 @@
                                                  create_revision is the controller's epoch
     drain/<node>        {"since"}                no lease; an operator's `cluster drain`: the
                                                  controller assigns the node no slot
+    incarnation/<node>  "<incarnation>"          no lease; the incarnation the node's newest
+                                                 process joined as (its segments are written
+                                                 under it): a controller that never saw the node
+                                                 alive still knows what to fence when it takes
+                                                 the node over
+    takeover/<node>     {"reason", "since"}      no lease; written by the controller while the
+                                                 takeover of a departed node fails (for
+                                                 `cluster status`), deleted once it is done
+    groups/<group>      the group's definition    no lease (cluster.fleetwork, ops.fleetwork)
+    rollouts/<id>       a rollout's spec          no lease
+    rollouts/<id>/progress/<node>  that node's part of the rollout
 
-etcd holds O(slots + nodes) keys, never one per tenant.
+etcd holds O(slots + nodes + groups + rollouts x nodes) keys, never one per tenant.
 """
 
 from __future__ import annotations
@@ -47,6 +59,37 @@ class Keyspace:
     @property
     def drains(self) -> bytes:
         return self.root + b"drain/"
+
+    @property
+    def groups(self) -> bytes:
+        return self.root + b"groups/"
+
+    @property
+    def rollouts(self) -> bytes:
+        return self.root + b"rollouts/"
+
+    def group(self, name: str) -> bytes:
+        return self.groups + name.encode()
+
+    def rollout(self, rollout_id: str) -> bytes:
+        return self.rollouts + rollout_id.encode()
+
+    def progress(self, rollout_id: str, node_id: str) -> bytes:
+        return self.rollouts + f"{rollout_id}/progress/{node_id}".encode()
+
+    @property
+    def takeovers(self) -> bytes:
+        return self.root + b"takeover/"
+
+    def takeover(self, node_id: str) -> bytes:
+        return self.takeovers + node_id.encode()
+
+    @property
+    def incarnations(self) -> bytes:
+        return self.root + b"incarnation/"
+
+    def incarnation(self, node_id: str) -> bytes:
+        return self.incarnations + node_id.encode()
 
     def drain(self, node_id: str) -> bytes:
         return self.drains + node_id.encode()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterError, LeaseNotFound, NotServing
+from cluster.kv import Put
 from tenants.rfc3339 import format_time
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+REJOIN_CHECK = 5.0  # seconds `before_rejoin` may take
+
 
 class Node:
     """This process as a member of the cluster of `config`.
@@ -41,22 +44,29 @@ class Node:
     `start()` joins (raises EtcdUnavailable if etcd does not answer within `join_timeout`);
     `stop()` leaves (revokes the lease: its keys, slots included, go at once). `alive()`,
     `why_not_serving()`, `incarnation` and `valid_until` are safe to read from any thread.
-    `on_lease_lost(reason)` runs on the cluster thread: keep it short, never block."""
+    `on_lease_lost(reason)` runs on the cluster thread: keep it short, never block.
+    `before_rejoin()` runs in a worker thread before the node joins again after losing its
+    lease: False keeps it out (the server's: another node took it over meanwhile)."""
 
     def __init__(
         self,
         config: ClusterConfig,
         *,
         on_lease_lost: Callable[[str], None] | None = None,
+        before_rejoin: Callable[[], bool] | None = None,
         join_timeout: float = 30.0,
     ) -> None:
         self.config = config
         self.keys = config.keys
         self.node_id = config.node_id
         self._on_lease_lost = on_lease_lost
+        self._before_rejoin = before_rejoin
         self._join_timeout = join_timeout
         self.valid_until = 0.0
         self.incarnation: str | None = None
+        # the incarnation of the first lease: this process's segments are written under it
+        # (a lease lost and granted again makes a new incarnation, not a new writer)
+        self.process_incarnation: str | None = None
         self._lease: Lease | None = None
         self._lease_lost = False
         self._unreachable_since: float | None = None  # wall clock, for people
@@ -186,13 +196,23 @@ class Node:
         sent = time.monotonic()
         lease = await etcd.grant(self.config.lease_ttl)
         incarnation = f"{lease.id:x}"
-        value = json.dumps({"url": self.config.node_url, "incarnation": incarnation}).encode()
+        process = self.process_incarnation or incarnation
+        value = json.dumps(
+            {"url": self.config.node_url, "incarnation": incarnation, "process": process}
+        ).encode()
         try:
-            await etcd.put(self.keys.node(self.node_id), value, lease=lease.id)
+            await etcd.txn(
+                [],
+                [
+                    Put(self.keys.node(self.node_id), value, lease.id),
+                    Put(self.keys.incarnation(self.node_id), json.dumps(process).encode()),
+                ],
+            )
         except BaseException:
             await asyncio.shield(_quietly(etcd.revoke(lease.id)))
             raise
         self.incarnation = incarnation
+        self.process_incarnation = process
         self._lease = lease
         self._lease_lost = False
         self._unreachable_since = None
@@ -223,6 +243,9 @@ class Node:
         cfg = self.config
         lease = self._lease
         if lease is None:
+            if self._lease_lost and not await self._may_rejoin():
+                await asyncio.sleep(cfg.keepalive_interval)
+                return
             try:
                 await self._register()
             except ClusterError as e:
@@ -248,6 +271,18 @@ class Node:
         self._unreachable_since = None
         self.valid_until = max(self.valid_until, sent + ttl - cfg.margin)
         await asyncio.sleep(max(0.0, sent + cfg.keepalive_interval - time.monotonic()))
+
+    async def _may_rejoin(self) -> bool:
+        """`before_rejoin()` in a thread, at most REJOIN_CHECK seconds: whether to join again
+        after losing the lease (the server says no once another node took this one over). If
+        it cannot tell in time, yes: the server checks again once joined, serving nothing meanwhile."""
+        if self._before_rejoin is None:
+            return True
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._before_rejoin), REJOIN_CHECK)
+        except Exception as e:
+            log.info("node %s: joining again without knowing whether it may (%r)", self.node_id, e)
+            return True
 
     def _note_unreachable(self, error: Exception) -> None:
         if self._unreachable_since is None:

@@ -215,6 +215,8 @@ class Rollout(TypedDict):
     finished_at: str | None
     failures: NotRequired[list[RolloutFailure]]
     plans: NotRequired[list[RolloutPlan]]
+    nodes: NotRequired[dict[str, dict[str, Any]]]  # cluster: each node's part
+    unowned_slots: NotRequired[int]  # cluster: slots without an owner now
 
 
 # -- the server as a whole ---------------------------------------------------------------------------
@@ -243,4 +245,5 @@ class ClusterStatus(TypedDict, total=False):
     reason: str | None
     slots_owned: int
     nodes: dict[str, ClusterNodeInfo]
+    takeovers: dict[str, str]  # departed node -> why its takeover is not done
     tenant: dict[str, Any]

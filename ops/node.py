@@ -8,7 +8,18 @@ What it promises:
   check on every lease, for paths that bypass the proxy such as a long-lived WebSocket);
 - segments are shipped under this process's incarnation and created conditionally, so once
   another node fences the incarnation nothing more from here becomes part of the backups: the
-  node then leaves the cluster and serves nothing (`/readyz` says why) until it is restarted.
+  node then leaves the cluster and serves nothing (`/readyz` says why) until it is restarted;
+- a node gone for longer than `cluster_takeover_grace` is taken over (`take_over`, run by the
+  controller on whichever node it is): its incarnations fenced, its tenants handed to the new
+  owners of its slots through handoff manifests, as a planned move would;
+- local copies are served only while nobody else can have served their tenants since: when a
+  node restarts (`forget_if_taken_over`, before shipping anything) or gets a lease again after
+  losing one (`_verify_after_lease_loss`, serving nothing meanwhile), it looks whether its previous
+  incarnation was fenced; if it was, it was taken over, so the restarted node drops every local
+  copy (a tenant comes back from the replica, with the writes of its owners since, when its slot
+  comes back to this node), and a running one stops as a fenced one does. The controller moves a
+  taken-over node's slots only while the node is not registered (cluster.controller), and a
+  node looks only once registered: so a node that finds no fence keeps slots nobody else had.
 Failure modes: etcd unreachable at start → EtcdUnavailable (the server does not start); etcd
 lost later → the node stops serving within its lease TTL (503 "slot_unowned"/421), proxies to
 other nodes keep working as far as their owners can serve.
@@ -18,15 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from backups.errors import ReplicaFenced
-from backups.fence import Writer
+from backups.errors import ReplicaError, ReplicaFenced
+from backups.fence import Writer, top
 from backups.service import Backups
 from cluster.agent import Agent
 from cluster.config import ClusterConfig
@@ -36,6 +48,7 @@ from router.proxy.forward import Forwarder, ProxyConfig, Unreachable
 from router.proxy.placement import Located
 from router.proxy.websocket import WebSocketRelay
 from tenants.errors import SqlfleetError
+from tenants.files import write_durably
 from tenants.fleet import Fleet
 from tenants.state import TenantState
 
@@ -45,11 +58,12 @@ log = logging.getLogger(__name__)
 # milliseconds; a table that does not change by then is as fresh as it gets).
 REFRESH_WAIT = 0.5
 REFRESH_POLL = 0.01
-# Seconds the controller keeps a departed node's slots for it: until taking over a dead node's
-# tenants exists (fencing its incarnation, restoring from the replica), effectively for ever, so
-# a node that went away (paused, partitioned, restarting) gets its slots back and nothing it held
-# is served elsewhere meanwhile (those tenants answer 503 until it is back).
-DEPARTED_NODE_GRACE = 365 * 24 * 3600.0
+# Where a node notes the incarnation it runs as (in its data dir's system folder), so that after
+# a restart it can ask the replica whether that incarnation was taken over meanwhile.
+INCARNATION_FILE = "cluster-incarnation.json"
+# Seconds between looks at the replica while a node that lost its lease checks whether it was
+# taken over meanwhile (it serves nothing until it knows).
+VERIFY_RETRY = 1.0
 # Seconds between looks for slots this node gained (whose handed-over tenants it then restores).
 ADOPT_POLL = 0.5
 # Seconds a release waits for the server being built before it fails (and is tried again).
@@ -85,12 +99,17 @@ class ClusterNode:
     def __init__(self, config: ClusterConfig, proxy: ProxyConfig, max_message_bytes: int) -> None:
         self.config = config
         self.agent = Agent(
-            config, before_release=self._drain, on_lease_lost=self._lease_lost, grace=DEPARTED_NODE_GRACE
+            config,
+            before_release=self._drain,
+            on_lease_lost=self._lease_lost,
+            take_over=self._take_over,
+            before_rejoin=self._before_rejoin,
         )
         self.forwarder = Forwarder(proxy)
         self.websockets = WebSocketRelay(proxy.connect_timeout, max_message_bytes)
         self.writer: Writer | None = None
         self._fenced: str | None = None
+        self._verifying: str | None = None  # lease lost: serving nothing until we know we were not taken over
         self._lock = threading.Lock()
         self._served: tuple[Fleet, Backups] | None = None  # `serve`: what the drain moves
         self._serving = threading.Event()
@@ -99,7 +118,7 @@ class ClusterNode:
 
     def start(self) -> None:
         self.agent.start()
-        incarnation = self.agent.node.incarnation
+        incarnation = self.agent.node.process_incarnation
         assert incarnation is not None  # start() returns registered
         self.writer = Writer(self.config.node_id, incarnation)
         log.info(
@@ -108,6 +127,38 @@ class ClusterNode:
             self.config.node_id,
             incarnation,
         )
+
+    def forget_if_taken_over(self, fleet: Fleet, backups: Backups) -> int:
+        """At start, once registered and before anything ships: if the incarnation this data dir
+        last ran as was fenced (another node took it over), or was another node's, drop every
+        local tenant copy (their tenants live on elsewhere, or come back here from the replica);
+        then note the new incarnation. Returns the copies dropped. Raises ReplicaError (the
+        server does not start: it cannot tell whether its copies are stale)."""
+        assert self.writer is not None
+        noted = fleet.layout.system_dir / INCARNATION_FILE
+        previous: Writer | None = None
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+            record = json.loads(noted.read_bytes())
+            previous = Writer(str(record["node"]), str(record["incarnation"]))
+        why = None
+        if previous is not None and previous.node != self.config.node_id:
+            why = f"this data dir last ran as node {previous.node}, whose slots are others' now"
+        elif previous is not None and previous != self.writer and top(backups.replica, previous)[1]:
+            why = f"incarnation {previous.incarnation} of this node was taken over while it was away"
+        dropped = 0
+        if why is not None:
+            stale = sorted(fleet.catalog.all_states())
+            fleet.let_go(stale, lambda _: None)
+            dropped = len(stale)
+            log.warning(
+                "%s: dropped its %d local tenant copies (their owners have them; any commit not shipped "
+                "before the takeover is lost)",
+                why,
+                dropped,
+            )
+        body = json.dumps({"node": self.config.node_id, "incarnation": self.writer.incarnation})
+        write_durably(noted, body.encode())
+        return dropped
 
     def serve(self, fleet: Fleet, backups: Backups) -> None:
         """The fleet and backups whose tenants move when this node gives up slots; a release
@@ -151,6 +202,25 @@ class ClusterNode:
                     with contextlib.suppress(SqlfleetError), fleet.lease(tenant, readonly=True, passing=True):
                         pass
 
+    def _take_over(
+        self, node: str, incarnations: Collection[str], slots: Collection[int], token: int
+    ) -> None:
+        """The controller's takeover of the departed `node` (cluster.controller; its own thread):
+        fence it and hand its tenants of `slots` over at `token` (backups.takeover). Raises to
+        have it tried again (ReplicaError, or the server still starting)."""
+        if not self._serving.wait(DRAIN_WAITS_FOR_START) or self._served is None:
+            raise ClusterError("the server is still starting")
+        _, backups = self._served
+        started = time.monotonic()
+        handed = backups.take_over(node, incarnations, slots, token)
+        log.warning(
+            "took over node %s: %d tenants of %d slots handed over in %.2f s",
+            node,
+            handed,
+            len(slots),
+            time.monotonic() - started,
+        )
+
     def _drain(self, tokens: Mapping[int, int]) -> None:
         """A planned move out (cluster.ownership, worker thread; the slots are not served any
         more): per slot, close its tenants, ship their last commits, write the handoff for the
@@ -188,10 +258,10 @@ class ClusterNode:
         return self.locate(tenant)
 
     def serves(self, slot: int, token: int) -> bool:
-        return self._fenced is None and self.agent.ownership.owns(slot, token)
+        return self._fenced is None and self._verifying is None and self.agent.ownership.owns(slot, token)
 
     def unavailable(self) -> str | None:
-        return self._fenced or self.agent.why_not_serving()
+        return self._fenced or self.agent.why_not_serving() or self._verifying
 
     def describe(self, tenant: str | None) -> dict[str, object]:
         table = self.agent.routing.table()
@@ -213,6 +283,7 @@ class ClusterNode:
             "reason": why,
             "slots_owned": sum(slots.values()),
             "nodes": nodes,
+            "takeovers": self.agent.takeovers(),
         }
         if tenant is not None:
             slot = slot_of(tenant)
@@ -245,7 +316,11 @@ class ClusterNode:
 
     def admit(self, tenant: str) -> None:
         """Raise NotOwner unless this node may serve `tenant` right now."""
-        if self._fenced is not None or not self.agent.ownership.owns(slot_of(tenant)):
+        if (
+            self._fenced is not None
+            or self._verifying is not None
+            or not self.agent.ownership.owns(slot_of(tenant))
+        ):
             why = self.unavailable()
             raise NotOwner(
                 f"this node does not serve tenant {tenant!r} now{f' ({why})' if why else ''}: retry"
@@ -254,12 +329,55 @@ class ClusterNode:
     def on_fenced(self, error: ReplicaFenced) -> None:
         """The shipper found this incarnation fenced (another node took over): serve nothing
         more, and leave the cluster so our slots go at once. Called once, from the flush thread."""
+        self._fence(error.message)
+
+    def _fence(self, why: str) -> None:
         with self._lock:
             if self._fenced is not None:
                 return
-            self._fenced = f"fenced by another node ({error.message}): restart this server"
-        log.error("this node's incarnation was fenced: it serves nothing until restarted (%s)", error.message)
+            self._fenced = f"fenced by another node ({why}): restart this server"
+        log.error("this node's incarnation was fenced: it serves nothing until restarted (%s)", why)
         threading.Thread(target=self.agent.stop, name="cluster-leave", daemon=True).start()
 
     def _lease_lost(self, reason: str) -> None:
+        """On the cluster thread, before a new lease can make the node alive again: serve
+        nothing until the replica shows this incarnation was not taken over meanwhile (else
+        its local copies may be stale: another node may have served their tenants)."""
         log.warning("cluster lease lost (%s): this node stops serving its slots", reason)
+        with self._lock:
+            if self._verifying is not None or self._fenced is not None:
+                return
+            self._verifying = "lease lost: checking whether another node took this one over"
+        threading.Thread(target=self._verify_after_lease_loss, name="cluster-verify", daemon=True).start()
+
+    def _before_rejoin(self) -> bool:
+        """Before joining again after a lease loss (cluster.membership; worker thread): not if
+        this incarnation was taken over meanwhile (then it stops as a fenced node does), so its
+        slots do not come back to it only to move once more. Raises ReplicaError (it joins,
+        and `_verify_after_lease_loss` decides)."""
+        if self._served is None or self.writer is None:
+            return True
+        _, fenced = top(self._served[1].replica, self.writer)
+        if fenced:
+            self._fence(f"incarnation {self.writer.incarnation} was taken over while its lease was lost")
+        return not fenced
+
+    def _verify_after_lease_loss(self) -> None:
+        """Once registered again (so the controller moves no slot of ours any more, see the
+        module docstring): fenced → stop as a fenced node does; not fenced → serve again."""
+        while not self._stopping.is_set() and self._fenced is None:
+            if not self.agent.node.alive() or self.writer is None or not self._serving.is_set():
+                self._stopping.wait(VERIFY_RETRY / 4)
+                continue
+            assert self._served is not None
+            try:
+                _, fenced = top(self._served[1].replica, self.writer)
+            except ReplicaError as exc:
+                log.warning("cannot tell whether this node was taken over (%s); looking again", exc)
+                self._stopping.wait(VERIFY_RETRY)
+                continue
+            if fenced:
+                self._fence(f"incarnation {self.writer.incarnation} was taken over while its lease was lost")
+            with self._lock:
+                self._verifying = None
+            return

@@ -26,7 +26,7 @@ from backups.sealed_replica import SealedReplica
 from backups.service import Backups
 from backups.shipper import Shipper, server_id
 from metrics.instruments import TENANT_BYTES
-from ops import keys
+from ops import fleetwork, keys
 from ops.logs import configure_logging
 from ops.node import ClusterNode
 from ops.settings import Settings
@@ -35,10 +35,10 @@ from router.auth import Authenticator
 from router.changes_api import encode_event
 from router.context import Context
 from router.hrana import Streams
+from router.proxy.arrivals import Arrivals
 from router.proxy.middleware import ProxyParts
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
-from schema_sync.rollouts import Rollouts
 from tenants.changes import ChangeFeed
 from tenants.checkpointer import Checkpointer, WalGuard
 from tenants.connection import configure_sqlite
@@ -77,7 +77,7 @@ class Server:
 
     @classmethod
     def _build(cls, settings: Settings, node: ClusterNode | None) -> Server:
-        groups = GroupStore(settings.data_dir, settings.migration_timeout)
+        groups = fleetwork.group_store(settings.data_dir, settings.migration_timeout, node)
         hooks = _Hooks(settings, groups, node)
         fleet = Fleet(settings.data_dir, settings.db_config(), settings.pool_config(), hooks)
         if node is not None:
@@ -97,7 +97,7 @@ class Server:
             auth,
             config,
             groups=groups,
-            rollouts=Rollouts(groups, fleet, settings.rollout_concurrency),
+            rollouts=fleetwork.rollouts(groups, fleet, settings.rollout_concurrency, node),
             backups=hooks.backups,
             feed=hooks.feed,
             streams=Streams(
@@ -110,14 +110,19 @@ class Server:
             ),
             placement=node,
         )
-        proxy = ProxyParts(node, node.forwarder, node.websockets) if node is not None else None
+        proxy = (
+            ProxyParts(node, node.forwarder, node.websockets, Arrivals(fleet)) if node is not None else None
+        )
         server = cls(settings, fleet, context, build_app(context, proxy), admin_key, generated, node)
         try:
             TENANT_BYTES.set_function(fleet.catalog.total_size)
             if hooks.backups is not None:
+                if node is not None:  # before anything ships: stale copies must not
+                    node.forget_if_taken_over(fleet, hooks.backups)
                 hooks.backups.start(token_key_fingerprint(signing_key))
                 if node is not None:
                     node.serve(fleet, hooks.backups)  # from now on its slots can move
+            context.rollouts.start_runner()
         except BaseException:
             server.close()
             raise

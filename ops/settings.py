@@ -6,6 +6,7 @@ README's settings table are generated from it, and a test checks both stay compl
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 ENV_PREFIX = "SQLFLEET_"
+# The longest any seconds setting may be (about 31 years): past it waits overflow the OS's timers.
+MAX_SECONDS = 1e9
+MAX_ACK_WINDOW = 1.0  # seconds: every response under ack=replica may wait this long more
 # Keep-alive connections a cluster node holds to the other nodes, in all (router.proxy).
 PROXY_CONNECTIONS = 256
 Section = TypeVar("Section", bound="DataclassInstance")
@@ -362,6 +366,40 @@ class Settings:
             "/readyz answers 503, naming why (the last flush error, e.g. a full disk)."
         ),
     )
+    backup_catalog_upload_interval: float = field(
+        default=300.0,
+        metadata=_doc(
+            "Cluster mode: seconds between uploads of this node's backup catalog (a copy of "
+            "backups.db, compressed and sealed, and once more at a clean stop), so a node taking "
+            "over after its death reads the catalog plus the segments shipped since, never all of them."
+        ),
+    )
+    ack: str = field(
+        default="local",
+        metadata=_doc(
+            "When a response is sent: `local` once its commits are durable on this server's disk "
+            "(a lost disk loses at most about backup_flush_interval of acknowledged writes); "
+            "`replica` once they are in a segment durably in the replica, and a read once the data "
+            "it saw is (nothing acknowledged is lost with the disk; past the request deadline HTTP "
+            "503 replica_unavailable, the write's outcome unknown). `replica` needs backups on."
+        ),
+    )
+    ack_window: float = field(
+        default=0.02,
+        metadata=_doc(
+            "ack=replica: seconds a flush that a waiting response asked for gathers other "
+            "commits first, so one segment acknowledges them all (group commit). At most 1, and "
+            "less than request_timeout."
+        ),
+    )
+    max_unshipped_age: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Seconds a tenant's oldest commit may wait for the replica before its writes get HTTP "
+            "503 (replica_behind, rolled back; reads go on) until shipping catches up; 0: never. "
+            "Unset: 30 on a cluster node (cluster_etcd), 0 on a single server."
+        ),
+    )
     lazy_catch_up: bool = field(
         default=True,
         metadata=_doc(
@@ -381,7 +419,8 @@ class Settings:
         default=16,
         metadata=_doc(
             "Tenants a schema rollout migrates at once, unless the rollout says otherwise (each "
-            "holds a pool slot; more hides fsync latency, fewer leaves more room for requests)."
+            "opens its tenant outside the handle pool and uses a worker thread; more hides fsync "
+            "latency, fewer leaves more room for requests)."
         ),
     )
     changes_buffer_bytes: int = field(
@@ -458,6 +497,16 @@ class Settings:
             "then claim them."
         ),
     )
+    cluster_takeover_grace: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a node that left the cluster without handing its slots over (its lease ran "
+            "out: killed, paused, cut off) keeps them: a restarted node with its data dir comes "
+            "back in time, ships its unshipped commits and keeps its tenants. After it, the "
+            "controller takes the node over: fences its segments, hands its tenants to the other "
+            "nodes through the replica (they restore each on first access), and reassigns its slots."
+        ),
+    )
     log_level: str = field(default="info", metadata=_doc("Log level: debug, info, warning, error."))
     log_format: str = field(
         default="text",
@@ -493,6 +542,16 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        for f in fields(self):  # every float setting is seconds: nan, inf or 1e400 would never end
+            value = getattr(self, f.name)
+            if (
+                str(f.type).startswith("float")
+                and value is not None
+                and not (math.isfinite(value) and abs(value) <= MAX_SECONDS)
+            ):
+                raise BadRequest(f"{f.name} must be a finite number of seconds, at most {MAX_SECONDS:g}")
+        if not 0 <= self.port <= 65535:
+            raise BadRequest("port must be from 0 to 65535")
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise BadRequest(f"synchronous must be FULL or NORMAL, not {self.synchronous!r}")
         for name in (
@@ -540,6 +599,7 @@ class Settings:
             "backup_snapshot_interval",
             "backup_tenant_quota_window",
             "backup_unready_after",
+            "backup_catalog_upload_interval",
             "migration_timeout",
             "shutdown_timeout",
             "changes_heartbeat",
@@ -554,10 +614,24 @@ class Settings:
             raise BadRequest("changes_max_txn_bytes must not exceed changes_buffer_bytes")
         if self.changes_linger < 0:
             raise BadRequest("changes_linger must not be negative")
+        if self.cluster_takeover_grace < 0:
+            raise BadRequest("cluster_takeover_grace must not be negative")
         if self.fair_share_grace < 0:
             raise BadRequest("fair_share_grace must not be negative")
+        if self.ack not in ("local", "replica"):
+            raise BadRequest(f"ack must be local or replica, not {self.ack!r}")
+        if self.ack == "replica" and not self.backups:
+            raise BadRequest("ack=replica needs backups on: it waits for commits to reach the replica")
+        if self.ack_window < 0 or (self.max_unshipped_age or 0) < 0:
+            raise BadRequest("ack_window and max_unshipped_age must not be negative")
+        if self.ack_window > MAX_ACK_WINDOW or self.ack_window >= self.request_timeout:
+            raise BadRequest(
+                f"ack_window must be at most {MAX_ACK_WINDOW:g} s and less than request_timeout "
+                f"({self.request_timeout:g} s): every acknowledged write waits up to it"
+            )
         if self.log_format not in ("text", "json"):
             raise BadRequest(f"log_format must be text or json, not {self.log_format!r}")
+        self.cluster_config()  # its checks (node_id, cluster_name, node_url) are the settings' too
 
     def replica_target(self) -> str:
         """`replica_url`, or the embedded default: a directory under the data dir."""
@@ -583,7 +657,12 @@ class Settings:
         return self._section(RouterConfig)
 
     def shipper_config(self) -> ShipperConfig:
-        return self._section(ShipperConfig, prefix="backup_")
+        age = self.max_unshipped_age
+        if age is None:
+            age = 30.0 if self.cluster_etcd else 0.0
+        return self._section(
+            ShipperConfig, prefix="backup_", ack=self.ack, ack_window=self.ack_window, max_unshipped_age=age
+        )
 
     def cluster_config(self) -> ClusterConfig | None:
         """How this node joins its cluster; None without `cluster_etcd`. Raises BadRequest."""
@@ -600,6 +679,7 @@ class Settings:
             node_id=self.node_id or socket.gethostname(),
             node_url=self.node_url or f"http://{self.host}:{self.port}",
             lease_ttl=self.cluster_lease_ttl,
+            takeover_grace=self.cluster_takeover_grace,
         )
 
     def proxy_config(self) -> ProxyConfig:
@@ -638,11 +718,12 @@ def _parse(name: str, type_name: str, raw: Any) -> Any:
         if type_name.startswith("int"):
             return int(raw)
         if type_name.startswith("float"):
-            return float(raw)
+            return float(raw)  # every float setting is seconds; `validate` refuses nan and inf
         if "Path" in type_name:
             return Path(raw).expanduser()
     except ValueError:
-        raise BadRequest(f"setting {name}: cannot parse {raw!r} as {type_name}") from None
+        kind = "a whole number" if type_name.startswith("int") else "a number of seconds"
+        raise BadRequest(f"setting {name}: cannot parse {raw!r}: expected {kind}") from None
     return raw
 
 

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from router.ack_gate import ACK_TENANTS
 from router.auth import require_admin
 from router.codec import read_json
 from router.context import Context, ctx
@@ -48,6 +49,7 @@ async def create_tenant(request: Request) -> JSONResponse:
     group = body.get("group")
     if group is not None and not is_name(group):
         raise BadRequest("group must be null or a name like a tenant id")
+    request.scope[ACK_TENANTS] = (tenant,)  # ack=replica: the 201 waits for it to ship
     row = await c.blocking(c.fleet.create, tenant, group)
     return JSONResponse(_info(c, row), status_code=201)
 

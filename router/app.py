@@ -22,6 +22,7 @@ from router import (
     transfer_api,
 )
 from router.access_log import AccessLog
+from router.ack_gate import AckGate
 from router.body_deadline import BodyDeadline
 from router.context import Context, ctx
 from router.errors import EXCEPTION_HANDLERS
@@ -113,8 +114,21 @@ def build_app(context: Context, proxy: ProxyParts | None = None) -> Starlette:
             # an import's upload is bounded per piece and in all by the route (router.transfer_api)
             Middleware(BodyDeadline, timeout=context.config.body_timeout, exempt=("/import",)),
             *(
-                [Middleware(ClusterProxy, parts=proxy, base_domain=context.config.base_domain)]
+                [
+                    Middleware(
+                        ClusterProxy,
+                        parts=proxy,
+                        base_domain=context.config.base_domain,
+                        deadline=context.config.request_timeout,
+                    )
+                ]
                 if proxy
+                else []
+            ),
+            # ack=replica: inside the proxy, so only what this node answers itself waits here
+            *(
+                [Middleware(AckGate, acks=acks, timeout=context.config.request_timeout)]
+                if (acks := context.backups.shipper.acks if context.backups is not None else None)
                 else []
             ),
         ],

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from backups.service import Backups, parse_moment
+from router.ack_gate import ACK_TENANTS
 from router.admin_api import admin_context, reject_unknown
 from router.codec import read_json
 from router.context import Context
@@ -35,7 +36,7 @@ async def restore(request: Request) -> JSONResponse:
     if not isinstance(stamp, str):
         raise BadRequest("timestamp must be an RFC 3339 string or 'latest'")
     if target is not None:
-        validate_tenant_id(target)
+        request.scope[ACK_TENANTS] = (validate_tenant_id(target),)  # ack=replica: what it wrote
     result = await c.blocking(backups.restore, tenant, parse_moment(stamp), target)
     return JSONResponse(result.to_json())
 

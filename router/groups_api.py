@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from router.admin_api import admin_context, reject_unknown
-from router.codec import read_json
+from router.codec import parse_json_object, read_body, read_json
 from router.context import Context
 from schema_sync import catch_up
 from schema_sync.groups import GroupStore
@@ -85,18 +85,21 @@ async def create_group(request: Request) -> JSONResponse:
 
 async def list_groups(request: Request) -> JSONResponse:
     c, groups, rollouts = _context(request)
+    await c.blocking(groups.sync)
     names = await c.blocking(groups.names)
     return JSONResponse({"groups": [await c.blocking(_group_json, groups, rollouts, n) for n in names]})
 
 
 async def group_info(request: Request) -> JSONResponse:
     c, groups, rollouts = _context(request)
+    await c.blocking(groups.sync, request.path_params["group"])
     return JSONResponse(await c.blocking(_group_json, groups, rollouts, request.path_params["group"]))
 
 
 async def group_schema(request: Request) -> JSONResponse:
     """The newest schema (every registered migration applied), or `?released=1` the template's."""
     c, groups, _ = _context(request)
+    await c.blocking(groups.sync, request.path_params["group"])
     group = await c.blocking(groups.get, request.path_params["group"])
     released = request.query_params.get("released") in ("1", "true")
     upto = (await c.blocking(group.state, True)).head if released else None
@@ -132,6 +135,7 @@ async def plan(request: Request) -> JSONResponse:
     tenant = body.get("tenant")
     assert schema is not None
     if tenant is None:
+        await c.blocking(groups.sync, name)
         result = await c.blocking(groups.plan_sync, name, schema, allow_drop)
     else:
         result = await c.blocking(
@@ -143,6 +147,7 @@ async def plan(request: Request) -> JSONResponse:
 def _plan_tenant(
     c: Context, groups: GroupStore, name: str, tenant: str, schema: str, allow_drop: bool
 ) -> Plan:
+    groups.sync(name)
     group = groups.get(name)
     row = c.fleet.require(tenant)
     if row.group != group.name:
@@ -162,6 +167,7 @@ async def tenant_status(request: Request) -> JSONResponse:
 
 
 def _tenant_status(c: Context, groups: GroupStore, name: str, tenant: str) -> dict[str, Any]:
+    groups.sync(name)
     group = groups.get(name)
     if c.fleet.require(tenant).group != group.name:
         raise BadRequest(f"tenant {tenant!r} is not in group {group.name!r}")
@@ -193,8 +199,8 @@ async def start_rollout(request: Request) -> JSONResponse:
         max_failures=_count(body, "max_failures", 1, 1 << 31),
         concurrency=_count(body, "concurrency", 1, MAX_CONCURRENCY),
     )
-    rollout = await c.blocking(rollouts.start, request.path_params["group"], options)
-    return JSONResponse(rollout.snapshot(), status_code=202)
+    snapshot = await c.blocking(rollouts.start_snapshot, request.path_params["group"], options)
+    return JSONResponse(snapshot, status_code=202)
 
 
 async def list_rollouts(request: Request) -> JSONResponse:
@@ -208,12 +214,21 @@ async def rollout_status(request: Request) -> JSONResponse:
     return JSONResponse(await c.blocking(rollouts.status, p["group"], p["rollout"]))
 
 
+async def _control_body(c: Context, request: Request, allowed: set[str]) -> dict[str, Any]:
+    """The body of stop, resume and abort: empty (or blank) or a JSON object of `allowed` keys.
+    Raises BadRequest, TooLarge."""
+    body = await read_body(request, c.config.max_body_bytes)
+    data = {} if not body.strip() else parse_json_object(body)
+    reject_unknown(data, allowed)
+    return data
+
+
 async def stop_rollout(request: Request) -> JSONResponse:
-    _, _, rollouts = _context(request)
+    """Stop a running rollout (a stopped or interrupted one: answered as it is)."""
+    c, _, rollouts = _context(request)
     p = request.path_params
-    rollout = rollouts.live(p["group"], p["rollout"])
-    rollout.stop()
-    return JSONResponse(rollout.snapshot())
+    await _control_body(c, request, set())
+    return JSONResponse(await c.blocking(rollouts.stop, p["group"], p["rollout"]))
 
 
 async def resume_rollout(request: Request) -> JSONResponse:
@@ -221,12 +236,11 @@ async def resume_rollout(request: Request) -> JSONResponse:
     `max_failures` and `concurrency`; it releases when every tenant has had its turn."""
     c, _, rollouts = _context(request)
     p = request.path_params
-    body = await read_json(request, c.config.max_body_bytes)
-    reject_unknown(body, {"max_failures", "concurrency"})
+    body = await _control_body(c, request, {"max_failures", "concurrency"})
     max_failures = _count(body, "max_failures", 1, 1 << 31)
     concurrency = _count(body, "concurrency", 1, MAX_CONCURRENCY)
-    rollout = await c.blocking(rollouts.resume, p["group"], p["rollout"], max_failures, concurrency)
-    return JSONResponse(rollout.snapshot(), status_code=202)
+    snapshot = await c.blocking(rollouts.resume_snapshot, p["group"], p["rollout"], max_failures, concurrency)
+    return JSONResponse(snapshot, status_code=202)
 
 
 async def abort_rollout(request: Request) -> JSONResponse:
@@ -234,6 +248,7 @@ async def abort_rollout(request: Request) -> JSONResponse:
     are in the answer's `migrated_tenants`."""
     c, _, rollouts = _context(request)
     p = request.path_params
+    await _control_body(c, request, set())
     return JSONResponse(await c.blocking(rollouts.abort, p["group"], p["rollout"]))
 
 

@@ -34,6 +34,7 @@ from schema_sync.errors import GroupExists, GroupNotFound, InvalidMigration, Mig
 from schema_sync.migrations import (
     RECORD_TABLE,
     SLUG,
+    SQL,
     SYNC_HEADER,
     Applied,
     Migration,
@@ -49,6 +50,7 @@ from schema_sync.migrations import (
 from schema_sync.plan import Plan
 from schema_sync.schema import read_schema
 from schema_sync.session import SchemaSession
+from schema_sync.sqltext import tokenize
 from schema_sync.sync import plan_against
 from tenants.errors import BadRequest, SqlfleetError
 from tenants.files import fsync_dir, fsync_file, replace_durably
@@ -155,6 +157,11 @@ class GroupStore:
                 group = self._groups[name] = Group(root, self.timeout)
             return group
 
+    def sync(self, name: str | None = None) -> None:
+        """Bring this store up to date with the fleet's definitions of group `name` (every
+        group: None) before a read that must see them. Here, on one server, nothing to do;
+        ops.fleetwork's cluster store waits for what etcd holds."""
+
     def template_for(self, name: str) -> Path:
         """The file a new tenant of the group starts as a copy of. Raises GroupNotFound."""
         return self.get(name).template_path
@@ -192,14 +199,49 @@ class GroupStore:
         self, name: str, migration_name: str, schema_sql: str, allow_drop: bool = False
     ) -> Migration:
         """Register a declarative step: make every database's schema equal `schema_sql`."""
-        header = f"{SYNC_HEADER} allow_drop={int(allow_drop)}\n"
-        return self._add(self.get(name), migration_name, ".sync.sql", header + schema_sql)
+        return self._add(self.get(name), migration_name, ".sync.sql", self.sync_text(schema_sql, allow_drop))
 
-    def _add(self, group: Group, migration_name: str, suffix: str, text: str) -> Migration:
+    def sync_text(self, schema_sql: str, allow_drop: bool = False) -> str:
+        """The file text of a declarative step to `schema_sql` (what `add_sync` registers)."""
+        return f"{SYNC_HEADER} allow_drop={int(allow_drop)}\n" + schema_sql
+
+    def try_migration(self, name: str, migration_name: str, suffix: str, text: str) -> Migration:
+        """What `add_migration` (suffix `.sql`) or `add_sync` (`.sync.sql`, `text` from
+        `sync_text`) would register, numbered and tried on a scratch template; writes nothing.
+        Raises as they do."""
+        return self._add(self.get(name), migration_name, suffix, text, commit=False)
+
+    def put_migration(self, name: str, filename: str, text: str) -> Migration:
+        """Register migration file `filename` (`NNNN_slug.sql` or `.sync.sql`) as it is, as
+        `try_migration` named it (elsewhere). Idempotent: the same file already there is kept.
+        Raises InvalidMigration (another file of that number), MigrationFailed."""
+        stem, _ = parse_name(filename)
+        group = self.get(name)
+        with group.lock:
+            for migration in group.state(fresh=True).migrations:
+                if migration.name == stem and migration.sql == text:
+                    return migration
+            return self._add(group, stem, filename[len(stem) :], text, new=False)
+
+    def check_new(self, name: str, schema_sql: str | None = None, template: bytes | None = None) -> None:
+        """Whether `create` would take these (a sound template, a script that runs); changes
+        nothing. Raises BadRequest, MigrationFailed."""
+        if not is_name(name):
+            raise BadRequest(f"group names are {NAME_RULE}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".check-") as folder:
+            _build_template(Path(folder) / "template.db", schema_sql, template, self.timeout)
+
+    def _add(
+        self, group: Group, migration_name: str, suffix: str, text: str, commit: bool = True, new: bool = True
+    ) -> Migration:
+        """`new` False: a file another node registered (ops.fleet_groups), taken as it is."""
         with group.lock:
             existing = group.state(fresh=True).migrations
             filename = _numbered(migration_name, existing) + suffix
             parse_name(filename)
+            if new:
+                _refuse(existing, filename, text)
             path = group.migrations_dir / filename
             target = path.with_suffix(".db") if suffix == ".sync.sql" else None
             with tempfile.TemporaryDirectory(dir=group.root, prefix="add-") as folder:
@@ -213,6 +255,8 @@ class GroupStore:
                 check_order([*existing, migration])
                 with group.scratch() as session:
                     apply(session, [*existing, migration], where=f"group {group.name}: template (trial)")
+                if not commit:
+                    return from_text(filename, text, None)
                 if staged_db is not None and target is not None:
                     replace_durably(staged_db, target)
                 replace_durably(staged, path)
@@ -372,6 +416,20 @@ def _build_template(
         if record:
             create_record(session)
     fsync_file(path)
+
+
+def _refuse(existing: list[Migration], filename: str, text: str) -> None:
+    """Raise InvalidMigration for a new migration whose name (after its number) the group
+    already has, or a SQL one without a statement (only whitespace, comments or `;`)."""
+    stem, kind = parse_name(filename)
+    slug = stem[5:]
+    same = next((m.name for m in existing if m.name[5:] == slug), None)
+    if same is not None:
+        raise InvalidMigration(
+            f"{stem}: the group already has a migration named {slug!r} ({same}); pick another name"
+        )
+    if kind == SQL and all(token.kind == "semi" for token in tokenize(text)):
+        raise InvalidMigration(f"{stem}: the migration has no SQL statement (only whitespace or comments)")
 
 
 def _numbered(migration_name: str, existing: list[Migration]) -> str:

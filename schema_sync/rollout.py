@@ -33,7 +33,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -43,7 +43,7 @@ from metrics.instruments import ROLLOUT_TENANTS
 from schema_sync import catch_up
 from schema_sync.errors import InvalidMigration, RolloutFinished
 from schema_sync.groups import Group, GroupStore
-from schema_sync.migrations import Migration, applied, apply, pending
+from schema_sync.migrations import Applied, Migration, applied, apply, pending
 from schema_sync.session import SchemaSession
 from tenants.errors import SqlfleetError, TenantBusy, TenantNotFound
 from tenants.files import write_durably
@@ -60,6 +60,7 @@ MAX_FAILURES_KEPT = 1000
 MAX_TENANTS_KEPT = 1000  # of `migrated_tenants`
 MAX_PLANS_KEPT = 20
 BUSY_RETRIES = 3
+EARLIER = "migrated_earlier"  # an outcome: at the target since `Rollout.since` (counted as migrated)
 _PAGE = 1000
 # a dry run's outcomes in the metric: what would happen, not what did
 _DRY_RUN_OUTCOMES = {"migrated": "would_migrate", "failed": "would_fail"}
@@ -78,10 +79,26 @@ class Rollout:
     be called at any time."""
 
     def __init__(
-        self, rollout_id: str, group: Group, options: RolloutOptions, *, store: GroupStore, fleet: Fleet
+        self,
+        rollout_id: str,
+        group: Group,
+        options: RolloutOptions,
+        *,
+        store: GroupStore,
+        fleet: Fleet,
+        releases: bool = True,
+        wanted: Callable[[str], bool] | None = None,
+        since: float | None = None,
     ) -> None:
+        """`releases` False: a part of a fleet-wide rollout (ops.fleetwork), which completes
+        without releasing (the fleet releases once every part is done); `wanted(tenant)`: whether
+        the tenant is this run's (still on this node), asked before each one; `since` (unix
+        seconds): a tenant found at the target whose target migration was applied at or after it
+        counts as migrated (by an earlier run of the same fleet-wide rollout, on this node or
+        another), not as current."""
         self.id, self.group, self.options = rollout_id, group, options
         self.store, self.fleet = store, fleet
+        self.releases, self.wanted, self.since = releases, wanted, since
         self.workers = options.concurrency or 1  # Rollouts.start fills in the server's default
         self.state = RUNNING
         self.reason: str | None = None
@@ -234,7 +251,7 @@ class Rollout:
                 self._releasing = not stopped
             if stopped:
                 self._finish(ABORTED if aborting else STOPPED)
-            elif self.options.dry_run or self.options.canary is not None:
+            elif self.options.dry_run or self.options.canary is not None or not self.releases:
                 self._finish(COMPLETED)
             else:
                 self._release(migrations)
@@ -289,7 +306,8 @@ class Rollout:
         while True:
             rows = self.fleet.list_tenants(after=after, limit=_PAGE)
             for row in rows:
-                if row.group == self.group.name and row.state == TenantState.ACTIVE:
+                mine = self.wanted is None or self.wanted(row.id)
+                if row.group == self.group.name and row.state == TenantState.ACTIVE and mine:
                     yield row.id
             if len(rows) < _PAGE:
                 return
@@ -306,6 +324,14 @@ class Rollout:
             self._count(tenant, outcome, error)
 
     def _one(self, tenant: str, migrations: list[Migration]) -> tuple[str, SqlfleetError | None]:
+        if self.wanted is not None and not self.wanted(tenant):
+            return "gone", None  # moved to another node meanwhile: its part handles it
+        outcome, error = self._attempts(tenant, migrations)
+        if error is not None and self.wanted is not None and not self.wanted(tenant):
+            return "gone", None  # it moved away while being migrated
+        return outcome, error
+
+    def _attempts(self, tenant: str, migrations: list[Migration]) -> tuple[str, SqlfleetError | None]:
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 return self._migrate(tenant, migrations), None
@@ -333,7 +359,7 @@ class Rollout:
             session = SchemaSession(handle.conn, handle.sandbox, self.store.timeout)
             history = applied(session)
             if not pending(history, migrations, f"tenant {tenant}"):
-                return "current"
+                return EARLIER if self._migrated_since(history, migrations) else "current"
             if not self._take_canary_slot():
                 return "skipped"
             outcome = apply(
@@ -346,6 +372,18 @@ class Rollout:
                     if text in self.plans or len(self.plans) < MAX_PLANS_KEPT:
                         self.plans[text] += 1
         return "migrated"
+
+    def _migrated_since(self, history: list[Applied], migrations: list[Migration]) -> bool:
+        if self.since is None or not migrations:
+            return False
+        target = migrations[-1].name
+        record = next((a for a in history if a.name == target), None)
+        if record is None:
+            return False
+        try:
+            return parse_time(record.applied_at) >= self.since
+        except SqlfleetError:
+            return False  # a record written by hand: not this rollout's
 
     def _take_canary_slot(self) -> bool:
         with self._lock:
@@ -364,8 +402,11 @@ class Rollout:
             with self._lock:
                 self._retry.append(tenant)
             return
-        label = _DRY_RUN_OUTCOMES.get(outcome, outcome) if self.options.dry_run else outcome
-        ROLLOUT_TENANTS.labels(label).inc()
+        if outcome == EARLIER:  # counted (and in the metric) when it was migrated
+            outcome = "migrated"
+        else:
+            label = _DRY_RUN_OUTCOMES.get(outcome, outcome) if self.options.dry_run else outcome
+            ROLLOUT_TENANTS.labels(label).inc()
         with self._lock:
             self.counts[outcome] += 1
             if (

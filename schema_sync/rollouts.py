@@ -96,6 +96,38 @@ class Rollouts:
         rollout.abort()
         return rollout.snapshot()
 
+    # -- what the routes call: snapshots (ops.fleetwork's fleet-wide rollouts answer the same) --
+
+    def start_snapshot(self, group_name: str, options: RolloutOptions) -> dict[str, Any]:
+        """`start`, answered with the rollout's snapshot."""
+        return self.start(group_name, options).snapshot()
+
+    def resume_snapshot(
+        self, group_name: str, rollout_id: str, max_failures: int | None, concurrency: int | None
+    ) -> dict[str, Any]:
+        """`resume`, answered with the rollout's snapshot."""
+        return self.resume(group_name, rollout_id, max_failures, concurrency).snapshot()
+
+    def stop(self, group_name: str, rollout_id: str) -> dict[str, Any]:
+        """Ask a running rollout to stop (see `Rollout.stop`); its snapshot. A stopped or
+        interrupted one is answered as it is. Raises GroupNotFound, RolloutNotFound,
+        RolloutFinished (it ended: completed, failed or aborted)."""
+        group = self.store.get(group_name)
+        with self._lock:
+            rollout = self._live.get((group_name, rollout_id))
+            saved = rollout.snapshot() if rollout is not None else self._status(group, rollout_id)
+        if saved["state"] not in (RUNNING, *RESUMABLE):
+            raise RolloutFinished(
+                f"rollout {rollout_id} of group {group_name!r} is {saved['state']}: nothing to stop"
+            )
+        if rollout is None:
+            return saved
+        rollout.stop()
+        return rollout.snapshot()
+
+    def start_runner(self) -> None:
+        """Begin background work, once the server is built (none on a single server)."""
+
     def live(self, group_name: str, rollout_id: str) -> Rollout:
         with self._lock:
             rollout = self._live.get((group_name, rollout_id))

@@ -67,6 +67,15 @@ class TenantRow:
         }
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What a tenant's tokens are bound to: kept when it is restored as itself elsewhere."""
+
+    created_at: float
+    incarnation: str
+    token_generation: int
+
+
 _COLUMNS = "id, created_at, state, grp, size, error, incarnation, token_generation"
 
 

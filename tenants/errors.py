@@ -21,9 +21,17 @@ class SqlfleetError(Exception):
         self.message = message
         self.detail = detail
 
+    def public(self) -> SqlfleetError:
+        """What a client may read of this error (`to_json`, Hrana's Error): itself, unless its
+        text names server internals (an endpoint URL, a bucket, an object key, a path): then an
+        error of the same class in user terms (`message` and `str()` keep the full text for
+        logs and operators' tools)."""
+        return self
+
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        body.update(self.detail)
+        shown = self.public()
+        body: dict[str, Any] = {"code": shown.code, "message": shown.message}
+        body.update(shown.detail)
         return {"error": body}
 
 
@@ -126,6 +134,22 @@ class TenantBusy(TenantUnavailable):
     """The tenant's handle stayed locked (an open transaction) past the busy timeout."""
 
     code = "tenant_busy"
+
+
+class ReplicaUnavailable(TenantUnavailable):
+    """ack=replica: the response waited for its commits (or the data it read) to be in a
+    segment durably in the replica, and the replica did not take them before the request's
+    deadline, or the shipper failed or was fenced. A write's outcome is unknown: it may be
+    committed on this node (and ship later), or lost with it; read it back before retrying."""
+
+    code = "replica_unavailable"
+
+
+class ReplicaBehind(TenantUnavailable):
+    """The tenant's oldest commit not in the replica is older than `max_unshipped_age`: its
+    writes are refused (rolled back) until shipping catches up; its reads are served."""
+
+    code = "replica_behind"
 
 
 class StatementTimeout(SqlfleetError):

@@ -19,7 +19,7 @@ import apsw
 
 from metrics.instruments import TENANTS
 from tenants.budget import Budget, drain
-from tenants.catalog import Catalog, TenantRow
+from tenants.catalog import Catalog, Identity, TenantRow
 from tenants.config import DbConfig, PoolConfig
 from tenants.connection import open_database
 from tenants.errors import (
@@ -95,17 +95,27 @@ class Fleet:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def create(self, tenant_id: str, group: str | None = None, template: Path | None = None) -> TenantRow:
+    def create(
+        self,
+        tenant_id: str,
+        group: str | None = None,
+        template: Path | None = None,
+        identity: Identity | None = None,
+    ) -> TenantRow:
         """Create an empty tenant, or a copy of the `template` file (by default, of the template
-        a hook names for `group`). Raises InvalidTenantId, TenantExists, and what `template_for`
-        raises (an unknown group). Durable when it returns: the row is written first, the file
-        second, then the row marked active, so a crash anywhere leaves something `reconcile` can undo."""
+        a hook names for `group`); `identity`: the one it had elsewhere (a restore as itself), in
+        place before the row is active, so no request ever sees it with another. Raises
+        InvalidTenantId, TenantExists, and what `template_for` raises (an unknown group).
+        Durable when it returns: the row is written first, the file second, then the row marked
+        active, so a crash anywhere leaves something `reconcile` can undo."""
         validate_tenant_id(tenant_id)
         group_template = template is None and group is not None
         if template is None and group is not None:
             template = next((t for h in self.hooks if (t := h.template_for(group)) is not None), None)
         if not self.catalog.insert(tenant_id, group):
             raise TenantExists(f"tenant {tenant_id!r} already exists")
+        if identity is not None:
+            self.catalog.adopt(tenant_id, identity.created_at, identity.incarnation, identity.token_generation)
         path = self.layout.tenant_path(tenant_id)
         try:
             size = self._make_file(tenant_id, path, template, group_template)
@@ -268,8 +278,9 @@ class Fleet:
         except BaseException:
             self.catalog.set_state(tenant_id, TenantState.CORRUPT, f"{operation} in place failed")
             raise
-        self.catalog.set_state(tenant_id, TenantState.ACTIVE)
-        return dataclasses.replace(row, state=TenantState.ACTIVE, error=None)
+        size = self.layout.tenant_size(tenant_id)  # the new file's: the row had the old one's
+        self.catalog.set_state(tenant_id, TenantState.ACTIVE, size=size)
+        return dataclasses.replace(row, state=TenantState.ACTIVE, error=None, size=size)
 
     def info(self, tenant_id: str) -> TenantRow:
         row = self.require(tenant_id, allow=tuple(TenantState))

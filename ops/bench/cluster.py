@@ -76,15 +76,16 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(opts: dict[str, Any], pool_capacity: int) -> Iterator[Cluster]:
-    """etcd, a shared replica directory and signing key; nodes are started by the caller."""
+def running_cluster(opts: dict[str, Any], pool_capacity: int, extra: Sequence[str] = ()) -> Iterator[Cluster]:
+    """etcd, a shared replica directory and signing key; nodes are started by the caller, with
+    `extra` flags too."""
     work = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-cluster-"))
     try:
         key = keys.signing_key_file(work)
         with running_member(work / "etcd", work / "etcd.log") as etcd, contextlib.ExitStack() as stack:
             flags = {"--cluster-etcd": etcd, "--replica-url": (work / "replica").as_uri()}
             common = [*(p for pair in flags.items() for p in pair), "--signing-key-file", str(key)]
-            common += serve_args(pool_capacity, opts["worker_threads"], opts["serve_arg"])
+            common += [*serve_args(pool_capacity, opts["worker_threads"], opts["serve_arg"]), *extra]
             yield Cluster(stack, common, "bench-" + secrets.token_urlsafe(16))
     finally:
         with signals_deferred():
@@ -222,16 +223,59 @@ def cluster_rows(r: dict[str, Any]) -> list[Row]:
 
 
 @click.command("cluster")
-@count("--tenants", 2000, "Tenants of the fleet workload (about half move on join and on drain).", minimum=16)
+@click.option(
+    "--failover",
+    is_flag=True,
+    help="Measure losing a node instead (ops/bench/failover.py): kill -9 of an owner to the first "
+    "write through another node, first-access restore of its tenants, the cost of --ack replica.",
+)
+@count(
+    "--tenants",
+    None,
+    "Tenants of the fleet workload (about half move on join and on drain) [default: 2000]; with "
+    "--failover, the dead node's tenants [default: 10000].",
+    minimum=16,
+)
 @count("--hot-tenants", 64, "Tenants of the hot workload.")
 @count("--concurrency", 32)
 @seconds("--phase-seconds", 5.0)
 @count("--pool-capacity", 1000)
+@count("--lease-ttl", 3, "--failover: the nodes' --cluster-lease-ttl.")
+@seconds("--takeover-grace", 2.0, "--failover: the nodes' --cluster-takeover-grace.", minimum=0.0)
+@count("--ack-slices", 4, "--failover: alternating ack=local/replica slices.")
+@seconds("--ack-slice-seconds", 3.0, "--failover: seconds per slice.")
 @common_options(default_timeout=1800.0)
 def bench_cluster_command(
-    tenants: int, hot_tenants: int, concurrency: int, phase_seconds: float, pool_capacity: int, **opts: Any
+    failover: bool,
+    tenants: int | None,
+    hot_tenants: int,
+    concurrency: int,
+    phase_seconds: float,
+    pool_capacity: int,
+    lease_ttl: int,
+    takeover_grace: float,
+    ack_slices: int,
+    ack_slice_seconds: float,
+    **opts: Any,
 ) -> None:
-    """One node vs two nodes of a cluster (hot and fleet workloads), the proxy hop, a join and a drain."""
+    """One node vs two nodes of a cluster (hot and fleet workloads), the proxy hop, a join and a
+    drain; with --failover, what losing a node costs."""
+    if failover:
+        from ops.bench.failover import bench_failover, failover_rows  # it builds on this module
+
+        result = bench_failover(
+            opts,
+            tenants or 10_000,
+            lease_ttl,
+            takeover_grace,
+            concurrency,
+            pool_capacity,
+            ack_slices,
+            ack_slice_seconds,
+        )
+        emit(result, failover_rows(result), json_out(opts, "cluster-failover"))
+        return
+    tenants = tenants or 2000
     if hot_tenants > tenants:
         raise click.UsageError("--hot-tenants must not exceed --tenants")
     result = bench_cluster(opts, tenants, hot_tenants, concurrency, phase_seconds, pool_capacity)

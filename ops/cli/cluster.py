@@ -44,6 +44,9 @@ def status(client: AdminClient, as_json: bool, tenant: str | None) -> None:
     """Every node: its URL, the slots it owns, whether it drains."""
     body = client.cluster_status(tenant)
     output(body, as_json, _status_table(body))
+    if not as_json:
+        for node, reason in body.get("takeovers", {}).items():
+            console().print(Text(f"takeover of node {node} pending: {reason}"))
     where = body.get("tenant")
     if where is not None and not as_json:
         owner = where["owner"]["node"] if where["owner"] else "nobody right now"

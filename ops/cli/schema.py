@@ -407,6 +407,13 @@ def _summary(snap: Rollout) -> None:
         snap["id"], snap["state"], *counts, f"{snap['rate_per_s']:,.0f}/s", f"{snap['elapsed_s']:.1f}s"
     )
     out.print(table)
+    nodes = snap.get("nodes")
+    if nodes:  # a cluster's rollout: each node migrates the tenants it owns
+        parts = Table("node", "state", "migrated", "current", "failed", "total")
+        for node, part in nodes.items():
+            numbers = [str(part.get(k, 0)) for k in ("migrated", "current", "failed", "total")]
+            parts.add_row(node, str(part.get("state")), *numbers)
+        out.print(parts)
     if snap.get("reason"):
         out.print(Text(f"reason: {snap['reason']}"))
     out.print(Text(_outcome(snap, dry)))

@@ -142,4 +142,4 @@ def hrana_code(exc: SqlfleetError) -> str:
 
 def hrana_error(exc: SqlfleetError) -> dict[str, Any]:
     """`exc` as the protocol's `Error` structure."""
-    return {"message": exc.message, "code": hrana_code(exc)}
+    return {"message": exc.public().message, "code": hrana_code(exc)}

@@ -174,7 +174,7 @@ class Error:
 
     @classmethod
     def of(cls, exc: SqlfleetError) -> Error:
-        return cls(exc.message, hrana_code(exc))
+        return cls(exc.public().message, hrana_code(exc))
 
 
 @dataclass

@@ -61,6 +61,9 @@ from tenants.errors import SqlfleetError, TooLarge, Unauthorized
 from tenants.ids import validate_tenant_id
 
 T = TypeVar("T")
+# the scope key under which a Hrana request (HTTP or WebSocket) names its tenant, for the
+# middleware that acts on the response (router.ack_gate)
+HRANA_TENANT = "sqlfleet.hrana_tenant"
 B = TypeVar("B", PipelineRequest, CursorRequest)
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -113,7 +116,9 @@ def resolve_tenant(request: Request) -> tuple[str, bool]:
             "or the admin key with the base URL /v1/tenants/{tenant}/"
         )
     tenant = validate_tenant_id(tenant)
-    return tenant, require_tenant(principal, tenant)
+    readonly = require_tenant(principal, tenant)
+    request.scope[HRANA_TENANT] = tenant
+    return tenant, readonly
 
 
 def host_tenant(request: HTTPConnection, base_domain: str | None) -> str | None:

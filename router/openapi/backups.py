@@ -15,7 +15,12 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "timestamp": {"type": "string", "description": "RFC 3339, or 'latest'", "default": "latest"},
-            "as": {**TENANT_ID, "nullable": True, "description": "restore into this new tenant instead"},
+            "as": {
+                **TENANT_ID,
+                "nullable": True,
+                "description": "restore into this new tenant instead (in a cluster, an id whose slot the "
+                "source's node serves: else 409 restore_target_elsewhere)",
+            },
         },
     },
     "RestoreResult": {

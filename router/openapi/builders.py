@@ -24,7 +24,12 @@ STATUS_TEXT = {
     500: "Backup broken (fails its integrity check), tampered, or sealed with a key not configured",
     502: "Replica (backup storage) error",
     429: "Too many requests or streams",
-    503: "Tenant unavailable",
+    503: (
+        "Tenant unavailable (see the code; Retry-After): busy, moving, ... ; `replica_behind`: its "
+        "oldest unshipped commit is older than max_unshipped_age, the write was rolled back; "
+        "`replica_unavailable` (ack=replica): the response's commits did not reach the replica "
+        "in time, a write's outcome is unknown (read it back before retrying)"
+    ),
     504: "Statement timed out",
     507: "The server's disk is full: nothing was changed, retry once space is freed",
 }

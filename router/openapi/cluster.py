@@ -32,6 +32,11 @@ SCHEMAS: dict[str, Any] = {
                     },
                 },
             },
+            "takeovers": {
+                "type": "object",
+                "description": "departed nodes whose takeover failed so far, with why (tried again)",
+                "additionalProperties": {"type": "string"},
+            },
             "tenant": {
                 "type": "object",
                 "description": "with ?tenant=: its slot and owner (null while the slot moves)",

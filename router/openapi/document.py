@@ -59,7 +59,17 @@ def openapi_document() -> dict[str, Any]:
     _body_timeouts(paths)
     return {
         "openapi": "3.0.3",
-        "info": {"title": "sqlfleet", "version": "1"},
+        "info": {
+            "title": "sqlfleet",
+            "version": "1",
+            "description": (
+                "Durability: with ack=local (the default) a 2xx means the commits are durable on "
+                "the server's disk (a lost disk loses at most about a backup flush interval); with "
+                "ack=replica a 2xx (and any answer showing data) is sent only once the commits are "
+                "durably in the replica, so no acknowledged write is lost, and a 503 "
+                "replica_unavailable leaves a write's outcome unknown."
+            ),
+        },
         "tags": [{"name": name} for name in TAGS],
         "paths": paths,
         "components": {

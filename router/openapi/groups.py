@@ -72,6 +72,20 @@ ROLLOUT: dict[str, Any] = {
                 "properties": {"sql": {"type": "string"}, "tenants": {"type": "integer"}},
             },
         },
+        "nodes": {
+            "type": "object",
+            "description": "cluster only: each node's part (its state and counts; current_slots: "
+            "whether it covered the slots the node owns now)",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "state": {"type": "string"},
+                    "current_slots": {"type": "boolean"},
+                    **{k: _COUNT for k in ("total", "migrated", "current", "failed", "gone")},
+                },
+            },
+        },
+        "unowned_slots": {"type": "integer", "description": "cluster only: slots without an owner now"},
     },
 }
 ROLLOUT_RESUME: dict[str, Any] = {
@@ -87,6 +101,16 @@ ROLLOUT_RESUME: dict[str, Any] = {
         "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "nullable": True},
     },
 }
+# stop and abort take no options: an empty body, or an empty object
+ROLLOUT_CONTROL: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
+
+
+def optional_body(operation: dict[str, Any]) -> dict[str, Any]:
+    """`operation` whose request body may be left out (empty)."""
+    operation["requestBody"] = {**operation["requestBody"], "required": False}
+    return operation
+
+
 _MIGRATION: dict[str, Any] = {
     "type": "object",
     "required": ["name", "kind", "checksum", "allow_drop"],
@@ -229,6 +253,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"rollouts": {"type": "array", "items": _ROLLOUT_LISTED}},
     },
     "RolloutResume": ROLLOUT_RESUME,
+    "RolloutControl": ROLLOUT_CONTROL,
 }
 
 
@@ -296,27 +321,44 @@ def paths() -> dict[str, Any]:
         g + "/rollouts/{rollout}": {
             "get": op("A rollout's progress", "Rollout", (*auth, 404), group, rollout)
         },
+        # stop, resume and abort: the body may be empty; an ended rollout (completed, failed,
+        # aborted; resume: superseded too) is 409 rollout_finished for each, an unknown one 404
         g + "/rollouts/{rollout}/stop": {
-            "post": op("Stop a running rollout", "Rollout", (*auth, 404), group, rollout)
+            "post": optional_body(
+                op(
+                    "Stop a running rollout (a stopped or interrupted one is answered as it is)",
+                    "Rollout",
+                    (*auth, 404, 409, 413),
+                    group,
+                    rollout,
+                    body="RolloutControl",
+                )
+            )
         },
         g + "/rollouts/{rollout}/resume": {
-            "post": op(
-                "Resume a stopped or interrupted rollout (the group's newest)",
-                "Rollout",
-                (*auth, 404, 409, 413),
-                group,
-                rollout,
-                body="RolloutResume",
-                status="202",
+            "post": optional_body(
+                op(
+                    "Resume a stopped or interrupted rollout (the group's newest; 409 "
+                    "rollout_running while it runs)",
+                    "Rollout",
+                    (*auth, 404, 409, 413),
+                    group,
+                    rollout,
+                    body="RolloutResume",
+                    status="202",
+                )
             )
         },
         g + "/rollouts/{rollout}/abort": {
-            "post": op(
-                "Abort a rollout, releasing nothing (migrated_tenants keep the migration)",
-                "Rollout",
-                (*auth, 404, 409),
-                group,
-                rollout,
+            "post": optional_body(
+                op(
+                    "Abort a rollout, releasing nothing (migrated_tenants keep the migration)",
+                    "Rollout",
+                    (*auth, 404, 409, 413),
+                    group,
+                    rollout,
+                    body="RolloutControl",
+                )
             )
         },
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from router.proxy.placement import Located
 from tenants.errors import SqlfleetError
 
 
@@ -26,7 +27,74 @@ class NoOwner(SqlfleetError):
 
 
 class OwnerUnreachable(SqlfleetError):
-    """The node owning the tenant's slot did not answer (or kept answering 421)."""
+    """The node owning the tenant's slot could not be reached (or kept answering 421): the
+    request was not acted on there, so it can be sent again as is."""
 
     status = 503
     code = "owner_unreachable"
+
+    @classmethod
+    def of(cls, tenant: str) -> OwnerUnreachable:
+        return cls(
+            f"the node serving tenant {tenant!r} could not be reached, so the request was not "
+            "applied: retry shortly",
+            retry_after=1,
+        )
+
+    @classmethod
+    def moved(cls, tenant: str) -> OwnerUnreachable:
+        return cls(
+            f"tenant {tenant!r} moved to another node while the request was on its way, so the "
+            "request was not applied: retry shortly",
+            retry_after=1,
+        )
+
+
+class OutcomeUnknown(SqlfleetError):
+    """The request reached (or may have reached) the owner and no whole answer came back: a
+    write may or may not have been applied. Never sent again by the proxy."""
+
+    status = 503
+    code = "outcome_unknown"
+
+    @classmethod
+    def of(cls, tenant: str, why: str) -> OutcomeUnknown:
+        return cls(
+            f"the node serving tenant {tenant!r} {why} after the request was sent to it: a write "
+            "may or may not have been applied; read the tenant back before retrying it",
+            retry_after=1,
+        )
+
+
+class OpeningSlow(SqlfleetError):
+    """Opening a tenant this node lacks needs the replica (router.proxy.arrivals), and it did
+    not answer within the request's deadline."""
+
+    status = 503
+    code = "replica_unavailable"
+
+    @classmethod
+    def of(cls, tenant: str, seconds: float) -> OpeningSlow:
+        return cls(
+            f"tenant {tenant!r} is not on this node's disk, and finding it in the replica (and "
+            f"restoring it if it was handed to this node) did not finish within {seconds:g} s: "
+            "the request was not served; retry shortly",
+            retry_after=2,
+        )
+
+
+class RestoreTargetElsewhere(SqlfleetError):
+    """A restore `as` a new tenant whose slot another node serves: the restore runs where the
+    source's backups are known (its owner), and a tenant lives on its slot's owner only."""
+
+    status = 409
+    code = "restore_target_elsewhere"
+
+    @classmethod
+    def of(cls, tenant: str, target: str, where: Located) -> RestoreTargetElsewhere:
+        owner = f"node {where.url}" if where.url is not None else "no node right now"
+        return cls(
+            f"tenant {target!r} belongs to slot {where.slot}, served by {owner}, not by the node "
+            f"holding the backups of {tenant!r}: restore as an id of a slot that node serves, or "
+            f"restore under a temporary id, export it and import it as {target!r}"
+        )

@@ -2,9 +2,11 @@
 
 The request goes out over a shared keep-alive pool (aiohttp) with the slot and fencing token the
 proxy believes in (`x-sqlfleet-slot`); the owner answers 421 when it is not that owner any more.
-A body up to `replay_bytes` is held so the request can be sent again after a 421 or a failed
-connection; a larger one (an import) is streamed through and cannot be: the client gets 503 with
-Retry-After instead. The response streams back as it arrives (change feeds, exports), and stops
+A body up to `replay_bytes` is held so the request can be sent again after a 421 or a connection
+that never opened (Unreachable: nothing was sent); a larger one (an import) is streamed through
+and cannot be: the client gets 503 with Retry-After instead. Once a byte may have left, a failure
+is Lost: the owner may have received the request and applied it, so only a GET or HEAD is sent
+again. The response streams back as it arrives (change feeds, exports), and stops
 when the client goes away.
 """
 
@@ -22,6 +24,11 @@ from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
 from router.proxy.placement import SLOT_HEADER, Located
+
+# Seconds an idle pooled connection is kept: below the owner's (uvicorn's default 5 s), so the
+# owner never closes a connection just as a request goes out on it (that request's fate would
+# be unknown, and a write could not be retried).
+KEEPALIVE_SECONDS = 3.0
 
 # RFC 9110 §7.6.1: connection-specific fields a proxy must not pass on (plus `host`, set per hop
 # by the HTTP client unless given: we pass the client's, so a `{tenant}.BASE_DOMAIN` Host still routes).
@@ -122,12 +129,18 @@ class Forwarder:
         if self._session is None:
             c = self.config
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=c.max_connections, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=c.max_connections, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_SECONDS
+                ),
                 timeout=aiohttp.ClientTimeout(sock_connect=c.connect_timeout, sock_read=c.read_timeout),
                 auto_decompress=False,  # bytes pass through as the owner sent them
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 trust_env=False,
             )
+            # aiohttp sends a PUT or DELETE again on its own when the connection drops: never, here
+            # (one may have been applied; Lost says so). No public option: its own test client
+            # (aiohttp.test_utils) turns it off the same way.
+            self._session._retry_connection = False
         return self._session
 
     async def aclose(self) -> None:
@@ -137,18 +150,21 @@ class Forwarder:
 
     async def get_json(self, url: str, headers: dict[str, str]) -> Any:
         """GET `url`'s JSON answer (a node's admin route). Raises Unreachable, also for an
-        error status (with the answer's text)."""
+        error status; its message names the node by its address, never the HTTP library's text."""
+        node = f"the node at {URL(url).origin()}"
         try:
             async with self._client().get(url, headers=headers, allow_redirects=False) as response:
                 if response.status != 200:
-                    raise Unreachable(f"{url} answered {response.status}: {(await response.text())[:200]}")
+                    raise Unreachable(f"{node} answered {response.status}")
                 return await response.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise Unreachable(str(exc) or type(exc).__name__) from exc
+            raise Unreachable(f"{node} {_failure(exc, self.config)}") from exc
 
     async def open(self, scope: Scope, body: Body, where: Located) -> aiohttp.ClientResponse:
         """The owner's response, headers read and body still to come (`relay` it, or release
-        it). Raises Unreachable when the owner cannot be reached or stops answering."""
+        it). Raises Unreachable when no connection to the owner opened (nothing was sent), Lost
+        when one did and no answer came (the owner may have acted on the request), ClientGone
+        when the client left while its body was being sent on."""
         assert where.url is not None
         target = where.url.rstrip("/") + target_path(scope)
         headers = CIMultiDict(
@@ -161,14 +177,18 @@ class Forwarder:
             return await self._client().request(
                 scope["method"], URL(target, encoded=True), headers=headers, data=data, allow_redirects=False
             )
+        except NOT_SENT as exc:
+            raise Unreachable(_failure(exc, self.config)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unreachable(str(exc) or type(exc).__name__) from exc
+            if isinstance(exc.__cause__ or exc.__context__, ClientGone):
+                raise ClientGone from exc
+            raise Lost(_failure(exc, self.config)) from exc
 
     async def relay(self, response: aiohttp.ClientResponse, receive: Receive, send: Send) -> None:
         """Send `response` to the client: whole when its length is known and small (most
         answers: one body message), else streamed as it arrives, stopping early (and closing
-        it) when the client goes away (a change feed, an export). Raises Unreachable when the
-        owner stops mid-response (the client's answer is then cut short)."""
+        it) when the client goes away (a change feed, an export). Raises Lost when the owner
+        stops mid-response (the client's answer is then cut short)."""
         try:
             headers = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in HOP_BY_HOP]
             start = {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -181,16 +201,29 @@ class Forwarder:
             await send(start)
             await self._stream(response, receive, send)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unreachable(str(exc) or type(exc).__name__) from exc
+            raise Lost(_failure(exc, self.config)) from exc
         finally:
             response.release()
 
     async def _stream(self, response: aiohttp.ClientResponse, receive: Receive, send: Send) -> None:
+        """Pass the body on as it arrives; a client that goes away ends it at once, not at the
+        owner's next piece (an idle change feed sends one per heartbeat): the caller's release
+        then closes the connection, and the owner's stream with it."""
         gone = asyncio.ensure_future(_disconnected(receive))
+        pieces = response.content.iter_any().__aiter__()
         try:
-            async for chunk in response.content.iter_any():
-                if gone.done():
+            while True:
+                piece = asyncio.ensure_future(pieces.__anext__())
+                await asyncio.wait((piece, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not piece.done():
+                    piece.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await piece
                     return
+                try:
+                    chunk = piece.result()
+                except StopAsyncIteration:
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -200,7 +233,32 @@ class Forwarder:
 
 
 class Unreachable(Exception):
-    """The owner could not be reached, or stopped answering."""
+    """No connection to the node opened: the request was provably not sent (safe to retry)."""
+
+
+class Lost(Exception):
+    """The request was (or may have been) sent, and no whole answer came: the node may have
+    acted on it. Only a request without effects (GET, HEAD) may be sent again."""
+
+
+# What aiohttp raises before a connection exists: refused, unresolvable, TLS failed, or the
+# connect timeout (aiohttp.ConnectionTimeoutError; a read timeout is SocketTimeoutError).
+NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def _failure(exc: BaseException, config: ProxyConfig) -> str:
+    """What went wrong, in our words (the library's text names hosts, ssl contexts, errnos)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"did not accept a connection within {config.connect_timeout:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "could not be connected to (refused or unreachable)"
+    if isinstance(exc, TimeoutError):
+        return f"stopped answering for {config.read_timeout:g} s"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+        return "closed the connection before answering in full"
+    if isinstance(exc, ValueError):
+        return "answered something that is not JSON"
+    return f"failed ({type(exc).__name__})"
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -3,68 +3,99 @@
 For a request bound to one tenant (see placement.tenant_of):
 - this node owns the tenant's slot and can prove its lease alive: served here;
 - another node owns it: forwarded there with `x-sqlfleet-slot: <slot>:<token>`; a 421 (that node
-  is not the owner any more) or a failed connection makes the proxy read the owner from etcd
-  and try once more, here or there;
+  is not the owner any more) or a connection that never opened makes the proxy read the owner
+  from etcd and try once more, here or there. Once the request may have reached the owner, it is
+  never sent again unless it is a GET or HEAD: a failure then is 503 `outcome_unknown`;
 - nobody owns it right now (a move or a takeover under way): 503 with Retry-After.
 A request carrying `x-sqlfleet-slot` was forwarded to us: it is served only if this node owns
 that slot under that token right now, else 421; it is never forwarded again (no loops).
 Requests bound to no tenant (system routes, admin lists) are served here; a tenant create goes to
 the node owning the new tenant's slot (the id is read from the body).
+Served here, a request for a tenant the catalog lacks first opens it (router.proxy.arrivals: a
+tenant handed over is restored then; a replica that does not answer within the request's deadline
+makes it a 503), and a restore `as` a new id is refused (409) unless this
+node also serves the new id's slot: the backups it restores from are in this node's catalog.
+A forwarded request is labelled with the route it matches here (access log, metrics), as if served.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backups.handoff import looked_up
 from router.errors import render
-from router.proxy.errors import Misdirected, NoOwner, OwnerUnreachable
-from router.proxy.forward import Body, ClientGone, Forwarder, Unreachable
+from router.proxy.arrivals import OPENING_THREADS, Arrivals, Opening
+from router.proxy.errors import (
+    Misdirected,
+    NoOwner,
+    OpeningSlow,
+    OutcomeUnknown,
+    OwnerUnreachable,
+    RestoreTargetElsewhere,
+)
+from router.proxy.forward import Body, ClientGone, Forwarder, Lost, Unreachable
 from router.proxy.placement import SLOT_HEADER, Located, Placement, header, tenant_of
 from router.proxy.websocket import Rejected, WebSocketRelay, accept_and_read_hello, hello_subject, replayed
 from tenants.errors import SqlfleetError
 from tenants.ids import is_name
 
 CREATE_PATH = "/v1/admin/tenants"
+RESTORE_PATH = re.compile(r"^/v1/admin/tenants/[^/]+/restore$")
+# Methods without effects (RFC 9110 §9.2.1 safe methods we route): sent again after a lost answer.
+RESENDABLE = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
 class ProxyParts:
-    """What the proxy of one node needs: the cluster's routing table, and its keep-alive pool
-    and WebSocket relay to the other nodes (built by ops.node)."""
+    """What the proxy of one node needs: the cluster's routing table, its keep-alive pool and
+    WebSocket relay to the other nodes (built by ops.node), and the node's fleet as `arrivals`
+    (None: the proxy alone, in its tests, restores nothing before a route runs)."""
 
     placement: Placement
     forwarder: Forwarder
     websockets: WebSocketRelay
+    arrivals: Arrivals | None = None
 
 
 class ClusterProxy:
     """ASGI middleware (innermost: the body deadline, metrics and access log apply to what it
-    forwards too)."""
+    forwards too). `deadline` (s, the request time bound): the longest a request waits for its
+    tenant to be opened here."""
 
-    def __init__(self, app: ASGIApp, parts: ProxyParts, base_domain: str | None) -> None:
+    def __init__(self, app: ASGIApp, parts: ProxyParts, base_domain: str | None, deadline: float) -> None:
         self.app = app
         self.placement = parts.placement
         self.forwarder = parts.forwarder
         self.websockets = parts.websockets
+        self.arrivals = parts.arrivals
         self.base_domain = base_domain
+        self.deadline = deadline
+        self.opening = Opening(OPENING_THREADS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         claimed = _slot_header(scope)
-        if claimed is not None:
-            await self._forwarded_to_us(claimed, scope, receive, send)
+        if claimed is not None and not self.placement.serves(*claimed):
+            await self._misdirected(claimed, scope, receive, send)
             return
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CREATE_PATH:
-            await self._create(scope, receive, send)
+            await self._create(scope, receive, send, forwarded=claimed is not None)
             return
         tenant = tenant_of(scope, self.base_domain)
-        if scope["type"] == "websocket" and tenant is None and scope["path"] == "/":
+        if claimed is not None:  # forwarded to us, and ours: served here, never forwarded again
+            if scope["type"] == "http" and tenant is not None and is_name(tenant):
+                await self._serve(scope, receive, send, tenant, None)
+            else:
+                await self.app(scope, receive, send)
+        elif scope["type"] == "websocket" and tenant is None and scope["path"] == "/":
             await self._root_websocket(scope, receive, send)
         elif tenant is None or not is_name(tenant):
             await self.app(scope, receive, send)  # not one tenant's, or the route's own 400
@@ -76,19 +107,16 @@ class ClusterProxy:
     def _here(self, where: Located) -> bool:
         return where.here and self.placement.serves(where.slot, where.token)
 
-    async def _forwarded_to_us(
+    async def _misdirected(
         self, claimed: tuple[int, int], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        if self.placement.serves(*claimed):
-            await self.app(scope, receive, send)
-            return
         error = Misdirected(f"this node does not own slot {claimed[0]} under token {claimed[1]}")
         if scope["type"] == "websocket":
             await self.websockets.deny(scope, receive, send, error)
         else:
             await render(error)(scope, receive, send)
 
-    async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _create(self, scope: Scope, receive: Receive, send: Send, forwarded: bool) -> None:
         """A tenant is created on the node owning its slot: the id is in the JSON body."""
         try:
             body = await Body.read(receive, self.forwarder.config.replay_bytes)
@@ -97,43 +125,94 @@ class ClusterProxy:
         tenant = _created_id(body.held)
         if tenant is None:
             await self.app(scope, body.replay(), send)  # the route's own 400
+        elif forwarded:
+            await self._serve(scope, receive, send, tenant, body)
         else:
             await self._http(scope, receive, send, tenant, body)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, tenant: str, body: Body | None
+    ) -> None:
+        """Serve a request for `tenant` here (this node owns its slot); `body`: as in `_http`."""
+        nowhere: set[str] = set()
+        if scope["method"] == "POST" and RESTORE_PATH.match(scope["path"]):
+            if body is None:
+                try:
+                    body = await Body.read(receive, self.forwarder.config.replay_bytes)
+                except ClientGone:
+                    return
+            target = _restore_target(body.held)
+            if target is not None:
+                where = self.placement.locate(target)
+                if not self._here(where):
+                    await render(RestoreTargetElsewhere.of(tenant, target, where))(scope, receive, send)
+                    return
+                if (slow := await self._arrive(target, nowhere)) is not None:
+                    await render(slow)(scope, receive, send)
+                    return
+        if (slow := await self._arrive(tenant, nowhere)) is not None:
+            await render(slow)(scope, receive, send)
+            return
+        with contextlib.ExitStack() as known:  # the route's own open does not read the replica again
+            for absent in nowhere:
+                known.enter_context(looked_up(absent))
+            await self.app(scope, receive if body is None else body.replay(), send)
+
+    async def _arrive(self, tenant: str, nowhere: set[str]) -> OpeningSlow | None:
+        """Open `tenant` here first if the catalog lacks it (adding it to `nowhere` when it
+        exists nowhere); the error to answer when that did not finish within the deadline."""
+        if self.arrivals is None or self.arrivals.present(tenant):
+            return None
+        absent = await self.opening.run(self.arrivals.arrive, tenant, self.deadline)
+        if absent is None:
+            return OpeningSlow.of(tenant, self.deadline)
+        if absent:
+            nowhere.add(tenant)
+        return None
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, tenant: str, body: Body | None) -> None:
         """Serve here or forward; `body`: the request's body if already read (else read here)."""
         where = self.placement.locate(tenant)
         if self._here(where):
-            await self.app(scope, receive if body is None else body.replay(), send)
+            await self._serve(scope, receive, send, tenant, body)
             return
         if body is None:
             try:
                 body = await Body.read(receive, self.forwarder.config.replay_bytes)
             except ClientGone:
                 return
-        error: SqlfleetError = OwnerUnreachable(
-            f"the node serving tenant {tenant!r} did not answer: retry shortly"
-        )
+        _label(scope)
+        error: SqlfleetError = OwnerUnreachable.of(tenant)
         for attempt in range(2):
             if attempt:
                 if body.held is None:  # a streamed body was spent on the first try
                     break
                 where = await self.placement.refresh(tenant)
                 if self._here(where):
-                    await self.app(scope, body.replay(), send)
+                    await self._serve(scope, receive, send, tenant, body)
                     return
             if where.token == 0 or where.url is None:
                 error = NoOwner.of(where.slot, self.placement.unavailable())
                 break
             try:
                 response = await self.forwarder.open(scope, body, where)
-            except (Unreachable, ClientGone):
+            except ClientGone:
+                return
+            except Unreachable:  # nothing was sent: the owner may have moved
+                error = OwnerUnreachable.of(tenant)
                 continue
+            except Lost as lost:
+                if scope["method"] in RESENDABLE:
+                    error = OwnerUnreachable.of(tenant)
+                    continue
+                error = OutcomeUnknown.of(tenant, str(lost))  # never sent twice: it may have been applied
+                break
             if response.status != Misdirected.status:
-                with contextlib.suppress(Unreachable):  # cut short: nothing more to send
+                with contextlib.suppress(Lost):  # cut short: nothing more to send
                     await self.forwarder.relay(response, receive, send)
                 return
             response.release()
+            error = OwnerUnreachable.moved(tenant)  # it said so: not applied there
         await render(error)(scope, receive, send)
 
     async def _root_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,13 +234,16 @@ class ClusterProxy:
         was already accepted (root URL), else None (the owner's handshake answer is passed on)."""
         here_receive, here_send = (receive, send) if hello is None else replayed(hello, receive, send)
         where = self.placement.locate(tenant)
-        error: SqlfleetError = OwnerUnreachable(
-            f"the node serving tenant {tenant!r} did not answer: retry shortly"
-        )
+        # a handshake (a GET) has no effect before the socket opens: it may be sent again
+        error: SqlfleetError = OwnerUnreachable.of(tenant)
         for attempt in range(2):
             if attempt:
                 where = await self.placement.refresh(tenant)
             if self._here(where):
+                # a session's later opens look for a tenant absent now again (it may arrive meanwhile)
+                if (slow := await self._arrive(tenant, set())) is not None:
+                    error = slow
+                    break
                 await self.app(scope, here_receive, here_send)
                 return
             if where.token == 0 or where.url is None:
@@ -191,6 +273,32 @@ class ClusterProxy:
             await send({"type": "websocket.close", "code": 1013, "reason": error.message[:120]})
 
 
+def _label(scope: Scope) -> None:
+    """Name a forwarded request's route in `scope` as the router would had it served it (the
+    access log and metrics read `scope["route"]`): the route it matches in this app (the same on
+    every node), else `proxied`."""
+    router = getattr(scope.get("app"), "router", None)
+    partial: BaseRoute | None = None
+    for route in getattr(router, "routes", ()):
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            scope.update(child)
+            scope["route"] = route
+            return
+        if match is Match.PARTIAL and partial is None:
+            partial = route  # another method on a known path: the owner answers 405
+    scope["route"] = partial or PROXIED
+
+
+class _Proxied(BaseRoute):
+    """The route label of a forwarded request no route here matches (an app without a router)."""
+
+    path = "proxied"
+
+
+PROXIED = _Proxied()
+
+
 def _created_id(body: bytes | None) -> str | None:
     """The `id` of a tenant-create body, when it is one valid id."""
     try:
@@ -199,6 +307,16 @@ def _created_id(body: bytes | None) -> str | None:
         return None
     tenant = tenant.get("id") if isinstance(tenant, dict) else None
     return tenant if is_name(tenant) else None
+
+
+def _restore_target(body: bytes | None) -> str | None:
+    """The `as` of a restore body, when it is one valid id."""
+    try:
+        parsed = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    target = parsed.get("as") if isinstance(parsed, dict) else None
+    return target if is_name(target) else None
 
 
 def _slot_header(scope: Scope) -> tuple[int, int] | None:

@@ -107,7 +107,8 @@ class WebSocketRelay:
     async def deny(self, scope: Scope, receive: Receive, send: Send, error: SqlfleetError) -> None:
         """Refuse the handshake with `error` as HTTP (or close 1013 without the denial extension)."""
         body = json.dumps(error.to_json()).encode()
-        headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+        retry_after = str(error.detail.get("retry_after", 1)).encode()
+        headers = [(b"content-type", b"application/json"), (b"retry-after", retry_after)]
         await self.deny_raw(scope, receive, send, Rejected(error.status, headers, body))
 
     async def deny_raw(self, scope: Scope, receive: Receive, send: Send, answer: Rejected) -> None:

@@ -102,3 +102,27 @@ def test_no_manifest_is_written_when_the_last_commits_did_not_ship(tmp_path: Pat
         inner.put, inner.put_file = put, put_file  # type: ignore[method-assign]
         backups.handoffs.hand_off({7: 20}, {7: ["acme"]})
         assert set(latest_handoff(backups.replica, 7)) == {"acme"}
+
+
+def test_a_node_gaining_slots_deletes_their_manifests_superseded_twice(tmp_path: Path) -> None:
+    """The newest manifest carries over what the older ones said; the one before it stays, for
+    a takeover retried under the same token to read again; slots not gained are not touched."""
+    replica = SealedReplica(LocalReplica(tmp_path / "r"), None)
+    for token in (10, 20, 30):
+        put_handoff(replica, 7, token, [_moved("a", token)])
+        put_handoff(replica, 8, token, [_moved("b", token)])
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    tenants = Catalog(tmp_path / "catalog.db")
+    try:
+        handoffs = Handoffs(replica, catalog, tenants, lambda: None, lambda rows: False)
+        assert handoffs.handed_over({7, 9}) == ["a"]
+        assert sorted(o.key for o in replica.list("handoff/00007/")) == [
+            "handoff/00007/00000000000000000020.json.zst",
+            "handoff/00007/00000000000000000030.json.zst",
+        ]
+        assert len(list(replica.list("handoff/00008/"))) == 3  # not gained: left alone
+        handoffs.slot_of = lambda tenant: 7
+        assert handoffs.adopt("a") == _moved("a", 30)
+    finally:
+        catalog.close()
+        tenants.close()

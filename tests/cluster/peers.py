@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.config import ClusterConfig
-from cluster.controller import Controller
+from cluster.controller import Controller, TakeOver
 from cluster.membership import Node
 from cluster.ownership import Ownership
 from cluster.routing import RoutingTable
@@ -44,6 +44,7 @@ class Peers:
             node_id=node_id,
             node_url=f"http://{node_id}.invalid:8080",
             lease_ttl=ttl,
+            takeover_grace=0.0,
         )
 
     def start(
@@ -54,6 +55,7 @@ class Peers:
         ownership: bool = True,
         controller: bool = False,
         grace: float = 0.0,
+        take_over: TakeOver | None = None,
         routing: bool = False,
         before_release: Callable[[Mapping[int, int]], None] | None = None,
         endpoints: tuple[str, ...] | None = None,
@@ -70,7 +72,7 @@ class Peers:
             peer.ownership = Ownership(node, before_release=before_release)
             peer.ownership.start()
         if controller:
-            peer.controller = Controller(node, grace=grace)
+            peer.controller = Controller(node, grace=grace, take_over=take_over)
             peer.controller.start()
         return peer
 

@@ -25,6 +25,7 @@ def test_the_settings_make_the_cluster_config() -> None:
         node_id="node-1",
         node_url="http://10.0.0.9:8081",
         lease_ttl=6,
+        takeover_grace=30.0,
     )
     assert (config.keepalive_interval, config.call_timeout, config.margin) == (1.5, 1.0, 1.0)
     assert config.keys.owner(7) == b"/sqlfleet/sqlfleet/owner/00007"

@@ -15,7 +15,8 @@ def test_a_node_registers_on_its_lease(peers: Peers) -> None:
     node = peer.node
     assert node.alive() and node.why_not_serving() is None
     assert node.lease is not None and node.incarnation == f"{node.lease.id:x}"
-    assert node_record(peers, "n1") == {"url": "http://n1.invalid:8080", "incarnation": node.incarnation}
+    record = {"url": "http://n1.invalid:8080", "incarnation": node.incarnation, "process": node.incarnation}
+    assert node_record(peers, "n1") == record
     assert node.valid_until <= time.monotonic() + node.lease.ttl
     node.stop()
     assert not node.alive() and node.why_not_serving() == "left the cluster"
@@ -32,7 +33,10 @@ def test_a_lost_lease_stops_serving_at_once_and_rejoins_as_a_new_incarnation(pee
     # the next keep-alive (every TTL/4) hears TTL 0: not serving, callback, new lease
     wait_until(lambda: lost == ["etcd lease lost"], timeout=30)
     wait_until(lambda: node.alive() and node.incarnation not in (None, first), timeout=30)
-    assert node_record(peers, "n1") == {"url": "http://n1.invalid:8080", "incarnation": node.incarnation}
+    # a new incarnation of the lease; the process still writes its segments under its first
+    record = {"url": "http://n1.invalid:8080", "incarnation": node.incarnation, "process": first}
+    assert node_record(peers, "n1") == record
+    assert node.process_incarnation == first
 
 
 def test_missed_keepalives_stop_serving_within_the_ttl(peers: Peers) -> None:
@@ -60,7 +64,11 @@ def test_etcd_unreachable_stops_serving_within_the_ttl_and_says_why(peers: Peers
     assert node.why_not_serving() is None
     # the same lease if etcd renewed it before its expiry check ran, else a new incarnation
     assert node.incarnation is not None
-    assert node_record(peers, "n1") == {"url": "http://n1.invalid:8080", "incarnation": node.incarnation}
+    assert node_record(peers, "n1") == {
+        "url": "http://n1.invalid:8080",
+        "incarnation": node.incarnation,
+        "process": node.process_incarnation,
+    }
 
 
 def test_without_a_cluster_etcd_is_never_imported() -> None:

@@ -30,6 +30,9 @@ from tests.support.server import ServerProcess, start_server
 from tests.support.waiting import wait_until
 
 TTL = 3  # the nodes' lease: short, so losing etcd shows quickly
+# Seconds the controller keeps a departed node's slots: long here, so no test of this module takes
+# a node over (tests/cluster/test_failover.py does).
+GRACE = 600.0
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Nodes:
     common: list[str]  # the flags every node gets
     root: Path
     stack: contextlib.ExitStack
+    env: dict[str, str] | None = None  # the environment every node gets (on top of ours)
 
     def settled(self, members: tuple[str, ...], timeout: float = 90) -> None:
         """Wait until every slot is owned as assigned among `members`; else fail with the logs."""
@@ -50,13 +54,15 @@ class Nodes:
 
     def start(self, name: str) -> ServerProcess:
         """One more node, stopped with the others."""
-        server = self.stack.enter_context(start_server(self.root / name, "--node-id", name, *self.common))
+        server = self.stack.enter_context(
+            start_server(self.root / name, "--node-id", name, *self.common, env=self.env)
+        )
         self.servers[name] = server
         return server
 
-    def owner(self, tenant: str) -> str:
-        """The node serving `tenant`, as n2 sees it."""
-        with self.servers["n2"].client() as http:
+    def owner(self, tenant: str, via: str = "n2") -> str:
+        """The node serving `tenant`, as `via` sees it."""
+        with self.servers[via].client() as http:
             r = http.get("/v1/admin/cluster", params={"tenant": tenant})
             assert r.status_code == 200, r.text
         owner: str = r.json()["tenant"]["owner"]["node"]
@@ -64,29 +70,39 @@ class Nodes:
 
 
 @contextlib.contextmanager
-def _running_nodes(etcd: EtcdCluster, root: Path) -> Iterator[Nodes]:
-    """Two nodes sharing `etcd`, a replica directory and one signing key; every slot owned."""
+def running_nodes(
+    etcd: EtcdCluster,
+    root: Path,
+    *extra: str,
+    ttl: int = TTL,
+    grace: float = GRACE,
+    replica_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Nodes]:
+    """Two nodes sharing `etcd`, a replica (a directory unless `replica_url`) and one signing
+    key, with the `extra` flags and `env`; every slot owned."""
     key = keys.signing_key_file(root)
     flags = {
         "--cluster-etcd": ",".join(etcd.endpoints),
-        "--cluster-lease-ttl": str(TTL),
-        "--replica-url": (root / "replica").as_uri(),
+        "--cluster-lease-ttl": str(ttl),
+        "--cluster-takeover-grace": str(grace),
+        "--replica-url": replica_url or (root / "replica").as_uri(),
         "--signing-key-file": str(key),
     }
-    common = [part for pair in flags.items() for part in pair]
+    common = [part for pair in flags.items() for part in pair] + list(extra)
     with contextlib.ExitStack() as stack:
         servers = {
-            name: stack.enter_context(start_server(root / name, "--node-id", name, *common))
+            name: stack.enter_context(start_server(root / name, "--node-id", name, *common, env=env))
             for name in ("n1", "n2")
         }
-        nodes = Nodes(etcd, servers, common, root, stack)
+        nodes = Nodes(etcd, servers, common, root, stack, env)
         nodes.settled(("n1", "n2"))
         yield nodes
 
 
 @pytest.fixture
 def nodes(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Nodes]:
-    with _running_nodes(etcd, tmp_path) as made:
+    with running_nodes(etcd, tmp_path) as made:
         yield made
 
 
@@ -226,7 +242,7 @@ def test_a_websocket_stream_works_through_the_other_node(nodes: Nodes, form: str
 def test_the_cluster_keeps_serving_when_an_etcd_member_dies(etcd3: EtcdCluster, tmp_path: Path) -> None:
     """Three etcd members; the leader is killed while writes go on through n1: both nodes stay
     ready, keep their slots, and every acknowledged write is there."""
-    with _running_nodes(etcd3, tmp_path) as nodes:
+    with running_nodes(etcd3, tmp_path) as nodes:
         with Writes(nodes, via="n1") as writes:
             etcd3.kill(etcd3.leader_index())
             time.sleep(3 * TTL)  # past a lease: keep-alives went to the other members
@@ -260,11 +276,12 @@ class Writes:
     """Tenants with a table, and inserts going on through `via` from a thread while the block
     runs, counting only acknowledged ones (a 503 while a slot moves is retried later)."""
 
-    def __init__(self, nodes: Nodes, via: str, count: int = 24) -> None:
+    def __init__(self, nodes: Nodes, via: str, count: int = 24, prefix: str = "mv") -> None:
         self.nodes, self.via = nodes, nodes.servers[via]
-        self.tenants = [f"mv-{n}" for n in range(count)]
+        self.tenants = [f"{prefix}-{n}" for n in range(count)]
         self.tokens: dict[str, str] = {}
         self.acknowledged: dict[str, list[int]] = {t: [] for t in self.tenants}
+        self.acked_at: list[tuple[float, str]] = []  # (time.monotonic(), tenant) of each ack
         # sent, but no answer came (a timeout while a node was paused): applied or not
         self.unknown: dict[str, set[int]] = {t: set() for t in self.tenants}
         self._stop = threading.Event()
@@ -304,16 +321,22 @@ class Writes:
                 else:
                     if r.status_code == 200:
                         self.acknowledged[tenant].append(n)
+                        self.acked_at.append((time.monotonic(), tenant))
                     else:
                         assert r.status_code == 503, r.text  # a slot on the move: try again
                 n += 1
 
-    def check(self) -> None:
+    def first_ack(self, tenants: list[str], after: float) -> float | None:
+        """time.monotonic() of the first write to one of `tenants` acknowledged after `after`."""
+        return next((t for t, tenant in list(self.acked_at) if t > after and tenant in tenants), None)
+
+    def check(self, via: tuple[str, ...] | None = None) -> None:
         """Every acknowledged insert, and nothing but those and the ones whose answer never came,
-        through every node, with old tokens."""
+        through every node (or those of `via`), with old tokens."""
+        servers = [s for n, s in self.nodes.servers.items() if via is None or n in via]
         for tenant in self.tenants:
             auth = {"authorization": f"Bearer {self.tokens[tenant]}"}
-            for server in self.nodes.servers.values():
+            for server in servers:
                 with httpx.Client(base_url=server.url, headers=auth, timeout=30) as http:
                     r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "SELECT x FROM t ORDER BY x"})
                     assert r.status_code == 200, r.text
@@ -362,9 +385,9 @@ def test_a_planned_drain_moves_every_slot_and_loses_nothing(nodes: Nodes) -> Non
 
 
 def test_a_paused_node_keeps_its_slots_and_no_other_node_serves_them(nodes: Nodes) -> None:
-    """SIGSTOP n2 past its lease: its tenants answer 503 through n1 (never served by n1 from
-    nothing), writes to n1's own tenants go on; SIGCONT: n2 claims its slots again and every
-    acknowledged write is there. (Taking over a node that never comes back is the next step.)"""
+    """SIGSTOP n2 past its lease, within the takeover grace: its tenants answer 503 through n1
+    (never served by n1 from nothing), writes to n1's own tenants go on; SIGCONT: n2 claims its
+    slots again and every acknowledged write is there. (Past the grace: test_failover.py.)"""
     n2 = nodes.servers["n2"]
     with Writes(nodes, via="n1") as writes:
         theirs = next(t for t in writes.tenants if nodes.owner(t) == "n2")

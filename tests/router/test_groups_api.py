@@ -87,6 +87,15 @@ def test_migrations_are_tried_before_they_are_registered(app: InProcess) -> None
     assert (added["name"], added["kind"]) == ("0001_price", "sql")
     stale = post(app, "/v1/admin/groups/shop/migrations", {"name": "0001_again", "sql": "SELECT 1;"}, 400)
     assert stale["error"]["code"] == "invalid_migration"
+    for sql in ("", " \n-- to do\n"):
+        empty = post(app, "/v1/admin/groups/shop/migrations", {"name": "later", "sql": sql}, 400)
+        assert (
+            empty["error"]["code"] == "invalid_migration" and "no SQL statement" in empty["error"]["message"]
+        )
+    again = post(app, "/v1/admin/groups/shop/migrations", {"name": "price", "sql": "SELECT 1;"}, 400)
+    assert again["error"]["code"] == "invalid_migration" and "already has a migration named 'price'" in str(
+        again
+    )
     info = get(app, "/v1/admin/groups/shop")
     assert (info["released"], info["pending"]) == (0, 1)
     assert "price" in get(app, "/v1/admin/groups/shop/schema")["sql"]
@@ -219,3 +228,54 @@ def test_an_open_tenant_catches_up_on_its_next_hrana_request(app: InProcess) -> 
     answer = execute("SELECT price FROM items")
     assert answer["type"] == "ok", answer
     assert answer["response"]["result"]["cols"][0]["name"] == "price"
+
+
+def test_stop_resume_and_abort_take_the_same_bodies_and_answer_alike(app: InProcess) -> None:
+    """Each takes an empty body or a JSON object (resume: with its options); an ended rollout is
+    409 rollout_finished for all three, an unknown one 404."""
+
+    def control(path: str, body: bytes, status: int) -> dict[str, Any]:
+        r = app.client.post(path, content=body, headers=ADMIN)
+        assert r.status_code == status, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    post(app, "/v1/admin/groups", {"name": "g", "schema": "CREATE TABLE items(id INTEGER PRIMARY KEY)"}, 201)
+    for tenant in ("a", "b"):
+        app.create(tenant, "g")
+    assert app.query("b", "ALTER TABLE items ADD COLUMN price REAL").status_code == 200
+    post(
+        app,
+        "/v1/admin/groups/g/migrations",
+        {"name": "price", "sql": "ALTER TABLE items ADD COLUMN price REAL"},
+        201,
+    )
+    rollout = post(app, "/v1/admin/groups/g/rollouts", {"max_failures": 1, "concurrency": 1}, 202)["id"]
+    assert finished(app, "g", rollout)["state"] == "stopped"
+    path = f"/v1/admin/groups/g/rollouts/{rollout}"
+    for action in ("stop", "resume", "abort"):
+        for body in (b"", b"{}"):
+            assert (
+                control(f"/v1/admin/groups/g/rollouts/nope/{action}", body, 404)["error"]["code"]
+                == "not_found"
+            )
+        assert control(f"{path}/{action}", b'{"surprise": 1}', 400)["error"]["code"] == "bad_request"
+        assert control(f"{path}/{action}", b"[", 400)["error"]["code"] == "bad_request"
+    assert control(path + "/stop", b"", 200)["state"] == "stopped"  # already: answered as it is
+    assert control(path + "/stop", b"{}", 200)["state"] == "stopped"
+    assert control(path + "/resume", b"", 202)["resumed"] == 1
+    assert finished(app, "g", rollout)["state"] == "stopped"
+    assert control(path + "/resume", b" \n", 202)["resumed"] == 2
+    assert finished(app, "g", rollout)["state"] == "stopped"
+    assert control(path + "/abort", b"", 200)["state"] == "aborted"
+    for action in ("stop", "resume", "abort"):
+        for body in (b"", b"{}"):
+            assert control(f"{path}/{action}", body, 409)["error"]["code"] == "rollout_finished"
+    # a completed one, too
+    assert app.query("b", "ALTER TABLE items DROP COLUMN price").status_code == 200
+    done = post(app, "/v1/admin/groups/g/rollouts", {}, 202)["id"]
+    assert finished(app, "g", done)["state"] == "completed"
+    for action in ("stop", "resume", "abort"):
+        for body in (b"", b"{}"):
+            code = control(f"/v1/admin/groups/g/rollouts/{done}/{action}", body, 409)["error"]["code"]
+            assert code == "rollout_finished", action

@@ -8,29 +8,40 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
+import anyio
 import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 from starlette.websockets import WebSocket
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
+from backups.catalog import BackupCatalog
+from backups.handoff import Handoffs
+from backups.sealed_replica import SealedReplica
 from ops.process import free_port
-from router.proxy.forward import Forwarder, ProxyConfig
+from router.middleware import RequestObserver, route_template
+from router.proxy.arrivals import OPENING_THREADS, Arrivals
+from router.proxy.forward import Forwarder, ProxyConfig, Unreachable
 from router.proxy.middleware import ClusterProxy, ProxyParts
 from router.proxy.placement import SLOT_HEADER, Located, host_label, jwt_subject, tenant_of
 from router.proxy.websocket import WebSocketRelay
+from tenants.catalog import Catalog
 
 
 @dataclass
@@ -77,7 +88,10 @@ class Table:
         raise NotImplementedError
 
 
-def echo_app(name: str, forwarder: Forwarder) -> Starlette:
+FEED_CLOSED: dict[str, threading.Event] = {}  # node -> set when its idle feed's stream ended
+
+
+def echo_app(name: str, forwarder: Forwarder, middleware: list[Middleware]) -> Starlette:
     """Echoes what reached it, and names itself; closes the node's forwarder at shutdown."""
 
     async def query(request: Request) -> JSONResponse:
@@ -96,11 +110,29 @@ def echo_app(name: str, forwarder: Forwarder) -> Starlette:
             headers={"x-node": name},
         )
 
+    async def adopt(request: Request) -> JSONResponse:
+        """As a route opening a tenant the catalog lacks does: asks the handoffs, on a thread."""
+        moved = await anyio.to_thread.run_sync(NO_REPLICA.adopt, request.path_params["tenant"])
+        return JSONResponse({"node": name, "adopted": moved is not None})
+
     async def changes(request: Request) -> StreamingResponse:
         async def events() -> AsyncIterator[bytes]:
             for n in range(3):
                 yield f"data: {name} {n}\n\n".encode()
                 await asyncio.sleep(0.01)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def idle_feed(request: Request) -> StreamingResponse:
+        closed = FEED_CLOSED[name] = threading.Event()
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b"event: open\n\n"
+                await asyncio.sleep(60)  # an idle feed: its next heartbeat is far off
+                yield b"event: heartbeat\n\n"
+            finally:
+                closed.set()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -125,12 +157,16 @@ def echo_app(name: str, forwarder: Forwarder) -> Starlette:
             Route("/v1/tenants/{tenant}/query", query, methods=["GET", "POST"]),
             Route("/v1/admin/tenants/{tenant}/import", query, methods=["PUT"]),
             Route("/v1/admin/tenants", query, methods=["POST"]),
+            Route("/v1/admin/tenants/{tenant}/restore", query, methods=["POST"]),
             Route("/v1/tenants/{tenant}/changes", changes, methods=["GET"]),
+            Route("/v1/tenants/{tenant}/adopt", adopt, methods=["POST"]),
+            Route("/v1/tenants/{tenant}/idle-feed", idle_feed, methods=["GET"]),
             Route("/v2/pipeline", query, methods=["POST"]),
             Route("/v1/ping", query, methods=["GET"]),
             WebSocketRoute("/v1/tenants/{tenant}", socket),
             WebSocketRoute("/", socket),
         ],
+        middleware=middleware,
         lifespan=_closing(forwarder),
     )
 
@@ -142,6 +178,23 @@ def _closing(forwarder: Forwarder) -> Callable[[Starlette], contextlib.AbstractA
         await forwarder.aclose()
 
     return lifespan
+
+
+class _Untouchable:
+    """A replica any use of which fails the request (500)."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the replica was asked again ({name})")
+
+
+NO_REPLICA = Handoffs(
+    cast(SealedReplica, _Untouchable()),
+    cast(BackupCatalog, _Untouchable()),
+    cast(Catalog, _Untouchable()),
+    lambda: None,
+    lambda rows: False,
+)
+NO_REPLICA.slot_of = lambda tenant: 7
 
 
 CONFIG = ProxyConfig(read_timeout=5.0, connect_timeout=1.0, replay_bytes=1024, max_connections=8)
@@ -166,12 +219,57 @@ def serving(app: ASGIApp, port: int) -> Iterator[None]:
         thread.join(20)
 
 
+class Seen(Arrivals):
+    """The tenants a node holds (`here`), and those it was asked to open (`arrived`); opening
+    a tenant in `hung` blocks until `unhang` is set (a replica that does not answer); one in
+    `nowhere` is found in no manifest."""
+
+    def __init__(self) -> None:
+        self.here: set[str] = set()
+        self.nowhere: set[str] = set()
+        self.arrived: list[str] = []
+        self.hung: set[str] = set()
+        self.unhang = threading.Event()
+        self.opening = self.most_opening = 0
+        self._lock = threading.Lock()
+
+    def present(self, tenant: str) -> bool:
+        return tenant in self.here
+
+    def arrive(self, tenant: str) -> bool:
+        self.arrived.append(tenant)
+        if tenant in self.hung:
+            with self._lock:
+                self.opening += 1
+                self.most_opening = max(self.most_opening, self.opening)
+            self.unhang.wait(30)
+            with self._lock:
+                self.opening -= 1
+        return tenant in self.nowhere
+
+
+class Routes(RequestObserver):
+    """Records each HTTP request's route label, as the access log and metrics read it."""
+
+    def __init__(self, app: ASGIApp, seen: list[str]) -> None:
+        super().__init__(app)
+        self.seen = seen
+
+    def finished(self, scope: Scope, status: int, seconds: float) -> None:
+        self.seen.append(route_template(scope))
+
+
+DEADLINE = 0.5  # the request time bound the proxies are given (waiting for a tenant to open)
+
+
 @dataclass
 class Cluster:
     a: Table
     b: Table
     url_a: str
     url_b: str
+    seen: dict[str, Seen] = field(default_factory=dict)
+    routes: dict[str, list[str]] = field(default_factory=dict)
 
 
 @pytest.fixture
@@ -184,12 +282,22 @@ def cluster() -> Iterator[Cluster]:
         table.believed["t1"] = (7, 5, "b")
     b.mine.add((7, 5))
     apps = {}
+    seen = {"a": Seen(), "b": Seen()}
+    routes: dict[str, list[str]] = {"a": [], "b": []}
     for n, table in (("a", a), ("b", b)):
         forwarder = Forwarder(CONFIG)
-        parts = ProxyParts(table, forwarder, WebSocketRelay(1.0, 1 << 20))
-        apps[n] = ClusterProxy(echo_app(n, forwarder), parts, "db.test")
-    with serving(apps["a"], ports["a"]), serving(apps["b"], ports["b"]):
-        yield Cluster(a, b, urls["a"], urls["b"])
+        parts = ProxyParts(table, forwarder, WebSocketRelay(1.0, 1 << 20), seen[n])
+        middleware = [  # as router.app stacks them
+            Middleware(Routes, seen=routes[n]),
+            Middleware(ClusterProxy, parts=parts, base_domain="db.test", deadline=DEADLINE),
+        ]
+        apps[n] = echo_app(n, forwarder, middleware)
+    try:
+        with serving(apps["a"], ports["a"]), serving(apps["b"], ports["b"]):
+            yield Cluster(a, b, urls["a"], urls["b"], seen, routes)
+    finally:
+        for arrivals in seen.values():
+            arrivals.unhang.set()
 
 
 def test_a_request_reaches_the_owner_through_any_node(cluster: Cluster) -> None:
@@ -231,6 +339,35 @@ def test_a_tenant_is_created_on_the_node_owning_its_slot(cluster: Cluster) -> No
         assert r.json()["node"] == "a" and r.json()["body"] == body.decode()
 
 
+def test_a_tenant_the_owner_lacks_is_opened_there_before_it_is_served(cluster: Cluster) -> None:
+    """A tenant handed over lives in the replica until first opened (router.proxy.arrivals)."""
+    assert httpx.post(f"{cluster.url_a}/v1/tenants/t1/query").json()["node"] == "b"
+    r = httpx.post(f"{cluster.url_a}/v1/admin/tenants", json={"id": "t1"})  # a create too: then 409
+    assert r.json()["node"] == "b"
+    assert cluster.seen["b"].arrived == ["t1", "t1"] and cluster.seen["a"].arrived == []
+    cluster.seen["b"].here.add("t1")
+    assert httpx.post(f"{cluster.url_b}/v1/tenants/t1/query").json()["node"] == "b"
+    assert cluster.seen["b"].arrived == ["t1", "t1"]  # there now: not opened again
+
+
+def test_a_restore_as_a_tenant_of_another_nodes_slot_is_refused(cluster: Cluster) -> None:
+    for table in (cluster.a, cluster.b):
+        table.believed["t2"] = (8, 6, "a")  # a's
+        table.believed["t3"] = (9, 5, "b")  # b's, as t1 is
+    cluster.a.mine.add((8, 6))
+    cluster.b.mine.add((9, 5))
+    for url in (cluster.url_a, cluster.url_b):
+        r = httpx.post(f"{url}/v1/admin/tenants/t1/restore", json={"as": "t2"})
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert error["code"] == "restore_target_elsewhere" and "'t2'" in error["message"], error
+    r = httpx.post(f"{cluster.url_a}/v1/admin/tenants/t1/restore", json={"as": "t3"})
+    assert r.json()["node"] == "b" and json.loads(r.json()["body"]) == {"as": "t3"}
+    assert "t3" in cluster.seen["b"].arrived  # a handed-over t3 is there first: the restore says 409
+    r = httpx.post(f"{cluster.url_a}/v1/admin/tenants/t1/restore", json={"timestamp": "latest"})
+    assert r.json()["node"] == "b"
+
+
 def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
     for header in ("7:4", "7:x", "garbage"):
         r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", headers={SLOT_HEADER: header})
@@ -251,8 +388,143 @@ def test_an_owner_that_does_not_answer_is_a_503_after_one_retry(cluster: Cluster
     cluster.a.believed["t1"] = cluster.a.truth["t1"] = (7, 5, "gone")
     cluster.a.urls["gone"] = f"http://127.0.0.1:{free_port()}"
     r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", content=b"x")
-    assert r.status_code == 503 and r.json()["error"]["code"] == "owner_unreachable"
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    error = r.json()["error"]
+    assert error["code"] == "owner_unreachable" and error["retry_after"] == 1, error
+    assert "could not be reached, so the request was not applied" in error["message"], error
     assert cluster.a.refreshes == 1
+
+
+class Swallowing(socketserver.ThreadingTCPServer):
+    """An owner that reads each request whole, counts it, and closes the connection without a
+    word (it died, or hung up, after receiving the request)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Swallow)
+        self.received: list[bytes] = []
+
+
+class _Swallow(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = self.rfile.readline()
+            if not line:
+                return
+            head += line
+        length = next(
+            (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
+        )
+        self.rfile.read(length)
+        assert isinstance(self.server, Swallowing)
+        self.server.received.append(head.split(b" ")[0])
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def swallowing() -> Iterator[Swallowing]:
+    server = Swallowing()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_write_the_owner_may_have_received_is_never_sent_again(cluster: Cluster) -> None:
+    """Finding 1 (issue 17): a POST whose owner took it and then went silent is 503
+    outcome_unknown, sent once; only a GET (no effects) is sent again."""
+    with swallowing() as owner:
+        cluster.a.urls["hangs-up"] = f"http://127.0.0.1:{owner.server_address[1]}"
+        cluster.a.believed["t1"] = cluster.a.truth["t1"] = (7, 5, "hangs-up")
+        r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", content=b"INSERT")
+        assert owner.received == [b"POST"], owner.received
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        error = r.json()["error"]
+        assert error["code"] == "outcome_unknown" and error["retry_after"] == 1, error
+        assert "may or may not have been applied" in error["message"], error
+        assert cluster.a.refreshes == 0
+        r = httpx.post(f"{cluster.url_a}/v1/admin/tenants", json={"id": "t1"})  # a create too
+        assert r.json()["error"]["code"] == "outcome_unknown" and owner.received == [b"POST"] * 2
+        owner.received.clear()
+        # nor a PUT or a DELETE (which the HTTP library itself would send again on a new connection)
+        r = httpx.put(f"{cluster.url_a}/v1/admin/tenants/t1/import", content=b"x")
+        assert r.json()["error"]["code"] == "outcome_unknown" and owner.received == [b"PUT"]
+        r = httpx.delete(f"{cluster.url_a}/v1/admin/tenants/t1")
+        assert r.json()["error"]["code"] == "outcome_unknown" and owner.received == [b"PUT", b"DELETE"]
+        owner.received.clear()
+        r = httpx.get(f"{cluster.url_a}/v1/tenants/t1/query")
+        # sent again (aiohttp itself may also resend a GET on a reused connection)
+        assert r.status_code == 503 and set(owner.received) == {b"GET"} and len(owner.received) >= 2
+
+
+def test_a_node_that_does_not_answer_is_named_without_the_http_librarys_text() -> None:
+    """Finding 6 (issue 17): what a gather (tenant list) says of a node it could not reach."""
+    url = f"http://127.0.0.1:{free_port()}"
+
+    async def ask() -> str:
+        forwarder = Forwarder(CONFIG)
+        try:
+            await forwarder.get_json(f"{url}/v1/admin/tenants", {})
+        except Unreachable as exc:
+            return str(exc)
+        finally:
+            await forwarder.aclose()
+        raise AssertionError("a closed port answered")
+
+    message = asyncio.run(ask())
+    assert message == f"the node at {url} could not be connected to (refused or unreachable)", message
+
+
+def test_a_forwarded_request_is_labelled_with_its_route(cluster: Cluster) -> None:
+    """Finding 12 (issue 17): the access log and metrics of the forwarding node name the route."""
+    httpx.post(f"{cluster.url_a}/v1/tenants/t1/query")
+    httpx.post(f"{cluster.url_a}/v1/admin/tenants", json={"id": "t1"})
+    httpx.get(f"{cluster.url_a}/v1/admin/tenants/t1/restore")  # a method the route lacks: still it
+    assert cluster.routes["a"] == [
+        "/v1/tenants/{tenant}/query",
+        "/v1/admin/tenants",
+        "/v1/admin/tenants/{tenant}/restore",
+    ]
+    assert cluster.routes["b"] == cluster.routes["a"]  # the owner's labels: the same
+
+
+def test_a_tenant_the_replica_cannot_open_in_time_is_a_bounded_503(cluster: Cluster) -> None:
+    """Finding 2 (issue 17): opening a tenant this node lacks reads the replica; a hung replica
+    answers 503 within the deadline, HTTP and WebSocket, and holds a bounded number of threads."""
+    for table in (cluster.a, cluster.b):
+        table.believed["hung"] = (9, 5, "b")
+    cluster.b.mine.add((9, 5))
+    cluster.seen["b"].hung.add("hung")
+    answers: list[httpx.Response] = []
+
+    def ask() -> None:
+        answers.append(httpx.post(f"{cluster.url_a}/v1/tenants/hung/query", timeout=10))
+
+    begun = time.monotonic()
+    askers = [threading.Thread(target=ask) for _ in range(2 * OPENING_THREADS)]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join(15)
+    assert time.monotonic() - begun < 8  # each waits DEADLINE (0.5 s) at most: no second wave
+    assert len(answers) == 2 * OPENING_THREADS
+    for r in answers:
+        assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+        assert r.json()["error"]["code"] == "replica_unavailable", r.text
+    assert 0 < cluster.seen["b"].most_opening <= OPENING_THREADS
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(cluster.url_b.replace("http", "ws") + "/v1/tenants/hung", open_timeout=5)
+    assert refused.value.response.status_code == 503
+    cluster.seen["b"].unhang.set()  # the replica answers again: the tenant opens, then is served
+    cluster.seen["b"].hung.clear()
+    assert httpx.post(f"{cluster.url_a}/v1/tenants/hung/query").json()["node"] == "b"
 
 
 def test_a_large_body_streams_through_whole_and_is_not_replayed(cluster: Cluster) -> None:
@@ -262,12 +534,19 @@ def test_a_large_body_streams_through_whole_and_is_not_replayed(cluster: Cluster
     cluster.b.mine.clear()  # now b answers 421, and a streamed body cannot be sent twice
     r = httpx.put(f"{cluster.url_a}/v1/admin/tenants/t1/import", content=body)
     assert r.status_code == 503 and cluster.a.refreshes == 0
+    assert "moved to another node" in r.json()["error"]["message"] and r.json()["error"]["retry_after"] == 1
 
 
 def test_a_streamed_response_arrives_in_pieces(cluster: Cluster) -> None:
     with httpx.stream("GET", f"{cluster.url_a}/v1/tenants/t1/changes") as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         assert b"".join(r.iter_raw()) == b"data: b 0\n\ndata: b 1\n\ndata: b 2\n\n"
+
+
+def test_a_client_leaving_a_streamed_response_ends_the_owners_stream_at_once(cluster: Cluster) -> None:
+    with httpx.stream("GET", f"{cluster.url_a}/v1/tenants/t1/idle-feed", timeout=10) as r:
+        assert next(r.iter_bytes()) == b"event: open\n\n"
+    assert FEED_CLOSED["b"].wait(2), "the owner's stream outlived its client by more than 2 s"
 
 
 def test_requests_bound_to_no_tenant_are_served_here(cluster: Cluster) -> None:
@@ -325,3 +604,13 @@ def test_tenant_of_reads_paths_hosts_and_tokens() -> None:
     assert host_label("a.b.db.test", "db.test") is None
     for junk in ("", "a.b", "a.!!!.c", "a." + "x" * 5000 + ".c", "a.bnVsbA.c"):
         assert jwt_subject(junk) is None
+
+
+def test_a_tenant_found_in_no_manifest_is_not_looked_for_again_by_its_route(cluster: Cluster) -> None:
+    """Finding 2 (issue 17): the replica is read once per request for a tenant this node lacks,
+    by the proxy within the deadline; the route's own open (backups.handoff) does not again."""
+    cluster.seen["b"].nowhere.add("t1")
+    r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/adopt")
+    assert r.status_code == 200 and r.json() == {"node": "b", "adopted": False}, r.text
+    cluster.seen["b"].nowhere.clear()  # not known to be absent (the replica failed): asked again
+    assert httpx.post(f"{cluster.url_a}/v1/tenants/t1/adopt").status_code == 500

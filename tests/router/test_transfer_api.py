@@ -285,6 +285,18 @@ def test_import_replacing_keeps_tokens_and_the_old_data_stays_restorable(
     _no_transfer_files(app)
 
 
+def test_an_import_in_place_answers_the_size_the_tenant_has_after_it(app: InProcess, tmp_path: Path) -> None:
+    app.create("acme")
+    app.query("acme", "CREATE TABLE t(x)")
+    app.query("acme", "INSERT INTO t VALUES (randomblob(300000))")
+    old = app.client.get("/v1/admin/tenants/acme", headers=ADMIN).json()["size"]
+    data = _db_file(tmp_path / "small.db", "CREATE TABLE t(x)", "INSERT INTO t VALUES ('new')")
+    r = _import(app, "acme", data, replace=True)
+    assert r.status_code == 200, r.text
+    after = app.client.get("/v1/admin/tenants/acme", headers=ADMIN).json()["size"]
+    assert r.json()["size"] == after < old, (r.json()["size"], after, old)
+
+
 def test_temporary_folders_a_crash_left_go_with_the_next_transfer(app: InProcess) -> None:
     app.create("a")
     root = app.server.fleet.layout.system_dir / "transfers"

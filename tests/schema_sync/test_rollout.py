@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from schema_sync.catch_up import SchemaHooks
-from schema_sync.errors import RolloutConflict, RolloutNotFound
+from schema_sync.errors import InvalidMigration, RolloutConflict, RolloutNotFound
 from schema_sync.groups import GroupStore
 from schema_sync.migrations import RECORD_TABLE
 from schema_sync.rollout import ABORTED, COMPLETED, STOPPED, Rollout, RolloutOptions
@@ -344,3 +344,55 @@ def test_a_rollout_leaves_the_pool_to_the_tenants_in_use(tmp_path: Path) -> None
     finally:
         sf.rollouts.close()
         fleet.close()
+
+
+def test_a_rerun_counts_the_tenants_an_earlier_run_migrated_as_migrated(schema_fleet: SchemaFleet) -> None:
+    """A part of a fleet-wide rollout run again (its node gained slots): the tenants migrated
+    since the rollout began count as migrated, not current, so each counts once as migrated."""
+    sf = schema_fleet
+    tenants, _ = seed(sf, 6)
+    group = sf.groups.get("shop")
+
+    def part(since: float | None, wanted: set[str]) -> dict[str, Any]:
+        rollout = Rollout(
+            "r",
+            group,
+            RolloutOptions(concurrency=2),
+            store=sf.groups,
+            fleet=sf.fleet,
+            releases=False,
+            wanted=wanted.__contains__,
+            since=since,
+        )
+        rollout.start()
+        return wait(rollout)
+
+    began = time.time() - 1
+    first = part(began, set(tenants[:3]))  # one node's part, then it gains the others
+    assert (first["state"], first["migrated"], first["current"]) == (COMPLETED, 3, 0)
+    again = part(began, set(tenants))
+    assert (again["migrated"], again["current"], again["total"]) == (6, 0, 6)
+    # a later rollout (began after these migrations) finds them current
+    later = part(time.time() + 1, set(tenants))
+    assert (later["migrated"], later["current"]) == (0, 6)
+    assert sf.groups.get("shop").state().head == 0  # parts release nothing
+
+
+def test_an_empty_migration_or_a_name_the_group_has_is_refused(schema_fleet: SchemaFleet) -> None:
+    groups = schema_fleet.groups
+    groups.create("shop", ITEMS)
+    groups.add_migration("shop", "price", "ALTER TABLE items ADD COLUMN price REAL")
+    for text in ("", "  \n", "-- nothing yet\n/* later */", ";\n;"):
+        with pytest.raises(InvalidMigration, match="no SQL statement"):
+            groups.add_migration("shop", "later", text)
+        with pytest.raises(InvalidMigration, match="no SQL statement"):
+            groups.try_migration("shop", "later", ".sql", text)
+    for name in ("price", "0007_price"):
+        with pytest.raises(InvalidMigration, match=r"already has a migration named 'price' \(0001_price\)"):
+            groups.add_migration("shop", name, "CREATE TABLE other (x)")
+    with pytest.raises(InvalidMigration, match="already has a migration named 'price'"):
+        groups.add_sync("shop", "price", "CREATE TABLE items(id INTEGER PRIMARY KEY)")
+    assert [m.name for m in groups.get("shop").state(fresh=True).migrations] == ["0001_price"]
+    # a file another node registered is taken as it is (it was checked there)
+    groups.put_migration("shop", "0002_price.sql", "SELECT 1;")
+    assert [m.name for m in groups.get("shop").state(fresh=True).migrations] == ["0001_price", "0002_price"]

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from router.auth import Principal, require_tenant
 from router.context import Context
 from router.hrana.errors import TenantRequired
-from router.hrana.routes import host_tenant
+from router.hrana.routes import HRANA_TENANT, host_tenant
 from tenants.errors import Forbidden, TenantNotFound, Unauthorized
 from tenants.ids import validate_tenant_id
 
@@ -54,6 +54,7 @@ def authenticate(c: Context, websocket: WebSocket, jwt: str | None, tenant_befor
         raise Forbidden(f"this connection is for tenant {tenant_before!r}, not {tenant!r}")
     if c.fleet.catalog.get(tenant) is None:
         raise TenantNotFound(f"tenant {tenant!r} does not exist")
+    websocket.scope[HRANA_TENANT] = tenant
     return Identity(principal, tenant, readonly, credential)
 
 

@@ -27,3 +27,30 @@ def test_a_tiny_cluster_run_reports_every_phase(tmp_path: Path) -> None:
     assert set(r["targets"]) == {
         f"{kind}: two nodes, {via}" for kind in ("hot", "fleet") for via in ("via both", "routed")
     }
+
+
+def test_a_tiny_failover_run_reports_the_failover_the_restores_and_the_ack_cost(tmp_path: Path) -> None:
+    args = [
+        "--failover",
+        "--tenants",
+        "16",
+        "--concurrency",
+        "4",
+        "--ack-slices",
+        "2",
+        "--ack-slice-seconds",
+        "0.5",
+    ]
+    proc, r = run_bench(tmp_path, "cluster", *args, "--timeout", "240", timeout=300)
+    assert "sqlfleet bench cluster-failover" in proc.stdout and "takeover grace 2 s" in proc.stdout
+    assert r["lease_ttl_s"] == 3 and r["takeover_grace_s"] == 2.0 and r["failover_target_s"] == 7.0
+    assert 0 < r["failover_s"] < 60
+    assert r["probe"]["acked_before_kill"] > 0 <= r["probe"]["lost"] <= r["probe"]["acked_before_kill"]
+    assert r["restore"]["tenants"] == 16 and r["restore"]["tenants_per_s"] > 0
+    for side in ("local", "replica"):
+        assert r["ack"][side]["writes_per_s"] > 0
+    assert r["restore"]["failed"] == len(r["restore"]["failures"]) or r["restore"]["failed"] > 5
+    assert set(r["targets"]) == {
+        "kill -9 of an owner -> first write of its tenant through another node",
+        "dead node's tenants not served after it",
+    }

@@ -1,0 +1,78 @@
+"""ops.node: what a cluster node keeps of its local copies when it starts (no etcd needed: the
+decision reads only the data dir and the replica's fences)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from backups.fence import Writer, fence_incarnation
+from backups.local_replica import LocalReplica
+from backups.service import Backups
+from cluster.config import ClusterConfig
+from ops.node import INCARNATION_FILE, ClusterNode
+from ops.settings import Settings
+from tenants.fleet import Fleet
+from tests.support.tenants import TEST_CONFIG, TEST_POOL
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    made = Fleet(tmp_path / "data", TEST_CONFIG, TEST_POOL)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@contextmanager
+def _node(incarnation: str) -> Iterator[ClusterNode]:
+    config = ClusterConfig(("127.0.0.1:9",), "c", "n2", "http://n2.invalid", 2, 1.0)
+    node = ClusterNode(config, Settings.load(environ={}).proxy_config(), 1 << 20)  # never joins
+    node.writer = Writer("n2", incarnation)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def _last_ran_as(fleet: Fleet, node: str, incarnation: str) -> None:
+    path = fleet.layout.system_dir / INCARNATION_FILE
+    path.write_text(json.dumps({"node": node, "incarnation": incarnation}))
+
+
+@pytest.mark.parametrize(
+    ("last", "dropped"),
+    [
+        (None, 0),  # a data dir's first start in a cluster
+        (("n2", "aaa"), 1),  # taken over while away: its copies may be stale
+        (("n2", "ccc"), 0),  # back within the grace (not fenced): its copies are the truth
+        (("n9", "ddd"), 1),  # another node's data dir: its slots are others' now
+    ],
+)
+def test_a_node_drops_its_copies_only_if_it_was_taken_over(
+    fleet: Fleet, tmp_path: Path, last: tuple[str, str] | None, dropped: int
+) -> None:
+    replica = LocalReplica(tmp_path / "replica")
+    fence_incarnation(replica, "n2", "aaa")
+    fleet.create("acme")
+    if last is not None:
+        _last_ran_as(fleet, *last)
+    backups = cast(Backups, SimpleNamespace(replica=replica))
+    with _node("bbb") as node:
+        assert node.forget_if_taken_over(fleet, backups) == dropped
+    assert (fleet.catalog.get("acme") is None) == bool(dropped)
+    assert fleet.layout.tenant_path("acme").exists() != bool(dropped)
+    # the next start compares with this incarnation, which nobody fenced
+    assert json.loads((fleet.layout.system_dir / INCARNATION_FILE).read_text()) == {
+        "node": "n2",
+        "incarnation": "bbb",
+    }
+    with _node("eee") as node:
+        assert node.forget_if_taken_over(fleet, backups) == 0

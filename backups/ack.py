@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from backups.errors import ReplicaFenced
 from backups.ledger import Ledger
-from tenants.errors import ReplicaUnavailable
+from tenants.errors import ReplicaUnavailable, disk_full
 
 
 class _Refused(Exception):
@@ -136,6 +136,8 @@ class Acks:
             reason = "another server has taken over this server's tenants"
         elif for_good:
             reason = "the server is shutting down"
+        elif disk_full(exc):
+            reason = "the server's disk is full"
         else:
             reason = "the backup replica could not be reached"
         with self._lock:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from typing import ClassVar
 
 from tenants.errors import BadRequest, SqlfleetError, TenantNotFound
 
 log = logging.getLogger(__name__)
 
+# words naming an object key, a path or a URL, quoted or not
+_SLASHED = re.compile(r"'[^'\s]*/[^']*'|\"[^\"\s]*/[^\"]*\"|[^\s'\"(]*/[^\s'\")]*")
 # detail a client may read: never an endpoint, a bucket or an object key
 _PUBLIC_DETAIL = ("retry_after", "key_id")
 
@@ -114,7 +117,10 @@ class BackupBroken(SqlfleetError):
     code = "backup_broken"
 
     def public(self) -> SqlfleetError:
-        return _in_user_terms(self, "the backup cannot be read back whole; the server's log says why")
+        # its text says what is wrong with the backup (a gap, a bad chunk): kept, but without
+        # the object keys, paths or URLs it may quote (the only words with a '/')
+        shown = _SLASHED.sub("(an object in the replica)", self.message)
+        return self if shown == self.message else _in_user_terms(self, shown)
 
 
 class BackupKeyMissing(ReplicaError):

@@ -12,6 +12,9 @@ fleet/<server>/server.json.zst              kind "server": `token_key`, the fing
 fleet/<server>/tenants/base-<seq>.json.zst  kind "tenants": every record of the server as of <seq>
 fleet/<server>/tenants/log-<seq>.json.zst   kind "tenants": the records changed since <seq> - 1
 fleet/<server>/groups/<name>.tar.zst        one schema group (schema_sync/archive.py)
+fleet/cluster.json.zst                      kind "cluster": `cluster`, the name of the cluster
+                                            whose prefix this is (written by its first node;
+                                            absent for a single server's)
 
 A tenant's state is the newest base plus the logs after it, in order. A record:
 {"created", "group", "incarnation", "token_generation", "updated", "deleted"} (times in unix
@@ -20,16 +23,18 @@ seconds; `deleted` null while the tenant exists). The tenant's schema version is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zstandard
 
-from backups.errors import BackupBroken, ReplicaNotFound
+from backups.errors import BackupBroken, ObjectExists, ReplicaNotFound
 from backups.replica import ObjectInfo
 from backups.sealed_replica import SealedReplica
 
@@ -41,7 +46,35 @@ _KEY = re.compile(
     r"|tenants/(?P<kind>base|log)-(?P<seq>\d{12})\.json\.zst"
     r"|groups/(?P<group>[a-z0-9][a-z0-9_-]{0,62})\.tar\.zst)"
 )
+_READERS = 8  # logs of a namespace fetched at once
 _READS = 3  # a namespace read again when its writer deleted an object meanwhile (compaction)
+
+
+CLUSTER_KEY = f"{PREFIX}cluster.json.zst"
+
+
+def read_cluster(replica: SealedReplica) -> str | None:
+    """The name of the cluster whose prefix this is; None if no cluster claimed it. Raises
+    ReplicaError, BackupBroken."""
+    try:
+        data = replica.get(CLUSTER_KEY)
+    except ReplicaNotFound:
+        return None
+    name = unpack(CLUSTER_KEY, data, "cluster").get("cluster")
+    if not isinstance(name, str):
+        raise BackupBroken(f"fleet metadata {CLUSTER_KEY} names no cluster")
+    return name
+
+
+def claim_cluster(replica: SealedReplica, name: str, server: str) -> str:
+    """Record that this prefix is cluster `name`'s unless a cluster claimed it first; returns
+    the name recorded (another's, if one was first). Raises ReplicaError, BackupBroken."""
+    with contextlib.suppress(ObjectExists):  # another node was first: its name counts
+        replica.put(CLUSTER_KEY, pack("cluster", server, {"cluster": name}), if_absent=True)
+    recorded = read_cluster(replica)
+    if recorded is None:
+        raise BackupBroken(f"fleet metadata {CLUSTER_KEY} vanished right after it was written")
+    return recorded
 
 
 def server_key(server: str) -> str:
@@ -194,9 +227,12 @@ def _read(replica: SealedReplica, server: str, infos: list[ObjectInfo], own: boo
         start = base[0]
         space.base_bytes = base[2].size
         space.records = _records(replica, base[2].key, own)
-    for seq, kind, info in tenants:
-        if kind == "log" and seq > start:
-            space.records.update(_records(replica, info.key, own))
+    logs = [info for seq, kind, info in tenants if kind == "log" and seq > start]
+    # up to MAX_LOGS small GETs: a few at a time (a takeover reads a dead node's namespace
+    # while its tenants wait), applied in order
+    with ThreadPoolExecutor(_READERS, thread_name_prefix="sqlfleet-fleet-read") as pool:
+        for info, records in zip(logs, pool.map(lambda i: _records(replica, i.key, own), logs), strict=True):
+            space.records.update(records)
             space.logs += 1
             space.log_bytes += info.size
     return space

@@ -63,6 +63,14 @@ def parse_moment(text: str) -> float:
     return time.time() if text == "latest" else parse_time(text)
 
 
+def _why_behind(health: Health) -> str:
+    """Why shipping is behind, for a client: not the flush's error, which names the replica's
+    endpoint, bucket or keys (the flush logs it)."""
+    if health.disk_full:
+        return " (the data disk is full)"
+    return " (shipping fails: the server's log says why)" if health.last_error else ""
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     tenant: str
@@ -230,7 +238,7 @@ class Backups(FleetHooks):
         message = (  # without the flush's error: it names the endpoint, bucket, keys (logged)
             f"{len(missing)} commits of tenant {tenant!r} the restore needs (made from "
             f"{format_time(missing[0])} to {format_time(missing[-1])}) are not in the replica yet"
-            f"{' (shipping fails: see the server log)' if health.last_error else ''}; restore "
+            f"{_why_behind(health)}; restore "
             "again once they are"
         )
         raise InsufficientStorage(message) if health.disk_full else ReplicaBehind(message)

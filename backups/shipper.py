@@ -178,9 +178,9 @@ class Shipper(FleetHooks):
             if age > bound:
                 LIMIT_REFUSALS.labels("unshipped_age").inc()
                 raise ReplicaBehind(
-                    f"tenant {tenant_id!r} has a commit not in the replica for {age:.0f} s, more than "
-                    f"max_unshipped_age ({bound:g} s): writes wait until shipping catches up "
-                    "(the write was rolled back); reads are served",
+                    f"tenant {tenant_id!r}: the backup replica is {age:.0f} s behind its commits, more "
+                    f"than this server allows ({bound:g} s), so writes are paused until it catches up: "
+                    "this write was rolled back, retry later; reads are served",
                     retry_after=max(1, round(self.config.flush_interval)),
                 )
         return False

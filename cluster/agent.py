@@ -10,9 +10,10 @@ from collections.abc import Callable, Mapping
 from cluster.config import ClusterConfig
 from cluster.controller import Controller, TakeOver
 from cluster.errors import EtcdUnavailable
+from cluster.keys import decode_assign
 from cluster.membership import Node
 from cluster.ownership import Ownership
-from cluster.routing import Route, RoutingTable
+from cluster.routing import Lost, Route, RoutingTable
 from cluster.slots import slot_of
 
 
@@ -98,6 +99,19 @@ class Agent:
             except (ValueError, KeyError, TypeError):
                 continue
         return shown
+
+    def departed(self) -> dict[str, tuple[int, Lost | None]]:
+        """Nodes that hold slots by the controller's assignment but are not registered (their
+        lease ran out, or they left without handing their slots over): node -> (slots assigned
+        to it, what this node saw of its going, None if it went before this node watched)."""
+        assigns, registered = self.node.mirror(self.node.keys.assigns), self.routing.nodes()
+        counts: dict[str, int] = {}
+        for kv in list(assigns.current().values()):
+            node = decode_assign(kv.value)
+            if node not in registered:
+                counts[node] = counts.get(node, 0) + 1
+        lost = self.routing.lost()
+        return {node: (n, lost.get(node)) for node, n in sorted(counts.items())}
 
     def why_not_serving(self) -> str | None:
         """For /readyz: None while the node can prove its lease alive."""

@@ -10,6 +10,9 @@ from tenants.errors import BadRequest
 
 # node ids and cluster names go into etcd keys and JSON: host-name-like, no `/`
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# Seconds a starting node keeps trying etcd: long enough for an etcd member that is restarting
+# (or a pod whose Service is not resolvable yet), short enough that a wrong URL is seen at once.
+JOIN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class ClusterConfig:
     @property
     def keys(self) -> Keyspace:
         return Keyspace(self.name)
+
+    @property
+    def join_timeout(self) -> float:
+        """Seconds a starting node tries to reach etcd and register before it gives up (the
+        server then exits: EtcdUnavailable)."""
+        return JOIN_TIMEOUT
 
     @property
     def keepalive_interval(self) -> float:

@@ -75,6 +75,7 @@ class Controller:
         self._take_over = take_over
         self._takeover_timeout = takeover_timeout
         self._departed: dict[str, float] = {}  # node → monotonic time its slots may move
+        self._gone_at: dict[str, float] = {}  # node → monotonic time its registration went
         self._incarnations: dict[str, list[str]] = {}  # node → process incarnations seen, newest last
         self._taken: set[str] = set()  # taken over, slots not reassigned yet
         self._retry_at: dict[str, float] = {}  # node → monotonic time of its next takeover attempt
@@ -124,13 +125,16 @@ class Controller:
             del seen[:-KEPT_INCARNATIONS]
 
     def _nodes_changed(self, changed: Sequence[tuple[bytes, KeyValue | None]] = ()) -> None:
-        for key, kv in changed:
-            if kv is not None:
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    record = json.loads(kv.value)
-                    name = self.keys.name_in(key, self.keys.nodes)
-                    self._remember(name, record.get("process", record.get("incarnation")))
         now = time.monotonic()
+        for key, kv in changed:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                name = self.keys.name_in(key, self.keys.nodes)
+                if kv is None:  # its grace counts from here, not from when the burst settled
+                    self._gone_at[name] = now
+                    continue
+                self._gone_at.pop(name, None)
+                record = json.loads(kv.value)
+                self._remember(name, record.get("process", record.get("incarnation")))
         self._quiet_since = now
         if self._unsettled_since is None:
             self._unsettled_since = now
@@ -205,9 +209,10 @@ class Controller:
         }
         assigned = set(current.values())
         for gone in assigned - live:
-            self._departed.setdefault(gone, now + self.grace)
+            self._departed.setdefault(gone, min(now, self._gone_at.get(gone, now)) + self.grace)
         # forget a node once it is back or holds no slot any more
         self._departed = {n: t for n, t in self._departed.items() if n in assigned and n not in live}
+        self._gone_at = {n: t for n, t in self._gone_at.items() if n in assigned and n not in live}
         self._taken &= self._departed.keys()
         for node in list(self._retry_at):
             if node not in self._departed:
@@ -228,8 +233,15 @@ class Controller:
             if wanted:
                 moving = {current.get(s) for s in wanted}
                 guards = [Compare.absent(self.keys.node(n)) for n in sorted(self._taken & moving)]
+                started = time.monotonic()
                 revision = await self.write(wanted, epoch, guards)
                 await assigns.wait_revision(revision)
+                log.info(
+                    "assigned %d slots to %s in %.2f s",
+                    len(wanted),
+                    sorted(effective),
+                    time.monotonic() - started,
+                )
                 for node in self._taken & moving:
                     self._incarnations.pop(node, None)  # fenced: nothing of it to fence again
         await self._show_takeovers(epoch)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cluster.config import ClusterConfig
-from cluster.errors import ClusterError, LeaseNotFound, NotServing
+from cluster.errors import ClusterError, EtcdUnavailable, LeaseNotFound, NotServing
 from cluster.kv import Put
 from tenants.rfc3339 import format_time
 
@@ -41,7 +41,8 @@ REJOIN_CHECK = 5.0  # seconds `before_rejoin` may take
 class Node:
     """This process as a member of the cluster of `config`.
 
-    `start()` joins (raises EtcdUnavailable if etcd does not answer within `join_timeout`);
+    `start()` joins (raises EtcdUnavailable if etcd does not answer within `join_timeout`, by default
+    `config.join_timeout`);
     `stop()` leaves (revokes the lease: its keys, slots included, go at once). `alive()`,
     `why_not_serving()`, `incarnation` and `valid_until` are safe to read from any thread.
     `on_lease_lost(reason)` runs on the cluster thread: keep it short, never block.
@@ -54,14 +55,14 @@ class Node:
         *,
         on_lease_lost: Callable[[str], None] | None = None,
         before_rejoin: Callable[[], bool] | None = None,
-        join_timeout: float = 30.0,
+        join_timeout: float | None = None,
     ) -> None:
         self.config = config
         self.keys = config.keys
         self.node_id = config.node_id
         self._on_lease_lost = on_lease_lost
         self._before_rejoin = before_rejoin
-        self._join_timeout = join_timeout
+        self._join_timeout = config.join_timeout if join_timeout is None else join_timeout
         self.valid_until = 0.0
         self.incarnation: str | None = None
         # the incarnation of the first lease: this process's segments are written under it
@@ -119,7 +120,13 @@ class Node:
     def start(self) -> None:
         self._thread.start()
         try:
-            self.call(self._join(), self._join_timeout + 5)
+            try:
+                self.call(asyncio.wait_for(self._join(), self._join_timeout), self._join_timeout + 5)
+            except TimeoutError:
+                raise EtcdUnavailable(
+                    f"could not join through etcd at {', '.join(self.config.endpoints)} within "
+                    f"{self._join_timeout:g} s"
+                ) from None
         except BaseException:
             self.stop()
             raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -161,10 +162,13 @@ class Ownership:
                     return
                 await self._claim(batch, lease)
 
+        started = time.monotonic()
         results = await asyncio.gather(*(claimer() for _ in range(CLAIMS_IN_FLIGHT)), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        if len(free) >= self.batch:  # a slot or a few are routine; a share of the cluster is news
+            log.info("claimed %d slots in %.2f s", len(free), time.monotonic() - started)
 
     async def _claim(self, slots: list[int], lease: Lease, tries: int = 2) -> None:
         """Claim `slots` in one transaction. When it fails, its failure branch shows each slot's

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -35,6 +36,15 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Lost:
+    """A node whose registration went (its lease ran out or was revoked) while this node
+    watched: what it was, and when (unix seconds) its key went."""
+
+    info: NodeInfo
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """Where a slot is served: `node` at `url`, owning it with fencing token `token`."""
 
@@ -55,6 +65,8 @@ class RoutingTable:
         self._nodes: dict[str, NodeInfo] = {}
         self._table: tuple[Route | None, ...] = (None,) * SLOTS
         self._published_nodes: Mapping[str, NodeInfo] = MappingProxyType({})
+        self._lost: dict[str, Lost] = {}  # by node id, until it registers again
+        self._published_lost: Mapping[str, Lost] = MappingProxyType({})
         self._publish: asyncio.TimerHandle | None = None
         self.ready = False  # both watches have listed once
         self.version = 0  # bumped on every publish
@@ -68,6 +80,12 @@ class RoutingTable:
     def nodes(self) -> Mapping[str, NodeInfo]:
         """Every registered node by id."""
         return self._published_nodes
+
+    def lost(self) -> Mapping[str, Lost]:
+        """Nodes whose registration went while this node watched and that have not registered
+        again (those that left cleanly too: whether they still hold slots is the caller's to
+        ask), by id."""
+        return self._published_lost
 
     def table(self) -> tuple[Route | None, ...]:
         """Every slot's route, one consistent snapshot."""
@@ -106,10 +124,13 @@ class RoutingTable:
         for key, kv in changed:
             name = self.keys.name_in(key, self.keys.nodes)
             if kv is None:
-                self._nodes.pop(name, None)
+                gone = self._nodes.pop(name, None)
+                if gone is not None:
+                    self._lost[name] = Lost(gone, time.time())
             else:
                 info = _decode_node(kv.value)
                 self._nodes[name] = NodeInfo(name, str(info["url"]), str(info["incarnation"]))
+                self._lost.pop(name, None)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -132,6 +153,7 @@ class RoutingTable:
             table.append(routes[owner])
         self._table = tuple(table)
         self._published_nodes = MappingProxyType(dict(nodes))
+        self._published_lost = MappingProxyType(dict(self._lost))
         self.version += 1
 
 

@@ -231,10 +231,14 @@ class Readiness(TypedDict):
 
 
 class ClusterNodeInfo(TypedDict):
-    url: str
-    incarnation: str
+    url: str | None
+    incarnation: str | None
     slots: int
     draining: bool
+    state: str  # "live" | "lease_lost" (then also the three below)
+    assigned_slots: NotRequired[int]
+    lease_lost_ago_s: NotRequired[float | None]
+    takeover_in_s: NotRequired[float | None]
 
 
 class ClusterStatus(TypedDict, total=False):

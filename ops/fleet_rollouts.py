@@ -152,7 +152,7 @@ class FleetRollouts(Rollouts):
         failed, aborted) is RolloutFinished."""
         spec, parts, revision = self._require(group_name, rollout_id)
         merged = self._merge(spec, parts)
-        if spec["control"] not in (RUNNING, STOPPED) or merged["state"] == FAILED:
+        if spec["control"] not in (RUNNING, STOPPED) or merged["state"] in (COMPLETED, FAILED):
             raise RolloutFinished(
                 f"rollout {rollout_id} of group {group_name!r} is {merged['state']}: nothing to stop"
             )
@@ -180,7 +180,9 @@ class FleetRollouts(Rollouts):
         deadline = time.monotonic() + ABORT_WAIT  # as on one server: the running parts stop first
         while time.monotonic() < deadline:
             found = self._read(rollout_id)
-            if found is None or not any(p.get("state") == RUNNING for p in found[1].values()):
+            # a dead node's last "running" counts as interrupted: nothing to wait for there
+            live = [] if found is None else self._merge(*found)["nodes"].values()
+            if not any(p["state"] == RUNNING for p in live):
                 break
             time.sleep(POLL)
         found = self._read(rollout_id)

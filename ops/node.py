@@ -37,8 +37,10 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from backups import fleet_doc
 from backups.errors import ReplicaError, ReplicaFenced
-from backups.fence import Writer, top
+from backups.fence import SEGMENTS, Writer, parse_key, top
+from backups.sealed_replica import SealedReplica
 from backups.service import Backups
 from cluster.agent import Agent
 from cluster.config import ClusterConfig
@@ -84,6 +86,14 @@ class NodeNotLive(SqlfleetError):
     code = "node_not_live"
 
 
+class ForeignReplica(SqlfleetError):
+    """The replica prefix holds another cluster's, or a single server's, backups: a node that
+    used them would serve tenants someone else serves (the server does not start; exit 2)."""
+
+    status = 409
+    code = "foreign_replica"
+
+
 class NotOwner(SqlfleetError):
     """This node does not serve the tenant's slot (any more): retry through any node."""
 
@@ -127,6 +137,30 @@ class ClusterNode:
             self.config.node_id,
             incarnation,
         )
+
+    def check_replica(self, replica: SealedReplica, server: str) -> None:
+        """At start, before anything is read from or shipped to the replica: raise
+        ForeignReplica unless its prefix is this cluster's (the first node of a cluster records
+        the cluster's name there, `fleet_doc.claim_cluster`; a prefix holding a single server's
+        segments is no cluster's). Raises ReplicaError, BackupBroken (the server does not start)."""
+        name = self.config.name
+        recorded = fleet_doc.read_cluster(replica)
+        if recorded is None:
+            flat = next((i.key for i in replica.list(SEGMENTS) if parse_key(i.key) is None), None)
+            if flat is not None:
+                raise ForeignReplica(
+                    f"the replica prefix holds a single server's backups (e.g. {flat.rsplit('/', 1)[-1]}), "
+                    f"not cluster {name!r}'s: give every node of a new cluster a replica prefix of its own"
+                )
+            recorded = fleet_doc.claim_cluster(replica, name, server)
+            if recorded == name:
+                log.info("the replica prefix is cluster %s's", name)
+        if recorded != name:
+            raise ForeignReplica(
+                f"the replica prefix holds cluster {recorded!r}'s backups, and this node joins cluster "
+                f"{name!r}: start it with --cluster-name {recorded} to join that cluster, or give a new "
+                "cluster a replica prefix of its own"
+            )
 
     def forget_if_taken_over(self, fleet: Fleet, backups: Backups) -> int:
         """At start, once registered and before anything ships: if the incarnation this data dir
@@ -267,15 +301,17 @@ class ClusterNode:
         table = self.agent.routing.table()
         slots = Counter(route.node for route in table if route is not None)
         draining = self.agent.draining()
-        nodes = {
+        nodes: dict[str, dict[str, object]] = {
             node: {
                 "url": info.url,
                 "incarnation": info.incarnation,
                 "slots": slots.get(node, 0),
                 "draining": node in draining,
+                "state": "live",
             }
             for node, info in sorted(self.agent.routing.nodes().items())
         }
+        nodes.update(self._departed(draining))
         why = self.unavailable()
         status: dict[str, object] = {
             "node": self.config.node_id,
@@ -291,6 +327,26 @@ class ClusterNode:
             owner = None if route is None else {"node": route.node, "token": route.token}
             status["tenant"] = {"id": tenant, "slot": slot, "owner": owner}
         return status
+
+    def _departed(self, draining: frozenset[str]) -> dict[str, dict[str, object]]:
+        """The nodes that hold slots but no lease (cluster_api's "lease_lost" entries): none of
+        their slots is served until they come back or are taken over."""
+        now, grace = time.time(), self.config.takeover_grace
+        shown: dict[str, dict[str, object]] = {}
+        for node, (assigned, lost) in self.agent.departed().items():
+            ago = None if lost is None else max(0.0, now - lost.since)
+            shown[node] = {
+                "url": None if lost is None else lost.info.url,
+                "incarnation": None if lost is None else lost.info.incarnation,
+                "slots": 0,
+                "draining": node in draining,
+                "state": "lease_lost",
+                "assigned_slots": assigned,
+                "lease_lost_ago_s": None if ago is None else round(ago, 1),
+                # the controller's count starts when it sees the loss (about when we did)
+                "takeover_in_s": None if ago is None else round(max(0.0, grace - ago), 1),
+            }
+        return shown
 
     async def gather(self, path: str, authorization: str, marker: str) -> list[dict[str, Any]]:
         peers = [i.url for n, i in self.agent.routing.nodes().items() if n != self.config.node_id]

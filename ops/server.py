@@ -118,6 +118,7 @@ class Server:
             TENANT_BYTES.set_function(fleet.catalog.total_size)
             if hooks.backups is not None:
                 if node is not None:  # before anything ships: stale copies must not
+                    node.check_replica(hooks.backups.replica, hooks.backups.meta.server)
                     node.forget_if_taken_over(fleet, hooks.backups)
                 hooks.backups.start(token_key_fingerprint(signing_key))
                 if node is not None:
@@ -206,6 +207,14 @@ def _join_cluster(settings: Settings) -> ClusterNode | None:
     if not settings.backups:
         raise BadRequest("a cluster node needs backups on: tenants move between nodes through the replica")
     node = ClusterNode(config, settings.proxy_config(), settings.max_body_bytes)
+    # said before the wait, so that a wrong URL is not a silent pause
+    log.info(
+        "joining cluster %s as node %s through etcd at %s (giving up after %g s)",
+        config.name,
+        config.node_id,
+        ", ".join(config.endpoints),
+        config.join_timeout,
+    )
     node.start()
     return node
 

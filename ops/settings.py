@@ -582,6 +582,11 @@ class Settings:
             "max_transfers",
             "export_step_pages",
             "cluster_lease_ttl",
+            "max_token_ttl",
+            "backup_snapshot_bytes",
+            "backup_checkpoint_frames",
+            "backup_segment_max_bytes",
+            "backup_max_backlog_bytes",
         ):
             if getattr(self, name) < 1:
                 raise BadRequest(f"{name} must be at least 1")
@@ -612,8 +617,9 @@ class Settings:
 
         if self.changes_max_txn_bytes > self.changes_buffer_bytes:
             raise BadRequest("changes_max_txn_bytes must not exceed changes_buffer_bytes")
-        if self.changes_linger < 0:
-            raise BadRequest("changes_linger must not be negative")
+        for name in ("changes_linger", "cache_size_kib", "export_max_restarts"):
+            if getattr(self, name) < 0:
+                raise BadRequest(f"{name} must not be negative")
         if self.cluster_takeover_grace < 0:
             raise BadRequest("cluster_takeover_grace must not be negative")
         if self.fair_share_grace < 0:

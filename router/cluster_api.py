@@ -2,8 +2,10 @@
 
 Answer: `{"node": this node's id, "serving": bool, "reason": why not (or null), "slots_owned":
 slots with a live owner (16384 when all are served), "nodes": {id: {"url", "incarnation",
-"slots"}}}`, plus `"tenant": {"id", "slot", "owner": {"node", "token"} or null}` with
-`?tenant=`. A server that is not a cluster node answers 409 `cluster_disabled`.
+"slots", "draining", "state"}}}` (state "lease_lost": the node holds slots but its lease is gone,
+so they are not served; with "assigned_slots", "lease_lost_ago_s", "takeover_in_s"), plus
+`"tenant": {"id", "slot", "owner": {"node", "token"} or null}` with `?tenant=`. A server that is
+not a cluster node answers 409 `cluster_disabled`.
 
 `POST /v1/admin/cluster/nodes/{node}/drain` marks a node draining: the controller moves its slots
 to the other nodes, each a planned move (drained, shipped, handed over); `DELETE` the same path

@@ -53,17 +53,17 @@ def render(exc: SqlfleetError, headers: Mapping[str, str] | None = None) -> Resp
 async def handle_sqlfleet_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SqlfleetError)
     if exc.status >= 500 and not isinstance(exc, InsufficientStorage) and disk_full(exc):
-        return render(_insufficient_storage(exc))  # a server fault only because the disk is full
+        # a server fault only because the disk is full; what it names (a path, a key) is logged
+        log.warning("%s %s: the disk is full (%s)", request.method, request.url.path, exc)
+        return render(_insufficient_storage(exc))
     return render(exc)
 
 
 def _insufficient_storage(exc: BaseException) -> InsufficientStorage:
     """A full disk (tenants.errors.disk_full) as the client sees it: 507, never a 500."""
     DISK_FULL.labels("request").inc()
-    what = exc.message if isinstance(exc, SqlfleetError) else str(exc) or type(exc).__name__
     return InsufficientStorage(
-        f"the server's disk is full ({what}): the request changed nothing; retry once an operator "
-        "has freed space"
+        "the server's disk is full: the request changed nothing; retry once an operator has freed space"
     )
 
 

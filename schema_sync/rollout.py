@@ -418,7 +418,9 @@ class Rollout:
             if error is not None:
                 self._retry.append(tenant)
                 if len(self.failures) < MAX_FAILURES_KEPT:
-                    self.failures.append({"tenant": tenant, "code": error.code, "error": error.message})
+                    self.failures.append(
+                        {"tenant": tenant, "code": error.code, "error": error.public().message}
+                    )
                 limit = self.options.max_failures
                 if limit is not None and self.counts["failed"] >= limit and not self._stop.is_set():
                     self.reason = f"stopped after {self.counts['failed']} failures (max_failures {limit})"

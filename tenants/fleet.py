@@ -115,7 +115,9 @@ class Fleet:
         if not self.catalog.insert(tenant_id, group):
             raise TenantExists(f"tenant {tenant_id!r} already exists")
         if identity is not None:
-            self.catalog.adopt(tenant_id, identity.created_at, identity.incarnation, identity.token_generation)
+            self.catalog.adopt(
+                tenant_id, identity.created_at, identity.incarnation, identity.token_generation
+            )
         path = self.layout.tenant_path(tenant_id)
         try:
             size = self._make_file(tenant_id, path, template, group_template)

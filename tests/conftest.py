@@ -15,6 +15,7 @@ import pytest
 
 from ops.process import become_subreaper
 from tests.support.app import InProcess, in_process
+from tests.support.s3 import MotoServer
 
 # Seconds a process may still take to exit at the end (it was told to stop and is on its way).
 LEAK_GRACE = 10.0
@@ -85,6 +86,18 @@ def _describe(p: psutil.Process) -> str:
         return f"pid {p.pid}: {' '.join(p.cmdline())[:200]}"
     except psutil.Error:
         return f"pid {p.pid}"
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server for the whole run (bucket `tests.support.s3.BUCKET`); tests share it, so
+    each one works under its own key prefix."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        server.launch()
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

@@ -6,7 +6,10 @@
 2. Writes to one of n2's tenants go on through n1 while n2 is killed with SIGKILL: the seconds
    from the kill to the first write sent after it and acknowledged (target: TTL + grace + 2 s),
    and how many writes acknowledged before the kill are missing after (ack=local may lose up to
-   about one flush interval of them; none is the norm).
+   about one flush interval of them; none is the norm). Where those seconds went, from n1's
+   cluster status polled meanwhile and its log: lease expiry, grace, takeover, claim (assign,
+   claims, routing), first write (proxy, restore on first access, the client's retry). Catalogs
+   are uploaded every second (as the cluster tests do), so a takeover reads little.
 3. First access through n1 of every tenant n2 had (each restored from the replica: snapshot and
    segments below the fence), requests that answer 503 sent again: seconds until all answered.
 4. The cost of `--ack replica` (ops.bench.ack.measure_ack, two servers on a moto S3 server):
@@ -15,6 +18,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import shutil
 import tempfile
 import threading
@@ -26,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from cluster.slots import assignment, slot_of
+from cluster.slots import SLOTS, assignment, slot_of
 from ops.bench.ack import measure_ack
 from ops.bench.cluster import Cluster, running_cluster
 from ops.bench.driver import Driver
@@ -36,6 +41,8 @@ from ops.bench.report import Row
 from ops.moto_s3 import MotoServer
 from ops.process import signals_deferred
 
+CATALOG_UPLOAD_INTERVAL = 1.0  # seconds: the nodes' --backup-catalog-upload-interval
+POLL = 0.1  # seconds between looks at the cluster status while the failover runs
 SLACK = 2.0  # seconds over lease TTL + grace the first write after a kill may take (issue 17)
 PROBE_TIMEOUT = 5.0  # seconds one probe write may take
 PROBE_WARMUP = 2.0  # seconds of probe writes before the kill
@@ -54,6 +61,9 @@ def bench_failover(
 ) -> dict[str, Any]:
     deadline = time.monotonic() + opts["timeout"]
     flags = ["--cluster-lease-ttl", str(lease_ttl), "--cluster-takeover-grace", str(grace)]
+    # catalogs uploaded every second, as the cluster tests do: a takeover then reads an upload
+    # and the few segments after it (the default, 300 s, would make it read minutes of them)
+    flags += ["--backup-catalog-upload-interval", str(CATALOG_UPLOAD_INTERVAL), "--log-format", "text"]
     result: dict[str, Any] = {
         "bench": "cluster-failover",
         "tenants": tenants,
@@ -70,19 +80,24 @@ def bench_failover(
         probe = Probe(cluster, n1.url, ids[0])
         with _admin(cluster, n2.url) as http:  # ships every commit (the listing flushes first)
             http.get("/v1/admin/backups/tenants").raise_for_status()
-        with probe:
+        with probe, Timeline(cluster, n1.url) as timeline:
             probe.wait_for(PROBE_WARMUP, deadline)
-            killed = time.monotonic()
+            killed, killed_wall = time.monotonic(), time.time()
             n2.kill9()
+            timeline.start()
             result["killed_at"] = time.strftime("%H:%M:%S", time.localtime())  # to read the log against
             give_up = min(deadline, killed + lease_ttl + grace + FAILOVER_WAIT)
             try:
-                result["failover_s"] = round(probe.first_after(killed, give_up) - killed, 2)
+                first = probe.first_after(killed, give_up)
             except BenchError as exc:
                 raise BenchError(f"{exc}; n1's log:\n{n1.log_tail(40)}") from None
+            result["failover_s"] = round(first - killed, 2)
+            timeline.wait_owned(give_up)
             result["probe"] = probe.check(killed)
         # what the takeover itself says it took (its log line), for telling its part apart
-        result["takeover_log"] = [line for line in n1.log().splitlines() if "took over node" in line][-2:]
+        log = n1.log().splitlines()
+        result["takeover_log"] = [line for line in log if "took over node" in line][-3:]
+        result["phases"] = timeline.phases(killed_wall, log, killed_wall + (first - killed))
         result["restore"] = _first_access(Driver(n1, opts["clients"], deadline), ids, tokens, concurrency)
     left = deadline - time.monotonic()
     if left <= 0:
@@ -186,6 +201,74 @@ class Probe:
         return {"acked_before_kill": len(before), "lost": len(before - present)}
 
 
+class Timeline:
+    """When n1 saw what, after the kill: n2's lease lost (its registration gone), and every slot
+    served again without n2 (its slots claimed by n1), polled from a thread (wall clock); with
+    n1's log lines that start and end the takeover, the failover time split into its phases."""
+
+    def __init__(self, cluster: Cluster, url: str) -> None:
+        self.http = _admin(cluster, url)
+        self.http.timeout = httpx.Timeout(PROBE_TIMEOUT)
+        self.lease_lost: float | None = None
+        self.owned: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bench-timeline", daemon=True)
+
+    def __enter__(self) -> Timeline:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(PROBE_TIMEOUT * 2)
+        self.http.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set() and self.owned is None:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                status = self.http.get("/v1/admin/cluster").json()
+                n2 = status["nodes"].get("n2")
+                if self.lease_lost is None and (n2 is None or n2["state"] != "live"):
+                    self.lease_lost = time.time()
+                if n2 is None and status["slots_owned"] == SLOTS:
+                    self.owned = time.time()
+            self._stop.wait(POLL)
+
+    def wait_owned(self, deadline: float) -> None:
+        while self.owned is None and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(POLL)
+
+    def phases(self, killed: float, log: list[str], first_write: float) -> dict[str, float | None]:
+        """Seconds of each phase (None: not seen): lease expiry (the kill to n1 seeing n2's
+        registration gone), grace (to the takeover's start), takeover (fence, read, manifests),
+        claim (the takeover's end to every slot served again: assign, claims, routing), first
+        write (to the probe's first acknowledged write: proxy, restore on first access, the
+        client's retry); they add up to the failover time."""
+        started = _logged_at(log, "taking over node n2")
+        done = _logged_at(log, "took over node n2 in")
+        marks = [killed, self.lease_lost, started, done, self.owned, first_write]
+        names = ["lease_expiry_s", "grace_s", "takeover_s", "claim_s", "first_write_s"]
+        return {
+            name: None if a is None or b is None else round(b - a, 2)
+            for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)
+        }
+
+
+def _logged_at(log: list[str], text: str) -> float | None:
+    """The wall-clock time of the last log line holding `text` (text log format), or None."""
+    for line in reversed(log):
+        if text in line:
+            with contextlib.suppress(ValueError):
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                return stamp.timestamp()  # the server's local time, as ours
+    return None
+
+
 def _first_access(driver: Driver, ids: list[str], tokens: list[str], concurrency: int) -> dict[str, Any]:
     """Query every tenant once through the driver's node (with its own token); 503s (still
     restoring) again. Other answers are failures: counted, the first few kept."""
@@ -230,7 +313,15 @@ def _first_access(driver: Driver, ids: list[str], tokens: list[str], concurrency
 def failover_rows(r: dict[str, Any]) -> list[Row]:
     probe, restore, ack = r["probe"], r["restore"], r["ack"]
     target = r["failover_target_s"]
-    settings = f"lease TTL {r['lease_ttl_s']} s, takeover grace {r['takeover_grace_s']:g} s"
+    settings = (
+        f"lease TTL {r['lease_ttl_s']} s, takeover grace {r['takeover_grace_s']:g} s, "
+        f"catalog upload every {CATALOG_UPLOAD_INTERVAL:g} s"
+    )
+    phases = r["phases"]
+    split = ", ".join(
+        f"{name.removesuffix('_s').replace('_', ' ')} {'?' if s is None else f'{s:g}'}"
+        for name, s in phases.items()
+    )
     return [
         ("settings", settings, "", None),
         (
@@ -239,6 +330,7 @@ def failover_rows(r: dict[str, Any]) -> list[Row]:
             f"<= {target:g} s (TTL + grace + {SLACK:g})",
             r["failover_s"] <= target,
         ),
+        ("  where it went (s)", split, "", None),
         (
             "probe writes acknowledged before the kill / lost",
             f"{probe['acked_before_kill']} / {probe['lost']}",

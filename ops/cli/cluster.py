@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from ops.api_types import ClusterStatus
+from ops.api_types import ClusterNodeInfo, ClusterStatus
 from ops.cli.common import admin_command, console, output
 from ops.client import AdminClient
 from ops.errors import ClientError
@@ -19,12 +19,29 @@ POLL = 0.5  # seconds between looks while `drain --wait` waits
 
 
 def _status_table(status: ClusterStatus) -> Table:
-    table = Table("node", "url", "slots", "draining", title=_title(status))
+    table = Table("node", "url", "slots", "draining", "state", title=_title(status))
     table.columns[2].justify = "right"
     for node, info in status["nodes"].items():
-        cells = (node, info["url"], info["slots"], "yes" if info["draining"] else "-")
+        cells = (
+            node,
+            info["url"] or "?",
+            info["slots"],
+            "yes" if info["draining"] else "-",
+            node_state(info),
+        )
         table.add_row(*(Text(str(c)) for c in cells))
     return table
+
+
+def node_state(info: ClusterNodeInfo) -> str:
+    """ "live", or for a node that holds slots without a lease e.g. "LEASE LOST 3 s ago, 5570
+    slots not served, takeover in 27 s" (`sqlfleet status` shows it too)."""
+    if info.get("state", "live") == "live":
+        return "live"
+    ago, due = info.get("lease_lost_ago_s"), info.get("takeover_in_s")
+    when = "before this node started" if ago is None else f"{ago:g} s ago"
+    takeover = "" if due is None else f", takeover in {due:g} s" if due > 0 else ", takeover due"
+    return f"LEASE LOST {when}, {info.get('assigned_slots', 0)} slots not served{takeover}"
 
 
 def _title(status: ClusterStatus) -> str:

@@ -14,6 +14,7 @@ import click
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
+from ops.cli.cluster import node_state
 from ops.cli.common import admin_command, output, size
 from ops.client import AdminClient
 
@@ -95,6 +96,9 @@ def render(state: dict[str, Any]) -> Table:
         table.add_row("cluster", f"node {cluster['node']}, {cluster['slots_owned']}/16384 slots owned")
         for node, info in cluster["nodes"].items():
             draining = ", draining" if info["draining"] else ""
+            if info.get("state", "live") != "live":
+                table.add_row("", f"{node} {info['url'] or '?'}: {node_state(info)}{draining}")
+                continue
             table.add_row("", f"{node} {info['url']}: {info['slots']} slots{draining}")
     return table
 

@@ -23,12 +23,31 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": {
                     "type": "object",
-                    "required": ["url", "incarnation", "slots", "draining"],
+                    "required": ["url", "incarnation", "slots", "draining", "state"],
                     "properties": {
-                        "url": {"type": "string"},
-                        "incarnation": {"type": "string"},
-                        "slots": {"type": "integer"},
+                        "url": {"type": "string", "nullable": True, "description": "null: not known"},
+                        "incarnation": {"type": "string", "nullable": True},
+                        "slots": {"type": "integer", "description": "slots it serves now"},
                         "draining": {"type": "boolean"},
+                        "state": {
+                            "type": "string",
+                            "enum": ["live", "lease_lost"],
+                            "description": "lease_lost: it holds slots but no lease (killed, paused, cut "
+                            "off): they are not served until it comes back or is taken over",
+                        },
+                        "assigned_slots": {"type": "integer", "description": "lease_lost: slots it holds"},
+                        "lease_lost_ago_s": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "lease_lost: seconds since this node saw it go (null: before "
+                            "this node started)",
+                        },
+                        "takeover_in_s": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "lease_lost: seconds of the takeover grace left (0: the "
+                            "takeover is due or running)",
+                        },
                     },
                 },
             },

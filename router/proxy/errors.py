@@ -22,8 +22,20 @@ class NoOwner(SqlfleetError):
 
     @classmethod
     def of(cls, slot: int, why: str | None) -> NoOwner:
-        reason = f" ({why})" if why else ""
-        return cls(f"slot {slot} has no serving owner right now{reason}: retry shortly", retry_after=1)
+        """`why`: this node's own reason for serving nothing (Placement.unavailable), logged and
+        kept for operators (`message`), never sent to clients (`public`)."""
+        error = cls(_no_owner(slot, f" ({why})" if why else ""), retry_after=1)
+        error.slot = slot
+        return error
+
+    slot: int | None = None
+
+    def public(self) -> SqlfleetError:
+        return self if self.slot is None else NoOwner(_no_owner(self.slot, ""), **self.detail)
+
+
+def _no_owner(slot: int, reason: str) -> str:
+    return f"slot {slot} has no serving owner right now{reason}: retry shortly"
 
 
 class OwnerUnreachable(SqlfleetError):

@@ -281,9 +281,8 @@ def _label(scope: Scope) -> None:
     partial: BaseRoute | None = None
     for route in getattr(router, "routes", ()):
         match, child = route.matches(scope)
-        if match is Match.FULL:
-            scope.update(child)
-            scope["route"] = route
+        if match is Match.FULL:  # its tenant too, for the access log (not the rest: a Mount's root_path)
+            scope["route"], scope["path_params"] = route, child.get("path_params", {})
             return
         if match is Match.PARTIAL and partial is None:
             partial = route  # another method on a known path: the owner answers 405

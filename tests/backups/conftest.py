@@ -11,18 +11,6 @@ from backups.replica import ReplicaClient
 from tests.support.s3 import BUCKET, REGION, MotoServer, aws_env, unique_prefix
 
 
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    """One moto S3 server for the whole run (bucket `tests.support.s3.BUCKET`); tests share it, so
-    each one works under its own key prefix."""
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        server.launch()
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture
 def s3(moto_server: MotoServer) -> Iterator[MotoServer]:
     """The shared moto server, listening; whatever outage a test stages (stop, freeze, kill),

@@ -9,33 +9,24 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
-import pytest
 
 from ops.moto_s3 import BUCKET, REGION, MotoServer, aws_env
 from tests.cluster.test_serving import Nodes, Writes, running_nodes
+from tests.support.cli import cli, ok
 from tests.support.etcd import EtcdCluster
 from tests.support.s3 import unique_prefix
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port, run_command
 from tests.support.waiting import wait_until
 
 TTL = 2  # the nodes' lease
 GRACE = 1.0  # the takeover grace of the tests that take a node over
 COUNT = 12  # tenants written to (each node owns some of them)
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        server.launch()
-        yield server
-    finally:
-        server.close()
 
 
 def _on_s3(moto: MotoServer) -> dict[str, str]:
@@ -52,6 +43,17 @@ def _fenced(server: ServerProcess) -> bool:
     return r.status_code == 503 and "fenced by another node" in r.json().get("reason", "")
 
 
+def _lease_lost(server: ServerProcess, node: str) -> dict[str, Any] | None:
+    """`node`'s entry in `server`'s cluster status once it shows its lease lost, else None."""
+    with server.client() as http:
+        status = http.get("/v1/admin/cluster").json()
+    info: dict[str, Any] | None = status["nodes"].get(node)
+    if info is None or info["state"] != "lease_lost":
+        return None
+    assert status["slots_owned"] == 16384 - info["assigned_slots"], status
+    return info
+
+
 def _theirs(nodes: Nodes, writes: Writes, node: str, via: str) -> list[str]:
     found = [t for t in writes.tenants if nodes.owner(t, via=via) == node]
     assert found, f"no tenant of {node}"
@@ -59,13 +61,13 @@ def _theirs(nodes: Nodes, writes: Writes, node: str, via: str) -> list[str]:
 
 
 def test_a_lost_owner_is_taken_over_fenced_and_never_serves_its_stale_copies(
-    etcd: EtcdCluster, moto: MotoServer, tmp_path: Path
+    etcd: EtcdCluster, moto_server: MotoServer, tmp_path: Path
 ) -> None:
     replica = f"s3://{BUCKET}/{unique_prefix('failover')}"
     # catalogs uploaded often: a takeover reads one and the last segments, not all of them
     flags = ("--ack", "replica", "--backup-catalog-upload-interval", "1")
     with running_nodes(
-        etcd, tmp_path, *flags, ttl=TTL, grace=GRACE, replica_url=replica, env=_on_s3(moto)
+        etcd, tmp_path, *flags, ttl=TTL, grace=GRACE, replica_url=replica, env=_on_s3(moto_server)
     ) as nodes:
         n2 = nodes.servers["n2"]
         with Writes(nodes, via="n1", count=COUNT) as writes:
@@ -116,19 +118,43 @@ def test_a_lost_owner_is_taken_over_fenced_and_never_serves_its_stale_copies(
 
 
 def test_a_node_restarted_within_the_grace_keeps_its_slots_and_loses_nothing(
-    etcd: EtcdCluster, moto: MotoServer, tmp_path: Path
+    etcd: EtcdCluster, moto_server: MotoServer, tmp_path: Path
 ) -> None:
     """The default ack (local disk): n2's acknowledged but unshipped commits are in its data dir;
     killed and restarted within the grace, it claims its slots again and ships them."""
     replica = f"s3://{BUCKET}/{unique_prefix('regrace')}"
-    with running_nodes(etcd, tmp_path, ttl=TTL, grace=60.0, replica_url=replica, env=_on_s3(moto)) as nodes:
+    with running_nodes(
+        etcd, tmp_path, ttl=TTL, grace=60.0, replica_url=replica, env=_on_s3(moto_server)
+    ) as nodes:
         with Writes(nodes, via="n1", count=COUNT) as writes:
             theirs = _theirs(nodes, writes, "n2", via="n1")
             killed = time.monotonic()
             nodes.servers["n2"].kill9()
+            lost = wait_until(lambda: _lease_lost(nodes.servers["n1"], "n2"), timeout=TTL + 30)
+            assert lost is not None
+            print(f"kill -9 -> shown as lease lost: {time.monotonic() - killed:.2f} s")
+            n1 = nodes.servers["n1"]
+            assert 0 < lost["takeover_in_s"] <= 60 and lost["slots"] == 0 and lost["assigned_slots"] > 1000
+            status = ok(cli(n1, "cluster", "status"))
+            print(status)
+            assert "LEASE LOST" in status, status
+            shown = cli(n1, "status")  # n1 itself stays ready: only n2's slots are not served
+            assert shown.exit_code == 0 and "n2" in shown.stdout and "LEASE LOST" in shown.stdout, (
+                shown.stdout
+            )
+            assert httpx.get(f"{n1.url}/readyz", timeout=5).status_code == 200
             nodes.start("n2")
             wait_until(lambda: writes.first_ack(theirs, after=killed), timeout=60)
         nodes.settled(("n1", "n2"))
         assert {nodes.owner(t, via="n1") for t in theirs} == {"n2"}
         writes.check()
         assert "took over node" not in nodes.servers["n1"].log() + nodes.servers["n2"].log()
+
+        # a node of another cluster pointed at this cluster's replica prefix refuses to start
+        other = [sys.executable, "-m", "ops", "serve", "--node-id", "n3", *nodes.common]
+        other += ["--cluster-name", "other", "--data-dir", str(tmp_path / "n3"), "--port", str(free_port())]
+        env = {**os.environ, **(nodes.env or {}), "SQLFLEET_ADMIN_KEY": "k" * 32}
+        refused = run_command(other, cwd=tmp_path, timeout=60, env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "holds cluster 'sqlfleet'" in refused.stderr and "--cluster-name sqlfleet" in refused.stderr
+        assert "joining cluster other as node n3 through etcd at" in refused.stderr  # said at once

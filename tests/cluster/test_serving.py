@@ -272,6 +272,11 @@ def test_a_node_without_etcd_stops_serving_and_says_why(nodes: Nodes) -> None:
     nodes.settled(("n1", "n2"))
 
 
+# 503s after which a write may or may not have been applied (the owner died or was cut off
+# after the request reached it, or its commit did not reach the replica in time)
+UNKNOWN_OUTCOME = ("outcome_unknown", "replica_unavailable")
+
+
 class Writes:
     """Tenants with a table, and inserts going on through `via` from a thread while the block
     runs, counting only acknowledged ones (a 503 while a slot moves is retried later)."""
@@ -282,6 +287,7 @@ class Writes:
         self.tokens: dict[str, str] = {}
         self.acknowledged: dict[str, list[int]] = {t: [] for t in self.tenants}
         self.acked_at: list[tuple[float, str]] = []  # (time.monotonic(), tenant) of each ack
+        self.acked_at_by_value: dict[int, float] = {}  # inserted value -> time.monotonic() of its ack
         # sent, but no answer came (a timeout while a node was paused): applied or not
         self.unknown: dict[str, set[int]] = {t: set() for t in self.tenants}
         self._stop = threading.Event()
@@ -322,8 +328,11 @@ class Writes:
                     if r.status_code == 200:
                         self.acknowledged[tenant].append(n)
                         self.acked_at.append((time.monotonic(), tenant))
+                        self.acked_at_by_value[n] = time.monotonic()
                     else:
                         assert r.status_code == 503, r.text  # a slot on the move: try again
+                        if r.json()["error"]["code"] in UNKNOWN_OUTCOME:
+                            self.unknown[tenant].add(n)
                 n += 1
 
     def first_ack(self, tenants: list[str], after: float) -> float | None:

@@ -175,7 +175,14 @@ def test_cluster_mode_makes_each_pod_a_node_and_refuses_what_it_cannot_run() -> 
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["SQLFLEET_NODE_ID"]["value"] == "$(POD_NAME)"
     assert env["SQLFLEET_NODE_URL"]["value"].startswith("http://$(POD_NAME).PLACEHOLDER-headless.")
-    assert {"SQLFLEET_CLUSTER_ETCD", "SQLFLEET_CLUSTER_NAME", "SQLFLEET_CLUSTER_LEASE_TTL"} <= set(env)
+    assert {
+        "SQLFLEET_CLUSTER_ETCD",
+        "SQLFLEET_CLUSTER_NAME",
+        "SQLFLEET_CLUSTER_LEASE_TTL",
+        "SQLFLEET_CLUSTER_TAKEOVER_GRACE",
+    } <= set(env)
+    defaults = {f.name: f.default for f in fields(Settings)}
+    assert values()["cluster"]["takeoverGrace"] == defaults["cluster_takeover_grace"]
     checks = (CHART / "templates" / "_helpers.tpl").read_text().split('define "sqlfleet.clusterChecks"')[1]
     for needed in ("etcdEndpoints", "s3://", "adminKey", "hasSigningKey"):
         assert needed in checks

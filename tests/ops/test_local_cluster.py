@@ -51,7 +51,11 @@ def test_the_cluster_script_serves_through_every_node_and_cleans_up(tmp_path: Pa
         admin = {"authorization": f"Bearer {key.group(1)}"}
         n1, n2 = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
         with httpx.Client(headers=admin, timeout=30) as http:
-            wait_until(lambda: http.get(f"{n1}/v1/admin/cluster").json()["slots_owned"] == 16384, timeout=60)
+
+            def all_owned() -> bool:  # 503 (another JSON shape) until the node serves
+                return bool(http.get(f"{n1}/v1/admin/cluster").json().get("slots_owned") == 16384)
+
+            wait_until(all_owned, timeout=60)
             assert http.post(f"{n2}/v1/admin/tenants", json={"id": "demo"}).status_code == 201
             r = http.post(f"{n1}/v1/tenants/demo/query", json={"sql": "SELECT 40 + 2"})
             assert r.status_code == 200 and r.json()["rows"] == [[42]], r.text

@@ -4,6 +4,7 @@ decision reads only the data dir and the replica's fences)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +13,15 @@ from typing import cast
 
 import pytest
 
+from backups import fleet_doc
 from backups.fence import Writer, fence_incarnation
 from backups.local_replica import LocalReplica
+from backups.sealed_replica import SealedReplica
 from backups.service import Backups
-from cluster.config import ClusterConfig
-from ops.node import INCARNATION_FILE, ClusterNode
+from cluster.config import JOIN_TIMEOUT, ClusterConfig
+from cluster.errors import EtcdUnavailable
+from cluster.membership import Node
+from ops.node import INCARNATION_FILE, ClusterNode, ForeignReplica
 from ops.settings import Settings
 from tenants.fleet import Fleet
 from tests.support.tenants import TEST_CONFIG, TEST_POOL
@@ -76,3 +81,35 @@ def test_a_node_drops_its_copies_only_if_it_was_taken_over(
     }
     with _node("eee") as node:
         assert node.forget_if_taken_over(fleet, backups) == 0
+
+
+def test_a_node_refuses_a_replica_prefix_that_is_another_clusters_or_a_single_servers(
+    tmp_path: Path,
+) -> None:
+    replica = SealedReplica(LocalReplica(tmp_path / "replica"), None)
+    with _node("bbb") as node:  # cluster "c": the first node claims the empty prefix
+        node.check_replica(replica, "s1")
+        node.check_replica(replica, "s1")  # and finds it its own from then on
+    assert fleet_doc.read_cluster(replica) == "c"
+    other = ClusterConfig(("127.0.0.1:9",), "d", "n2", "http://n2.invalid", 2, 1.0)
+    stranger = ClusterNode(other, Settings.load(environ={}).proxy_config(), 1 << 20)
+    try:
+        with pytest.raises(ForeignReplica, match=r"holds cluster 'c'.* --cluster-name c"):
+            stranger.check_replica(replica, "s2")
+    finally:
+        stranger.stop()
+    single = SealedReplica(LocalReplica(tmp_path / "single"), None)
+    single.put("segments/1764000000000-abc-00000001.seg", b"a single server's")
+    with _node("bbb") as node, pytest.raises(ForeignReplica, match="a single server's backups"):
+        node.check_replica(single, "s1")
+    assert fleet_doc.read_cluster(single) is None  # not claimed
+
+
+def test_a_node_that_cannot_reach_etcd_says_so_within_its_join_timeout() -> None:
+    config = ClusterConfig(("127.0.0.1:1",), "c", "n2", "http://n2.invalid", 2, 1.0)
+    assert config.join_timeout == JOIN_TIMEOUT <= 10
+    node = Node(config, join_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(EtcdUnavailable, match=r"127\.0\.0\.1:1"):
+        node.start()
+    assert time.monotonic() - started < 5

@@ -43,6 +43,13 @@ def test_env_then_flags() -> None:
         ("SQLFLEET_MAX_QUEUED_PER_TENANT", "0"),
         ("SQLFLEET_PREEMPT_WAIT", "0"),
         ("SQLFLEET_BODY_TIMEOUT", "-1"),
+        ("SQLFLEET_MAX_TOKEN_TTL", "0"),
+        ("SQLFLEET_BACKUP_CHECKPOINT_FRAMES", "0"),
+        ("SQLFLEET_BACKUP_SNAPSHOT_BYTES", "-1"),
+        ("SQLFLEET_BACKUP_SEGMENT_MAX_BYTES", "0"),
+        ("SQLFLEET_BACKUP_MAX_BACKLOG_BYTES", "0"),
+        ("SQLFLEET_CACHE_SIZE_KIB", "-5"),
+        ("SQLFLEET_EXPORT_MAX_RESTARTS", "-1"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(name: str, value: str) -> None:
@@ -74,3 +81,53 @@ def test_sub_configs_carry_the_settings() -> None:
     assert settings.router_config().body_timeout == 9.0
     shipper = settings.shipper_config()
     assert (shipper.snapshot_bytes, shipper.retention) == (1000, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ack_window", "inf"),
+        ("max_unshipped_age", "nan"),
+        ("cluster_takeover_grace", "nan"),
+        ("statement_timeout", "nan"),
+        ("backup_retention", "1e400"),
+        ("request_timeout", "-inf"),
+    ],
+)
+def test_seconds_must_be_finite(name: str, value: str) -> None:
+    with pytest.raises(BadRequest, match=f"{name} must be a finite number of seconds"):
+        Settings.load({f"SQLFLEET_{name.upper()}": value})
+    with pytest.raises(BadRequest, match=f"{name} must be a finite number of seconds"):
+        Settings.load({}, **{name: float(value)})
+
+
+def test_ack_window_is_bounded() -> None:
+    for refused in (
+        {"ack_window": "100"},
+        {"ack_window": "1.5"},
+        {"ack_window": "0.5", "request_timeout": "0.5"},
+    ):
+        with pytest.raises(BadRequest, match="ack_window must be at most 1 s and less than request_timeout"):
+            Settings.load({}, **refused)
+    assert Settings.load({}, ack_window="1").ack_window == 1.0
+
+
+def test_a_bad_number_says_what_is_expected() -> None:
+    with pytest.raises(BadRequest) as refused:
+        Settings.load({"SQLFLEET_MAX_UNSHIPPED_AGE": "abc"})
+    assert (
+        refused.value.message == "setting max_unshipped_age: cannot parse 'abc': expected a number of seconds"
+    )
+    with pytest.raises(BadRequest) as refused:
+        Settings.load({"SQLFLEET_PORT": "80a"})
+    assert refused.value.message == "setting port: cannot parse '80a': expected a whole number"
+
+
+def test_cluster_settings_are_checked_at_load() -> None:
+    cluster = {"SQLFLEET_CLUSTER_ETCD": "http://127.0.0.1:2379"}
+    with pytest.raises(BadRequest, match="node_id must be"):
+        Settings.load(cluster, node_id="BAD/ID")
+    with pytest.raises(BadRequest, match="node_url must be set"):
+        Settings.load(cluster, node_id="n1", host="0.0.0.0")
+    with pytest.raises(BadRequest, match="port must be from 0 to 65535"):
+        Settings.load({}, port="70000")

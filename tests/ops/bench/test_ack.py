@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from ops.bench.ack import ack_rows, measure_ack
 from tests.support.s3 import MotoServer
 
 
-@pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path / "moto.log")
-    try:
-        server.launch()
-        yield server
-    finally:
-        server.close()
-
-
-def test_measure_ack_reports_both_sides(moto: MotoServer) -> None:
+def test_measure_ack_reports_both_sides(moto_server: MotoServer) -> None:
     r = measure_ack(
-        moto, tenants=2, concurrency=2, slices=2, slice_seconds=0.4, flush_interval=0.2, timeout=120
+        moto_server, tenants=2, concurrency=2, slices=2, slice_seconds=0.4, flush_interval=0.2, timeout=120
     )
     for side in ("local", "replica"):
         assert r[side]["writes"] > 0 and r[side]["errors"] == 0, r

@@ -45,6 +45,10 @@ def test_a_tiny_failover_run_reports_the_failover_the_restores_and_the_ack_cost(
     assert "sqlfleet bench cluster-failover" in proc.stdout and "takeover grace 2 s" in proc.stdout
     assert r["lease_ttl_s"] == 3 and r["takeover_grace_s"] == 2.0 and r["failover_target_s"] == 7.0
     assert 0 < r["failover_s"] < 60
+    phases = r["phases"]  # where the failover went: the parts add up to it (each polled or logged)
+    assert set(phases) == {"lease_expiry_s", "grace_s", "takeover_s", "claim_s", "first_write_s"}
+    assert None not in phases.values() and abs(sum(phases.values()) - r["failover_s"]) < 0.1, phases
+    assert phases["grace_s"] > 1.0  # the 2 s grace, less how late the poll saw the lease go
     assert r["probe"]["acked_before_kill"] > 0 <= r["probe"]["lost"] <= r["probe"]["acked_before_kill"]
     assert r["restore"]["tenants"] == 16 and r["restore"]["tenants_per_s"] > 0
     for side in ("local", "replica"):

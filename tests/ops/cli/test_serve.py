@@ -30,9 +30,17 @@ def test_flags_are_checked_like_variables() -> None:
         ("--pool-capacity", "0", "pool_capacity must be at least 1"),
         ("--statement-timeout", "-1", "statement_timeout must be positive"),
         ("--s3-force-path-style", "maybe", "setting s3_force_path_style: cannot parse 'maybe'"),
+        ("--max-unshipped-age", "abc", "cannot parse 'abc': expected a number of seconds"),
+        ("--ack-window", "inf", "ack_window must be a finite number of seconds"),
+        ("--ack-window", "100", "ack_window must be at most 1 s"),
     ]:
         code, err = _serve(flag, value)
         assert code == 2 and message in err, (flag, err)
+
+
+def test_a_bad_cluster_setting_is_a_usage_error() -> None:
+    code, err = _serve("--cluster-etcd", "http://127.0.0.1:1", "--node-id", "BAD/ID")
+    assert code == 2 and "node_id must be" in err and "Try '" in err, err
 
 
 def test_help_names_each_flags_kind() -> None:

@@ -136,6 +136,9 @@ class FleetMeta:
         self._own: Namespace | None = None  # what our namespace holds; None until read
         self._view: dict[str, Known] | None = None  # the other namespaces, merged; read when needed
         self._stop = threading.Event()
+        self._wake = threading.Event()  # `published` asks for a round now
+        self._rounds = threading.Condition()  # rounds begun, the newest that succeeded
+        self._begun = self._succeeded = 0
         self._thread: threading.Thread | None = None
 
     # -- what changed (from the fleet's hooks) ------------------------------------------------------
@@ -165,6 +168,7 @@ class FleetMeta:
     def stop(self) -> None:
         """End the loop after a last round. Never raises; idempotent."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -172,8 +176,25 @@ class FleetMeta:
 
     def _run(self) -> None:
         delay = self.interval
-        while not self._stop.wait(delay):
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             delay = self.interval if self._publish_logged() else min(30.0, max(delay, 0.5) * 2)
+
+    def published(self, seconds: float) -> bool:
+        """Whether a round that began after this call succeeded within `seconds` (one is asked
+        for now): every change noted before the call is then in the replica (ack=replica:
+        a token revocation, a group change). False past `seconds`, or once stopping."""
+        if self._thread is None:
+            return self._publish_logged()
+        with self._rounds:
+            wanted = self._begun + 1
+        self._wake.set()
+        with self._rounds:
+            self._rounds.wait_for(lambda: self._succeeded >= wanted or self._stop.is_set(), seconds)
+            return self._succeeded >= wanted
 
     def _publish_logged(self) -> bool:
         try:
@@ -192,6 +213,9 @@ class FleetMeta:
         """One round: publish every change noted so far (the first round also what the namespace
         lacks). What it could not write stays to do. Raises ReplicaError, BackupBroken."""
         with self._round:
+            with self._rounds:
+                self._begun += 1
+                number = self._begun
             own = self._own = self._own or self._read_own()
             with self._lock:
                 server_due, self._server_due = self._server_due, False
@@ -210,6 +234,9 @@ class FleetMeta:
                     groups.discard(min(groups))
                 tenants = self._put_tenants(own, tenants, base_due)
                 base_due = False
+                with self._rounds:
+                    self._succeeded = max(self._succeeded, number)
+                    self._rounds.notify_all()
             finally:
                 with self._lock:
                     self._server_due |= server_due

@@ -197,6 +197,16 @@ class Handoffs:
             self.replica.delete(superseded)
         return [tenant for keys in ours for tenant in read_handoff(self.replica, keys[-1])]
 
+    def names(self, tenant: str) -> bool:
+        """Whether `tenant`, which this node has no row of, is taken all the same: the newest
+        manifest of its slot names it and nobody deleted it since (its restore failed, or has not
+        run yet), so its id must not be created anew, empty. False on a single server and for a
+        tenant this request `looked_up` already. Raises ReplicaError."""
+        if self.slot_of is None or tenant in _LOOKED_UP.get():
+            return False
+        moved = latest_handoff(self.replica, self.slot_of(tenant)).get(tenant)
+        return moved is not None and not self._deleted([*self.catalog.chunks(tenant), *moved.rows])
+
     def adopt(self, tenant: str) -> Moved | None:
         """The newest handoff of `tenant` to this node, its rows added to the catalog (so a
         restore finds them), or None (also for a tenant this request `looked_up` already).

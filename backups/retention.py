@@ -7,6 +7,13 @@ the horizon (no generation started after its tombstone) keeps nothing. A shared 
 only when no tenant keeps any chunk in it, and never the newest segment of an incarnation, nor a
 FENCE (never in the catalog): a fencer must still see how far the incarnation went
 (backups/fence.py).
+
+In a cluster a node deletes only segments it wrote itself (`segments/<node>/...`). One it knows
+from another node (rows of a tenant handed over or taken over) holds chunks of tenants that other
+nodes keep, whom this catalog does not know: it is only forgotten here. Its writer keeps it as
+long as its own rows of that tenant need it, which is at least as long as ours do (ours are its
+rows plus newer ones, so our newest snapshot before the horizon is never older than its). A dead
+node's segments are never deleted (a leak, not a loss).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import time
 
 from backups.catalog import BackupCatalog, ChunkRow
-from backups.fence import keep_newest
+from backups.fence import SEGMENTS, keep_newest
 from backups.replica import ReplicaClient
 from backups.restore import generations
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
@@ -45,9 +52,12 @@ def expired(rows: list[ChunkRow], horizon: float) -> list[ChunkRow]:
     return drop
 
 
-def enforce(replica: ReplicaClient, catalog: BackupCatalog, window: float) -> tuple[int, int]:
+def enforce(
+    replica: ReplicaClient, catalog: BackupCatalog, window: float, node: str | None = None
+) -> tuple[int, int]:
     """Delete what no restore inside the last `window` seconds needs: its catalog rows, then
-    the segments no row refers to any more. Returns (chunks forgotten, segment objects deleted).
+    the segments no row refers to any more (`node`: a cluster node's id; only its own are
+    deleted, others' forgotten). Returns (chunks forgotten, segment objects deleted).
     Raises ReplicaError (what it forgot stays forgotten; the segments go on a later run)."""
     horizon = time.time() - window
     dropped = 0
@@ -57,6 +67,10 @@ def enforce(replica: ReplicaClient, catalog: BackupCatalog, window: float) -> tu
         dropped += len(rows)
     with catalog.maintenance:  # a segment being rekeyed is unreferenced until its rows move
         keys = catalog.unreferenced_segments()
+        if node is not None:
+            own = f"{SEGMENTS}{node}/"
+            catalog.forget_segments(k for k in keys if not k.startswith(own))
+            keys = [k for k in keys if k.startswith(own)]
         if keys:
             keys = keep_newest(keys, catalog.referenced_segments)
         if keys:

@@ -49,7 +49,7 @@ from metrics.instruments import (
     RESTORES_RUNNING,
 )
 from tenants.catalog import Identity
-from tenants.errors import InsufficientStorage, SqlfleetError, TenantNotFound
+from tenants.errors import InsufficientStorage, ReplicaUnavailable, SqlfleetError, TenantNotFound
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 from tenants.rfc3339 import format_time, parse_time
@@ -120,6 +120,7 @@ class Backups(FleetHooks):
         self.shipper = shipper
         self.fleet = fleet
         self.meta = meta
+        self.replica_answered = 0.0  # time.monotonic() of the last segment a restore read
         # a cluster node's planned moves (backups.handoff)
         self.handoffs = handoff.Handoffs(replica, catalog, fleet.catalog, shipper.ship, self._deleted)
         # a cluster node's catalog in the bucket, for whoever takes over after its death
@@ -256,7 +257,9 @@ class Backups(FleetHooks):
         self.meta.publish()
 
     def _read(self, key: str, offset: int, length: int) -> bytes:
-        return self.replica.get_range(key, offset, length)
+        data = self.replica.get_range(key, offset, length)
+        self.replica_answered = time.monotonic()  # a restore or verify goes on (router.bounded)
+        return data
 
     def restore(
         self, tenant: str, at: float, as_tenant: str | None = None, record: TenantRecord | None = None
@@ -354,6 +357,19 @@ class Backups(FleetHooks):
 
     def after_revoke(self, tenant_id: str) -> None:
         self.meta.touch(tenant_id)
+
+    def metadata_acked(self, what: str, again: str, seconds: float) -> None:
+        """ack=replica: wait until the fleet metadata in the replica holds every change noted
+        so far (`what`: a token revocation, a group change; they reach it by the fleet metadata,
+        not by a tenant's commits), at most `seconds`. Raises ReplicaUnavailable past it, saying
+        the outcome is unknown (`again`: what to do). ack=local: returns at once."""
+        if self.shipper.acks is None or self.meta.published(seconds):
+            return
+        raise ReplicaUnavailable(
+            f"{what} is in effect on this server but not in the backup replica yet (ack=replica): "
+            f"it would be undone if this server were lost, so its outcome is unknown; {again}",
+            retry_after=1,
+        )
 
     def _materialize(self, plan: RestorePlan, path: Path) -> None:
         """restore.materialize, with a failure explained: a segment sealed with a key this server
@@ -462,7 +478,7 @@ class Backups(FleetHooks):
     def enforce_retention(self, window: float) -> tuple[int, int]:
         """Delete what no restore inside the last `window` seconds needs (the shipper also does
         this about once a minute). Returns (chunks forgotten, segment objects deleted)."""
-        return retention.enforce(self.replica, self.catalog, window)
+        return retention.enforce(self.replica, self.catalog, window, self.shipper.node)
 
     def restorable_tenants(self) -> list[str]:
         """Tenants with backups whose last event is not a deletion."""

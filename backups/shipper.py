@@ -70,6 +70,10 @@ class ShipperConfig:
     ack_window: float  # ack=replica: a flush a waiting response asks for gathers this long first
     max_unshipped_age: float  # a tenant whose oldest unshipped commit is older takes no writes; 0: off
     catalog_upload_interval: float  # cluster mode: seconds between uploads of the backup catalog
+    # a delete waits this long at most for each flush it asks for (its last commits, then its
+    # tombstone): a hung replica must not hold it past its request's deadline; what did not ship
+    # then ships later (the tombstone) or is not kept (commits of a tenant being deleted)
+    delete_flush_wait: float
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class Shipper(FleetHooks):
         self.replica = replica
         self.catalog = catalog
         self.config = config
+        self.node = writer.node if writer is not None else None  # a cluster node's id
         # Built with the data-dir lock held: nothing else can be using what a crash left there.
         self.spool = Spool(layout.system_dir / "spool", config.spool_bytes)
         self.spool.clear()
@@ -145,6 +150,8 @@ class Shipper(FleetHooks):
         self.acks = Acks(self.ledger, self._wake.set) if config.ack == "replica" else None
         self._flushed = threading.Event()  # set while the last flush of the loop succeeded
         self._threads: list[threading.Thread] = []
+        self._rounds = threading.Condition()  # the loop's flushes: begun, ended (`flush_within`)
+        self._begun = self._ended = 0
 
     # -- hooks from tenants ------------------------------------------------------------------------
 
@@ -197,8 +204,9 @@ class Shipper(FleetHooks):
         self.continuity.closed(tenant_id)
 
     def before_delete(self, tenant_id: str) -> None:
-        """Ship what is left, then forget the live state (the backups themselves stay)."""
-        self.flush()
+        """Ship what is left (waiting `delete_flush_wait` at most), then forget the live state
+        (the backups themselves stay)."""
+        self.flush_within(self.config.delete_flush_wait)
         self.forget(tenant_id)
 
     def after_delete(self, tenant_id: str) -> None:
@@ -207,7 +215,7 @@ class Shipper(FleetHooks):
         record waits, like frames do, for a later flush."""
         # the ledger's clock: a response formed after this call waits for it (backups.ack)
         self.ledger.add_tombstone(Chunk(tenant_id, "", TOMBSTONE, 0, 0, 0, taken_at=self.ledger.clock()))
-        self.flush()
+        self.flush_within(self.config.delete_flush_wait)
 
     def deletion_pending(self, tenant_id: str) -> bool:
         """Whether the tenant's deletion still waits to be recorded in the replica."""
@@ -259,7 +267,13 @@ class Shipper(FleetHooks):
             if self._stop.is_set():
                 return
             started = time.monotonic()
+            with self._rounds:
+                self._begun += 1
+                number = self._begun
             ok = self._flush_logged()
+            with self._rounds:
+                self._ended = number
+                self._rounds.notify_all()
             # flushes start every interval (not an interval after the last one ended), so the lag
             # is about one interval plus one flush, not one interval plus two
             spent = time.monotonic() - started
@@ -287,13 +301,26 @@ class Shipper(FleetHooks):
         if self.fenced is not None:
             return  # the incarnation's history belongs to whoever fenced it now
         try:
-            retention.enforce(self.replica, self.catalog, self.config.retention)
+            retention.enforce(self.replica, self.catalog, self.config.retention, self.node)
         except ReplicaError as exc:
             log.warning("backup maintenance failed (%s); will retry", exc)
         except Exception:
             log.exception("backup maintenance failed; will retry")
 
     # -- flushing -----------------------------------------------------------------------------------
+
+    def flush_within(self, seconds: float) -> None:
+        """A flush that begins now, waited for at most `seconds` (whether it succeeded or not:
+        as `flush`, a failure is logged and retried). Done by the loop when it runs (woken now),
+        so a hung replica holds no caller longer; else here (never started, or stopping)."""
+        if not self._threads or self._stop.is_set():
+            self.flush()
+            return
+        with self._rounds:
+            wanted = self._begun + 1
+        self._wake.set()
+        with self._rounds:
+            self._rounds.wait_for(lambda: self._ended >= wanted or self._stop.is_set(), seconds)
 
     def ship(self) -> None:
         """Ship every dirty tenant's new commits in shared segments, then checkpoint and

@@ -235,7 +235,7 @@ class ClusterNodeInfo(TypedDict):
     incarnation: str | None
     slots: int
     draining: bool
-    state: str  # "live" | "lease_lost" (then also the three below)
+    state: str  # "live" | "lease_lost" (then also the three below) | "fenced" (the node answering)
     assigned_slots: NotRequired[int]
     lease_lost_ago_s: NotRequired[float | None]
     takeover_in_s: NotRequired[float | None]

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from backups.service import Backups
 from cluster.agent import Agent
 from cluster.errors import ClusterError
 from cluster.fleetwork import Record, RecordConflict
@@ -21,7 +20,7 @@ from ops.fleet_groups import FleetGroups, dump
 from ops.rollout_status import Holdings, decode_slots, encode_slots, fingerprint, merge
 from schema_sync.errors import GroupNotFound, RolloutConflict, RolloutFinished, RolloutNotFound
 from schema_sync.rollout import COMPLETED, FAILED, RUNNING, STOPPED, Rollout, RolloutOptions
-from schema_sync.rollouts import Rollouts
+from schema_sync.rollouts import Rollouts, stopping
 from tenants.errors import SqlfleetError
 from tenants.fleet import Fleet
 
@@ -30,6 +29,9 @@ log = logging.getLogger(__name__)
 POLL = 0.2  # seconds between the runner's looks (a change wakes it sooner)
 PUBLISH_EVERY = 0.5  # seconds between progress writes of a running part
 ABORT_WAIT = 30.0
+# restore_handed_over(slots, stop) (ops.node.ClusterNode): restore the tenants handed over with
+# `slots` that this node lacks, until `stop` is set
+Adopt = Callable[[Collection[int], threading.Event], bool]
 MAX_KEPT = 50  # failures and migrated tenants per part in etcd
 _DETAIL = ("failures", "plans", "migrated_tenants")  # left out of listings
 
@@ -53,10 +55,13 @@ class FleetRollouts(Rollouts):
     """The rollouts of a cluster (see the module doc): control through any node, a part on
     each. Thread-safe; `start_runner` begins this node's part-taking."""
 
-    def __init__(self, store: FleetGroups, fleet: Fleet, concurrency: int, agent: Agent) -> None:
+    def __init__(
+        self, store: FleetGroups, fleet: Fleet, concurrency: int, agent: Agent, restore_handed_over: Adopt
+    ) -> None:
         super().__init__(store, fleet, concurrency)
         self.groups = store
         self.agent = agent
+        self.restore_handed_over = restore_handed_over
         self.keys = store.keys
         self.records = store.records
         self.node_id = agent.node.node_id
@@ -128,8 +133,14 @@ class FleetRollouts(Rollouts):
         merged = self._merge(spec, parts)
         definition, _ = self.groups.definition(group_name)
         newest = None if definition is None else definition.get("rollout")
+        if merged["state"] in (COMPLETED, FAILED, "aborted"):  # worded as stop and abort word it
+            raise RolloutFinished(
+                f"rollout {rollout_id} of group {group_name!r} is {merged['state']}: "
+                "only a stopped rollout can be resumed"
+            )
         if newest != rollout_id:
-            raise RolloutFinished(f"rollout {rollout_id} of group {group_name!r} was superseded or has ended")
+            later = f"was superseded by rollout {newest}" if newest else "has ended"
+            raise RolloutFinished(f"rollout {rollout_id} of group {group_name!r} {later}")
         if merged["state"] == RUNNING:
             raise RolloutConflict(f"rollout {rollout_id} of group {group_name!r} is still running")
         if merged["state"] != STOPPED:
@@ -160,7 +171,7 @@ class FleetRollouts(Rollouts):
             return merged
         spec = {**spec, "control": STOPPED, "reason": "stopped by the operator"}
         self._swap_spec(rollout_id, spec, revision)
-        return self._merge(spec, parts)
+        return stopping(self._merge(spec, parts))
 
     def abort(self, group_name: str, rollout_id: str) -> dict[str, Any]:
         spec, parts, revision = self._require(group_name, rollout_id)
@@ -380,24 +391,8 @@ class FleetRollouts(Rollouts):
         it has not restored yet, before a part lists the tenants it holds: ops.node adopts them
         too, but in the background, and a part that began first would miss them (its totals
         short of the group's, those tenants left to catch up on open)."""
-        backups = next((h for h in self.fleet.hooks if isinstance(h, Backups)), None)
-        if not gained or backups is None or backups.handoffs.slot_of is None:
-            return
-        try:
-            tenants = backups.handoffs.handed_over([s for s in range(SLOTS) if gained >> s & 1])
-        except SqlfleetError as exc:
-            log.warning("rollouts: cannot read the handoffs of the slots this node gained: %s", exc.message)
-            return
-        for tenant in tenants:
-            if self._closing.is_set():
-                return
-            if self.fleet.catalog.get(tenant) is None:
-                # restored now (as on first access); moved on or deleted meanwhile: not this part's
-                with (
-                    contextlib.suppress(SqlfleetError),
-                    self.fleet.lease(tenant, readonly=True, passing=True),
-                ):
-                    pass
+        if gained:
+            self.restore_handed_over([s for s in range(SLOTS) if gained >> s & 1], self._closing)
 
     def _publish(self, rollout_id: str, part: _Part) -> None:
         snap = part.rollout.snapshot()

@@ -51,4 +51,4 @@ def rollouts(groups: GroupStore, fleet: Fleet, concurrency: int, node: ClusterNo
     starts with `start_runner`, once the server is built)."""
     if node is None or not isinstance(groups, FleetGroups):
         return Rollouts(groups, fleet, concurrency)
-    return FleetRollouts(groups, fleet, concurrency, node.agent)
+    return FleetRollouts(groups, fleet, concurrency, node.agent, node.restore_handed_over)

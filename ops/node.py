@@ -35,7 +35,11 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, cast
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backups import fleet_doc
 from backups.errors import ReplicaError, ReplicaFenced
@@ -46,7 +50,9 @@ from cluster.agent import Agent
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterError
 from cluster.slots import slot_of
+from router.errors import render
 from router.proxy.forward import Forwarder, ProxyConfig, Unreachable
+from router.proxy.middleware import ClusterProxy
 from router.proxy.placement import Located
 from router.proxy.websocket import WebSocketRelay
 from tenants.errors import SqlfleetError
@@ -68,6 +74,8 @@ INCARNATION_FILE = "cluster-incarnation.json"
 VERIFY_RETRY = 1.0
 # Seconds between looks for slots this node gained (whose handed-over tenants it then restores).
 ADOPT_POLL = 0.5
+# Seconds between a node's looks at the cluster marker in the replica prefix (`keep_marker`).
+MARKER_INTERVAL = 60.0
 # Seconds a release waits for the server being built before it fails (and is tried again).
 DRAIN_WAITS_FOR_START = 5.0
 
@@ -94,6 +102,46 @@ class ForeignReplica(SqlfleetError):
     code = "foreign_replica"
 
 
+class NodeFenced(SqlfleetError):
+    """This node was taken over (its incarnation fenced): it serves nothing until restarted."""
+
+    status = 503
+    code = "node_fenced"
+
+
+# What a fenced node answers to everything, and what its /readyz and status say.
+FENCED = (
+    "this node was fenced (another node took it over): it serves nothing until it is restarted; "
+    "restart it, and meanwhile use any other node of the cluster"
+)
+# Paths a fenced node still answers as usual: they say it is fenced (/readyz 503 with the reason,
+# the cluster status with state "fenced") or are the operator's (metrics).
+FENCED_OPEN = frozenset({"/readyz", "/metrics", "/v1/admin/cluster"})
+
+
+class FencedGate:
+    """ASGI middleware, outside the cluster proxy: once the node is fenced, every request
+    (proxied or not, HTTP or WebSocket) but `FENCED_OPEN` gets 503 `node_fenced` (a WebSocket
+    is closed with 1011), instead of answers from a view of the cluster that stopped changing."""
+
+    def __init__(self, app: ASGIApp, node: ClusterNode) -> None:
+        self.app, self.node = app, node
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.node.fenced is None
+            or scope["type"] not in ("http", "websocket")
+            or scope["path"] in FENCED_OPEN
+        ):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send(
+                {"type": "websocket.close", "code": 1011, "reason": "this node was fenced: restart it"}
+            )
+        else:
+            await render(NodeFenced(FENCED))(scope, receive, send)
+
+
 class NotOwner(SqlfleetError):
     """This node does not serve the tenant's slot (any more): retry through any node."""
 
@@ -116,7 +164,7 @@ class ClusterNode:
             before_rejoin=self._before_rejoin,
         )
         self.forwarder = Forwarder(proxy)
-        self.websockets = WebSocketRelay(proxy.connect_timeout, max_message_bytes)
+        self.websockets = WebSocketRelay(proxy.connect_timeout, max_message_bytes, proxy.answer_timeout)
         self.writer: Writer | None = None
         self._fenced: str | None = None
         self._verifying: str | None = None  # lease lost: serving nothing until we know we were not taken over
@@ -138,11 +186,13 @@ class ClusterNode:
             incarnation,
         )
 
-    def check_replica(self, replica: SealedReplica, server: str) -> None:
-        """At start, before anything is read from or shipped to the replica: raise
-        ForeignReplica unless its prefix is this cluster's (the first node of a cluster records
-        the cluster's name there, `fleet_doc.claim_cluster`; a prefix holding a single server's
-        segments is no cluster's). Raises ReplicaError, BackupBroken (the server does not start)."""
+    def check_replica(self, replica: SealedReplica) -> None:
+        """At start, before the node registers in etcd and before anything is read from or
+        shipped to the replica: raise ForeignReplica unless its prefix is this cluster's (the
+        first node of a cluster records the cluster's name there, `fleet_doc.claim_cluster`, and
+        every node writes it again if it vanished, `keep_marker`; a prefix holding a single
+        server's segments is no cluster's). Raises ReplicaError, BackupBroken (the server does
+        not start)."""
         name = self.config.name
         recorded = fleet_doc.read_cluster(replica)
         if recorded is None:
@@ -152,15 +202,40 @@ class ClusterNode:
                     f"the replica prefix holds a single server's backups (e.g. {flat.rsplit('/', 1)[-1]}), "
                     f"not cluster {name!r}'s: give every node of a new cluster a replica prefix of its own"
                 )
-            recorded = fleet_doc.claim_cluster(replica, name, server)
+            recorded = fleet_doc.claim_cluster(replica, name, self.config.node_id)
             if recorded == name:
                 log.info("the replica prefix is cluster %s's", name)
         if recorded != name:
             raise ForeignReplica(
-                f"the replica prefix holds cluster {recorded!r}'s backups, and this node joins cluster "
-                f"{name!r}: start it with --cluster-name {recorded} to join that cluster, or give a new "
-                "cluster a replica prefix of its own"
+                f"the replica prefix is marked ({fleet_doc.CLUSTER_KEY}) as the backups of cluster "
+                f"{recorded!r}, and this node is one of cluster {name!r}: give cluster {name!r} a "
+                "replica prefix of its own (nodes of one cluster share its name and its prefix)"
             )
+
+    def keep_marker(self, replica: SealedReplica) -> None:
+        """Write the cluster's marker again if it vanished from the replica prefix (a wiped
+        bucket), so no other cluster can claim the prefix meanwhile; log what was found. Every
+        `MARKER_INTERVAL` seconds on a serving node; never raises (logged, looked at next time)."""
+        name = self.config.name
+        try:
+            recorded = fleet_doc.read_cluster(replica)
+            if recorded is None:
+                recorded = fleet_doc.claim_cluster(replica, name, self.config.node_id)
+                log.error(
+                    "the cluster marker %s had vanished from the replica prefix (was the bucket wiped?): "
+                    "written again for cluster %s; backups made before it vanished may be gone too",
+                    fleet_doc.CLUSTER_KEY,
+                    name,
+                )
+            if recorded != name:
+                log.error(
+                    "the replica prefix is now marked as the backups of cluster %r, not of this cluster "
+                    "(%r): two clusters share a replica prefix; give each one a prefix of its own",
+                    recorded,
+                    name,
+                )
+        except SqlfleetError as exc:  # ReplicaError, BackupBroken
+            log.warning("cannot check the cluster marker in the replica prefix (%s)", exc.message)
 
     def forget_if_taken_over(self, fleet: Fleet, backups: Backups) -> int:
         """At start, once registered and before anything ships: if the incarnation this data dir
@@ -194,6 +269,17 @@ class ClusterNode:
         write_durably(noted, body.encode())
         return dropped
 
+    @property
+    def fenced(self) -> str | None:
+        """Why this node serves nothing until restarted (`FENCED`), or None."""
+        return self._fenced
+
+    def guard(self, app: Starlette) -> None:
+        """Put `FencedGate` in `app`'s middleware (before it starts), just outside the proxy."""
+        stack = app.user_middleware
+        at = next((i for i, m in enumerate(stack) if cast(object, m.cls) is ClusterProxy), len(stack))
+        stack.insert(at, Middleware(FencedGate, node=self))
+
     def serve(self, fleet: Fleet, backups: Backups) -> None:
         """The fleet and backups whose tenants move when this node gives up slots; a release
         before then waits a little, then fails and is tried again (the server is starting)."""
@@ -211,30 +297,38 @@ class ClusterNode:
     def _adopt(self) -> None:
         """Restore, one at a time in the background, the tenants handed over with the slots this
         node gains (backups.handoff), so they are listed and answer at full speed at once; a
-        request that comes first restores its tenant itself (`Backups.recover`)."""
-        assert self._served is not None
-        fleet, backups = self._served
+        request that comes first restores its tenant itself (`Backups.recover`). Also keeps the
+        cluster's marker in the replica prefix (`keep_marker`)."""
         seen: set[int] = set()
+        marked = time.monotonic()  # `check_replica` wrote or read the marker at start
         while not self._stopping.wait(ADOPT_POLL):
+            if time.monotonic() - marked >= MARKER_INTERVAL and self._served is not None:
+                self.keep_marker(self._served[1].replica)
+                marked = time.monotonic()
             owned = set(self.agent.ownership.owned())
             gained, seen = owned - seen, owned
-            if not gained:
-                continue
-            try:
-                tenants = backups.handoffs.handed_over(gained)
-            except SqlfleetError as exc:
-                log.warning(
-                    "cluster: cannot read the handoffs of %d gained slots (%s)", len(gained), exc.message
-                )
+            if gained and not self.restore_handed_over(gained, self._stopping):
                 seen -= gained  # try them again next time
-                continue
-            for tenant in tenants:
-                if self._stopping.is_set():
-                    return
-                if fleet.catalog.get(tenant) is None:
-                    # moved on or gone meanwhile: its own request will say so
-                    with contextlib.suppress(SqlfleetError), fleet.lease(tenant, readonly=True, passing=True):
-                        pass
+
+    def restore_handed_over(self, slots: Collection[int], stop: threading.Event) -> bool:
+        """Restore, one at a time, the tenants handed over with `slots` (backups.handoff) that
+        this node lacks, until `stop` is set; False if their manifests could not be read (logged)."""
+        if self._served is None:
+            return False
+        fleet, backups = self._served
+        try:
+            tenants = backups.handoffs.handed_over(slots)
+        except SqlfleetError as exc:
+            log.warning("cluster: cannot read the handoffs of %d gained slots (%s)", len(slots), exc.message)
+            return False
+        for tenant in tenants:
+            if stop.is_set():
+                break
+            if fleet.catalog.get(tenant) is None:
+                # moved on or gone meanwhile: its own request will say so
+                with contextlib.suppress(SqlfleetError), fleet.lease(tenant, readonly=True, passing=True):
+                    pass
+        return True
 
     def _take_over(
         self, node: str, incarnations: Collection[str], slots: Collection[int], token: int
@@ -298,6 +392,8 @@ class ClusterNode:
         return self._fenced or self.agent.why_not_serving() or self._verifying
 
     def describe(self, tenant: str | None) -> dict[str, object]:
+        if self._fenced is not None:
+            return self._describe_fenced(tenant)
         table = self.agent.routing.table()
         slots = Counter(route.node for route in table if route is not None)
         draining = self.agent.draining()
@@ -326,6 +422,28 @@ class ClusterNode:
             route = table[slot]
             owner = None if route is None else {"node": route.node, "token": route.token}
             status["tenant"] = {"id": tenant, "slot": slot, "owner": owner}
+        return status
+
+    def _describe_fenced(self, tenant: str | None) -> dict[str, object]:
+        """A fenced node left the cluster: what it saw of it stopped changing then, so it shows
+        only itself, fenced (and no owner for `tenant`)."""
+        me: dict[str, object] = {
+            "url": self.config.node_url,
+            "incarnation": None if self.writer is None else self.writer.incarnation,
+            "slots": 0,
+            "draining": False,
+            "state": "fenced",
+        }
+        status: dict[str, object] = {
+            "node": self.config.node_id,
+            "serving": False,
+            "reason": self._fenced,
+            "slots_owned": 0,
+            "nodes": {self.config.node_id: me},
+            "takeovers": {},
+        }
+        if tenant is not None:
+            status["tenant"] = {"id": tenant, "slot": slot_of(tenant), "owner": None}
         return status
 
     def _departed(self, draining: frozenset[str]) -> dict[str, dict[str, object]]:
@@ -357,7 +475,7 @@ class ClusterNode:
             )
         except Unreachable as exc:
             raise PeerUnreachable(
-                f"a node did not answer, so the answer would be incomplete: {exc}"
+                f"a node did not answer, so the answer would be incomplete: {exc}", retry_after=1
             ) from None
 
     def set_draining(self, node: str, draining: bool) -> None:
@@ -377,6 +495,8 @@ class ClusterNode:
             or self._verifying is not None
             or not self.agent.ownership.owns(slot_of(tenant))
         ):
+            if self._fenced is not None:
+                raise NodeFenced(FENCED)
             why = self.unavailable()
             raise NotOwner(
                 f"this node does not serve tenant {tenant!r} now{f' ({why})' if why else ''}: retry"
@@ -391,7 +511,7 @@ class ClusterNode:
         with self._lock:
             if self._fenced is not None:
                 return
-            self._fenced = f"fenced by another node ({why}): restart this server"
+            self._fenced = FENCED
         log.error("this node's incarnation was fenced: it serves nothing until restarted (%s)", why)
         threading.Thread(target=self.agent.stop, name="cluster-leave", daemon=True).start()
 

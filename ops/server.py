@@ -45,6 +45,7 @@ from tenants.connection import configure_sqlite
 from tenants.errors import BadRequest
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
+from tenants.layout import DataDirLock, Layout
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,14 @@ class Server:
         proxy = (
             ProxyParts(node, node.forwarder, node.websockets, Arrivals(fleet)) if node is not None else None
         )
-        server = cls(settings, fleet, context, build_app(context, proxy), admin_key, generated, node)
+        app = build_app(context, proxy)
+        if node is not None:
+            node.guard(app)  # a fenced node answers nothing but that it was fenced
+        server = cls(settings, fleet, context, app, admin_key, generated, node)
         try:
             TENANT_BYTES.set_function(fleet.catalog.total_size)
             if hooks.backups is not None:
                 if node is not None:  # before anything ships: stale copies must not
-                    node.check_replica(hooks.backups.replica, hooks.backups.meta.server)
                     node.forget_if_taken_over(fleet, hooks.backups)
                 hooks.backups.start(token_key_fingerprint(signing_key))
                 if node is not None:
@@ -207,16 +210,45 @@ def _join_cluster(settings: Settings) -> ClusterNode | None:
     if not settings.backups:
         raise BadRequest("a cluster node needs backups on: tenants move between nodes through the replica")
     node = ClusterNode(config, settings.proxy_config(), settings.max_body_bytes)
-    # said before the wait, so that a wrong URL is not a silent pause
-    log.info(
-        "joining cluster %s as node %s through etcd at %s (giving up after %g s)",
-        config.name,
-        config.node_id,
-        ", ".join(config.endpoints),
-        config.join_timeout,
-    )
-    node.start()
+    try:
+        _check_before_joining(settings, node)
+        # said before the wait, so that a wrong URL is not a silent pause
+        log.info(
+            "joining cluster %s as node %s through etcd at %s (giving up after %g s)",
+            config.name,
+            config.node_id,
+            ", ".join(config.endpoints),
+            config.join_timeout,
+        )
+        node.start()
+    except BaseException:
+        node.stop()
+        raise
     return node
+
+
+def _check_before_joining(settings: Settings, node: ClusterNode) -> None:
+    """What can refuse a cluster node's start, checked before it registers in etcd, so a refused
+    start leaves nothing there (no node the controller gives slots to, no incarnation to take
+    over): the data dir in use by another server, the backup key file, the replica prefix
+    (another cluster's, or a single server's). Raises DataDirLocked, BadRequest, ForeignReplica,
+    ReplicaError, BackupBroken."""
+    probe = DataDirLock(Layout(settings.data_dir))
+    probe.acquire()  # the fleet takes it for good once the node has joined
+    probe.release()
+    replica = SealedReplica(
+        open_replica(
+            settings.replica_target(),
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            force_path_style=settings.s3_force_path_style,
+        ),
+        settings.backup_keyring(),
+    )
+    try:
+        node.check_replica(replica)
+    finally:
+        replica.close()
 
 
 def _backups(settings: Settings, fleet: Fleet, groups: GroupStore, node: ClusterNode | None) -> Backups:

@@ -31,6 +31,38 @@ ENV_PREFIX = "SQLFLEET_"
 # The longest any seconds setting may be (about 31 years): past it waits overflow the OS's timers.
 MAX_SECONDS = 1e9
 MAX_ACK_WINDOW = 1.0  # seconds: every response under ack=replica may wait this long more
+MIN_ACK_WINDOW = 0.001  # seconds, unless 0 (no gathering): a shorter one only spins the shipper
+# The least a positive seconds setting may be; those not named here: MIN_SECONDS. A loop's interval
+# shorter than 10 ms spins a thread; a request timeout under 0.1 s fails ordinary requests.
+MIN_SECONDS = 0.001
+MIN_SECONDS_OF = {
+    "request_timeout": 0.1,
+    "backup_flush_interval": 0.01,
+    "backup_snapshot_interval": 0.01,
+    "backup_catalog_upload_interval": 0.01,
+    "changes_heartbeat": 0.01,
+}
+# The most a whole-number setting may be; those not named here: MAX_COUNT, or MAX_BYTES for a
+# `*_bytes` one. Past these a setting only exhausts memory, threads or file descriptors.
+MAX_COUNT = (1 << 31) - 1
+MAX_BYTES = 1 << 50  # 1 PiB (SQLite's own largest database is about 2**48 bytes)
+MAX_INT_OF = {
+    "worker_threads": 1024,
+    "pool_capacity": 1 << 20,
+    "max_queued_per_tenant": 1 << 20,
+    "max_streams": 1 << 20,
+    "max_streams_per_tenant": 1 << 20,
+    "max_websockets": 1 << 20,
+    "changes_max_subscribers": 1 << 20,
+    "changes_max_subscribers_per_tenant": 1 << 20,
+    "max_transfers": 1024,
+    "rollout_concurrency": 1024,
+    "cache_size_kib": 1 << 24,  # 16 GiB per connection
+    "max_token_ttl": int(1e9),  # seconds, as MAX_SECONDS
+    # a dead node's slots wait out its lease before takeover: past an hour there is no failover
+    # (etcd itself refuses a TTL above 9e9 s)
+    "cluster_lease_ttl": 3600,
+}
 # Keep-alive connections a cluster node holds to the other nodes, in all (router.proxy).
 PROXY_CONNECTIONS = 256
 Section = TypeVar("Section", bound="DataclassInstance")
@@ -388,8 +420,8 @@ class Settings:
         default=0.02,
         metadata=_doc(
             "ack=replica: seconds a flush that a waiting response asked for gathers other "
-            "commits first, so one segment acknowledges them all (group commit). At most 1, and "
-            "less than request_timeout."
+            "commits first, so one segment acknowledges them all (group commit). 0, or from 0.001 "
+            "to 1, and less than request_timeout."
         ),
     )
     max_unshipped_age: float | None = field(
@@ -550,6 +582,10 @@ class Settings:
                 and not (math.isfinite(value) and abs(value) <= MAX_SECONDS)
             ):
                 raise BadRequest(f"{f.name} must be a finite number of seconds, at most {MAX_SECONDS:g}")
+            if str(f.type).startswith("int") and value is not None:
+                most = MAX_INT_OF.get(f.name, MAX_BYTES if f.name.endswith("_bytes") else MAX_COUNT)
+                if value > most:
+                    raise BadRequest(f"{f.name} must be at most {most}")
         if not 0 <= self.port <= 65535:
             raise BadRequest("port must be from 0 to 65535")
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -612,8 +648,11 @@ class Settings:
             "transfer_idle_timeout",
             "import_check_timeout",
         ):
+            least = MIN_SECONDS_OF.get(name, MIN_SECONDS)
             if getattr(self, name) <= 0:
-                raise BadRequest(f"{name} must be positive")
+                raise BadRequest(f"{name} must be positive (at least {least:g} s)")
+            if getattr(self, name) < least:
+                raise BadRequest(f"{name} must be at least {least:g} s")
 
         if self.changes_max_txn_bytes > self.changes_buffer_bytes:
             raise BadRequest("changes_max_txn_bytes must not exceed changes_buffer_bytes")
@@ -630,6 +669,8 @@ class Settings:
             raise BadRequest("ack=replica needs backups on: it waits for commits to reach the replica")
         if self.ack_window < 0 or (self.max_unshipped_age or 0) < 0:
             raise BadRequest("ack_window and max_unshipped_age must not be negative")
+        if 0 < self.ack_window < MIN_ACK_WINDOW:
+            raise BadRequest(f"ack_window must be 0 or at least {MIN_ACK_WINDOW:g} s")
         if self.ack_window > MAX_ACK_WINDOW or self.ack_window >= self.request_timeout:
             raise BadRequest(
                 f"ack_window must be at most {MAX_ACK_WINDOW:g} s and less than request_timeout "
@@ -667,7 +708,12 @@ class Settings:
         if age is None:
             age = 30.0 if self.cluster_etcd else 0.0
         return self._section(
-            ShipperConfig, prefix="backup_", ack=self.ack, ack_window=self.ack_window, max_unshipped_age=age
+            ShipperConfig,
+            prefix="backup_",
+            ack=self.ack,
+            ack_window=self.ack_window,
+            max_unshipped_age=age,
+            delete_flush_wait=self.request_timeout / 4,  # two of them: half the delete's deadline
         )
 
     def cluster_config(self) -> ClusterConfig | None:
@@ -698,6 +744,10 @@ class Settings:
             connect_timeout=2.0,
             replay_bytes=self.max_body_bytes,
             max_connections=PROXY_CONNECTIONS,
+            # the longest an owner may rightly take: wait for its tenant, run, wait for the replica
+            answer_timeout=max(self.busy_timeout, self.preempt_wait)
+            + self.request_timeout * (2 if self.ack == "replica" else 1)
+            + 5.0,
         )
 
     def backup_keyring(self) -> Keyring | None:

@@ -32,6 +32,7 @@ from router.errors import render
 from router.hrana import codec_json
 from router.hrana.protocol import Error
 from router.hrana.routes import HRANA_TENANT
+from router.proxy.middleware import close_reason
 from tenants.errors import ReplicaUnavailable
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,16 @@ WS_SHARE = 0.9  # of request_timeout: a WebSocket send itself gives up at reques
 # Scope key: the tenants (a tuple of ids) a route wrote that its path does not name, e.g. the
 # tenant a create's body names, a restore's target: their responses wait as well.
 ACK_TENANTS = "sqlfleet.ack_tenants"
+# Scope key: set by a route of a tenant that commits nothing of the tenant's and shows none of its
+# data (a token revocation): its response waits for what carries its change instead, on its own.
+ACK_SKIP = "sqlfleet.ack_skip"
 
 
 def tenants_of(scope: Scope) -> list[str]:
-    """The tenants a request is for, once its route has run; empty: not a tenant's request."""
+    """The tenants a request is for, once its route has run; empty: not a tenant's request,
+    or one that does its own waiting (ACK_SKIP)."""
+    if scope.get(ACK_SKIP):
+        return []
     named = [scope.get(HRANA_TENANT), scope.get("path_params", {}).get("tenant"), *scope.get(ACK_TENANTS, ())]
     return list(dict.fromkeys(t for t in named if isinstance(t, str)))
 
@@ -113,7 +120,7 @@ class AckGate:
                     await self.acks.wait(tenants, self.timeout * WS_SHARE, since)
                 except ReplicaUnavailable as exc:
                     log.warning("tenant %s: websocket closed (%s)", tenants[0], exc.message)
-                    reason = f"{exc.code}: {exc.message}"[:120]  # a close reason is at most 123 bytes
+                    reason = close_reason(exc)  # cut at a word within the 123 bytes a frame allows
                     await send({"type": "websocket.close", "code": 1011, "reason": reason})
                     raise WebSocketDisconnect(1011, reason) from exc
             await send(message)

@@ -12,12 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from router.ack_gate import ACK_TENANTS
+from router.ack_gate import ACK_SKIP, ACK_TENANTS
 from router.auth import require_admin
+from router.bounded import replica_work
 from router.codec import read_json
 from router.context import Context, ctx
 from tenants.catalog import TenantRow
-from tenants.errors import BadRequest
+from tenants.errors import BadRequest, TenantExists
 from tenants.ids import is_name, is_name_prefix, validate_tenant_id
 from tenants.rfc3339 import format_time
 
@@ -39,6 +40,31 @@ def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
 
 
+async def refuse_handed_over(request: Request, tenant: str) -> None:
+    """Raise TenantExists for an id a cluster node has no row of but was handed (the newest
+    manifest of its slot names it, backups.handoff): it exists even while its restore fails, so
+    whatever makes a tenant (create, import, a restore into a new id) must not make it anew.
+    The replica is asked at most for `request_timeout` (then ReplicaUnavailable, nothing made)."""
+    c = admin_context(request)
+    backups = c.backups
+    if (
+        backups is not None
+        and backups.handoffs.slot_of is not None
+        and c.fleet.catalog.get(tenant) is None
+        and await replica_work(request).run(
+            f"looking whether tenant {tenant!r} was handed to this node",
+            None,
+            c.config.request_timeout,
+            lambda: backups.handoffs.names(tenant),
+        )
+        and not backups.shipper.deletion_pending(tenant)
+    ):
+        raise TenantExists(
+            f"tenant {tenant!r} already exists (handed to this node, not restored yet: "
+            "its own requests say why)"
+        )
+
+
 async def create_tenant(request: Request) -> JSONResponse:
     c = admin_context(request)
     body = await read_json(request, c.config.max_body_bytes)
@@ -49,6 +75,7 @@ async def create_tenant(request: Request) -> JSONResponse:
     group = body.get("group")
     if group is not None and not is_name(group):
         raise BadRequest("group must be null or a name like a tenant id")
+    await refuse_handed_over(request, tenant)
     request.scope[ACK_TENANTS] = (tenant,)  # ack=replica: the 201 waits for it to ship
     row = await c.blocking(c.fleet.create, tenant, group)
     return JSONResponse(_info(c, row), status_code=201)
@@ -126,7 +153,11 @@ async def revoke_tokens(request: Request) -> JSONResponse:
     """Every token minted for the tenant until now stops working; tokens minted from now on work."""
     c = admin_context(request)
     tenant = validate_tenant_id(request.path_params["tenant"])
+    request.scope[ACK_SKIP] = True  # a write, but no commit of the tenant's: ack=replica waits below
     await c.blocking(c.fleet.revoke_tokens, tenant)
+    if c.backups is not None:  # the revocation reaches the replica in the fleet metadata
+        what, again = f"the revocation of tenant {tenant!r}'s tokens", "revoke again shortly"
+        await c.blocking(c.backups.metadata_acked, what, again, c.config.request_timeout)
     return JSONResponse({"tenant": tenant, "revoked_at": format_time(time.time())})
 
 

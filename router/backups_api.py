@@ -3,6 +3,7 @@ fleet metadata, then the tenants), rekey."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -11,7 +12,8 @@ from starlette.routing import Route
 
 from backups.service import Backups, parse_moment
 from router.ack_gate import ACK_TENANTS
-from router.admin_api import admin_context, reject_unknown
+from router.admin_api import admin_context, refuse_handed_over, reject_unknown
+from router.bounded import replica_work
 from router.codec import read_json
 from router.context import Context
 from router.errors import BackupsDisabled
@@ -37,25 +39,55 @@ async def restore(request: Request) -> JSONResponse:
         raise BadRequest("timestamp must be an RFC 3339 string or 'latest'")
     if target is not None:
         request.scope[ACK_TENANTS] = (validate_tenant_id(target),)  # ack=replica: what it wrote
-    result = await c.blocking(backups.restore, tenant, parse_moment(stamp), target)
+        if target != tenant:
+            await refuse_handed_over(request, target)  # a cluster node: handed here, not restored yet
+    moment = parse_moment(stamp)
+    result = await replica_work(request).run(
+        f"the restore of tenant {tenant!r}",
+        f"look at tenant {target or tenant!r} (GET /v1/admin/tenants/...) before retrying",
+        c.config.request_timeout,
+        lambda: backups.restore(tenant, moment, target),
+        lambda: backups.replica_answered,  # a long restore that reads on is waited for
+    )
     return JSONResponse(result.to_json())
 
 
 async def describe(request: Request) -> JSONResponse:
     c, backups = _backups(request)
     tenant = validate_tenant_id(request.path_params["tenant"])
-    return JSONResponse(await c.blocking(backups.describe, tenant))
+    work = replica_work(request)
+    what = f"listing the backups of tenant {tenant!r}"
+    return JSONResponse(
+        await work.run(what, None, c.config.request_timeout, lambda: backups.describe(tenant))
+    )
 
 
 async def verify(request: Request) -> JSONResponse:
     c, backups = _backups(request)
     tenant = validate_tenant_id(request.path_params["tenant"])
-    return JSONResponse(await c.blocking(backups.verify, tenant))
+    work = replica_work(request)
+    what = f"verifying the backups of tenant {tenant!r}"
+    verified = await work.run(
+        what, None, c.config.request_timeout, lambda: backups.verify(tenant), lambda: backups.replica_answered
+    )
+    return JSONResponse(verified)
 
 
 async def rebuild(request: Request) -> JSONResponse:
     c, backups = _backups(request)
-    return JSONResponse({"segments": await c.blocking(backups.rebuild_catalog)})
+    answered = [0.0]  # time.monotonic() of the last segment it read
+
+    def step(done: int, total: int) -> None:
+        answered[0] = time.monotonic()
+
+    segments = await replica_work(request).run(
+        "rebuilding the backup catalog",
+        "it is safe to run again",
+        c.config.request_timeout,
+        lambda: backups.rebuild_catalog(step),
+        lambda: answered[0],
+    )
+    return JSONResponse({"segments": segments})
 
 
 async def rekey(request: Request) -> JSONResponse:
@@ -69,7 +101,12 @@ async def rekey(request: Request) -> JSONResponse:
         raise BadRequest("after must be a segment key (the previous answer's next) or null")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REKEY_BATCH:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_REKEY_BATCH}")
-    batch = await c.blocking(backups.rekey, after, limit)
+    batch = await replica_work(request).run(
+        "re-encrypting a batch of backups",
+        "it is safe to run again from the same `after`",
+        c.config.request_timeout,
+        lambda: backups.rekey(after, limit),
+    )
     return JSONResponse(batch.to_json())
 
 
@@ -77,7 +114,13 @@ async def restore_fleet(request: Request) -> JSONResponse:
     """Disaster recovery's first step: put back the schema groups this server lacks; says whether
     the tokens of the tenants still to restore will work here (`warning` when not)."""
     c, backups = _backups(request)
-    return JSONResponse((await c.blocking(backups.restore_fleet)).to_json())
+    restored = await replica_work(request).run(
+        "restoring the fleet metadata",
+        "it is safe to run again",
+        c.config.request_timeout,
+        backups.restore_fleet,
+    )
+    return JSONResponse(restored.to_json())
 
 
 async def restorable(request: Request) -> JSONResponse:
@@ -97,7 +140,10 @@ async def restorable(request: Request) -> JSONResponse:
             if at is None or flag == "true"
         ]
 
-    return JSONResponse({"tenants": await c.blocking(listing)})
+    work = replica_work(request)
+    return JSONResponse(
+        {"tenants": await work.run("listing the restorable tenants", None, c.config.request_timeout, listing)}
+    )
 
 
 REKEY_BATCH = 100  # segments one rekey call looks at, unless asked otherwise

@@ -3,7 +3,8 @@
 Answer: `{"node": this node's id, "serving": bool, "reason": why not (or null), "slots_owned":
 slots with a live owner (16384 when all are served), "nodes": {id: {"url", "incarnation",
 "slots", "draining", "state"}}}` (state "lease_lost": the node holds slots but its lease is gone,
-so they are not served; with "assigned_slots", "lease_lost_ago_s", "takeover_in_s"), plus
+so they are not served; with "assigned_slots", "lease_lost_ago_s", "takeover_in_s"; state "fenced":
+the answering node was taken over, it serves nothing until restarted and lists only itself), plus
 `"tenant": {"id", "slot", "owner": {"node", "token"} or null}` with `?tenant=`. A server that is
 not a cluster node answers 409 `cluster_disabled`.
 

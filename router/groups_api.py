@@ -63,6 +63,13 @@ def _count(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
     return value
 
 
+async def _acked(c: Context, what: str, again: str) -> None:
+    """ack=replica on a single server: a group change is acknowledged once in the replica (the
+    fleet metadata carries it). A cluster keeps its groups in etcd, durable on its own."""
+    if c.backups is not None and c.placement is None:
+        await c.blocking(c.backups.metadata_acked, what, again, c.config.request_timeout)
+
+
 async def create_group(request: Request) -> JSONResponse:
     c, groups, rollouts = _context(request)
     body = await read_json(request, c.config.max_body_bytes)
@@ -80,6 +87,7 @@ async def create_group(request: Request) -> JSONResponse:
             raise BadRequest("template must be base64") from None
     assert name is not None
     await c.blocking(groups.create, name, schema, template)
+    await _acked(c, f"the creation of group {name!r}", "look at the group before creating it again")
     return JSONResponse(await c.blocking(_group_json, groups, rollouts, name), status_code=201)
 
 
@@ -122,6 +130,9 @@ async def add_migration(request: Request) -> JSONResponse:
         migration = await c.blocking(groups.add_sync, name, migration_name, sql, _flag(body, "allow_drop"))
     else:
         raise BadRequest("kind must be 'sql' or 'sync'")
+    await _acked(
+        c, f"migration {migration.name} of group {name!r}", "look at the group before adding it again"
+    )
     return JSONResponse(migration.to_json(), status_code=201)
 
 

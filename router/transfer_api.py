@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from router.admin_api import admin_context
+from router.admin_api import admin_context, refuse_handed_over
 from router.auth import require_tenant
 from router.context import Context, ctx
 from router.errors import SlowBody
@@ -322,6 +322,8 @@ async def import_file(request: Request) -> JSONResponse:
     exists = await c.blocking(c.fleet.exists, tenant)
     if exists and not replace:
         raise TenantExists(f"tenant {tenant!r} exists: add ?replace=true to replace its data")
+    if not replace:
+        await refuse_handed_over(request, tenant)  # a cluster node: handed here, not restored yet
     if replace:
         row = await c.blocking(c.fleet.require, tenant, tuple(TenantState))  # TenantNotFound
         if group is not None and group != row.group:

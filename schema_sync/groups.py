@@ -420,7 +420,8 @@ def _build_template(
 
 def _refuse(existing: list[Migration], filename: str, text: str) -> None:
     """Raise InvalidMigration for a new migration whose name (after its number) the group
-    already has, or a SQL one without a statement (only whitespace, comments or `;`)."""
+    already has, or one without a statement (only whitespace, comments or `;`): a blank SQL
+    migration does nothing, a blank sync step would drop every table."""
     stem, kind = parse_name(filename)
     slug = stem[5:]
     same = next((m.name for m in existing if m.name[5:] == slug), None)
@@ -428,8 +429,15 @@ def _refuse(existing: list[Migration], filename: str, text: str) -> None:
         raise InvalidMigration(
             f"{stem}: the group already has a migration named {slug!r} ({same}); pick another name"
         )
-    if kind == SQL and all(token.kind == "semi" for token in tokenize(text)):
-        raise InvalidMigration(f"{stem}: the migration has no SQL statement (only whitespace or comments)")
+    if all(token.kind == "semi" for token in tokenize(text)):
+        if kind == SQL:
+            raise InvalidMigration(
+                f"{stem}: the migration has no SQL statement (only whitespace or comments)"
+            )
+        raise InvalidMigration(
+            f"{stem}: the sync step's schema has no SQL statement (only whitespace or comments);"
+            " a sync to an empty schema would drop every table"
+        )
 
 
 def _numbered(migration_name: str, existing: list[Migration]) -> str:

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 RUNNING, COMPLETED, STOPPED, FAILED = "running", "completed", "stopped", "failed"
 INTERRUPTED, ABORTED = "interrupted", "aborted"
 RESUMABLE = (STOPPED, INTERRUPTED)
+STOPPING = "stopping"  # only in the answer to a stop whose workers are still on their tenants
 MAX_FAILURES_KEPT = 1000
 MAX_TENANTS_KEPT = 1000  # of `migrated_tenants`
 MAX_PLANS_KEPT = 20

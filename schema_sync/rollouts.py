@@ -12,7 +12,7 @@ from typing import Any
 
 from schema_sync.errors import RolloutConflict, RolloutFinished, RolloutNotFound
 from schema_sync.groups import Group, GroupStore
-from schema_sync.rollout import INTERRUPTED, RESUMABLE, RUNNING, Rollout, RolloutOptions
+from schema_sync.rollout import INTERRUPTED, RESUMABLE, RUNNING, STOPPING, Rollout, RolloutOptions
 from tenants.fleet import Fleet
 
 _DETAIL = ("failures", "plans", "migrated_tenants")  # left out of listings
@@ -57,6 +57,11 @@ class Rollouts:
             self._refuse_running(group_name)
             saved = self._status(group, rollout_id)
             newest = _ids(group)[0]
+            if saved["state"] not in (RUNNING, *RESUMABLE):  # worded as stop and abort word it
+                raise RolloutFinished(
+                    f"rollout {rollout_id} of group {group_name!r} is {saved['state']}: "
+                    "only a stopped or interrupted rollout can be resumed"
+                )
             if newest != rollout_id:
                 raise RolloutFinished(
                     f"rollout {rollout_id} of group {group_name!r} was superseded by rollout {newest}"
@@ -123,7 +128,7 @@ class Rollouts:
         if rollout is None:
             return saved
         rollout.stop()
-        return rollout.snapshot()
+        return stopping(rollout.snapshot())
 
     def start_runner(self) -> None:
         """Begin background work, once the server is built (none on a single server)."""
@@ -200,3 +205,11 @@ def _new_id(group: Group) -> str:
         if not (group.rollouts_dir / f"{rollout_id}.json").exists():
             return rollout_id
         micros += 1
+
+
+def stopping(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a stop: a rollout asked to stop whose workers are still on their tenants
+    is `stopping` there (its status says `running` until they are done, then `stopped`)."""
+    if snapshot["state"] == RUNNING and snapshot.get("reason"):
+        return {**snapshot, "state": STOPPING}
+    return snapshot

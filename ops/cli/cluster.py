@@ -38,6 +38,8 @@ def node_state(info: ClusterNodeInfo) -> str:
     slots not served, takeover in 27 s" (`sqlfleet status` shows it too)."""
     if info.get("state", "live") == "live":
         return "live"
+    if info.get("state") == "fenced":  # the node answering was taken over (ops.node)
+        return "FENCED (taken over): restart it"
     ago, due = info.get("lease_lost_ago_s"), info.get("takeover_in_s")
     when = "before this node started" if ago is None else f"{ago:g} s ago"
     takeover = "" if due is None else f", takeover in {due:g} s" if due > 0 else ", takeover due"

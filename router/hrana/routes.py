@@ -97,7 +97,7 @@ def hrana_endpoint(handler: Endpoint) -> Endpoint:
         try:
             return await handler(request)
         except SqlfleetError as exc:
-            return _error_response(exc)
+            return error_response(exc)
 
     return endpoint
 
@@ -214,7 +214,7 @@ def _cursor(codec: HttpCodec) -> Endpoint:
         async def produce(output: CursorOutput) -> None:
             await _run(request, stream, readonly, lambda s: steps(s, output), budget)
 
-        return CursorResponse(produce, encode, budget, _error_response, codec.CURSOR_MEDIA_TYPE)
+        return CursorResponse(produce, encode, budget, error_response, codec.CURSOR_MEDIA_TYPE)
 
     return cursor
 
@@ -258,8 +258,10 @@ async def _v1(
     return BudgetedResponse(out, budget)
 
 
-def _error_response(exc: SqlfleetError) -> Response:
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else {}
+def error_response(exc: SqlfleetError) -> Response:
+    """`exc` as a Hrana HTTP route answers it: the protocol's Error body, JSON on every route
+    (the protobuf ones too, as libsql-server does), Retry-After on a 429 or 503."""
+    headers = {"Retry-After": str(exc.detail.get("retry_after", 1))} if exc.status in (429, 503) else {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="sqlfleet"'
     body = codec_json.encode_error(Error.of(exc))

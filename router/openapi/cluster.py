@@ -31,9 +31,10 @@ SCHEMAS: dict[str, Any] = {
                         "draining": {"type": "boolean"},
                         "state": {
                             "type": "string",
-                            "enum": ["live", "lease_lost"],
+                            "enum": ["live", "lease_lost", "fenced"],
                             "description": "lease_lost: it holds slots but no lease (killed, paused, cut "
-                            "off): they are not served until it comes back or is taken over",
+                            "off): they are not served until it comes back or is taken over; fenced: the "
+                            "answering node was taken over and answers 503 node_fenced until restarted",
                         },
                         "assigned_slots": {"type": "integer", "description": "lease_lost: slots it holds"},
                         "lease_lost_ago_s": {

@@ -23,13 +23,17 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backups.handoff import looked_up
 from router.errors import render
+from router.hrana.routes import ROUTES as HRANA_ROUTES
+from router.hrana.routes import error_response
 from router.proxy.arrivals import OPENING_THREADS, Arrivals, Opening
 from router.proxy.errors import (
     Misdirected,
@@ -104,6 +108,11 @@ class ClusterProxy:
         else:
             await self._http(scope, receive, send, tenant, None)
 
+    def _owner_lost(self, tenant: str, where: Located) -> Callable[[], bool]:
+        """Whether the routing table shows `tenant`'s slot lost by the owner `where` names (its
+        lease ran out, or the slot moved on): a request there is not waited for any longer."""
+        return lambda: self.placement.locate(tenant).token != where.token
+
     def _here(self, where: Located) -> bool:
         return where.here and self.placement.serves(where.slot, where.token)
 
@@ -114,7 +123,7 @@ class ClusterProxy:
         if scope["type"] == "websocket":
             await self.websockets.deny(scope, receive, send, error)
         else:
-            await render(error)(scope, receive, send)
+            await refusal(scope, error)(scope, receive, send)
 
     async def _create(self, scope: Scope, receive: Receive, send: Send, forwarded: bool) -> None:
         """A tenant is created on the node owning its slot: the id is in the JSON body."""
@@ -145,13 +154,15 @@ class ClusterProxy:
             if target is not None:
                 where = self.placement.locate(target)
                 if not self._here(where):
-                    await render(RestoreTargetElsewhere.of(tenant, target, where))(scope, receive, send)
+                    await refusal(scope, RestoreTargetElsewhere.of(tenant, target, where))(
+                        scope, receive, send
+                    )
                     return
                 if (slow := await self._arrive(target, nowhere)) is not None:
-                    await render(slow)(scope, receive, send)
+                    await refusal(scope, slow)(scope, receive, send)
                     return
         if (slow := await self._arrive(tenant, nowhere)) is not None:
-            await render(slow)(scope, receive, send)
+            await refusal(scope, slow)(scope, receive, send)
             return
         with contextlib.ExitStack() as known:  # the route's own open does not read the replica again
             for absent in nowhere:
@@ -195,7 +206,7 @@ class ClusterProxy:
                 error = NoOwner.of(where.slot, self.placement.unavailable())
                 break
             try:
-                response = await self.forwarder.open(scope, body, where)
+                response = await self.forwarder.open(scope, body, where, self._owner_lost(tenant, where))
             except ClientGone:
                 return
             except Unreachable:  # nothing was sent: the owner may have moved
@@ -209,11 +220,11 @@ class ClusterProxy:
                 break
             if response.status != Misdirected.status:
                 with contextlib.suppress(Lost):  # cut short: nothing more to send
-                    await self.forwarder.relay(response, receive, send)
+                    await self.forwarder.relay(response, receive, send, self._owner_lost(tenant, where))
                 return
             response.release()
             error = OwnerUnreachable.moved(tenant)  # it said so: not applied there
-        await render(error)(scope, receive, send)
+        await refusal(scope, error)(scope, receive, send)
 
     async def _root_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The root URL: accept, and route by the hello's token."""
@@ -265,12 +276,37 @@ class ClusterProxy:
                     await send(
                         {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": []}
                     )
-                await self.websockets.pump(receive, send, upstream, hello)
+                await self.websockets.pump(receive, send, upstream, hello, self._owner_lost(tenant, where))
                 return
         if hello is None:
             await self.websockets.deny(scope, receive, send, error)
         else:
-            await send({"type": "websocket.close", "code": 1013, "reason": error.message[:120]})
+            await send({"type": "websocket.close", "code": 1013, "reason": close_reason(error)})
+
+
+def refusal(scope: Scope, error: SqlfleetError) -> Response:
+    """What the proxy answers itself for an HTTP request (no owner, owner unreachable, outcome
+    unknown, 421 here, a tenant that did not open in time): labelled with its route (access log,
+    metrics), in the error shape of that route: Hrana's `{"message", "code"}` on the Hrana
+    routes (JSON on the protobuf ones too, as they answer their own errors), else the REST one."""
+    _label(scope)
+    if any(route.matches(scope)[0] is not Match.NONE for route in HRANA_ROUTES):
+        return error_response(error)
+    return render(error)
+
+
+def close_reason(error: SqlfleetError) -> str:
+    """`error` as a WebSocket close reason: code and public message, cut at a word within the
+    123 bytes a close frame allows (RFC 6455 §5.5)."""
+    return cut_reason(f"{error.code}: {error.public().message}")
+
+
+def cut_reason(reason: str, limit: int = 123) -> str:
+    encoded = reason.encode()
+    if len(encoded) <= limit:
+        return reason
+    head = encoded[: limit - 3].decode(errors="ignore")
+    return (head.rsplit(" ", 1)[0] if " " in head else head).rstrip(" ,:;") + "..."
 
 
 def _label(scope: Scope) -> None:

@@ -6,7 +6,10 @@ handshake answer (a 400 for an unknown subprotocol, a 503 when busy) reaches the
 At the root URL the tenant is the `sub` of the token in the client's first message (`hello`):
 the proxy accepts, reads that message, and opens the owner's socket with the same subprotocol,
 sending the hello on. Every frame then passes through unchanged, text as text and binary as
-binary, until either side closes; the close code and reason pass through too.
+binary, until either side closes; the close code and reason pass through too. An owner that
+stops answering (its keepalive pings unanswered for about `answer_timeout`), drops the
+connection without a close frame, or loses its hold on the slot (the routing table says so: its
+lease ran out) gets the client's socket closed with 1011 and a reason saying so.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from router.hrana import codec_protobuf
-from router.hrana.protocol import Hello
+from router.hrana import codec_json, codec_protobuf
+from router.hrana.protocol import Error, Hello
 from router.hrana.ws.versions import SUBPROTOCOLS, negotiate
 from router.proxy.errors import Misdirected
-from router.proxy.forward import HOP_BY_HOP, target_path
+from router.proxy.forward import HOP_BY_HOP, NOT_RELAYED, WATCH_SECONDS, target_path
 from router.proxy.placement import SLOT_HEADER, Located, jwt_subject
 from tenants.errors import SqlfleetError
 
@@ -48,12 +52,25 @@ class Rejected(Exception):
         self.status, self.headers, self.body = status, headers, body
 
 
-class WebSocketRelay:
-    """`connect_timeout` (s) bounds the owner's handshake; `max_message_bytes` one frame."""
+# Close codes a peer never sends (RFC 6455 §7.4.1): what the websockets client reports when the
+# owner's socket ended without a close frame (1006), or one without a code (1005).
+_NOT_SENDABLE = frozenset({1005, 1006, 1015})
+OWNER_SILENT = (
+    "the node serving this tenant stopped answering: the last request's outcome is unknown; reconnect"
+)
+OWNER_LOST = (
+    "the node serving this tenant lost its cluster lease: the last request's outcome is unknown; reconnect"
+)
 
-    def __init__(self, connect_timeout: float, max_message_bytes: int) -> None:
+
+class WebSocketRelay:
+    """`connect_timeout` (s) bounds the owner's handshake; `max_message_bytes` one frame;
+    `answer_timeout` (s) about the longest the owner may leave keepalive pings unanswered."""
+
+    def __init__(self, connect_timeout: float, max_message_bytes: int, answer_timeout: float = 40.0) -> None:
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
+        self.answer_timeout = answer_timeout
 
     async def open(self, scope: Scope, where: Located, subprotocols: list[str]) -> ClientConnection | None:
         """The owner's socket, or None when it answered 421 or could not be reached (the caller
@@ -71,6 +88,8 @@ class WebSocketRelay:
                 subprotocols=[Subprotocol(s) for s in subprotocols if s] or None,
                 open_timeout=self.connect_timeout,
                 max_size=self.max_message_bytes,
+                ping_interval=self.answer_timeout / 2,
+                ping_timeout=self.answer_timeout / 2,
                 compression=None,
                 user_agent_header=None,
                 proxy=None,
@@ -85,28 +104,45 @@ class WebSocketRelay:
             return None
 
     async def pump(
-        self, receive: Receive, send: Send, upstream: ClientConnection, hello: Message | None
+        self,
+        receive: Receive,
+        send: Send,
+        upstream: ClientConnection,
+        hello: Message | None,
+        owner_lost: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Frames both ways until one side closes; the client's socket is already accepted."""
+        """Frames both ways until one side closes, or `owner_lost()` (polled) says the owner lost
+        its slot (the client's socket is then closed 1011); the client's is already accepted."""
         if hello is not None:
             await upstream.send(hello.get("bytes") or hello.get("text") or "")
         down = asyncio.ensure_future(_downstream(upstream, send))
+        watch = asyncio.ensure_future(_watch(owner_lost))
         try:
-            while not down.done():
-                message = await _first(receive(), down)
+            while not down.done() and not watch.done():
+                message = await _first(receive(), down, watch)
                 if message is None or message["type"] == "websocket.disconnect":
                     break
                 with contextlib.suppress(ConnectionClosed):
                     await upstream.send(message.get("bytes") or message.get("text") or "")
+            if watch.done() and not down.done():
+                down.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await down
+                await send({"type": "websocket.close", "code": 1011, "reason": OWNER_LOST})
         finally:
-            await upstream.close()
+            watch.cancel()
             down.cancel()
+            if watch.done():  # a lost owner may not answer a closing handshake
+                upstream.transport.abort()
+            else:
+                await upstream.close()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await down
 
     async def deny(self, scope: Scope, receive: Receive, send: Send, error: SqlfleetError) -> None:
-        """Refuse the handshake with `error` as HTTP (or close 1013 without the denial extension)."""
-        body = json.dumps(error.to_json()).encode()
+        """Refuse the handshake with `error` as HTTP, in Hrana's error shape (every WebSocket here
+        speaks Hrana), or close 1013 without the denial extension."""
+        body = codec_json.encode_error(Error.of(error))
         retry_after = str(error.detail.get("retry_after", 1)).encode()
         headers = [(b"content-type", b"application/json"), (b"retry-after", retry_after)]
         await self.deny_raw(scope, receive, send, Rejected(error.status, headers, body))
@@ -114,9 +150,7 @@ class WebSocketRelay:
     async def deny_raw(self, scope: Scope, receive: Receive, send: Send, answer: Rejected) -> None:
         await receive()  # websocket.connect
         if "websocket.http.response" in scope.get("extensions", {}):
-            headers = [
-                (k, v) for k, v in answer.headers if k not in (b"content-length", b"transfer-encoding")
-            ]
+            headers = [(k, v) for k, v in answer.headers if k not in NOT_RELAYED and k != b"content-length"]
             headers.append((b"content-length", str(len(answer.body)).encode()))
             await send({"type": "websocket.http.response.start", "status": answer.status, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": answer.body, "more_body": False})
@@ -177,14 +211,25 @@ async def _downstream(upstream: ClientConnection, send: Send) -> None:
             await send({"type": "websocket.send", key: data})
     except ConnectionClosed:
         pass
-    code = upstream.close_code or 1000
-    await send({"type": "websocket.close", "code": code, "reason": upstream.close_reason or ""})
+    code, reason = upstream.close_code or 1000, upstream.close_reason or ""
+    if code == 1005:  # a close frame without a code: a normal end
+        code = 1000
+    elif code in _NOT_SENDABLE:  # no close frame: the owner went silent (pings) or away
+        code, reason = 1011, OWNER_SILENT
+    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
-async def _first(message: Awaitable[Message], down: asyncio.Future[None]) -> Message | None:
-    """The client's next message, or None once the owner's side ended first."""
+async def _watch(owner_lost: Callable[[], bool]) -> None:
+    """Returns once `owner_lost()` is true (polled)."""
+    while not owner_lost():
+        await asyncio.sleep(WATCH_SECONDS)
+
+
+async def _first(message: Awaitable[Message], *ends: asyncio.Future[None]) -> Message | None:
+    """The client's next message, or None once one of `ends` (the owner's side) ended first."""
     task = asyncio.ensure_future(message)
-    await asyncio.wait((task, down), return_when=asyncio.FIRST_COMPLETED)
+    waited: list[asyncio.Future[Any]] = [task, *ends]
+    await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         return task.result()
     task.cancel()

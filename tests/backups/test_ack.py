@@ -205,3 +205,11 @@ def test_a_hrana_websocket_is_closed_when_the_replica_fails(
             ws.request(execute(1, "INSERT INTO t(v) VALUES (1)"))
             code, reason = ws.closed_with(timeout=10)
             assert code == 1011 and reason is not None and reason.startswith("replica_unavailable"), reason
+            # cut at a word within the 123 bytes a close frame allows
+            assert len(reason.encode()) <= 123 and reason.endswith("..."), reason
+            whole = (
+                "replica_unavailable: tenant 'a': the backup replica could not be reached (ack=replica); "
+                "a write made while this request ran is committed on this server but not in the "
+                "backup replica, so its outcome is unknown: read it back before retrying"
+            )
+            assert f" {reason[:-3].split()[-1]} " in f" {whole} ", reason

@@ -78,3 +78,35 @@ def test_a_refusal_tells_a_read_from_a_write_and_names_no_server_internals(
         message = read.json()["error"]["message"]
         assert "would show" in message and "outcome" not in message and not leaks(message, s3), message
         s3.start()
+
+
+def test_a_revocation_and_a_group_change_answer_once_in_the_replica(
+    tmp_path: Path, s3: MotoServer, aws_environment: dict[str, str]
+) -> None:
+    """They reach the replica in the fleet metadata, not in a tenant's commits: their answers
+    wait for its publishing round, and while the replica is down they are 503 as writes."""
+    settings = s3_settings(s3, backup_flush_interval=NEVER, ack="replica", request_timeout=1.0)
+    with in_process(tmp_path / "data", **settings) as app:
+        make(app, "a")
+        backups = app.server.backups
+        assert backups is not None
+        r = app.client.post("/v1/admin/tenants/a/tokens/revoke", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert backups.meta.record("a") is not None
+        s3.stop()
+        try:
+            refused = [
+                app.client.post("/v1/admin/tenants/a/tokens/revoke", headers=ADMIN),
+                app.client.post(
+                    "/v1/admin/groups", json={"name": "g", "schema": "CREATE TABLE x(y)"}, headers=ADMIN
+                ),
+            ]
+            for r in refused:
+                assert r.status_code == 503, r.text
+                message = r.json()["error"]["message"]
+                assert "outcome is unknown" in message and "would show" not in message, message
+                assert not leaks(message, s3), message
+        finally:
+            s3.start()
+        r = app.client.post("/v1/admin/tenants/a/tokens/revoke", headers=ADMIN)
+        assert r.status_code == 200, r.text

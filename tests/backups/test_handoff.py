@@ -15,8 +15,9 @@ from backups.fleet_doc import TenantRecord
 from backups.handoff import Handoffs, Moved, latest_handoff, newest_handoffs, put_handoff
 from backups.local_replica import LocalReplica
 from backups.sealed_replica import SealedReplica
+from cluster.slots import slot_of
 from tenants.catalog import Catalog
-from tests.support.app import in_process
+from tests.support.app import ADMIN, in_process
 from tests.support.backups import make, write
 
 
@@ -126,3 +127,33 @@ def test_a_node_gaining_slots_deletes_their_manifests_superseded_twice(tmp_path:
     finally:
         catalog.close()
         tenants.close()
+
+
+def test_an_id_named_in_its_slots_newest_manifest_is_taken_even_if_its_restore_fails(
+    tmp_path: Path,
+) -> None:
+    """A tenant handed to a node whose restore fails (a segment gone) answers its requests with
+    that error, and whatever makes a tenant (create, import, a restore into a new id) answers 409
+    for its id, never a new empty tenant; an id the manifest names as deleted, or does not name,
+    is free."""
+    with in_process(tmp_path / "data") as app:
+        backups = app.server.backups
+        assert backups is not None
+        backups.handoffs.slot_of = slot_of
+        broken = _moved("k1", 1)  # its segment is in no replica
+        gone = Moved("k2", broken.record, [_row("k2", 1, kind="snapshot"), _row("k2", 2, kind="deleted")])
+        for moved in (broken, gone):
+            put_handoff(backups.replica, slot_of(moved.tenant), 10, [moved])
+        read = app.client.post("/v1/tenants/k1/query", json={"sql": "SELECT 1"}, headers=ADMIN)
+        assert read.status_code in (404, 503), read.text
+        make(app, "src", 1)
+        made = {
+            "create": app.client.post("/v1/admin/tenants", json={"id": "k1"}, headers=ADMIN),
+            "import": app.client.put("/v1/admin/tenants/k1/import", content=b"SQLite", headers=ADMIN),
+            "fork": app.client.post("/v1/admin/tenants/src/restore", json={"as": "k1"}, headers=ADMIN),
+        }
+        for how, r in made.items():
+            assert (r.status_code, r.json()["error"]["code"]) == (409, "tenant_exists"), (how, r.text)
+        assert app.server.fleet.catalog.get("k1") is None
+        for free in ("k2", "k3"):
+            assert app.create(free)["id"] == free

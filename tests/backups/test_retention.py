@@ -4,12 +4,15 @@ changes because of it."""
 from __future__ import annotations
 
 import random
+import time
+from pathlib import Path
 
 import pytest
 
 from backups import restore, retention
-from backups.catalog import ChunkRow
+from backups.catalog import BackupCatalog, ChunkRow
 from backups.errors import NoRestorePoint
+from backups.local_replica import LocalReplica
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
 
 
@@ -140,3 +143,24 @@ def test_no_restore_inside_the_window_changes(seed: int) -> None:
             continue
         for at in [horizon, end, *(rng.uniform(horizon, end) for _ in range(10))]:
             assert outcome(kept, at) == outcome(rows, at), (horizon, at)
+
+
+def test_a_cluster_node_deletes_only_its_own_segments(tmp_path: Path) -> None:
+    """Rows of a tenant handed over point at another node's shared segments: once they expire
+    here they are forgotten, never deleted (that node's other tenants may still need them)."""
+    replica = LocalReplica(tmp_path / "replica")
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    theirs, mine = "segments/n1/a1/000000000001.seg", "segments/n2/b2/000000000001.seg"
+    newest = "segments/n2/b2/000000000002.seg"
+    for key in (theirs, mine, newest):
+        replica.put(key, b"segment")
+    catalog.add_rows(
+        [snap("g1", 0, 10.0, key=theirs), snap("g1", 2, 11.0, key=mine), snap("g1", 4, 12.0, key=newest)]
+    )
+    try:
+        retention.enforce(replica, catalog, window=time.time() - 15.0, node="n2")
+        assert {info.key for info in replica.list("segments/")} == {theirs, newest}
+        assert catalog.referenced_segments() == [newest]
+        assert theirs not in catalog.unreferenced_segments()  # forgotten here, kept in the bucket
+    finally:
+        catalog.close()

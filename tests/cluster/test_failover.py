@@ -40,7 +40,7 @@ def _on_s3(moto: MotoServer) -> dict[str, str]:
 
 def _fenced(server: ServerProcess) -> bool:
     r = httpx.get(f"{server.url}/readyz", timeout=5)
-    return r.status_code == 503 and "fenced by another node" in r.json().get("reason", "")
+    return r.status_code == 503 and "this node was fenced" in r.json().get("reason", "")
 
 
 def _lease_lost(server: ServerProcess, node: str) -> dict[str, Any] | None:
@@ -83,7 +83,7 @@ def test_a_lost_owner_is_taken_over_fenced_and_never_serves_its_stale_copies(
             wait_until(lambda: _fenced(n2), timeout=30)
         assert all(nodes.owner(t, via="n1") == "n1" for t in theirs)
         assert "took over node n2" in nodes.servers["n1"].log()
-        # and never from its own copy: a request sent to it is refused or proxied to the owner
+        # and never from its own copy: a request sent to it is refused, saying it was fenced
         moved = next(t for at, t in writes.acked_at if at > paused and t in theirs)  # written since
         count = {"sql": "SELECT count(*) FROM t"}
         with n2.client() as http, nodes.servers["n1"].client() as owner:
@@ -91,7 +91,13 @@ def test_a_lost_owner_is_taken_over_fenced_and_never_serves_its_stale_copies(
                 http.post(f"/v1/tenants/{moved}/query", json=count),
                 owner.post(f"/v1/tenants/{moved}/query", json=count),
             )
-        assert r.status_code == 503 or r.json() == truth.json(), (r.text, truth.text)
+        assert truth.status_code == 200, truth.text
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "node_fenced"), r.text
+        with n2.client() as http:  # every request, not only a tenant's; its status says why
+            created = http.post("/v1/admin/tenants", json={"id": "after-fence"})
+            status = http.get("/v1/admin/cluster").json()
+        assert (created.status_code, created.json()["error"]["code"]) == (503, "node_fenced"), created.text
+        assert status["nodes"]["n2"]["state"] == "fenced" and not status["serving"]
         writes.check(via=("n1",))  # ack=replica: every acknowledged write, on its new owner
 
         # restarted with its data dir after the takeover: its copies are stale (n1 wrote since),

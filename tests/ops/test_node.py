@@ -12,8 +12,13 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from starlette.responses import PlainTextResponse
+from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
 from backups import fleet_doc
+from backups.errors import ReplicaFenced
 from backups.fence import Writer, fence_incarnation
 from backups.local_replica import LocalReplica
 from backups.sealed_replica import SealedReplica
@@ -21,7 +26,7 @@ from backups.service import Backups
 from cluster.config import JOIN_TIMEOUT, ClusterConfig
 from cluster.errors import EtcdUnavailable
 from cluster.membership import Node
-from ops.node import INCARNATION_FILE, ClusterNode, ForeignReplica
+from ops.node import INCARNATION_FILE, ClusterNode, FencedGate, ForeignReplica, NodeFenced
 from ops.settings import Settings
 from tenants.fleet import Fleet
 from tests.support.tenants import TEST_CONFIG, TEST_POOL
@@ -88,20 +93,23 @@ def test_a_node_refuses_a_replica_prefix_that_is_another_clusters_or_a_single_se
 ) -> None:
     replica = SealedReplica(LocalReplica(tmp_path / "replica"), None)
     with _node("bbb") as node:  # cluster "c": the first node claims the empty prefix
-        node.check_replica(replica, "s1")
-        node.check_replica(replica, "s1")  # and finds it its own from then on
+        node.check_replica(replica)
+        node.check_replica(replica)  # and finds it its own from then on
     assert fleet_doc.read_cluster(replica) == "c"
     other = ClusterConfig(("127.0.0.1:9",), "d", "n2", "http://n2.invalid", 2, 1.0)
     stranger = ClusterNode(other, Settings.load(environ={}).proxy_config(), 1 << 20)
     try:
-        with pytest.raises(ForeignReplica, match=r"holds cluster 'c'.* --cluster-name c"):
-            stranger.check_replica(replica, "s2")
+        with pytest.raises(ForeignReplica) as refused:
+            stranger.check_replica(replica)
+        said = refused.value.message
+        assert "backups of cluster 'c'" in said and "a replica prefix of its own" in said
+        assert "--cluster-name" not in said and "''" not in said  # no advice to join it blindly
     finally:
         stranger.stop()
     single = SealedReplica(LocalReplica(tmp_path / "single"), None)
     single.put("segments/1764000000000-abc-00000001.seg", b"a single server's")
     with _node("bbb") as node, pytest.raises(ForeignReplica, match="a single server's backups"):
-        node.check_replica(single, "s1")
+        node.check_replica(single)
     assert fleet_doc.read_cluster(single) is None  # not claimed
 
 
@@ -113,3 +121,60 @@ def test_a_node_that_cannot_reach_etcd_says_so_within_its_join_timeout() -> None
     with pytest.raises(EtcdUnavailable, match=r"127\.0\.0\.1:1"):
         node.start()
     assert time.monotonic() - started < 5
+
+
+def test_a_node_writes_the_cluster_marker_again_when_it_vanished(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wiped prefix is claimed again by the cluster serving from it (and logged), so no other
+    cluster can take it over meanwhile; another cluster's marker is logged, not overwritten."""
+    replica = SealedReplica(LocalReplica(tmp_path / "replica"), None)
+    with _node("bbb") as node:
+        node.check_replica(replica)
+        replica.delete([fleet_doc.CLUSTER_KEY])
+        node.keep_marker(replica)
+        assert fleet_doc.read_cluster(replica) == "c"
+        assert "had vanished" in caplog.text
+        replica.delete([fleet_doc.CLUSTER_KEY])
+        fleet_doc.claim_cluster(replica, "other", "s9")
+        node.keep_marker(replica)
+        assert fleet_doc.read_cluster(replica) == "other"
+        assert "two clusters share a replica prefix" in caplog.text
+
+
+def test_a_fenced_node_answers_everything_that_it_was_fenced_and_its_status_says_so() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("served")(scope, receive, send)
+
+    with _node("bbb") as node:
+        client = TestClient(FencedGate(app, node))
+        assert client.get("/v1/admin/tenants").text == "served"
+        node.on_fenced(ReplicaFenced("segments/n2/bbb/000000000007.seg exists"))
+        assert node.fenced is not None
+        for method, path in [
+            ("GET", "/v1/tenants/a/info"),
+            ("POST", "/v1/admin/tenants"),
+            ("GET", "/healthz"),
+        ]:
+            r = client.request(method, path)
+            assert r.status_code == 503
+            error = r.json()["error"]
+            assert error["code"] == "node_fenced" and "restart it" in error["message"]
+            assert "segments/" not in error["message"]  # no internals
+        assert client.get("/readyz").text == "served"  # says why itself
+        with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/v2"):
+            pass
+        assert closed.value.code == 1011
+        with pytest.raises(NodeFenced):
+            node.admit("a")
+        status = node.describe("a")
+        assert status["serving"] is False and "fenced" in str(status["reason"])
+        assert status["nodes"] == {
+            "n2": {
+                "url": "http://n2.invalid",
+                "incarnation": "bbb",
+                "slots": 0,
+                "draining": False,
+                "state": "fenced",
+            }
+        }

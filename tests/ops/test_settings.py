@@ -131,3 +131,31 @@ def test_cluster_settings_are_checked_at_load() -> None:
         Settings.load(cluster, node_id="n1", host="0.0.0.0")
     with pytest.raises(BadRequest, match="port must be from 0 to 65535"):
         Settings.load({}, port="70000")
+
+
+@pytest.mark.parametrize(
+    ("given", "refusal"),
+    [
+        ({"pool_capacity": "99999999999999999999"}, "pool_capacity must be at most 1048576"),
+        ({"max_db_bytes": "99999999999999999999999"}, "max_db_bytes must be at most 1125899906842624"),
+        ({"worker_threads": "100000"}, "worker_threads must be at most 1024"),
+        ({"max_sql_length": str(1 << 40)}, "max_sql_length must be at most 2147483647"),
+        ({"cluster_lease_ttl": "99999999999"}, "cluster_lease_ttl must be at most 3600"),
+        ({"backup_flush_interval": "1e-9"}, "backup_flush_interval must be at least 0.01 s"),
+        ({"ack_window": "1e-300"}, "ack_window must be 0 or at least 0.001 s"),
+        ({"statement_timeout": "1e-12"}, "statement_timeout must be at least 0.001 s"),
+        # the setting that is wrong is named, not ack_window (which ack=local does not use)
+        ({"request_timeout": "0.001"}, "request_timeout must be at least 0.1 s"),
+    ],
+)
+def test_every_number_has_a_sane_bound(given: dict[str, str], refusal: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        Settings.load({f"SQLFLEET_{k.upper()}": v for k, v in given.items()})
+    assert refused.value.message == refusal
+
+
+def test_the_bounds_keep_zero_ack_window_and_the_largest_sane_values() -> None:
+    s = Settings.load(
+        {}, ack_window="0", worker_threads="1024", cluster_lease_ttl="3600", request_timeout="0.1"
+    )
+    assert (s.ack_window, s.worker_threads, s.cluster_lease_ttl, s.request_timeout) == (0.0, 1024, 3600, 0.1)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import cast
 
 import anyio
@@ -28,16 +29,22 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Scope
 from starlette.websockets import WebSocket
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response as WsResponse
 from websockets.sync.client import connect as ws_connect
+from websockets.sync.server import ServerConnection
+from websockets.sync.server import serve as ws_serve
 from websockets.typing import Subprotocol
 
 from backups.catalog import BackupCatalog
 from backups.handoff import Handoffs
 from backups.sealed_replica import SealedReplica
+from ops.node import ClusterNode, PeerUnreachable
 from ops.process import free_port
+from router.access_log import AccessLog
 from router.middleware import RequestObserver, route_template
 from router.proxy.arrivals import OPENING_THREADS, Arrivals
-from router.proxy.forward import Forwarder, ProxyConfig, Unreachable
+from router.proxy.forward import Body, Forwarder, Lost, ProxyConfig, Unreachable
 from router.proxy.middleware import ClusterProxy, ProxyParts
 from router.proxy.placement import SLOT_HEADER, Located, host_label, jwt_subject, tenant_of
 from router.proxy.websocket import WebSocketRelay
@@ -106,6 +113,7 @@ def echo_app(name: str, forwarder: Forwarder, middleware: list[Middleware]) -> S
                 "path": request.scope["raw_path"].decode(),
                 "query": request.url.query,
                 "host": request.headers.get("host"),
+                "request_id": request.headers.get("x-request-id"),
             },
             headers={"x-node": name},
         )
@@ -197,7 +205,9 @@ NO_REPLICA = Handoffs(
 NO_REPLICA.slot_of = lambda tenant: 7
 
 
-CONFIG = ProxyConfig(read_timeout=5.0, connect_timeout=1.0, replay_bytes=1024, max_connections=8)
+CONFIG = ProxyConfig(
+    read_timeout=5.0, connect_timeout=1.0, replay_bytes=1024, max_connections=8, answer_timeout=3.0
+)
 
 
 @contextlib.contextmanager
@@ -288,6 +298,7 @@ def cluster() -> Iterator[Cluster]:
         forwarder = Forwarder(CONFIG)
         parts = ProxyParts(table, forwarder, WebSocketRelay(1.0, 1 << 20), seen[n])
         middleware = [  # as router.app stacks them
+            Middleware(AccessLog),
             Middleware(Routes, seen=routes[n]),
             Middleware(ClusterProxy, parts=parts, base_domain="db.test", deadline=DEADLINE),
         ]
@@ -397,14 +408,17 @@ def test_an_owner_that_does_not_answer_is_a_503_after_one_retry(cluster: Cluster
 
 class Swallowing(socketserver.ThreadingTCPServer):
     """An owner that reads each request whole, counts it, and closes the connection without a
-    word (it died, or hung up, after receiving the request)."""
+    word (it died, or hung up, after receiving the request); `hang`: it keeps the connection
+    and never answers (a paused process) until `release` is set."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
+    def __init__(self, hang: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _Swallow)
         self.received: list[bytes] = []
+        self.hang = hang
+        self.release = threading.Event()
 
 
 class _Swallow(socketserver.StreamRequestHandler):
@@ -421,17 +435,20 @@ class _Swallow(socketserver.StreamRequestHandler):
         self.rfile.read(length)
         assert isinstance(self.server, Swallowing)
         self.server.received.append(head.split(b" ")[0])
+        if self.server.hang:
+            self.server.release.wait(20)
         self.connection.shutdown(socket.SHUT_RDWR)
 
 
 @contextlib.contextmanager
-def swallowing() -> Iterator[Swallowing]:
-    server = Swallowing()
+def swallowing(hang: bool = False) -> Iterator[Swallowing]:
+    server = Swallowing(hang)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield server
     finally:
+        server.release.set()
         server.shutdown()
         server.server_close()
         thread.join(5)
@@ -614,3 +631,221 @@ def test_a_tenant_found_in_no_manifest_is_not_looked_for_again_by_its_route(clus
     assert r.status_code == 200 and r.json() == {"node": "b", "adopted": False}, r.text
     cluster.seen["b"].nowhere.clear()  # not known to be absent (the replica failed): asked again
     assert httpx.post(f"{cluster.url_a}/v1/tenants/t1/adopt").status_code == 500
+
+
+def test_the_proxys_own_errors_take_the_hrana_shape_on_hrana_routes(cluster: Cluster) -> None:
+    """Finding 8 (issue 17, second round): what the proxy itself answers on a Hrana route (HTTP
+    v1/v2/v3, JSON and protobuf, a WebSocket handshake) is Hrana's `{"message", "code"}`."""
+    cluster.a.believed["t1"] = (7, 0, None)
+    paths = (
+        "/v2/pipeline",
+        "/v3/pipeline",
+        "/v3-protobuf/pipeline",
+        "/v1/execute",
+        "/v1/tenants/t1/v3/cursor",
+    )
+    for path in paths:
+        r = httpx.post(f"{cluster.url_a}{path}", headers={"host": "t1.db.test"}, content=b"{}")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", (path, r.text)
+        assert r.json().keys() == {"message", "code"} and r.json()["code"] == "SLOT_UNOWNED", (path, r.text)
+    assert httpx.post(f"{cluster.url_a}/v1/tenants/t1/query").json()["error"]["code"] == "slot_unowned"
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(cluster.url_a.replace("http", "ws") + "/v1/tenants/t1", open_timeout=5)
+    assert json.loads(refused.value.response.body)["code"] == "SLOT_UNOWNED"
+    with swallowing() as owner:
+        cluster.a.urls["hangs-up"] = f"http://127.0.0.1:{owner.server_address[1]}"
+        cluster.a.believed["t1"] = (7, 5, "hangs-up")
+        r = httpx.post(f"{cluster.url_a}/v3-protobuf/pipeline", headers={"host": "t1.db.test"}, content=b"x")
+        assert r.status_code == 503 and r.json()["code"] == "OUTCOME_UNKNOWN", r.text
+        assert "may or may not have been applied" in r.json()["message"]
+    # the owner's own refusal before routing: a 421
+    r = httpx.post(f"{cluster.url_b}/v2/pipeline", headers={"host": "t1.db.test", SLOT_HEADER: "7:4"})
+    assert r.status_code == 421 and r.json()["code"] == "MISDIRECTED_REQUEST", r.text
+
+
+def test_answers_made_before_routing_are_labelled_with_their_route(cluster: Cluster) -> None:
+    """Finding 10 (issue 17, second round): the owner's 421, restore_target_elsewhere and the
+    bounded opening 503 are counted under their route, not `unmatched`."""
+    cluster.b.believed["t2"] = (8, 6, "a")
+    cluster.b.believed["hung"] = (9, 5, "b")
+    cluster.b.mine.add((9, 5))
+    cluster.seen["b"].hung.add("hung")
+    assert httpx.post(f"{cluster.url_b}/v1/tenants/t1/query", headers={SLOT_HEADER: "7:4"}).status_code == 421
+    assert httpx.post(f"{cluster.url_b}/v1/admin/tenants/t1/restore", json={"as": "t2"}).status_code == 409
+    assert httpx.post(f"{cluster.url_b}/v1/tenants/hung/query", timeout=10).status_code == 503
+    assert cluster.routes["b"] == [
+        "/v1/tenants/{tenant}/query",
+        "/v1/admin/tenants/{tenant}/restore",
+        "/v1/tenants/{tenant}/query",
+    ]
+
+
+def test_a_proxied_response_carries_each_hop_header_once(cluster: Cluster) -> None:
+    """Finding 11 (issue 17, second round): the owner's date, server and x-request-id are the
+    proxy's to set again, not to pass on; the owner is sent the proxy's request id."""
+    r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query")
+    assert r.status_code == 200 and r.json()["node"] == "b"
+    for name in ("date", "server", "x-request-id"):
+        assert len(r.headers.get_list(name)) == 1, (name, r.headers)
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+    r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", headers={"x-request-id": "mine-1"})
+    assert r.headers.get_list("x-request-id") == ["mine-1"] and r.json()["request_id"] == "mine-1"
+
+    def busy(connection: ServerConnection, request: WsRequest) -> WsResponse:
+        return connection.respond(503, "busy\n")
+
+    with ws_serve(lambda connection: None, "127.0.0.1", 0, process_request=busy) as owner:  # a refusal
+        thread = threading.Thread(target=owner.serve_forever, daemon=True)
+        thread.start()
+        cluster.a.urls["busy"] = f"http://127.0.0.1:{owner.socket.getsockname()[1]}"
+        cluster.a.believed["t1"] = (7, 5, "busy")
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(cluster.url_a.replace("http", "ws") + "/v1/tenants/t1", open_timeout=5)
+        owner.shutdown()
+        thread.join(5)
+    assert refused.value.response.status_code == 503
+    for name in ("date", "server"):  # (this server adds no `server` to a refused handshake)
+        assert len(refused.value.response.headers.get_all(name)) <= 1, (name, refused.value.response.headers)
+    assert refused.value.response.headers.get_all("date"), refused.value.response.headers
+
+
+def _scope(path: str, method: str = "POST") -> dict[str, object]:
+    return {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "headers": []}
+
+
+def test_an_owner_is_waited_for_within_the_bound_and_not_once_it_lost_its_slot(cluster: Cluster) -> None:
+    """Finding 7 (issue 17, second round): a paused owner is given up at `answer_timeout`, and
+    at once when the routing table shows its slot lost (503 outcome_unknown, sent once; a GET
+    is asked again per the rules: here nobody owns the slot then)."""
+    with swallowing(hang=True) as owner:
+        url = f"http://127.0.0.1:{owner.server_address[1]}"
+
+        async def bounded() -> str:
+            forwarder = Forwarder(ProxyConfig(5.0, 1.0, 1024, 8, answer_timeout=0.3))
+            try:
+                await forwarder.open(_scope("/v1/tenants/t1/query"), Body(b"x", None), Located(7, 5, url))
+            except Lost as lost:
+                return str(lost)
+            finally:
+                await forwarder.aclose()
+            raise AssertionError("a paused owner answered")
+
+        begun = time.monotonic()
+        assert asyncio.run(bounded()) == "did not answer within 0.3 s"
+        assert time.monotonic() - begun < 2
+        cluster.a.urls["paused"] = url
+        owner.received.clear()
+        for method in ("POST", "GET"):
+            cluster.a.believed["t1"] = (7, 5, "paused")
+            threading.Timer(0.3, cluster.a.believed.__setitem__, ("t1", (7, 0, None))).start()
+            begun = time.monotonic()
+            r = httpx.request(method, f"{cluster.url_a}/v1/tenants/t1/query", timeout=10)
+            assert time.monotonic() - begun < 2.5, method  # CONFIG's answer_timeout is 3 s
+            error = r.json()["error"]
+            if method == "POST":
+                assert r.status_code == 503 and error["code"] == "outcome_unknown", r.text
+                assert "lost its hold on the tenant's slot" in error["message"], error
+            else:
+                assert r.status_code == 503 and error["code"] == "slot_unowned", r.text
+        assert owner.received == [b"POST", b"GET"]
+
+
+def test_a_relayed_websocket_is_closed_1011_once_its_owner_lost_its_slot(cluster: Cluster) -> None:
+    """Finding 7 (issue 17, second round): no silent drop of a relayed socket."""
+    with ws_connect(cluster.url_a.replace("http", "ws") + "/v1/tenants/t1") as ws:
+        ws.send("hi")
+        assert ws.recv(5) == "b:/v1/tenants/t1:hi"
+        cluster.a.believed["t1"] = (7, 0, None)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(5)
+        assert ws.close_code == 1011 and "lost its cluster lease" in (ws.close_reason or ""), ws.close_reason
+
+
+def test_a_relayed_websocket_whose_owner_drops_it_is_closed_1011(cluster: Cluster) -> None:
+    """Finding 7 (issue 17, second round): an owner's socket that ends without a close frame
+    (a dead or unanswering owner) closes the client's with 1011 and a reason, not silently."""
+
+    def drop(connection: ServerConnection) -> None:
+        connection.recv(5)
+        connection.socket.shutdown(socket.SHUT_RDWR)
+
+    with ws_serve(drop, "127.0.0.1", 0) as owner:
+        thread = threading.Thread(target=owner.serve_forever, daemon=True)
+        thread.start()
+        cluster.a.urls["drops"] = f"http://127.0.0.1:{owner.socket.getsockname()[1]}"
+        cluster.a.believed["t1"] = (7, 5, "drops")
+        with ws_connect(cluster.url_a.replace("http", "ws") + "/v1/tenants/t1") as ws:
+            ws.send("hi")
+            with pytest.raises(ConnectionClosed):
+                ws.recv(5)
+            assert ws.close_code == 1011 and "stopped answering" in (ws.close_reason or ""), ws.close_reason
+        owner.shutdown()
+        thread.join(5)
+
+
+class _AnswersOnceThenCloses(socketserver.StreamRequestHandler):
+    """An owner answering one request per connection in keep-alive, then closing it (a process
+    that died, or restarted, with the connection idle in the proxy's pool)."""
+
+    def handle(self) -> None:
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+        self.wfile.flush()
+        time.sleep(0.1)  # after the proxy took the connection back into its pool
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_pooled_connection_the_owner_closed_is_not_sent_on() -> None:
+    """Finding 14 (issue 17, second round): the first write after an owner's restart was 503
+    outcome_unknown, sent on the dead connection; it goes out on a new one (nothing was sent)."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _AnswersOnceThenCloses)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    where = Located(7, 5, f"http://127.0.0.1:{server.server_address[1]}")
+
+    async def twice() -> int:
+        forwarder = Forwarder(CONFIG)
+        try:
+            first = await forwarder.open(_scope("/v1/tenants/t1/query"), Body(b"x", None), where)
+            assert await first.read() == b"ok"
+            first.release()
+            time.sleep(0.4)  # blocking: the owner's close is in the socket, unread by this loop
+            second = await forwarder.open(_scope("/v1/tenants/t1/query"), Body(b"x", None), where)
+            second.release()
+            return second.status
+        finally:
+            await forwarder.aclose()
+
+    try:
+        assert asyncio.run(twice()) == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_node_missing_from_a_gather_is_a_503_with_retry_after() -> None:
+    """Finding 14 (issue 17, second round): node_unreachable says when to retry."""
+    node = SimpleNamespace(
+        agent=SimpleNamespace(
+            routing=SimpleNamespace(
+                nodes=lambda: {"n2": SimpleNamespace(url=f"http://127.0.0.1:{free_port()}")}
+            )
+        ),
+        config=SimpleNamespace(node_id="n1"),
+        forwarder=Forwarder(CONFIG),
+    )
+
+    async def gather() -> PeerUnreachable:
+        try:
+            await ClusterNode.gather(cast(ClusterNode, node), "/v1/admin/tenants", "Bearer x", "x-gathered")
+        except PeerUnreachable as exc:
+            return exc
+        finally:
+            await node.forwarder.aclose()
+        raise AssertionError("a closed port answered")
+
+    error = asyncio.run(gather())
+    assert error.status == 503 and error.detail["retry_after"] == 1, error.to_json()

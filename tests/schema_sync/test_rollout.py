@@ -106,7 +106,8 @@ def test_rollout_over_1000_tenants_stops_and_resumes(schema_fleet: SchemaFleet) 
     try:
         first = sf.rollouts.start("shop", RolloutOptions(concurrency=4))
         snap = wait(first, until=lambda s: s["done"] + s["failed"] >= 300)
-        first.stop()
+        answer = sf.rollouts.stop("shop", first.id)  # the state it leaves, never "running"
+        assert answer["state"] in ("stopping", STOPPED), answer
         assert first.wait(30)
         snap = first.snapshot()
         assert snap["state"] == STOPPED and snap["reason"] == "stopped by the operator"
@@ -387,6 +388,11 @@ def test_an_empty_migration_or_a_name_the_group_has_is_refused(schema_fleet: Sch
             groups.add_migration("shop", "later", text)
         with pytest.raises(InvalidMigration, match="no SQL statement"):
             groups.try_migration("shop", "later", ".sql", text)
+        for allow_drop in (False, True):  # a blank sync step would drop every table
+            with pytest.raises(InvalidMigration, match="sync step's schema has no SQL statement"):
+                groups.add_sync("shop", "resync", text, allow_drop)
+            with pytest.raises(InvalidMigration, match="sync step's schema has no SQL statement"):
+                groups.try_migration("shop", "resync", ".sync.sql", groups.sync_text(text, allow_drop))
     for name in ("price", "0007_price"):
         with pytest.raises(InvalidMigration, match=r"already has a migration named 'price' \(0001_price\)"):
             groups.add_migration("shop", name, "CREATE TABLE other (x)")

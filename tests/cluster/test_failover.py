@@ -162,5 +162,6 @@ def test_a_node_restarted_within_the_grace_keeps_its_slots_and_loses_nothing(
         env = {**os.environ, **(nodes.env or {}), "SQLFLEET_ADMIN_KEY": "k" * 32}
         refused = run_command(other, cwd=tmp_path, timeout=60, env=env)
         assert refused.returncode == 2, refused.stderr
-        assert "holds cluster 'sqlfleet'" in refused.stderr and "--cluster-name sqlfleet" in refused.stderr
-        assert "joining cluster other as node n3 through etcd at" in refused.stderr  # said at once
+        assert "as the backups of cluster 'sqlfleet'" in refused.stderr, refused.stderr
+        assert "give cluster 'other' a replica prefix of its own" in refused.stderr, refused.stderr
+        assert "joining cluster" not in refused.stderr  # refused before it registered in etcd

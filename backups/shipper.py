@@ -205,8 +205,10 @@ class Shipper(FleetHooks):
 
     def before_delete(self, tenant_id: str) -> None:
         """Ship what is left (waiting `delete_flush_wait` at most), then forget the live state
-        (the backups themselves stay)."""
-        self.flush_within(self.config.delete_flush_wait)
+        (the backups themselves stay). Nothing left (a planned move shipped it all already): no
+        flush, so a move of many tenants does not wait for one per tenant."""
+        if self.ledger.has_unshipped(tenant_id, self.ledger.clock()):
+            self.flush_within(self.config.delete_flush_wait)
         self.forget(tenant_id)
 
     def after_delete(self, tenant_id: str) -> None:

@@ -39,7 +39,6 @@ from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backups import fleet_doc
 from backups.errors import ReplicaError, ReplicaFenced
@@ -50,7 +49,15 @@ from cluster.agent import Agent
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterError
 from cluster.slots import slot_of
-from router.errors import render
+from ops.node_guard import (
+    FENCED,
+    FencedGate,
+    ForeignReplica,
+    NodeFenced,
+    NodeNotLive,
+    NotOwner,
+    PeerUnreachable,
+)
 from router.proxy.forward import Forwarder, ProxyConfig, Unreachable
 from router.proxy.middleware import ClusterProxy
 from router.proxy.placement import Located
@@ -78,75 +85,6 @@ ADOPT_POLL = 0.5
 MARKER_INTERVAL = 60.0
 # Seconds a release waits for the server being built before it fails (and is tried again).
 DRAIN_WAITS_FOR_START = 5.0
-
-
-class PeerUnreachable(SqlfleetError):
-    """A cluster-wide answer (a tenant list) lacks a node's part: it did not answer."""
-
-    status = 503
-    code = "node_unreachable"
-
-
-class NodeNotLive(SqlfleetError):
-    """A drain of a node that is not running: its tenants can only move while it does."""
-
-    status = 409
-    code = "node_not_live"
-
-
-class ForeignReplica(SqlfleetError):
-    """The replica prefix holds another cluster's, or a single server's, backups: a node that
-    used them would serve tenants someone else serves (the server does not start; exit 2)."""
-
-    status = 409
-    code = "foreign_replica"
-
-
-class NodeFenced(SqlfleetError):
-    """This node was taken over (its incarnation fenced): it serves nothing until restarted."""
-
-    status = 503
-    code = "node_fenced"
-
-
-# What a fenced node answers to everything, and what its /readyz and status say.
-FENCED = (
-    "this node was fenced (another node took it over): it serves nothing until it is restarted; "
-    "restart it, and meanwhile use any other node of the cluster"
-)
-# Paths a fenced node still answers as usual: they say it is fenced (/readyz 503 with the reason,
-# the cluster status with state "fenced") or are the operator's (metrics).
-FENCED_OPEN = frozenset({"/readyz", "/metrics", "/v1/admin/cluster"})
-
-
-class FencedGate:
-    """ASGI middleware, outside the cluster proxy: once the node is fenced, every request
-    (proxied or not, HTTP or WebSocket) but `FENCED_OPEN` gets 503 `node_fenced` (a WebSocket
-    is closed with 1011), instead of answers from a view of the cluster that stopped changing."""
-
-    def __init__(self, app: ASGIApp, node: ClusterNode) -> None:
-        self.app, self.node = app, node
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.node.fenced is None
-            or scope["type"] not in ("http", "websocket")
-            or scope["path"] in FENCED_OPEN
-        ):
-            await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await send(
-                {"type": "websocket.close", "code": 1011, "reason": "this node was fenced: restart it"}
-            )
-        else:
-            await render(NodeFenced(FENCED))(scope, receive, send)
-
-
-class NotOwner(SqlfleetError):
-    """This node does not serve the tenant's slot (any more): retry through any node."""
-
-    status = 503
-    code = "slot_unowned"
 
 
 class ClusterNode:

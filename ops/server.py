@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 
 from backups.catalog import BackupCatalog
 from backups.fleet_meta import FleetMeta
+from backups.keyring import Keyring
 from backups.replica_url import open_replica
 from backups.sealed_replica import SealedReplica
 from backups.service import Backups
@@ -236,27 +237,16 @@ def _check_before_joining(settings: Settings, node: ClusterNode) -> None:
     probe = DataDirLock(Layout(settings.data_dir))
     probe.acquire()  # the fleet takes it for good once the node has joined
     probe.release()
-    replica = SealedReplica(
-        open_replica(
-            settings.replica_target(),
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            force_path_style=settings.s3_force_path_style,
-        ),
-        settings.backup_keyring(),
-    )
+    replica = _replica(settings, settings.backup_keyring())
     try:
         node.check_replica(replica)
     finally:
         replica.close()
 
 
-def _backups(settings: Settings, fleet: Fleet, groups: GroupStore, node: ClusterNode | None) -> Backups:
-    """WAL shipping, the fleet metadata (groups, tenant identities) and restore over the
-    replica; not started yet (`Backups.start`). A cluster node ships under its incarnation
-    (backups.fence)."""
-    keyring = settings.backup_keyring()  # before anything opens: a bad key file stops the start
-    replica = SealedReplica(
+def _replica(settings: Settings, keyring: Keyring | None) -> SealedReplica:
+    """The replica the settings name, sealed with `keyring`."""
+    return SealedReplica(
         open_replica(
             settings.replica_target(),
             endpoint_url=settings.s3_endpoint_url,
@@ -265,6 +255,14 @@ def _backups(settings: Settings, fleet: Fleet, groups: GroupStore, node: Cluster
         ),
         keyring,
     )
+
+
+def _backups(settings: Settings, fleet: Fleet, groups: GroupStore, node: ClusterNode | None) -> Backups:
+    """WAL shipping, the fleet metadata (groups, tenant identities) and restore over the
+    replica; not started yet (`Backups.start`). A cluster node ships under its incarnation
+    (backups.fence)."""
+    keyring = settings.backup_keyring()  # before anything opens: a bad key file stops the start
+    replica = _replica(settings, keyring)
     try:
         catalog = BackupCatalog(fleet.layout.system_dir / "backups.db")
     except BaseException:

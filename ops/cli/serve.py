@@ -36,7 +36,7 @@ def setting_options(fn: Any) -> Any:
 @setting_options
 def serve(**flags: Any) -> None:
     """Run the server (every flag can also be set as SQLFLEET_<NAME>)."""
-    from ops.node import ForeignReplica
+    from ops.node_guard import ForeignReplica
     from ops.server import serve as run
 
     try:

@@ -11,7 +11,7 @@ import pytest
 from backups.local_replica import LocalReplica
 from backups.sealed_replica import SealedReplica
 from cluster.keys import Keyspace
-from ops.node import ForeignReplica
+from ops.node_guard import ForeignReplica
 from ops.server import Server
 from ops.settings import Settings
 from tenants.errors import DataDirLocked

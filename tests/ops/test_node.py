@@ -26,7 +26,8 @@ from backups.service import Backups
 from cluster.config import JOIN_TIMEOUT, ClusterConfig
 from cluster.errors import EtcdUnavailable
 from cluster.membership import Node
-from ops.node import INCARNATION_FILE, ClusterNode, FencedGate, ForeignReplica, NodeFenced
+from ops.node import INCARNATION_FILE, ClusterNode
+from ops.node_guard import FencedGate, ForeignReplica, NodeFenced
 from ops.settings import Settings
 from tenants.fleet import Fleet
 from tests.support.tenants import TEST_CONFIG, TEST_POOL

@@ -39,7 +39,8 @@ from websockets.typing import Subprotocol
 from backups.catalog import BackupCatalog
 from backups.handoff import Handoffs
 from backups.sealed_replica import SealedReplica
-from ops.node import ClusterNode, PeerUnreachable
+from ops.node import ClusterNode
+from ops.node_guard import PeerUnreachable
 from ops.process import free_port
 from router.access_log import AccessLog
 from router.middleware import RequestObserver, route_template

@@ -45,7 +45,7 @@ def test_the_cluster_script_serves_through_every_node_and_cleans_up(tmp_path: Pa
         wait_until(lambda: "ready;" in out.read_text() or proc.poll() is not None, timeout=120)
         text = out.read_text()
         assert proc.poll() is None, text
-        key = re.search(r"SQLFLEET_ADMIN_KEY=(\w+)", text)
+        key = re.search(r"SQLFLEET_ADMIN_KEY=([\w-]+)", text)  # urlsafe base64: - too
         where = re.search(r"logs and data in (\S+)\)", text)
         assert key and where, text
         admin = {"authorization": f"Bearer {key.group(1)}"}

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from ops.errors import LaunchError
-from ops.process import REPO, kill, spawn, stop
+from ops.process import REPO, kill, pause, resume, spawn, stop
 
 if TYPE_CHECKING:
     import boto3
@@ -144,12 +143,12 @@ class MotoServer:
     def freeze(self) -> None:
         """SIGSTOP the server: requests hang until the client's timeouts fire."""
         if self._proc is not None and self._alive() and not self._frozen:
-            self._proc.send_signal(signal.SIGSTOP)
+            pause(self._proc)
             self._frozen = True
 
     def thaw(self) -> None:
         if self._proc is not None and self._frozen and self._alive():
-            self._proc.send_signal(signal.SIGCONT)
+            resume(self._proc)
         self._frozen = False
 
     def kill(self) -> None:

@@ -76,6 +76,44 @@ def become_subreaper() -> bool:
     return _prctl is not None and _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
+def pause(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGSTOP `proc`'s process group and return once every thread of `proc` is stopped.
+    kill(2) only queues the signal: a thread running on another core answers a request or two
+    before it stops, and a test that acts "while paused" right after the call would race it.
+    Raises TimeoutError if the stop has not taken effect within `timeout` seconds."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not _all_threads_stopped(proc.pid):
+        if proc.poll() is not None:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {proc.pid} not stopped after {timeout} s")
+        time.sleep(0.005)
+
+
+def resume(proc: subprocess.Popen[Any]) -> None:
+    """SIGCONT `proc`'s process group (after `pause`); a no-op once it has exited."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGCONT)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    # /proc/<pid>/task/<tid>/stat: "tid (comm) S ...", state after the last ')' (proc(5))
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # the thread ended meanwhile
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 _spawner: ThreadPoolExecutor | None = None
 _spawner_lock = threading.Lock()
 

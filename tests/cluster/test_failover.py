@@ -8,7 +8,6 @@ grace keeps its slots and loses nothing, even with the default (local) ack."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from ops.moto_s3 import BUCKET, REGION, MotoServer, aws_env
+from ops.process import pause, resume
 from tests.cluster.test_serving import Nodes, Writes, running_nodes
 from tests.support.cli import cli, ok
 from tests.support.etcd import EtcdCluster
@@ -74,11 +74,11 @@ def test_a_lost_owner_is_taken_over_fenced_and_never_serves_its_stale_copies(
             theirs = _theirs(nodes, writes, "n2", via="n1")
             # SIGSTOP n2 past its lease and the grace: n1 takes its slots over
             paused = time.monotonic()
-            os.kill(n2.proc.pid, signal.SIGSTOP)
+            pause(n2.proc)
             try:
                 wait_until(lambda: writes.first_ack(theirs, after=paused), timeout=TTL + GRACE + 60)
             finally:
-                os.kill(n2.proc.pid, signal.SIGCONT)
+                resume(n2.proc)
             # running again, n2 finds itself fenced: it serves nothing and says why
             wait_until(lambda: _fenced(n2), timeout=30)
         assert all(nodes.owner(t, via="n1") == "n1" for t in theirs)

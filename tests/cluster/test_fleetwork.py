@@ -23,10 +23,10 @@ from tests.support.server import ServerProcess, start_server
 from tests.support.waiting import wait_until
 
 TENANTS = [f"shop-{n}" for n in range(16)]
-# per tenant ~0.2 s of work, so a rollout is still running when a test acts
+# per tenant ~0.07 s of work per 400,000 rows here, so a rollout is still running when a test acts
 SLOW = (
     "CREATE TABLE {name} AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c"
-    " WHERE x < 400000) SELECT count(*) AS n FROM c"
+    " WHERE x < {rows}) SELECT count(*) AS n FROM c"
 )
 
 
@@ -185,9 +185,10 @@ def test_a_migration_added_through_the_other_node_and_a_rollout_through_either(f
         assert fleet.columns("n1", tenant, "items") == ["id", "name", "price"]
 
 
-def _start_slow(fleet: Fleet, via: str, name: str, **options: Any) -> str:
+def _start_slow(fleet: Fleet, via: str, name: str, rows: int = 400_000, **options: Any) -> str:
+    sql = SLOW.format(name=name, rows=rows)
     with fleet.http(via) as http:
-        r = http.post("/v1/admin/groups/shop/migrations", json={"name": name, "sql": SLOW.format(name=name)})
+        r = http.post("/v1/admin/groups/shop/migrations", json={"name": name, "sql": sql})
         assert r.status_code == 201, r.text
         r = http.post("/v1/admin/groups/shop/rollouts", json={"concurrency": 1, **options})
         assert r.status_code == 202, r.text
@@ -326,7 +327,9 @@ def test_a_node_killed_mid_rollout_every_tenant_reaches_the_target(fleet: Fleet)
 def test_a_node_killed_for_good_mid_rollout_is_taken_over_and_every_tenant_reaches_the_target(
     fleet: Fleet,
 ) -> None:
-    rollout_id = _start_slow(fleet, "n1", "slow_d")
+    # ~0.4 s per tenant: n2's part runs for seconds, several progress writes (0.5 s apart) see it
+    # midway even on a fast machine (with 0.07 s a part of 8 could finish between two writes)
+    rollout_id = _start_slow(fleet, "n1", "slow_d", rows=2_000_000)
 
     def n2_midway() -> bool:
         part = fleet.rollout("n1", rollout_id)["nodes"].get("n2", {})

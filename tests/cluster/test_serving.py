@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -24,6 +22,7 @@ from websockets.typing import Subprotocol
 
 from cluster.slots import assignment, slot_of
 from ops import keys
+from ops.process import pause, resume
 from tests.support.cli import as_json, cli, fails, ok
 from tests.support.etcd import EtcdCluster
 from tests.support.server import ServerProcess, start_server
@@ -404,7 +403,7 @@ def test_a_paused_node_keeps_its_slots_and_no_other_node_serves_them(nodes: Node
     n2 = nodes.servers["n2"]
     with Writes(nodes, via="n1") as writes:
         theirs = next(t for t in writes.tenants if nodes.owner(t) == "n2")
-        os.kill(n2.proc.pid, signal.SIGSTOP)
+        pause(n2.proc)
         try:
             with nodes.servers["n1"].client(timeout=10) as http:
                 # one sent to n2 as it stops is given up once n1 sees n2's lease go (finding 7 of
@@ -427,7 +426,7 @@ def test_a_paused_node_keeps_its_slots_and_no_other_node_serves_them(nodes: Node
                 assert status["tenant"]["owner"] is None, status
                 assert refused()
         finally:
-            os.kill(n2.proc.pid, signal.SIGCONT)
+            resume(n2.proc)
         nodes.settled(("n1", "n2"))
     writes.check()
 

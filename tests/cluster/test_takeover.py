@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from cluster.slots import assignment
-from ops.process import REPO, spawn, stop
+from ops.process import REPO, pause, resume, spawn, stop
 from tests.cluster.admin import assign, assigned, keys, listing, owners
 from tests.cluster.peers import Peer, Peers
 from tests.support.waiting import wait_until
@@ -57,7 +56,7 @@ def child(peers: Peers) -> Iterator[Child]:
     try:
         yield Child(proc)
     finally:
-        os.killpg(proc.pid, signal.SIGCONT)
+        resume(proc)
         if proc.stdin is not None:
             proc.stdin.close()
         stop(proc, 10)
@@ -74,14 +73,14 @@ def test_a_paused_owner_loses_its_slots_and_does_not_serve_them_after(peers: Pee
     old_incarnation = state["incarnation"]
     other = peers.start("other", ttl=2)
 
-    os.killpg(child.proc.pid, signal.SIGSTOP)
+    pause(child.proc)
     assign(peers, dict.fromkeys(slots, "other"))  # as the controller would, once the node is gone
     # the other node claims them once the paused node's lease has run out (TTL 2 s at most)
     wait_until(lambda: other.owns().keys() == slots, timeout=60)
     assert all(other.owns()[s] > old_tokens[s] for s in slots)
     assert {node for node, _ in owners(peers).values()} == {"other"}
 
-    os.killpg(child.proc.pid, signal.SIGCONT)
+    resume(child.proc)
     state = child.state()  # its first look after the pause: its own deadline has passed, or it
     assert state["owns"] == []  # has already heard that its lease is gone
     assert not state["alive"] or state["incarnation"] != old_incarnation

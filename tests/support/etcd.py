@@ -10,9 +10,7 @@ the data is throwaway and a degraded cluster takes seconds to answer SIGTERM.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,7 +23,7 @@ import httpx
 import pytest
 
 from ops.etcd_member import healthy, member_command
-from ops.process import free_port, kill, spawn
+from ops.process import free_port, kill, pause, resume, spawn
 
 
 @dataclass
@@ -67,13 +65,13 @@ class EtcdCluster:
         """SIGSTOP member `index`, or every member (etcd unreachable, connections stay open)."""
         for member in self._chosen(index):
             if member.proc is not None and member.proc.poll() is None:
-                os.killpg(member.proc.pid, signal.SIGSTOP)
+                pause(member.proc)
                 self.stopped.add(member.name)
 
     def resume(self, index: int | None = None) -> None:
         for member in self._chosen(index):
-            if member.proc is not None and member.proc.poll() is None:
-                os.killpg(member.proc.pid, signal.SIGCONT)
+            if member.proc is not None:
+                resume(member.proc)
             self.stopped.discard(member.name)
 
     def restart(self, index: int) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from backups.wal import Checksum
 from tenants.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
+
+_IN_BATCH = 500  # tenants in one `IN (...)` of chunks_of: well under SQLite's 32,766 parameters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -176,6 +178,23 @@ class BackupCatalog:
             rows = self._db.execute(sql + " ORDER BY generation, first_lsn, kind", args).fetchall()
         return [ChunkRow.from_row(r) for r in rows]
 
+    def chunks_of(self, tenants: Collection[str]) -> dict[str, list[ChunkRow]]:
+        """tenant -> its chunks, in the order `chunks` gives them, for those of `tenants` that
+        have any: a query per _IN_BATCH tenants, not one each (a takeover reads thousands)."""
+        found: dict[str, list[ChunkRow]] = {}
+        ordered = sorted(tenants)
+        for start in range(0, len(ordered), _IN_BATCH):
+            part = ordered[start : start + _IN_BATCH]
+            sql = (
+                f"SELECT * FROM chunks WHERE tenant IN ({','.join('?' * len(part))})"
+                " ORDER BY tenant, generation, first_lsn, kind"
+            )
+            with self._lock:
+                rows = self._db.execute(sql, part).fetchall()
+            for row in rows:
+                found.setdefault(str(row[0]), []).append(ChunkRow.from_row(row))
+        return found
+
     def tenants(self) -> list[str]:
         with self._lock:
             return [str(r[0]) for r in self._db.execute("SELECT DISTINCT tenant FROM chunks ORDER BY tenant")]
@@ -291,7 +310,7 @@ class ChunkRow:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> ChunkRow:
-        commits = tuple((int(lsn), float(t)) for lsn, t in json.loads(row[11]))
+        commits = tuple((int(lsn), float(t)) for lsn, t in orjson.loads(row[11]))
         return cls(
             str(row[0]),
             str(row[1]),

@@ -9,11 +9,12 @@
    read too, its rows then point at the copy). Rows live in that SQLite file, not in memory.
 3. Its tenants' identities: the records of its fleet metadata namespaces (the server ids its
    upload and its segments name), newest first.
-4. Per slot, one manifest at `token`, the same format a planned move writes: the slot's tenants
-   the view knows and that are not deleted, plus the previous manifest's entries for tenants the
-   node never restored (`handoff.carry_over`, the rule a planned move follows). A tenant whose
-   record the node never published is handed over without one (the new owner asks the fleet
-   metadata, else it gets a new identity: its data is what matters).
+4. Per range of 256 slots, one manifest at `token` (backups/handoff.py), saying per slot what a
+   planned move's manifest says: the slot's tenants the view knows and that are not deleted,
+   plus the previous manifest's entries for tenants the node never restored
+   (`handoff.carry_over`, the rule a planned move follows). A tenant whose record the node never
+   published is handed over without one (the new owner asks the fleet metadata, else it gets a
+   new identity: its data is what matters).
 
 Idempotent: the fences are reused, the view is built anew, and the manifests are written again
 under the same keys with the same tenants (the previous manifest is the newest one below `token`).
@@ -38,7 +39,7 @@ from backups.catalog_upload import Covered
 from backups.errors import BackupBroken, BackupTampered, SegmentCorrupt
 from backups.fence import SEGMENTS, BelowFences, Writer, fence_incarnation, is_fence, parse_key
 from backups.fleet_doc import TenantRecord
-from backups.handoff import Moved, carry_over, newest_handoffs, put_handoff, read_handoff
+from backups.handoff import RANGE_SLOTS, Listing, Moved, Reader, carry_over, put_range
 from backups.sealed_replica import SealedReplica
 from backups.segment import ChunkRef, read_index
 
@@ -263,28 +264,38 @@ def _write_manifests(
         slot = slot_of(tenant)
         if slot in wanted:
             by_slot.setdefault(slot, []).append(tenant)
-    previous = newest_handoffs(replica, before=token)  # ours, from an earlier attempt, is not
-    due = sorted(slot for slot in wanted if slot in by_slot or slot in previous)
+    listing = Listing.of(replica)
+    previous = {slot: m for slot in wanted if (m := listing.newest(slot, before=token)) is not None}
+    by_range: dict[int, list[int]] = {}  # ours, from an earlier attempt, is not "previous"
+    for slot in sorted(wanted):
+        if slot in by_slot or slot in previous:
+            by_range.setdefault(slot // RANGE_SLOTS, []).append(slot)
 
-    def write(slot: int) -> int:
-        before = read_handoff(replica, previous[slot]) if slot in previous else {}
-        moved = _moved(view, records, by_slot.get(slot, []), before)
-        put_handoff(replica, slot, token, list(moved.values()))
-        return len(moved)
+    def write(range_slots: list[int]) -> int:
+        reader = Reader(replica, keep=2)
+        befores = {slot: reader.tenants(previous.get(slot), slot) for slot in range_slots}
+        named = {t for slot in range_slots for t in (*by_slot.get(slot, ()), *befores[slot])}
+        chunks = view.chunks_of(named)  # one query per range, not one per tenant
+        moved = {slot: _moved(chunks, records, by_slot.get(slot, []), befores[slot]) for slot in range_slots}
+        put_range(replica, token, {slot: list(m.values()) for slot, m in moved.items()})
+        return sum(map(len, moved.values()))
 
-    # a dead node's share of 16384 slots is thousands of manifests: PUT them a few at a time
+    # one manifest per range of slots (at most 64), a few at a time
     with ThreadPoolExecutor(MANIFEST_WORKERS, thread_name_prefix="sqlfleet-takeover") as pool:
-        return sum(pool.map(write, due))
+        return sum(pool.map(write, by_range.values()))
 
 
 def _moved(
-    view: BackupCatalog, records: dict[str, TenantRecord], tenants: list[str], before: dict[str, Moved]
+    chunks: dict[str, list[ChunkRow]],
+    records: dict[str, TenantRecord],
+    tenants: list[str],
+    before: dict[str, Moved],
 ) -> dict[str, Moved]:
-    """A slot's manifest: its `tenants` the view knows, less those deleted or gone, with the
-    previous manifest's (`before`) entries for tenants the node never restored."""
+    """A slot's manifest: its `tenants` with their `chunks` in the view, less those deleted or
+    gone, with the previous manifest's (`before`) entries for tenants the node never restored."""
     moved: dict[str, Moved] = {}
     for tenant in tenants:
-        rows, record, entry = view.chunks(tenant), records.get(tenant), before.get(tenant)
+        rows, record, entry = chunks.get(tenant, []), records.get(tenant), before.get(tenant)
         if restore.deleted_at(rows) is not None:
             continue
         if entry is not None:  # handed to the node before: what it had then, and what since
@@ -294,7 +305,7 @@ def _moved(
             continue
         moved[tenant] = Moved(tenant, record, rows)
     # the rule a planned move follows: what the node never restored goes on, unless deleted
-    carry_over(before, moved, lambda t: restore.deleted_at(view.chunks(t)) is not None)
+    carry_over(before, moved, lambda t: restore.deleted_at(chunks.get(t, [])) is not None)
     return moved
 
 

@@ -12,7 +12,7 @@ import pytest
 from backups.catalog import BackupCatalog, ChunkRow
 from backups.errors import ReplicaError, ReplicaUnavailable
 from backups.fleet_doc import TenantRecord
-from backups.handoff import Handoffs, Moved, latest_handoff, newest_handoffs, put_handoff
+from backups.handoff import Handoffs, Listing, Manifest, Moved, latest_handoff, put_range
 from backups.local_replica import LocalReplica
 from backups.sealed_replica import SealedReplica
 from cluster.slots import slot_of
@@ -33,21 +33,87 @@ def _moved(tenant: str, *lsns: int) -> Moved:
 
 def test_the_newest_manifest_of_a_slot_wins_and_round_trips(tmp_path: Path) -> None:
     replica = SealedReplica(LocalReplica(tmp_path / "r"), None)
-    put_handoff(replica, 7, 10, [_moved("a", 1, 2)])
-    put_handoff(replica, 7, 300, [_moved("b", 3)])  # a later owner's token: sorts after 10
-    put_handoff(replica, 9, 12, [])
-    assert newest_handoffs(replica) == {
-        7: "handoff/00007/00000000000000000300.json.zst",
-        9: "handoff/00009/00000000000000000012.json.zst",
+    put_range(replica, 10, {7: [_moved("a", 1, 2)]})
+    put_range(replica, 300, {7: [_moved("b", 3)]})  # a later owner's token: sorts after 10
+    put_range(replica, 12, {9: []})
+    listing = Listing.of(replica)
+    newest = {slot: m.key for slot in (7, 8, 9) if (m := listing.newest(slot)) is not None}
+    assert newest == {
+        7: f"handoff/range/00/{300:020d}-{1 << 7:064x}.json.zst",
+        9: f"handoff/range/00/{12:020d}-{1 << 9:064x}.json.zst",
     }
     got = latest_handoff(replica, 7)
     assert got == {"b": _moved("b", 3)}
     assert latest_handoff(replica, 8) == {}
 
 
+def test_a_manifest_speaks_for_the_slots_of_its_range_in_its_keys_bitmap(tmp_path: Path) -> None:
+    """One manifest per range of 256 slots (a takeover of thousands of slots: tens of PUTs); of
+    the manifests that name a slot, the one with the highest token is its newest."""
+    replica = SealedReplica(LocalReplica(tmp_path / "r"), None)
+    put_range(replica, 10, {7: [_moved("a", 1)]})
+    put_range(replica, 40, {9: [_moved("c", 4)]})  # newer than the range manifest below
+    key = put_range(replica, 20, {7: [_moved("a", 2)], 9: [_moved("c", 3)], 255: [], 8: [_moved("b", 1)]})
+    assert key == f"handoff/range/00/{20:020d}-{(1 << 255) | 0b1110000000:064x}.json.zst"
+    assert Manifest.parse(key) == Manifest(key, 20, frozenset({7, 8, 9, 255}))
+    assert latest_handoff(replica, 7) == {"a": _moved("a", 2)}
+    assert latest_handoff(replica, 8) == {"b": _moved("b", 1)}
+    assert latest_handoff(replica, 9) == {"c": _moved("c", 4)}
+    assert latest_handoff(replica, 255) == {} and latest_handoff(replica, 256) == {}
+    second = put_range(replica, 30, {300: [_moved("d", 1)]})
+    assert second.startswith("handoff/range/01/") and latest_handoff(replica, 300) == {"d": _moved("d", 1)}
+    assert latest_handoff(replica, 7 + 256) == {}
+    with pytest.raises(ValueError):
+        put_range(replica, 30, {1: [], 300: []})  # two ranges
+    assert Manifest.parse("handoff/range/00/nonsense.json.zst") is None
+    assert Manifest.parse("handoff/range/00/00000000000000000001-zz.json.zst") is None
+
+
+def test_a_manifest_written_again_under_its_key_is_read_again(tmp_path: Path) -> None:
+    """A handoff retried after a failed PUT writes the same key with more commits: a node that
+    kept the first body reads the second."""
+    replica = SealedReplica(LocalReplica(tmp_path / "r"), None)
+    put_range(replica, 10, {7: [_moved("a", 1)]})
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    tenants = Catalog(tmp_path / "catalog.db")
+    try:
+        handoffs = Handoffs(replica, catalog, tenants, lambda: None, lambda rows: False)
+        handoffs.slot_of = lambda tenant: 7
+        assert handoffs.adopt("a") == _moved("a", 1)
+        put_range(replica, 10, {7: [_moved("a", 1, 2)]})
+        assert handoffs.adopt("a") == _moved("a", 1, 2)
+    finally:
+        catalog.close()
+        tenants.close()
+
+
+def test_a_range_manifest_is_deleted_once_superseded_twice_in_every_slot_it_speaks_for(
+    tmp_path: Path,
+) -> None:
+    replica = SealedReplica(LocalReplica(tmp_path / "r"), None)
+    old = put_range(replica, 10, {7: [_moved("a", 1)], 8: [_moved("b", 1)]})
+    for token in (20, 30):
+        put_range(replica, token, {7: [_moved("a", token)]})
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    tenants = Catalog(tmp_path / "catalog.db")
+    try:
+        handoffs = Handoffs(replica, catalog, tenants, lambda: None, lambda rows: False)
+        assert handoffs.handed_over({7, 8}) == ["a", "b"]
+        assert old in {o.key for o in replica.list("handoff/")}  # still the newest of slot 8
+        for token in (20, 30):
+            put_range(replica, token, {8: [_moved("b", token)]})
+        assert handoffs.handed_over({7}) == ["a"]
+        assert old not in {o.key for o in replica.list("handoff/")}
+        handoffs.slot_of = lambda tenant: 8
+        assert handoffs.adopt("b") == _moved("b", 30)
+    finally:
+        catalog.close()
+        tenants.close()
+
+
 def test_a_handoff_carries_over_tenants_this_node_never_restored(tmp_path: Path) -> None:
     replica = SealedReplica(LocalReplica(tmp_path / "r"), None)
-    put_handoff(replica, 7, 10, [_moved("old", 1), _moved("gone", 2)])
+    put_range(replica, 10, {7: [_moved("old", 1), _moved("gone", 2)]})
     catalog = BackupCatalog(tmp_path / "backups.db")
     tenants = Catalog(tmp_path / "catalog.db")
     try:
@@ -110,18 +176,17 @@ def test_a_node_gaining_slots_deletes_their_manifests_superseded_twice(tmp_path:
     a takeover retried under the same token to read again; slots not gained are not touched."""
     replica = SealedReplica(LocalReplica(tmp_path / "r"), None)
     for token in (10, 20, 30):
-        put_handoff(replica, 7, token, [_moved("a", token)])
-        put_handoff(replica, 8, token, [_moved("b", token)])
+        put_range(replica, token, {7: [_moved("a", token)]})
+        put_range(replica, token, {8: [_moved("b", token)]})
     catalog = BackupCatalog(tmp_path / "backups.db")
     tenants = Catalog(tmp_path / "catalog.db")
     try:
         handoffs = Handoffs(replica, catalog, tenants, lambda: None, lambda rows: False)
         assert handoffs.handed_over({7, 9}) == ["a"]
-        assert sorted(o.key for o in replica.list("handoff/00007/")) == [
-            "handoff/00007/00000000000000000020.json.zst",
-            "handoff/00007/00000000000000000030.json.zst",
-        ]
-        assert len(list(replica.list("handoff/00008/"))) == 3  # not gained: left alone
+        kept = {(token, slot) for token in (10, 20, 30) for slot in (7, 8)} - {(10, 7)}  # 8: not gained
+        assert sorted(o.key for o in replica.list("handoff/")) == sorted(
+            f"handoff/range/00/{token:020d}-{1 << slot:064x}.json.zst" for token, slot in kept
+        )
         handoffs.slot_of = lambda tenant: 7
         assert handoffs.adopt("a") == _moved("a", 30)
     finally:
@@ -143,7 +208,7 @@ def test_an_id_named_in_its_slots_newest_manifest_is_taken_even_if_its_restore_f
         broken = _moved("k1", 1)  # its segment is in no replica
         gone = Moved("k2", broken.record, [_row("k2", 1, kind="snapshot"), _row("k2", 2, kind="deleted")])
         for moved in (broken, gone):
-            put_handoff(backups.replica, slot_of(moved.tenant), 10, [moved])
+            put_range(backups.replica, 10, {slot_of(moved.tenant): [moved]})
         read = app.client.post("/v1/tenants/k1/query", json={"sql": "SELECT 1"}, headers=ADMIN)
         assert read.status_code in (404, 503), read.text
         make(app, "src", 1)

@@ -10,14 +10,13 @@ It watches `nodes/` and assigns slots to the live nodes by rendezvous hashing, w
 
 Takeover (issue 17). A node that leaves without handing its slots over (its lease ran out) keeps
 them for `grace` seconds: a restarted node with its data dir comes back in time, re-claims them
-and loses nothing. After that the controller calls `take_over(node, incarnations, slots, token)`
-(the server's: fence the node's incarnations in the replica, write a handoff manifest per slot)
-in a thread of its own, one takeover at a time, bounded by TAKEOVER_TIMEOUT, and only once it
-returned writes the node's slots to the others, in transactions that also require `nodes/<node>`
-to be absent: a node that registered again meanwhile keeps its slots (it checks whether it was
-fenced after registering, so it drops its local copies exactly when they may be stale). A
-takeover that fails is tried again with backoff and shown under `takeover/<node>`. `token` is the
-store revision read just before: above the dead owner's tokens, below the new owners' claims.
+and loses nothing. After that it is taken over (cluster.takeovers: the server's hook fences the
+node's incarnations in the replica and writes its handoff manifests), and only once that is done
+are its slots written to the others, in transactions that also require `nodes/<node>` to be
+absent: a node that registered again meanwhile keeps its slots (it checks whether it was fenced
+after registering, so it drops its local copies exactly when they may be stale). Until then its
+slots stay its own (unserved), and no other slot goes to it. A takeover that fails is shown
+under `takeover/<node>` (overrun or not), and tried again.
 """
 
 from __future__ import annotations
@@ -26,10 +25,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
 
 from cluster.errors import ClusterError, ControllerDeposed
 from cluster.keys import decode_assign, encode_assign
@@ -37,21 +34,15 @@ from cluster.kv import Compare, Delete, Get, KeyValue, Lease, Op, Put
 from cluster.membership import Node
 from cluster.mirror import PrefixMirror
 from cluster.slots import assignment, changes
+from cluster.takeovers import TAKEOVER_TIMEOUT, TakeOver, Takeovers
+
+__all__ = ["Controller", "TakeOver"]
 
 log = logging.getLogger(__name__)
 
 TXN_OPS = 128  # etcd's default --max-txn-ops
 WRITES_IN_FLIGHT = 4
-# Seconds one takeover may run before it counts as failed (and is tried again once its thread
-# is done: never two at a time). It reads a catalog and a few minutes of segments per node.
-TAKEOVER_TIMEOUT = 300.0
-TAKEOVER_RETRY = (0.5, 30.0)  # seconds before a failed takeover is tried again: first, at most
 KEPT_INCARNATIONS = 16  # per node, the newest process incarnations the controller saw
-
-# take_over(node, incarnations, slots, token): make the departed `node`'s tenants of `slots`
-# available to whoever claims those slots next (fence `incarnations`, write the manifests at
-# `token`); raises to have it tried again later. Runs in a thread of its own.
-TakeOver = Callable[[str, Collection[str], Collection[int], int], None]
 
 
 class Controller:
@@ -72,22 +63,36 @@ class Controller:
         self.keys = node.keys
         self.grace = grace
         self.epoch: int | None = None
-        self._take_over = take_over
-        self._takeover_timeout = takeover_timeout
         self._departed: dict[str, float] = {}  # node → monotonic time its slots may move
         self._gone_at: dict[str, float] = {}  # node → monotonic time its registration went
         self._incarnations: dict[str, list[str]] = {}  # node → process incarnations seen, newest last
-        self._taken: set[str] = set()  # taken over, slots not reassigned yet
-        self._retry_at: dict[str, float] = {}  # node → monotonic time of its next takeover attempt
-        self._backoff: dict[str, float] = {}
-        self._running: threading.Thread | None = None  # the takeover thread (past a timeout too)
-        self._failed: dict[str, str] = {}  # node → why its takeover failed last, written to etcd
-        self._shown: dict[str, str] = {}  # what takeover/ holds, as far as this controller wrote it
-        self.takeovers = 0  # takeovers done, for tests and metrics
+        self._shown: dict[str, tuple[str, bool]] = {}  # what takeover/ holds, as this controller wrote it
         self._wake = asyncio.Event()
+        self._takeovers = (
+            None
+            if take_over is None
+            else Takeovers(
+                node, take_over, takeover_timeout, lambda n: self._incarnations.get(n, ()), self._wake.set
+            )
+        )
         self._quiet_since = 0.0  # monotonic time of the last change under nodes/ (or of the start)
         self._unsettled_since: float | None = None  # first change not yet acted on
         self.writes = 0  # assign keys written, for tests and metrics
+
+    @property
+    def takeovers(self) -> int:
+        """Takeovers done, for tests and metrics."""
+        return 0 if self._takeovers is None else self._takeovers.done
+
+    @property
+    def overruns(self) -> Mapping[str, int]:
+        """node → its takeover attempts abandoned past their timeout."""
+        return {} if self._takeovers is None else self._takeovers.overruns
+
+    @property
+    def late_returns(self) -> int:
+        """Abandoned takeover attempts that returned (ignored)."""
+        return 0 if self._takeovers is None else self._takeovers.late_returns
 
     def is_leader(self) -> bool:
         return self.epoch is not None and self.node.alive()
@@ -133,6 +138,9 @@ class Controller:
                     self._gone_at[name] = now
                     continue
                 self._gone_at.pop(name, None)
+                self._departed.pop(name, None)
+                if self._takeovers is not None:
+                    self._takeovers.forget(name)
                 record = json.loads(kv.value)
                 self._remember(name, record.get("process", record.get("incarnation")))
         self._quiet_since = now
@@ -213,112 +221,64 @@ class Controller:
         # forget a node once it is back or holds no slot any more
         self._departed = {n: t for n, t in self._departed.items() if n in assigned and n not in live}
         self._gone_at = {n: t for n, t in self._gone_at.items() if n in assigned and n not in live}
-        self._taken &= self._departed.keys()
-        for node in list(self._retry_at):
-            if node not in self._departed:
-                self._retry_at.pop(node)
-                self._backoff.pop(node, None)
-                self._failed.pop(node, None)
+        held: dict[str, set[int]] = {n: set() for n in self._departed}
+        for slot, owner in current.items():
+            if owner in held:
+                held[owner].add(slot)
         waiting = {n: t for n, t in self._departed.items() if t > now}
-        # past its grace, a node keeps its slots until its takeover is done
-        due = set() if self._take_over is None else self._departed.keys() - waiting.keys() - self._taken
-        if due:
-            self._start_takeover(due, current)
+        taken: set[str] = set()
+        due: set[str] = set()
+        if self._takeovers is not None:  # past its grace, a node keeps its slots until taken over
+            self._takeovers.keep(self._departed)
+            taken = self._takeovers.taken(held)
+            due = self._departed.keys() - waiting.keys() - taken
+            self._takeovers.start(due, held)
         holding = waiting.keys() | due
         draining = {self.keys.name_in(k, self.keys.drains) for k in drains.current()}
         # a draining node gets no slot, unless every node drains (the slots must live somewhere)
-        effective = (live | holding) - draining or live | holding
-        if effective:
-            wanted = changes(current, assignment(effective))
+        targets = live - draining or live
+        if targets:
+            desired = assignment(targets)
+            # a held node keeps its slots (their tenants are not handed over yet) and gets no other
+            desired.update((slot, node) for node in holding for slot in held[node])
+            wanted = changes(current, desired)
             if wanted:
-                moving = {current.get(s) for s in wanted}
-                guards = [Compare.absent(self.keys.node(n)) for n in sorted(self._taken & moving)]
+                moving = sorted(taken & {current.get(s) for s in wanted})
+                guards = [Compare.absent(self.keys.node(n)) for n in moving]
                 started = time.monotonic()
                 revision = await self.write(wanted, epoch, guards)
                 await assigns.wait_revision(revision)
                 log.info(
                     "assigned %d slots to %s in %.2f s",
                     len(wanted),
-                    sorted(effective),
+                    sorted(targets),
                     time.monotonic() - started,
                 )
-                for node in self._taken & moving:
+                for node in moving:
                     self._incarnations.pop(node, None)  # fenced: nothing of it to fence again
         await self._show_takeovers(epoch)
-        later = [*waiting.values(), *(self._retry_at[n] for n in due if n in self._retry_at)]
-        if due and not self._retry_at.keys() & due:
-            later.append(now + 0.5)  # a takeover runs: look again when it ends (it wakes us)
+        retry = None if self._takeovers is None else self._takeovers.next_retry(due)
+        later = [*waiting.values(), *([] if retry is None else [retry])]
         return max(0.0, min(later) - now) if later else None
-
-    # -- takeover ---------------------------------------------------------------------------------
-
-    def _start_takeover(self, due: set[str], current: Mapping[int, str]) -> None:
-        """Start the takeover of one node of `due` whose retry time has come, unless one runs."""
-        if self._running is not None and self._running.is_alive():
-            return
-        now = time.monotonic()
-        ready = sorted(n for n in due if self._retry_at.get(n, 0.0) <= now)
-        if not ready:
-            return
-        node = ready[0]
-        slots = sorted(s for s, n in current.items() if n == node)
-        self._retry_at[node] = now + self._takeover_timeout  # running: not again meanwhile
-        self.node.spawn(self._take_over_node(node, slots), f"takeover {node}")
-
-    async def _take_over_node(self, node: str, slots: list[int]) -> None:
-        assert self._take_over is not None
-        take_over = self._take_over
-        try:
-            record, token = await self.node.etcd.get(self.keys.node(node))
-            if record is not None:  # back: the mirror will say so
-                self._retry_at.pop(node, None)
-                return
-            incarnations = tuple(self._incarnations.get(node, ()))
-            log.warning(
-                "taking over node %s (incarnations %s, %d slots, token %d)",
-                node,
-                ", ".join(incarnations) or "unknown",
-                len(slots),
-                token,
-            )
-            started = time.monotonic()
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._running = _in_thread(done, f"takeover-{node}", take_over, node, incarnations, slots, token)
-            await asyncio.wait_for(asyncio.shield(done), self._takeover_timeout)
-        except Exception as exc:
-            if isinstance(exc, TimeoutError):
-                reason = f"not done within {self._takeover_timeout:g} s"
-            else:
-                reason = str(getattr(exc, "message", None) or exc) or type(exc).__name__
-            pause = min(self._backoff.get(node, TAKEOVER_RETRY[0] / 2) * 2, TAKEOVER_RETRY[1])
-            self._backoff[node] = pause
-            self._retry_at[node] = time.monotonic() + pause
-            self._failed[node] = reason
-            log.warning("takeover of node %s failed (%s); trying again in %.1f s", node, reason, pause)
-        else:
-            log.warning("took over node %s in %.2f s", node, time.monotonic() - started)
-            self.takeovers += 1
-            self._taken.add(node)
-            self._retry_at.pop(node, None)
-            self._backoff.pop(node, None)
-            self._failed.pop(node, None)
-        finally:
-            self._wake.set()
 
     async def _show_takeovers(self, epoch: int) -> None:
         """Make takeover/ say which takeovers fail and why (best effort: only for people)."""
         now = time.time()
-        wanted = {n: r for n, r in self._failed.items() if n in self._departed}
+        failed = {} if self._takeovers is None else self._takeovers.failed
+        wanted = {n: r for n, r in failed.items() if n in self._departed}
         ops: list[Op] = [Delete(self.keys.takeover(n)) for n in self._shown.keys() - wanted.keys()]
         ops += [
-            Put(self.keys.takeover(n), json.dumps({"reason": r, "since": now}).encode())
-            for n, r in wanted.items()
-            if self._shown.get(n) != r
+            Put(self.keys.takeover(n), json.dumps({"reason": r, "since": now, "overrun": o}).encode())
+            for n, (r, o) in wanted.items()
+            if self._shown.get(n) != (r, o)
         ]
         if not ops:
             return
         try:
-            await self.node.etcd.txn([Compare.created_at(self.keys.controller, epoch)], ops[:TXN_OPS])
+            for i in range(0, len(ops), TXN_OPS):
+                await self.node.etcd.txn(
+                    [Compare.created_at(self.keys.controller, epoch)], ops[i : i + TXN_OPS]
+                )
         except ClusterError as e:
             log.info("could not show the takeovers in etcd: %s", e)
             return
@@ -353,31 +313,3 @@ class Controller:
             if isinstance(result, BaseException):
                 raise result
         return max(revisions)
-
-
-def _in_thread(
-    done: asyncio.Future[None], name: str, fn: Callable[..., None], *args: Any
-) -> threading.Thread:
-    """Run `fn(*args)` in a daemon thread of its own (a hook that hangs must not hold a pool's
-    thread, nor the process at exit); its outcome goes to `done`, on the future's loop."""
-    loop = done.get_loop()
-
-    def settle(error: BaseException | None) -> None:
-        if not done.done():
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-    def run() -> None:
-        error: BaseException | None = None
-        try:
-            fn(*args)
-        except BaseException as exc:
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, error)
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    return thread

@@ -14,8 +14,8 @@
                                                  under it): a controller that never saw the node
                                                  alive still knows what to fence when it takes
                                                  the node over
-    takeover/<node>     {"reason", "since"}      no lease; written by the controller while the
-                                                 takeover of a departed node fails (for
+    takeover/<node>     {"reason", "since",      no lease; written by the controller while the
+                         "overrun"}              takeover of a departed node fails (for
                                                  `cluster status`), deleted once it is done
     groups/<group>      the group's definition    no lease (cluster.fleetwork, ops.fleetwork)
     rollouts/<id>       a rollout's spec          no lease

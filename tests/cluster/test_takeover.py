@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from cluster.controller import Controller
 from cluster.slots import assignment
 from ops.process import REPO, pause, resume, spawn, stop
-from tests.cluster.admin import assign, assigned, keys, listing, owners
+from tests.cluster.admin import assign, assigned, keys, listing, owners, with_etcd
 from tests.cluster.peers import Peer, Peers
 from tests.support.waiting import wait_until
 
@@ -172,3 +173,124 @@ def test_a_node_back_while_it_is_taken_over_keeps_its_slots(peers: Peers) -> Non
     now = assigned(peers)
     assert {now[s] for s in share} == {"b"}
     assert back.owns().keys() == share
+
+
+class StuckHook:
+    """A takeover that hangs for `stuck`: its first `hanging` calls wait for `release`, then
+    return as if done; its later ones fail while `down`. Other nodes' calls return at once."""
+
+    def __init__(self, stuck: str, hanging: int) -> None:
+        self.stuck = stuck
+        self.hanging = hanging
+        self.release = threading.Event()
+        self.down = True
+        self.calls: list[tuple[str, int]] = []  # (node, token)
+        self._lock = threading.Lock()
+
+    def __call__(self, node: str, incarnations: Collection[str], slots: Collection[int], token: int) -> None:
+        with self._lock:
+            self.calls.append((node, token))
+            hangs = node == self.stuck and len(self.tokens(node)) <= self.hanging
+        if hangs:
+            self.release.wait(120)
+        elif node == self.stuck and self.down:
+            raise RuntimeError("the bucket is still down")
+
+    def tokens(self, node: str) -> list[int]:
+        return [t for n, t in list(self.calls) if n == node]
+
+
+def _shown(peers: Peers, node: str) -> dict[str, Any] | None:
+    found = listing(peers, keys(peers).takeover(node))
+    return json.loads(next(iter(found.values())).value) if found else None
+
+
+def test_a_stuck_takeover_holds_up_only_its_own_node_and_its_late_return_moves_nothing(peers: Peers) -> None:
+    """Two nodes die; x's takeover hangs past its timeout, twice. y's is not held up: its slots
+    all go to the live node (none to x, whose slots stay unserved). x's overrun shows, it is tried
+    again under newer tokens; when the hung calls return at last, nothing moves on their word; a
+    retry that succeeds moves x's slots, with tokens above its own."""
+    hook = StuckHook("x", hanging=2)
+    a = peers.start("a")
+    controller = Controller(a.node, grace=0.5, take_over=hook, takeover_timeout=2.0)
+    a.controller = controller
+    controller.start()
+    wait_until(controller.is_leader, timeout=30)
+    x, y = peers.start("x"), peers.start("y")
+    members = ["a", "x", "y"]
+    wait_until(lambda: all(p.owns().keys() == _share(p, members) for p in (a, x, y)), timeout=60)
+    x_share, y_share = set(x.owns()), set(y.owns())
+    try:
+        x.node.stop()
+        y.node.stop()
+        wait_until(lambda: y_share <= a.owns().keys(), timeout=60)
+        now = assigned(peers)
+        assert {now[s] for s in x_share} == {"x"}  # never handed out without its manifests
+        assert not x_share & owners(peers).keys()  # nobody serves them
+        assert controller.takeovers == 1
+
+        shown = wait_until(lambda: _shown(peers, "x"), timeout=30)
+        assert shown is not None and shown["overrun"] is True and shown["reason"].startswith("overrun")
+        wait_until(lambda: controller.overruns.get("x", 0) >= 2, timeout=60)
+        hung = hook.tokens("x")
+        assert len(hung) == 2 and hung[0] < hung[1]  # the retry hands over at a newer token
+
+        hook.release.set()  # both hung calls return now, long after they were abandoned
+        wait_until(lambda: controller.late_returns >= 2, timeout=30)
+        calls = len(hook.tokens("x"))
+        wait_until(lambda: len(hook.tokens("x")) > calls, timeout=60)  # tried again since (fails)
+        now = assigned(peers)
+        assert {now[s] for s in x_share} == {"x"}
+        assert controller.takeovers == 1
+
+        hook.down = False
+        wait_until(lambda: x_share <= a.owns().keys(), timeout=60)
+        accepted = hook.tokens("x")[-1]
+        assert max(hung) < accepted < min(a.owns()[s] for s in x_share)
+        assert controller.takeovers == 2
+        wait_until(lambda: listing(peers, keys(peers).takeovers) == {}, timeout=30)
+    finally:
+        hook.release.set()
+
+
+def test_a_node_held_for_its_takeover_gives_no_slot_to_a_joiner(peers: Peers) -> None:
+    """While b's takeover is not done, a node that joins takes its share of the live nodes'
+    slots only: b's tenants have no manifests yet."""
+    hook = Hook()
+    a, b = _two(peers, hook, grace=0.0)
+    a_share, b_share = _share(a, ["a", "b"]), set(b.owns())
+    wait_until(lambda: a.owns().keys() == a_share, timeout=60)
+    hook.gate.clear()
+    try:
+        b.node.stop()
+        wait_until(lambda: hook.calls, timeout=30)
+        c = peers.start("c")
+        with_c = assignment(["a", "c"])
+        want = {s for s in a_share if with_c[s] == "c"}
+        wait_until(lambda: c.owns().keys() == want and a.owns().keys() == a_share - want, timeout=60)
+        now = assigned(peers)
+        assert {now[s] for s in b_share} == {"b"}
+    finally:
+        hook.gate.set()
+
+
+def test_a_takeover_that_returns_after_the_node_ran_again_does_not_count(peers: Peers) -> None:
+    """The node ran again while its takeover ran (seen only by its new incarnation: its
+    registration came and went unseen): that takeover did not fence it, so it is done again."""
+    hook = Hook()
+    a, b = _two(peers, hook, grace=0.0)
+    share = set(b.owns())
+    controller = a.controller
+    assert controller is not None
+    hook.gate.clear()
+    try:
+        b.node.stop()
+        wait_until(lambda: hook.calls, timeout=30)
+        with_etcd(peers, lambda etcd: etcd.put(keys(peers).incarnation("b"), json.dumps("b-again").encode()))
+        wait_until(lambda: "b-again" in controller._incarnations.get("b", ()), timeout=30)
+        hook.gate.set()
+        wait_until(lambda: share <= a.owns().keys(), timeout=60)
+        assert [c[1][-1:] for c in hook.calls] == [(b.node.process_incarnation,), ("b-again",)]
+        assert controller.takeovers == 1
+    finally:
+        hook.gate.set()

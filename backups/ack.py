@@ -12,8 +12,10 @@ ReplicaUnavailable (`failed`); once the incarnation is fenced every wait fails a
 never ends in success unless its commits shipped.
 
 A refusal says what happened in the client's terms (never the replica's endpoint, bucket or keys:
-the flush logs those): with `since` (when the request arrived), whether a commit made while it ran
-waits (a write's outcome is then unknown) or only data it would show (a read: retry).
+the flush logs those), essential first: whether the request wrote (its outcome is then unknown:
+read it back before retrying) or only read (retry). `wrote` says so when the caller knows it (the
+gate tracks the request's own statements); else `since` (when the request arrived) tells by the
+clock: a commit made while it ran may be its own, and is taken to be.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from dataclasses import dataclass, field
 from backups.errors import ReplicaFenced
 from backups.ledger import Ledger
 from tenants.errors import ReplicaUnavailable, disk_full
+
+# What a refused response tells its client, what to do first.
+WROTE = (
+    "the write's outcome is unknown, read it back before retrying: it is committed on this "
+    "server but not in the backup replica"
+)
+READ = "a read, retry shortly: the data this response would show is not in the backup replica yet"
 
 
 class _Refused(Exception):
@@ -62,16 +71,22 @@ class Acks:
         """Now, on the clock commits are noted by: a request's arrival, for `wait`'s `since`."""
         return self.ledger.clock()
 
-    async def wait(self, tenants: Iterable[str], timeout: float, since: float | None = None) -> None:
+    async def wait(
+        self, tenants: Iterable[str], timeout: float, since: float | None = None, wrote: bool | None = None
+    ) -> None:
         """Return once every commit of `tenants` made before the call is in the replica (at
         once if there is none). Raises ReplicaUnavailable past `timeout` seconds, when a flush
-        fails meanwhile, or when shipping stopped for good (fenced, shut down); `since` (a
-        `clock()` taken when the request arrived) lets its message tell a read from a write.
-        Event loop only."""
-        await self.wait_for(self.pending(tenants), timeout, since)
+        fails meanwhile, or when shipping stopped for good (fenced, shut down); its message
+        tells a read from a write by `wrote` (whether the request wrote), or if None by `since`
+        (a `clock()` taken when the request arrived). Event loop only."""
+        await self.wait_for(self.pending(tenants), timeout, since, wrote)
 
     async def wait_for(
-        self, marks: list[tuple[str, float]], timeout: float, since: float | None = None
+        self,
+        marks: list[tuple[str, float]],
+        timeout: float,
+        since: float | None = None,
+        wrote: bool | None = None,
     ) -> None:
         """`wait` for marks taken earlier by `pending`."""
         if not marks:
@@ -83,7 +98,7 @@ class Acks:
             if broken is None:
                 self._waiters += waiters
         if broken is not None:
-            raise self._refusal(marks, broken, since)
+            raise self._refusal(marks, broken, since, wrote)
         self._wake()
         try:
             async with asyncio.timeout(timeout):
@@ -91,28 +106,26 @@ class Acks:
                     await waiter.future
         except TimeoutError:
             reason = f"the backup replica did not take it within {timeout:.3g} s"
-            raise self._refusal(marks, reason, since) from None
+            raise self._refusal(marks, reason, since, wrote) from None
         except _Refused as exc:
-            raise self._refusal(marks, str(exc), since) from None
+            raise self._refusal(marks, str(exc), since, wrote) from None
         finally:
             with self._lock:
                 gone = set(waiters)
                 self._waiters = [w for w in self._waiters if w not in gone]
 
     def _refusal(
-        self, marks: list[tuple[str, float]], reason: str, since: float | None
+        self, marks: list[tuple[str, float]], reason: str, since: float | None, wrote: bool | None
     ) -> ReplicaUnavailable:
-        """The error a waiter gets: whether a commit made during the request is what waits (a
-        write: its outcome is unknown) or only what it would show (a read: nothing to check)."""
+        """The error a waiter gets: a write's (its outcome is unknown) when the request wrote,
+        or, not knowing that (`wrote` None), when a commit made during it is what waits; else a
+        read's (nothing to check: retry). What to do first, then why (a WebSocket close reason
+        holds about a hundred bytes of it: router.hrana.ws.close)."""
         tenant = marks[0][0]
-        if since is None or any(self._changed(t, since, at) for t, at in marks):
-            what = (
-                "a write made while this request ran is committed on this server but not in the "
-                "backup replica, so its outcome is unknown: read it back before retrying"
-            )
-        else:
-            what = "the data this response would show is not in the backup replica yet: retry shortly"
-        return ReplicaUnavailable(f"tenant {tenant!r}: {reason} (ack=replica); {what}", retry_after=1)
+        if wrote is None:
+            wrote = since is None or any(self._changed(t, since, at) for t, at in marks)
+        what = WROTE if wrote else READ
+        return ReplicaUnavailable(f"{what} (tenant {tenant!r}: {reason}; ack=replica)", retry_after=1)
 
     def waiting(self) -> int:
         """Responses waiting now (for metrics and tests)."""

@@ -8,6 +8,7 @@ from typing import Protocol
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.errors import render
+from router.hrana.ws.close import close_reason
 from tenants.errors import SqlfleetError
 
 
@@ -73,9 +74,8 @@ class FencedGate:
         ):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
-            await send(
-                {"type": "websocket.close", "code": 1011, "reason": "this node was fenced: restart it"}
-            )
+            reason = close_reason(NodeFenced.code, "this node was fenced: use another node; restart this one")
+            await send({"type": "websocket.close", "code": 1011, "reason": reason})
         else:
             await render(NodeFenced(FENCED))(scope, receive, send)
 

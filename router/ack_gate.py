@@ -8,6 +8,10 @@ own writes, and what it read (the output gate). It acts where the bytes leave, n
   (more_body, e.g. a Hrana cursor or the change feed) again before each later piece.
 - WebSocket: before each message sent (each Hrana response).
 Only successful answers wait (status < 400): an error formed nothing to lose.
+A refusal tells a read from a write by what the request's own statements did
+(router.request_writes: each HTTP request is tracked here, each Hrana WebSocket message by its
+session), not by whether its tenant's commits went on meanwhile: another request's write
+committing while a read ran must not make the read look like a write.
 
 The wait is bounded by the request's deadline (`request_timeout` from its arrival, at least
 MIN_WAIT: a response that used up its time still gets one flush). Past it, or when a flush fails:
@@ -32,7 +36,8 @@ from router.errors import render
 from router.hrana import codec_json
 from router.hrana.protocol import Error
 from router.hrana.routes import HRANA_TENANT
-from router.proxy.middleware import close_reason
+from router.hrana.ws.close import error_reason
+from router.request_writes import Tracked, current, tracking
 from tenants.errors import ReplicaUnavailable
 
 log = logging.getLogger(__name__)
@@ -76,7 +81,8 @@ class AckGate:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         deadline = time.monotonic() + self.timeout
-        since = self.acks.clock()  # commits after it may be the request's own (a refusal says so)
+        since = self.acks.clock()  # not knowing what it wrote: commits after it may be its own
+        tracked = Tracked()
         gated = False  # the response waits (a tenant's, status < 400)
         streaming = False  # a body piece said more_body: later pieces were formed later
         replaced = False  # the response was answered with 503 instead: drop what follows
@@ -91,7 +97,8 @@ class AckGate:
                 gated = bool(tenants) and message["status"] < 400
                 if gated:
                     try:
-                        await self.acks.wait(tenants, max(deadline - time.monotonic(), MIN_WAIT), since)
+                        left = max(deadline - time.monotonic(), MIN_WAIT)
+                        await self.acks.wait(tenants, left, since, tracked.wrote())
                     except ReplicaUnavailable as exc:
                         replaced = True
                         await _refusal(scope, exc)(scope, receive, send)
@@ -100,27 +107,31 @@ class AckGate:
                 tenants = tenants_of(scope)
                 if streaming and message.get("body"):
                     try:
-                        await self.acks.wait(tenants, self.timeout, since)
+                        await self.acks.wait(tenants, self.timeout, since, tracked.wrote())
                     except ReplicaUnavailable as exc:
                         log.warning("tenant %s: streamed response cut off (%s)", tenants[0], exc.message)
                         raise  # the server aborts the response: the client sees it incomplete
                 streaming = bool(message.get("more_body"))
             await send(message)
 
-        await self.app(scope, receive, gate)
+        with tracking(tracked):
+            await self.app(scope, receive, gate)
 
     def _websocket_sender(self, scope: Scope, send: Send) -> Send:
-        # requests may be pipelined on a socket: only what came before it opened is surely no write
+        # for what the session does not track (router.hrana.ws.session tracks each message):
+        # requests may be pipelined on a socket, so only what came before it opened is surely no write
         since = self.acks.clock()
 
         async def gate(message: Message) -> None:
             tenants = tenants_of(scope)
             if message["type"] == "websocket.send" and tenants:
+                tracked = current()  # the message's, in the task sending its response
+                wrote = tracked.wrote() if tracked is not None else None
                 try:
-                    await self.acks.wait(tenants, self.timeout * WS_SHARE, since)
+                    await self.acks.wait(tenants, self.timeout * WS_SHARE, since, wrote)
                 except ReplicaUnavailable as exc:
                     log.warning("tenant %s: websocket closed (%s)", tenants[0], exc.message)
-                    reason = close_reason(exc)  # cut at a word within the 123 bytes a frame allows
+                    reason = error_reason(exc)
                     await send({"type": "websocket.close", "code": 1011, "reason": reason})
                     raise WebSocketDisconnect(1011, reason) from exc
             await send(message)

@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection, Request
 from backups.service import Backups
 from router.auth import Authenticator, Principal
 from router.proxy.placement import Placement
+from router.request_writes import joined
 from router.scheduler import Scheduler
 from schema_sync.groups import GroupStore
 from schema_sync.rollouts import Rollouts
@@ -124,9 +125,10 @@ class Context:
 
     def budget(self, encoding: Encoding) -> Budget:
         """A new request's allowance: `request_timeout` from now, `max_request_result_bytes`
-        of results in `encoding`. Release it once the response is sent."""
+        of results in `encoding`. Release it once the response is sent. It joins the request's
+        writes tracking (router.request_writes)."""
         c = self.config
-        return Budget(c.request_timeout, c.max_request_result_bytes, self.results, encoding)
+        return joined(Budget(c.request_timeout, c.max_request_result_bytes, self.results, encoding))
 
     def principal(self, request: Request) -> Principal:
         return self.auth.authenticate(request.headers.get("authorization"))

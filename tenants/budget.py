@@ -95,6 +95,9 @@ class Budget:
         self.encoding = encoding
         self.used = 0
         self._reserved = 0
+        # a statement run with it may have written or committed (tenants.execute sets it, only
+        # ever to True): a refused durable ack tells the client so (router.request_writes)
+        self.wrote = False
 
     # -- time --------------------------------------------------------------------------------------
 

@@ -111,7 +111,8 @@ def run_statement(
     before = conn.total_changes()
     charged = budget.used if budget is not None else 0
     cursor = conn.cursor()
-    tracer = _Tracer(stmt.sql, allow_tx, readonly_only=inline_budget is not None)
+    tracer = _Tracer(stmt.sql, allow_tx, readonly_only=inline_budget is not None, budget=budget)
+    in_transaction = not conn.get_autocommit()
     cursor.exec_trace = tracer
     sandbox.start_statement(limit, inline=inline_budget is not None)
     try:
@@ -139,6 +140,8 @@ def run_statement(
     finally:
         sandbox.end_statement()
         cursor.close(force=True)
+        if budget is not None and in_transaction and conn.get_autocommit():
+            budget.wrote = True  # it ended a transaction: a COMMIT (a ROLLBACK is told as one too)
         if budget is not None and sys.exc_info()[0] is not None:
             budget.rewind(charged)  # failed: its rows are not kept
     changed = conn.total_changes() != before
@@ -247,15 +250,20 @@ def _control(conn: apsw.Connection, sandbox: Sandbox, sql: str) -> None:
 
 class _Tracer:
     """APSW's exec tracer for one run: refuses a second statement, transaction control unless
-    allowed, and, for an inline run, any statement that would write (noted in `wrote`)."""
+    allowed, and, for an inline run, any statement that would write (noted in `wrote`). A
+    statement that may write marks the request's `budget` before it runs (its rows may be sent
+    while it still runs)."""
 
-    def __init__(self, sql: str, allow_tx: bool, readonly_only: bool) -> None:
+    def __init__(self, sql: str, allow_tx: bool, readonly_only: bool, budget: Budget | None = None) -> None:
         self.sql, self.allow_tx, self.readonly_only = sql, allow_tx, readonly_only
+        self.budget = budget
         self.calls = 0
         self.wrote = False
 
     def __call__(self, cursor: apsw.Cursor, first: str, bindings: object) -> bool:
         self.calls += 1
+        if self.budget is not None and not cursor.is_readonly:
+            self.budget.wrote = True
         if self.readonly_only and not cursor.is_readonly:
             self.wrote = True
             return False

@@ -27,6 +27,7 @@ from websockets.typing import Subprotocol
 
 from router.hrana import codec_json, codec_protobuf
 from router.hrana.protocol import Error, Hello
+from router.hrana.ws.close import close_reason, fitted
 from router.hrana.ws.versions import SUBPROTOCOLS, negotiate
 from router.proxy.errors import Misdirected
 from router.proxy.forward import HOP_BY_HOP, NOT_RELAYED, WATCH_SECONDS, target_path
@@ -55,11 +56,13 @@ class Rejected(Exception):
 # Close codes a peer never sends (RFC 6455 §7.4.1): what the websockets client reports when the
 # owner's socket ended without a close frame (1006), or one without a code (1005).
 _NOT_SENDABLE = frozenset({1005, 1006, 1015})
-OWNER_SILENT = (
-    "the node serving this tenant stopped answering: the last request's outcome is unknown; reconnect"
+OWNER_SILENT = close_reason(
+    "outcome_unknown",
+    "the node serving this tenant stopped answering: the last request may have taken effect; reconnect",
 )
-OWNER_LOST = (
-    "the node serving this tenant lost its cluster lease: the last request's outcome is unknown; reconnect"
+OWNER_LOST = close_reason(
+    "outcome_unknown",
+    "the node serving this tenant lost its cluster lease: the last request may have taken effect; reconnect",
 )
 
 
@@ -216,7 +219,7 @@ async def _downstream(upstream: ClientConnection, send: Send) -> None:
         code = 1000
     elif code in _NOT_SENDABLE:  # no close frame: the owner went silent (pings) or away
         code, reason = 1011, OWNER_SILENT
-    await send({"type": "websocket.close", "code": code, "reason": reason})
+    await send({"type": "websocket.close", "code": code, "reason": fitted(reason)})
 
 
 async def _watch(owner_lost: Callable[[], bool]) -> None:

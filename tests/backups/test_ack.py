@@ -208,8 +208,8 @@ def test_a_hrana_websocket_is_closed_when_the_replica_fails(
             # cut at a word within the 123 bytes a close frame allows
             assert len(reason.encode()) <= 123 and reason.endswith("..."), reason
             whole = (
-                "replica_unavailable: tenant 'a': the backup replica could not be reached (ack=replica); "
-                "a write made while this request ran is committed on this server but not in the "
-                "backup replica, so its outcome is unknown: read it back before retrying"
+                "replica_unavailable: the write's outcome is unknown, read it back before retrying: it "
+                "is committed on this server but not in the backup replica (tenant 'a': the backup "
+                "replica could not be reached; ack=replica)"
             )
             assert f" {reason[:-3].split()[-1]} " in f" {whole} ", reason

@@ -19,6 +19,9 @@ closes (HRANA_3_SPEC.md, "Hrana over WebSocket").
   version lacks) with 1008; a bug with 1011. However it ends, every stream is rolled back and
   let go.
 - A response the client does not take within `request_timeout` ends the connection.
+- Each message read, and each request's work, is tracked (router.request_writes) in the task
+  that sends its response: under `ack = replica` a refused response says whether it wrote.
+- Close reasons: a code-like word first, fitted into a close frame (router.hrana.ws.close).
 """
 
 from __future__ import annotations
@@ -57,12 +60,14 @@ from router.hrana.protocol import (
     StreamResult,
     WsRequest,
 )
+from router.hrana.ws.close import close_reason, error_reason, fitted
 from router.hrana.ws.cursor import CursorClosed, WsCursor
 from router.hrana.ws.hello import Identity, authenticate, expired
 from router.hrana.ws.lane import Lane
 from router.hrana.ws.stored_sql import StoredSql
 from router.hrana.ws.stream import SocketStream
 from router.hrana.ws.versions import lacks
+from router.request_writes import Tracked, current, tracking
 from tenants.errors import SqlfleetError
 
 log = logging.getLogger(__name__)
@@ -71,9 +76,11 @@ log = logging.getLogger(__name__)
 INLINE_MAX_ROWS = 200
 INLINE_MAX_BYTES = 64 << 10
 MAX_IN_FLIGHT = 128  # requests read but not answered (@libsql/client pipelines up to ~60)
-MAX_CLOSE_REASON = 123  # bytes: a longer close reason does not fit in a close frame
 
-Close = tuple[int, str]
+Close = tuple[int, str]  # a close code and reason (router.hrana.ws.close)
+PROTOCOL = "PROTOCOL_ERROR"  # the word of a protocol violation's close reason, as Hrana's Error code
+NO_HELLO = close_reason(PROTOCOL, "Received a request before hello message")  # sqld's words
+INTERNAL = (1011, close_reason("INTERNAL_ERROR", "Internal server error"))
 Decode = Callable[[str | bytes], ClientMsg]
 Encode = Callable[[ServerMsg], str | bytes]
 
@@ -125,7 +132,7 @@ class Session:
                 self._stop()
         except Exception:
             log.exception("hrana websocket of tenant %s failed", self.tenant)
-            close = (1011, "Internal server error")
+            close = INTERNAL
         finally:
             with anyio.CancelScope(shield=True):
                 await self._release()
@@ -145,15 +152,20 @@ class Session:
             with anyio.move_on_after(self.c.config.body_timeout if self.identity is None else math.inf):
                 message = await self.ws.receive()
             if message is None:
-                return 1008, f"no hello message within {self.c.config.body_timeout:g} s"
+                return 1008, close_reason(
+                    PROTOCOL, f"no hello message within {self.c.config.body_timeout:g} s"
+                )
             if message["type"] == "websocket.disconnect":
                 self._gone = True
                 return None
             data: str | bytes | None = message.get("bytes") if self.codec.binary else message.get("text")
             if data is None:
                 kind = "text" if self.codec.binary else "binary"
-                return 1003, f"Received a {kind} WebSocket message, which is not supported in this encoding"
-            close = await self._message(data)
+                return 1003, close_reason(
+                    PROTOCOL, f"Received a {kind} WebSocket message, which is not supported in this encoding"
+                )
+            with tracking(Tracked(complete=True)):  # what it answers here wrote nothing
+                close = await self._message(data)
             if close is not None:
                 return close
 
@@ -162,17 +174,17 @@ class Session:
             msg = self.codec.decode(data)
         except InvalidRequest as exc:
             if self.identity is None:
-                return 1008, "Received a request before hello message"
+                return 1008, NO_HELLO
             await self._send(ResponseError(exc.request_id, Error.of(exc)))
             return None
         except InvalidMessage as exc:
-            return 1007, exc.message
+            return 1007, error_reason(exc)
         except ProtocolError as exc:
-            return 1008, exc.message
+            return 1008, error_reason(exc)
         if isinstance(msg, Hello):
             return await self._hello(msg)
         if self.identity is None:
-            return 1008, "Received a request before hello message"
+            return 1008, NO_HELLO
         problem = expired(self.c, self.identity)
         if problem is not None:
             return 1008, problem
@@ -190,13 +202,15 @@ class Session:
 
         async def counted() -> None:
             try:
-                await op()
+                # its writes are its statements', each with a budget it makes (the ack gate asks)
+                with tracking(Tracked(complete=True)):
+                    await op()
             except _Gone:
                 self._gone = True
                 self._stop()
             except Exception:
                 log.exception("hrana websocket request of tenant %s failed", self.tenant)
-                self._fatal = self._fatal or (1011, "Internal server error")
+                self._fatal = self._fatal or INTERNAL
                 self._stop()
             finally:
                 self._in_flight -= 1
@@ -209,13 +223,15 @@ class Session:
 
     async def _hello(self, hello: Hello) -> Close | None:
         if self.identity is not None and self.version < 2:
-            return 1008, "Repeated hello message is only supported in protocol version hrana2 and higher"
+            return 1008, close_reason(
+                PROTOCOL, "Repeated hello message is only supported in protocol version hrana2 and higher"
+            )
         try:
             self.identity = authenticate(self.c, self.ws, hello.jwt, self.tenant)
         except SqlfleetError as exc:
             error = Error.of(exc)
             await self._send(HelloError(Error(f"Authentication failed: {error.message}", error.code)))
-            return 1000, "Authentication failed"
+            return 1000, close_reason(error.code or "AUTH_FAILED", "Authentication failed")
         await self._send(HelloOk())
         return None
 
@@ -232,7 +248,7 @@ class Session:
     async def _request(self, req: WsRequest, size: int) -> Close | None:
         lacking = lacks(self.version, req)
         if lacking is not None:
-            return 1008, lacking
+            return 1008, close_reason(PROTOCOL, lacking)
         kind, rid = req.kind, req.request_id
         if kind in ("store_sql", "close_sql"):
             return await self._stored_sql(req)
@@ -241,12 +257,12 @@ class Session:
         found = self.streams.get(req.stream_id)
         if kind == "open_stream":
             if found is not None:
-                return 1008, f"stream {req.stream_id} is already open"
+                return 1008, close_reason(PROTOCOL, f"stream {req.stream_id} is already open")
             opened = self.streams[req.stream_id] = SocketStream(req.stream_id, self._lane())
             opened.lane.push(self._in_flight_op(size, lambda: self._open(opened, rid)))
             return None
         if found is None:
-            return 1008, f"stream {req.stream_id} is not open"
+            return 1008, close_reason(PROTOCOL, f"stream {req.stream_id} is not open")
         ws = found
         if ws.closing:
             await self._send(ResponseError(rid, Error.of(StreamClosed("the stream is being closed"))))
@@ -280,7 +296,7 @@ class Session:
             try:
                 self.sqls.store(request.sql_id, request.sql)
             except SqlExists as exc:
-                return 1008, exc.message
+                return 1008, error_reason(exc)
             except SqlfleetError as exc:
                 await self._send(ResponseError(req.request_id, Error.of(exc)))
                 return None
@@ -338,7 +354,7 @@ class Session:
 
     async def _open_cursor(self, ws: SocketStream, req: WsRequest, size: int) -> Close | None:
         if req.cursor_id in self.cursors:
-            return 1008, f"cursor {req.cursor_id} is already open"
+            return 1008, close_reason(PROTOCOL, f"cursor {req.cursor_id} is already open")
         assert req.batch is not None
         # its id is taken from now on, even if it fails
         cursor = self.cursors[req.cursor_id] = WsCursor(self._lane())
@@ -387,7 +403,7 @@ class Session:
             if req.kind == "close_cursor":  # closing what is not open is harmless, as close_sql
                 await self._send(ResponseOk(rid, Response(req.kind)))
                 return None
-            return 1008, f"cursor {req.cursor_id} is not open"
+            return 1008, close_reason(PROTOCOL, f"cursor {req.cursor_id} is not open")
         if req.kind == "close_cursor":
             cursor.lane.push(self._in_flight_op(size, lambda: self._close_cursor(req.cursor_id, cursor, rid)))
         else:
@@ -398,6 +414,9 @@ class Session:
         if cursor.failed is not None:
             await self._respond(rid, cursor.failed)
             return
+        tracked = current()
+        if tracked is not None and cursor.budget is not None:
+            tracked.budgets.append(cursor.budget)  # the entries were formed by the cursor's batch
         entries, done = await cursor.fetch(max_count)
         await self._respond(rid, Response("fetch_cursor", entries=entries, done=done))
 
@@ -455,7 +474,7 @@ class Session:
         self.sqls.clear()
 
     async def _close(self, code: int, reason: str) -> None:
-        reason = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+        reason = fitted(reason)  # `expired` (hello.py) builds its own; the others come fitted
         with anyio.move_on_after(1.0):  # a client that reads nothing does not get this either
             with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
                 await self.ws.close(code, reason)

@@ -168,7 +168,7 @@ def test_hello_for_another_tenant_or_none_is_refused(live: Live, tenant: str) ->
 def test_a_request_before_hello_closes_1008(live: Live, tenant: str) -> None:
     with hrana_socket(live.ws_url) as s:
         s.request({"type": "open_stream", "stream_id": 1})
-        assert s.closed_with() == (1008, "Received a request before hello message")
+        assert s.closed_with() == (1008, "PROTOCOL_ERROR: Received a request before hello message")
 
 
 def test_rehello_switches_access_but_not_the_tenant(live: Live, tenant: str) -> None:

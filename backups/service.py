@@ -488,7 +488,18 @@ class Backups(FleetHooks):
         """Every tenant the backups can restore, with the time it was deleted if its last event
         is a deletion (restoring it undeletes it; retention forgets it once the deletion is
         older than the window), else None."""
-        return [(t, restore.deleted_at(self.catalog.chunks(t))) for t in self.catalog.tenants()]
+        return [(t, deleted) for t, deleted, _ in self.known_tenants()]
+
+    def known_tenants(self) -> list[tuple[str, float | None, float]]:
+        """`backed_up_tenants`, each with the time of the newest event of it this catalog holds
+        (a commit, a snapshot, its deletion): of two cluster nodes' catalogs, the one holding
+        the later event knows the tenant better."""
+        known = []
+        for t in self.catalog.tenants():
+            rows = self.catalog.chunks(t)
+            if rows:  # else retention forgot it since the line above
+                known.append((t, restore.deleted_at(rows), max(max(r.first_time, r.last_time) for r in rows)))
+        return known
 
     @staticmethod
     def _deleted(rows: list[ChunkRow]) -> bool:

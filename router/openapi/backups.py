@@ -18,8 +18,8 @@ SCHEMAS: dict[str, Any] = {
             "as": {
                 **TENANT_ID,
                 "nullable": True,
-                "description": "restore into this new tenant instead (in a cluster, an id whose slot the "
-                "source's node serves: else 409 restore_target_elsewhere)",
+                "description": "restore into this new tenant instead (in a cluster, made on the node "
+                "serving its slot, from the source's backups wherever they are)",
             },
         },
     },
@@ -160,6 +160,34 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "TenantBackupRows": {
+        "type": "object",
+        "required": ["tenant", "rows"],
+        "properties": {
+            "tenant": TENANT_ID,
+            "rows": {
+                "type": "array",
+                "description": "this node's backup catalog rows of the tenant, each an array of its "
+                "columns (between cluster nodes: the owner asks the others before restoring a tenant "
+                "it lacks)",
+                "items": {"type": "array", "items": {}},
+            },
+            "record": {
+                "type": "object",
+                "description": "only when the tenant exists on this node: who it is (a restore as "
+                "another id on another node keeps its group)",
+                "required": ["created", "group", "incarnation", "token_generation", "updated", "deleted"],
+                "properties": {
+                    "created": {"type": "number"},
+                    "group": {"type": "string", "nullable": True},
+                    "incarnation": {"type": "string"},
+                    "token_generation": {"type": "integer"},
+                    "updated": {"type": "number"},
+                    "deleted": {"type": "number", "nullable": True},
+                },
+            },
+        },
+    },
     "RestorableTenants": {
         "type": "object",
         "required": ["tenants"],
@@ -226,7 +254,17 @@ def paths() -> dict[str, Any]:
         },
         "/v1/admin/backups/tenants": {
             "get": op(
-                "Tenants the replica can restore", "RestorableTenants", (400, 401, 403, 409), tenant=False
+                "Tenants the replica can restore (in a cluster: every live node's)",
+                "RestorableTenants",
+                (400, 401, 403, 409, 503),
+                tenant=False,
+            )
+        },
+        "/v1/admin/backups/tenants/{tenant}": {
+            "get": op(
+                "This node's backup catalog rows of a tenant (asked between cluster nodes)",
+                "TenantBackupRows",
+                (400, 401, 403, 409, 503),
             )
         },
         "/v1/admin/backups/fleet/restore": {

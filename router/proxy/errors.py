@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from router.proxy.placement import Located
 from tenants.errors import SqlfleetError
 
 
@@ -95,18 +94,18 @@ class OpeningSlow(SqlfleetError):
         )
 
 
-class RestoreTargetElsewhere(SqlfleetError):
-    """A restore `as` a new tenant whose slot another node serves: the restore runs where the
-    source's backups are known (its owner), and a tenant lives on its slot's owner only."""
+class NodeSilent(SqlfleetError):
+    """Another node did not answer what this one asked it for a request (router.backups_api:
+    its backups of a tenant) within the request's deadline: the request was not acted on. The
+    code is that of a node that did not answer at all (ops.node_guard.PeerUnreachable)."""
 
-    status = 409
-    code = "restore_target_elsewhere"
+    status = 503
+    code = "node_unreachable"
 
     @classmethod
-    def of(cls, tenant: str, target: str, where: Located) -> RestoreTargetElsewhere:
-        owner = f"node {where.url}" if where.url is not None else "no node right now"
+    def of(cls, what: str, seconds: float) -> NodeSilent:
         return cls(
-            f"tenant {target!r} belongs to slot {where.slot}, served by {owner}, not by the node "
-            f"holding the backups of {tenant!r}: restore as an id of a slot that node serves, or "
-            f"restore under a temporary id, export it and import it as {target!r}"
+            f"another node did not send {what} within {seconds:g} s, so the request was not "
+            "applied: retry shortly",
+            retry_after=1,
         )

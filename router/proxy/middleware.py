@@ -13,8 +13,9 @@ Requests bound to no tenant (system routes, admin lists) are served here; a tena
 the node owning the new tenant's slot (the id is read from the body).
 Served here, a request for a tenant the catalog lacks first opens it (router.proxy.arrivals: a
 tenant handed over is restored then; a replica that does not answer within the request's deadline
-makes it a 503), and a restore `as` a new id is refused (409) unless this
-node also serves the new id's slot: the backups it restores from are in this node's catalog.
+makes it a 503). A restore `as` a new id goes to the node owning the new id's slot (only the owner
+of a slot creates a tenant in it), which gathers the source's backups from the other nodes
+(router.backups_api) when the source's slot is another's.
 A forwarded request is labelled with the route it matches here (access log, metrics), as if served.
 """
 
@@ -34,6 +35,7 @@ from backups.handoff import looked_up
 from router.errors import render
 from router.hrana.routes import ROUTES as HRANA_ROUTES
 from router.hrana.routes import error_response
+from router.hrana.ws.close import close_reason, error_reason
 from router.proxy.arrivals import OPENING_THREADS, Arrivals, Opening
 from router.proxy.errors import (
     Misdirected,
@@ -41,7 +43,6 @@ from router.proxy.errors import (
     OpeningSlow,
     OutcomeUnknown,
     OwnerUnreachable,
-    RestoreTargetElsewhere,
 )
 from router.proxy.forward import Body, ClientGone, Forwarder, Lost, Unreachable
 from router.proxy.placement import SLOT_HEADER, Located, Placement, header, tenant_of
@@ -93,6 +94,9 @@ class ClusterProxy:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CREATE_PATH:
             await self._create(scope, receive, send, forwarded=claimed is not None)
             return
+        if scope["type"] == "http" and scope["method"] == "POST" and RESTORE_PATH.match(scope["path"]):
+            await self._restore(scope, receive, send, claimed)
+            return
         tenant = tenant_of(scope, self.base_domain)
         if claimed is not None:  # forwarded to us, and ours: served here, never forwarded again
             if scope["type"] == "http" and tenant is not None and is_name(tenant):
@@ -139,31 +143,44 @@ class ClusterProxy:
         else:
             await self._http(scope, receive, send, tenant, body)
 
+    async def _restore(
+        self, scope: Scope, receive: Receive, send: Send, claimed: tuple[int, int] | None
+    ) -> None:
+        """A restore runs on the node owning the tenant it makes: the body's `as` when it names
+        one (then the source's backups may be another node's: router.backups_api gathers them),
+        else the path's tenant."""
+        try:
+            body = await Body.read(receive, self.forwarder.config.replay_bytes)
+        except ClientGone:
+            return
+        tenant = _restore_target(body.held) or tenant_of(scope, self.base_domain)
+        if tenant is None or not is_name(tenant):
+            await self.app(scope, body.replay(), send)  # the route's own 400
+        elif claimed is None:
+            await self._http(scope, receive, send, tenant, body)
+        elif claimed[0] != self.placement.locate(tenant).slot:  # routed by another rule: not ours
+            await self._misdirected(claimed, scope, receive, send)
+        else:
+            await self._serve(scope, receive, send, tenant, body)
+
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, tenant: str, body: Body | None
     ) -> None:
         """Serve a request for `tenant` here (this node owns its slot); `body`: as in `_http`."""
         nowhere: set[str] = set()
-        if scope["method"] == "POST" and RESTORE_PATH.match(scope["path"]):
-            if body is None:
-                try:
-                    body = await Body.read(receive, self.forwarder.config.replay_bytes)
-                except ClientGone:
-                    return
-            target = _restore_target(body.held)
-            if target is not None:
-                where = self.placement.locate(target)
-                if not self._here(where):
-                    await refusal(scope, RestoreTargetElsewhere.of(tenant, target, where))(
-                        scope, receive, send
-                    )
-                    return
-                if (slow := await self._arrive(target, nowhere)) is not None:
-                    await refusal(scope, slow)(scope, receive, send)
-                    return
-        if (slow := await self._arrive(tenant, nowhere)) is not None:
-            await refusal(scope, slow)(scope, receive, send)
-            return
+        opening = [tenant]
+        source = tenant_of(scope, self.base_domain)
+        if (
+            RESTORE_PATH.match(scope["path"])
+            and source != tenant
+            and is_name(source)
+            and self._here(self.placement.locate(source))
+        ):  # restored `as` tenant: a source handed here is opened (restored) first, as in place
+            opening.append(source)
+        for each in opening:
+            if (slow := await self._arrive(each, nowhere)) is not None:
+                await refusal(scope, slow)(scope, receive, send)
+                return
         with contextlib.ExitStack() as known:  # the route's own open does not read the replica again
             for absent in nowhere:
                 known.enter_context(looked_up(absent))
@@ -266,9 +283,8 @@ class ClusterProxy:
                 if hello is None:
                     await self.websockets.deny_raw(scope, receive, send, answer)
                 else:
-                    await send(
-                        {"type": "websocket.close", "code": 1011, "reason": f"owner refused: {answer.status}"}
-                    )
+                    reason = close_reason("owner_refused", f"the tenant's node answered {answer.status}")
+                    await send({"type": "websocket.close", "code": 1011, "reason": reason})
                 return
             if upstream is not None:
                 if hello is None:
@@ -281,7 +297,7 @@ class ClusterProxy:
         if hello is None:
             await self.websockets.deny(scope, receive, send, error)
         else:
-            await send({"type": "websocket.close", "code": 1013, "reason": close_reason(error)})
+            await send({"type": "websocket.close", "code": 1013, "reason": error_reason(error)})
 
 
 def refusal(scope: Scope, error: SqlfleetError) -> Response:
@@ -293,20 +309,6 @@ def refusal(scope: Scope, error: SqlfleetError) -> Response:
     if any(route.matches(scope)[0] is not Match.NONE for route in HRANA_ROUTES):
         return error_response(error)
     return render(error)
-
-
-def close_reason(error: SqlfleetError) -> str:
-    """`error` as a WebSocket close reason: code and public message, cut at a word within the
-    123 bytes a close frame allows (RFC 6455 §5.5)."""
-    return cut_reason(f"{error.code}: {error.public().message}")
-
-
-def cut_reason(reason: str, limit: int = 123) -> str:
-    encoded = reason.encode()
-    if len(encoded) <= limit:
-        return reason
-    head = encoded[: limit - 3].decode(errors="ignore")
-    return (head.rsplit(" ", 1)[0] if " " in head else head).rstrip(" ,:;") + "..."
 
 
 def _label(scope: Scope) -> None:

@@ -13,7 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from backups.catalog import BackupCatalog, ChunkRow
 from cluster.slots import assignment, slot_of
+from ops.process import pause, resume
+from router.backups_api import _lent
 from tests.cluster.test_serving import Nodes, running_nodes
 from tests.support.etcd import running_etcd
 from tests.support.sse import subscribe
@@ -36,10 +39,10 @@ def owned_by(node: str, prefix: str, count: int = 1) -> list[str]:
     return found[:count]
 
 
-def made(nodes: Nodes, tenant: str, rows: int = 3) -> str:
-    """`tenant` created through n1 with a table of `rows` rows; a rw token for it."""
+def made(nodes: Nodes, tenant: str, rows: int = 3, group: str | None = None) -> str:
+    """`tenant` created through n1 (in `group`) with a table of `rows` rows; a rw token for it."""
     with nodes.servers["n1"].client() as http:
-        assert http.post("/v1/admin/tenants", json={"id": tenant}).status_code == 201
+        assert http.post("/v1/admin/tenants", json={"id": tenant, "group": group}).status_code == 201
         statements: list[dict[str, Any]] = [{"sql": "CREATE TABLE t (x)"}]
         statements += [{"sql": "INSERT INTO t VALUES (?)", "params": [n]} for n in range(rows)]
         r = http.post(f"/v1/tenants/{tenant}/batch", json={"statements": statements})
@@ -83,16 +86,101 @@ def test_backups_and_restores_of_the_other_nodes_tenant(nodes: Nodes) -> None:
         assert nodes.owner(twin) == "n2" and rows(nodes, "n1", twin) == [0, 1, 2]
 
 
-def test_a_restore_as_a_tenant_of_another_nodes_slot_is_refused_clearly(nodes: Nodes) -> None:
-    (tenant,), (elsewhere,) = owned_by("n2", "ra"), owned_by("n1", "ra-other")
-    made(nodes, tenant)
+def test_a_restore_as_a_tenant_of_the_other_nodes_slot_runs_on_that_node(nodes: Nodes) -> None:
+    """Only a slot's owner makes a tenant in it: n2's tenant restored `as` ids of n1's slots runs
+    on n1 through either node, from n2's backups (lent to n1's catalog for the restore only), to
+    a past moment and to the latest; the source is untouched. An id that exists is refused and a
+    source no node has backups of is not found, as on a single server."""
+    (tenant,), twins = owned_by("n2", "ra"), owned_by("n1", "ra-other", 3)
+    with nodes.servers["n1"].client(timeout=60) as http:
+        assert http.post("/v1/admin/groups", json={"name": "ra-shop"}).status_code == 201
+    made(nodes, tenant, group="ra-shop")
+    with nodes.servers["n2"].client(timeout=60) as http:
+        verified = http.post(f"/v1/admin/tenants/{tenant}/backups/verify")
+        assert verified.status_code == 200 and verified.json()["ok"], verified.text
+        middle = verified.json()["restored_to"]
+        time.sleep(0.05)
+        r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "INSERT INTO t VALUES (3)"})
+        assert r.status_code == 200, r.text
+    for via, twin, stamp in (("n1", twins[0], middle), ("n2", twins[1], "latest")):
+        with nodes.servers[via].client(timeout=60) as http:
+            r = http.post(f"/v1/admin/tenants/{tenant}/restore", json={"timestamp": stamp, "as": twin})
+        assert r.status_code == 200 and r.json()["tenant"] == twin, r.text
+        assert nodes.owner(twin) == "n1"
+        with nodes.servers["n1"].client() as http:  # a fork keeps its group, as on a single server
+            assert http.get(f"/v1/admin/tenants/{twin}").json()["group"] == "ra-shop"
+    assert rows(nodes, "n2", twins[0]) == [0, 1, 2] and rows(nodes, "n1", twins[1]) == [0, 1, 2, 3]
+    assert nodes.owner(tenant) == "n2" and rows(nodes, "n1", tenant) == [0, 1, 2, 3]
+    with nodes.servers["n1"].client() as http:  # lent, then taken back: n2's history stays n2's
+        assert http.get(f"/v1/admin/backups/tenants/{tenant}").json() == {"tenant": tenant, "rows": []}
+    (nowhere,) = owned_by("n2", "ra-nowhere")
     for via in ("n1", "n2"):
         with nodes.servers[via].client(timeout=60) as http:
-            r = http.post(f"/v1/admin/tenants/{tenant}/restore", json={"as": elsewhere})
-            assert r.status_code == 409, r.text
-            error = r.json()["error"]
-            assert error["code"] == "restore_target_elsewhere" and elsewhere in error["message"], error
-            assert http.get(f"/v1/admin/tenants/{elsewhere}").status_code == 404
+            r = http.post(f"/v1/admin/tenants/{tenant}/restore", json={"as": twins[0]})
+            assert r.status_code == 409 and r.json()["error"]["code"] == "tenant_exists", r.text
+            r = http.post(f"/v1/admin/tenants/{nowhere}/restore", json={"as": twins[2]})
+            assert r.status_code == 404 and r.json()["error"]["code"] == "tenant_not_found", r.text
+            assert http.get(f"/v1/admin/tenants/{twins[2]}").status_code == 404
+    assert rows(nodes, "n1", twins[0]) == [0, 1, 2]
+
+
+def test_rows_lent_for_a_restore_as_are_taken_back_and_the_catalogs_own_stay(tmp_path: Path) -> None:
+    """What n1 lends itself of n2's tenant for a restore `as` (router.backups_api._lent): rows it
+    had stay, the others go once the last of two overlapping restores is done."""
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    try:
+
+        def row(first: int, key: str) -> ChunkRow:
+            return ChunkRow(
+                "src", "g1", "frames", first, first + 1, 1.0, 2.0, 4096, key, 0, 10, ((first + 1, 2.0),)
+            )
+
+        own, theirs = row(1, "segments/n1/a"), row(3, "segments/n2/b")
+        catalog.add_rows([own])
+        with _lent(catalog, "src", [own, theirs]):
+            with _lent(catalog, "src", [own, theirs]):
+                assert catalog.chunks("src") == [own, theirs]
+            assert catalog.chunks("src") == [own, theirs]
+        assert catalog.chunks("src") == [own]
+    finally:
+        catalog.close()
+
+
+def test_a_restore_as_whose_source_owner_does_not_answer_is_a_503(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """n1 restores n2's tenant `as` an id of its own slot and cannot reach n2's backups: n2
+    paused (answered at the request's deadline, 1 s here), killed (at once), then gone from
+    the routing table once its lease (5 s here) ran out. Each is a 503 with Retry-After, and
+    nothing was made."""
+    root = tmp_path_factory.mktemp("restore-as-silent")
+    with running_etcd(1) as etcd, running_nodes(etcd, root, "--request-timeout", "1", ttl=5) as two:
+        (tenant,), (twin,) = owned_by("n2", "silent"), owned_by("n1", "silent-twin")
+        made(two, tenant)
+        n1, n2 = two.servers["n1"], two.servers["n2"]
+
+        def restore_as() -> httpx.Response:
+            with n1.client(timeout=60) as http:
+                return http.post(f"/v1/admin/tenants/{tenant}/restore", json={"as": twin})
+
+        pause(n2.proc)
+        try:
+            started = time.monotonic()
+            r = restore_as()
+            waited = time.monotonic() - started
+        finally:
+            resume(n2.proc)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "node_unreachable", r.text
+        assert r.headers["retry-after"] == "1" and 1 <= waited < 4, (waited, r.text)
+        assert "within 1 s" in r.json()["error"]["message"], r.text
+        n2.kill9()
+        r = restore_as()
+        assert r.status_code == 503 and r.json()["error"]["code"] == "node_unreachable", r.text
+        wait_until(lambda: restore_as().json()["error"]["code"] == "slot_unowned", timeout=30)
+        r = restore_as()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        with n1.client() as http:
+            assert http.get(f"/v1/admin/tenants/{twin}").status_code == 404
 
 
 def test_export_dump_and_a_large_import_of_the_other_nodes_tenant(nodes: Nodes, tmp_path: Path) -> None:

@@ -362,7 +362,11 @@ def test_a_tenant_the_owner_lacks_is_opened_there_before_it_is_served(cluster: C
     assert cluster.seen["b"].arrived == ["t1", "t1"]  # there now: not opened again
 
 
-def test_a_restore_as_a_tenant_of_another_nodes_slot_is_refused(cluster: Cluster) -> None:
+def test_a_restore_as_a_new_id_runs_on_the_node_owning_the_new_ids_slot(cluster: Cluster) -> None:
+    """Only the owner of a slot creates a tenant in it: a restore `as` t2 (a's) of t1 (b's) goes
+    to a through either node, with t2's slot in its header; t1 is not opened on a (its slot is
+    b's: its backups are gathered from b there, router.backups_api). A restore in place, or `as`
+    a tenant of the source's node, goes to the source's owner as before."""
     for table in (cluster.a, cluster.b):
         table.believed["t2"] = (8, 6, "a")  # a's
         table.believed["t3"] = (9, 5, "b")  # b's, as t1 is
@@ -370,14 +374,27 @@ def test_a_restore_as_a_tenant_of_another_nodes_slot_is_refused(cluster: Cluster
     cluster.b.mine.add((9, 5))
     for url in (cluster.url_a, cluster.url_b):
         r = httpx.post(f"{url}/v1/admin/tenants/t1/restore", json={"as": "t2"})
-        assert r.status_code == 409, r.text
-        error = r.json()["error"]
-        assert error["code"] == "restore_target_elsewhere" and "'t2'" in error["message"], error
+        assert r.status_code == 200 and r.json()["node"] == "a", r.text
+        assert r.json()["tenant"] == "t1" and json.loads(r.json()["body"]) == {"as": "t2"}, r.text
+        assert r.json()["slot"] == (None if url == cluster.url_a else "8:6"), r.text
+    assert cluster.seen["a"].arrived == ["t2", "t2"] and cluster.seen["b"].arrived == []
     r = httpx.post(f"{cluster.url_a}/v1/admin/tenants/t1/restore", json={"as": "t3"})
     assert r.json()["node"] == "b" and json.loads(r.json()["body"]) == {"as": "t3"}
-    assert "t3" in cluster.seen["b"].arrived  # a handed-over t3 is there first: the restore says 409
-    r = httpx.post(f"{cluster.url_a}/v1/admin/tenants/t1/restore", json={"timestamp": "latest"})
-    assert r.json()["node"] == "b"
+    assert cluster.seen["b"].arrived == ["t3", "t1"]  # a handed-over t3 is there first: the restore says 409
+    for body in ({"timestamp": "latest"}, {"as": None}, {"as": "BAD!"}):  # the owner's route answers
+        r = httpx.post(f"{cluster.url_a}/v1/admin/tenants/t1/restore", json=body)
+        assert r.json()["node"] == "b" and json.loads(r.json()["body"]) == body, r.text
+
+
+def test_a_forwarded_restore_as_is_served_only_under_the_new_ids_slot(cluster: Cluster) -> None:
+    """A restore `as` t2 forwarded under t1's slot (routed by the source, as before this rule)
+    would make t2 on a node not owning its slot: 421, the forwarder reads the owner again."""
+    cluster.b.believed["t2"] = (8, 6, "a")
+    r = httpx.post(
+        f"{cluster.url_b}/v1/admin/tenants/t1/restore", json={"as": "t2"}, headers={SLOT_HEADER: "7:5"}
+    )
+    assert r.status_code == 421 and r.json()["error"]["code"] == "misdirected_request", r.text
+    assert cluster.seen["b"].arrived == []
 
 
 def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
@@ -665,14 +682,15 @@ def test_the_proxys_own_errors_take_the_hrana_shape_on_hrana_routes(cluster: Clu
 
 
 def test_answers_made_before_routing_are_labelled_with_their_route(cluster: Cluster) -> None:
-    """Finding 10 (issue 17, second round): the owner's 421, restore_target_elsewhere and the
-    bounded opening 503 are counted under their route, not `unmatched`."""
-    cluster.b.believed["t2"] = (8, 6, "a")
+    """Finding 10 (issue 17, second round): the owner's 421, a restore's refusal before routing
+    (its new id's slot unowned) and the bounded opening 503 are counted under their route, not
+    `unmatched`."""
+    cluster.b.believed["t2"] = (8, 0, None)
     cluster.b.believed["hung"] = (9, 5, "b")
     cluster.b.mine.add((9, 5))
     cluster.seen["b"].hung.add("hung")
     assert httpx.post(f"{cluster.url_b}/v1/tenants/t1/query", headers={SLOT_HEADER: "7:4"}).status_code == 421
-    assert httpx.post(f"{cluster.url_b}/v1/admin/tenants/t1/restore", json={"as": "t2"}).status_code == 409
+    assert httpx.post(f"{cluster.url_b}/v1/admin/tenants/t1/restore", json={"as": "t2"}).status_code == 503
     assert httpx.post(f"{cluster.url_b}/v1/tenants/hung/query", timeout=10).status_code == 503
     assert cluster.routes["b"] == [
         "/v1/tenants/{tenant}/query",

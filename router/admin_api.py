@@ -78,6 +78,10 @@ async def create_tenant(request: Request) -> JSONResponse:
     await refuse_handed_over(request, tenant)
     request.scope[ACK_TENANTS] = (tenant,)  # ack=replica: the 201 waits for it to ship
     row = await c.blocking(c.fleet.create, tenant, group)
+    if c.backups is not None:  # and for its identity, which reaches the replica in the fleet
+        # metadata: a takeover gives a dead node's tenants the identities published there
+        what, again = f"the creation of tenant {tenant!r}", "look at the tenant (GET) before retrying"
+        await c.blocking(c.backups.metadata_acked, what, again, c.config.request_timeout)
     return JSONResponse(_info(c, row), status_code=201)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backups import fleet_doc
 from tests.backups.test_ack import NEVER, insert, make, s3_settings, shipper, unshipped
 from tests.support.app import ADMIN, in_process
 from tests.support.backups import restore_ok
@@ -35,6 +36,25 @@ def test_admin_writes_answer_once_in_the_replica(tmp_path: Path) -> None:
         assert app.client.delete("/v1/admin/tenants/a", headers=ADMIN).status_code == 204
         ledger = shipper(app).ledger
         assert not ledger.deletion_pending("a") and not unshipped(app, "a")
+
+
+def test_a_create_answers_once_its_identity_is_in_the_replica(tmp_path: Path) -> None:
+    """Under ack=replica a tenant created just before its node died kept its data through a
+    takeover but not its identity (its tokens failed): the 201 waits for the fleet metadata
+    round that carries the identity too."""
+    settings = {"replica_url": str(tmp_path / "replica"), "backup_flush_interval": NEVER, "ack": "replica"}
+    with in_process(tmp_path / "data", **settings) as app:
+        r = app.client.post("/v1/admin/tenants", json={"id": "a"}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        backups = app.server.backups
+        assert backups is not None
+        published = fleet_doc.read_namespace(backups.replica, backups.meta.server).records
+        row = app.server.fleet.catalog.get("a")
+        assert row is not None and "a" in published, published
+        assert (published["a"].incarnation, published["a"].token_generation) == (
+            row.incarnation,
+            row.token_generation,
+        )
 
 
 def test_admin_writes_answer_503_while_the_replica_is_down(

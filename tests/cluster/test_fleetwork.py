@@ -23,7 +23,9 @@ from tests.support.server import ServerProcess, start_server
 from tests.support.waiting import wait_until
 
 TENANTS = [f"shop-{n}" for n in range(16)]
-# per tenant ~0.07 s of work per 400,000 rows here, so a rollout is still running when a test acts
+# ~0.37 s of work per tenant here (2,000,000 rows), so a rollout is still running when a test
+# acts, and a node's part of ~8 tenants is seen midway by several progress writes (0.5 s apart;
+# with 400,000 rows a part could finish between two writes on a fast machine)
 SLOW = (
     "CREATE TABLE {name} AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c"
     " WHERE x < {rows}) SELECT count(*) AS n FROM c"
@@ -185,8 +187,8 @@ def test_a_migration_added_through_the_other_node_and_a_rollout_through_either(f
         assert fleet.columns("n1", tenant, "items") == ["id", "name", "price"]
 
 
-def _start_slow(fleet: Fleet, via: str, name: str, rows: int = 400_000, **options: Any) -> str:
-    sql = SLOW.format(name=name, rows=rows)
+def _start_slow(fleet: Fleet, via: str, name: str, **options: Any) -> str:
+    sql = SLOW.format(name=name, rows=2_000_000)
     with fleet.http(via) as http:
         r = http.post("/v1/admin/groups/shop/migrations", json={"name": name, "sql": sql})
         assert r.status_code == 201, r.text
@@ -194,6 +196,16 @@ def _start_slow(fleet: Fleet, via: str, name: str, rows: int = 400_000, **option
         assert r.status_code == 202, r.text
     rollout_id: str = r.json()["id"]
     return rollout_id
+
+
+def _wait_midway(fleet: Fleet, rollout_id: str, node: str) -> None:
+    """Until `node`'s part of the rollout is seen running with some but not all tenants migrated."""
+
+    def midway() -> bool:
+        part = fleet.rollout("n1", rollout_id)["nodes"].get(node, {})
+        return bool(part.get("state") == "running" and 0 < part["migrated"] < part["total"])
+
+    wait_until(midway, timeout=30, interval=0.02)
 
 
 def test_stop_and_resume_through_the_other_node(fleet: Fleet) -> None:
@@ -309,12 +321,7 @@ def test_a_node_drained_mid_rollout_every_tenant_reaches_the_target(fleet: Fleet
 
 def test_a_node_killed_mid_rollout_every_tenant_reaches_the_target(fleet: Fleet) -> None:
     rollout_id = _start_slow(fleet, "n1", "slow_c")
-
-    def n2_midway() -> bool:
-        part = fleet.rollout("n1", rollout_id)["nodes"].get("n2", {})
-        return bool(part.get("state") == "running" and 0 < part["migrated"] < part["total"])
-
-    wait_until(n2_midway, timeout=30, interval=0.02)
+    _wait_midway(fleet, rollout_id, "n2")
     fleet.servers["n2"].kill9()
     fleet.restart("n2")  # with its data dir: it comes back, claims its slots, runs its part again
     snap = fleet.finished("n2", rollout_id, timeout=90)
@@ -327,15 +334,8 @@ def test_a_node_killed_mid_rollout_every_tenant_reaches_the_target(fleet: Fleet)
 def test_a_node_killed_for_good_mid_rollout_is_taken_over_and_every_tenant_reaches_the_target(
     fleet: Fleet,
 ) -> None:
-    # ~0.4 s per tenant: n2's part runs for seconds, several progress writes (0.5 s apart) see it
-    # midway even on a fast machine (with 0.07 s a part of 8 could finish between two writes)
-    rollout_id = _start_slow(fleet, "n1", "slow_d", rows=2_000_000)
-
-    def n2_midway() -> bool:
-        part = fleet.rollout("n1", rollout_id)["nodes"].get("n2", {})
-        return bool(part.get("state") == "running" and 0 < part["migrated"] < part["total"])
-
-    wait_until(n2_midway, timeout=30, interval=0.02)
+    rollout_id = _start_slow(fleet, "n1", "slow_d")
+    _wait_midway(fleet, rollout_id, "n2")
     fleet.servers["n2"].kill9()
     snap = fleet.finished("n1", rollout_id, timeout=120)  # lease TTL + grace, then n1 runs n2's share
     assert snap["state"] == "completed", snap

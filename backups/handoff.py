@@ -77,15 +77,16 @@ class Moved:
 @dataclass(frozen=True)
 class Manifest:
     """A manifest as listed: its key, its token, the slots it speaks for, and the listing's size
-    and time of the object (a retried handoff may write its key again: `Reader` tells them apart)."""
+    and time (seconds since the epoch) of the object (a retried handoff may write its key again:
+    `Reader` tells them apart)."""
 
     key: str
     token: int
     slots: frozenset[int]
-    stamp: tuple[int, str] = (0, "")
+    stamp: tuple[int, float] = (0, 0.0)
 
     @staticmethod
-    def parse(key: str, stamp: tuple[int, str] = (0, "")) -> Manifest | None:
+    def parse(key: str, stamp: tuple[int, float] = (0, 0.0)) -> Manifest | None:
         """The manifest at `key`, or None for a key no manifest has (a stray object)."""
         part, _, name = key.removeprefix(PREFIX).partition("/")
         token, _, mask = name.removesuffix(".json.zst").partition("-")
@@ -113,7 +114,7 @@ class Listing:
     @classmethod
     def of(cls, replica: SealedReplica, prefix: str = PREFIX) -> Listing:
         """What a LIST of `prefix` (default: every manifest) shows. Raises ReplicaError."""
-        found = (Manifest.parse(o.key, (o.size, o.modified.isoformat())) for o in replica.list(prefix))
+        found = (Manifest.parse(o.key, (o.size, o.modified.timestamp())) for o in replica.list(prefix))
         return cls(m for m in found if m is not None)
 
     @classmethod
@@ -171,7 +172,7 @@ class Reader:
 
     def __init__(self, replica: SealedReplica, keep: int = 4) -> None:
         self.replica, self._keep = replica, keep
-        self._bodies: OrderedDict[tuple[str, tuple[int, str]], dict[str, Any]] = OrderedDict()
+        self._bodies: OrderedDict[tuple[str, tuple[int, float]], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def entries(self, manifest: Manifest, slot: int) -> dict[str, Any]:
@@ -302,6 +303,16 @@ class Handoffs:
         assert self.slot_of is not None
         slot = self.slot_of(tenant)
         return self.reader.one(Listing.of_slot(self.replica, slot).newest(slot), slot, tenant)
+
+    def moved_at(self, tenant: str) -> float | None:
+        """When the newest manifest of `tenant`'s slot was written (the replica's clock, seconds
+        since the epoch), or None: a single server, or a slot that never moved. Raises
+        ReplicaError."""
+        if self.slot_of is None:
+            return None
+        slot = self.slot_of(tenant)
+        newest = Listing.of_slot(self.replica, slot).newest(slot)
+        return None if newest is None else newest.stamp[1]
 
     def names(self, tenant: str) -> bool:
         """Whether `tenant`, which this node has no row of, is taken all the same: the newest

@@ -58,6 +58,12 @@ def deleted_at(rows: list[ChunkRow]) -> float | None:
     return deleted if deleted is not None and deleted >= started else None
 
 
+def newest_event(rows: list[ChunkRow]) -> float:
+    """The time of the newest event `rows` hold (a commit, a snapshot, a deletion): seconds
+    since the epoch, 0.0 for none."""
+    return max((max(r.first_time, r.last_time) for r in rows), default=0.0)
+
+
 def plan(tenant: str, rows: list[ChunkRow], at: float) -> RestorePlan:
     """Raises NoRestorePoint when nothing was backed up at or before `at`, BackupBroken on a gap.
     Moments compare in whole microseconds (see `micros`)."""

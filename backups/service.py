@@ -498,7 +498,7 @@ class Backups(FleetHooks):
         for t in self.catalog.tenants():
             rows = self.catalog.chunks(t)
             if rows:  # else retention forgot it since the line above
-                known.append((t, restore.deleted_at(rows), max(max(r.first_time, r.last_time) for r in rows)))
+                known.append((t, restore.deleted_at(rows), restore.newest_event(rows)))
         return known
 
     @staticmethod
@@ -507,12 +507,24 @@ class Backups(FleetHooks):
 
     def recover(self, tenant_id: str) -> bool:
         """Restore a tenant that has backups but no catalog row (a lost disk, or a cluster node
-        handed it to this one), unless deleted."""
+        handed it to this one), unless deleted. In a cluster, this node's own rows of a tenant
+        the newest manifest of its slot does not name count only if they are newer than that
+        manifest: older ones are history from before the slot last came here (this node owned it
+        once), and the node that gave it back deleted the tenant since (its tombstone is in that
+        node's catalog, not here)."""
         moved = self.handoffs.adopt(tenant_id)
         rows = self.catalog.chunks(tenant_id)
         if not rows or self._deleted(rows) or self.shipper.deletion_pending(tenant_id):
             return False
         if moved is None:
+            since = self.handoffs.moved_at(tenant_id)
+            if since is not None and restore.newest_event(rows) < since:
+                log.info(
+                    "tenant %s: this node's backups of it predate the last move of its slot, whose"
+                    " manifest does not name it (deleted elsewhere): not restored",
+                    tenant_id,
+                )
+                return False
             log.warning("tenant %s is missing locally but in the bucket: restoring it", tenant_id)
         self.restore(tenant_id, time.time(), as_tenant=tenant_id, record=moved.record if moved else None)
         return True

@@ -18,7 +18,7 @@ from backups.sealed_replica import SealedReplica
 from cluster.slots import slot_of
 from tenants.catalog import Catalog
 from tests.support.app import ADMIN, in_process
-from tests.support.backups import make, write
+from tests.support.backups import make, values, write
 
 
 def _row(tenant: str, lsn: int, kind: str = "frames") -> ChunkRow:
@@ -222,3 +222,30 @@ def test_an_id_named_in_its_slots_newest_manifest_is_taken_even_if_its_restore_f
         assert app.server.fleet.catalog.get("k1") is None
         for free in ("k2", "k3"):
             assert app.create(free)["id"] == free
+
+
+def test_a_tenant_deleted_while_its_slot_was_away_stays_deleted_when_the_slot_comes_back(
+    tmp_path: Path,
+) -> None:
+    """Issue 17, a newcomer's finding: this node's rows of a tenant from when it owned the slot
+    before (it gave the slot away, the next owner deleted the tenant and gave the slot back, its
+    manifest naming the tenant no more) brought the tenant back, stale, on its first request.
+    Rows newer than the slot's newest manifest still count: a tenant created after the slot came,
+    its local copy lost since, is restored."""
+    with in_process(tmp_path / "data") as app:
+        backups, fleet = app.server.backups, app.server.fleet
+        assert backups is not None
+        backups.handoffs.slot_of = slot_of
+        make(app, "acme", 1)
+        slot = slot_of("acme")
+        fleet.let_go(["acme"], lambda _: backups.handoffs.hand_off({slot: 10}, {slot: ["acme"]}))
+        put_range(backups.replica, 20, {slot: []})  # deleted there, the slot given back
+        assert not backups.recover("acme")
+        assert not fleet.exists("acme")
+
+        put_range(backups.replica, 30, {slot_of("later"): []})  # the slot came here
+        make(app, "later", 1, 2)
+        backups.flush()
+        fleet.let_go(["later"], lambda _: None)  # its local copy lost
+        assert backups.recover("later")
+        assert values(app, "later") == [1, 2]

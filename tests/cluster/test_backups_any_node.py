@@ -80,6 +80,57 @@ def test_every_nodes_restorable_tenants_and_an_undelete_after_the_slot_moved(nod
             nodes.settled(("n1", "n2"))
 
 
+def _drain(nodes: Nodes, undo: bool = False) -> None:
+    with nodes.servers["n1"].client(timeout=60) as http:
+        r = (
+            http.delete("/v1/admin/cluster/nodes/n2/drain")
+            if undo
+            else http.post("/v1/admin/cluster/nodes/n2/drain")
+        )
+        assert r.status_code == 200, r.text
+    if undo:
+        nodes.settled(("n1", "n2"))
+    else:
+        wait_until(lambda: _all_slots(nodes, "n1"), timeout=90)
+
+
+def _insert(nodes: Nodes, tenant: str, value: int) -> None:
+    with nodes.servers["n1"].client() as http:
+        r = http.post(
+            f"/v1/tenants/{tenant}/query", json={"sql": "INSERT INTO t VALUES (?)", "params": [value]}
+        )
+        assert r.status_code == 200, r.text
+
+
+def test_a_tenant_deleted_while_its_slot_was_away_stays_deleted_and_undeletes_whole(nodes: Nodes) -> None:
+    """A newcomer's finding: n1 kept rows of a tenant from owning its slot once; the slot went
+    back to n2, which wrote more and deleted the tenant; when the slot came to n1 again, the
+    tenant's first request restored it from n1's stale rows (deleted, it was back, without its
+    last writes; an undelete then kept the stale copy). It stays deleted, and an undelete brings
+    back every write up to the deletion."""
+    (tenant,) = owned_by("n2", "away")
+    made(nodes, tenant)
+    try:
+        _drain(nodes)
+        _insert(nodes, tenant, 3)  # on n1
+        _drain(nodes, undo=True)
+        _insert(nodes, tenant, 4)  # on n2
+        with nodes.servers["n1"].client(timeout=60) as http:
+            assert http.delete(f"/v1/admin/tenants/{tenant}").status_code == 204
+        _drain(nodes)  # n1 again, with its rows of [0..3]
+        for via in ("n1", "n2"):
+            with nodes.servers[via].client(timeout=60) as http:
+                r = http.post(f"/v1/tenants/{tenant}/query", json={"sql": "SELECT x FROM t"})
+                assert r.status_code == 404, r.text
+                assert http.get(f"/v1/admin/tenants/{tenant}").status_code == 404
+        with nodes.servers["n2"].client(timeout=60) as http:
+            r = http.post(f"/v1/admin/tenants/{tenant}/restore", json={})
+        assert r.status_code == 200, r.text
+        assert rows(nodes, "n1", tenant) == [0, 1, 2, 3, 4]
+    finally:
+        _drain(nodes, undo=True)
+
+
 def test_restoring_a_tenant_no_node_has_backups_of_says_so(nodes: Nodes) -> None:
     for via in ("n1", "n2"):
         with nodes.servers[via].client(timeout=60) as http:

@@ -8,7 +8,7 @@ from typing import Protocol
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from router.errors import render
-from router.hrana.ws.close import close_reason
+from router.proxy.websocket import deny
 from tenants.errors import SqlfleetError
 
 
@@ -61,7 +61,8 @@ FENCED_OPEN = frozenset({"/readyz", "/metrics", "/v1/admin/cluster"})
 class FencedGate:
     """ASGI middleware, outside the cluster proxy: once the node is fenced, every request
     (proxied or not, HTTP or WebSocket) but `FENCED_OPEN` gets 503 `node_fenced` (a WebSocket
-    is closed with 1011), instead of answers from a view of the cluster that stopped changing."""
+    handshake too, in Hrana's error shape: router.proxy.websocket.deny), instead of answers from
+    a view of the cluster that stopped changing."""
 
     def __init__(self, app: ASGIApp, node: Fenced) -> None:
         self.app, self.node = app, node
@@ -74,8 +75,7 @@ class FencedGate:
         ):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
-            reason = close_reason(NodeFenced.code, "this node was fenced: use another node; restart this one")
-            await send({"type": "websocket.close", "code": 1011, "reason": reason})
+            await deny(scope, receive, send, NodeFenced(FENCED))
         else:
             await render(NodeFenced(FENCED))(scope, receive, send)
 

@@ -9,7 +9,15 @@ sending the hello on. Every frame then passes through unchanged, text as text an
 binary, until either side closes; the close code and reason pass through too. An owner that
 stops answering (its keepalive pings unanswered for about `answer_timeout`), drops the
 connection without a close frame, or loses its hold on the slot (the routing table says so: its
-lease ran out) gets the client's socket closed with 1011 and a reason saying so.
+lease ran out) gets the client's socket closed with 1011 and a reason saying so. But a slot that
+moves on while its owner lives (a drain, a join) is the owner's to close: its session answers
+what is in flight and closes 1012 `tenant_moved` (router.hrana.ws.session), which passes through
+as any close does; only an owner that has not closed MOVE_GRACE seconds after the routing table
+showed the slot gone is taken for lost.
+
+A handshake refused here (no owner, a 421, a fenced node: `deny`) gets an HTTP answer with a
+Hrana error body through the ASGI `websocket.http.response` extension, never a bare 403; a
+server without that extension gets the socket accepted and closed with a reason instead.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from websockets.typing import Subprotocol
 
 from router.hrana import codec_json, codec_protobuf
 from router.hrana.protocol import Error, Hello
-from router.hrana.ws.close import close_reason, fitted
+from router.hrana.ws.close import close_reason, error_reason, fitted
+from router.hrana.ws.endpoint import UNSUPPORTED
 from router.hrana.ws.versions import SUBPROTOCOLS, negotiate
 from router.proxy.errors import Misdirected
 from router.proxy.forward import HOP_BY_HOP, NOT_RELAYED, WATCH_SECONDS, target_path
@@ -60,6 +69,10 @@ OWNER_SILENT = close_reason(
     "outcome_unknown",
     "the node serving this tenant stopped answering: the last request may have taken effect; reconnect",
 )
+# A live owner closes a moved tenant's socket within ADMIT_SECONDS (router.hrana.ws.moves), once what is
+# in flight there is answered; one silent for this long after the routing table showed the slot
+# gone is taken for lost (its lease ran out, or it did not answer).
+MOVE_GRACE = 3.0
 OWNER_LOST = close_reason(
     "outcome_unknown",
     "the node serving this tenant lost its cluster lease: the last request may have taken effect; reconnect",
@@ -115,7 +128,8 @@ class WebSocketRelay:
         owner_lost: Callable[[], bool] = lambda: False,
     ) -> None:
         """Frames both ways until one side closes, or `owner_lost()` (polled) says the owner lost
-        its slot (the client's socket is then closed 1011); the client's is already accepted."""
+        its slot and the owner has not closed within MOVE_GRACE (the client's socket is then
+        closed 1011); the client's is already accepted."""
         if hello is not None:
             await upstream.send(hello.get("bytes") or hello.get("text") or "")
         down = asyncio.ensure_future(_downstream(upstream, send))
@@ -143,22 +157,43 @@ class WebSocketRelay:
                 await down
 
     async def deny(self, scope: Scope, receive: Receive, send: Send, error: SqlfleetError) -> None:
-        """Refuse the handshake with `error` as HTTP, in Hrana's error shape (every WebSocket here
-        speaks Hrana), or close 1013 without the denial extension."""
-        body = codec_json.encode_error(Error.of(error))
-        retry_after = str(error.detail.get("retry_after", 1)).encode()
-        headers = [(b"content-type", b"application/json"), (b"retry-after", retry_after)]
-        await self.deny_raw(scope, receive, send, Rejected(error.status, headers, body))
+        await deny(scope, receive, send, error)
 
     async def deny_raw(self, scope: Scope, receive: Receive, send: Send, answer: Rejected) -> None:
-        await receive()  # websocket.connect
-        if "websocket.http.response" in scope.get("extensions", {}):
-            headers = [(k, v) for k, v in answer.headers if k not in NOT_RELAYED and k != b"content-length"]
-            headers.append((b"content-length", str(len(answer.body)).encode()))
-            await send({"type": "websocket.http.response.start", "status": answer.status, "headers": headers})
-            await send({"type": "websocket.http.response.body", "body": answer.body, "more_body": False})
-        else:
-            await send({"type": "websocket.close", "code": 1013})
+        await deny_raw(scope, receive, send, answer)
+
+
+async def deny(scope: Scope, receive: Receive, send: Send, error: SqlfleetError) -> None:
+    """Refuse a WebSocket handshake (not yet accepted) with `error` as HTTP, in Hrana's error
+    shape (every WebSocket here speaks Hrana), with Retry-After (`deny_raw`)."""
+    body = codec_json.encode_error(Error.of(error))
+    retry_after = str(error.detail.get("retry_after", 1)).encode()
+    headers = [(b"content-type", b"application/json"), (b"retry-after", retry_after)]
+    closing = (1013 if error.status == 503 else 1008, error_reason(error))
+    await deny_raw(scope, receive, send, Rejected(error.status, headers, body), closing)
+
+
+async def deny_raw(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    answer: Rejected,
+    closing: tuple[int, str] | None = None,
+) -> None:
+    """Refuse a WebSocket handshake with the HTTP `answer`. A server without the denial
+    extension would turn a close before accepting into a bare 403 (read as an auth failure):
+    there the socket is accepted and closed with `closing` (code, reason), by default 1013 and
+    the answer's status."""
+    await receive()  # websocket.connect
+    if "websocket.http.response" in scope.get("extensions", {}):
+        headers = [(k, v) for k, v in answer.headers if k not in NOT_RELAYED and k != b"content-length"]
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+        await send({"type": "websocket.http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": answer.body, "more_body": False})
+        return
+    code, reason = closing or (1013, close_reason("refused", f"the handshake was answered {answer.status}"))
+    await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 async def accept_and_read_hello(scope: Scope, receive: Receive, send: Send) -> tuple[str, Message] | None:
@@ -166,10 +201,13 @@ async def accept_and_read_hello(scope: Scope, receive: Receive, send: Send) -> t
     the client's first message (its hello). None when the client offered nothing we speak (it
     was refused) or left first."""
     chosen = negotiate(scope.get("subprotocols") or [])
-    await receive()  # websocket.connect
-    if chosen is None:
-        await send({"type": "websocket.close", "code": 1002})
+    if chosen is None:  # as the Hrana endpoint answers it (router.hrana.ws.endpoint)
+        body = UNSUPPORTED.encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        closing = 1002, close_reason("PROTOCOL_ERROR", UNSUPPORTED)
+        await deny_raw(scope, receive, send, Rejected(400, headers, body), closing)
         return None
+    await receive()  # websocket.connect
     await send({"type": "websocket.accept", "subprotocol": chosen or None, "headers": []})
     message = await receive()
     if message["type"] != "websocket.receive":
@@ -223,9 +261,11 @@ async def _downstream(upstream: ClientConnection, send: Send) -> None:
 
 
 async def _watch(owner_lost: Callable[[], bool]) -> None:
-    """Returns once `owner_lost()` is true (polled)."""
+    """Returns MOVE_GRACE after `owner_lost()` (polled) is true: meanwhile frames go on both
+    ways, so a live owner's own close (a moved tenant's) passes through first."""
     while not owner_lost():
         await asyncio.sleep(WATCH_SECONDS)
+    await asyncio.sleep(MOVE_GRACE)
 
 
 async def _first(message: Awaitable[Message], *ends: asyncio.Future[None]) -> Message | None:

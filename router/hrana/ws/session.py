@@ -22,6 +22,11 @@ closes (HRANA_3_SPEC.md, "Hrana over WebSocket").
 - Each message read, and each request's work, is tracked (router.request_writes) in the task
   that sends its response: under `ack = replica` a refused response says whether it wrote.
 - Close reasons: a code-like word first, fitted into a close frame (router.hrana.ws.close).
+- In a cluster (the fleet has an `admit` hook), a session whose tenant this node stops serving
+  (its slot moved: a drain, a join; the node lost its lease or was fenced) stops reading, lets
+  the requests in flight answer (within `request_timeout`), and closes with 1012 (service
+  restart) and `tenant_moved: ...`: the client reconnects, through any node, to the new owner.
+  Checked every few tenths of a second (router.hrana.ws.moves), so an idle connection too.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from router.hrana.ws.close import close_reason, error_reason, fitted
 from router.hrana.ws.cursor import CursorClosed, WsCursor
 from router.hrana.ws.hello import Identity, authenticate, expired
 from router.hrana.ws.lane import Lane
+from router.hrana.ws.moves import moved
 from router.hrana.ws.stored_sql import StoredSql
 from router.hrana.ws.stream import SocketStream
 from router.hrana.ws.versions import lacks
@@ -119,6 +125,7 @@ class Session:
         self._fatal: Close | None = None
         self._gone = False
         self._tasks: TaskGroup | None = None
+        self._moved: Close | None = None
 
     async def serve(self) -> None:
         """Until the connection ends; then every stream is rolled back and let go. Never raises
@@ -128,7 +135,7 @@ class Session:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 with contextlib.suppress(_Gone):
-                    close = await self._read()
+                    close = await self._read_while_admitted()
                 self._stop()
         except Exception:
             log.exception("hrana websocket of tenant %s failed", self.tenant)
@@ -141,6 +148,34 @@ class Session:
             await self._close(*close)
 
     # -- reading ---------------------------------------------------------------------------------
+
+    async def _read_while_admitted(self) -> Close | None:
+        """`_read`, until this node stops serving the tenant (see the module's doc): then the
+        requests in flight are answered, and the connection is to close as moved."""
+        admit = self.c.fleet.admit
+        if admit is None:  # a single server serves every tenant for good
+            return await self._read()
+        assert self._tasks is not None
+        watching = anyio.CancelScope()
+        with anyio.CancelScope() as reading:
+            self._tasks.start_soon(self._watch_admission, admit, reading, watching)
+            close = await self._read()
+            watching.cancel()
+            return close
+        assert self._moved is not None  # only the watch cancels `reading` from outside
+        with anyio.move_on_after(self.c.config.request_timeout):
+            while self._in_flight:
+                self._room = anyio.Event()
+                await self._room.wait()
+        return self._moved
+
+    async def _watch_admission(
+        self, admit: Callable[[str], None], reading: anyio.CancelScope, watching: anyio.CancelScope
+    ) -> None:
+        """Cancels `reading` once `admit` refuses the tenant; ends with `watching`."""
+        with watching:
+            self._moved = await moved(admit, lambda: self.tenant)
+            reading.cancel()
 
     async def _read(self) -> Close | None:
         """Read and dispatch messages until the client leaves (None) or the connection must

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter, defaultdict
@@ -48,6 +49,7 @@ from backups.service import Backups
 from cluster.agent import Agent
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterError
+from cluster.routing import NodeInfo
 from cluster.slots import slot_of
 from ops.node_guard import (
     FENCED,
@@ -58,7 +60,7 @@ from ops.node_guard import (
     NotOwner,
     PeerUnreachable,
 )
-from router.proxy.forward import Forwarder, ProxyConfig, Unreachable
+from router.proxy.forward import WATCH_SECONDS, Forwarder, ProxyConfig, Unreachable
 from router.proxy.middleware import ClusterProxy
 from router.proxy.placement import Located
 from router.proxy.websocket import WebSocketRelay
@@ -85,6 +87,9 @@ ADOPT_POLL = 0.5
 MARKER_INTERVAL = 60.0
 # Seconds a release waits for the server being built before it fails (and is tried again).
 DRAIN_WAITS_FOR_START = 5.0
+# the longest Retry-After of a cluster-wide answer lacking a node without a lease: it may come back
+# sooner than its takeover
+GATHER_RETRY_CAP = 30
 
 
 class ClusterNode:
@@ -405,12 +410,27 @@ class ClusterNode:
         return shown
 
     async def gather(self, path: str, authorization: str, marker: str) -> list[dict[str, Any]]:
-        peers = [i.url for n, i in self.agent.routing.nodes().items() if n != self.config.node_id]
+        # a node holding slots without a lease cannot answer for its tenants until it is back or
+        # taken over: say so at once rather than leave them out or wait for its silence
+        departed = next(iter(self.agent.departed()), None)
+        if departed is not None:
+            raise lease_gone(self.agent, self.config.takeover_grace, departed)
+        peers = {n: i for n, i in self.agent.routing.nodes().items() if n != self.config.node_id}
         headers = {"Authorization": authorization, marker: "1"}
+
+        async def ask(node: str, info: NodeInfo) -> Any:
+            # as the proxy stops waiting for an owner that lost its slot: not past its lease
+            answer = asyncio.ensure_future(self.forwarder.get_json(info.url + path, headers))
+            try:
+                while not (await asyncio.wait((answer,), timeout=WATCH_SECONDS))[0]:
+                    if self.agent.routing.nodes().get(node) != info:
+                        raise lease_gone(self.agent, self.config.takeover_grace, node)
+                return answer.result()
+            finally:
+                answer.cancel()
+
         try:
-            return list(
-                await asyncio.gather(*(self.forwarder.get_json(url + path, headers) for url in peers))
-            )
+            return list(await asyncio.gather(*(ask(n, i) for n, i in peers.items())))
         except Unreachable as exc:
             raise PeerUnreachable(
                 f"a node did not answer, so the answer would be incomplete: {exc}", retry_after=1
@@ -495,3 +515,16 @@ class ClusterNode:
             with self._lock:
                 self._verifying = None
             return
+
+
+def lease_gone(agent: Agent, takeover_grace: float, node: str) -> PeerUnreachable:
+    """What a cluster-wide answer is while `node` holds slots without a lease: its tenants are
+    missing until it is back or taken over (Retry-After: the takeover's due time, capped)."""
+    lost = agent.routing.lost().get(node)
+    ago = 0.0 if lost is None else max(0.0, time.time() - lost.since)
+    left = max(0.0, takeover_grace - ago)
+    return PeerUnreachable(
+        f"node {node!r} lost its cluster lease, so its tenants are left out of the answer until it "
+        f"is back or taken over (due in {left:.0f} s): retry then",
+        retry_after=max(1, min(math.ceil(left), GATHER_RETRY_CAP)),
+    )

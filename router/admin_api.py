@@ -160,7 +160,7 @@ async def revoke_tokens(request: Request) -> JSONResponse:
     request.scope[ACK_SKIP] = True  # a write, but no commit of the tenant's: ack=replica waits below
     await c.blocking(c.fleet.revoke_tokens, tenant)
     if c.backups is not None:  # the revocation reaches the replica in the fleet metadata
-        what, again = f"the revocation of tenant {tenant!r}'s tokens", "revoke again shortly"
+        what, again = f"the revocation of the tokens of tenant {tenant!r}", "revoke again shortly"
         await c.blocking(c.backups.metadata_acked, what, again, c.config.request_timeout)
     return JSONResponse({"tenant": tenant, "revoked_at": format_time(time.time())})
 

@@ -111,8 +111,17 @@ def run_statement(
     before = conn.total_changes()
     charged = budget.used if budget is not None else 0
     cursor = conn.cursor()
-    tracer = _Tracer(stmt.sql, allow_tx, readonly_only=inline_budget is not None, budget=budget)
     in_transaction = not conn.get_autocommit()
+    # a transaction's end (a COMMIT; a ROLLBACK is told as one too) is a write only if the
+    # transaction holds one of `main` (perhaps of an earlier request on the same stream)
+    held_write = in_transaction and conn.txn_state("main") == apsw.SQLITE_TXN_WRITE
+    # inside a transaction, whether a statement wrote `main` is known once it ran (a TEMP-only
+    # write is none) unless its rows may leave while it runs (a sink): then, like a statement
+    # in autocommit, it is marked before it runs when it may write at all
+    deferred = in_transaction and sink is None
+    tracer = _Tracer(
+        stmt.sql, allow_tx, readonly_only=inline_budget is not None, budget=None if deferred else budget
+    )
     cursor.exec_trace = tracer
     sandbox.start_statement(limit, inline=inline_budget is not None)
     try:
@@ -140,8 +149,8 @@ def run_statement(
     finally:
         sandbox.end_statement()
         cursor.close(force=True)
-        if budget is not None and in_transaction and conn.get_autocommit():
-            budget.wrote = True  # it ended a transaction: a COMMIT (a ROLLBACK is told as one too)
+        if budget is not None and _wrote_main(conn, held_write, deferred and tracer.may_write):
+            budget.wrote = True
         if budget is not None and sys.exc_info()[0] is not None:
             budget.rewind(charged)  # failed: its rows are not kept
     changed = conn.total_changes() != before
@@ -239,6 +248,15 @@ def batch_steps(
     return results
 
 
+def _wrote_main(conn: apsw.Connection, held_write: bool, may_have_written: bool) -> bool:
+    """Whether a statement just run wrote or committed `main`: it ended a transaction that
+    held a write, or it may write (inside a transaction, its mark deferred) and the transaction
+    now holds one."""
+    if conn.get_autocommit():
+        return held_write
+    return may_have_written and conn.txn_state("main") == apsw.SQLITE_TXN_WRITE
+
+
 def _control(conn: apsw.Connection, sandbox: Sandbox, sql: str) -> None:
     try:
         conn.execute(sql)
@@ -251,19 +269,22 @@ def _control(conn: apsw.Connection, sandbox: Sandbox, sql: str) -> None:
 class _Tracer:
     """APSW's exec tracer for one run: refuses a second statement, transaction control unless
     allowed, and, for an inline run, any statement that would write (noted in `wrote`). A
-    statement that may write marks the request's `budget` before it runs (its rows may be sent
-    while it still runs)."""
+    statement that may write (noted in `may_write`) marks the request's `budget`, if given,
+    before it runs (its rows may be sent while it still runs)."""
 
     def __init__(self, sql: str, allow_tx: bool, readonly_only: bool, budget: Budget | None = None) -> None:
         self.sql, self.allow_tx, self.readonly_only = sql, allow_tx, readonly_only
         self.budget = budget
         self.calls = 0
         self.wrote = False
+        self.may_write = False
 
     def __call__(self, cursor: apsw.Cursor, first: str, bindings: object) -> bool:
         self.calls += 1
-        if self.budget is not None and not cursor.is_readonly:
-            self.budget.wrote = True
+        if not cursor.is_readonly:
+            self.may_write = True
+            if self.budget is not None:
+                self.budget.wrote = True
         if self.readonly_only and not cursor.is_readonly:
             self.wrote = True
             return False

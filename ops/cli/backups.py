@@ -189,6 +189,9 @@ def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool)
     missing = [t["id"] for t in listing if not t["exists"]]
     results, failed = _restore_each(client, missing, moment)
     present = len(listing) - len(missing)
+    # the server's token check covers every tenant its own catalog lacks (deleted ones, another
+    # node's): said only when something here was to be restored
+    warning = fleet["warning"] if missing else None
     if as_json:
         failures = [{"tenant": t, "error": e} for t, e in failed.items()]
         print_json(
@@ -198,15 +201,15 @@ def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool)
                 "already_present": present,
                 "groups": groups,
                 "tokens": fleet["tokens"],
-                "warning": fleet["warning"],
+                "warning": warning,
             }
         )
     elif missing:
         console().print(_restore_table(results, failed))
     if not as_json:
         click.echo(f"restored {len(results)} of {len(missing)} missing tenants ({present} already present)")
-    if fleet["warning"]:
-        err.print(Text.assemble(("Warning: ", "yellow"), fleet["warning"]))
+    if warning:
+        err.print(Text.assemble(("Warning: ", "yellow"), warning))
     if failed or groups["failed"]:
         what = [*(f"group {g}" for g in groups["failed"]), *failed]
         raise click.ClickException(
@@ -350,11 +353,12 @@ def rekey(client: AdminClient, as_json: bool, batch: int) -> None:
 @backups.command("tenants")
 @admin_command
 def tenants(client: AdminClient, as_json: bool) -> None:
-    """Tenants the bucket can restore, whether each exists on this server, and when the
-    deleted ones were deleted: `sqlfleet restore TENANT --to latest` undeletes one (until the
-    deletion is older than the retention window); `restore --all` never does."""
+    """Tenants the bucket can restore, whether each exists (on the server; in a cluster, on the
+    node that owns it), and when the deleted ones were deleted: `sqlfleet restore TENANT --to
+    latest` undeletes one (until the deletion is older than the retention window); `restore
+    --all` never does."""
     listing = client.restorable_tenants(deleted=True)
-    table = Table("tenant", "on this server", "deleted")
+    table = Table("tenant", "exists", "deleted")  # in a cluster: on its owner, whichever node answered
     for t in listing:
         deleted = t.get("deleted")
         how = "restore TENANT --to latest" if deleted else "restore --all"

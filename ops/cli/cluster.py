@@ -27,22 +27,30 @@ def _status_table(status: ClusterStatus) -> Table:
             info["url"] or "?",
             info["slots"],
             "yes" if info["draining"] else "-",
-            node_state(info),
+            node_state(info, status.get("takeovers", {}).get(node)),
         )
         table.add_row(*(Text(str(c)) for c in cells))
     return table
 
 
-def node_state(info: ClusterNodeInfo) -> str:
+def node_state(info: ClusterNodeInfo, pending: str | None = None) -> str:
     """ "live", or for a node that holds slots without a lease e.g. "LEASE LOST 3 s ago, 5570
-    slots not served, takeover in 27 s" (`sqlfleet status` shows it too)."""
+    slots not served, takeover in 27 s" (`sqlfleet status` shows it too). `pending`: why its
+    takeover failed so far (the status's `takeovers`), if it did."""
     if info.get("state", "live") == "live":
         return "live"
     if info.get("state") == "fenced":  # the node answering was taken over (ops.node)
         return "FENCED (taken over): restart it"
     ago, due = info.get("lease_lost_ago_s"), info.get("takeover_in_s")
     when = "before this node started" if ago is None else f"{ago:g} s ago"
-    takeover = "" if due is None else f", takeover in {due:g} s" if due > 0 else ", takeover due"
+    if pending is not None:
+        takeover = f", takeover pending: {pending}"
+    elif due is None:
+        takeover = ""
+    elif due > 0:
+        takeover = f", takeover in {due:g} s"
+    else:  # the controller's attempt runs (it reads the replica) and has not failed yet
+        takeover = ", takeover under way"
     return f"LEASE LOST {when}, {info.get('assigned_slots', 0)} slots not served{takeover}"
 
 
@@ -63,9 +71,10 @@ def status(client: AdminClient, as_json: bool, tenant: str | None) -> None:
     """Every node: its URL, the slots it owns, whether it drains."""
     body = client.cluster_status(tenant)
     output(body, as_json, _status_table(body))
-    if not as_json:
+    if not as_json:  # a node the table does not show (its lease_lost entry went meanwhile)
         for node, reason in body.get("takeovers", {}).items():
-            console().print(Text(f"takeover of node {node} pending: {reason}"))
+            if node not in body["nodes"]:
+                console().print(Text(f"takeover of node {node} pending: {reason}"))
     where = body.get("tenant")
     if where is not None and not as_json:
         owner = where["owner"]["node"] if where["owner"] else "nobody right now"

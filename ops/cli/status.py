@@ -97,7 +97,8 @@ def render(state: dict[str, Any]) -> Table:
         for node, info in cluster["nodes"].items():
             draining = ", draining" if info["draining"] else ""
             if info.get("state", "live") != "live":
-                table.add_row("", f"{node} {info['url'] or '?'}: {node_state(info)}{draining}")
+                state_text = node_state(info, cluster.get("takeovers", {}).get(node))
+                table.add_row("", f"{node} {info['url'] or '?'}: {state_text}{draining}")
                 continue
             table.add_row("", f"{node} {info['url']}: {info['slots']} slots{draining}")
     return table

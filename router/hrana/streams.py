@@ -4,10 +4,11 @@ A stream is a tenant's connection state carried across HTTP requests. Contract:
 - A stream pins its tenant's handle (the pool never evicts it) from its first request until it
   is closed or expires. While a transaction is open it also holds the handle's lock, so other
   requests for that tenant wait (bounded by the pool's busy_timeout, then 503).
-- Batons are single-use: each names (stream id, sequence number) under an HMAC with a key made
-  per process, and each request advances the sequence. A baton is refused as BATON_INVALID
-  (forged, unknown, or another tenant's), BATON_REUSED (an old one, or the stream is in use),
-  or STREAM_EXPIRED.
+- Batons are single-use: each names (server tag, stream id, sequence number) under an HMAC with
+  a key made per process, and each request advances the sequence. A baton is refused as
+  BATON_INVALID (forged, unknown, another tenant's, or another server's: its tenant moved here
+  from another node, or the server restarted, so the stream is gone), BATON_REUSED (an old one,
+  or the stream is in use), or STREAM_EXPIRED.
 - A stream idle for `idle_timeout` expires: its transaction is rolled back, lock and pin let go.
 - Server work preempts a stream holding its tenant (delete, restore in place, migration,
   shutdown: see tenants.pool): the stream ends as if expired, and its next request hears
@@ -40,9 +41,15 @@ from tenants.pool import Handle, Pool
 
 log = logging.getLogger(__name__)
 
-_PAYLOAD = struct.Struct(">QQ")  # stream id, sequence number
+_PAYLOAD = struct.Struct(">8sQQ")  # the issuing server's tag, stream id, sequence number
 _MAC_BYTES = 16
 _MASK64 = (1 << 64) - 1
+# a well-formed baton of another process: a stream of a server that no longer serves its tenant
+# (the tenant moved here: a drain, a takeover) or was restarted; its transaction is gone
+FOREIGN_BATON = (
+    "the stream has ended because its tenant moved to another node (or the server restarted); "
+    "any transaction open on it was rolled back: open a new stream"
+)
 _TOMBSTONES = 10_000  # expired ids remembered, so a late client hears STREAM_EXPIRED
 
 
@@ -84,6 +91,8 @@ class Streams:
         self._pool, self._writable, self._before_use = pool, writable, before_use
         self.idle_timeout, self.max_per_tenant, self.max_total = idle_timeout, max_per_tenant, max_total
         self._key = secrets.token_bytes(32)
+        # in clear in each baton (under its MAC): a baton of another process is told from a forged one
+        self._tag = secrets.token_bytes(8)
         self._lock = threading.Lock()
         self._streams: dict[int, Stream] = {}
         self._per_tenant: dict[str, int] = {}
@@ -99,7 +108,7 @@ class Streams:
     # -- batons ----------------------------------------------------------------------------------
 
     def baton(self, stream: Stream) -> str:
-        payload = _PAYLOAD.pack(stream.id, stream.seq)
+        payload = _PAYLOAD.pack(self._tag, stream.id, stream.seq)
         mac = hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
         return base64.urlsafe_b64encode(payload + mac).decode("ascii").rstrip("=")
 
@@ -110,9 +119,13 @@ class Streams:
             raise BatonInvalid("the baton is not one this server issued") from None
         payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
         expected = hmac.digest(self._key, payload, "sha256")[:_MAC_BYTES]
-        if len(raw) != _PAYLOAD.size + _MAC_BYTES or not hmac.compare_digest(mac, expected):
+        if len(raw) != _PAYLOAD.size + _MAC_BYTES:
             raise BatonInvalid("the baton is not one this server issued")
-        stream_id, seq = _PAYLOAD.unpack(payload)
+        tag, stream_id, seq = _PAYLOAD.unpack(payload)
+        if tag != self._tag:
+            raise BatonInvalid(FOREIGN_BATON)
+        if not hmac.compare_digest(mac, expected):
+            raise BatonInvalid("the baton is not one this server issued")
         return stream_id, seq
 
     # -- registry (event loop) -------------------------------------------------------------------

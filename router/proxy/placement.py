@@ -62,7 +62,9 @@ class Placement(Protocol):
 
     async def gather(self, path: str, authorization: str, marker: str) -> list[dict[str, Any]]:
         """GET `path` (with its query) from every other live node with `authorization` and the
-        header `marker: 1`; their JSON answers. Raises an error (503) if one does not answer."""
+        header `marker: 1`; their JSON answers. Raises an error (503, Retry-After) if one does
+        not answer, and at once, naming it, when a node holds slots without a lease (before
+        asking, or as soon as one asked loses it): its tenants could not be in the answer."""
         ...
 
     def set_draining(self, node: str, draining: bool) -> None:

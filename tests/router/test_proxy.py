@@ -45,10 +45,10 @@ from ops.process import free_port
 from router.access_log import AccessLog
 from router.middleware import RequestObserver, route_template
 from router.proxy.arrivals import OPENING_THREADS, Arrivals
-from router.proxy.forward import Body, Forwarder, Lost, ProxyConfig, Unreachable
+from router.proxy.forward import WATCH_SECONDS, Body, Forwarder, Lost, ProxyConfig, Unreachable
 from router.proxy.middleware import ClusterProxy, ProxyParts
 from router.proxy.placement import SLOT_HEADER, Located, host_label, jwt_subject, tenant_of
-from router.proxy.websocket import WebSocketRelay
+from router.proxy.websocket import MOVE_GRACE, WebSocketRelay
 from tenants.catalog import Catalog
 
 
@@ -776,8 +776,36 @@ def test_a_relayed_websocket_is_closed_1011_once_its_owner_lost_its_slot(cluster
         assert ws.recv(5) == "b:/v1/tenants/t1:hi"
         cluster.a.believed["t1"] = (7, 0, None)
         with pytest.raises(ConnectionClosed):
-            ws.recv(5)
+            ws.recv(MOVE_GRACE + 10)  # an owner that has not closed it itself within the grace
         assert ws.close_code == 1011 and "lost its cluster lease" in (ws.close_reason or ""), ws.close_reason
+
+
+def test_a_relayed_websocket_whose_slot_moved_on_is_closed_by_its_owner_as_it_says(cluster: Cluster) -> None:
+    """Finding 4 (issue 17, session 4): a slot that moves on while its owner lives (a drain) is
+    the owner's to close (router.hrana.ws.session says the tenant moved): the proxy relays
+    frames and that close, instead of closing at once with "lost its cluster lease"."""
+    with ws_connect(cluster.url_a.replace("http", "ws") + "/v1/tenants/t1") as ws:
+        ws.send("hi")
+        assert ws.recv(5) == "b:/v1/tenants/t1:hi"
+        cluster.a.believed["t1"] = (7, 6, "a")  # moved on (here)
+        time.sleep(WATCH_SECONDS * 3)  # the proxy saw it (if not yet, this passes anyway)
+        ws.send("still there")
+        assert ws.recv(5) == "b:/v1/tenants/t1:still there"
+        ws.send("close please")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(5)
+        assert ws.close_code == 4001 and ws.close_reason == "asked to", ws.close_reason
+
+
+def test_a_root_websocket_offering_no_hrana_subprotocol_is_answered_400_naming_them(cluster: Cluster) -> None:
+    """Not closed before its accept (which a server turns into a bare 403): the Hrana
+    endpoint's own answer (router.hrana.ws.endpoint)."""
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(
+            cluster.url_a.replace("http", "ws") + "/", subprotocols=[Subprotocol("chat")], open_timeout=5
+        )
+    assert refused.value.response.status_code == 400
+    assert b"supported: hrana" in refused.value.response.body, refused.value.response.body
 
 
 def test_a_relayed_websocket_whose_owner_drops_it_is_closed_1011(cluster: Cluster) -> None:
@@ -851,7 +879,8 @@ def test_a_node_missing_from_a_gather_is_a_503_with_retry_after() -> None:
         agent=SimpleNamespace(
             routing=SimpleNamespace(
                 nodes=lambda: {"n2": SimpleNamespace(url=f"http://127.0.0.1:{free_port()}")}
-            )
+            ),
+            departed=lambda: {},
         ),
         config=SimpleNamespace(node_id="n1"),
         forwarder=Forwarder(CONFIG),

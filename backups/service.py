@@ -171,8 +171,9 @@ class Backups(FleetHooks):
             return
         if done.groups.restored or done.tenants_to_restore:
             log.warning(
-                "empty data dir: restored groups %s from the replica; %d tenants come back on first use "
-                "or with `sqlfleet restore --all`",
+                "empty data dir: restored groups %s from the replica; %d tenants of the backups are not"
+                " here: each comes back on its first use (in a cluster: on the node that owns its slot)"
+                " or with `sqlfleet restore --all`",
                 ", ".join(done.groups.restored) or "(none)",
                 done.tenants_to_restore,
             )

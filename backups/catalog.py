@@ -4,11 +4,12 @@ every chunk row from the segments' own indexes."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,12 @@ from backups.wal import Checksum
 from tenants.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
+
+
+def _chunk_key(row: ChunkRow) -> tuple[str, str, str, int, int]:
+    """A chunk row's primary key in the catalog (what `delete_chunks` matches)."""
+    return row.tenant, row.generation, row.kind, row.first_lsn, row.last_lsn
+
 
 _IN_BATCH = 500  # tenants in one `IN (...)` of chunks_of: well under SQLite's 32,766 parameters
 
@@ -108,6 +115,9 @@ class BackupCatalog:
         # Held by whoever deletes unreferenced segments (retention) or rewrites or re-reads them
         # (rekey, rebuild): a rekeyed copy is recorded before its chunks point at it.
         self.maintenance = threading.Lock()
+        # tenant -> (restores borrowing its rows, the rows lent): see `lent`
+        self._loans: dict[str, tuple[int, list[ChunkRow]]] = {}
+        self._loans_lock = threading.Lock()
         self._db = apsw.Connection(str(path))
         try:
             self._setup()
@@ -203,6 +213,33 @@ class BackupCatalog:
         """Whether no segment is recorded (a new catalog, or one whose segments all expired)."""
         with self._lock:
             return self._db.execute("SELECT 1 FROM segments LIMIT 1").fetchone() is None
+
+    @contextlib.contextmanager
+    def lent(self, tenant: str, rows: list[ChunkRow]) -> Iterator[None]:
+        """Those of `rows` (of `tenant`, another node's tenant) this catalog lacks, in it for the
+        block only (a cluster's restore `as`: router.backups_api). Kept, they would be a copy of
+        another node's history that goes stale: without the source's later deletion they would
+        list it here as restorable, and bring it back on first access once this node gains its
+        slot. Rows it had stay. Overlapping loans of one tenant share the rows; the last one out
+        takes them back."""
+        if not rows:
+            yield
+            return
+        with self._loans_lock:
+            borrowers, lent = self._loans.get(tenant, (0, []))
+            present = {_chunk_key(row) for row in self.chunks(tenant)}
+            more = [row for row in rows if _chunk_key(row) not in present]
+            self.add_rows(more)
+            self._loans[tenant] = (borrowers + 1, lent + more)
+        try:
+            yield
+        finally:
+            with self._loans_lock:
+                borrowers, lent = self._loans.pop(tenant)
+                if borrowers > 1:
+                    self._loans[tenant] = (borrowers - 1, lent)
+                else:  # their segments' rows, then unreferenced: forgotten by retention
+                    self.delete_chunks(lent)
 
     def delete_chunks(self, rows: Iterable[ChunkRow]) -> None:
         with self._lock, self._db:

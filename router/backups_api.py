@@ -8,7 +8,7 @@ tenant once, as the node knowing its latest event has it), and the restore of a 
 from its owner first adds to the owner's catalog the rows every other live node holds of it (an
 undelete through any node, wherever its slot went since). A restore `as` a new id runs on the
 new id's owner (router.proxy): when the source's slot is another node's, the rows every other
-live node holds of the source are lent to the catalog for that restore only (see `_lent`). Each
+live node holds of the source are lent to the catalog for that restore only (see `BackupCatalog.lent`). Each
 asks the other nodes as the cluster-wide tenant list does (`Placement.gather`: a node that does
 not answer, or not within the request's deadline, makes it a 503).
 """
@@ -16,19 +16,16 @@ not answer, or not within the request's deadline, makes it a 503).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from backups.catalog import BackupCatalog, ChunkRow
+from backups.catalog import ChunkRow
 from backups.fleet_doc import TenantRecord
 from backups.service import Backups, RestoreResult, parse_moment
 from router.ack_gate import ACK_SKIP, ACK_TENANTS
@@ -75,7 +72,7 @@ async def restore(request: Request) -> JSONResponse:
         await _known_elsewhere(request, c, backups, tenant)
 
     def restoring() -> RestoreResult:
-        with _lent(backups.catalog, tenant, lent):
+        with backups.catalog.lent(tenant, lent):
             return backups.restore(tenant, moment, target, record)
 
     result = await replica_work(request).run(
@@ -121,45 +118,6 @@ async def _held_elsewhere(
         )
     records = [TenantRecord.from_json(answer["record"]) for answer in answers if "record" in answer]
     return rows, max(records, key=lambda r: r.updated, default=None)
-
-
-_LOANS_LOCK = threading.Lock()
-# (catalog, tenant) -> (restores using them, rows lent): the last restore out takes them back
-_LOANS: dict[tuple[int, str], tuple[int, list[ChunkRow]]] = {}
-
-
-@contextlib.contextmanager
-def _lent(catalog: BackupCatalog, tenant: str, rows: list[ChunkRow]) -> Iterator[None]:
-    """Those of `rows` (of `tenant`, a tenant of another node's slot) that `catalog` lacks, in it
-    for the block only. Kept, they would be a copy of another node's history that goes stale:
-    without the source's later deletion, they would list it here as restorable, and bring it
-    back on first access once this node gains its slot (Backups.recover restores a tenant whose
-    rows it has and that is not deleted). Rows the catalog had stay. Thread-safe: restores of
-    one source that overlap share the loan."""
-    if not rows:
-        yield
-        return
-    key = (id(catalog), tenant)
-    with _LOANS_LOCK:
-        borrowers, lent = _LOANS.get(key, (0, []))
-        present = {_identity(row) for row in catalog.chunks(tenant)}
-        more = [row for row in rows if _identity(row) not in present]
-        catalog.add_rows(more)
-        _LOANS[key] = (borrowers + 1, lent + more)
-    try:
-        yield
-    finally:
-        with _LOANS_LOCK:
-            borrowers, lent = _LOANS.pop(key)
-            if borrowers > 1:
-                _LOANS[key] = (borrowers - 1, lent)
-            else:
-                catalog.delete_chunks(lent)  # its segments' rows, then unreferenced: forgotten by retention
-
-
-def _identity(row: ChunkRow) -> tuple[str, str, str, int, int]:
-    """A chunk row's key in the catalog (BackupCatalog.delete_chunks)."""
-    return row.tenant, row.generation, row.kind, row.first_lsn, row.last_lsn
 
 
 async def backup_rows(request: Request) -> JSONResponse:

@@ -16,7 +16,6 @@ import pytest
 from backups.catalog import BackupCatalog, ChunkRow
 from cluster.slots import assignment, slot_of
 from ops.process import pause, resume
-from router.backups_api import _lent
 from tests.cluster.test_serving import Nodes, running_nodes
 from tests.support.etcd import running_etcd
 from tests.support.sse import subscribe
@@ -125,7 +124,7 @@ def test_a_restore_as_a_tenant_of_the_other_nodes_slot_runs_on_that_node(nodes: 
 
 
 def test_rows_lent_for_a_restore_as_are_taken_back_and_the_catalogs_own_stay(tmp_path: Path) -> None:
-    """What n1 lends itself of n2's tenant for a restore `as` (router.backups_api._lent): rows it
+    """What n1 lends itself of n2's tenant for a restore `as` (BackupCatalog.lent): rows it
     had stay, the others go once the last of two overlapping restores is done."""
     catalog = BackupCatalog(tmp_path / "backups.db")
     try:
@@ -137,8 +136,8 @@ def test_rows_lent_for_a_restore_as_are_taken_back_and_the_catalogs_own_stay(tmp
 
         own, theirs = row(1, "segments/n1/a"), row(3, "segments/n2/b")
         catalog.add_rows([own])
-        with _lent(catalog, "src", [own, theirs]):
-            with _lent(catalog, "src", [own, theirs]):
+        with catalog.lent("src", [own, theirs]):
+            with catalog.lent("src", [own, theirs]):
                 assert catalog.chunks("src") == [own, theirs]
             assert catalog.chunks("src") == [own, theirs]
         assert catalog.chunks("src") == [own]

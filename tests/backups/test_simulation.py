@@ -17,6 +17,8 @@ the same run, step for step: `test_a_seed_replays_exactly`).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -76,3 +78,60 @@ def test_a_seed_replays_exactly(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == first
+
+
+def _devnull_fds() -> set[int]:
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == os.devnull:
+                found.add(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_run_closes_no_descriptor_of_the_test_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead process's descriptors are pointed at /dev/null and left to their holders, which
+    may outlive the run (a spool copy a dead process still held, collected later). A number
+    the run closed itself was reused by whoever opened next in this process, and then closed
+    under it by the holder: the next test's server got "disk I/O error" from its catalog."""
+    from tests.support.sim.disk import SimDisk
+
+    let_go_numbers: set[int] = set()
+    let_go = SimDisk.let_go
+
+    def recorded(disk: SimDisk) -> None:
+        before = _devnull_fds()
+        let_go(disk)
+        let_go_numbers.update(_devnull_fds() - before)
+
+    monkeypatch.setattr(SimDisk, "let_go", recorded)
+    innocents: dict[int, str] = {}
+    try:
+        # seeds whose dead processes left spool copies held past the end of the run
+        for seed in (23, 42, 117, 134, 204):
+            simulation = Simulation(seed, tmp_path / f"sim-{seed}", steps=STEPS)
+            simulation.run()
+            held = let_go_numbers & _devnull_fds()
+            if held:
+                break
+        assert held, "no let-go descriptor still held after the runs (closed by the run?)"
+        for fd in sorted(let_go_numbers - held):  # free after the run: taken by someone else
+            path = tmp_path / f"innocent-{fd}"
+            innocent = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            if innocent != fd:
+                os.dup2(innocent, fd)
+                os.close(innocent)
+            innocents[fd] = str(path)
+        del simulation
+        gc.collect()  # the holders go now, closing what they hold
+        for fd, name in innocents.items():
+            assert os.path.exists(f"/proc/self/fd/{fd}"), f"descriptor {fd} closed under its owner"
+            assert os.readlink(f"/proc/self/fd/{fd}") == name
+    finally:
+        for fd in innocents:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -38,20 +38,28 @@ def test_two_nodes_racing_for_slots_never_both_own_one(peers: Peers) -> None:
     first = a.owns()
     both: list[int] = []
     done = threading.Event()
+    move: list[tuple[Peer, Peer]] = [(b, a)]  # (giver, taker) of the move under way
 
     def watch() -> None:  # sample both nodes' views while the slots move
+        # The taker is read first, the giver second: a giver still holding a slot after the
+        # taker was seen with it held it at that moment too (no node takes a slot back within
+        # one move), so what is found is a real overlap; the other order would find a slot
+        # released and claimed between the two reads. A sample across two moves is dropped.
         while not done.is_set():
-            both.extend(
-                s
-                for s in slots
-                if a.ownership and b.ownership and a.ownership.owns(s) and b.ownership.owns(s)
-            )
+            current = move[0]
+            giver, taker = current
+            assert giver.ownership is not None and taker.ownership is not None
+            taken = [s for s in slots if taker.ownership.owns(s)]
+            held = [s for s in taken if giver.ownership.owns(s)]
+            if move[0] is current:
+                both.extend(held)
 
     sampler = threading.Thread(target=watch)
     sampler.start()
     try:
         for turn in range(4):  # back and forth: every move is a release by one and a claim by the other
-            winner = b if turn % 2 == 0 else a
+            winner, loser = (b, a) if turn % 2 == 0 else (a, b)
+            move[0] = (loser, winner)
             assign(peers, dict.fromkeys(slots, winner.id))
             wait_until(lambda w=winner: owned_all(w, slots), timeout=30)  # type: ignore[misc]
     finally:

@@ -158,7 +158,6 @@ class SimDisk:
         self._writes: dict[str, list[_Wrote | _Truncated]] = {}  # SQLite writes since the last sync
         self._unsynced: dict[str, int] = {}  # files written by Python: length at their last fsync
         self._dir_ops: dict[str, list[_DirOp]] = {}  # entry changes since the directory's fsync
-        self._let_go: list[int] = []  # descriptors of dead processes, pointed at /dev/null
 
     # -- the process ------------------------------------------------------------------------------
 
@@ -226,22 +225,24 @@ class SimDisk:
     def let_go(self) -> None:
         """The process died: whatever descriptor of its files is still open (one a crash cut
         off before its owner kept it, such as a lock taken and never recorded) goes, as the
-        kernel closes a dead process's. Each is pointed at /dev/null rather than closed, so an
-        object still holding the number cannot close someone else's file later; `close`
-        closes them. Its SQLite connections still open go first (`close_connections`), closed
-        while the process is dead, so closing them writes and deletes nothing."""
+        kernel closes a dead process's. Each is pointed at /dev/null, never closed here: only
+        its holder may close a number (when it is collected), or a later close by number would
+        hit whatever file or socket of this test process reused it meanwhile (a catalog of the
+        next test's server got EBADF as "disk I/O error"). One nobody holds stays open on
+        /dev/null until the test process ends: a few per crash. Its SQLite connections still
+        open go first (`close_connections`), closed while the process is dead, so closing them
+        writes and deletes nothing."""
         assert self.dead
         self.close_connections()
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
             path = _fd_path(fd)
-            if self.ours(path) and fd not in self._let_go:
+            if self.ours(path):  # one already let go points at /dev/null: not ours
                 assert path is not None
                 self.events.append(f"the dead process still had {self.rel(path)} open")
                 devnull = _real_os_open(os.devnull, os.O_RDWR)
                 os.dup2(devnull, fd)
                 os.close(devnull)
-                self._let_go.append(fd)
 
     def close_connections(self) -> None:
         """Close every SQLite connection still open on a file below the root: the process they
@@ -254,13 +255,6 @@ class SimDisk:
             with contextlib.suppress(Exception, SimCrash):
                 if self.ours(conn.filename):
                     conn.close(True)
-
-    def close(self) -> None:
-        """Close the descriptors `let_go` kept."""
-        for fd in self._let_go:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._let_go.clear()
 
     def revive(self) -> Image | None:
         """The process is gone: the next one may start. Returns the files as the crash left them."""

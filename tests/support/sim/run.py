@@ -248,7 +248,6 @@ class Simulation:
                     self.process.abandon()
                 _collect()
                 self.disk.close_connections()
-            self.disk.close()
             gc.unfreeze()
         return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()
 

@@ -380,10 +380,7 @@ class Pool:
         try:
             if handle.conn is not None:
                 self._run_before_close(handle)
-                try:
-                    handle.conn.close()
-                except apsw.Error:
-                    log.exception("closing tenant %s failed", handle.tenant_id)
+                _close_connection(handle)
         finally:
             handle.conn = None
             with self._lock:
@@ -435,6 +432,33 @@ class Pool:
             pending = list(self._closing.values())
         for closing in pending:
             closing.wait()
+
+
+# How long a close waits for a copy that reads the connection (an export's SQLite backup, kept
+# between its steps) to finish its current step elsewhere: a step is a bounded number of pages.
+_CLOSE_WAIT = 5.0
+_CLOSE_RETRY = 0.005
+
+
+def _close_connection(handle: Handle) -> None:
+    """Close the handle's connection. A backup reading it closes with it, but not while the
+    backup's own destination connection is in use in another thread (APSW raises
+    ThreadingViolationError then, even with force): that is waited out, up to _CLOSE_WAIT s.
+    An unclosed connection would keep the file's exclusive lock until garbage-collected."""
+    assert handle.conn is not None
+    deadline = time.monotonic() + _CLOSE_WAIT
+    while True:
+        try:
+            handle.conn.close()
+            return
+        except apsw.ThreadingViolationError:
+            if time.monotonic() >= deadline:
+                log.exception("closing tenant %s failed", handle.tenant_id)
+                return
+            time.sleep(_CLOSE_RETRY)
+        except apsw.Error:
+            log.exception("closing tenant %s failed", handle.tenant_id)
+            return
 
 
 def _reset_session(handle: Handle) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import apsw
 import pytest
 
 from tenants.errors import SqlError, SqlfleetError, TenantBusy, TenantNotFound
@@ -352,3 +353,41 @@ def test_a_latch_lets_every_waiter_through_once_set() -> None:
         waiter.join(10)
     assert latch.is_set() and sorted(passed) == [0, 1, 2]
     latch.wait()  # at once
+
+
+def test_a_close_waits_out_a_backup_whose_destination_is_busy_elsewhere(
+    make_fleet: MakeFleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export keeps an SQLite backup reading the tenant's connection between its steps; a
+    close (a discard, an eviction) while the backup's destination is in use in another thread
+    got ThreadingViolationError and left the connection open (the file locked)."""
+    fleet = make_fleet()
+    fleet.create("a")
+    fleet.execute("a", Statement("CREATE TABLE t(x)"))
+    dest = apsw.Connection(str(tmp_path / "copy.db"))
+    busy = threading.Event()
+
+    def nap() -> int:
+        busy.set()
+        time.sleep(0.3)
+        return 1
+
+    dest.create_scalar_function("nap", nap)
+    dest.execute("SELECT 1").fetchall()
+    with fleet.lease("a", readonly=True) as handle:
+        source = handle.conn
+        assert source is not None
+        backup = dest.backup("main", source, "main")
+    user = threading.Thread(target=lambda: dest.execute("SELECT nap()").fetchall())
+    user.start()
+    try:
+        busy.wait(5)
+        fleet.pool.discard("a")
+    finally:
+        user.join()
+    with pytest.raises(apsw.ConnectionClosedError):
+        source.execute("SELECT 1")
+    assert "closing tenant a failed" not in caplog.text
+    with pytest.raises(apsw.Error):
+        backup.step(1)
+    dest.close()

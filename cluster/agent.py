@@ -27,7 +27,8 @@ class Agent:
     `take_over(node, incarnations, slots, token)`: what the controller, on whichever node it
     runs, does in a thread of its own before it moves the slots of a node that departed
     `config.takeover_grace` seconds ago (cluster.controller); None: it just moves them;
-    `before_rejoin()`: whether to join again after losing the lease (cluster.membership)."""
+    `before_rejoin()`: whether to join again after losing the lease; `previous_process`: the
+    process incarnation the data dir last ran as (both cluster.membership)."""
 
     def __init__(
         self,
@@ -37,8 +38,14 @@ class Agent:
         on_lease_lost: Callable[[str], None] | None = None,
         take_over: TakeOver | None = None,
         before_rejoin: Callable[[], bool] | None = None,
+        previous_process: str | None = None,
     ) -> None:
-        self.node = Node(config, on_lease_lost=on_lease_lost, before_rejoin=before_rejoin)
+        self.node = Node(
+            config,
+            on_lease_lost=on_lease_lost,
+            before_rejoin=before_rejoin,
+            previous_process=previous_process,
+        )
         self.routing = RoutingTable(self.node)
         self.ownership = Ownership(self.node, before_release=before_release)
         self.controller = Controller(self.node, grace=config.takeover_grace, take_over=take_over)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from cluster.keys import Keyspace
 from tenants.errors import BadRequest
@@ -36,6 +37,9 @@ class ClusterConfig:
         for setting, value in (("node_id", self.node_id), ("cluster_name", self.name)):
             if not NAME.fullmatch(value):
                 raise BadRequest(f"{setting} must be 1-63 of [A-Za-z0-9._-], starting with a letter or digit")
+        for endpoint in self.endpoints:
+            _check_endpoint(endpoint)
+        _check_node_url(self.node_url)
         if self.lease_ttl < 1:
             raise BadRequest("cluster_lease_ttl must be at least 1")
         if self.takeover_grace < 0:
@@ -71,3 +75,43 @@ class ClusterConfig:
         """Seconds before the lease's expiry (counted from the keep-alive's send) at which the
         node stops serving: room for clock rate differences and a slow stop."""
         return min(1.0, self.lease_ttl / 5)
+
+
+def _check_node_url(url: str) -> None:
+    """Raise BadRequest unless `url` is http(s)://host[:port]: other nodes send requests to it,
+    and anything else would make a node that joins, gets slots, and cannot be reached."""
+    if not _is_origin(url, ("http", "https")):
+        raise BadRequest(f"node_url must be an http(s)://host[:port] URL, not {url!r}")
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """Raise BadRequest unless `endpoint` is http://host[:port] or host[:port] (the etcd client
+    speaks plain gRPC: https would not be what it does)."""
+    if not _is_origin(endpoint if "//" in endpoint else f"http://{endpoint}", ("http",)):
+        raise BadRequest(
+            "cluster_etcd: each etcd endpoint must be http://host[:port] or host[:port] (no TLS), "
+            f"not {endpoint!r}"
+        )
+
+
+def _is_origin(url: str, schemes: tuple[str, ...]) -> bool:
+    """Whether `url` is scheme://host[:port] with one of `schemes`: no user, path, query or
+    fragment, a port (if any) in 1-65535."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is no number in 0-65535
+    except ValueError:
+        return False
+    return not (
+        parts.scheme not in schemes
+        or not parts.hostname
+        or (port is None and parts.netloc.endswith(":"))
+        or port == 0
+        or "@" in parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "?" in url
+        or "#" in url
+        or any(c.isspace() for c in url)
+    )

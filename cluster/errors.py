@@ -41,6 +41,14 @@ class RevisionCompacted(ClusterError):
         self.compacted_revision = compacted_revision
 
 
+class NodeIdInUse(SqlfleetError):
+    """Another live node holds this node's id in etcd: joining would take its place (the server
+    does not start)."""
+
+    status = 409
+    code = "node_id_in_use"
+
+
 class NotServing(ClusterError):
     """This node cannot prove its lease alive (lost, or etcd unreachable): it serves no slot."""
 

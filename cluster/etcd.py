@@ -206,11 +206,14 @@ class Etcd:
 
     # -- watches -------------------------------------------------------------------------------
 
-    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncGenerator[list[Event], None]:
+    async def watch_prefix(
+        self, prefix: bytes, start_revision: int, on_created: Callable[[], None] | None = None
+    ) -> AsyncGenerator[list[Event], None]:
         """Every change under `prefix` from `start_revision` (inclusive) on, in revision order,
         one list per etcd response (a transaction's changes come together), until the stream
         breaks: EtcdUnavailable (watch again from the last event's revision + 1) or
-        RevisionCompacted (list again). Closing the generator cancels the watch.
+        RevisionCompacted (list again). Closing the generator cancels the watch. `on_created`
+        is called once etcd confirmed the watch (it is reachable again, for a quiet prefix too).
 
         A stream of its own on etcd's Watch RPC rather than aetcd's shared watcher: this way
         events arrive in batches, and a failed create reports compaction rather than a timeout."""
@@ -237,6 +240,8 @@ class Etcd:
                     raise RevisionCompacted(int(response.compact_revision))
                 if response.canceled:
                     raise EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason}")
+                if response.created and on_created is not None:
+                    on_created()
                 if response.events:
                     yield [_event(e) for e in response.events]
         finally:
@@ -270,14 +275,14 @@ async def _translated(awaitable: Awaitable[T]) -> T:
     except aetcd.RevisionCompactedError as e:
         raise RevisionCompacted(int(e.compacted_revision)) from e
     except (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError, aetcd.WatchTimeoutError) as e:
-        raise EtcdUnavailable(f"etcd unreachable: {e}") from e
+        raise EtcdUnavailable(f"no etcd member answered ({e})") from e
     except aetcd.ClientError as e:
         cause = e.__cause__
         if isinstance(cause, rpc.AioRpcError):
             raise _from_status(cause.code(), cause.details() or "") from e
         raise EtcdUnavailable(f"etcd: {e}") from e
     except (TimeoutError, ConnectionError) as e:
-        raise EtcdUnavailable(f"etcd unreachable: {e!r}") from e
+        raise EtcdUnavailable(f"no etcd member answered ({e!r})") from e
 
 
 def _from_status(code: Any, details: str) -> ClusterError:
@@ -287,7 +292,8 @@ def _from_status(code: Any, details: str) -> ClusterError:
         return EtcdRequestError(f"etcd refused the request: {details}")
     # unavailable, deadline exceeded, and what a busy or electing cluster answers with other
     # codes ("context deadline exceeded", "leader changed", "too many requests"): try again
-    return EtcdUnavailable(f"etcd unreachable: {details}")
+    # the cause alone: whoever logs it says "etcd unreachable" (cluster.membership), never twice
+    return EtcdUnavailable(f"etcd could not answer now ({details})")
 
 
 def _event(event: Any) -> Event:

@@ -9,6 +9,12 @@ alive until t + d (etcd counts from when it received it, later). The node serves
 `monotonic() < t + d - margin`; it does not wait for etcd to say the lease is gone. On a TTL of 0
 (the lease expired or was revoked) it stops at once, tells `on_lease_lost`, and joins again with
 a new lease, which is a new incarnation.
+
+One node id, one live node: `nodes/<id>` is created only where absent. A key held by this node's
+own previous life (its `process` is the one the data dir last ran as, and the data dir's lock,
+taken before joining, proves that process dead) is replaced at once; one held by anyone else is
+waited for at most two lease TTLs (a killed node's key goes with its lease), then the start is
+refused (NodeIdInUse): a second process with a live node's id must not take that node's place.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cluster.config import ClusterConfig
-from cluster.errors import ClusterError, EtcdUnavailable, LeaseNotFound, NotServing
-from cluster.kv import Put
+from cluster.errors import ClusterError, EtcdUnavailable, LeaseNotFound, NodeIdInUse, NotServing
+from cluster.kv import Compare, Get, KeyValue, Put
 from tenants.rfc3339 import format_time
 
 if TYPE_CHECKING:
@@ -36,6 +42,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REJOIN_CHECK = 5.0  # seconds `before_rejoin` may take
+# Seconds past the lease TTL a starting node waits for `nodes/<id>` held by another to vanish: a
+# killed holder's lease runs out within the TTL of its last keep-alive; etcd's expiry is not exact.
+ID_WAIT_MARGIN = 2.0
+ID_POLL = 0.25  # seconds between looks at a held `nodes/<id>`
 
 
 class Node:
@@ -47,7 +57,10 @@ class Node:
     `why_not_serving()`, `incarnation` and `valid_until` are safe to read from any thread.
     `on_lease_lost(reason)` runs on the cluster thread: keep it short, never block.
     `before_rejoin()` runs in a worker thread before the node joins again after losing its
-    lease: False keeps it out (the server's: another node took it over meanwhile)."""
+    lease: False keeps it out (the server's: another node took it over meanwhile).
+    `previous_process`: the process incarnation this node's data dir last ran as (read while
+    the data dir's lock proves that process dead), whose `nodes/<id>` `start()` replaces at once;
+    `start()` raises NodeIdInUse when another live node holds `nodes/<id>`."""
 
     def __init__(
         self,
@@ -56,6 +69,7 @@ class Node:
         on_lease_lost: Callable[[str], None] | None = None,
         before_rejoin: Callable[[], bool] | None = None,
         join_timeout: float | None = None,
+        previous_process: str | None = None,
     ) -> None:
         self.config = config
         self.keys = config.keys
@@ -63,6 +77,7 @@ class Node:
         self._on_lease_lost = on_lease_lost
         self._before_rejoin = before_rejoin
         self._join_timeout = config.join_timeout if join_timeout is None else join_timeout
+        self._previous_process = previous_process
         self.valid_until = 0.0
         self.incarnation: str | None = None
         # the incarnation of the first lease: this process's segments are written under it
@@ -119,9 +134,11 @@ class Node:
 
     def start(self) -> None:
         self._thread.start()
+        # on top of reaching etcd: the wait for a `nodes/<id>` held by another to vanish
+        budget = self._join_timeout + self.id_wait
         try:
             try:
-                self.call(asyncio.wait_for(self._join(), self._join_timeout), self._join_timeout + 5)
+                self.call(asyncio.wait_for(self._join(), budget), budget + 5)
             except TimeoutError:
                 raise EtcdUnavailable(
                     f"could not join through etcd at {', '.join(self.config.endpoints)} within "
@@ -151,6 +168,12 @@ class Node:
             self._loop.close()
 
     # -- the cluster loop ------------------------------------------------------------------------
+
+    @property
+    def id_wait(self) -> float:
+        """Seconds `start()` waits at most for `nodes/<id>` held by another to vanish: twice the
+        TTL and a margin (etcd expires leases late on a busy machine; a refusal may come late)."""
+        return 2 * self.config.lease_ttl + ID_WAIT_MARGIN
 
     @property
     def etcd(self) -> Etcd:
@@ -193,31 +216,45 @@ class Node:
         self._etcd = await Etcd.connect(
             cfg.endpoints, call_timeout=cfg.call_timeout, retry_for=self._join_timeout
         )
-        await self._register()
+        await self._register(wait=self.id_wait)
         self._etcd.retry_for = cfg.call_timeout * 2  # after joining, callers retry at their own pace
         self.spawn(self._keep_alive(), "keepalive")
 
-    async def _register(self) -> None:
-        """Grant a lease, bind `nodes/<id>` to it, and publish it."""
+    async def _register(self, wait: float = 0.0) -> None:
+        """Grant a lease, bind `nodes/<id>` to it (unless another live node holds it: waited for
+        at most `wait` seconds, then NodeIdInUse), and publish it."""
         etcd = self.etcd
-        sent = time.monotonic()
-        lease = await etcd.grant(self.config.lease_ttl)
-        incarnation = f"{lease.id:x}"
-        process = self.process_incarnation or incarnation
-        value = json.dumps(
-            {"url": self.config.node_url, "incarnation": incarnation, "process": process}
-        ).encode()
-        try:
-            await etcd.txn(
-                [],
-                [
-                    Put(self.keys.node(self.node_id), value, lease.id),
-                    Put(self.keys.incarnation(self.node_id), json.dumps(process).encode()),
-                ],
+        key = self.keys.node(self.node_id)
+        deadline = time.monotonic() + wait
+        while True:
+            sent = time.monotonic()
+            lease = await etcd.grant(self.config.lease_ttl)
+            incarnation = f"{lease.id:x}"
+            process = self.process_incarnation or incarnation
+            value = json.dumps(
+                {"url": self.config.node_url, "incarnation": incarnation, "process": process}
+            ).encode()
+            puts = [
+                Put(key, value, lease.id),
+                Put(self.keys.incarnation(self.node_id), json.dumps(process).encode()),
+            ]
+            try:
+                held = await self._claim_id(key, puts, incarnation)
+            except BaseException:
+                await asyncio.shield(_quietly(etcd.revoke(lease.id)))
+                raise
+            if held is None:
+                break
+            await _quietly(etcd.revoke(lease.id))  # a new one next time: this one would run out
+            if time.monotonic() >= deadline:
+                raise NodeIdInUse(
+                    f"node id {self.node_id} is in use by a live node at {_url_of(held)}: give this "
+                    "node an id of its own (or stop that one first)"
+                )
+            log.info(
+                "node %s: its id is held by the node at %s; waiting for it to go", self.node_id, _url_of(held)
             )
-        except BaseException:
-            await asyncio.shield(_quietly(etcd.revoke(lease.id)))
-            raise
+            await self._vanished(key, held, deadline)
         self.incarnation = incarnation
         self.process_incarnation = process
         self._lease = lease
@@ -226,6 +263,35 @@ class Node:
         self.valid_until = sent + lease.ttl - self.config.margin
         log.info("node %s joined as incarnation %s (TTL %d s)", self.node_id, incarnation, lease.ttl)
         self._signal_lease_change()
+
+    async def _claim_id(self, key: bytes, puts: list[Put], incarnation: str) -> KeyValue | None:
+        """Run `puts` if `key` is absent or this node's own (its previous life's, or this
+        process's), and return None; else return the key as another node holds it."""
+        etcd = self.etcd
+        result = await etcd.txn([Compare.absent(key)], puts, [Get(key)])
+        while not result.succeeded:
+            found = result.gets[0]
+            if not found:  # gone meanwhile
+                result = await etcd.txn([Compare.absent(key)], puts, [Get(key)])
+                continue
+            held = found[0]
+            record = _record(held)
+            if record.get("incarnation") == incarnation:
+                return None  # ours: the reply to a first try was lost and the txn ran again
+            own = {self._previous_process, self.process_incarnation} - {None}
+            if record.get("process") not in own:
+                return held
+            log.info("node %s replaces the registration of its own previous life", self.node_id)
+            result = await etcd.txn([Compare(key, "mod", held.mod_revision)], puts, [Get(key)])
+        return None
+
+    async def _vanished(self, key: bytes, held: KeyValue, deadline: float) -> None:
+        """Return once `key` is no longer `held` (gone or rewritten), or at `deadline`."""
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(ID_POLL, max(0.0, deadline - time.monotonic())))
+            now, _ = await self.etcd.get(key)
+            if now is None or now.mod_revision != held.mod_revision:
+                return
 
     def on_lease_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` (on the loop) whenever the lease is lost or a new one is in."""
@@ -255,6 +321,9 @@ class Node:
                 return
             try:
                 await self._register()
+            except NodeIdInUse as e:  # another took this id while the lease was lost: not ours now
+                log.warning("node %s: %s", self.node_id, e)
+                await asyncio.sleep(cfg.lease_ttl)  # a look (and a line) a TTL: it may go any time
             except ClusterError as e:
                 self._note_unreachable(e)
                 await asyncio.sleep(cfg.call_timeout / 2)
@@ -326,6 +395,19 @@ class Node:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+
+
+def _record(kv: KeyValue) -> dict[str, Any]:
+    """A `nodes/<id>` value as written by `_register` ({} if it is not one)."""
+    try:
+        record = json.loads(kv.value)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _url_of(kv: KeyValue) -> str:
+    return str(_record(kv).get("url", "an unknown URL"))
 
 
 async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:

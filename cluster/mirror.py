@@ -4,6 +4,11 @@ List at revision R, watch from R + 1; when the stream breaks, watch again from t
 revision + 1 (so nothing is missed or seen twice); when etcd has compacted that revision away,
 list again and report the difference. Only code on the loop reads it (`current()`); listeners
 build what other threads read (the routing table, the owned slots).
+
+While etcd is down a watch is retried up to once a second: the first failure of an outage is
+logged (info), the retries of the same outage at debug, and its end (etcd confirmed a watch, or
+a listing came back) once more at info. A node has a mirror per prefix: every second, each of
+them would otherwise log a line for the same outage.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class PrefixMirror:
         self.synced = asyncio.Event()
         self.resyncs = 0  # listings after the first (compaction)
         self.reconnects = 0  # watches started again after a broken stream
+        self._down = False  # an outage was logged and has not ended yet
 
     def current(self) -> Mapping[bytes, KeyValue]:
         """The keys as of `revision`, for code on the loop. Do not keep it across awaits."""
@@ -62,28 +68,40 @@ class PrefixMirror:
         while True:
             try:
                 await self._relist()
+                self._up()
                 while True:
                     try:
-                        async for events in self._etcd.watch_prefix(self.prefix, self.revision + 1):
+                        watch = self._etcd.watch_prefix(self.prefix, self.revision + 1, self._up)
+                        async for events in watch:
                             self._apply(events)
                             pause = 0.05
                     except EtcdUnavailable as e:
                         self.reconnects += 1
-                        log.info(
-                            "watch of %r broke (%s); watching again from %d",
-                            self.prefix,
-                            e,
-                            self.revision + 1,
-                        )
+                        self._failed("watch of %r broke (%s); watching again from %d", e, self.revision + 1)
                         await asyncio.sleep(pause)
                         pause = min(pause * 2, 1.0)
             except RevisionCompacted:
                 self.resyncs += 1
                 log.info("watch of %r fell behind compaction; listing again", self.prefix)
             except ClusterError as e:  # unreachable while listing, or refused: list again
-                log.info("listing %r failed (%s); trying again", self.prefix, e)
+                self._failed("listing %r failed (%s); trying again", e)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
+
+    def _failed(self, message: str, error: ClusterError, *more: object) -> None:
+        """Log a failure at info once per outage, its retries at debug (see the module doc)."""
+        if self._down:
+            log.debug(message, self.prefix, error, *more)
+            return
+        self._down = True
+        log.info(
+            message + " (until it works again, retries are logged at debug level)", self.prefix, error, *more
+        )
+
+    def _up(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("watch of %r works again", self.prefix)
 
     async def _relist(self) -> None:
         listing = await self._etcd.get_prefix(self.prefix)

@@ -36,6 +36,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -57,6 +58,7 @@ from ops.node_guard import (
     ForeignReplica,
     NodeFenced,
     NodeNotLive,
+    NoOtherNode,
     NotOwner,
     PeerUnreachable,
 )
@@ -92,12 +94,27 @@ DRAIN_WAITS_FOR_START = 5.0
 GATHER_RETRY_CAP = 30
 
 
+def noted_writer(system_dir: Path) -> Writer | None:
+    """The node and process incarnation the data dir last ran as (None: never, or unreadable)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+        record = json.loads((system_dir / INCARNATION_FILE).read_bytes())
+        return Writer(str(record["node"]), str(record["incarnation"]))
+    return None
+
+
 class ClusterNode:
     """Built by the server when `cluster_config` is set; `start()` joins (raises
     EtcdUnavailable), `stop()` leaves. `locate`, `serves`, `unavailable`, `admit` are safe
     from any thread; `refresh` is for the event loop."""
 
-    def __init__(self, config: ClusterConfig, proxy: ProxyConfig, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        proxy: ProxyConfig,
+        max_message_bytes: int,
+        previous: Writer | None = None,
+    ) -> None:
+        """`previous`: what the data dir last ran as (`noted_writer`), read while its lock is free."""
         self.config = config
         self.agent = Agent(
             config,
@@ -105,6 +122,7 @@ class ClusterNode:
             on_lease_lost=self._lease_lost,
             take_over=self._take_over,
             before_rejoin=self._before_rejoin,
+            previous_process=previous.incarnation if previous and previous.node == config.node_id else None,
         )
         self.forwarder = Forwarder(proxy)
         self.websockets = WebSocketRelay(proxy.connect_timeout, max_message_bytes, proxy.answer_timeout)
@@ -188,10 +206,7 @@ class ClusterNode:
         server does not start: it cannot tell whether its copies are stale)."""
         assert self.writer is not None
         noted = fleet.layout.system_dir / INCARNATION_FILE
-        previous: Writer | None = None
-        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
-            record = json.loads(noted.read_bytes())
-            previous = Writer(str(record["node"]), str(record["incarnation"]))
+        previous = noted_writer(fleet.layout.system_dir)
         why = None
         if previous is not None and previous.node != self.config.node_id:
             why = f"this data dir last ran as node {previous.node}, whose slots are others' now"
@@ -437,10 +452,17 @@ class ClusterNode:
             ) from None
 
     def set_draining(self, node: str, draining: bool) -> None:
-        if draining and node not in self.agent.routing.nodes():
+        live = self.agent.routing.nodes()
+        if node not in live:
             raise NodeNotLive(
-                f"node {node!r} is not registered: only a live node can hand its tenants over (start it "
-                "again, then drain it)"
+                f"node {node!r} is not registered: only a live node can "
+                + ("hand its tenants over (start it again, then drain it)" if draining else "be undrained")
+            )
+        others = sorted(live.keys() - self.agent.draining() - {node})
+        if draining and not others:  # the controller would leave every slot where it is
+            raise NoOtherNode(
+                f"node {node!r} is the last live node not draining: no other node to take its slots "
+                "(start another node, or undo another node's drain, first)"
             )
         self.agent.set_draining(node, draining)
 

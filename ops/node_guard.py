@@ -33,6 +33,13 @@ class NodeNotLive(SqlfleetError):
     code = "node_not_live"
 
 
+class NoOtherNode(SqlfleetError):
+    """A drain of the last node that is not draining: its slots would have nowhere to go."""
+
+    status = 409
+    code = "no_other_node"
+
+
 class ForeignReplica(SqlfleetError):
     """The replica prefix holds another cluster's, or a single server's, backups: a node that
     used them would serve tenants someone else serves (the server does not start; exit 2)."""

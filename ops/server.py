@@ -29,7 +29,7 @@ from backups.shipper import Shipper, server_id
 from metrics.instruments import TENANT_BYTES
 from ops import fleetwork, keys
 from ops.logs import configure_logging
-from ops.node import ClusterNode
+from ops.node import ClusterNode, noted_writer
 from ops.settings import Settings
 from router.app import build_app
 from router.auth import Authenticator
@@ -204,13 +204,17 @@ class _Hooks:
 
 def _join_cluster(settings: Settings) -> ClusterNode | None:
     """This server's cluster node, joined (None without `cluster_etcd`). Raises BadRequest for
-    a cluster without backups (slots move through the replica), EtcdUnavailable."""
+    a cluster without backups (slots move through the replica), EtcdUnavailable, NodeIdInUse
+    (another live node has this node's id)."""
     config = settings.cluster_config()
     if config is None:
         return None
     if not settings.backups:
         raise BadRequest("a cluster node needs backups on: tenants move between nodes through the replica")
-    node = ClusterNode(config, settings.proxy_config(), settings.max_body_bytes)
+    # what the data dir last ran as: `nodes/<id>` held by that process (dead: the data dir's lock
+    # is free, `_check_before_joining`) is this node's own registration, replaced at once
+    previous = noted_writer(Layout(settings.data_dir).system_dir)
+    node = ClusterNode(config, settings.proxy_config(), settings.max_body_bytes, previous)
     try:
         _check_before_joining(settings, node)
         # said before the wait, so that a wrong URL is not a silent pause

@@ -511,14 +511,16 @@ class Settings:
     node_id: str | None = field(
         default=None,
         metadata=_doc(
-            "This node's id in the cluster, unique and stable across restarts. Unset: the host name."
+            "This node's id in the cluster, unique and stable across restarts. Unset: the host name. "
+            "A start with the id of a live node is refused (exit 2) after waiting up to two lease "
+            "TTLs for it to go; a restart over this data dir's own registration joins at once."
         ),
     )
     node_url: str | None = field(
         default=None,
         metadata=_doc(
-            "URL at which the other nodes reach this one. Unset: http://HOST:PORT, so HOST must "
-            "then be an address they can reach (not 0.0.0.0)."
+            "URL at which the other nodes reach this one, http(s)://host[:port]. Unset: "
+            "http://HOST:PORT, so HOST must then be an address they can reach (not 0.0.0.0)."
         ),
     )
     cluster_lease_ttl: int = field(
@@ -729,7 +731,7 @@ class Settings:
             endpoints=endpoints,
             name=self.cluster_name,
             node_id=self.node_id or socket.gethostname(),
-            node_url=self.node_url or f"http://{self.host}:{self.port}",
+            node_url=self.node_url or f"http://{_url_host(self.host)}:{self.port}",
             lease_ttl=self.cluster_lease_ttl,
             takeover_grace=self.cluster_takeover_grace,
         )
@@ -805,3 +807,8 @@ def settings_markdown() -> str:
         flag, meaning = f"--{f.name.replace('_', '-')}", f.metadata.get("help", "").replace("|", "/")
         lines.append(f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | {shown} | {meaning} |")
     return "\n".join(lines)
+
+
+def _url_host(host: str) -> str:
+    """`host` as the host part of a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from router.ack_gate import ACK_SKIP, ACK_TENANTS
 from router.auth import require_admin
 from router.bounded import replica_work
-from router.codec import read_json
+from router.codec import parse_json_object, read_body, read_json
 from router.context import Context, ctx
 from tenants.catalog import TenantRow
 from tenants.errors import BadRequest, TenantExists
@@ -38,6 +38,15 @@ def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+async def optional_body(request: Request, limit: int, allowed: set[str]) -> dict[str, Any]:
+    """The body of a route whose body is optional: empty (or blank) or a JSON object of
+    `allowed` keys. Raises BadRequest (unknown fields too, as every admin body), TooLarge."""
+    body = await read_body(request, limit)
+    data = {} if not body.strip() else parse_json_object(body)
+    reject_unknown(data, allowed)
+    return data
 
 
 async def refuse_handed_over(request: Request, tenant: str) -> None:

@@ -10,11 +10,16 @@ Events (each `data` is one JSON object):
   be incomplete; reload from an export and go on from here.
 - `heartbeat`: `{"position"}` every `changes_heartbeat` seconds while nothing else is sent
   (`null` before `open`: the tenant was busy when the stream began, its next request starts it).
-- `end`: `{"reason"}`, then the stream closes (tenant deleted, token revoked, server stopping).
+- `end`: `{"reason"}`, then the stream closes (tenant deleted, token revoked, server stopping;
+  in a cluster, `tenant_moved: ...` once this node stops serving the tenant: its slot moved in a
+  drain or a join, or the node lost its lease or was fenced; the subscriber reconnects, through
+  any node, and the new owner's feed goes on from a `resync`).
 
 The tenant side (tenants.changes) encodes each event once, in the committing thread; a stream
 only copies those bytes out of the tenant's ring, on the event loop, at most `_CHUNK` a time.
 A subscriber whose connection takes nothing for twice `changes_heartbeat` is disconnected.
+Whether the tenant is still served here is asked (the fleet's `admit`, in memory) every
+ADMIT_SECONDS while a stream is idle, as a Hrana WebSocket session does (router.hrana.ws.moves).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 from router.auth import require_tenant
 from router.codec import dumps, encode_value
 from router.context import Context, ctx
+from router.hrana.ws.moves import ADMIT_SECONDS
 from tenants.change_events import Commit, End, Resync
 from tenants.changes import Subscription
 from tenants.errors import SqlfleetError
@@ -68,6 +74,17 @@ def encode_event(event: Commit | Resync) -> bytes:
         changes.append(item)
     body = {"position": event.position, "time": format_time(event.time), "changes": changes}
     return _frame("commit", body, event.position)
+
+
+def end_event(reason: str) -> bytes:
+    """The `end` event saying `reason`, the stream's last (also sent by the cluster proxy when
+    the owner's relayed stream breaks)."""
+    return _frame("end", {"reason": reason})
+
+
+def moved_reason(tenant: str) -> str:
+    """Why a feed of `tenant` ended here: this node does not serve it any more."""
+    return f"tenant_moved: tenant {tenant!r} is served by another node now: reconnect"
 
 
 def _frame(kind: str, data: dict[str, Any], position: str | None = None) -> bytes:
@@ -141,9 +158,13 @@ async def _events(
 ) -> AsyncGenerator[bytes]:
     heartbeat = c.feed.config.heartbeat
     authorization = request.headers.get("authorization")
+    served = _served(c, sub.tenant_id)
     while not sub.ready:  # the tenant was busy: its next request hooks it
         woken.clear()
-        if not sub.ready and not await _wait(woken, heartbeat):
+        if served is not None and not served():
+            yield end_event(moved_reason(sub.tenant_id))
+            return
+        if not sub.ready and not await _wait(woken, heartbeat, served):
             yield _frame("heartbeat", {"position": None})  # no position yet: `open` gives it
     yield _frame("open", {"position": sub.position}, sub.position)
     while True:
@@ -151,7 +172,7 @@ async def _events(
         try:  # the token may have been revoked, or the tenant deleted, since the last events
             require_tenant(c.auth.authenticate(authorization), sub.tenant_id)
         except SqlfleetError as exc:
-            yield _frame("end", {"reason": exc.message})
+            yield end_event(exc.message)
             return
         frames, notice = sub.read(_CHUNK)
         if frames:
@@ -159,18 +180,48 @@ async def _events(
         elif isinstance(notice, Resync):
             yield encode_event(notice)
         elif isinstance(notice, End):
-            yield _frame("end", {"reason": notice.reason})
+            yield end_event(notice.reason)
             return
-        elif not await _wait(woken, heartbeat):
+        elif served is not None and not served():
+            # all committed here is sent; later commits are the new owner's
+            yield end_event(moved_reason(sub.tenant_id))
+            return
+        elif not await _wait(woken, heartbeat, served):
             yield _frame("heartbeat", {"position": sub.position})
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
-        return False
-    return True
+def _served(c: Context, tenant: str) -> Callable[[], bool] | None:
+    """Whether this node serves `tenant` now; None for a single server (it serves every tenant
+    for good)."""
+    admit = c.fleet.admit
+    if admit is None:
+        return None
+
+    def served() -> bool:
+        try:
+            admit(tenant)
+        except SqlfleetError:
+            return False
+        return True
+
+    return served
+
+
+async def _wait(event: asyncio.Event, timeout: float, served: Callable[[], bool] | None) -> bool:
+    """True once `event` is set, or `served()` (asked every ADMIT_SECONDS) turns false; False
+    after `timeout` seconds of neither."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    step = timeout if served is None else ADMIT_SECONDS
+    while (left := deadline - loop.time()) > 0:
+        try:
+            await asyncio.wait_for(event.wait(), min(left, step))
+        except TimeoutError:
+            if served is not None and not served():
+                return True
+        else:
+            return True
+    return False
 
 
 class _EventStream(StreamingResponse):

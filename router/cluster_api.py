@@ -10,8 +10,10 @@ not a cluster node answers 409 `cluster_disabled`.
 
 `POST /v1/admin/cluster/nodes/{node}/drain` marks a node draining: the controller moves its slots
 to the other nodes, each a planned move (drained, shipped, handed over); `DELETE` the same path
-undoes it. Both answer the cluster status as above. Only a running node can be drained (409
-`node_not_live` otherwise: its tenants move only while it hands them over).
+undoes it. Both answer the cluster status as above, and take no body (an empty one, or `{}`;
+any field is 400 `unknown fields`, as on every admin route). Only a running node can be drained
+or undrained (409 `node_not_live` otherwise: its tenants move only while it hands them over),
+and not the last one that is not draining (409 `no_other_node`: its slots would have nowhere to go).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cluster.config import NAME
-from router.admin_api import admin_context
+from router.admin_api import admin_context, optional_body
 from tenants.errors import BadRequest, SqlfleetError
 from tenants.ids import validate_tenant_id
 
@@ -50,6 +52,7 @@ async def drain(request: Request) -> JSONResponse:
         raise BadRequest(
             f"invalid node id {node[:80]!r}: 1-63 of [A-Za-z0-9._-], starting with a letter or digit"
         )
+    await optional_body(request, c.config.max_body_bytes, set())
     await c.blocking(c.placement.set_draining, node, request.method == "POST")
     return JSONResponse(c.placement.describe(None))
 

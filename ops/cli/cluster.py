@@ -1,5 +1,9 @@
 """`sqlfleet cluster status|drain NODE`: a cluster as one of its nodes sees it, and planned moves
-of a node's slots to the others. Clients of any node (each answers for the whole cluster)."""
+of a node's slots to the others. Clients of any node (each answers for the whole cluster).
+
+Exit status as every admin command's: 2 for a command line refused before asking the server
+(click's usage errors; here also an invalid node id), 1 for what the server refuses (a node
+that is not live, the last node not draining: 409) or a failure on the way."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from cluster.config import NAME as NODE_NAME
 from ops.api_types import ClusterNodeInfo, ClusterStatus
 from ops.cli.common import admin_command, console, output
 from ops.client import AdminClient
@@ -81,8 +86,17 @@ def status(client: AdminClient, as_json: bool, tenant: str | None) -> None:
         console().print(f"tenant {where['id']}: slot {where['slot']}, served by {owner}")
 
 
+def _node_id(ctx: click.Context, param: click.Parameter, node: str) -> str:
+    """NODE, checked here: an invalid id is a usage error (exit 2), never sent."""
+    if not NODE_NAME.fullmatch(node):
+        raise click.BadParameter(
+            f"invalid node id {node[:80]!r}: 1-63 of [A-Za-z0-9._-], starting with a letter or digit"
+        )
+    return node
+
+
 @cluster.command("drain")
-@click.argument("node", metavar="NODE")
+@click.argument("node", metavar="NODE", callback=_node_id)
 @click.option("--undo", is_flag=True, help="Stop draining NODE: it gets its share of slots again.")
 @click.option("--wait/--no-wait", default=True, help="Wait until NODE owns no slot (default: wait).")
 @click.option("--wait-timeout", type=float, default=600.0, show_default=True, help="Seconds to wait at most.")

@@ -36,6 +36,7 @@ def setting_options(fn: Any) -> Any:
 @setting_options
 def serve(**flags: Any) -> None:
     """Run the server (every flag can also be set as SQLFLEET_<NAME>)."""
+    from cluster.errors import NodeIdInUse
     from ops.node_guard import ForeignReplica
     from ops.server import serve as run
 
@@ -45,7 +46,7 @@ def serve(**flags: Any) -> None:
         raise click.UsageError(exc.message) from None
     try:
         run(settings)
-    except ForeignReplica as exc:  # settings that point at what they must not: a usage error
+    except (ForeignReplica, NodeIdInUse) as exc:  # settings that point at what they must not: a usage error
         raise click.UsageError(exc.message) from None
     except SqlfleetError as exc:
         raise click.ClickException(exc.message) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from router.proxy.placement import Located
 from tenants.errors import SqlfleetError
 
 
@@ -67,6 +68,21 @@ class OutcomeUnknown(SqlfleetError):
 
     status = 503
     code = "outcome_unknown"
+
+    @classmethod
+    def slot_gone(cls, tenant: str, now: Located) -> OutcomeUnknown:
+        """The owner stopped holding the slot while the request waited there; `now`: where the
+        routing table has the slot since. What is known is said, never a guessed cause: a new
+        owner means the slot moved (a drain, a join); no owner means it is moving, or the
+        owner's cluster lease ran out (from the slot alone the two look the same)."""
+        if now.token > 0:
+            why = "lost its hold on the tenant's slot (the slot moved to another node)"
+        else:
+            why = (
+                "lost its hold on the tenant's slot (the slot is moving to another node, in a drain or "
+                "a join, or that node's cluster lease ran out)"
+            )
+        return cls.of(tenant, why)
 
     @classmethod
     def of(cls, tenant: str, why: str) -> OutcomeUnknown:

@@ -7,7 +7,11 @@ that never opened (Unreachable: nothing was sent); a larger one (an import) is s
 and cannot be: the client gets 503 with Retry-After instead. Once a byte may have left, a failure
 is Lost: the owner may have received the request and applied it, so only a GET or HEAD is sent
 again. The response streams back as it arrives (change feeds, exports), and stops
-when the client goes away.
+when the client goes away. A relayed change feed (`text/event-stream`) always ends whole: only
+complete events are passed on, and an owner that breaks off (its connection lost, silent past
+the read timeout, or its slot gone and no `end` of its own within FEED_MOVE_GRACE) gets the
+client an `end` event saying why, then a clean end of the body; an export or dump broken off is
+cut short instead (a truncated body: the client sees it did not get the whole file).
 An owner is waited for at most `answer_timeout` for its answer (transfers, which stream for
 longer, only for `read_timeout` of silence), and no longer once the routing table shows it lost
 its hold on the slot (its lease ran out: a paused or dead node): the request's fate is then
@@ -33,6 +37,7 @@ from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from router.changes_api import end_event
 from router.proxy.placement import SLOT_HEADER, Located
 
 # Seconds an idle pooled connection is kept: below the owner's (uvicorn's default 5 s), so the
@@ -45,6 +50,11 @@ FIRST = asyncio.FIRST_COMPLETED
 # Paths whose answers stream for longer than a request may run (transfer_timeout): bounded by
 # the owner's silence (read_timeout) only.
 TRANSFERS = re.compile(r"/(export|dump|import|changes)$")
+# Seconds a relayed change feed's owner has, after the routing table shows its slot gone, to end
+# the feed itself (`end` tenant_moved: it asks every ADMIT_SECONDS), as a relayed WebSocket's
+# (router.proxy.websocket.MOVE_GRACE); then it is taken for lost.
+FEED_MOVE_GRACE = 3.0
+EVENT_STREAM = "text/event-stream"
 
 # RFC 9110 §7.6.1: connection-specific fields a proxy must not pass on (plus `host`, set per hop
 # by the HTTP client unless given: we pass the client's, so a `{tenant}.BASE_DOMAIN` Host still routes).
@@ -235,7 +245,8 @@ class Forwarder:
         answers: one body message), else streamed as it arrives, stopping early (and closing
         it) when the client goes away (a change feed, an export). Raises Lost when the owner
         stops mid-response, or loses its slot (`owner_lost()`, polled) while it streams (the
-        client's answer is then cut short)."""
+        client's answer is then cut short); never for a change feed, which ends with an `end`
+        event instead."""
         try:
             headers = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in NOT_RELAYED]
             start = {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -257,16 +268,22 @@ class Forwarder:
     ) -> None:
         """Pass the body on as it arrives; a client that goes away ends it at once, not at the
         owner's next piece (an idle change feed sends one per heartbeat): the caller's release
-        then closes the connection, and the owner's stream with it."""
+        then closes the connection, and the owner's stream with it. A change feed is passed on
+        in whole events, and ends with an `end` event of ours when the owner breaks it off."""
+        feed = response.content_type == EVENT_STREAM
         gone = asyncio.ensure_future(_disconnected(receive))
         pieces = response.content.iter_any().__aiter__()
+        held = b""  # a feed's event begun, not yet whole
+        lost_since: float | None = None
         try:
             while True:
                 piece = asyncio.ensure_future(pieces.__anext__())
                 while not (await asyncio.wait((piece, gone), timeout=WATCH_SECONDS, return_when=FIRST))[0]:
                     if owner_lost():
-                        piece.cancel()
-                        raise OwnerLost
+                        lost_since = lost_since or time.monotonic()
+                        if not feed or time.monotonic() - lost_since >= FEED_MOVE_GRACE:
+                            piece.cancel()
+                            raise OwnerLost
                 if not piece.done():
                     piece.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -276,7 +293,19 @@ class Forwarder:
                     chunk = piece.result()
                 except StopAsyncIteration:
                     break
+                if feed:  # events end with a blank line (our owner's: "\n\n")
+                    whole = held + chunk
+                    cut = whole.rfind(b"\n\n") + 2 if b"\n\n" in whole else 0
+                    chunk, held = whole[:cut], whole[cut:]
+                    if not chunk:
+                        continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if not feed:
+                raise
+            last = end_event(_feed_broken(exc, self.config))
+            await send({"type": "http.response.body", "body": last, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
@@ -386,7 +415,7 @@ def _failure(exc: BaseException, config: ProxyConfig) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "could not be connected to (refused or unreachable)"
     if isinstance(exc, OwnerLost):
-        return "lost its hold on the tenant's slot (its cluster lease ran out) before answering"
+        return "lost its hold on the tenant's slot (it moved, or that node's lease ran out) before answering"
     if isinstance(exc, NoAnswer):
         return f"did not answer within {exc.seconds:g} s"
     if isinstance(exc, TimeoutError):
@@ -396,6 +425,17 @@ def _failure(exc: BaseException, config: ProxyConfig) -> str:
     if isinstance(exc, ValueError):
         return "answered something that is not JSON"
     return f"failed ({type(exc).__name__})"
+
+
+def _feed_broken(exc: BaseException, config: ProxyConfig) -> str:
+    """Why a relayed change feed ended (the reason of its `end` event): reconnect, through any node."""
+    if isinstance(exc, OwnerLost):
+        why = "does not hold the tenant's slot any more (it moved, or that node lost its cluster lease)"
+    elif isinstance(exc, TimeoutError):
+        why = f"sent nothing for {config.read_timeout:g} s"
+    else:
+        why = "closed the connection"
+    return f"owner_unreachable: the node serving this tenant {why}: reconnect"
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -44,7 +44,7 @@ from router.proxy.errors import (
     OutcomeUnknown,
     OwnerUnreachable,
 )
-from router.proxy.forward import Body, ClientGone, Forwarder, Lost, Unreachable
+from router.proxy.forward import Body, ClientGone, Forwarder, Lost, OwnerLost, Unreachable
 from router.proxy.placement import SLOT_HEADER, Located, Placement, header, tenant_of
 from router.proxy.websocket import Rejected, WebSocketRelay, accept_and_read_hello, hello_subject, replayed
 from tenants.errors import SqlfleetError
@@ -233,7 +233,11 @@ class ClusterProxy:
                 if scope["method"] in RESENDABLE:
                     error = OwnerUnreachable.of(tenant)
                     continue
-                error = OutcomeUnknown.of(tenant, str(lost))  # never sent twice: it may have been applied
+                # never sent twice: it may have been applied
+                if isinstance(lost.__cause__, OwnerLost):  # said by what the routing table knows
+                    error = OutcomeUnknown.slot_gone(tenant, self.placement.locate(tenant))
+                else:
+                    error = OutcomeUnknown.of(tenant, str(lost))
                 break
             if response.status != Misdirected.status:
                 with contextlib.suppress(Lost):  # cut short: nothing more to send

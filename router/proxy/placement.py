@@ -68,7 +68,9 @@ class Placement(Protocol):
         ...
 
     def set_draining(self, node: str, draining: bool) -> None:
-        """Mark `node` draining (its slots move to the others) or not. Blocking (etcd)."""
+        """Mark `node` draining (its slots move to the others) or not. Blocking (etcd). Raises
+        a 409 error when `node` is not live (either way), or is the last live node not draining
+        (to drain), so its slots would have nowhere to go; nothing is marked then."""
         ...
 
 

@@ -73,9 +73,10 @@ OWNER_SILENT = close_reason(
 # in flight there is answered; one silent for this long after the routing table showed the slot
 # gone is taken for lost (its lease ran out, or it did not answer).
 MOVE_GRACE = 3.0
-OWNER_LOST = close_reason(
+OWNER_LOST = close_reason(  # a close reason holds 123 bytes: the cause is not known, both are named
     "outcome_unknown",
-    "the node serving this tenant lost its cluster lease: the last request may have taken effect; reconnect",
+    "the tenant's node lost its slot (moved, or lease ran out): last request may have taken effect; "
+    "reconnect",
 )
 
 

@@ -58,6 +58,15 @@ def test_backups_listing_and_verify(tmp_path: Path) -> None:
         assert verified.status_code == 200, verified.text
         assert verified.json()["ok"] is True and verified.json()["differing_pages"] == []
         assert verified.json()["pages"] > 3
+        for empty in (b"", b" ", b"{}"):  # no body, or no field: the newest state is verified
+            r = app.client.post("/v1/admin/tenants/acme/backups/verify", headers=ADMIN, content=empty)
+            assert r.status_code == 200 and r.json()["ok"] is True, r.text
+        for bad in ({"timestamp": "x"}, {"timestamp": "latest"}):  # it takes no field: never ignored
+            r = app.client.post("/v1/admin/tenants/acme/backups/verify", headers=ADMIN, json=bad)
+            error(r, 400, "bad_request")
+            assert "unknown fields: timestamp" in r.json()["error"]["message"], r.text
+        r = app.client.post("/v1/admin/tenants/acme/backups/verify", headers=ADMIN, content=b"[1]")
+        error(r, 400, "bad_request")
 
         error(app.client.get("/v1/admin/tenants/nobody/backups", headers=ADMIN), 404, "tenant_not_found")
         error(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from cluster.errors import EtcdRequestError, EtcdUnavailable, LeaseNotFound, RevisionCompacted
 from cluster.etcd import Etcd, grpc_target
 from cluster.kv import Compare, Delete, Get, Put
+from cluster.mirror import PrefixMirror
 from tests.support.etcd import EtcdCluster
 
 
@@ -76,3 +79,49 @@ def test_an_unreachable_etcd_is_reported_after_the_retries(etcd: EtcdCluster) ->
             await client.close()
 
     asyncio.run(go())
+
+
+def test_an_etcd_outage_is_logged_once_per_watch_and_its_errors_say_etcd_once(
+    etcd: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Session 5, finding 8: a stopped etcd made each watch log a line a second (9 mirrors: 9
+    lines a second), and its errors read "etcd unreachable: etcd unreachable: ..." where logged."""
+
+    async def go() -> None:
+        client = await Etcd.connect(etcd.endpoints, call_timeout=0.2, retry_for=0.3)
+        mirror = PrefixMirror(client, b"/t/")
+        task = asyncio.create_task(mirror.run())
+        try:
+            await asyncio.wait_for(mirror.synced.wait(), 10)
+            for outage in range(2):  # one line when it breaks, one when it works again: each time
+                etcd.kill(0)
+                with pytest.raises(EtcdUnavailable) as refused:
+                    await client.get(b"/t/a")
+                assert "unreachable" not in str(refused.value), refused.value  # the caller says that
+                await asyncio.sleep(3.5)  # retried about every second meanwhile
+                assert mirror.reconnects >= 3 * (outage + 1), mirror.reconnects
+                etcd.restart(0)
+                put = await asyncio.wait_for(_put_when_up(client), 30)
+                await asyncio.wait_for(mirror.wait_revision(put), 30)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.close()
+
+    with caplog.at_level(logging.INFO, logger="cluster.mirror"):
+        asyncio.run(go())
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "cluster.mirror" and r.levelno == logging.INFO
+    ]
+    assert len(lines) == 4, lines
+    assert all("broke" in line or "failed" in line for line in lines[0::2]), lines
+    assert all(line == "watch of b'/t/' works again" for line in lines[1::2]), lines
+
+
+async def _put_when_up(client: Etcd) -> int:
+    """The revision of a put made once etcd answers again."""
+    while True:
+        with contextlib.suppress(EtcdUnavailable):
+            return await client.put(b"/t/a", b"1")
+        await asyncio.sleep(0.1)

@@ -48,7 +48,7 @@ from router.proxy.arrivals import OPENING_THREADS, Arrivals
 from router.proxy.forward import WATCH_SECONDS, Body, Forwarder, Lost, ProxyConfig, Unreachable
 from router.proxy.middleware import ClusterProxy, ProxyParts
 from router.proxy.placement import SLOT_HEADER, Located, host_label, jwt_subject, tenant_of
-from router.proxy.websocket import MOVE_GRACE, WebSocketRelay
+from router.proxy.websocket import MOVE_GRACE, OWNER_LOST, WebSocketRelay
 from tenants.catalog import Catalog
 
 
@@ -764,9 +764,26 @@ def test_an_owner_is_waited_for_within_the_bound_and_not_once_it_lost_its_slot(c
             if method == "POST":
                 assert r.status_code == 503 and error["code"] == "outcome_unknown", r.text
                 assert "lost its hold on the tenant's slot" in error["message"], error
+                # no owner now: a move under way or a lost lease, both named (session 5, finding 6)
+                both = "is moving to another node, in a drain or a join, or that node's cluster lease"
+                assert both in error["message"], error
             else:
                 assert r.status_code == 503 and error["code"] == "slot_unowned", r.text
         assert owner.received == [b"POST", b"GET"]
+
+
+def test_a_write_whose_slot_moved_on_while_it_waited_says_the_slot_moved(cluster: Cluster) -> None:
+    """Session 5, finding 6: an owner waited on that gives the slot up to a new owner (a drain,
+    not a lost lease) is 503 outcome_unknown saying the slot moved, never that its lease ran out."""
+    with swallowing(hang=True) as owner:
+        cluster.a.urls["old"] = f"http://127.0.0.1:{owner.server_address[1]}"
+        cluster.a.believed["t1"] = (7, 5, "old")
+        threading.Timer(0.3, cluster.a.believed.__setitem__, ("t1", (7, 6, "b"))).start()
+        r = httpx.post(f"{cluster.url_a}/v1/tenants/t1/query", timeout=10)
+        error = r.json()["error"]
+        assert r.status_code == 503 and error["code"] == "outcome_unknown", r.text
+        assert "slot (the slot moved to another node) after the request was sent" in error["message"], error
+        assert "lease" not in error["message"], error
 
 
 def test_a_relayed_websocket_is_closed_1011_once_its_owner_lost_its_slot(cluster: Cluster) -> None:
@@ -777,7 +794,10 @@ def test_a_relayed_websocket_is_closed_1011_once_its_owner_lost_its_slot(cluster
         cluster.a.believed["t1"] = (7, 0, None)
         with pytest.raises(ConnectionClosed):
             ws.recv(MOVE_GRACE + 10)  # an owner that has not closed it itself within the grace
-        assert ws.close_code == 1011 and "lost its cluster lease" in (ws.close_reason or ""), ws.close_reason
+        assert ws.close_code == 1011, ws.close_reason
+        # no guessed cause (session 5, finding 6): both are named, whole (a reason holds 123 bytes)
+        assert ws.close_reason == OWNER_LOST and "(moved, or lease ran out)" in OWNER_LOST, ws.close_reason
+        assert OWNER_LOST.endswith("reconnect"), OWNER_LOST
 
 
 def test_a_relayed_websocket_whose_slot_moved_on_is_closed_by_its_owner_as_it_says(cluster: Cluster) -> None:

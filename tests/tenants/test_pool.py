@@ -367,7 +367,7 @@ def test_a_close_waits_out_a_backup_whose_destination_is_busy_elsewhere(
     dest = apsw.Connection(str(tmp_path / "copy.db"))
     busy = threading.Event()
 
-    def nap() -> int:
+    def nap(*_: object) -> int:
         busy.set()
         time.sleep(0.3)
         return 1

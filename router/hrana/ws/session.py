@@ -126,6 +126,10 @@ class Session:
         self._gone = False
         self._tasks: TaskGroup | None = None
         self._moved: Close | None = None
+        # what each message wrote is asked only by the ack gate (ack=replica): else not tracked,
+        # a context manager and an allocation less per message
+        backups = c.backups
+        self._tracks = backups is not None and backups.shipper.acks is not None
 
     async def serve(self) -> None:
         """Until the connection ends; then every stream is rolled back and let go. Never raises
@@ -199,7 +203,7 @@ class Session:
                 return 1003, close_reason(
                     PROTOCOL, f"Received a {kind} WebSocket message, which is not supported in this encoding"
                 )
-            with tracking(Tracked(complete=True)):  # what it answers here wrote nothing
+            with self._tracking():  # what it answers here wrote nothing
                 close = await self._message(data)
             if close is not None:
                 return close
@@ -225,6 +229,10 @@ class Session:
             return 1008, problem
         return await self._request(msg, len(data))
 
+    def _tracking(self) -> contextlib.AbstractContextManager[object]:
+        """A Tracked for the work of one message (router.request_writes), if the gate asks."""
+        return tracking(Tracked(complete=True)) if self._tracks else contextlib.nullcontext()
+
     async def _wait_for_room(self) -> None:
         while self._in_flight >= MAX_IN_FLIGHT or self._in_flight_bytes >= self.c.config.max_body_bytes:
             self._room = anyio.Event()
@@ -238,7 +246,7 @@ class Session:
         async def counted() -> None:
             try:
                 # its writes are its statements', each with a budget it makes (the ack gate asks)
-                with tracking(Tracked(complete=True)):
+                with self._tracking():
                     await op()
             except _Gone:
                 self._gone = True

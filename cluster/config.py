@@ -11,6 +11,16 @@ from tenants.errors import BadRequest
 
 # node ids and cluster names go into etcd keys and JSON: host-name-like, no `/`
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+NAME_RULE = "1-63 of [A-Za-z0-9._-], starting with a letter or digit"
+
+
+def check_node_id(node: str) -> str:
+    """`node` if it is a valid node id; else raises BadRequest saying the rule."""
+    if not NAME.fullmatch(node):
+        raise BadRequest(f"invalid node id {node[:80]!r}: {NAME_RULE}")
+    return node
+
+
 # Seconds a starting node keeps trying etcd: long enough for an etcd member that is restarting
 # (or a pod whose Service is not resolvable yet), short enough that a wrong URL is seen at once.
 JOIN_TIMEOUT = 10.0
@@ -36,7 +46,7 @@ class ClusterConfig:
             raise BadRequest("cluster_etcd names no etcd endpoint")
         for setting, value in (("node_id", self.node_id), ("cluster_name", self.name)):
             if not NAME.fullmatch(value):
-                raise BadRequest(f"{setting} must be 1-63 of [A-Za-z0-9._-], starting with a letter or digit")
+                raise BadRequest(f"{setting} must be {NAME_RULE}")
         for endpoint in self.endpoints:
             _check_endpoint(endpoint)
         _check_node_url(self.node_url)

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cluster.config import NAME
+from cluster.config import check_node_id
 from router.admin_api import admin_context, optional_body
-from tenants.errors import BadRequest, SqlfleetError
+from tenants.errors import SqlfleetError
 from tenants.ids import validate_tenant_id
 
 
@@ -47,11 +47,7 @@ async def drain(request: Request) -> JSONResponse:
     c = admin_context(request)
     if c.placement is None:
         raise ClusterDisabled("this server is not a cluster node (start it with --cluster-etcd)")
-    node = request.path_params["node"]
-    if not NAME.fullmatch(node):
-        raise BadRequest(
-            f"invalid node id {node[:80]!r}: 1-63 of [A-Za-z0-9._-], starting with a letter or digit"
-        )
+    node = check_node_id(request.path_params["node"])
     await optional_body(request, c.config.max_body_bytes, set())
     await c.blocking(c.placement.set_draining, node, request.method == "POST")
     return JSONResponse(c.placement.describe(None))

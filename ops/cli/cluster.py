@@ -13,11 +13,12 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from cluster.config import NAME as NODE_NAME
+from cluster.config import check_node_id
 from ops.api_types import ClusterNodeInfo, ClusterStatus
 from ops.cli.common import admin_command, console, output
 from ops.client import AdminClient
 from ops.errors import ClientError
+from tenants.errors import BadRequest
 
 SLOTS = 16384  # cluster.slots.SLOTS (not imported: the CLI stays light)
 POLL = 0.5  # seconds between looks while `drain --wait` waits
@@ -88,11 +89,10 @@ def status(client: AdminClient, as_json: bool, tenant: str | None) -> None:
 
 def _node_id(ctx: click.Context, param: click.Parameter, node: str) -> str:
     """NODE, checked here: an invalid id is a usage error (exit 2), never sent."""
-    if not NODE_NAME.fullmatch(node):
-        raise click.BadParameter(
-            f"invalid node id {node[:80]!r}: 1-63 of [A-Za-z0-9._-], starting with a letter or digit"
-        )
-    return node
+    try:
+        return check_node_id(node)
+    except BadRequest as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 @cluster.command("drain")

@@ -438,8 +438,15 @@ class SimDisk:
             yield
         finally:
             hooks.uninstall()
+            # no connection may outlive the VFS it was opened with (closed later, it would call
+            # into freed memory: an abort at some later collection, in another test)
+            left = [c.filename for c in apsw.connections() if self.ours(c.filename)]
+            with self.quietly():
+                self.close_connections()
             vfs.unregister()
             apsw.set_default_vfs("unix")
+        if left:
+            raise AssertionError(f"connections still open when the disk's VFS went: {left}")
 
 
 # -- SQLite ------------------------------------------------------------------------------------------

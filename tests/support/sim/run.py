@@ -227,14 +227,19 @@ class Simulation:
         gc.freeze()
         try:
             with self.clock.installed(), self.disk.installed():
-                self.note(f"seed {self.seed} profile {self.profile}")
-                self.start()
-                for name in [f"t{i}" for i in range(self.profile.tenants)]:
-                    self.act(functools.partial(self.create, name), f"create {name}")
-                for step in range(1, self.profile.steps + 1):
-                    self.step = step
-                    self.one_step()
-                self.final_checks()
+                try:
+                    self.note(f"seed {self.seed} profile {self.profile}")
+                    self.start()
+                    for name in [f"t{i}" for i in range(self.profile.tenants)]:
+                        self.act(functools.partial(self.create, name), f"create {name}")
+                    for step in range(1, self.profile.steps + 1):
+                        self.step = step
+                        self.one_step()
+                    self.final_checks()
+                finally:
+                    # while the disk's VFS is still registered: a connection closed after it
+                    # went would call into a freed VFS (an abort, at some later collection)
+                    self.end_process()
         except SimFailure:
             raise
         except BaseException as exc:
@@ -243,13 +248,17 @@ class Simulation:
         finally:
             logger.removeHandler(self.errors)
             logger.setLevel(level)
-            with self.disk.quietly():
-                if self.process is not None:
-                    self.process.abandon()
-                _collect()
-                self.disk.close_connections()
             gc.unfreeze()
         return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()
+
+    def end_process(self) -> None:
+        """The run is over: the last process goes as a dead one would (no shutdown work) and
+        every connection it left on the disk is closed."""
+        with self.disk.quietly():
+            if self.process is not None:
+                self.process.abandon()
+            _collect()
+            self.disk.close_connections()
 
     def note(self, line: str) -> None:
         for event in self.disk.events:
@@ -626,10 +635,7 @@ class Simulation:
             self.note(f"stop failed: {type(exc).__name__}: {exc}")
             if self.disk.dead:
                 return
-            with self.disk.quietly():
-                process.abandon()
-                _collect()
-                self.disk.close_connections()
+            self.end_process()
             self.process = None
             self.start()
             return

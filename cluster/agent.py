@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from cluster.config import ClusterConfig
 from cluster.controller import Controller, TakeOver
 from cluster.errors import EtcdUnavailable
 from cluster.keys import decode_assign
+from cluster.kv import Compare, Put
 from cluster.membership import Node
 from cluster.ownership import Ownership
 from cluster.routing import Lost, Route, RoutingTable
 from cluster.slots import slot_of
+
+# etcd takes at most 128 compares per transaction: a drain guards that many other nodes at most
+# (any one of them left serving is enough)
+MAX_GUARDS = 128
 
 
 class Agent:
@@ -75,21 +80,38 @@ class Agent:
         """Whether this node may serve `tenant` now (holding its slot with `token`, if given)."""
         return self.ownership.owns(slot_of(tenant), token)
 
-    def set_draining(self, node_id: str, draining: bool, timeout: float = 10.0) -> None:
+    def set_draining(
+        self, node_id: str, draining: bool, keep: Collection[str] = (), timeout: float = 10.0
+    ) -> bool:
         """Mark `node_id` draining (the controller moves its slots to the other nodes, each a
-        planned move) or not any more. Blocking: not from the cluster loop. Raises ClusterError."""
+        planned move) or not any more. A drain is written only if no node of `keep` is marked
+        draining at that moment (one etcd transaction: two drains sent at once cannot both take
+        the last nodes); False when one is (nothing written). Blocking: not from the cluster
+        loop. Raises ClusterError."""
         key = self.node.keys.drain(node_id)
 
-        async def write() -> None:
-            if draining:
-                await self.node.etcd.put(key, json.dumps({"since": time.time()}).encode())
-            else:
+        async def write() -> bool:
+            if not draining:
                 await self.node.etcd.delete(key)
+                return True
+            guards = [Compare.absent(self.node.keys.drain(k)) for k in sorted(keep)[:MAX_GUARDS]]
+            mark = Put(key, json.dumps({"since": time.time()}).encode())
+            return (await self.node.etcd.txn(guards, [mark])).succeeded
 
         try:
-            self.node.call(write(), timeout)
+            return self.node.call(write(), timeout)
         except TimeoutError:
             raise EtcdUnavailable(f"etcd did not take the drain mark within {timeout:g} s") from None
+
+    def draining_now(self, timeout: float = 10.0) -> frozenset[str]:
+        """The nodes marked draining as etcd has them now (not as the watch last saw them).
+        Blocking. Raises ClusterError."""
+        drains = self.node.keys.drains
+        try:
+            listing = self.node.call(self.node.etcd.get_prefix(drains), timeout)
+        except TimeoutError:
+            raise EtcdUnavailable(f"etcd did not list the drain marks within {timeout:g} s") from None
+        return frozenset(self.node.keys.name_in(kv.key, drains) for kv in listing.kvs)
 
     def draining(self) -> frozenset[str]:
         """The nodes an operator has marked draining, as this node's watch sees them."""

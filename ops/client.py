@@ -36,7 +36,8 @@ from ops.api_types import (
     Transferred,
     VerifyResult,
 )
-from ops.errors import ApiError, ClientError, ServerUnreachable
+from ops.errors import ApiError, ClientError, InvalidArgument, ServerUnreachable
+from tenants.errors import InvalidTenantId
 from tenants.ids import is_name, validate_tenant_id
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -148,7 +149,7 @@ class AdminClient:
         (RFC 3339 or "latest"): in place, or into the new tenant `as_tenant`. ApiError 404 when
         there is no restore point, 409 when `as_tenant` exists or backups are off."""
         if as_tenant is not None:
-            validate_tenant_id(as_tenant)
+            _tenant_id(as_tenant)
         body = {"timestamp": timestamp, "as": as_tenant}
         answer = self._json("POST", _tenant_path(tenant_id) + "/restore", json=body)
         if not isinstance(answer.get("restored_to"), str):
@@ -255,7 +256,7 @@ class AdminClient:
 
     def tenant_migrations(self, group: str, tenant: str) -> TenantMigrations:
         """Which of the group's migrations `tenant` has applied, and which are pending."""
-        path = _group_path(group, f"/tenants/{validate_tenant_id(tenant)}")
+        path = _group_path(group, f"/tenants/{_tenant_id(tenant)}")
         return cast(TenantMigrations, self._json("GET", path))
 
     # -- rollouts ----------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ class AdminClient:
         `progress(done, total)` after each piece (total None for a dump: its size is not known
         ahead). `timeout` bounds each wait for a piece, not the whole transfer."""
         kind = "dump" if dump else "export"
-        path = f"/v1/tenants/{validate_tenant_id(tenant_id)}/{kind}"
+        path = f"/v1/tenants/{_tenant_id(tenant_id)}/{kind}"
         with self._transport(streamed=True), self._http.stream("GET", path) as response:
             if response.is_error:
                 response.read()
@@ -443,21 +444,29 @@ class AdminClient:
         return body
 
 
+def _tenant_id(tenant_id: str) -> str:
+    """`tenant_id` if it is one; InvalidArgument (a usage error) if not."""
+    try:
+        return validate_tenant_id(tenant_id)
+    except InvalidTenantId as exc:
+        raise InvalidArgument(exc.message) from None
+
+
 def _tenant_path(tenant_id: str) -> str:
     # Checked here, not only by the server: an id like "../x" or "a/b" would change the URL itself.
-    return f"/v1/admin/tenants/{validate_tenant_id(tenant_id)}"
+    return f"/v1/admin/tenants/{_tenant_id(tenant_id)}"
 
 
 def _group_path(name: str, suffix: str = "") -> str:
     # As with tenant ids: a name with "/" or ".." would change the URL itself.
     if not is_name(name):
-        raise ClientError(f"invalid group name {name!r}")
+        raise InvalidArgument(f"invalid group name {name!r}")
     return f"/v1/admin/groups/{name}{suffix}"
 
 
 def _rollout_path(group: str, rollout_id: str) -> str:
     if not rollout_id.replace("-", "").isalnum():
-        raise ClientError(f"invalid rollout id {rollout_id!r}")
+        raise InvalidArgument(f"invalid rollout id {rollout_id!r}")
     return _group_path(group, f"/rollouts/{rollout_id}")
 
 

@@ -11,6 +11,14 @@ class ClientError(SqlfleetError):
     code = "client_error"
 
 
+class InvalidArgument(ClientError):
+    """A tenant id, group name or rollout id given on the command line that is not one (sent,
+    "../x" would change the URL itself): refused before asking the server, a usage error (the
+    CLI exits 2)."""
+
+    code = "invalid_argument"
+
+
 class ServerUnreachable(ClientError):
     """No HTTP answer came back from the server."""
 

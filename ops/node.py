@@ -92,6 +92,8 @@ DRAIN_WAITS_FOR_START = 5.0
 # the longest Retry-After of a cluster-wide answer lacking a node without a lease: it may come back
 # sooner than its takeover
 GATHER_RETRY_CAP = 30
+# Drain marks tried at most this often when other drains land between the look and the mark
+DRAIN_TRIES = 3
 
 
 def noted_writer(system_dir: Path) -> Writer | None:
@@ -458,13 +460,18 @@ class ClusterNode:
                 f"node {node!r} is not registered: only a live node can "
                 + ("hand its tenants over (start it again, then drain it)" if draining else "be undrained")
             )
-        others = sorted(live.keys() - self.agent.draining() - {node})
-        if draining and not others:  # the controller would leave every slot where it is
-            raise NoOtherNode(
-                f"node {node!r} is the last live node not draining: no other node to take its slots "
-                "(start another node, or undo another node's drain, first)"
-            )
-        self.agent.set_draining(node, draining)
+        drained = self.agent.draining()
+        for _ in range(DRAIN_TRIES):
+            others = live.keys() - drained - {node}
+            if draining and not others:  # the controller would leave every slot where it is
+                raise NoOtherNode(
+                    f"node {node!r} is the last live node not draining: no other node to take its "
+                    "slots (start another node, or undo another node's drain, first)"
+                )
+            if self.agent.set_draining(node, draining, keep=others):
+                return
+            drained = self.agent.draining_now()  # another drain came first: look again
+        raise NoOtherNode(f"other drains kept changing the cluster while node {node!r} was marked: retry")
 
     # -- the fleet's and the shipper's hooks ----------------------------------------------------
 

@@ -13,7 +13,9 @@ to the other nodes, each a planned move (drained, shipped, handed over); `DELETE
 undoes it. Both answer the cluster status as above, and take no body (an empty one, or `{}`;
 any field is 400 `unknown fields`, as on every admin route). Only a running node can be drained
 or undrained (409 `node_not_live` otherwise: its tenants move only while it hands them over),
-and not the last one that is not draining (409 `no_other_node`: its slots would have nowhere to go).
+and not the last one that is not draining (409 `no_other_node`: its slots would have nowhere to go;
+the mark is an etcd transaction guarded by the other nodes' marks, so of two drains sent at once
+for the last two nodes, through any nodes, one is refused).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import click
 from rich.console import Console, RenderableType
 
 from ops.client import DEFAULT_URL, AdminClient
-from ops.errors import ApiError, ClientError
+from ops.errors import ApiError, ClientError, InvalidArgument
 from ops.settings import Settings
 from tenants.errors import SqlfleetError
 
@@ -73,6 +73,8 @@ def admin_command(fn: Command) -> Command:
                 admin_key, source = key_from_file(data_dir)
             with AdminClient(url, admin_key, timeout) as client:
                 fn(client, as_json, **kw)
+        except InvalidArgument as exc:
+            raise click.UsageError(exc.message) from None
         except SqlfleetError as exc:
             raise click.ClickException(describe(exc, source)) from None
 

@@ -20,3 +20,22 @@ def test_one_agent_serves_every_tenant_and_routes_to_itself(peers: Peers) -> Non
     finally:
         agent.stop()
     assert not agent.serves("acme") and agent.why_not_serving() == "left the cluster"
+
+
+def test_a_drain_is_marked_only_while_the_nodes_it_must_keep_are_not_draining(peers: Peers) -> None:
+    """Session 6: two drains sent at once for the last two nodes each looked at a view without
+    the other's mark and both were written. The mark is now one etcd transaction guarded by the
+    nodes that must stay: a mark of one of them (even one this agent's watch has not seen) wins."""
+    agent = Agent(peers.config("solo"))
+    agent.start()
+    try:
+        assert agent.set_draining("a", True, keep={"b", "c"})
+        assert agent.draining_now() == {"a"}
+        assert not agent.set_draining("b", True, keep={"a"})  # "a" was marked first: nothing written
+        assert agent.draining_now() == {"a"}
+        assert agent.set_draining("b", True, keep={"c"})
+        assert agent.draining_now() == {"a", "b"}
+        assert agent.set_draining("a", False, keep={"b"})  # an undo is never refused
+        wait_until(lambda: agent.draining() == {"b"})
+    finally:
+        agent.stop()

@@ -6,7 +6,9 @@ body with a field is 400 as on every admin route, and the CLI exits 2 on what it
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from tests.cluster.test_serving import Nodes, running_nodes
 from tests.support.cli import cli, fails, usage_error
 from tests.support.etcd import EtcdCluster
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -75,3 +78,26 @@ def test_every_drain_input_is_checked_before_anything_is_marked(nodes: Nodes) ->
     for bad in ("../x", "-x", "a/b", "x" * 64):
         usage_error(cli(n1, "cluster", "drain", "--", bad), "invalid node id")
         usage_error(cli(n1, "cluster", "drain", "--undo", "--", bad), "invalid node id")
+
+
+def test_two_drains_sent_at_once_for_the_last_two_nodes_mark_one(nodes: Nodes) -> None:
+    """Session 6 (left open in session 5): each node checked "another node stays" against its own
+    view, and both marks were written: no node left to take any slot."""
+    for _ in range(2):
+        start = threading.Barrier(2)
+
+        def drain(via: str, node: str, start: threading.Barrier = start) -> httpx.Response:
+            with nodes.servers[via].client(timeout=30) as http:
+                start.wait(timeout=30)
+                return http.post(f"/v1/admin/cluster/nodes/{node}/drain")
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(drain, ("n1", "n2"), ("n1", "n2")))
+        assert sorted(r.status_code for r in answers) == [200, 409], [r.text for r in answers]
+        refused = next(r for r in answers if r.status_code == 409)
+        assert refused.json()["error"]["code"] == "no_other_node", refused.text
+        with nodes.servers["n1"].client(timeout=30) as http:
+            wait_until(lambda: sorted(_draining(http).values()) == [False, True])
+            marked = next(n for n, on in _draining(http).items() if on)
+            assert http.delete(f"/v1/admin/cluster/nodes/{marked}/drain").status_code == 200
+        nodes.settled(("n1", "n2"))

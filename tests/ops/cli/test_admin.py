@@ -17,7 +17,7 @@ import pytest
 from ops import client as admin_client
 from router.admin_api import MAX_PAGE
 from tests.support.app import bearer
-from tests.support.cli import cli, fails, ok
+from tests.support.cli import cli, fails, ok, usage_error
 from tests.support.loopback import Quiet, loopback_http
 from tests.support.server import ServerProcess, free_port, run_server
 
@@ -85,8 +85,14 @@ def test_create_invalid_id_fails_400(server: ServerProcess) -> None:
 
 
 def test_ids_that_would_change_the_url_are_refused(server: ServerProcess) -> None:
+    """Refused before asking the server: a usage error, exit 2 (session 6: they exited 1, as if
+    the server had refused them), for tenant ids and group names alike."""
     for bad in ("../x", "a/b", "x" * 64):
-        fails(cli(server, "tenant", "info", bad), "invalid tenant id")
+        usage_error(cli(server, "tenant", "info", bad), "invalid tenant id")
+        usage_error(cli(server, "token", "mint", bad), "invalid tenant id")
+        usage_error(cli(server, "group", "show", bad), "invalid group name")
+        usage_error(cli(server, "group", "status", "shop", bad), "invalid tenant id")
+        usage_error(cli(server, "group", "status", bad, "acme"), "invalid group name")
 
 
 # -- tenant info -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from cluster.config import ClusterConfig
 from cluster.controller import Controller, TakeOver
 from cluster.errors import EtcdUnavailable
 from cluster.keys import decode_assign
-from cluster.kv import Compare, Put
+from cluster.kv import Compare, Delete, Put
 from cluster.membership import Node
 from cluster.ownership import Ownership
 from cluster.routing import Lost, Route, RoutingTable
@@ -87,16 +87,22 @@ class Agent:
         planned move) or not any more. A drain is written only if no node of `keep` is marked
         draining at that moment (one etcd transaction: two drains sent at once cannot both take
         the last nodes); False when one is (nothing written). Blocking: not from the cluster
-        loop. Raises ClusterError."""
+        loop. Returns once this node's view has the mark (the status it answers next shows it).
+        Raises ClusterError."""
         key = self.node.keys.drain(node_id)
 
         async def write() -> bool:
-            if not draining:
-                await self.node.etcd.delete(key)
-                return True
-            guards = [Compare.absent(self.node.keys.drain(k)) for k in sorted(keep)[:MAX_GUARDS]]
-            mark = Put(key, json.dumps({"since": time.time()}).encode())
-            return (await self.node.etcd.txn(guards, [mark])).succeeded
+            if draining:
+                guards = [Compare.absent(self.node.keys.drain(k)) for k in sorted(keep)[:MAX_GUARDS]]
+                mark = Put(key, json.dumps({"since": time.time()}).encode())
+                result = await self.node.etcd.txn(guards, [mark])
+                done = changed = result.succeeded
+            else:  # deleted only if there: else no event would ever bring the view to it
+                result = await self.node.etcd.txn([Compare.absent(key)], [], [Delete(key)])
+                done, changed = True, not result.succeeded
+            if changed:
+                await self.node.mirror(self.node.keys.drains).wait_revision(result.revision)
+            return done
 
         try:
             return self.node.call(write(), timeout)

@@ -169,12 +169,6 @@ class Etcd:
         )
         return int(reply.header.revision)
 
-    async def delete(self, key: bytes) -> int:
-        reply = await self._call(
-            lambda t: self._client.kvstub.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=t)
-        )
-        return int(reply.header.revision)
-
     async def txn(
         self,
         compares: Sequence[Compare],

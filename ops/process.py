@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -201,6 +203,18 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, handler)
         if received:
             signal.raise_signal(received[0])
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A new temporary folder, removed however the block ends (a Ctrl-C or SIGTERM during the
+    removal takes effect after it)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        with signals_deferred():
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # -- the one `sqlfleet serve` launcher ------------------------------------------------------------

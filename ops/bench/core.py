@@ -19,13 +19,17 @@ import click
 
 from ops.bench.driver import QUERY_SQL, Driver, latency_ms, summary
 from ops.bench.errors import BenchError
+from ops.bench.floor import fleet_floor
 from ops.bench.loadgen import Drive, PhaseResult
-from ops.bench.options import common_options, count, seconds, session
+from ops.bench.options import common_options, count, seconds, serve_overrides, session
 from ops.bench.report import Row, emit, json_out
 from ops.bench.server import BenchServer, pool_delta
 from ops.bench.wsload import execute_messages, ws_drive
+from ops.process import scratch_dir
+from ops.settings import Settings
 
 GIB = 1 << 30
+ROWS = 10  # rows of each fleet tenant's `kv` table
 # issue 14's targets
 TARGETS = {
     "fleet_rss_bytes": int(0.5 * GIB),
@@ -48,10 +52,14 @@ class Load:
     setup_concurrency: int
 
 
+def fleet_ids(count: int) -> list[str]:
+    return [f"t{i:07d}" for i in range(count)]
+
+
 def bench_fleet(
-    server: BenchServer, driver: Driver, load: Load, reuse: bool = False, rows: int = 10
+    server: BenchServer, driver: Driver, load: Load, reuse: bool = False, rows: int = ROWS
 ) -> dict[str, Any]:
-    ids = [f"t{i:07d}" for i in range(load.tenants)]
+    ids = fleet_ids(load.tenants)
     setup_cpu, started = server.cpu_seconds(), time.monotonic()
     tokens, setup = driver.setup(ids, rows, load.setup_concurrency, reuse)
     setup_seconds, setup_cpu = time.monotonic() - started, server.cpu_seconds() - setup_cpu
@@ -219,6 +227,30 @@ def fleet_rows(r: dict[str, Any]) -> list[Row]:
             f"<= {TARGETS['fleet_rss_bytes'] / GIB:.1f} GiB",
             rss <= TARGETS["fleet_rss_bytes"],
         ),
+        *_floor_rows(r),
+    ]
+
+
+def _floor_rows(r: dict[str, Any]) -> list[Row]:
+    """The floor's steps (ops.bench.floor), each with the server's same step as a share of it."""
+    floor = r.get("floor")
+    if floor is None:
+        return []
+    ours = {
+        "create": r["setup"]["create"]["per_s"],
+        "setup": r["setup"]["schema"]["per_s"],
+        "query": r["req_per_s"],
+    }
+    what = {"create": "durable file", "setup": "first write", "query": "open + query + close"}
+    return [
+        (
+            f"floor: {step} ({what[step]}, bare)",
+            f"{f['per_s']:,.0f}/s, {f['cpu_us_per_op']:,.0f} us CPU; server at "
+            f"{ours[step] / f['per_s']:.0%} of it",
+            "",
+            None,
+        )
+        for step, f in floor.items()
     ]
 
 
@@ -269,6 +301,13 @@ def cold_rows(r: dict[str, Any]) -> list[Row]:
     help="With --data-dir: keep the tenants an earlier run created there (creating 100k takes long: "
     "build the fleet once, rerun with --reuse); their table set-up is re-applied, idempotently.",
 )
+@click.option(
+    "--floor/--no-floor",
+    default=True,
+    show_default=True,
+    help="Then create, set up and query as many tenants with bare Python and APSW, same concurrency "
+    "(ops.bench.floor): what the file system and SQLite allow here.",
+)
 @common_options(default_timeout=3600.0)
 def fleet(
     tenants: int,
@@ -277,6 +316,7 @@ def fleet(
     setup_concurrency: int,
     pool_capacity: int | None,
     reuse: bool,
+    floor: bool,
     **opts: Any,
 ) -> None:
     """Create N tenants, then query every one once per round (shuffled) from concurrent clients."""
@@ -285,6 +325,12 @@ def fleet(
     with session(opts, pool_capacity) as (server, driver):
         result = bench_fleet(server, driver, Load(tenants, rounds, concurrency, setup_concurrency), reuse)
     result["server_exit_code"] = server.proc.returncode
+    if floor:  # the server has stopped: the machine is as quiet as it was for the server
+        click.echo("floor: the same work with bare Python and APSW...", err=True)
+        settings = Settings.load({}, **serve_overrides(opts["serve_arg"]))
+        with scratch_dir("sqlfleet-bench-floor-") as root:
+            load = (setup_concurrency, concurrency)
+            result["floor"] = fleet_floor(root, fleet_ids(tenants), ROWS, settings, load)
     emit(result, fleet_rows(result), json_out(opts, "fleet"))
 
 

@@ -21,8 +21,8 @@ from ops.bench.server import BenchServer
 
 QUERY_SQL = "SELECT v FROM kv WHERE k = ?"
 # Idempotent, so `--reuse` can re-apply it to tenants an interrupted run left without it.
-_CREATE_SQL = "CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"
-_ROWS_SQL = (
+CREATE_SQL = "CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"
+ROWS_SQL = (
     "INSERT OR IGNORE INTO kv(k, v) "
     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
     "SELECT i, 'value-' || i FROM n"
@@ -115,7 +115,7 @@ class Driver:
         if step == "create":
             requests = [self.request("POST", "/v1/admin/tenants", {"id": t}) for t in ids]
         elif step == "schema":
-            body = {"statements": [{"sql": _CREATE_SQL}, {"sql": _ROWS_SQL, "params": [rows]}]}
+            body = {"statements": [{"sql": CREATE_SQL}, {"sql": ROWS_SQL, "params": [rows]}]}
             requests = [self.request("POST", f"/v1/tenants/{t}/batch", body) for t in ids]
         else:
             body = {"access": "rw", "expires_in": 86400}

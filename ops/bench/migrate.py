@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ops.bench.options import count, data_dir_option, json_out_option
 from ops.bench.profile import profile_options, profiling
 from ops.bench.report import Row, emit
-from ops.process import signals_deferred
+from ops.process import scratch_dir
 from ops.settings import Settings
 from schema_sync.catch_up import SchemaHooks
 from schema_sync.groups import GroupStore
@@ -135,12 +134,8 @@ def _data_dir(given: Path | None) -> Iterator[Path]:
         given.mkdir(parents=True, exist_ok=True)
         yield given
         return
-    root = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-migrate-"))
-    try:
+    with scratch_dir("sqlfleet-bench-migrate-") as root:
         yield root
-    finally:
-        with signals_deferred():
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def tenant_ids(count: int) -> list[str]:

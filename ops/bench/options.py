@@ -27,6 +27,16 @@ def serve_args(pool_capacity: int | None, worker_threads: int | None, extra: Seq
     return args
 
 
+def serve_overrides(extra: Sequence[str]) -> dict[str, str]:
+    """Each NAME=VALUE of --serve-arg as a Settings override (`Settings.load` ignores names that
+    are not settings)."""
+    overrides = {}
+    for item in extra:
+        name, _, value = item.partition("=")
+        overrides[name.lstrip("-").replace("-", "_")] = value
+    return overrides
+
+
 Decorator = Callable[[Any], Any]
 PATH = click.Path(dir_okay=False, path_type=Path)
 

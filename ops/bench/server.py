@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import httpx
 import psutil
 
-from ops.process import ServerProcess, signals_deferred, start_server
+from ops.process import ServerProcess, scratch_dir, start_server
 
 GRACE = 60.0  # a finished benchmark's server: shipping and checkpoints finish (exit code 0)
 INTERRUPTED_GRACE = 10.0  # an interrupted or failed one: then SIGKILL
@@ -106,8 +104,7 @@ def running_server(
     """A fresh server on a free loopback port over `data_dir` (kept) or a temp dir (removed),
     with `env` added to its environment and `admin_key` (default: a new random one). Raises
     LaunchError if it does not come up."""
-    work = Path(tempfile.mkdtemp(prefix="sqlfleet-bench-"))
-    try:
+    with scratch_dir("sqlfleet-bench-") as work:
         process = start_server(
             data_dir or work / "data",
             ["--log-level", "warning", *serve_args],
@@ -122,6 +119,3 @@ def running_server(
             finished = True
         finally:
             process.terminate(GRACE if finished else INTERRUPTED_GRACE)
-    finally:
-        with signals_deferred():
-            shutil.rmtree(work, ignore_errors=True)

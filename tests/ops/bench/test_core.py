@@ -10,14 +10,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import apsw
 import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.bench.driver import latency_ms
+from ops.bench.floor import fleet_floor
 from ops.bench.loadgen import Phase, render, run_phase
 from ops.process import spawn, stop
+from ops.settings import Settings
+from tenants.layout import Layout
 from tests.support.app import ADMIN, bearer
 from tests.support.server import run_bench, run_server
 
@@ -46,11 +50,28 @@ def test_fleet_reports_throughput_latency_pool_and_rss(tmp_path: Path) -> None:
     # the setup as a whole (issue 14: a 100k fleet in <= 120 s) and its create step
     assert {"tenant create", "whole setup (create + table + token)"} <= set(r["targets"])
     assert r["setup_seconds"] > 0 and r["setup_per_s"] > 0 and r["setup_server_cpu_us_per_tenant"] > 0
+    # the floor: the same steps with bare Python and APSW, same run, shown beside the server's
+    assert {step: v["count"] for step, v in r["floor"].items()} == {"create": 6, "setup": 6, "query": 6}
+    assert all(v["per_s"] > 0 and v["cpu_us_per_op"] > 0 for v in r["floor"].values())
 
     # --reuse keeps the tenants a run created (409 is fine), creates the missing ones
-    r = _bench(tmp_path, "fleet", "--tenants", "8", *args, "--reuse")
+    r = _bench(tmp_path, "fleet", "--tenants", "8", *args, "--reuse", "--no-floor")
     assert {step: v["count"] for step, v in r["setup"].items()} == {"create": 8, "schema": 8, "token": 8}
     assert r["requests"] == 16 and r["errors"] == 0
+    assert "floor" not in r
+
+
+def test_the_fleet_floor_does_each_step_for_real_in_the_servers_layout(tmp_path: Path) -> None:
+    ids = ["a1", "b2", "c3"]
+    floor = fleet_floor(tmp_path, ids, 10, Settings.load({}), (2, 3))
+    assert {step: v["count"] for step, v in floor.items()} == {"create": 3, "setup": 3, "query": 3}
+    layout = Layout(tmp_path)
+    for tenant in ids:  # made where the server keeps a tenant, with its table and rows
+        conn = apsw.Connection(str(layout.tenant_path(tenant)), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            assert conn.execute("SELECT count(*), max(k) FROM kv").fetchall() == [(10, 10)]
+        finally:
+            conn.close()
 
 
 def test_hot_compares_query_with_bare_endpoint(tmp_path: Path) -> None:

@@ -78,7 +78,12 @@ class _Gate:
         # asyncio's: a free one is taken without a trip through the event loop (anyio's yields
         # on every acquire); every Hrana request and every queued read takes it
         self.lock = asyncio.Lock()
-        self.users = 0
+        self.users = 0  # requests holding or waiting for the lock
+        # of them, those whose work runs (or may run) in a worker thread: jobs, and reads the
+        # loop declined. Reads that wait only to try the loop in turn are not: a read arriving
+        # behind nothing but such reads runs on the loop at once (else, under steady load, one
+        # queued read kept every later read queued behind the gate, each paying its lock)
+        self.jobs = 0
 
 
 class Scheduler:
@@ -134,21 +139,29 @@ class Scheduler:
             steps.close()  # never started: nothing to clean up in a thread
             raise TenantUnavailable(f"tenant {tenant!r} is busy: {gate.users} requests queued")
         gate.users += 1
+        job = first is _never
+        gate.jobs += job
         try:
             async with gate.lock:
                 value = first()
                 if value is not None:
                     steps.close()  # never started
                     return value
+                if not job:
+                    job = True
+                    gate.jobs += 1
                 return await self._drive(tenant, steps)
         finally:
             gate.users -= 1
+            gate.jobs -= job
             if gate.users == 0:
                 del self._gates[tenant]
 
     def queued(self, tenant: str) -> bool:
-        """Whether jobs of `tenant` are running or waiting."""
-        return tenant in self._gates
+        """Whether jobs of `tenant` (work for a worker thread) are running or waiting: reads
+        waiting only for their turn to try the loop do not count."""
+        gate = self._gates.get(tenant)
+        return gate is not None and gate.jobs > 0
 
     async def _drive(self, tenant: str, steps: Steps[T]) -> T:
         outcome: _Done[T] | None = None

@@ -22,6 +22,7 @@ from tenants.errors import BadRequest
 from tenants.execute import QueryResult, Statement
 from tenants.fleet import Fleet
 from tenants.ids import validate_tenant_id
+from tenants.inline import cannot_write
 
 # Larger inline results are encoded to JSON in a thread, not on the event loop.
 INLINE_MAX_ROWS = 200
@@ -72,14 +73,15 @@ async def query(request: Request) -> Response:
     try:
         # A point read on an open, idle tenant runs on the loop (tenants.inline decides what
         # may): no thread hand-off. Anything else (a write, a slow or large read, a tenant that
-        # is closed) goes to a worker thread. On a busy tenant a read waits its turn behind the
-        # tenant's jobs (a write queued before it still goes first), then tries the loop: else
-        # every read arriving while one job was queued would be queued too, each in a thread.
+        # is closed) goes to a worker thread. On a tenant with jobs (work for a thread) a read
+        # waits its turn behind them (a write queued before it still goes first), then tries the
+        # loop: else every read arriving while one job was queued would be queued too, each in a
+        # thread. Reads waiting so are no jobs: a read arriving behind nothing else runs at once.
         queued = c.queued(tenant)
         result = None if queued else c.fleet.try_inline(tenant, stmt)
         if result is None:
             steps = _run_one(c.fleet, tenant, stmt, readonly, budget)
-            if queued:
+            if queued and cannot_write(stmt.sql):
                 outcome = await c.scheduler.run_after(
                     tenant, functools.partial(c.fleet.try_inline, tenant, stmt), steps
                 )

@@ -54,6 +54,15 @@ SAFE_OPCODES = _names(
 _CAPACITY = 32  # SQL texts remembered per connection
 _LONGEST = 4096  # longer SQL is not worth judging: it is not a point read
 _READS = frozenset({"SELECT", "WITH", "VALUES"})
+# First keywords of statements that cannot write (WITH may lead an INSERT; tenants define no
+# functions and triggers fire on writes only)
+_CANNOT_WRITE = frozenset({"SELECT", "VALUES"})
+
+
+def cannot_write(sql: str) -> bool:
+    """Whether `sql` is, by its first keyword, a read: what may wait behind a tenant's jobs for
+    its turn to try the event loop without counting as a job (router.scheduler.run_after)."""
+    return leading_keyword(sql) in _CANNOT_WRITE
 
 
 class InlinePlans:

@@ -29,6 +29,7 @@ from router.hrana.streams import Stream
 from tenants.budget import Budget
 from tenants.errors import SqlfleetError
 from tenants.execute import Params, Statement, bindings
+from tenants.inline import cannot_write
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,12 +63,15 @@ async def run_or_inline(
     inline: Callable[[], R | None] | None,
     *,
     end_on_error: bool = True,
+    waits_as_read: bool = False,
 ) -> T | R:
     """`run_on_stream`, except that `inline()` (work that may run on the event loop, or None
     if it cannot after all) is tried first: at once if the tenant has no jobs, else when this
     job's turn comes (router.scheduler.run_after), so a read arriving behind a job keeps its
     place and still needs no thread. Its value, unless None, is the outcome (`work` never
-    runs). A stream inside a transaction never tries it."""
+    runs). A stream inside a transaction never tries it. Only work that cannot write
+    (`waits_as_read`: see `point_read`) waits for its turn that way; anything else queues as a
+    job, so reads arriving later queue behind it."""
     streams = c.streams
     queued = c.queued(stream.tenant)
     if inline is not None and not stream.locked and not queued:
@@ -98,7 +102,7 @@ async def run_or_inline(
             streams.detach(stream)
 
     try:
-        if inline is not None and not stream.locked and queued:
+        if inline is not None and not stream.locked and queued and waits_as_read:
             return await c.scheduler.run_after(stream.tenant, inline, job())
         # A stream inside a transaction holds the tenant's lock: it must not queue behind
         # requests waiting for that very lock. Others queue per tenant like the REST API.
@@ -155,20 +159,35 @@ def try_inline_pipeline(
     """The results of an HTTP pipeline that is one inline read (`try_inline`), maybe followed by
     `close` (what a client sends for a query outside a transaction); None otherwise, having
     changed nothing."""
-    if not 1 <= len(requests) <= 2 or not inline_eligible(stream, requests[0]):
-        return None
-    closes = len(requests) == 2
-    if closes and (not isinstance(requests[1], Request) or requests[1].kind != "close"):
+    if not _one_execute(stream, requests):
         return None
     first = requests[0]
     assert isinstance(first, Request)
     response = try_inline(c, stream, first, budget)
     if response is None:
         return None
-    if not closes:
+    if len(requests) == 1:
         return [response]
     stream.closed = True
     return [response, Response("close")]
+
+
+def point_read(stream: Stream, requests: Sequence[Request | SqlfleetError]) -> bool:
+    """Whether `requests` are what `try_inline_pipeline` may run (a WebSocket's single request
+    too), with a statement that cannot write (tenants.inline.cannot_write): such work may wait
+    for its turn to try the loop (`run_or_inline`)."""
+    if not _one_execute(stream, requests):
+        return False
+    first = requests[0]
+    assert isinstance(first, Request) and first.stmt is not None and first.stmt.sql is not None
+    return cannot_write(first.stmt.sql)
+
+
+def _one_execute(stream: Stream, requests: Sequence[Request | SqlfleetError]) -> bool:
+    """One `inline_eligible` execute, maybe followed by `close`."""
+    if not 1 <= len(requests) <= 2 or not inline_eligible(stream, requests[0]):
+        return False
+    return len(requests) == 1 or (isinstance(requests[1], Request) and requests[1].kind == "close")
 
 
 def learn_inline(executor: StreamExecutor, request: Request, response: object) -> None:

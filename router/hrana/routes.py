@@ -42,7 +42,7 @@ from router.hrana import codec_json, codec_protobuf
 from router.hrana.cursor import CursorOutput, CursorResponse
 from router.hrana.errors import RequestTooLarge, TenantRequired
 from router.hrana.executor import HRANA, Steps, StreamExecutor
-from router.hrana.jobs import learn_inline, run_on_stream, run_or_inline, try_inline_pipeline
+from router.hrana.jobs import learn_inline, point_read, run_on_stream, run_or_inline, try_inline_pipeline
 from router.hrana.protocol import (
     CursorEntry,
     CursorHeader,
@@ -183,7 +183,8 @@ def _pipeline(codec: HttpCodec) -> Endpoint:
             # a point read (and close) runs on the loop, at once or when its turn comes (jobs.py)
             inline = partial(try_inline_pipeline, c, stream, body.requests, budget)
             work = partial(_pipeline_steps, requests=body.requests)
-            results = await run_or_inline(c, stream, readonly, work, budget, inline)
+            reads = point_read(stream, body.requests)
+            results = await run_or_inline(c, stream, readonly, work, budget, inline, waits_as_read=reads)
             out = codec.encode_pipeline_response(PipelineResponse(stream.next_baton, None, results))
         except BaseException:
             budget.release()

@@ -172,3 +172,50 @@ def test_work_queued_behind_a_job_tries_the_loop_when_its_turn_comes() -> None:
     with contextlib.closing(scheduler):
         assert anyio.run(scenario) == ["inline", "thread"]
     assert not scheduler.queued("t")
+
+
+def test_reads_waiting_their_turn_are_no_jobs_to_queue_behind() -> None:
+    # session 6, the hot-query bench: once one job had been queued, every later read queued
+    # behind the reads waiting for their turn, so the tenant never stopped counting as busy
+    # under steady load and every read paid the queue; a read whose turn shows it cannot run on
+    # the loop becomes a job (a worker thread), and reads arriving meanwhile queue behind it
+    scheduler = Scheduler(threads=2, max_queued=10, heavy_seconds=10, window=30, grace=0.0)
+    release, declined = threading.Event(), threading.Event()
+    seen: list[tuple[str, bool]] = []
+
+    def blocker(event: threading.Event) -> str:
+        event.wait(5)
+        return "job"
+
+    def steps() -> Generator[None, None, str]:
+        blocker(declined)
+        return "thread"
+        yield
+
+    async def scenario() -> None:
+        async def job_then_look() -> None:
+            await scheduler.call("t", blocker, release)
+            seen.append(("job done", scheduler.queued("t")))  # before the waiting read's turn
+
+        async def read(value: str | None) -> None:
+            await scheduler.run_after("t", lambda: value, steps())
+            seen.append((f"read {value}", scheduler.queued("t")))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(job_then_look)
+            await anyio.sleep(0.05)
+            tasks.start_soon(read, "inline")
+            await anyio.sleep(0.05)
+            assert scheduler.queued("t")  # the job runs; the read waits its turn
+            release.set()
+        assert seen == [("job done", False), ("read inline", False)]
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read, None)  # its turn comes at once, and the loop declines it
+            await anyio.sleep(0.05)
+            assert scheduler.queued("t")  # now a job: later reads queue behind it
+            declined.set()
+        assert not scheduler.queued("t")
+
+    with contextlib.closing(scheduler):
+        anyio.run(scenario)

@@ -47,7 +47,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from router.context import Context
 from router.hrana.errors import ProtocolError, SqlExists, StreamClosed
 from router.hrana.executor import HRANA, Steps, StreamExecutor
-from router.hrana.jobs import learn_inline, run_on_stream, run_or_inline, try_inline
+from router.hrana.jobs import learn_inline, point_read, run_on_stream, run_or_inline, try_inline
 from router.hrana.protocol import (
     Batch,
     ClientMsg,
@@ -360,8 +360,16 @@ class Session:
                 work = partial(self._work, rid=rid, request=request)
                 # a point read runs on the loop, at once or when its turn comes (jobs.py)
                 inline = partial(try_inline, self.c, stream, request, budget)
+                reads = point_read(stream, [request])
                 outcome = await run_or_inline(
-                    self.c, stream, self.readonly, work, budget, inline, end_on_error=False
+                    self.c,
+                    stream,
+                    self.readonly,
+                    work,
+                    budget,
+                    inline,
+                    end_on_error=False,
+                    waits_as_read=reads,
                 )
                 if isinstance(outcome, Response):  # ran inline: not encoded yet
                     data = await self._encode(ResponseOk(rid, outcome), outcome)

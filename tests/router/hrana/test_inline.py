@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from router.hrana.executor import HRANA
-from router.hrana.jobs import run_or_inline, try_inline
+from router.hrana.jobs import point_read, run_or_inline, try_inline
 from router.hrana.protocol import Request, Response, Stmt
 from router.scheduler import Scheduler
 from tests.support.app import ADMIN, InProcess
@@ -115,7 +115,10 @@ def test_a_read_queued_behind_a_job_runs_on_the_loop_when_its_turn_comes(
 
             async def read() -> None:
                 inline = lambda: try_inline(c, stream, request, budget)  # noqa: E731
-                outcome.append(await run_or_inline(c, stream, False, work, budget, inline))
+                reads = point_read(stream, [request])
+                outcome.append(
+                    await run_or_inline(c, stream, False, work, budget, inline, waits_as_read=reads)
+                )
 
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(scheduler.call, "acme", release.wait, 5)

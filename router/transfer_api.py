@@ -136,7 +136,7 @@ class Streamed(Response):
         self.background = None
         self.init_headers(headers)
         self.pieces = pieces
-        self.cleanup = cleanup
+        self._cleanup: Callable[[], Awaitable[None]] | None = cleanup
         self.idle = idle
         self.deadline = deadline
 
@@ -161,14 +161,29 @@ class Streamed(Response):
                     log.warning("transfer cut off after transfer_timeout")
                 group.cancel_scope.cancel()
         finally:
+            await self._clean()
+
+    async def _clean(self) -> None:
+        """Run `cleanup`, once, whatever cancels the caller."""
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
             with anyio.CancelScope(shield=True):
-                await self.cleanup()
+                await cleanup()
 
     async def _send(self, send: Send, head: bool) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for piece in self.pieces if not head else _nothing():
+        pieces = self.pieces if not head else _nothing()
+        piece = await anext(pieces, None)
+        while piece is not None:
+            following = await anext(pieces, None)
+            if following is None:
+                # the transfer slot (and its files) go before the client can have the whole body:
+                # a client that starts its next transfer at once must find the slot free
+                await self._clean()
             with anyio.fail_after(self.idle):
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
+            piece = following
+        await self._clean()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

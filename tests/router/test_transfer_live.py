@@ -101,6 +101,22 @@ def test_export_slot_and_file_go_when_the_client_disconnects_or_stalls(tmp_path:
         assert not transfers.exists() or not any(transfers.iterdir())
 
 
+def test_the_slot_is_free_once_the_client_has_the_whole_body(tmp_path: Path) -> None:
+    # session 6 (a CI run): the slot went back only after the last byte was sent, so a client
+    # that started its next transfer at once could get 429 `transfers_busy` with nothing running
+    with (
+        run_server(tmp_path / "data", env={"SQLFLEET_MAX_TRANSFERS": "1"}) as server,
+        server.client() as client,
+    ):
+        assert client.post("/v1/admin/tenants", json={"id": "small"}).status_code == 201
+        r = client.post("/v1/tenants/small/query", json={"sql": "CREATE TABLE t(x)"})
+        assert r.status_code == 200, r.text
+        for n in range(30):
+            for path in ("/v1/tenants/small/dump", "/v1/tenants/small/export"):
+                r = client.get(path)
+                assert r.status_code == 200, (n, path, r.text)
+
+
 def _slot_free(client: httpx.Client) -> bool:
     r = client.get("/v1/tenants/big/export")
     return r.status_code == 200

@@ -49,13 +49,27 @@ Progress = Callable[[int, int | None], None]
 IMPORT_CHECK_WAIT = 300.0  # seconds an import may wait for its answer once the file is sent
 
 
+def check_url(url: str) -> str:
+    """`url` if it can name a server: http(s) with a host; InvalidArgument (a usage error,
+    refused before anything is asked) if not."""
+    if not url.startswith(("http://", "https://")):
+        raise InvalidArgument(f"invalid URL {url!r}: it must start with http:// or https://")
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL as exc:
+        raise InvalidArgument(f"invalid URL {url!r}: {exc}") from None
+    if not host:
+        raise InvalidArgument(f"invalid URL {url!r}: it names no host")
+    return url
+
+
 class AdminClient:
     """The admin API over one connection pool. Not thread-safe; use it in a `with` block."""
 
     def __init__(self, url: str, admin_key: str, timeout: float = 30.0) -> None:
-        """Raises ClientError for a URL that is not http(s) or a key that cannot go in a header."""
-        if not url.startswith(("http://", "https://")):
-            raise ClientError(f"invalid URL {url!r}: it must start with http:// or https://")
+        """Raises InvalidArgument for a URL that is not an http(s) one (`check_url`),
+        ClientError for a key that cannot go in a header."""
+        check_url(url)
         if not admin_key.isascii() or not admin_key.isprintable() or " " in admin_key:
             raise ClientError("the admin key holds characters that cannot be sent in an HTTP header")
         self.url = url.rstrip("/")
@@ -65,7 +79,7 @@ class AdminClient:
                 base_url=self.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=timeout
             )
         except httpx.InvalidURL as exc:
-            raise ClientError(f"invalid URL {url!r}: {exc}") from None
+            raise InvalidArgument(f"invalid URL {url!r}: {exc}") from None
 
     def __enter__(self) -> AdminClient:
         return self

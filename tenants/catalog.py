@@ -13,6 +13,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,13 +196,23 @@ class Catalog:
         return self._rows.get(tenant_id)
 
     def set_state(
-        self, tenant_id: str, state: TenantState, error: str | None = None, size: int | None = None
-    ) -> None:
-        self._write(
-            tenant_id,
-            "UPDATE tenants SET state = ?, error = ?, size = coalesce(?, size) WHERE id = ?",
-            (state, error, size, tenant_id),
-        )
+        self,
+        tenant_id: str,
+        state: TenantState,
+        error: str | None = None,
+        size: int | None = None,
+        expect: Collection[TenantState] | None = None,
+    ) -> bool:
+        """Set the tenant's state; with `expect`, only if its state is one of those then: a
+        compare-and-set in the catalog's own transaction, so of concurrent callers moving a row
+        out of the same states exactly one does (a check of `get` before would race). Whether
+        the row changed (False: no row, or not in `expect`)."""
+        sql = "UPDATE tenants SET state = ?, error = ?, size = coalesce(?, size) WHERE id = ?"
+        args: tuple[Any, ...] = (state, error, size, tenant_id)
+        if expect is not None:
+            sql += f" AND state IN ({','.join('?' * len(expect))})"
+            args += tuple(expect)
+        return self._write(tenant_id, sql, args) == 1
 
     def set_size(self, tenant_id: str, size: int) -> None:
         self._write(tenant_id, "UPDATE tenants SET size = ? WHERE id = ?", (size, tenant_id))

@@ -43,6 +43,10 @@ from tenants.sandbox import Sandbox
 from tenants.state import TenantState
 
 log = logging.getLogger(__name__)
+# the states a delete, restore or replacement starts from: none is under way
+_SETTLED = (TenantState.ACTIVE, TenantState.CORRUPT, TenantState.MISSING)
+_OURS = (TenantState.RESTORING,)  # a replacement ends only its own restoring state
+_SERVED = (TenantState.ACTIVE, TenantState.MISSING)  # what a failed open or read may mark corrupt
 INLINE_BUDGET = 0.002  # seconds a statement may run on the caller's (event loop) thread
 
 
@@ -155,9 +159,10 @@ class Fleet:
 
     def delete(self, tenant_id: str) -> None:
         """Delete the tenant: in-flight statements finish, later ones get TenantNotFound, the
-        files go, and the id can be reused. Raises TenantNotFound."""
-        self.require(tenant_id, allow=tuple(TenantState))
-        self.catalog.set_state(tenant_id, TenantState.DELETING)
+        files go, and the id can be reused. Of concurrent deletes of one tenant exactly one
+        does it, the others raise TenantNotFound. Raises TenantNotFound, TenantUnavailable
+        (while it is being restored or replaced)."""
+        self._move(tenant_id, TenantState.DELETING, _SETTLED)
         self.pool.discard(tenant_id, "the tenant is being deleted")
         for hook in self.hooks:
             hook.before_delete(tenant_id)
@@ -261,9 +266,9 @@ class Fleet:
         """Replace the tenant's database with the file `source` (a restore in place, or the
         `operation` named): in-flight requests finish, later ones get 503 until the new file is
         in place. The hooks see it as the old file going (before_delete) and a new one arriving
-        (after_create). Raises TenantNotFound."""
-        row = self.require(tenant_id, allow=tuple(TenantState))
-        self.catalog.set_state(tenant_id, TenantState.RESTORING)
+        (after_create). Raises TenantNotFound, TenantUnavailable (another restore or replacement
+        of it is under way: one at a time)."""
+        row = self._move(tenant_id, TenantState.RESTORING, _SETTLED)
         try:
             why = "restored" if operation == "restore" else f"replaced by an {operation}"
             self.pool.discard(tenant_id, f"the tenant is being {why}")
@@ -278,11 +283,23 @@ class Fleet:
             for hook in self.hooks:
                 hook.after_create(tenant_id, final)
         except BaseException:
-            self.catalog.set_state(tenant_id, TenantState.CORRUPT, f"{operation} in place failed")
+            self.catalog.set_state(
+                tenant_id, TenantState.CORRUPT, f"{operation} in place failed", expect=_OURS
+            )
             raise
         size = self.layout.tenant_size(tenant_id)  # the new file's: the row had the old one's
-        self.catalog.set_state(tenant_id, TenantState.ACTIVE, size=size)
+        self.catalog.set_state(tenant_id, TenantState.ACTIVE, size=size, expect=_OURS)
         return dataclasses.replace(row, state=TenantState.ACTIVE, error=None, size=size)
+
+    def _move(self, tenant_id: str, to: TenantState, allow: tuple[TenantState, ...]) -> TenantRow:
+        """Move the tenant from a state in `allow` to `to` (clearing its error), as one
+        compare-and-set in the catalog: of concurrent moves out of the same states exactly one
+        wins, the others raise what `require` raises for the state the winner left
+        (TenantNotFound once it is deleting). The row before the move."""
+        while True:  # a lost compare-and-set has the row refreshed: `require` then raises
+            row = self.require(tenant_id, allow)
+            if self.catalog.set_state(tenant_id, to, expect=allow):
+                return row
 
     def info(self, tenant_id: str) -> TenantRow:
         row = self.require(tenant_id, allow=tuple(TenantState))
@@ -413,7 +430,10 @@ class Fleet:
         try:
             conn, sandbox = open_database(self.layout.tenant_path(tenant_id), self.config)
         except apsw.CantOpenError:
-            self.catalog.set_state(tenant_id, TenantState.MISSING, "database file is missing")
+            # compare-and-set: a delete that removed the file meanwhile keeps its state
+            self.catalog.set_state(
+                tenant_id, TenantState.MISSING, "database file is missing", expect=(TenantState.ACTIVE,)
+            )
             raise TenantUnavailable(f"tenant {tenant_id!r} has no database file") from None
         except (apsw.CorruptError, apsw.NotADBError) as exc:
             raise TenantCorrupt(f"tenant {tenant_id!r} is corrupt: {exc}") from None
@@ -433,12 +453,11 @@ class Fleet:
                 hook.before_close(handle.tenant_id, handle.conn)
 
     def _mark_corrupt(self, tenant_id: str, message: str) -> None:
-        row = self.catalog.get(tenant_id)
-        if row is None or row.state == TenantState.CORRUPT:
-            return
-        log.error("tenant %s marked corrupt: %s", tenant_id, message)
-        self.catalog.set_state(tenant_id, TenantState.CORRUPT, message)
-        self.pool.discard(tenant_id, "the tenant is corrupt")
+        # only a served tenant: a delete or restore under way owns the row's state (a delete
+        # turned corrupt here would let a second delete start)
+        if self.catalog.set_state(tenant_id, TenantState.CORRUPT, message, expect=_SERVED):
+            log.error("tenant %s marked corrupt: %s", tenant_id, message)
+            self.pool.discard(tenant_id, "the tenant is corrupt")
 
     def _refresh_gauges(self) -> None:
         counts = _StateCounts(self.catalog)

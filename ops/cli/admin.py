@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import click
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -26,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ops.api_types import TenantInfo
-from ops.cli.common import admin_command, console, output, print_json, size
+from ops.cli.common import admin_command, console, output, print_json, progress, size
 from ops.client import MAX_PAGE, AdminClient
 from ops.errors import ClientError
 
@@ -117,8 +116,8 @@ def delete(client: AdminClient, as_json: bool, tenant_id: str, yes: bool) -> Non
         shown = size(client.tenant_info(tenant_id)["size"])
         click.confirm(f"Delete tenant {tenant_id!r} ({shown}) and all its data?", abort=True)
     client.delete_tenant(tenant_id)
-    if not as_json:  # the server answers 204, so --json prints nothing
-        click.echo(f"deleted tenant {tenant_id}")
+    # the server answers 204: --json prints what that means, as a document like every command's
+    output({"id": tenant_id, "deleted": True}, as_json, f"deleted tenant {tenant_id}")
 
 
 @click.group()
@@ -163,14 +162,12 @@ def revoke(client: AdminClient, as_json: bool, tenant_id: str) -> None:
 
 
 def _transfer_bar() -> Progress:
-    # On stderr, so stdout stays the result (a line, or JSON with --json).
-    return Progress(
+    return progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
         transient=True,
     )
 

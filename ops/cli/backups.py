@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ops.api_types import RestoreResult
-from ops.cli.common import admin_command, console, output, print_json, size
+from ops.cli.common import admin_command, console, output, print_json, progress, size
 from ops.client import AdminClient
 from ops.errors import ClientError, ServerUnreachable
 from tenants.errors import BadRequest
@@ -65,8 +65,7 @@ class _RateColumn(ProgressColumn):
 
 
 def _progress(unit: str = "tenants") -> Progress:
-    # On stderr, so stdout stays the result (a table, or JSON with --json).
-    return Progress(
+    return progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -74,7 +73,6 @@ def _progress(unit: str = "tenants") -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
     )
 
 
@@ -227,15 +225,15 @@ def _restore_each(
     failed: dict[str, str] = {}
     if not tenants:
         return results, failed
-    with _progress() as progress:
-        task = progress.add_task("restoring", total=len(tenants))
+    with _progress() as bar:
+        task = bar.add_task("restoring", total=len(tenants))
         for tenant in tenants:
             try:
                 results.append(client.restore(tenant, moment, as_tenant=tenant))
             except ClientError as exc:
                 failed[tenant] = _failure(exc)
-                progress.console.print(f"[red]restore of {tenant} failed:[/] {failed[tenant]}", markup=True)
-            progress.advance(task)
+                bar.console.print(f"[red]restore of {tenant} failed:[/] {failed[tenant]}", markup=True)
+            bar.advance(task)
     return results, failed
 
 
@@ -327,13 +325,13 @@ def rekey(client: AdminClient, as_json: bool, batch: int) -> None:
     again. Exit status 1 if the catalog names segments the bucket no longer holds."""
     answer = client.rekey_backups(None, batch)  # a refusal (no keys) comes alone, before any bar
     key_id, checked, rewritten, missing = answer["key_id"], 0, 0, 0
-    with _progress("segments") as progress:
-        task = progress.add_task("re-encrypting", total=answer["total"])
+    with _progress("segments") as bar:
+        task = bar.add_task("re-encrypting", total=answer["total"])
         while True:
             checked += answer["checked"]
             rewritten += answer["rewritten"]
             missing += answer["missing"]
-            progress.update(task, total=max(answer["total"], checked), completed=checked)
+            bar.update(task, total=max(answer["total"], checked), completed=checked)
             if answer["next"] is None:
                 break
             answer = client.rekey_backups(answer["next"], batch)

@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 from rich.console import Console, RenderableType
+from rich.progress import Progress, ProgressColumn
 
-from ops.client import DEFAULT_URL, AdminClient
+from ops.client import DEFAULT_URL, AdminClient, check_url
 from ops.errors import ApiError, ClientError, InvalidArgument
 from ops.settings import Settings
 from tenants.errors import SqlfleetError
@@ -69,6 +70,7 @@ def admin_command(fn: Command) -> Command:
     ) -> None:
         source = _key_option_source()
         try:
+            check_url(url)  # a usage error: before a key file is looked for
             if not admin_key:
                 admin_key, source = key_from_file(data_dir)
             with AdminClient(url, admin_key, timeout) as client:
@@ -154,6 +156,17 @@ def output(body: object, as_json: bool, table: RenderableType) -> None:
         print_json(body)
     else:
         console().print(table)
+
+
+def progress(*columns: str | ProgressColumn, transient: bool = False, quiet: bool = False) -> Progress:
+    """A progress display on stderr, so stdout stays the result (a table, or JSON with --json);
+    none with `quiet`. A `transient` one (erased when done) is drawn on a terminal only:
+    elsewhere rich would still end it with an empty line, a stray "\n" in a log or a pipe. A
+    lasting one leaves its last state there, once."""
+    err = Console(stderr=True)
+    return Progress(
+        *columns, console=err, transient=transient, disable=quiet or (transient and not err.is_terminal)
+    )
 
 
 def console() -> Console:

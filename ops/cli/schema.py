@@ -7,7 +7,6 @@ schema (GET .../schema), and uploaded as SQL: the server never runs uploaded Pyt
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +14,12 @@ from pathlib import Path
 import click
 from rich.console import Group as Stack
 from rich.console import RenderableType
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from ops.api_types import GroupInfo, Migration, Rollout
-from ops.cli.common import admin_command, console, output, print_json, read_file, read_text
+from ops.cli.common import admin_command, console, output, print_json, progress, read_file, read_text
 from ops.client import AdminClient
 from ops.errors import ClientError
 from schema_sync.alembic_render import render as render_alembic
@@ -165,7 +164,10 @@ def show(client: AdminClient, as_json: bool, name: str) -> None:
 def schema(client: AdminClient, as_json: bool, name: str, released: bool) -> None:
     """Print group NAME's schema as SQL."""
     sql = client.group_schema(name, released)
-    click.echo(json.dumps({"group": name, "sql": sql}, indent=2) if as_json else sql, nl=False)
+    if as_json:
+        print_json({"group": name, "sql": sql})
+    else:
+        click.echo(sql, nl=False)
 
 
 @group.command("add-migration")
@@ -225,7 +227,10 @@ def plan(
 ) -> None:
     """Print the SQL that would turn the group's schema (or a tenant's) into SCHEMA_FILE's."""
     result = client.plan(name, read_text(schema_file), allow_drop, tenant)
-    click.echo(json.dumps(result, indent=2) if as_json else result["sql"], nl=False)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(result["sql"], nl=False)
 
 
 @group.command("status")
@@ -370,13 +375,13 @@ def _watch(client: AdminClient, name: str, started: Rollout, quiet: bool) -> Rol
         stats,
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=quiet, transient=False) as progress:
+    with progress(*columns, quiet=quiet) as bar:
         label = "migrate" if _kind(started).startswith("rollout") else _kind(started)
-        task = progress.add_task(f"{label} {name}", total=None, failed=0, rate=0.0)
+        task = bar.add_task(f"{label} {name}", total=None, failed=0, rate=0.0)
         try:
             while True:
                 snap = client.rollout(name, rollout_id)
-                progress.update(
+                bar.update(
                     task,
                     total=snap["total"] or None,
                     completed=snap["done"] + snap["failed"],

@@ -4,7 +4,9 @@ checks every response against the contract, see tests/support/http_contract.py).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -416,3 +418,20 @@ def test_oversized_bodies_are_413_with_or_without_content_length(tmp_path: Path)
         r = app.client.post(QUERY, content=chunks(), headers=ADMIN)
         assert _status_code(r) == (413, "too_large")
         assert app.query("acme", "select 1").status_code == 200  # just under: fine
+
+
+def test_concurrent_deletes_of_one_tenant_answer_one_204(app: InProcess) -> None:
+    # one server, no cluster: the losers are told the tenant is gone, never a second 204
+    for round_ in range(5):
+        tenant = f"gone-{round_}"
+        app.create(tenant)
+        barrier = threading.Barrier(3)
+
+        def delete(tenant: str = tenant, barrier: threading.Barrier = barrier) -> tuple[int, str | None]:
+            barrier.wait(10)
+            response = app.client.delete(f"/v1/admin/tenants/{tenant}", headers=ADMIN)
+            return response.status_code, None if response.status_code == 204 else _status_code(response)[1]
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = sorted(f.result(timeout=30) for f in [pool.submit(delete) for _ in range(3)])
+        assert answers == [(204, None), (404, "tenant_not_found"), (404, "tenant_not_found")], answers

@@ -180,9 +180,12 @@ def test_delete_with_yes_removes_the_tenant(server: ServerProcess) -> None:
     fails(cli(server, "tenant", "delete", "doomed", "--yes"), "tenant 'doomed' does not exist", "HTTP 404")
 
 
-def test_delete_json_prints_nothing(server: ServerProcess) -> None:
+def test_delete_json_prints_a_json_document(server: ServerProcess) -> None:
     create(server, "quiet")
-    assert ok(cli(server, "tenant", "delete", "quiet", "-y", "--json")) == ""
+    assert json.loads(ok(cli(server, "tenant", "delete", "quiet", "-y", "--json"))) == {
+        "id": "quiet",
+        "deleted": True,
+    }
     assert not exists(server, "quiet")
 
 
@@ -291,9 +294,41 @@ def test_silent_server_times_out() -> None:
 
 
 def test_url_without_scheme_is_refused() -> None:
-    fails(
+    usage_error(
         cli(None, "tenant", "list", "--url", "127.0.0.1:8080", "--admin-key", "k"), "must start with http://"
     )
+
+
+# every admin command, with what it needs to get as far as asking the server
+ADMIN_COMMANDS = [
+    ["tenant", "create", "x"],
+    ["tenant", "list"],
+    ["tenant", "info", "x"],
+    ["tenant", "delete", "x", "--yes"],
+    ["tenant", "export", "x", "/nonexistent-dir/x.db"],
+    ["token", "mint", "x"],
+    ["token", "revoke", "x"],
+    ["restore", "x", "--to", "latest"],
+    ["restore", "--all"],
+    ["backups", "ls", "x"],
+    ["backups", "rekey"],
+    ["backups", "tenants"],
+    ["group", "list"],
+    ["group", "schema", "g"],
+    ["migrate", "g"],
+    ["status"],
+    ["cluster", "status"],
+    ["cluster", "drain", "node-1"],
+]
+
+
+@pytest.mark.parametrize("args", ADMIN_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("url", ["not-a-url", "http://", "http://[::1"])
+def test_a_url_that_is_not_one_is_a_usage_error_of_every_admin_command(args: list[str], url: str) -> None:
+    # refused before anything else is looked at: no key is given and no key file exists
+    result = cli(None, *args, "--url", url, "--data-dir", "/nonexistent-dir")
+    usage_error(result, "invalid URL")
+    assert result.stdout == ""
 
 
 def test_something_that_is_not_sqlfleet_is_one_line() -> None:

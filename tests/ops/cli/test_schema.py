@@ -78,8 +78,10 @@ def test_group_lifecycle_and_migrate(server: ServerProcess, tmp_path: Path) -> N
     assert as_json(cli(server, "group", "status", "shop", "t1", "--json"))["applied"] == []
     canary = as_json(cli(server, "migrate", "shop", "--canary", "1", "--json"))
     assert (canary["state"], canary["migrated"]) == ("stopped", 1)
-    out = ok(cli(server, "migrate", "shop"))
+    migrated = cli(server, "migrate", "shop")
+    out = ok(migrated)
     assert "completed" in out
+    assert "migrate shop" not in out and "migrate shop" in migrated.stderr  # the bar: on stderr
     status = as_json(cli(server, "group", "status", "shop", "t3", "--json"))
     names = ["0001_price", "0002_add_a_note_column", "0003_names_required"]
     assert [a["name"] for a in status["applied"]] == names and status["pending"] == []

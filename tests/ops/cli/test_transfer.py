@@ -99,3 +99,22 @@ def test_every_command_reading_a_local_file_fails_cleanly_before_asking_the_serv
     ):
         fails(cli(None, *args, env=nowhere), "cannot read", "binary.sql", "not UTF-8")
     fails(cli(None, "group", "create", "g", "--template", "/dev/zero", env=nowhere), "not a regular file")
+
+
+def test_transfers_write_nothing_stray_when_not_on_a_terminal(server: ServerProcess, tmp_path: Path) -> None:
+    # the progress bars are drawn on a terminal only: a pipe or a log gets the result alone
+    ok(cli(server, "tenant", "create", "cli-quiet"))
+    file = tmp_path / "quiet.db"
+    for args in (
+        ["tenant", "export", "cli-quiet", str(file)],
+        ["tenant", "export", "cli-quiet", str(tmp_path / "quiet.sql"), "--sql"],
+        ["tenant", "import", "cli-quiet", str(file), "--replace"],
+    ):
+        for json_flag in ([], ["--json"]):
+            result = cli(server, *args, *json_flag)
+            out = ok(result)
+            assert result.stderr == "", (args, result.stderr)
+            if json_flag:
+                as_json(result)
+            else:
+                assert out.count("\n") == 1, out

@@ -6,7 +6,11 @@ controller makes is a transaction guarded by `create_revision(controller) == epo
 or paused controller writes nothing, whatever it believes.
 
 It watches `nodes/` and assigns slots to the live nodes by rendezvous hashing, writing only the
-`assign/` keys that change, at most 128 to a transaction.
+`assign/` keys that change, at most 128 to a transaction. A slot another node owns is written as
+a move pending that owner's handover (cluster.keys): only the owner's release makes it claimable,
+so a taker never claims a slot whose owner died before handing it over. Such a stranded slot is
+its giver's again: re-claimed by the giver if it is back, else held for its takeover below. Each
+write is guarded by the slot's owner key as the controller saw it (a stale view writes nothing).
 
 Takeover (issue 17). A node that leaves without handing its slots over (its lease ran out) keeps
 them for `grace` seconds: a restarted node with its data dir comes back in time, re-claims them
@@ -29,7 +33,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 
 from cluster.errors import ClusterError, ControllerDeposed
-from cluster.keys import decode_assign, encode_assign
+from cluster.keys import decode_move, decode_owner, encode_assign
 from cluster.kv import Compare, Delete, Get, KeyValue, Lease, Op, Put
 from cluster.membership import Node
 from cluster.mirror import PrefixMirror
@@ -103,6 +107,7 @@ class Controller:
     async def _attach(self) -> None:
         nodes = self.node.mirror(self.keys.nodes)
         assigns = self.node.mirror(self.keys.assigns)
+        owners = self.node.mirror(self.keys.owners)
         office = self.node.mirror(self.keys.controller)
         drains = self.node.mirror(self.keys.drains)
         incarnations = self.node.mirror(self.keys.incarnations)
@@ -113,7 +118,7 @@ class Controller:
         drains.listen(lambda changed, revision: self._nodes_changed())
         office.listen(lambda changed, revision: self._wake.set())
         self.node.on_lease_change(self._wake.set)
-        self.node.spawn(self._run(nodes, assigns, office, drains, incarnations), "controller")
+        self.node.spawn(self._run(nodes, assigns, owners, office, drains, incarnations), "controller")
 
     def _incarnations_seen(self, changed: Sequence[tuple[bytes, KeyValue | None]]) -> None:
         for key, kv in changed:
@@ -152,11 +157,12 @@ class Controller:
         self,
         nodes: PrefixMirror,
         assigns: PrefixMirror,
+        owners: PrefixMirror,
         office: PrefixMirror,
         drains: PrefixMirror,
         incarnations: PrefixMirror,
     ) -> None:
-        for mirror in (nodes, assigns, office, drains, incarnations):
+        for mirror in (nodes, assigns, owners, office, drains, incarnations):
             await mirror.synced.wait()
         pause = 0.05
         while True:
@@ -166,7 +172,7 @@ class Controller:
                 lease = self.node.lease
                 self.epoch = await self._campaign(lease, office) if lease is not None else None
                 if self.epoch is not None:
-                    timeout = await self._assign(self.epoch, nodes, assigns, drains)
+                    timeout = await self._assign(self.epoch, nodes, assigns, owners, drains)
                 pause = 0.05
             except ControllerDeposed:
                 # our view of the office is behind: look again once the watch has caught up
@@ -197,7 +203,12 @@ class Controller:
         return current.create_revision if current is not None and current.lease == lease.id else None
 
     async def _assign(
-        self, epoch: int, nodes: PrefixMirror, assigns: PrefixMirror, drains: PrefixMirror
+        self,
+        epoch: int,
+        nodes: PrefixMirror,
+        assigns: PrefixMirror,
+        owners: PrefixMirror,
+        drains: PrefixMirror,
     ) -> float | None:
         """Write what changed; the seconds until it should look again (membership still
         settling, or a departed node's grace running), None when nothing is pending."""
@@ -211,18 +222,26 @@ class Controller:
                 return min(quiet_at, self._unsettled_since + 4 * settle) - now
             self._unsettled_since = None
         live = {self.keys.name_in(k, self.keys.nodes) for k in nodes.current()}
-        current = {
-            self.keys.slot_in(k, self.keys.assigns): decode_assign(kv.value)
+        moves = {
+            self.keys.slot_in(k, self.keys.assigns): decode_move(kv.value)
             for k, kv in assigns.current().items()
         }
-        assigned = set(current.values())
+        current = {slot: node for slot, (node, _) in moves.items()}
+        owned = {self.keys.slot_in(k, self.keys.owners): kv for k, kv in owners.current().items()}
+        # a pending move whose giver's owner key went without a handover (its lease ran out, or
+        # it restarted): the slot is the giver's again, like its other slots, re-claimed by it
+        # if it is back, else held for its takeover; never claimed by the taker unhanded
+        stranded = {
+            slot: giver for slot, (_, giver) in moves.items() if giver is not None and slot not in owned
+        }
+        assigned = set(current.values()) | set(stranded.values())
         for gone in assigned - live:
             self._departed.setdefault(gone, min(now, self._gone_at.get(gone, now)) + self.grace)
         # forget a node once it is back or holds no slot any more
         self._departed = {n: t for n, t in self._departed.items() if n in assigned and n not in live}
         self._gone_at = {n: t for n, t in self._gone_at.items() if n in assigned and n not in live}
         held: dict[str, set[int]] = {n: set() for n in self._departed}
-        for slot, owner in current.items():
+        for slot, owner in [*current.items(), *stranded.items()]:
             if owner in held:
                 held[owner].add(slot)
         waiting = {n: t for n, t in self._departed.items() if t > now}
@@ -239,6 +258,7 @@ class Controller:
         targets = live - draining or live
         if targets:
             desired = assignment(targets)
+            desired.update(stranded)
             # a held node keeps its slots (their tenants are not handed over yet) and gets no other
             desired.update((slot, node) for node in holding for slot in held[node])
             wanted = changes(current, desired)
@@ -246,7 +266,7 @@ class Controller:
                 moving = sorted(taken & {current.get(s) for s in wanted})
                 guards = [Compare.absent(self.keys.node(n)) for n in moving]
                 started = time.monotonic()
-                revision = await self.write(wanted, epoch, guards)
+                revision = await self.write(wanted, epoch, guards, owned)
                 await assigns.wait_revision(revision)
                 log.info(
                     "assigned %d slots to %s in %.2f s",
@@ -285,26 +305,48 @@ class Controller:
         self._shown = wanted
 
     async def write(
-        self, assignments: Mapping[int, str], epoch: int, guards: Collection[Compare] = ()
+        self,
+        assignments: Mapping[int, str],
+        epoch: int,
+        guards: Collection[Compare] = (),
+        owners: Mapping[int, KeyValue] | None = None,
     ) -> int:
-        """Write `assign/<slot>` = node for each of `assignments` as controller of `epoch`, in
-        transactions of at most 128 puts, each also guarded by `guards`; the last commit
-        revision. Raises ControllerDeposed (and writes nothing more) once `epoch` is not the
-        office's, ClusterError when another guard failed. Runs on the cluster loop."""
+        """Write `assign/<slot>` = node for each of `assignments` as controller of `epoch`; the
+        last commit revision. A slot another node owns (per `owners`, slot -> its `owner/` key)
+        is written as a move pending that owner's handover, anything else claimable; each write
+        is guarded by the owner key being as `owners` says, so a stale view writes nothing (and
+        by `guards`). In transactions of at most 128 compares and puts. Raises ControllerDeposed
+        (and writes nothing more) once `epoch` is not the office's, ClusterError when another
+        guard failed (look again once the watches caught up). Runs on the cluster loop."""
         key = self.keys.controller
+        owners = {} if owners is None else owners
         items = sorted(assignments.items())
-        chunks = iter([items[i : i + TXN_OPS] for i in range(0, len(items), TXN_OPS)])
+        size = TXN_OPS - 1 - len(guards)  # a compare per slot besides the office's and `guards`
+        chunks = iter([items[i : i + size] for i in range(0, len(items), size)])
         revisions = [0]
 
         async def writer() -> None:  # a few transactions in flight hide etcd's round trips
             for chunk in chunks:
-                puts = [Put(self.keys.assign(s), encode_assign(n)) for s, n in chunk]
-                result = await self.node.etcd.txn([Compare.created_at(key, epoch), *guards], puts, [Get(key)])
+                compares, puts = [Compare.created_at(key, epoch), *guards], []
+                for slot, node in chunk:
+                    owner = owners.get(slot)
+                    if owner is None:
+                        compares.append(Compare.absent(self.keys.owner(slot)))
+                        puts.append(Put(self.keys.assign(slot), encode_assign(node)))
+                        continue
+                    compares.append(Compare.created_at(self.keys.owner(slot), owner.create_revision))
+                    giver = decode_owner(owner.value)[0]
+                    value = encode_assign(node, None if giver == node else giver)
+                    puts.append(Put(self.keys.assign(slot), value))
+                result = await self.node.etcd.txn(compares, puts, [Get(key)])
                 if not result.succeeded:
                     office = result.gets[0][0] if result.gets and result.gets[0] else None
                     if office is None or office.create_revision != epoch:
                         raise ControllerDeposed(f"epoch {epoch} is over: another node is the controller")
-                    raise ClusterError("a node being taken over registered again: it keeps its slots")
+                    raise ClusterError(
+                        "a slot's owner changed, or a node being taken over registered again (it "
+                        "keeps its slots), while assigning"
+                    )
                 self.writes += len(puts)
                 revisions.append(result.revision)
 

@@ -2,7 +2,15 @@
 
     nodes/<node>        {"url", "incarnation",   bound to the node's lease; "process": the
                          "process"}              incarnation of the process's first lease
-    assign/<slot:05d>   "<node>" (JSON string)   no lease; written only by the controller
+    assign/<slot:05d>   "<node>" (JSON string),  no lease; written by the controller, and by
+                        or {"node", "from"}      the giver of a planned move: while the slot's
+                                                 owner ("from") has not handed it over, the
+                                                 move is pending (the object); the giver's
+                                                 release turns it into the plain string in the
+                                                 same transaction that deletes its owner key.
+                                                 Only the plain form can be claimed, so a slot
+                                                 whose owner died mid-move waits for that
+                                                 owner's takeover, never claimed unhanded
     owner/<slot:05d>    {"node", "incarnation"}  bound to the owner's lease; its create_revision
                                                  is the slot's fencing token
     controller          "<node>" (JSON string)   bound to the controller's lease; its
@@ -113,14 +121,25 @@ class Keyspace:
         return key[len(prefix) :].decode()
 
 
-def encode_assign(node_id: str) -> bytes:
-    """The value of `assign/<slot>` naming `node_id` (claims compare it byte for byte)."""
-    return json.dumps(node_id).encode()
+def encode_assign(node_id: str, giver: str | None = None) -> bytes:
+    """The value of `assign/<slot>` naming `node_id`: claimable (claims compare it byte for
+    byte), or, with `giver`, a planned move that `giver` (the slot's owner) has yet to hand over."""
+    if giver is None:
+        return json.dumps(node_id).encode()
+    return json.dumps({"node": node_id, "from": giver}, separators=(",", ":")).encode()
 
 
 def decode_assign(value: bytes) -> str:
-    node: str = json.loads(value)
-    return node
+    """The node an `assign/<slot>` value names (pending or not)."""
+    return decode_move(value)[0]
+
+
+def decode_move(value: bytes) -> tuple[str, str | None]:
+    """(node, giver) of an `assign/<slot>` value; giver None unless a move is pending."""
+    decoded = json.loads(value)
+    if isinstance(decoded, dict):
+        return str(decoded["node"]), str(decoded["from"])
+    return str(decoded), None
 
 
 def encode_owner(node_id: str, incarnation: str) -> bytes:

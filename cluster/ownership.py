@@ -7,10 +7,12 @@ node sees it in its routing table. Claims go 64 slots to a transaction (128 comp
 limit); when a batch fails, its failure branch tells which slots were taken or assigned elsewhere
 meanwhile, and the rest are claimed again.
 
-A release first stops serving the slots, then lets the server drain them (`before_release`, part
-of a planned move: with no request served meanwhile, what it ships is final), then deletes
-`owner/<s>` guarded by its token, so a release never deletes another owner's key. A drain that
-fails puts the slots back (served again) and the release is tried again later.
+A claim needs `assign/<s>` in its claimable form: a planned move is pending (cluster.keys) until
+its giver hands the slot over. A release first stops serving the slots, then lets the server
+drain them (`before_release`, part of a planned move: with no request served meanwhile, what it
+ships is final), then deletes `owner/<s>` guarded by its token (a release never deletes another
+owner's key) and, in the same transaction, makes the pending move claimable. A drain that fails
+puts the slots back (served again) and the release is tried again later.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from cluster.errors import ClusterError
-from cluster.keys import encode_assign, encode_owner
-from cluster.kv import Compare, Delete, Get, KeyValue, Lease, Put
+from cluster.keys import decode_move, encode_assign, encode_owner
+from cluster.kv import Compare, Delete, Get, KeyValue, Lease, Op, Put
 from cluster.membership import Node
 from cluster.mirror import PrefixMirror
 
@@ -224,19 +226,49 @@ class Ownership:
         failure is retried on the next pass rather than leaving a slot nobody can claim)."""
         tokens = dict(self._releasing)
         held = sorted(tokens)
-        for i in range(0, len(held), CLAIM_BATCH * 2):
-            chunk = held[i : i + CLAIM_BATCH * 2]
+        for i in range(0, len(held), CLAIM_BATCH):
+            chunk = held[i : i + CLAIM_BATCH]
             if not await self._delete_owned(chunk, tokens):
-                # some key is not ours any more (nothing to delete there): the rest one by one
+                # some key changed meanwhile (not ours any more, or its move rewritten): one by one
                 for slot in chunk:
-                    await self._delete_owned([slot], tokens)
+                    await self._delete_one(slot, tokens[slot])
             for slot in chunk:
                 self._releasing.pop(slot, None)
 
-    async def _delete_owned(self, slots: list[int], tokens: Mapping[int, int]) -> bool:
+    async def _delete_owned(
+        self, slots: list[int], tokens: Mapping[int, int], assigns: Mapping[bytes, KeyValue] | None = None
+    ) -> bool:
+        """Delete the owner keys of `slots` (guarded by their tokens) and make each pending move
+        of them claimable by its taker, in one transaction (2 compares and 2 operations a slot
+        at most); whether it went through. The taker can claim the slot only then: had this node
+        died before, the slot would wait for its takeover instead (cluster.keys). `assigns`: the
+        `assign/` keys as read (default: as the watch has them)."""
+        if assigns is None:
+            assigns = self.node.mirror(self.keys.assigns).current()
         guards = [Compare.created_at(self.keys.owner(s), tokens[s]) for s in slots]
-        result = await self.node.etcd.txn(guards, [Delete(self.keys.owner(s)) for s in slots])
+        ops: list[Op] = [Delete(self.keys.owner(s)) for s in slots]
+        for slot in slots:
+            kv = assigns.get(self.keys.assign(slot))
+            node, giver = decode_move(kv.value) if kv is not None else ("", None)
+            if kv is not None and giver is not None:
+                guards.append(Compare(kv.key, "mod", kv.mod_revision))
+                ops.append(Put(kv.key, encode_assign(node)))
+        result = await self.node.etcd.txn(guards, ops)
         return result.succeeded
+
+    async def _delete_one(self, slot: int, token: int, tries: int = 5) -> None:
+        """`_delete_owned` of one slot, with its assignment read afresh after each failure;
+        done when its owner key is not ours any more."""
+        assigns = None  # first as the watch has them
+        for _ in range(tries):
+            if await self._delete_owned([slot], {slot: token}, assigns):
+                return
+            owner, _ = await self.node.etcd.get(self.keys.owner(slot))
+            if owner is None or owner.create_revision != token:
+                return  # not ours any more: nothing to delete
+            assign, _ = await self.node.etcd.get(self.keys.assign(slot))
+            assigns = {} if assign is None else {assign.key: assign}
+        raise ClusterError(f"slot {slot}: its assignment kept changing while it was being released")
 
     def _own(self, tokens: dict[int, int], lease: Lease) -> None:
         if self.node.lease != lease:  # claimed on a lease lost while the claim was in flight

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 import uvicorn
@@ -30,7 +32,7 @@ from metrics.instruments import TENANT_BYTES
 from ops import fleetwork, keys
 from ops.logs import configure_logging
 from ops.node import ClusterNode, noted_writer
-from ops.settings import Settings
+from ops.settings import Settings, url_host
 from router.app import build_app
 from router.auth import Authenticator
 from router.changes_api import encode_event
@@ -43,7 +45,7 @@ from schema_sync.groups import GroupStore
 from tenants.changes import ChangeFeed
 from tenants.checkpointer import Checkpointer, WalGuard
 from tenants.connection import configure_sqlite
-from tenants.errors import BadRequest
+from tenants.errors import BadRequest, SqlfleetError
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
 from tenants.layout import DataDirLock, Layout
@@ -295,6 +297,9 @@ def token_key_fingerprint(key: Ed25519PrivateKey) -> str:
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
+# Connections a listening socket holds until uvicorn accepts them (uvicorn's default); they
+# queue there while the server starts, too.
+BACKLOG = 2048
 # The share of `shutdown_timeout` in-flight requests get (a statement is bounded by its own
 # timeout; this bounds slow clients); the rest ships the last WAL frames and checkpoints.
 DRAIN_SHARE = 0.6
@@ -324,14 +329,27 @@ class _Uvicorn(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM: uvicorn stops accepting and finishes in-flight requests,
-    then every tenant handle is closed and the data-dir lock released."""
+    then every tenant handle is closed and the data-dir lock released. Raises CannotListen
+    before anything is created, locked or joined when the address cannot be listened on."""
+    # Listening first: a port in use stops the start before the data dir or the cluster is
+    # touched, and a cluster node joins (and gets slots) only once connections to it queue in
+    # the backlog until uvicorn serves them, instead of being refused meanwhile.
+    sockets = listening_sockets(settings.host, settings.port)
+    try:
+        _serve(replace(settings, port=sockets[0].getsockname()[1]), sockets)  # --port 0: the one bound
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
     # Whatever the server makes (tenant files, WALs, catalogs, replica objects, keys, spool
     # files) is readable by its user only; the tenants layer also sets modes explicitly.
     os.umask(0o077)
     configure_logging(settings)
     configure_sqlite()
     server = Server.build(settings)
-    url = f"http://{settings.host}:{settings.port}"
+    url = f"http://{url_host(settings.host)}:{settings.port}"
     if server.admin_key_generated:
         print(f"sqlfleet: generated admin key (saved in {settings.data_dir / 'admin.key'}):", file=sys.stderr)
         print(f"  export SQLFLEET_ADMIN_KEY={server.admin_key}", file=sys.stderr)
@@ -340,11 +358,48 @@ def serve(settings: Settings) -> None:
     print(f"sqlfleet: serving {settings.data_dir} on {url}  (export SQLFLEET_URL={url})", file=sys.stderr)
     config = uvicorn_config(settings, server.app)
     try:
-        _Uvicorn(config, server.stop_accepting).run()
+        _Uvicorn(config, server.stop_accepting).run(sockets=sockets)
     finally:
         server.stop_accepting()
         with _watchdog(server.deadline()):
             server.close()
+
+
+class CannotListen(SqlfleetError):
+    """The server's address cannot be listened on (a port in use, an address not this
+    machine's): nothing was started. The CLI exits 2 with the message."""
+
+    code = "cannot_listen"
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to `host`:`port` and listening (connections wait in their backlog until
+    uvicorn serves them): one per address `host` resolves to, as asyncio's `create_server`
+    (uvicorn's own bind) makes them, each by the stdlib's `socket.create_server`; with port 0,
+    all on the port the first one got. Raises CannotListen (every socket closed)."""
+    where = f"{url_host(host)}:{port}"
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in dict.fromkeys(found):
+            if sockets and port == 0:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sockets.append(socket.create_server(address, family=family, backlog=BACKLOG))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotListen(
+                f"cannot listen on {where}: the address is already in use (another process "
+                "listens there): stop it, or choose another --port"
+            ) from None
+        raise CannotListen(
+            f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}"
+        ) from None
+    return sockets
 
 
 def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
@@ -363,6 +418,7 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         # a message past max_body_bytes closes the socket with 1009 before the app sees it
         ws="websockets-sansio",
         ws_max_size=settings.max_body_bytes,
+        backlog=BACKLOG,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout * DRAIN_SHARE)),
     )
 

@@ -731,7 +731,7 @@ class Settings:
             endpoints=endpoints,
             name=self.cluster_name,
             node_id=self.node_id or socket.gethostname(),
-            node_url=self.node_url or f"http://{_url_host(self.host)}:{self.port}",
+            node_url=self.node_url or f"http://{url_host(self.host)}:{self.port}",
             lease_ttl=self.cluster_lease_ttl,
             takeover_grace=self.cluster_takeover_grace,
         )
@@ -809,6 +809,6 @@ def settings_markdown() -> str:
     return "\n".join(lines)
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
     """`host` as the host part of a URL: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -38,6 +38,7 @@ def serve(**flags: Any) -> None:
     """Run the server (every flag can also be set as SQLFLEET_<NAME>)."""
     from cluster.errors import NodeIdInUse
     from ops.node_guard import ForeignReplica
+    from ops.server import CannotListen
     from ops.server import serve as run
 
     try:
@@ -46,7 +47,16 @@ def serve(**flags: Any) -> None:
         raise click.UsageError(exc.message) from None
     try:
         run(settings)
+    except CannotListen as exc:  # the --host/--port given cannot be had: one line, exit 2
+        raise _Refused(exc.message) from None
     except (ForeignReplica, NodeIdInUse) as exc:  # settings that point at what they must not: a usage error
         raise click.UsageError(exc.message) from None
     except SqlfleetError as exc:
         raise click.ClickException(exc.message) from None
+
+
+class _Refused(click.ClickException):
+    """A start refused over a setting before anything started: `Error: ...` on one line (no
+    usage text: the flags parsed fine), exit 2 as a usage error."""
+
+    exit_code = 2

@@ -8,7 +8,8 @@ For a request bound to one tenant (see placement.tenant_of):
   never sent again unless it is a GET or HEAD: a failure then is 503 `outcome_unknown`;
 - nobody owns it right now (a move or a takeover under way): 503 with Retry-After.
 A request carrying `x-sqlfleet-slot` was forwarded to us: it is served only if this node owns
-that slot under that token right now, else 421; it is never forwarded again (no loops).
+that slot under that token (a claim of its own not yet seen here is waited for, CLAIM_LAG),
+else 421, saying why when this node cannot prove its lease; it is never forwarded again (no loops).
 Requests bound to no tenant (system routes, admin lists) are served here; a tenant create goes to
 the node owning the new tenant's slot (the id is read from the body).
 Served here, a request for a tenant the catalog lacks first opens it (router.proxy.arrivals: a
@@ -21,9 +22,11 @@ A forwarded request is labelled with the route it matches here (access log, metr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,13 +48,25 @@ from router.proxy.errors import (
     OwnerUnreachable,
 )
 from router.proxy.forward import Body, ClientGone, Forwarder, Lost, OwnerLost, Unreachable
-from router.proxy.placement import SLOT_HEADER, Located, Placement, header, tenant_of
-from router.proxy.websocket import Rejected, WebSocketRelay, accept_and_read_hello, hello_subject, replayed
+from router.proxy.placement import SLOT_HEADER, UNPROVEN_HEADER, Located, Placement, header, tenant_of
+from router.proxy.websocket import (
+    Refused,
+    Rejected,
+    WebSocketRelay,
+    accept_and_read_hello,
+    hello_subject,
+    replayed,
+)
 from tenants.errors import SqlfleetError
 from tenants.ids import is_name
 
 CREATE_PATH = "/v1/admin/tenants"
 RESTORE_PATH = re.compile(r"^/v1/admin/tenants/[^/]+/restore$")
+# Seconds a forwarded request waits for this node to serve the slot it names, and between looks
+# (see ClusterProxy._serves_soon): a claim's answer reaches its node within milliseconds, more on
+# a busy machine.
+CLAIM_LAG = 0.5
+CLAIM_POLL = 0.01
 # Methods without effects (RFC 9110 §9.2.1 safe methods we route): sent again after a lost answer.
 RESENDABLE = frozenset({"GET", "HEAD"})
 
@@ -88,7 +103,7 @@ class ClusterProxy:
             await self.app(scope, receive, send)
             return
         claimed = _slot_header(scope)
-        if claimed is not None and not self.placement.serves(*claimed):
+        if claimed is not None and not await self._serves_soon(*claimed):
             await self._misdirected(claimed, scope, receive, send)
             return
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CREATE_PATH:
@@ -117,17 +132,34 @@ class ClusterProxy:
         lease ran out, or the slot moved on): a request there is not waited for any longer."""
         return lambda: self.placement.locate(tenant).token != where.token
 
+    async def _serves_soon(self, slot: int, token: int) -> bool:
+        """Whether this node serves `slot` under `token`, now or within CLAIM_LAG: the other
+        nodes may see this node's new claim in etcd before it does itself (its claim's answer is
+        still on its way), and a request they send meanwhile is served, not refused (421). Not
+        waited for while this node cannot prove its lease: it serves nothing then."""
+        deadline = time.monotonic() + CLAIM_LAG
+        while not self.placement.serves(slot, token):
+            if self.placement.unavailable() is not None or time.monotonic() >= deadline or slot < 0:
+                return False
+            await asyncio.sleep(CLAIM_POLL)
+        return True
+
     def _here(self, where: Located) -> bool:
         return where.here and self.placement.serves(where.slot, where.token)
 
     async def _misdirected(
         self, claimed: tuple[int, int], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        error = Misdirected(f"this node does not own slot {claimed[0]} under token {claimed[1]}")
+        unproven = self.placement.unavailable()
+        error = Misdirected.of(*claimed, unproven)
+        # the forwarding node words its own answer with why (router.proxy.errors.OwnerUnreachable)
+        said = [] if unproven is None else [(UNPROVEN_HEADER.encode(), unproven.encode("latin-1", "replace"))]
         if scope["type"] == "websocket":
-            await self.websockets.deny(scope, receive, send, error)
+            await self.websockets.deny(scope, receive, send, error, said)
         else:
-            await refusal(scope, error)(scope, receive, send)
+            response = refusal(scope, error)
+            response.raw_headers += said
+            await response(scope, receive, send)
 
     async def _create(self, scope: Scope, receive: Receive, send: Send, forwarded: bool) -> None:
         """A tenant is created on the node owning its slot: the id is in the JSON body."""
@@ -210,7 +242,7 @@ class ClusterProxy:
             except ClientGone:
                 return
         _label(scope)
-        error: SqlfleetError = OwnerUnreachable.of(tenant)
+        error: SqlfleetError | None = None
         for attempt in range(2):
             if attempt:
                 if body.held is None:  # a streamed body was spent on the first try
@@ -220,22 +252,22 @@ class ClusterProxy:
                     await self._serve(scope, receive, send, tenant, body)
                     return
             if where.token == 0 or where.url is None:
-                error = NoOwner.of(where.slot, self.placement.unavailable())
+                error = self._no_owner(where)
                 break
             try:
                 response = await self.forwarder.open(scope, body, where, self._owner_lost(tenant, where))
             except ClientGone:
                 return
             except Unreachable:  # nothing was sent: the owner may have moved
-                error = OwnerUnreachable.of(tenant)
+                error = OwnerUnreachable.of(tenant, self.placement.unavailable())
                 continue
             except Lost as lost:
                 if scope["method"] in RESENDABLE:
-                    error = OwnerUnreachable.of(tenant)
+                    error = OwnerUnreachable.lost(tenant, str(lost), self.placement.unavailable())
                     continue
                 # never sent twice: it may have been applied
                 if isinstance(lost.__cause__, OwnerLost):  # said by what the routing table knows
-                    error = OutcomeUnknown.slot_gone(tenant, self.placement.locate(tenant))
+                    error = OutcomeUnknown.slot_gone(tenant, where, self.placement.locate(tenant))
                 else:
                     error = OutcomeUnknown.of(tenant, str(lost))
                 break
@@ -243,9 +275,18 @@ class ClusterProxy:
                 with contextlib.suppress(Lost):  # cut short: nothing more to send
                     await self.forwarder.relay(response, receive, send, self._owner_lost(tenant, where))
                 return
-            response.release()
-            error = OwnerUnreachable.moved(tenant)  # it said so: not applied there
+            response.release()  # it said so: not applied there
+            there = response.headers.get(UNPROVEN_HEADER)
+            error = OwnerUnreachable.refused(tenant, there, self.placement.unavailable())
+        assert error is not None  # every way round the loop that does not return sets one
         await refusal(scope, error)(scope, receive, send)
+
+    def _no_owner(self, where: Located) -> NoOwner:
+        """What is known when `where` is not served by another node: no owner in the routing
+        table, or this node owns the slot and does not serve it now."""
+        if where.token > 0 and where.url is None:
+            return NoOwner.here(where.slot, self.placement.unavailable())
+        return NoOwner.of(where.slot, self.placement.unavailable())
 
     async def _root_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The root URL: accept, and route by the hello's token."""
@@ -267,7 +308,7 @@ class ClusterProxy:
         here_receive, here_send = (receive, send) if hello is None else replayed(hello, receive, send)
         where = self.placement.locate(tenant)
         # a handshake (a GET) has no effect before the socket opens: it may be sent again
-        error: SqlfleetError = OwnerUnreachable.of(tenant)
+        error: SqlfleetError | None = None
         for attempt in range(2):
             if attempt:
                 where = await self.placement.refresh(tenant)
@@ -279,10 +320,16 @@ class ClusterProxy:
                 await self.app(scope, here_receive, here_send)
                 return
             if where.token == 0 or where.url is None:
-                error = NoOwner.of(where.slot, self.placement.unavailable())
+                error = self._no_owner(where)
                 break
             try:
                 upstream = await self.websockets.open(scope, where, scope.get("subprotocols") or [])
+            except Unreachable:
+                error = OwnerUnreachable.of(tenant, self.placement.unavailable())
+                continue
+            except Refused as refused:
+                error = OwnerUnreachable.refused(tenant, refused.unproven, self.placement.unavailable())
+                continue
             except Rejected as answer:
                 if hello is None:
                     await self.websockets.deny_raw(scope, receive, send, answer)
@@ -290,14 +337,12 @@ class ClusterProxy:
                     reason = close_reason("owner_refused", f"the tenant's node answered {answer.status}")
                     await send({"type": "websocket.close", "code": 1011, "reason": reason})
                 return
-            if upstream is not None:
-                if hello is None:
-                    await receive()  # websocket.connect
-                    await send(
-                        {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": []}
-                    )
-                await self.websockets.pump(receive, send, upstream, hello, self._owner_lost(tenant, where))
-                return
+            if hello is None:
+                await receive()  # websocket.connect
+                await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": []})
+            await self.websockets.pump(receive, send, upstream, hello, self._owner_lost(tenant, where))
+            return
+        assert error is not None  # every way round the loop that does not return sets one
         if hello is None:
             await self.websockets.deny(scope, receive, send, error)
         else:

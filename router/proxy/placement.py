@@ -19,6 +19,9 @@ from starlette.types import Scope
 # The header a proxying node adds: "<slot>:<fencing token>" of the owner it believes in. The owner
 # answers 421 unless it holds that slot with that token and can prove its lease alive.
 SLOT_HEADER = "x-sqlfleet-slot"
+# The header of a 421 answered because the node cannot prove its lease alive: why (Placement.
+# unavailable), so the proxy that forwarded the request says so instead of guessing.
+UNPROVEN_HEADER = "x-sqlfleet-lease-unproven"
 
 
 @dataclass(frozen=True)

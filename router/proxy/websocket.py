@@ -39,8 +39,8 @@ from router.hrana.ws.close import close_reason, error_reason, fitted
 from router.hrana.ws.endpoint import UNSUPPORTED
 from router.hrana.ws.versions import SUBPROTOCOLS, negotiate
 from router.proxy.errors import Misdirected
-from router.proxy.forward import HOP_BY_HOP, NOT_RELAYED, WATCH_SECONDS, target_path
-from router.proxy.placement import SLOT_HEADER, Located, jwt_subject
+from router.proxy.forward import HOP_BY_HOP, NOT_RELAYED, WATCH_SECONDS, Unreachable, target_path
+from router.proxy.placement import SLOT_HEADER, UNPROVEN_HEADER, Located, jwt_subject
 from tenants.errors import SqlfleetError
 
 # Handshake fields the websockets client writes itself.
@@ -52,6 +52,15 @@ _OWN_HEADERS = HOP_BY_HOP | {
     b"sec-websocket-protocol",
     b"content-length",
 }
+
+
+class Refused(Exception):
+    """The owner answered the handshake 421: it does not serve the slot under the token named;
+    `unproven`: its reason when that is because it cannot prove its lease (UNPROVEN_HEADER)."""
+
+    def __init__(self, unproven: str | None) -> None:
+        super().__init__(unproven)
+        self.unproven = unproven
 
 
 class Rejected(Exception):
@@ -89,9 +98,9 @@ class WebSocketRelay:
         self.max_message_bytes = max_message_bytes
         self.answer_timeout = answer_timeout
 
-    async def open(self, scope: Scope, where: Located, subprotocols: list[str]) -> ClientConnection | None:
-        """The owner's socket, or None when it answered 421 or could not be reached (the caller
-        reads the owner again). Raises Rejected for the owner's other refusals."""
+    async def open(self, scope: Scope, where: Located, subprotocols: list[str]) -> ClientConnection:
+        """The owner's socket. Raises Refused when it answered 421, Unreachable when it could not
+        be reached (either way the caller reads the owner again), Rejected for its other refusals."""
         assert where.url is not None
         url = "ws" + where.url.removeprefix("http") + target_path(scope)
         headers = [
@@ -114,11 +123,17 @@ class WebSocketRelay:
         except InvalidStatus as exc:
             response = exc.response
             if response.status_code == Misdirected.status:
-                return None
+                raise Refused(response.headers.get(UNPROVEN_HEADER)) from None
             headers_out = [(k.lower().encode(), v.encode()) for k, v in response.headers.raw_items()]
             raise Rejected(response.status_code, headers_out, bytes(response.body or b"")) from None
-        except (OSError, TimeoutError, InvalidHandshake):
-            return None
+        except TimeoutError:
+            raise Unreachable(
+                f"did not complete a WebSocket handshake within {self.connect_timeout:g} s"
+            ) from None
+        except OSError:
+            raise Unreachable("could not be connected to (refused or unreachable)") from None
+        except InvalidHandshake:
+            raise Unreachable("answered the WebSocket handshake with something that is not one") from None
 
     async def pump(
         self,
@@ -157,19 +172,32 @@ class WebSocketRelay:
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await down
 
-    async def deny(self, scope: Scope, receive: Receive, send: Send, error: SqlfleetError) -> None:
-        await deny(scope, receive, send, error)
+    async def deny(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        error: SqlfleetError,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        await deny(scope, receive, send, error, headers)
 
     async def deny_raw(self, scope: Scope, receive: Receive, send: Send, answer: Rejected) -> None:
         await deny_raw(scope, receive, send, answer)
 
 
-async def deny(scope: Scope, receive: Receive, send: Send, error: SqlfleetError) -> None:
+async def deny(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    error: SqlfleetError,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """Refuse a WebSocket handshake (not yet accepted) with `error` as HTTP, in Hrana's error
-    shape (every WebSocket here speaks Hrana), with Retry-After (`deny_raw`)."""
+    shape (every WebSocket here speaks Hrana), with Retry-After and the `extra` headers (`deny_raw`)."""
     body = codec_json.encode_error(Error.of(error))
     retry_after = str(error.detail.get("retry_after", 1)).encode()
-    headers = [(b"content-type", b"application/json"), (b"retry-after", retry_after)]
+    headers = [(b"content-type", b"application/json"), (b"retry-after", retry_after), *(extra or [])]
     closing = (1013 if error.status == 503 else 1008, error_reason(error))
     await deny_raw(scope, receive, send, Rejected(error.status, headers, body), closing)
 

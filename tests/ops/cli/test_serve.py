@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
+from pathlib import Path
+
+import httpx
 import pytest
 
+from ops import process
 from ops.settings import Settings
 from tenants.errors import BadRequest
 from tests.support.cli import cli, ok
+from tests.support.server import run_command
+from tests.support.waiting import wait_until
 
 
 def _serve(*args: str, env: dict[str, str | None] | None = None) -> tuple[int, str]:
@@ -63,3 +72,47 @@ def test_help_shows_each_settings_default_as_settings_has_it() -> None:
         assert f"[env {env}; default: {value}]" in shown, flag
     assert "[env SQLFLEET_REPLICA_URL; default: unset]" in shown
     assert "default: $XDG_DATA_HOME/sqlfleet, else ~/.local/share/sqlfleet]" in shown
+
+
+def _command(data: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ops", "serve", "--host", "127.0.0.1", "--data-dir", str(data), *args]
+
+
+def _env() -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SQLFLEET_")}
+    return {**environment, "SQLFLEET_ADMIN_KEY": "k" * 32}
+
+
+def test_a_port_in_use_exits_2_with_one_line_before_anything_is_created(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        refused = run_command(_command(data, "--port", str(port)), cwd=tmp_path, timeout=60, env=_env())
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert lines == [
+        f"Error: cannot listen on 127.0.0.1:{port}: the address is already in use (another process "
+        "listens there): stop it, or choose another --port"
+    ], lines
+    assert not data.exists()  # nothing created, nothing locked
+
+
+def test_port_0_serves_on_the_port_it_got_and_says_which(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = process.spawn(_command(tmp_path / "data", "--port", "0"), stdout=out, stderr=out, env=_env())
+    try:
+
+        def said() -> str:
+            for line in log.read_text().splitlines():
+                if "sqlfleet: serving" in line:
+                    return line.split("export SQLFLEET_URL=")[1].rstrip(")")
+            assert proc.poll() is None, log.read_text()
+            return ""
+
+        url = wait_until(said, timeout=60)
+        assert not url.endswith(":0"), url
+        r = httpx.get(f"{url}/readyz", timeout=30)  # queued in the backlog until uvicorn serves
+        assert r.status_code == 200, r.text
+    finally:
+        assert process.stop(proc, 20) == 0, log.read_text()

@@ -9,6 +9,7 @@ group or tenant failed to restore.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from rich.text import Text
 from ops.api_types import RestoreResult
 from ops.cli.common import admin_command, console, output, print_json, progress, size
 from ops.client import AdminClient
-from ops.errors import ClientError, ServerUnreachable
+from ops.errors import ApiError, ClientError, ServerUnreachable
 from tenants.errors import BadRequest
 from tenants.rfc3339 import parse_time
 
@@ -52,6 +53,9 @@ class _Moment(click.ParamType[str]):
 
 
 MOMENT = _Moment()
+# a tenant of `restore --all` whose slot has no serving owner right now (moving) is tried again
+RESTORE_TRIES = 10
+RESTORE_RETRY = 1.0  # seconds between tries
 
 
 class _RateColumn(ProgressColumn):
@@ -184,12 +188,13 @@ def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool)
     for name, error in groups["failed"].items():
         err.print(Text.assemble((f"group {name} not restored: ", "red"), error))
     listing = [t for t in client.restorable_tenants() if not t.get("deleted")]  # never undelete
-    missing = [t["id"] for t in listing if not t["exists"]]
-    results, failed = _restore_each(client, missing, moment)
+    listed = [t["id"] for t in listing if not t["exists"]]
+    results, failed, found = _restore_each(client, listed, moment)
+    missing = [t for t in listed if t not in found]
     present = len(listing) - len(missing)
     # the server's token check covers every tenant its own catalog lacks (deleted ones, another
-    # node's): said only when something here was to be restored
-    warning = fleet["warning"] if missing else None
+    # node's): said only when something was restored
+    warning = fleet["warning"] if results else None
     if as_json:
         failures = [{"tenant": t, "error": e} for t, e in failed.items()]
         print_json(
@@ -219,22 +224,38 @@ def _restore_all(client: AdminClient, as_json: bool, moment: str, rebuild: bool)
 
 def _restore_each(
     client: AdminClient, tenants: Sequence[str], moment: str
-) -> tuple[list[RestoreResult], dict[str, str]]:
-    """Restore each of `tenants` as itself under a progress bar; a failure is noted, not raised."""
+) -> tuple[list[RestoreResult], dict[str, str], set[str]]:
+    """Restore each of `tenants` as itself under a progress bar; a failure is noted, not raised.
+    In a cluster a tenant listed as missing may be on its way to another node (its slot moving):
+    one that turns out to exist (409 `tenant_exists`) was present after all, and one whose slot
+    has no serving owner right now (503) is tried again, up to RESTORE_TRIES times a second
+    apart. Returns the results, the failures and the tenants found present."""
     results: list[RestoreResult] = []
     failed: dict[str, str] = {}
+    found: set[str] = set()
     if not tenants:
-        return results, failed
+        return results, failed, found
     with _progress() as bar:
         task = bar.add_task("restoring", total=len(tenants))
         for tenant in tenants:
-            try:
-                results.append(client.restore(tenant, moment, as_tenant=tenant))
-            except ClientError as exc:
-                failed[tenant] = _failure(exc)
+            for attempt in range(1, RESTORE_TRIES + 1):
+                try:
+                    results.append(client.restore(tenant, moment, as_tenant=tenant))
+                except ApiError as exc:
+                    if exc.error_code == "tenant_exists":
+                        found.add(tenant)
+                    elif exc.http_status == 503 and attempt < RESTORE_TRIES:
+                        time.sleep(RESTORE_RETRY)
+                        continue
+                    else:
+                        failed[tenant] = _failure(exc)
+                except ClientError as exc:
+                    failed[tenant] = _failure(exc)
+                break
+            if tenant in failed:
                 bar.console.print(f"[red]restore of {tenant} failed:[/] {failed[tenant]}", markup=True)
             bar.advance(task)
-    return results, failed
+    return results, failed, found
 
 
 # -- backups -------------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ that ship to the default local-directory replica (or a shared one, for disaster 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from openapi_schema_validator import OAS30Validator
 
 from router.openapi import openapi_document
@@ -251,15 +253,19 @@ def test_restore_all_brings_back_every_tenant_on_a_fresh_server(tmp_path: Path) 
 
 
 @contextlib.contextmanager
-def stand_in(answers: dict[tuple[str, str], tuple[int, Any]]) -> Iterator[str]:
-    """An HTTP server answering (method, path) with (status, JSON body); 404 otherwise."""
+def stand_in(answers: Mapping[tuple[str, str], tuple[int, Any] | list[tuple[int, Any]]]) -> Iterator[str]:
+    """An HTTP server answering (method, path) with (status, JSON body), or with each of a list
+    of them in turn (the last one from then on); 404 otherwise."""
 
     class Handler(Quiet):
         def reply(self) -> None:
             self.body()
-            status, body = answers.get(
+            answer = answers.get(
                 (self.command, self.path), (404, {"error": {"code": "not_found", "message": "no route"}})
             )
+            if isinstance(answer, list):
+                answer = answer.pop(0) if len(answer) > 1 else answer[0]
+            status, body = answer
             self.answer(status, json.dumps(body).encode(), "application/json")
 
         do_GET = do_POST = reply
@@ -316,3 +322,36 @@ def test_restore_all_goes_on_past_failures_and_exits_1() -> None:
         body = json.loads(cli(None, "restore", "--all", "--json", env=there).stdout)
         assert body["failed"] == [{"tenant": "b", "error": "backup has a gap at LSN 7 (backup_broken)"}]
         assert body["restored"] == [ok_body] and body["already_present"] == 1
+
+
+def test_restore_all_counts_tenants_found_on_their_way_to_another_node_as_present(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # session 6: run while a node drained, every tenant in transit (listed by no node as
+    # present) failed, 43 of 43, with a warning about old tokens though nothing was restored
+    monkeypatch.setattr(importlib.import_module("ops.cli.backups"), "RESTORE_RETRY", 0.01)
+    ok_body = {"tenant": "b", "restored_to": "2026-01-01T00:00:00Z", "generation": "g", "commits_applied": 1}
+    moving = {"error": {"code": "slot_unowned", "message": "slot 3 has no serving owner", "retry_after": 1}}
+    exists = {"error": {"code": "tenant_exists", "message": "tenant 'a' already exists"}}
+    warned = {**NOTHING_TO_RESTORE, "warning": "old tokens of 2 tenants will not work"}
+
+    def restore_all(*tenants: str, **restores: tuple[int, Any] | list[tuple[int, Any]]) -> Result:
+        listing = {"tenants": [{"id": tenant, "exists": False} for tenant in tenants]}
+        answers: dict[tuple[str, str], tuple[int, Any] | list[tuple[int, Any]]] = {
+            ("POST", "/v1/admin/backups/fleet/restore"): (200, warned),
+            ("GET", "/v1/admin/backups/tenants"): (200, listing),
+        }
+        answers.update({("POST", f"/v1/admin/tenants/{t}/restore"): a for t, a in restores.items()})
+        with stand_in(answers) as url:
+            return cli(None, "restore", "--all", "--json", env=at(url, "key"))
+
+    # a was handed over meanwhile (it exists: present); c's slot never got an owner (it fails
+    # after its tries); nothing restored, so no warning
+    result = restore_all("a", "c", a=(409, exists), c=(503, moving))
+    fails(result, alone=False)
+    body = json.loads(result.stdout)
+    assert (body["restored"], body["already_present"], body["warning"]) == ([], 1, None), body
+    assert [f["tenant"] for f in body["failed"]] == ["c"]
+    # b's slot gets its owner after two tries: restored, and the warning is given
+    body = json.loads(ok(restore_all("b", b=[(503, moving), (503, moving), (200, ok_body)])))
+    assert (body["restored"], body["failed"], body["warning"]) == ([ok_body], [], warned["warning"]), body

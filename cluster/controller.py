@@ -221,18 +221,25 @@ class Controller:
             if now < quiet_at and now < self._unsettled_since + 4 * settle:
                 return min(quiet_at, self._unsettled_since + 4 * settle) - now
             self._unsettled_since = None
-        live = {self.keys.name_in(k, self.keys.nodes) for k in nodes.current()}
+        registered = {
+            self.keys.name_in(k, self.keys.nodes): kv.create_revision for k, kv in nodes.current().items()
+        }
+        live = set(registered)
         moves = {
-            self.keys.slot_in(k, self.keys.assigns): decode_move(kv.value)
+            self.keys.slot_in(k, self.keys.assigns): (*decode_move(kv.value), kv.mod_revision)
             for k, kv in assigns.current().items()
         }
-        current = {slot: node for slot, (node, _) in moves.items()}
+        current = {slot: node for slot, (node, _, _) in moves.items()}
         owned = {self.keys.slot_in(k, self.keys.owners): kv for k, kv in owners.current().items()}
         # a pending move whose giver's owner key went without a handover (its lease ran out, or
-        # it restarted): the slot is the giver's again, like its other slots, re-claimed by it
-        # if it is back, else held for its takeover; never claimed by the taker unhanded
+        # it restarted since): the slot is the giver's again, like its other slots, re-claimed
+        # by it if it is back, else held for its takeover; never claimed by the taker unhanded.
+        # (A giver registered since before the move, with no owner key in view, just handed the
+        # slot over: its release made the move claimable, which this view has yet to show.)
         stranded = {
-            slot: giver for slot, (_, giver) in moves.items() if giver is not None and slot not in owned
+            slot: giver
+            for slot, (_, giver, written) in moves.items()
+            if giver is not None and slot not in owned and registered.get(giver, written + 1) > written
         }
         assigned = set(current.values()) | set(stranded.values())
         for gone in assigned - live:

@@ -63,7 +63,7 @@ async def run_or_inline(
     inline: Callable[[], R | None] | None,
     *,
     end_on_error: bool = True,
-    waits_as_read: bool = False,
+    waits_as_read: Callable[[], bool] = lambda: False,
 ) -> T | R:
     """`run_on_stream`, except that `inline()` (work that may run on the event loop, or None
     if it cannot after all) is tried first: at once if the tenant has no jobs, else when this
@@ -102,7 +102,7 @@ async def run_or_inline(
             streams.detach(stream)
 
     try:
-        if inline is not None and not stream.locked and queued and waits_as_read:
+        if inline is not None and not stream.locked and queued and waits_as_read():
             return await c.scheduler.run_after(stream.tenant, inline, job())
         # A stream inside a transaction holds the tenant's lock: it must not queue behind
         # requests waiting for that very lock. Others queue per tenant like the REST API.

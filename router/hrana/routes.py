@@ -183,7 +183,7 @@ def _pipeline(codec: HttpCodec) -> Endpoint:
             # a point read (and close) runs on the loop, at once or when its turn comes (jobs.py)
             inline = partial(try_inline_pipeline, c, stream, body.requests, budget)
             work = partial(_pipeline_steps, requests=body.requests)
-            reads = point_read(stream, body.requests)
+            reads = partial(point_read, stream, body.requests)  # asked only when the tenant has jobs
             results = await run_or_inline(c, stream, readonly, work, budget, inline, waits_as_read=reads)
             out = codec.encode_pipeline_response(PipelineResponse(stream.next_baton, None, results))
         except BaseException:

@@ -360,7 +360,7 @@ class Session:
                 work = partial(self._work, rid=rid, request=request)
                 # a point read runs on the loop, at once or when its turn comes (jobs.py)
                 inline = partial(try_inline, self.c, stream, request, budget)
-                reads = point_read(stream, [request])
+                reads = partial(point_read, stream, [request])  # asked only when the tenant has jobs
                 outcome = await run_or_inline(
                     self.c,
                     stream,

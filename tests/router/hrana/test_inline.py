@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -115,7 +116,7 @@ def test_a_read_queued_behind_a_job_runs_on_the_loop_when_its_turn_comes(
 
             async def read() -> None:
                 inline = lambda: try_inline(c, stream, request, budget)  # noqa: E731
-                reads = point_read(stream, [request])
+                reads = partial(point_read, stream, [request])
                 outcome.append(
                     await run_or_inline(c, stream, False, work, budget, inline, waits_as_read=reads)
                 )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
@@ -27,6 +27,8 @@ from ops.bench.driver import CREATE_SQL, QUERY_SQL, ROWS_SQL
 from ops.settings import Settings
 from tenants.images import Images
 from tenants.layout import Layout
+
+T = TypeVar("T")
 
 
 def fleet_floor(
@@ -88,15 +90,20 @@ def fleet_floor(
     }
 
 
-def _timed(step: Callable[[str], None], ids: Sequence[str], concurrency: int) -> dict[str, float]:
+def in_threads(step: Callable[[T], object], items: Sequence[T], concurrency: int) -> tuple[float, float]:
+    """`step` on each of `items`, `concurrency` at once; (wall seconds, this process's CPU seconds,
+    every thread's)."""
     cpu, started = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(step, ids))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    count = max(len(ids), 1)
+        list(pool.map(step, items))
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def _timed(step: Callable[[str], None], ids: Sequence[str], concurrency: int) -> dict[str, float]:
+    elapsed, cpu = in_threads(step, ids, concurrency)
     return {
         "count": len(ids),
         "seconds": round(elapsed, 3),
         "per_s": round(len(ids) / max(elapsed, 1e-9), 1),
-        "cpu_us_per_op": round(cpu / count * 1e6, 1),
+        "cpu_us_per_op": round(cpu / max(len(ids), 1) * 1e6, 1),
     }

@@ -29,6 +29,7 @@ import apsw
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ops.bench.floor import in_threads
 from ops.bench.options import count, data_dir_option, json_out_option
 from ops.bench.profile import profile_options, profiling
 from ops.bench.report import Row, emit
@@ -246,16 +247,12 @@ def migrate_bare(paths: Sequence[Path], concurrency: int, synchronous: str) -> d
         finally:
             conn.close()
 
-    cpu, started = time.process_time(), time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, paths))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    count = max(len(paths), 1)
+    elapsed, cpu = in_threads(one, paths, concurrency)
     return {
         "tenants": len(paths),
         "elapsed_s": round(elapsed, 3),
         "tenants_per_s": round(len(paths) / max(elapsed, 1e-9), 1),
-        "cpu_ms_per_tenant": round(cpu / count * 1000, 3),
+        "cpu_ms_per_tenant": round(cpu / max(len(paths), 1) * 1000, 3),
     }
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.moto_s3 import BUCKET, MotoServer
-from tests.cluster.test_failover import GRACE, TTL, _on_s3, _theirs
-from tests.cluster.test_serving import Nodes, Writes, running_nodes
+from ops.moto_s3 import MotoServer
+from tests.cluster.test_failover import GRACE, TTL, _theirs, replica_acked_nodes
+from tests.cluster.test_serving import Nodes, Writes
 from tests.support.etcd import EtcdCluster
-from tests.support.s3 import unique_prefix
 from tests.support.waiting import wait_until
 
 COUNT = 16  # tenants written to (each node owns some of them)
@@ -32,11 +31,7 @@ def _slots(nodes: Nodes, node: str) -> int:
 def test_a_node_stopped_mid_drain_loses_no_acknowledged_write(
     etcd: EtcdCluster, moto_server: MotoServer, tmp_path: Path, stop: str
 ) -> None:
-    replica = f"s3://{BUCKET}/{unique_prefix('drain-crash')}"
-    flags = ("--ack", "replica", "--backup-catalog-upload-interval", "1")
-    with running_nodes(
-        etcd, tmp_path, *flags, ttl=TTL, grace=GRACE, replica_url=replica, env=_on_s3(moto_server)
-    ) as nodes:
+    with replica_acked_nodes(etcd, moto_server, tmp_path, "drain-crash") as nodes:
         n2 = nodes.servers["n2"]
         with Writes(nodes, via="n1", count=COUNT) as writes:
             theirs = _theirs(nodes, writes, "n2", via="n1")

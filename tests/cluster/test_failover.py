@@ -7,9 +7,11 @@ grace keeps its slots and loses nothing, even with the default (local) ack."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +62,23 @@ def _theirs(nodes: Nodes, writes: Writes, node: str, via: str) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def replica_acked_nodes(etcd: EtcdCluster, moto: MotoServer, root: Path, name: str) -> Iterator[Nodes]:
+    """Two nodes with `--ack replica` over a fresh prefix `name` of moto S3, the short lease and
+    grace of this module, and their catalogs uploaded each second (a takeover reads one and the
+    last segments, not all of them)."""
+    replica = f"s3://{BUCKET}/{unique_prefix(name)}"
+    flags = ("--ack", "replica", "--backup-catalog-upload-interval", "1")
+    with running_nodes(
+        etcd, root, *flags, ttl=TTL, grace=GRACE, replica_url=replica, env=_on_s3(moto)
+    ) as nodes:
+        yield nodes
+
+
 def test_a_lost_owner_is_taken_over_fenced_and_never_serves_its_stale_copies(
     etcd: EtcdCluster, moto_server: MotoServer, tmp_path: Path
 ) -> None:
-    replica = f"s3://{BUCKET}/{unique_prefix('failover')}"
-    # catalogs uploaded often: a takeover reads one and the last segments, not all of them
-    flags = ("--ack", "replica", "--backup-catalog-upload-interval", "1")
-    with running_nodes(
-        etcd, tmp_path, *flags, ttl=TTL, grace=GRACE, replica_url=replica, env=_on_s3(moto_server)
-    ) as nodes:
+    with replica_acked_nodes(etcd, moto_server, tmp_path, "failover") as nodes:
         n2 = nodes.servers["n2"]
         with Writes(nodes, via="n1", count=COUNT) as writes:
             theirs = _theirs(nodes, writes, "n2", via="n1")

@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import apsw
 import pytest
 
 from tenants.catalog import Catalog
@@ -23,7 +22,7 @@ from tenants.errors import (
 from tenants.execute import Statement
 from tenants.fleet import Fleet
 from tenants.state import TenantState
-from tests.support.tenants import TEST_CONFIG, MakeFleet
+from tests.support.tenants import TEST_CONFIG, MakeFleet, filled_and_folded
 
 SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 2000000) SELECT count(*) FROM c"
 
@@ -177,20 +176,7 @@ def test_corrupt_pages_found_by_a_query_mark_the_tenant(make_fleet: MakeFleet) -
     fleet = make_fleet(capacity=1)
     for tenant in ("bad", "good"):
         fleet.create(tenant)
-    fleet.execute("bad", Statement("CREATE TABLE t(x)"))
-    fleet.execute(
-        "bad",
-        Statement(
-            "INSERT INTO t WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c LIMIT 200) "
-            "SELECT randomblob(500) FROM c"
-        ),
-    )
-    fleet.close()
-    # fold the WAL in with the real sqlite3 library, then trash every page after the first
-    path = fleet.layout.tenant_path("bad")
-    db = apsw.Connection(str(path))
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    db.close()
+    path = filled_and_folded(fleet, "bad")  # then trash every page after the first
     with open(path, "r+b") as f:
         f.seek(4096)
         f.write(b"\xa5" * (path.stat().st_size - 4096))

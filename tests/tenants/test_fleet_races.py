@@ -16,7 +16,7 @@ from tenants.errors import TenantCorrupt, TenantExists, TenantNotFound, TenantUn
 from tenants.execute import Statement
 from tenants.fleet import Fleet
 from tenants.state import TenantState
-from tests.support.tenants import MakeFleet
+from tests.support.tenants import MakeFleet, filled_and_folded
 
 
 def at_once(fleet: Fleet, calls: list[Callable[[], object]], writes: int | None = None) -> list[object]:
@@ -141,19 +141,7 @@ def test_a_create_racing_a_delete_of_the_same_id(fleet: Fleet) -> None:
 def test_a_corrupt_read_during_a_delete_keeps_it_deleting(make_fleet: MakeFleet) -> None:
     fleet = make_fleet()
     fleet.create("bad")
-    fleet.execute("bad", Statement("CREATE TABLE t(x)"))
-    fleet.execute(
-        "bad",
-        Statement(
-            "INSERT INTO t WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c LIMIT 200) "
-            "SELECT randomblob(500) FROM c"
-        ),
-    )
-    fleet.close()
-    path = fleet.layout.tenant_path("bad")
-    db = apsw.Connection(str(path))
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    db.close()
+    path = filled_and_folded(fleet, "bad")
     fleet = make_fleet()
     fleet.execute("bad", Statement("SELECT 1"))  # open, its schema read
     with open(path, "r+b") as f:  # trash every page after the first under the open handle

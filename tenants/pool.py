@@ -294,6 +294,22 @@ class Pool:
             log.exception("preempting the holder of tenant %s failed", handle.tenant_id)
 
     def _checkout(self, tenant_id: str, passing: bool = False) -> Handle:
+        """The tenant's handle, open, with a user counted. A request that joined an open already
+        under way and saw it fail opens once more for itself: that open began before the request
+        (a create or restore may have finished since), and its answer must be about the tenant
+        as it is now. Raises what the opener raises, TenantUnavailable once closed."""
+        handle, fresh = self._join_or_open(tenant_id, passing)
+        if handle.error is not None and not fresh:
+            self._checkin(handle)
+            handle, fresh = self._join_or_open(tenant_id, passing)
+        if handle.error is not None:
+            self._checkin(handle)
+            raise handle.error
+        return handle
+
+    def _join_or_open(self, tenant_id: str, passing: bool) -> tuple[Handle, bool]:
+        """The tenant's handle once its open is over (opened here: fresh, or joined), a user
+        counted; its `error` says whether the open failed."""
         while True:
             with self._lock:
                 if self._closed:
@@ -320,10 +336,7 @@ class Pool:
         else:
             POOL_HITS.inc()
             handle.ready.wait()
-        if handle.error is not None:
-            self._checkin(handle)
-            raise handle.error
-        return handle
+        return handle, fresh
 
     def _open(self, handle: Handle) -> None:
         started = time.perf_counter()

@@ -14,13 +14,16 @@ from pathlib import Path
 import apsw
 import pytest
 
+from tenants.config import PoolConfig
+from tenants.connection import open_database
 from tenants.errors import SqlError, SqlfleetError, TenantBusy, TenantNotFound
 from tenants.execute import Statement, run_statement
 from tenants.fleet import Fleet
 from tenants.hooks import FleetHooks
-from tenants.pool import Handle, Latch
+from tenants.pool import Handle, Latch, Pool
+from tenants.sandbox import Sandbox
 from tenants.watchdog import shared_watchdog
-from tests.support.tenants import MakeFleet
+from tests.support.tenants import TEST_CONFIG, MakeFleet
 from tests.support.waiting import wait_until
 
 CAPACITY = 8
@@ -391,3 +394,57 @@ def test_a_close_waits_out_a_backup_whose_destination_is_busy_elsewhere(
     with pytest.raises(apsw.Error):
         backup.step(1)
     dest.close()
+
+
+def test_a_request_joining_a_failed_open_opens_again_for_itself(tmp_path: Path) -> None:
+    # session 6 (a CI run): a request right after a create returned joined an open another
+    # request had begun while the tenant was still being created; that open failed (no such
+    # tenant then) and the new request got its 404, though the tenant existed by then
+    created = threading.Event()
+    first_open_started, let_it_fail = threading.Event(), threading.Event()
+    opens: list[str] = []
+
+    def opener(tenant_id: str) -> tuple[apsw.Connection, Sandbox]:
+        opens.append(tenant_id)
+        if not created.is_set():  # the row still says "creating": not found, a little later
+            first_open_started.set()
+            let_it_fail.wait(10)
+            raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+        conn, sandbox = open_database(tmp_path / "t.db", TEST_CONFIG, create=True)
+        return conn, sandbox
+
+    pool = Pool(PoolConfig(capacity=2, busy_timeout=5, preempt_wait=1), opener)
+    early: list[BaseException] = []
+
+    def too_early() -> None:
+        try:
+            with pool.lease("t"):
+                pass
+        except TenantNotFound as exc:
+            early.append(exc)
+
+    thread = threading.Thread(target=too_early)
+    thread.start()
+    try:
+        assert first_open_started.wait(10)
+        created.set()  # the create returns: from now on the tenant exists
+        joined: Future[bool] = Future()
+
+        def after_create() -> None:
+            try:
+                with pool.lease("t") as handle:
+                    joined.set_result(handle.conn is not None)
+            except BaseException as exc:
+                joined.set_exception(exc)
+
+        late = threading.Thread(target=after_create)
+        late.start()
+        wait_until(lambda: pool._handles.get("t") is not None and pool._handles["t"].users == 2)
+        let_it_fail.set()
+        assert joined.result(10)  # opened for itself, not the early open's 404
+        late.join(10)
+    finally:
+        let_it_fail.set()
+        thread.join(10)
+        pool.close_all()
+    assert len(early) == 1 and opens == ["t", "t"]

@@ -18,6 +18,7 @@ the same run, step for step: `test_a_seed_replays_exactly`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
 import subprocess
@@ -120,12 +121,20 @@ def test_a_run_closes_no_descriptor_of_the_test_process(
                 break
         assert held, "no let-go descriptor still held after the runs (closed by the run?)"
         for fd in sorted(let_go_numbers - held):  # free after the run: taken by someone else
+            if os.path.exists(f"/proc/self/fd/{fd}"):
+                continue  # taken already (another thread's): never touched here, not even closed
             path = tmp_path / f"innocent-{fd}"
             innocent = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            if innocent != fd:
-                os.dup2(innocent, fd)
-                os.close(innocent)
+            # the lowest free number from fd on: fd itself unless another thread took it just now
+            # (dup2 would have closed that thread's descriptor under it)
+            taken = fcntl.fcntl(innocent, fcntl.F_DUPFD_CLOEXEC, fd)
+            os.close(innocent)
+            if taken != fd:
+                os.close(taken)
+                continue
             innocents[fd] = str(path)
+        # (none may be free: all reused already. Then `held` above is the check: the run left
+        # the numbers to their holders; taking a reused one would close another's descriptor)
         del simulation
         gc.collect()  # the holders go now, closing what they hold
         for fd, name in innocents.items():

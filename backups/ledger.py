@@ -136,8 +136,9 @@ class Ledger:
         return self._last_time
 
     def get(self, tenant_id: str) -> TenantLog | None:
-        with self.lock:
-            return self.logs.get(tenant_id)
+        # No lock: one dict lookup is atomic, and every open asks (the lock is also held for
+        # scans of every log, e.g. fully_shipped: an open must not queue behind one).
+        return self.logs.get(tenant_id)
 
     def install(self, tenant_id: str, entry: TenantLog) -> None:
         """Make `entry` the tenant's log (replacing any: its carried chunks still ship); dirty if
@@ -325,6 +326,8 @@ class Ledger:
 
     def backlog_bytes(self, tenant_id: str | None = None) -> int:
         """Unshipped WAL bytes (estimated from frame counts) of one tenant or all."""
+        if tenant_id is not None and tenant_id not in self.logs:
+            return 0  # every write lease asks: a closed or idle tenant's answer takes no lock
         with self.lock:
             if tenant_id is None:
                 return sum(e.unshipped_bytes() for e in self.logs.values())

@@ -54,7 +54,6 @@ Steps = Generator[None, None, T]
 
 _NORMAL_NICE = 5
 _HEAVY_NICE = 15
-_niced = threading.local()  # .done: this worker thread runs at _NORMAL_NICE already
 
 
 @dataclass
@@ -92,7 +91,15 @@ class Scheduler:
     ) -> None:
         self.normal = anyio.CapacityLimiter(threads)
         self.heavy_threads = max(1, threads // 2)
-        self._threads = anyio.CapacityLimiter(threads + self.heavy_threads)  # the lane's, loans included
+        # The lane's threads, loans included (`normal` gates how many run): an executor of its
+        # own, like the heavy lane's, rather than anyio's to_thread behind a second limiter, so
+        # its threads are niced once, when they start, and a job's hand-off is one submit.
+        self._normal_pool = ThreadPoolExecutor(
+            threads + self.heavy_threads,
+            thread_name_prefix="sqlfleet-worker",
+            initializer=_lower_priority,
+            initargs=(_NORMAL_NICE,),
+        )
         self._lent = 0
         self._watchdog = shared_watchdog()
         self.max_queued = max_queued
@@ -105,7 +112,8 @@ class Scheduler:
         self._gates: dict[str, _Gate] = {}
 
     def close(self) -> None:
-        """Let the heavy lane's threads go once their jobs end. Idempotent."""
+        """Let the lanes' threads go once their jobs end. Idempotent."""
+        self._normal_pool.shutdown(wait=False)
         if self._heavy is not None:
             self._heavy.shutdown(wait=False)
 
@@ -205,9 +213,7 @@ class Scheduler:
             alarm = self._watchdog.arm(time.monotonic() + self.heavy_seconds, due)
             try:
                 # not abandoned on cancel: a job stopped half-way would leave its tenant's lease behind
-                return await anyio.to_thread.run_sync(
-                    fn, *args, limiter=self._threads, abandon_on_cancel=False
-                )
+                return await _uncancellable(asyncio.wrap_future(self._normal_pool.submit(fn, *args)))
             finally:
                 self._watchdog.disarm(alarm)
                 loan.over = True
@@ -225,9 +231,6 @@ class Scheduler:
     def _advance(self, tenant: str, steps: Steps[T], heavy: bool, job: _Job) -> _Done[T] | None:
         """In a worker thread: run `steps` to its end, or (normal lane) to the first yield
         after its tenant turned heavy (None)."""
-        if not heavy and not getattr(_niced, "done", False):  # an anyio worker thread's first job
-            _niced.done = True
-            _lower_priority(_NORMAL_NICE)
         start = time.monotonic()
         before = job.elapsed
         try:

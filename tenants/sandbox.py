@@ -110,6 +110,7 @@ _DENIED_FUNCTIONS = {
     "fts3_tokenizer": "fts3_tokenizer() is not allowed: it can hand SQLite a native pointer",
 }
 _MENTIONS_PRAGMA = re.compile("pragma", re.IGNORECASE)
+_MENTIONS_TEMP = re.compile("temp", re.IGNORECASE)
 
 BOOKKEEPING_PREFIX = "_sqlfleet_"
 _MENTIONS_BOOKKEEPING = re.compile(re.escape(BOOKKEEPING_PREFIX), re.IGNORECASE)
@@ -205,12 +206,27 @@ class Sandbox:
         self.sql: str | None = None  # the SQL text being run, if it mentions bookkeeping names
         self.pragmas_set: set[str] = set()  # SESSION_PRAGMAS tenant SQL set since the last reset
         self.temp_created = False  # tenant SQL created a TEMP object since the last reset
+        # Pragmas bounding the TEMP database, run (once) before the first statement whose text
+        # can reach it: every such text says "temp" (TEMP/TEMPORARY, the temp schema,
+        # sqlite_temp_master). Most connections never open it; an open saves two statements.
+        self.temp_bounds: str | None = None
 
     def install(self, conn: apsw.Connection) -> None:
         conn.authorizer = self.authorize
         conn.cursor_factory = partial(_Cursor, sandbox=self)
         self._conn = weakref.ref(conn)
         functions.install(conn)
+
+    def bound_temp(self, conn: apsw.Connection) -> None:
+        """Run `temp_bounds` now, once (the server's own statements, past the authorizer)."""
+        pragmas, self.temp_bounds = self.temp_bounds, None
+        if pragmas is None:
+            return
+        trusted, self.trusted = self.trusted, True
+        try:
+            apsw.Cursor(conn).execute(pragmas, can_cache=False).fetchall()
+        finally:
+            self.trusted = trusted
 
     def start_statement(self, limit: float | None = None, *, inline: bool = False) -> None:
         """From now on the connection's statements stop after `limit` seconds (default
@@ -338,6 +354,12 @@ class _Cursor(apsw.Cursor):
         return super().executemany(statements, *args, **kwargs)
 
     def _note(self, statements: str, kwargs: dict[str, Any]) -> None:
+        if (
+            self._sandbox.temp_bounds is not None
+            and isinstance(statements, str)
+            and _MENTIONS_TEMP.search(statements)
+        ):
+            self._sandbox.bound_temp(self.connection)
         # Only texts that mention the prefix can rename to it; others are not kept (memory).
         mentions = isinstance(statements, str) and _MENTIONS_BOOKKEEPING.search(statements)
         self._sandbox.sql = statements if mentions else None

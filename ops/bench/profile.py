@@ -9,6 +9,11 @@ count: grep-able, and what flamegraph.pl reads). Stacks carry their thread's id,
 thread can be told from the request workers. `--profile-mode gil` keeps only samples that hold
 the GIL (what a thread waits for shows as the gap to `active`); `idle` adds idle threads.
 
+py-spy reads the process without stopping it (`--nonblocking`): stopping all of a server's
+threads 200 times a second cost the 10k-tenant fleet loop three quarters of its throughput (145
+instead of ~650 req/s), so the profile showed a different program. An unstopped read can tear
+an odd stack; those are few, and the throughput stays what the bench measures without --profile.
+
 py-spy is not a dependency of the server: `pip install 'sqlfleet[bench]'` (or `scripts/bench`)
 brings it.
 """
@@ -73,7 +78,7 @@ def command(exe: str, pid: int, out: Path, mode: str = "active") -> list[str]:
     """The py-spy command line that records `pid` into `out`."""
     fmt = _FORMATS.get(out.suffix, "raw")
     cmd = [exe, "record", "--pid", str(pid), "--output", str(out), "--format", fmt]
-    cmd += ["--rate", str(RATE), "--threads"]
+    cmd += ["--rate", str(RATE), "--threads", "--nonblocking"]
     if mode == "gil":
         cmd.append("--gil")
     elif mode == "idle":

@@ -78,3 +78,33 @@ def test_concurrent_position_saves_share_one_commit_and_fail_alone(tmp_path: Pat
         assert again.positions() == {f"t{i}": _position(i) for i in range(8)}
     finally:
         again.close()
+
+
+def test_concurrent_position_reads_see_the_last_commit_and_close_ends_every_reader(tmp_path: Path) -> None:
+    """Every tenant open reads its position: concurrent reads go through readers of their own
+    (no lock among them), each sees what was committed before it began, and `close` leaves no
+    reader open (one in use when it runs is closed when its read ends)."""
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    tenants = [f"t{i}" for i in range(64)]
+    catalog.save_positions({t: _position(i) for i, t in enumerate(tenants)})
+    start = threading.Barrier(8)
+
+    def read_all(offset: int) -> list[int | None]:
+        start.wait()
+        return [getattr(catalog.position(t), "lsn", None) for t in tenants[offset:] + tenants[:offset]]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read_all, range(8)))
+    for offset, lsns in enumerate(results):
+        assert lsns == list(range(offset, 64)) + list(range(offset))
+    assert catalog.position("absent") is None
+    readers = list(catalog._readers)
+    assert 1 <= len(readers) <= 8
+    catalog.close()
+    assert catalog._readers == []
+    for reader in readers:  # closed: using one raises
+        try:
+            reader.execute("SELECT 1")
+        except apsw.ConnectionClosedError:
+            continue
+        raise AssertionError("a reader stayed open after close")

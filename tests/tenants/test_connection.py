@@ -171,3 +171,55 @@ def test_every_tenant_file_opens_in_the_sqlite3_cli(make_fleet: MakeFleet, tmp_p
         assert lines[0] == "ok", out.stdout
         if tenant != "empty":
             assert lines[1:] == ["1", str(n + 1)], (tenant, out.stdout)  # rows still in the WAL too
+
+
+@pytest.mark.parametrize("synchronous,level", [("NORMAL", 1), ("FULL", 2), ("EXTRA", 3)])
+def test_a_reopened_wal_file_gets_the_configured_pragmas(
+    tmp_path: Path, synchronous: str, level: int
+) -> None:
+    """An open reads the file's page size, journal mode and synchronous level in one statement
+    and sets only what differs (tenants.connection._configure): reopening a WAL file, whose
+    header already says WAL, must still end with every configured value."""
+    config = Settings.load(environ={}, synchronous=synchronous, max_db_bytes=1 << 20).db_config()
+    path = tmp_path / "a.db"
+    conn, _ = open_database(path, config, create=True)
+    conn.execute("CREATE TABLE t(x)")
+    conn.close()
+    for _ in range(2):
+        conn, sandbox = open_database(path, config)
+        sandbox.trusted = True
+        try:
+            got = [conn.execute(f"PRAGMA {n}").fetchall()[0][0] for n in ("journal_mode", "synchronous")]
+            assert got == ["wal", level]
+            assert conn.execute("PRAGMA max_page_count").fetchall()[0][0] == (1 << 20) // 4096
+            assert conn.execute("PRAGMA foreign_keys").fetchall()[0][0] == 1
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        "CREATE TEMP TABLE big(x)",
+        "CREATE TEMPORARY TABLE big(x)",
+        "CREATE TABLE temp.big(x)",
+        'CREATE TABLE "Temp".big(x)',
+        "CREATE TABLE [TEMP].big(x)",
+        "create table `temp`.big(x)",
+    ],
+)
+def test_the_temp_database_is_bounded_before_a_statement_can_reach_it(tmp_path: Path, create: str) -> None:
+    """The TEMP database's bounds are set by the first statement whose text can reach it (every
+    spelling of it says "temp"), not at open: a TEMP table cannot outgrow max_db_bytes."""
+    config = Settings.load(environ={}, max_db_bytes=64 << 10).db_config()
+    conn, _ = open_database(tmp_path / "a.db", config, create=True)
+    try:
+        conn.execute(create)
+        fill = (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 64)"
+            " INSERT INTO big SELECT randomblob(4000) FROM n"
+        )
+        with pytest.raises(apsw.FullError):
+            conn.execute(fill)
+    finally:
+        conn.close()

@@ -28,3 +28,4 @@ def test_the_format_follows_the_suffix_and_the_mode_the_samples() -> None:
     assert cmd("a.txt")[cmd("a.txt").index("--format") + 1] == "raw"
     assert "--threads" in cmd("a.txt") and "--gil" in cmd("a.txt", "gil") and "--idle" in cmd("a.txt", "idle")
     assert "--gil" not in cmd("a.txt") and "--idle" not in cmd("a.txt")
+    assert "--nonblocking" in cmd("a.txt")  # never stops the server it measures

@@ -16,8 +16,8 @@ closes (HRANA_3_SPEC.md, "Hrana over WebSocket").
 - Errors: a request that fails is its `response_error`; a message that is not one (bad JSON or
   protobuf, no such message type) closes with 1007; a protocol violation (a request before
   hello, a duplicate stream, cursor or SQL id, an unknown stream, a request the negotiated
-  version lacks) with 1008; a bug with 1011. However it ends, every stream is rolled back and
-  let go.
+  version lacks) with 1008; a bug with 1011. Requests read before such a message are answered
+  first. However it ends, every stream is rolled back and let go.
 - A response the client does not take within `request_timeout` ends the connection.
 - Each message read, and each request's work, is tracked (router.request_writes) in the task
   that sends its response: under `ack = replica` a refused response says whether it wrote.
@@ -158,20 +158,28 @@ class Session:
         requests in flight are answered, and the connection is to close as moved."""
         admit = self.c.fleet.admit
         if admit is None:  # a single server serves every tenant for good
-            return await self._read()
+            return await self._answered(await self._read())
         assert self._tasks is not None
         watching = anyio.CancelScope()
         with anyio.CancelScope() as reading:
             self._tasks.start_soon(self._watch_admission, admit, reading, watching)
             close = await self._read()
             watching.cancel()
-            return close
+            return await self._answered(close)
         assert self._moved is not None  # only the watch cancels `reading` from outside
-        with anyio.move_on_after(self.c.config.request_timeout):
-            while self._in_flight:
-                self._room = anyio.Event()
-                await self._room.wait()
-        return self._moved
+        return await self._answered(self._moved)
+
+    async def _answered(self, close: Close | None) -> Close | None:
+        """`close`, once the requests already read are answered (each within its own bounds,
+        all within `request_timeout`): however reading ends (a bad message, a protocol
+        violation, an expired token, the tenant moving), what came before it is answered.
+        Nothing waits for a client that has gone (None)."""
+        if close is not None:
+            with anyio.move_on_after(self.c.config.request_timeout):
+                while self._in_flight:
+                    self._room = anyio.Event()
+                    await self._room.wait()
+        return close
 
     async def _watch_admission(
         self, admit: Callable[[str], None], reading: anyio.CancelScope, watching: anyio.CancelScope

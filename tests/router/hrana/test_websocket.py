@@ -250,6 +250,29 @@ def test_a_message_that_is_not_one_closes(live: Live, tenant: str, frame: str | 
         assert s.closed_with()[0] == code
 
 
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [("{not json", 1007), ('{"type": "bogus"}', 1008), (b"\x00\x01", 1003)],
+)
+def test_bad_message_after_requests_answers_them_first(
+    live: Live, tenant: str, frame: str | bytes, code: int
+) -> None:
+    """A connection that ends for a bad message still answers what the client sent before it
+    (each request within its own bounds), then closes: its close does not cut them off."""
+    with hrana_socket(live.ws_url) as s:
+        assert s.hello(live.token(tenant)) == {"type": "hello_ok"}
+        _open(s, 1)
+        slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000)"
+        slow += " SELECT count(*) FROM n"
+        first = s.request(execute(1, "SELECT 41 + 1"))
+        second = s.request(execute(1, slow))
+        s.send(frame)  # at once: both requests are still in flight
+        answers = {msg["request_id"]: msg for msg in (s.recv(), s.recv())}
+        assert answers[first]["type"] == "response_ok" and _value(answers[first]) == "42"
+        assert answers[second]["type"] == "response_ok" and _value(answers[second]) == "300000"
+        assert s.closed_with()[0] == code
+
+
 def test_protobuf_frames_are_binary_only(live: Live, tenant: str) -> None:
     hello = _protobuf_hello(live.token(tenant))
     with hrana_socket(live.ws_url, ["hrana3-protobuf"]) as s:

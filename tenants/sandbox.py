@@ -218,8 +218,10 @@ class Sandbox:
         functions.install(conn)
 
     def bound_temp(self, conn: apsw.Connection) -> None:
-        """Run `temp_bounds` now, once (the server's own statements, past the authorizer)."""
-        pragmas, self.temp_bounds = self.temp_bounds, None
+        """Run `temp_bounds` now, once (the server's own statements, past the authorizer).
+        Raises what SQLite raises (e.g. an interrupt at the statement's deadline); the bounds
+        then stay pending, for the next statement to run first."""
+        pragmas = self.temp_bounds
         if pragmas is None:
             return
         trusted, self.trusted = self.trusted, True
@@ -227,6 +229,7 @@ class Sandbox:
             apsw.Cursor(conn).execute(pragmas, can_cache=False).fetchall()
         finally:
             self.trusted = trusted
+        self.temp_bounds = None
 
     def start_statement(self, limit: float | None = None, *, inline: bool = False) -> None:
         """From now on the connection's statements stop after `limit` seconds (default

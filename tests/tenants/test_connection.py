@@ -223,3 +223,21 @@ def test_the_temp_database_is_bounded_before_a_statement_can_reach_it(tmp_path: 
             conn.execute(fill)
     finally:
         conn.close()
+
+
+def test_temp_bounds_that_fail_stay_pending_and_the_statement_does_not_run(tmp_path: Path) -> None:
+    """A failed run of the TEMP bounds (an interrupt at the deadline, say) fails the statement
+    that needed them, before it runs, and leaves them for the next such statement."""
+    conn, sandbox = open_database(tmp_path / "a.db", TEST_CONFIG, create=True)
+    try:
+        bounds = sandbox.temp_bounds
+        assert bounds is not None
+        sandbox.temp_bounds = bounds + "; SELECT no_such_function()"
+        with pytest.raises(apsw.SQLError):
+            conn.execute("CREATE TEMP TABLE t(x)")
+        assert sandbox.temp_bounds is not None and not sandbox.trusted
+        sandbox.temp_bounds = bounds
+        conn.execute("CREATE TEMP TABLE t(x)")  # the first one never ran: no "already exists"
+        assert sandbox.temp_bounds is None
+    finally:
+        conn.close()

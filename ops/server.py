@@ -33,6 +33,7 @@ from ops import fleetwork, keys
 from ops.logs import configure_logging
 from ops.node import ClusterNode, noted_writer
 from ops.settings import Settings, url_host
+from router.admission import LEND_AFTER, Admission
 from router.app import build_app
 from router.auth import Authenticator
 from router.changes_api import encode_event
@@ -113,6 +114,7 @@ class Server:
                 before_use=fleet.before_use,
             ),
             placement=node,
+            admission=hooks.admission,
         )
         proxy = (
             ProxyParts(node, node.forwarder, node.websockets, Arrivals(fleet)) if node is not None else None
@@ -185,6 +187,7 @@ class _Hooks:
         self._node = node
         self.backups: Backups | None = None
         self.feed: ChangeFeed
+        self.admission: Admission | None = None
 
     def __call__(self, fleet: Fleet) -> list[FleetHooks]:
         settings = self._settings
@@ -201,6 +204,9 @@ class _Hooks:
         schema = SchemaHooks(self._groups, fleet.group_of, settings.lazy_catch_up, settings.migration_timeout)
         # last: a schema catch-up's commits reach the change feed as a `schema` change
         self.feed = ChangeFeed(settings.feed_config(), fleet.pool, encode_event)
+        if settings.runnable_workers:  # its commit hook goes on every tenant connection
+            self.admission = Admission(settings.runnable_workers, LEND_AFTER, fleet.pool.is_open)
+            return [*hooks, schema, self.feed, self.admission]
         return [*hooks, schema, self.feed]
 
 

@@ -48,6 +48,7 @@ MAX_COUNT = (1 << 31) - 1
 MAX_BYTES = 1 << 50  # 1 PiB (SQLite's own largest database is about 2**48 bytes)
 MAX_INT_OF = {
     "worker_threads": 1024,
+    "runnable_workers": 1024,
     "pool_capacity": 1 << 20,
     "max_queued_per_tenant": 1 << 20,
     "max_streams": 1 << 20,
@@ -108,6 +109,15 @@ class Settings:
         ),
     )
     worker_threads: int = field(default=16, metadata=_doc("Threads that run SQLite work off the event loop."))
+    runnable_workers: int = field(
+        default=2,
+        metadata=_doc(
+            "Requests for tenants not open in the pool that may run at once (opening one is CPU "
+            "work with many GIL hand-offs: fewer threads competing switch less); the others wait, "
+            "holding no thread, until one ends, is about to commit (its fsync comes next) or has "
+            "run 5 ms. Requests for open tenants never wait for it. 0: no limit."
+        ),
+    )
     max_queued_per_tenant: int = field(
         default=256,
         metadata=_doc(
@@ -665,6 +675,8 @@ class Settings:
             raise BadRequest("cluster_takeover_grace must not be negative")
         if self.fair_share_grace < 0:
             raise BadRequest("fair_share_grace must not be negative")
+        if self.runnable_workers < 0:
+            raise BadRequest("runnable_workers must not be negative (0: no limit)")
         if self.ack not in ("local", "replica"):
             raise BadRequest(f"ack must be local or replica, not {self.ack!r}")
         if self.ack == "replica" and not self.backups:

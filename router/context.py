@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 from starlette.requests import HTTPConnection, Request
 
 from backups.service import Backups
+from router.admission import Admission
 from router.auth import Authenticator, Principal
 from router.proxy.placement import Placement
 from router.request_writes import joined
@@ -36,6 +37,7 @@ class RouterConfig:
     max_batch_statements: int
     max_token_ttl: int
     worker_threads: int
+    runnable_workers: int
     max_queued_per_tenant: int
     stream_idle_timeout: float
     max_streams_per_tenant: int
@@ -74,6 +76,7 @@ class Context:
         streams: Streams,
         feed: ChangeFeed,
         placement: Placement | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.fleet = fleet
         self.auth = auth
@@ -90,6 +93,7 @@ class Context:
             config.heavy_worker_seconds,
             config.fair_share_window,
             config.fair_share_grace,
+            admission,
         )
         self.results = ResultMemory(config.max_inflight_result_bytes)
         self.websockets = 0  # Hrana WebSocket connections open (router.hrana.ws; event loop only)

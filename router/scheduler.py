@@ -18,6 +18,9 @@
   first statement `heavy_seconds` after it started lends the normal lane a thread meanwhile
   (as many as the heavy lane has), so light tenants are served even while every normal
   thread is in a statement that turned out long.
+- Admission (router.admission, optional): a normal-lane job of a tenant not open in the pool
+  waits on the loop for a slot before it takes a thread, so few pool misses compete for the GIL
+  at once; it gives the slot back at its end, before a commit, or after a few ms.
 - OS priority (nice, per thread on Linux, relative to the event loop's thread): the loop's thread
   keeps the process's own, normal-lane threads run +5 below it and heavy-lane threads +15.
   The loop answers every request (point reads inline, on it): when statements keep every core
@@ -44,6 +47,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 import anyio.to_thread
 
+from router.admission import Admission
 from tenants.errors import TenantUnavailable
 from tenants.watchdog import shared_watchdog
 
@@ -87,8 +91,15 @@ class _Gate:
 
 class Scheduler:
     def __init__(
-        self, threads: int, max_queued: int, heavy_seconds: float, window: float, grace: float
+        self,
+        threads: int,
+        max_queued: int,
+        heavy_seconds: float,
+        window: float,
+        grace: float,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission  # None: every normal-lane job runs at once
         self.normal = anyio.CapacityLimiter(threads)
         self.heavy_threads = max(1, threads // 2)
         # The lane's threads, loans included (`normal` gates how many run): an executor of its
@@ -177,7 +188,7 @@ class Scheduler:
         try:
             while outcome is None:
                 heavy = self.is_heavy(tenant)
-                outcome = await self._in_lane(heavy, self._advance, tenant, steps, heavy, job)
+                outcome = await self._in_lane(heavy, tenant, self._advance, tenant, steps, heavy, job)
         except BaseException:
             if inspect.getgeneratorstate(steps) == inspect.GEN_SUSPENDED:
                 with anyio.CancelScope(shield=True):  # paused half-way: its cleanup (rollback,
@@ -185,9 +196,16 @@ class Scheduler:
             raise
         return outcome.value
 
-    async def _in_lane(self, heavy: bool, fn: Callable[..., T], *args: Any) -> T:
+    async def _in_lane(self, heavy: bool, tenant: str, fn: Callable[..., T], *args: Any) -> T:
         if not heavy:
-            return await self._in_normal_lane(fn, *args)
+            admission = self.admission
+            if admission is None or admission.is_open(tenant):
+                return await self._in_normal_lane(fn, *args)
+            slot = await admission.take()  # before a thread: waiting for a slot holds none
+            try:
+                return await self._in_normal_lane(admission.run, slot, fn, *args)
+            finally:
+                slot.give_back()
         if self._heavy is None:
             self._heavy = ThreadPoolExecutor(
                 self.heavy_threads,

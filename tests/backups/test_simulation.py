@@ -18,6 +18,7 @@ the same run, step for step: `test_a_seed_replays_exactly`).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import gc
 import os
@@ -61,8 +62,11 @@ def test_simulation(seed: int, tmp_path: Path) -> None:
 def test_a_seed_replays_exactly(tmp_path: Path) -> None:
     """The same seed gives the same run (the same trace), in this process and in another one
     whose string hashing differs (set order must not steer a run)."""
-    first = Simulation(7, tmp_path / "a", steps=60).run()
-    assert Simulation(7, tmp_path / "b", steps=60).run() == first
+    one, two = Simulation(7, tmp_path / "a", steps=60), Simulation(7, tmp_path / "b", steps=60)
+    first = one.run()
+    assert two.run() == first, "\n".join(
+        difflib.unified_diff(one.trace, two.trace, "first run", "second run", lineterm="", n=3)
+    )[:6000]
     code = (
         "import sys; from pathlib import Path; from tests.support.sim.run import Simulation;"
         "print(Simulation(7, Path(sys.argv[1]), steps=60).run())"

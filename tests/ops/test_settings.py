@@ -139,6 +139,8 @@ def test_cluster_settings_are_checked_at_load() -> None:
         ({"pool_capacity": "99999999999999999999"}, "pool_capacity must be at most 1048576"),
         ({"max_db_bytes": "99999999999999999999999"}, "max_db_bytes must be at most 1125899906842624"),
         ({"worker_threads": "100000"}, "worker_threads must be at most 1024"),
+        ({"runnable_workers": "100000"}, "runnable_workers must be at most 1024"),
+        ({"runnable_workers": "-1"}, "runnable_workers must not be negative (0: no limit)"),
         ({"max_sql_length": str(1 << 40)}, "max_sql_length must be at most 2147483647"),
         ({"cluster_lease_ttl": "99999999999"}, "cluster_lease_ttl must be at most 3600"),
         ({"backup_flush_interval": "1e-9"}, "backup_flush_interval must be at least 0.01 s"),

@@ -62,7 +62,12 @@ MIGRATION = (
 @click.command("migrate")
 @count("--tenants", 10_000, maximum=1_000_000)
 @count("--rows", 20, "Rows per tenant.", minimum=0, maximum=100_000)
-@count("--concurrency", 32, "Tenants migrated at once.", maximum=256)
+@count(
+    "--concurrency",
+    Settings.load({}).rollout_concurrency,
+    "Tenants migrated at once (the server's rollout_concurrency).",
+    maximum=256,
+)
 @click.option("--synchronous", type=click.Choice(["FULL", "NORMAL"]), default="FULL", show_default=True)
 @count("--pool-capacity", 1000)
 @data_dir_option("Where to build the fleet, kept afterwards [default: a temp dir, removed].")

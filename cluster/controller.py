@@ -82,6 +82,7 @@ class Controller:
         self._quiet_since = 0.0  # monotonic time of the last change under nodes/ (or of the start)
         self._unsettled_since: float | None = None  # first change not yet acted on
         self.writes = 0  # assign keys written, for tests and metrics
+        self.written_revision = 0  # of the last assign transaction that went through
 
     @property
     def takeovers(self) -> int:
@@ -181,6 +182,9 @@ class Controller:
                 pause = min(pause * 2, 1.0)
             except ClusterError as e:
                 log.info("controller: %s; trying again", e)
+                # the transactions that did go through (the others run on after one fails): look
+                # again only once the view shows them, or their slots are written twice
+                await assigns.wait_revision(self.written_revision)
                 timeout = pause
                 pause = min(pause * 2, 1.0)
             with contextlib.suppress(TimeoutError):
@@ -355,6 +359,7 @@ class Controller:
                         "keeps its slots), while assigning"
                     )
                 self.writes += len(puts)
+                self.written_revision = max(self.written_revision, result.revision)
                 revisions.append(result.revision)
 
         results = await asyncio.gather(*(writer() for _ in range(WRITES_IN_FLIGHT)), return_exceptions=True)

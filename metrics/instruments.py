@@ -26,6 +26,13 @@ POOL_EVICTIONS = Counter("sqlfleet_pool_evictions_total", "Connections closed to
 POOL_OPEN_SECONDS = Histogram(
     "sqlfleet_pool_open_duration_seconds", "Time to open a tenant connection.", buckets=_LATENCY_BUCKETS
 )
+ADMISSION_WAITING = Gauge(
+    "sqlfleet_admission_waiting",
+    "Jobs of tenants not open in the pool waiting for one of the runnable_workers slots.",
+)
+ADMISSION_WAITS = Counter(
+    "sqlfleet_admission_waits_total", "Jobs that had to wait for a runnable_workers slot."
+)
 TENANTS = Gauge("sqlfleet_tenants", "Tenants in the catalog by state.", ["state"])
 TENANT_BYTES = Gauge(
     "sqlfleet_tenant_bytes", "Bytes on disk of every tenant database, as the catalog last saw them."

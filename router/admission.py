@@ -32,6 +32,7 @@ from typing import TypeVar
 
 import apsw
 
+from metrics.instruments import ADMISSION_WAITING, ADMISSION_WAITS
 from tenants.hooks import FleetHooks
 from tenants.sandbox import Sandbox
 
@@ -81,7 +82,15 @@ class Admission(FleetHooks):
 
     async def take(self) -> Slot:
         """Wait for a slot (FIFO); the caller gives it back (`Slot.give_back`) once the job ends."""
-        await self.free.acquire()
+        if self.free.locked():  # counted only then: a free slot costs nothing more
+            ADMISSION_WAITS.inc()
+            ADMISSION_WAITING.inc()
+            try:
+                await self.free.acquire()
+            finally:
+                ADMISSION_WAITING.dec()
+        else:
+            await self.free.acquire()
         return Slot(self, asyncio.get_running_loop())
 
     def run(self, slot: Slot, fn: Callable[..., T], *args: object) -> T:

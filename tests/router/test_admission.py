@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import apsw
 import pytest
+from prometheus_client import REGISTRY
 
 from router.admission import Admission
 from router.scheduler import Scheduler
@@ -151,7 +152,15 @@ def test_a_job_gives_its_slot_back_before_its_commit(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_a_job_cancelled_while_waiting_for_a_slot_takes_none_away() -> None:
+def _waiting() -> tuple[float, float]:
+    """The admission metrics: jobs waiting now, and jobs that waited so far."""
+    waiting = REGISTRY.get_sample_value("sqlfleet_admission_waiting")
+    waits = REGISTRY.get_sample_value("sqlfleet_admission_waits_total")
+    assert waiting is not None and waits is not None
+    return waiting, waits
+
+
+def test_a_job_cancelled_while_waiting_for_a_slot_takes_none_away_and_the_metrics_show_it() -> None:
     running = _Running()
     with _scheduler(1) as scheduler:
 
@@ -159,9 +168,12 @@ def test_a_job_cancelled_while_waiting_for_a_slot_takes_none_away() -> None:
             async with anyio.create_task_group() as group:
                 group.start_soon(scheduler.call, "holder", running.job, "holder")
                 await running.started_("holder")
+                waiting, waits = _waiting()
                 with anyio.move_on_after(0.1) as waited:  # waits for the slot, then gives up
+                    group.start_soon(_sees_one_waiting, waiting, waits)
                     await scheduler.call("gives-up", running.job, "gives-up", 0.0)
                 assert waited.cancelled_caught
+                assert _waiting() == (waiting, waits + 1)
                 running.release.set()
             with anyio.fail_after(5):  # the holder's slot came back, and it is the only one
                 await _all(scheduler, {f"t{i}": partial(running.job, f"t{i}", 0.05) for i in range(3)})
@@ -169,3 +181,8 @@ def test_a_job_cancelled_while_waiting_for_a_slot_takes_none_away() -> None:
         anyio.run(main)
     assert "gives-up" not in running.started
     assert running.most == 1
+
+
+async def _sees_one_waiting(waiting: float, waits: float) -> None:
+    await anyio.sleep(0.05)
+    assert _waiting() == (waiting + 1, waits + 1)

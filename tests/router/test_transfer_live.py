@@ -3,6 +3,7 @@ reading (router/transfer_api.py)."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import run_server
+from tests.support.server import ServerProcess, run_server
 from tests.support.waiting import wait_until
 
 FILLER_ROWS = 400  # of 50 KB each: a 20 MB tenant, hundreds of 16-page export steps
@@ -84,8 +85,10 @@ def test_export_slot_and_file_go_when_the_client_disconnects_or_stalls(tmp_path:
     with run_server(tmp_path / "data", env=env) as server, server.client() as client:
         _make_big(client, "big")
         transfers = server.data_dir / "system" / "transfers"
-        # read one piece, then hang up
-        with client.stream("GET", "/v1/tenants/big/export") as r:
+        # read one piece, then hang up (a reader with a small receive buffer: the kernel's own,
+        # autotuned up to 32 MiB here, held the whole 20 MB export once, so the server had sent
+        # its last piece and freed the slot while the client had read one)
+        with _small_window(server) as reader, reader.stream("GET", "/v1/tenants/big/export") as r:
             assert r.status_code == 200
             next(r.iter_raw(65536))
             busy = client.get("/v1/tenants/big/export")
@@ -94,7 +97,7 @@ def test_export_slot_and_file_go_when_the_client_disconnects_or_stalls(tmp_path:
         dumped = client.get("/v1/tenants/big/dump")  # streamed without a Content-Length, whole
         assert dumped.text.endswith("COMMIT;\n") and dumped.text.count("INSERT INTO") == FILLER_ROWS + 1
         # start one and stop reading (without hanging up): cut off after transfer_idle_timeout
-        with client.stream("GET", "/v1/tenants/big/export") as r:
+        with _small_window(server) as reader, reader.stream("GET", "/v1/tenants/big/export") as r:
             assert r.status_code == 200
             time.sleep(3)
             wait_until(lambda: _slot_free(client), 30)
@@ -115,6 +118,13 @@ def test_the_slot_is_free_once_the_client_has_the_whole_body(tmp_path: Path) -> 
             for path in ("/v1/tenants/small/dump", "/v1/tenants/small/export"):
                 r = client.get(path)
                 assert r.status_code == 200, (n, path, r.text)
+
+
+def _small_window(server: ServerProcess) -> httpx.Client:
+    """A client whose socket buffers at most 64 KiB it has not read (no autotuning)."""
+    transport = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)])
+    headers = {"Authorization": f"Bearer {server.admin_key}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=30, transport=transport)
 
 
 def _slot_free(client: httpx.Client) -> bool:

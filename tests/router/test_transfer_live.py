@@ -3,12 +3,14 @@ reading (router/transfer_api.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -81,27 +83,45 @@ def test_export_under_concurrent_writes_is_consistent_at_one_commit(tmp_path: Pa
 
 
 def test_export_slot_and_file_go_when_the_client_disconnects_or_stalls(tmp_path: Path) -> None:
-    env = {"SQLFLEET_MAX_TRANSFERS": "1", "SQLFLEET_TRANSFER_IDLE_TIMEOUT": "1"}
+    # the idle timeout cuts off an export whose client takes nothing for that long: 5 s, so the
+    # first check below comes well within it on a busy machine
+    env = {"SQLFLEET_MAX_TRANSFERS": "1", "SQLFLEET_TRANSFER_IDLE_TIMEOUT": "5"}
     with run_server(tmp_path / "data", env=env) as server, server.client() as client:
         _make_big(client, "big")
         transfers = server.data_dir / "system" / "transfers"
-        # read one piece, then hang up (a reader with a small receive buffer: the kernel's own,
-        # autotuned up to 32 MiB here, held the whole 20 MB export once, so the server had sent
-        # its last piece and freed the slot while the client had read one)
-        with _small_window(server) as reader, reader.stream("GET", "/v1/tenants/big/export") as r:
-            assert r.status_code == 200
-            next(r.iter_raw(65536))
+        # read one piece, then hang up
+        with _stalled_export(server):
             busy = client.get("/v1/tenants/big/export")
             assert busy.status_code == 429 and busy.json()["error"]["code"] == "transfers_busy"
         wait_until(lambda: client.get("/v1/tenants/big/dump").status_code == 200, 30)
         dumped = client.get("/v1/tenants/big/dump")  # streamed without a Content-Length, whole
         assert dumped.text.endswith("COMMIT;\n") and dumped.text.count("INSERT INTO") == FILLER_ROWS + 1
         # start one and stop reading (without hanging up): cut off after transfer_idle_timeout
-        with _small_window(server) as reader, reader.stream("GET", "/v1/tenants/big/export") as r:
-            assert r.status_code == 200
-            time.sleep(3)
-            wait_until(lambda: _slot_free(client), 30)
+        with _stalled_export(server):
+            wait_until(lambda: _slot_free(client), 60)
         assert not transfers.exists() or not any(transfers.iterdir())
+
+
+@contextlib.contextmanager
+def _stalled_export(server: ServerProcess) -> Iterator[None]:
+    """An export of `big` whose client reads its first bytes and then nothing while the block
+    runs; a raw socket with a 64 KiB receive buffer (httpx's client stopped reading only in
+    name: the server sent a whole 20 MB export within 0.1 s and freed its slot)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.connect(_address(server.url))
+        sock.sendall(
+            b"GET /v1/tenants/big/export HTTP/1.1\r\nHost: sqlfleet\r\n"
+            + f"Authorization: Bearer {server.admin_key}\r\n\r\n".encode()
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        yield
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
 
 
 def test_the_slot_is_free_once_the_client_has_the_whole_body(tmp_path: Path) -> None:
@@ -118,13 +138,6 @@ def test_the_slot_is_free_once_the_client_has_the_whole_body(tmp_path: Path) -> 
             for path in ("/v1/tenants/small/dump", "/v1/tenants/small/export"):
                 r = client.get(path)
                 assert r.status_code == 200, (n, path, r.text)
-
-
-def _small_window(server: ServerProcess) -> httpx.Client:
-    """A client whose socket buffers at most 64 KiB it has not read (no autotuning)."""
-    transport = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)])
-    headers = {"Authorization": f"Bearer {server.admin_key}"}
-    return httpx.Client(base_url=server.url, headers=headers, timeout=30, transport=transport)
 
 
 def _slot_free(client: httpx.Client) -> bool:

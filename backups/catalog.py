@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import threading
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (tenant, generation, kind, first_lsn, last_lsn)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_key ON chunks(key);
+CREATE INDEX IF NOT EXISTS chunks_first_time ON chunks(first_time, tenant);
 CREATE TABLE IF NOT EXISTS positions (
     tenant TEXT PRIMARY KEY, generation TEXT NOT NULL, lsn INTEGER NOT NULL,
     salt1 INTEGER, salt2 INTEGER, wal_frames INTEGER NOT NULL, seed1 INTEGER NOT NULL,
@@ -133,6 +135,10 @@ class BackupCatalog:
         self._readers: list[apsw.Connection] = []
         self._readers_closed = False
         self._commits = GroupCommit(self._db, self._lock)
+        # Tenants given a chunk at or before `_marking_below` since `take_marked` (rows another
+        # node or the bucket had): see `mark_rows_below`. Under `_lock`.
+        self._marking_below = -math.inf
+        self._marked: set[str] = set()
 
     def _setup(self) -> None:
         # FULL: a transaction is durable when it returns, power loss included. What the shipper
@@ -171,6 +177,7 @@ class BackupCatalog:
         with self._lock, self._db:
             self._db.execute("INSERT OR IGNORE INTO segments VALUES (?, ?)", (key, created_at))
             self._db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._mark(rows)
 
     def add_rows(self, rows: Iterable[ChunkRow]) -> None:
         """Record chunk rows another node's catalog had (backups.handoff), and their segments;
@@ -182,6 +189,30 @@ class BackupCatalog:
                 "INSERT OR IGNORE INTO segments VALUES (?, ?)", [(r.key, r.first_time) for r in rows]
             )
             self._db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            self._mark(values)
+
+    def mark_rows_below(self, horizon: float) -> None:
+        """From now on, note each tenant given a chunk whose first time is at or before
+        `horizon` seconds (unix time) until `take_marked` (backups.retention.Retention: what
+        a pass over only the tenants whose chunks crossed the horizon would miss)."""
+        with self._lock:
+            self._marking_below = horizon
+
+    def take_marked(self) -> set[str]:
+        """The tenants noted since the last call (see `mark_rows_below`), forgotten here."""
+        with self._lock:
+            marked, self._marked = self._marked, set()
+        return marked
+
+    def _mark(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        # chunk rows as stored: (tenant, generation, kind, first_lsn, last_lsn, first_time, ...)
+        self._marked.update(str(r[0]) for r in rows if r[5] <= self._marking_below)
+
+    def tenants_between(self, since: float, until: float) -> list[str]:
+        """Tenants with a chunk whose first time is within [since, until] (unix seconds)."""
+        sql = "SELECT DISTINCT tenant FROM chunks WHERE first_time BETWEEN ? AND ?"
+        with self._lock:
+            return [str(r[0]) for r in self._db.execute(sql, (since, until))]
 
     def chunks(self, tenant: str, generation: str | None = None) -> list[ChunkRow]:
         sql = "SELECT * FROM chunks WHERE tenant = ?"
@@ -246,6 +277,9 @@ class BackupCatalog:
                     self.delete_chunks(lent)
 
     def delete_chunks(self, rows: Iterable[ChunkRow]) -> None:
+        rows = list(rows)
+        if not rows:
+            return  # no transaction for nothing (retention asks for most tenants it reads)
         with self._lock, self._db:
             self._db.executemany(
                 "DELETE FROM chunks"

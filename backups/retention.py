@@ -18,13 +18,17 @@ node's segments are never deleted (a leak, not a loss).
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Collection
 
 from backups.catalog import BackupCatalog, ChunkRow
 from backups.fence import SEGMENTS, keep_newest
 from backups.replica import ReplicaClient
 from backups.restore import generations
 from backups.segment import FRAMES, SNAPSHOT, TOMBSTONE
+
+FULL_EVERY = 3600.0  # seconds between the shipper's full retention passes (see Retention)
 
 
 def expired(rows: list[ChunkRow], horizon: float) -> list[ChunkRow]:
@@ -53,15 +57,26 @@ def expired(rows: list[ChunkRow], horizon: float) -> list[ChunkRow]:
 
 
 def enforce(
-    replica: ReplicaClient, catalog: BackupCatalog, window: float, node: str | None = None
+    replica: ReplicaClient,
+    catalog: BackupCatalog,
+    window: float,
+    node: str | None = None,
+    *,
+    since: float = -math.inf,
+    also: Collection[str] = (),
+    now: float | None = None,
 ) -> tuple[int, int]:
-    """Delete what no restore inside the last `window` seconds needs: its catalog rows, then
-    the segments no row refers to any more (`node`: a cluster node's id; only its own are
-    deleted, others' forgotten). Returns (chunks forgotten, segment objects deleted).
-    Raises ReplicaError (what it forgot stays forgotten; the segments go on a later run)."""
-    horizon = time.time() - window
+    """Delete what no restore inside the last `window` seconds (before `now`, default the
+    clock) needs: its catalog rows, then the segments no row refers to any more (`node`: a
+    cluster node's id; only its own are deleted, others' forgotten). Reads the tenants with a
+    chunk whose first time is within [`since`, horizon], and those in `also`: by default every
+    tenant that can have anything to drop (one whose chunks all came after the horizon has
+    none: no generation of it had started, nor was it deleted). Returns (chunks forgotten,
+    segment objects deleted). Raises ReplicaError (what it forgot stays forgotten; the segments
+    go on a later run)."""
+    horizon = (time.time() if now is None else now) - window
     dropped = 0
-    for tenant in catalog.tenants():
+    for tenant in sorted({*catalog.tenants_between(since, horizon), *also}):
         rows = expired(catalog.chunks(tenant), horizon)
         catalog.delete_chunks(rows)
         dropped += len(rows)
@@ -77,3 +92,57 @@ def enforce(
             replica.delete(keys)
             catalog.forget_segments(keys)
     return dropped, len(keys)
+
+
+class Retention:
+    """The shipper's retention passes (from one thread): `run` every minute or so. A full pass
+    first and every `full_every` seconds; in between, a pass reads only the tenants whose
+    chunks can have expired since the last pass, not every tenant (at 100,000 tenants a full
+    pass took 4.4 s of CPU, holding the catalog's lock for each tenant, every minute).
+
+    Why that is enough: `expired(rows, horizon)` compares the horizon only with the chunks'
+    first times (a generation starts at its oldest snapshot's), so what a tenant can drop
+    changes only when the horizon passes one of its chunks' first times, or when it gains a
+    chunk whose first time the horizon has passed already (a later one changes nothing until
+    the horizon reaches it). The first kind is a range query (`BackupCatalog.tenants_between`
+    from the last pass's horizon on); the second is never the shipper's own, new chunks, but
+    rows from elsewhere (a handover, a takeover, a rebuild from the bucket), which the catalog
+    marks (`mark_rows_below`). The periodic full pass is the backstop for anything else that
+    changes a tenant's rows; skipping a tenant only delays what it drops, it never drops more."""
+
+    def __init__(
+        self,
+        replica: ReplicaClient,
+        catalog: BackupCatalog,
+        window: float,
+        node: str | None = None,
+        full_every: float = FULL_EVERY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.replica, self.catalog, self.window, self.node = replica, catalog, window, node
+        self.full_every = full_every
+        self._clock = clock
+        self._covered: float | None = None  # the last pass's horizon: every earlier time was looked at
+        self._full_at = -math.inf
+        self._pending: set[str] = set()  # marked tenants of a pass that failed
+
+    def run(self) -> tuple[int, int]:
+        """One pass: as `enforce`. Raises what it raises (the next pass looks again)."""
+        now = self._clock()
+        horizon = now - self.window
+        full = self._covered is None or now - self._full_at >= self.full_every
+        self.catalog.mark_rows_below(horizon)  # before the range query: nothing falls between
+        marked = self._pending | self.catalog.take_marked()
+        since = -math.inf if full or self._covered is None else self._covered
+        try:
+            result = enforce(
+                self.replica, self.catalog, self.window, self.node, since=since, also=marked, now=now
+            )
+        except BaseException:
+            self._pending = marked
+            raise
+        self._pending = set()
+        self._covered = horizon if self._covered is None else max(self._covered, horizon)
+        if full:
+            self._full_at = now
+        return result

@@ -3,6 +3,8 @@ changes because of it."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import time
 from pathlib import Path
@@ -164,3 +166,120 @@ def test_a_cluster_node_deletes_only_its_own_segments(tmp_path: Path) -> None:
         assert theirs not in catalog.unreferenced_segments()  # forgotten here, kept in the bucket
     finally:
         catalog.close()
+
+
+# -- Retention: the shipper's passes read only the tenants whose chunks can have expired
+
+
+class _NoBucket:
+    """A replica whose deletes are noted, not done (these tests look at the catalog)."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def delete(self, keys: list[str]) -> None:
+        self.deleted += keys
+
+
+def _of(tenant: str, rows: list[ChunkRow], shift: float = 0.0) -> list[ChunkRow]:
+    return [
+        dataclasses.replace(
+            r,
+            tenant=tenant,
+            first_time=r.first_time + shift,
+            last_time=r.last_time + shift,
+            commits=tuple((lsn, at + shift) for lsn, at in r.commits),
+        )
+        for r in rows
+    ]
+
+
+def _all_rows(catalog: BackupCatalog) -> set[tuple[str, str, str, int, int]]:
+    return {(r.tenant, *k) for t in catalog.tenants() for r in catalog.chunks(t) for k in [ids([r]).pop()]}
+
+
+def test_a_pass_reads_only_the_tenants_whose_chunks_the_horizon_passed(tmp_path: Path) -> None:
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    clock = [100.0]
+    try:
+        for i, tenant in enumerate("abc"):
+            catalog.add_rows(_of(tenant, ONE_GENERATION, shift=100.0 * i))  # a: 10-17, b: 110-117, ...
+        read: list[str] = []
+        real_chunks = catalog.chunks
+
+        def chunks(tenant: str, generation: str | None = None) -> list[ChunkRow]:
+            read.append(tenant)
+            return real_chunks(tenant, generation)
+
+        catalog.chunks = chunks  # type: ignore[method-assign]
+        passes = retention.Retention(_NoBucket(), catalog, window=50.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+
+        passes.run()  # the first pass is full: horizon 50, a's whole history is before it
+        assert read == ["a"]  # b and c: every chunk after the horizon, nothing to drop
+        assert ids(real_chunks("a")) == ids(retention.expired(ONE_GENERATION, 50.0)) ^ ids(ONE_GENERATION)
+
+        read.clear()
+        clock[0] = 164.5  # horizon 114.5: past b's chunks up to 114
+        passes.run()
+        assert read == ["b"]
+        assert ids(real_chunks("b")) == ids(ONE_GENERATION) - ids(retention.expired(ONE_GENERATION, 14.5))
+
+        read.clear()
+        clock[0] = 164.6  # the horizon passed no chunk's time
+        passes.run()
+        assert read == []
+    finally:
+        catalog.close()
+
+
+def test_a_pass_reads_a_tenant_given_rows_the_horizon_had_passed(tmp_path: Path) -> None:
+    """Rows from elsewhere (a handover, a takeover) may be older than the last pass's horizon:
+    the catalog marks their tenant for the next pass."""
+    catalog = BackupCatalog(tmp_path / "backups.db")
+    clock = [100.0]
+    try:
+        passes = retention.Retention(_NoBucket(), catalog, window=50.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+        passes.run()
+        catalog.add_rows(_of("handed", ONE_GENERATION))  # times 10-17: long before horizon 50
+        clock[0] = 100.1
+        passes.run()
+        dropped = ids(retention.expired(ONE_GENERATION, 50.1))
+        assert dropped and ids(catalog.chunks("handed")) == ids(ONE_GENERATION) - dropped
+    finally:
+        catalog.close()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_passes_drop_what_full_passes_drop(tmp_path: Path, seed: int) -> None:
+    """Random histories of several tenants, rows added as time goes (new ones, and now and then
+    a history from elsewhere that is already old): after every pass the catalog holds exactly
+    what it holds after a full pass at the same moment."""
+    rng = random.Random(seed)
+    incremental = BackupCatalog(tmp_path / "incremental.db")
+    full = BackupCatalog(tmp_path / "full.db")
+    clock = [0.0]
+    try:
+        passes = retention.Retention(
+            _NoBucket(),  # type: ignore[arg-type]
+            incremental,
+            window=20.0,
+            full_every=math.inf,
+            clock=lambda: clock[0],
+        )
+        histories = {f"t{i}": _of(f"t{i}", history(rng), shift=rng.uniform(0.0, 60.0)) for i in range(8)}
+        pending = sorted((r for rows in histories.values() for r in rows), key=lambda r: r.first_time)
+        while clock[0] < 120.0:
+            clock[0] += rng.uniform(0.5, 6.0)
+            due = [r for r in pending if r.first_time <= clock[0]]  # recorded once it happened
+            pending = [r for r in pending if r.first_time > clock[0]]
+            if rng.random() < 0.2:  # a handover: a whole history, old already
+                tenant = f"h{clock[0]:.0f}"
+                due += _of(tenant, history(rng), shift=clock[0] - rng.uniform(10.0, 60.0))
+            for catalog in (incremental, full):
+                catalog.add_rows(due)
+            passes.run()
+            retention.enforce(_NoBucket(), full, 20.0, now=clock[0])  # type: ignore[arg-type]
+            assert _all_rows(incremental) == _all_rows(full), clock[0]
+    finally:
+        incremental.close()
+        full.close()

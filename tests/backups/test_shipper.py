@@ -88,7 +88,7 @@ def test_the_loop_survives_an_unexpected_error_in_retention(
     monkeypatch.setattr(shipper_module, "RETENTION_EVERY", 0.0)
     failures: list[int] = []
 
-    def broken_retention(*args: Any) -> tuple[int, int]:  # a bug, not a replica outage
+    def broken_retention(*args: Any, **kwargs: Any) -> tuple[int, int]:  # a bug, not a replica outage
         failures.append(1)
         raise RuntimeError("injected: retention bug")
 
@@ -113,10 +113,10 @@ def test_flushes_go_on_while_retention_runs(rig: Rig, monkeypatch: pytest.Monkey
     running, release = threading.Event(), threading.Event()
     real = retention.enforce
 
-    def slow_retention(*args: Any) -> tuple[int, int]:  # as a pass over a large fleet
+    def slow_retention(*args: Any, **kwargs: Any) -> tuple[int, int]:  # as a pass over a large fleet
         running.set()
         release.wait(30)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(retention, "enforce", slow_retention)
     rig.create("acme")
@@ -136,7 +136,7 @@ def test_retention_waits_for_a_flush_that_succeeded(rig: Rig, monkeypatch: pytes
     runs: list[int] = []
     flushes: list[int] = []
 
-    def counted_retention(*args: Any) -> tuple[int, int]:
+    def counted_retention(*args: Any, **kwargs: Any) -> tuple[int, int]:
         runs.append(1)
         return 0, 0
 

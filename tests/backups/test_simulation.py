@@ -24,10 +24,13 @@ import gc
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backups import continuity
 from tests.support.sim.run import SimFailure, Simulation
 
 # CI's share: 250 short runs, under a minute on one core (a run's cost grows with its steps; its
@@ -57,6 +60,23 @@ def test_simulation(seed: int, tmp_path: Path) -> None:
         Simulation(seed, tmp_path / "sim", steps=STEPS).run()
     except SimFailure as exc:
         pytest.fail(f"{exc}\n\nreplay: {replay_command(seed)}", pytrace=False)
+
+
+def test_a_seed_replays_exactly_however_fast_the_machine_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real time passing between a run's steps changes nothing: a CI machine under load once
+    replayed seed 7 differently (whether a closed tenant's files were remembered depended on
+    the real clock: backups.continuity SETTLE_NS)."""
+    quick = Simulation(7, tmp_path / "quick", steps=60).run()
+    leaving = continuity._leaving
+
+    def slow_leaving(*args: Any) -> Any:  # as on a busy machine: the close comes 60 ms later
+        time.sleep(0.06)
+        return leaving(*args)
+
+    monkeypatch.setattr(continuity, "_leaving", slow_leaving)
+    assert Simulation(7, tmp_path / "slow", steps=60).run() == quick
 
 
 def test_a_seed_replays_exactly(tmp_path: Path) -> None:

@@ -29,14 +29,17 @@ class SimClock:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """`time.time` reads this clock inside the block. Everything in sqlfleet that takes a
-        wall-clock reading calls `time.time()` (commit times, generation ids, snapshot times,
-        segment keys, the retention horizon, `latest`), so the whole run is on simulated time;
-        `time.monotonic` stays real (it only bounds waits, which a single-threaded run never
-        hits)."""
-        real = time.time
-        time.time = self.time
+        """`time.time` and `time.time_ns` read this clock inside the block. Everything in
+        sqlfleet that takes a wall-clock reading calls one of them (commit times, generation
+        ids, snapshot times, segment keys, the retention horizon, `latest`; `time_ns` the age
+        of a file's mtime, which the simulated disk sets from this clock too), so the whole run
+        is on simulated time: with `time_ns` real, whether a closed tenant's files were
+        remembered (backups.continuity, SETTLE_NS) depended on how fast the machine ran, and
+        a seed's replay in a busy CI differed. `time.monotonic` stays real (it only bounds
+        waits, which a single-threaded run never hits)."""
+        real, real_ns = time.time, time.time_ns
+        time.time, time.time_ns = self.time, self.ns
         try:
             yield
         finally:
-            time.time = real
+            time.time, time.time_ns = real, real_ns

@@ -131,7 +131,7 @@ class Retention:
         # time.time looked up at the call, as everywhere (tests/support/sim/clock.py replaces it)
         now = time.time() if self._clock is None else self._clock()
         horizon = now - self.window
-        full = self._covered is None or now - self._full_at >= self.full_every
+        full = now - self._full_at >= self.full_every  # the first pass too: _full_at starts at -inf
         self.catalog.mark_rows_below(horizon)  # before the range query: nothing falls between
         marked = self._pending | self.catalog.take_marked()
         since = -math.inf if full or self._covered is None else self._covered

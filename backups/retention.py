@@ -122,7 +122,7 @@ class Retention:
         self.replica, self.catalog, self.window, self.node = replica, catalog, window, node
         self.full_every = full_every
         self._clock = clock
-        self._covered: float | None = None  # the last pass's horizon: every earlier time was looked at
+        self._covered = -math.inf  # the last pass's horizon: every earlier time was looked at
         self._full_at = -math.inf
         self._pending: set[str] = set()  # marked tenants of a pass that failed
 
@@ -134,7 +134,7 @@ class Retention:
         full = now - self._full_at >= self.full_every  # the first pass too: _full_at starts at -inf
         self.catalog.mark_rows_below(horizon)  # before the range query: nothing falls between
         marked = self._pending | self.catalog.take_marked()
-        since = -math.inf if full or self._covered is None else self._covered
+        since = -math.inf if full else self._covered
         try:
             result = enforce(
                 self.replica, self.catalog, self.window, self.node, since=since, also=marked, now=now
@@ -143,7 +143,7 @@ class Retention:
             self._pending = marked
             raise
         self._pending = set()
-        self._covered = horizon if self._covered is None else max(self._covered, horizon)
+        self._covered = max(self._covered, horizon)
         if full:
             self._full_at = now
         return result

@@ -13,6 +13,10 @@ drain them (`before_release`, part of a planned move: with no request served mea
 ships is final), then deletes `owner/<s>` guarded by its token (a release never deletes another
 owner's key) and, in the same transaction, makes the pending move claimable. A drain that fails
 puts the slots back (served again) and the release is tried again later.
+
+A claim whose reply is lost after etcd committed it (the call timed out on a busy etcd) is
+found by the watch: an owner key with this lease's value that the node did not know it held
+is adopted (then served, or released if no longer assigned here), never left unclaimable.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ class Ownership:
         self._me = encode_assign(node.node_id)
         self._owned: dict[int, int] = {}  # slot → token, as this loop knows it
         self._releasing: dict[int, int] = {}  # slot → token: released, key not yet deleted
+        # slot → token of a key this lease released, until the watch shows it gone: its own
+        # events may still come, and must not make it ours again (see `_owner_changed`)
+        self._released: dict[int, int] = {}
         self._published: Mapping[int, int] = MappingProxyType({})  # what other threads read
         self._publish: asyncio.Handle | None = None
         self._assigned: set[int] = set()  # slots assign/ gives this node (per the mirror)
@@ -102,6 +109,7 @@ class Ownership:
         # lease is gone (or going) with it
         self._owned = {}
         self._releasing = {}
+        self._released = {}
         self._publish_owned(now=True)
         self._wake.set()
 
@@ -115,21 +123,41 @@ class Ownership:
         self._wake.set()
 
     def _owner_changed(self, changed: list[tuple[bytes, KeyValue | None]], revision: int) -> None:
-        lost = False
+        lost = found = False
+        mine = self._owner_value()
         for key, kv in changed:
             slot = self.keys.slot_in(key, self.keys.owners)
             if kv is None:
                 self._taken.discard(slot)
             else:
                 self._taken.add(slot)
+            if kv is None or kv.create_revision > self._released.get(slot, 0):
+                self._released.pop(slot, None)  # past the released key: its events are over
             token = self._owned.get(slot)
             # once the mirror is past our claim, it is the truth: a key gone or replaced is not ours
             if token is not None and revision >= token and (kv is None or kv.create_revision != token):
                 del self._owned[slot]
                 lost = True
+            elif token is None and kv is not None and kv.value == mine and self._unknown_claim(slot):
+                self._owned[slot] = kv.create_revision
+                found = True
         if lost:
             self._publish_owned(now=True)
+        elif found:
+            self._publish_owned()
         self._wake.set()
+
+    def _owner_value(self) -> bytes | None:
+        """The `owner/<s>` value this node's claims write on its current lease (None: no lease)."""
+        lease = self.node.lease
+        return None if lease is None else encode_owner(self.node.node_id, f"{lease.id:x}")
+
+    def _unknown_claim(self, slot: int) -> bool:
+        """Whether an owner key of `slot` with this lease's value, which `_owned` lacks, is a
+        claim that committed though its reply was lost (the call gave up), rather than a key
+        this node is releasing or released. Ours then: left alone, nobody could claim the slot
+        until the lease ran out (the controller's office is recognised the same way)."""
+        return slot not in self._releasing and slot not in self._released
 
     async def _run(self, assign: PrefixMirror, owner: PrefixMirror) -> None:
         await assign.synced.wait()
@@ -177,7 +205,7 @@ class Ownership:
         owner and assignment as the guards saw them: the slots that were free for us are claimed
         again (one more batch, then one by one if that fails too); the others were taken by
         another node or assigned elsewhere in the meantime, and are left alone."""
-        value = encode_owner(self.node.node_id, f"{lease.id:x}")
+        value = encode_owner(self.node.node_id, f"{lease.id:x}")  # as `_owner_value` has it
         owner_keys = [self.keys.owner(s) for s in slots]
         self.claim_transactions += 1
         result = await self.node.etcd.txn(
@@ -234,6 +262,7 @@ class Ownership:
                     await self._delete_one(slot, tokens[slot])
             for slot in chunk:
                 self._releasing.pop(slot, None)
+                self._released[slot] = tokens[slot]
 
     async def _delete_owned(
         self, slots: list[int], tokens: Mapping[int, int], assigns: Mapping[bytes, KeyValue] | None = None

@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import pytest
+
+from cluster.errors import EtcdUnavailable
+from cluster.kv import Compare, Op, Put, TxnResult
 from tests.cluster.admin import assign, owners, revoke
 from tests.cluster.peers import Peer, Peers
 from tests.support.etcd import EtcdCluster
@@ -147,3 +152,50 @@ def test_after_a_lost_lease_old_tokens_never_count_again(peers: Peers) -> None:
     assert not any(a.ownership.owns(s, t) for s, t in old.items())
     wait_until(lambda: owned_all(a, slots), timeout=30)  # claimed again, as the new incarnation
     assert all(a.owns()[s] > old[s] for s in slots)
+
+
+def lose_a_reply(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch, wanted: Callable[[Sequence[Op]], bool]
+) -> list[int]:
+    """Make the first of `peer`'s etcd transactions for which `wanted(success ops)` holds
+    commit but answer EtcdUnavailable, as a call that timed out on a busy etcd does; the error
+    comes once the node's own watch has the commit (a late reply). Returns the commit revision
+    so lost, once it is."""
+    etcd = peer.node.etcd
+    real = etcd.txn
+    lost: list[int] = []
+
+    async def txn(compares: Sequence[Compare], success: Sequence[Op], *args: Any, **kwargs: Any) -> TxnResult:
+        result = await real(compares, success, *args, **kwargs)
+        if not lost and result.succeeded and wanted(success):
+            lost.append(result.revision)
+            await peer.node.mirror(peer.node.keys.owners).wait_revision(result.revision)
+            raise EtcdUnavailable("etcd could not answer now (the reply was lost)")
+        return result
+
+    monkeypatch.setattr(etcd, "txn", txn)
+    return lost
+
+
+def test_a_claim_whose_reply_was_lost_is_still_ours(peers: Peers, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = peers.start("a")
+    lost = lose_a_reply(a, monkeypatch, lambda ops: any(isinstance(op, Put) for op in ops))
+    assign(peers, dict.fromkeys(range(3), "a"))
+    wait_until(lambda: owned_all(a, set(range(3))))  # before: its own key kept it from claiming
+    assert len(lost) == 1 and a.owns() == dict.fromkeys(range(3), lost[0])
+    assign(peers, dict.fromkeys(range(3), "b"))  # and it is released like any other
+    b = peers.start("b")
+    wait_until(lambda: owned_all(b, set(range(3))))
+    assert a.owns() == {}
+
+
+def test_a_release_whose_reply_was_lost_is_not_taken_back(
+    peers: Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = peers.start("a"), peers.start("b")
+    assign(peers, {5: "a"})
+    wait_until(lambda: owned_all(a, {5}))
+    lost = lose_a_reply(a, monkeypatch, lambda ops: not any(isinstance(op, Put) for op in ops))
+    assign(peers, {5: "b"})
+    wait_until(lambda: owned_all(b, {5}))
+    assert lost and a.owns() == {}
